@@ -1,0 +1,141 @@
+"""Entries of the per-job stream ``<prefix>:job:{<job_id>}`` (and, for status, ``<prefix>:events``).
+
+Every entry is a flat Redis field map with a ``type`` field: ``status``, ``progress`` or ``chunk``.
+Values are UTF-8 strings, except a chunk's ``data`` (raw trace bytes). ``labels`` is a JSON object.
+:func:`parse_entry` turns a field map read with any Redis client into the typed event.
+
+Example:
+    >>> e = ChunkEvent(job_id="j", attempt=1, seq=0, offset=0, data=b"\\n\\x00", last=True)
+    >>> parse_entry(e.to_fields()) == e
+    True
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from contracts.errors import ErrorCode
+from contracts.states import JobState
+
+__all__ = ["ChunkEvent", "Event", "ProgressEvent", "StatusEvent", "parse_entry", "utcnow"]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: The job this entry belongs to.
+    job_id: str
+    #: Attempt number (1 for the first delivery); entries of older attempts are superseded.
+    attempt: Annotated[int, Field(ge=0)] = 0
+
+    def to_fields(self) -> dict[str, str | bytes]:
+        """The Redis field map of this entry."""
+        out: dict[str, str | bytes] = {}
+        for name, value in self.model_dump(exclude_none=True).items():
+            if isinstance(value, bytes):
+                out[name] = value
+            elif isinstance(value, bool):
+                out[name] = "true" if value else "false"
+            elif isinstance(value, datetime):
+                out[name] = value.isoformat()
+            elif isinstance(value, dict):
+                out[name] = json.dumps(value, sort_keys=True)
+            else:
+                out[name] = str(value)
+        return out
+
+
+class StatusEvent(_Event):
+    """A state transition. Terminal states carry the outcome."""
+
+    type: Literal["status"] = "status"
+    state: JobState
+    #: When the transition happened (UTC).
+    time: datetime = Field(default_factory=utcnow)
+    #: Labels of the request, echoed.
+    labels: dict[str, str] = Field(default_factory=dict)
+    #: A short human-readable note (e.g. "duplicate request; job already running").
+    detail: str | None = None
+    # -- succeeded
+    #: Where the trace object is (file:// or s3:// URI).
+    uri: str | None = None
+    #: A fetchable URL (presigned for S3) where the store can sign one.
+    url: str | None = None
+    size: int | None = None
+    sha256: str | None = None
+    spans: int | None = None
+    packets: int | None = None
+    chunks: int | None = None
+    duration_s: float | None = None
+    # -- failed / dead
+    error_code: ErrorCode | None = None
+    #: What went wrong, in words a person can act on.
+    message: str | None = None
+    retryable: bool | None = None
+
+
+class ProgressEvent(_Event):
+    """How far the running attempt is. At most a few per second."""
+
+    type: Literal["progress"] = "progress"
+    #: What the attempt is doing: resolving, threads, async, uploading.
+    phase: str
+    spans: int = 0
+    bytes: int = 0
+    threads_done: int = 0
+    threads_total: int = 0
+    #: Best estimate, 0-100.
+    percent: float = 0.0
+
+
+class ChunkEvent(_Event):
+    """A piece of the trace: a whole number of TracePackets.
+
+    Concatenating the chunks of the succeeding attempt in ``seq`` order gives the trace file.
+    """
+
+    type: Literal["chunk"] = "chunk"
+    seq: Annotated[int, Field(ge=0)]
+    #: Byte offset of this chunk in the trace file.
+    offset: Annotated[int, Field(ge=0)]
+    data: bytes
+    #: True on the final chunk of the attempt.
+    last: bool = False
+
+
+Event = StatusEvent | ProgressEvent | ChunkEvent
+
+_TYPES: dict[str, type[_Event]] = {"status": StatusEvent, "progress": ProgressEvent, "chunk": ChunkEvent}
+_JSON_FIELDS = frozenset({"labels"})
+
+
+def parse_entry(fields: Mapping[str, str | bytes] | Mapping[bytes, bytes] | Mapping[Any, Any]) -> Event:
+    """Typed event from a stream entry's field map (keys/values as str or bytes).
+
+    Raises:
+        ValueError: unknown ``type`` or invalid fields.
+    """
+    norm: dict[str, object] = {}
+    for raw_key, raw_value in fields.items():
+        key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
+        if key == "data":
+            norm[key] = raw_value if isinstance(raw_value, bytes) else raw_value.encode("latin-1")
+            continue
+        value = raw_value.decode() if isinstance(raw_value, bytes) else raw_value
+        norm[key] = json.loads(value) if key in _JSON_FIELDS else value
+    kind = norm.get("type")
+    cls = _TYPES.get(str(kind))
+    if cls is None:
+        raise ValueError(f"unknown event type {kind!r}")
+    event = cls.model_validate(norm)
+    assert isinstance(event, StatusEvent | ProgressEvent | ChunkEvent)
+    return event

@@ -1,0 +1,62 @@
+"""Every Redis key and stream name of the wire contract, built from (prefix, job_id).
+
+Per-job keys share the hash tag ``{<job_id>}`` so that everything one job touches lives in one
+Redis Cluster slot (a MULTI or Lua script over them is legal on a cluster).
+
+Example:
+    >>> k = Keys("traces")
+    >>> k.requests, k.job("j1"), k.state("j1")
+    ('traces:requests', 'traces:job:{j1}', 'traces:job:{j1}:state')
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["DEFAULT_PREFIX", "Keys"]
+
+#: Default key prefix (setting TRACE_WORKER_KEY_PREFIX).
+DEFAULT_PREFIX = "traces"
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Names under one key prefix."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    @property
+    def requests(self) -> str:
+        """Stream of trace requests, read by the workers' consumer group."""
+        return f"{self.prefix}:requests"
+
+    @property
+    def group(self) -> str:
+        """Consumer group of the workers on the request stream."""
+        return f"{self.prefix}:workers"
+
+    @property
+    def events(self) -> str:
+        """Stream of every status transition of every job."""
+        return f"{self.prefix}:events"
+
+    @property
+    def dead(self) -> str:
+        """Dead-letter stream: original entry, delivery count, reason."""
+        return f"{self.prefix}:dead"
+
+    def job(self, job_id: str) -> str:
+        """Per-job stream of status, progress and chunk entries."""
+        return f"{self.prefix}:job:{{{job_id}}}"
+
+    def state(self, job_id: str) -> str:
+        """Hash with the job's latest state, for one-call polling."""
+        return f"{self.job(job_id)}:state"
+
+    def cancel(self, job_id: str) -> str:
+        """Set this key (any value, with a TTL) to cancel the job."""
+        return f"{self.job(job_id)}:cancel"
+
+    def lock(self, job_id: str) -> str:
+        """Worker-internal: which delivery currently owns the job."""
+        return f"{self.job(job_id)}:lock"

@@ -1,0 +1,147 @@
+"""The trace request: one JSON object in the `request` field of an entry on ``<prefix>:requests``.
+
+Example:
+    >>> r = TraceRequest(process_id="34D7C06D-3163-4111-863E-C5FC09D22D51")
+    >>> r.process_id, r.span_types.value, r.effective_job_id()[:2]
+    ('34d7c06d-3163-4111-863e-c5fc09d22d51', 'both', 't-')
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "JOB_ID_PATTERN",
+    "MAX_LABELS",
+    "MAX_LABEL_KEY",
+    "MAX_LABEL_VALUE",
+    "MAX_REQUEST_BYTES",
+    "SpanTypes",
+    "TraceRequest",
+]
+
+#: Allowed job ids: 1-128 characters of letters, digits, '.', '_' and '-'.
+JOB_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
+#: Limits of the `labels` map.
+MAX_LABELS = 16
+MAX_LABEL_KEY = 64
+MAX_LABEL_VALUE = 256
+#: Largest `request` field accepted, in bytes of UTF-8 JSON.
+MAX_REQUEST_BYTES = 16 * 1024
+
+_LABEL_KEY = re.compile(r"^[A-Za-z0-9._:/-]{1,64}$")
+
+
+class SpanTypes(StrEnum):
+    """Which spans go into the trace."""
+
+    THREAD = "thread"
+    ASYNC = "async"
+    BOTH = "both"
+
+    @property
+    def thread(self) -> bool:
+        return self in (SpanTypes.THREAD, SpanTypes.BOTH)
+
+    @property
+    def async_(self) -> bool:
+        return self in (SpanTypes.ASYNC, SpanTypes.BOTH)
+
+
+class TraceRequest(BaseModel):
+    """A request for the Perfetto trace of one process."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+
+    #: Protocol version of the request.
+    v: Literal[1] = 1
+    #: Micromegas process id (a UUID; normalised to lower case).
+    process_id: str
+    #: Start of the range (RFC 3339 with an offset). Default: the process's first recorded time.
+    begin: datetime | None = None
+    #: End of the range (RFC 3339 with an offset). Default: the process's last recorded time.
+    end: datetime | None = None
+    #: thread, async or both.
+    span_types: SpanTypes = SpanTypes.BOTH
+    #: Idempotency key. Default: derived from the request, so identical requests share a job.
+    job_id: Annotated[str, Field(pattern=JOB_ID_PATTERN)] | None = None
+    #: Publish the trace bytes as chunk entries on the job stream (false: blob only).
+    chunks: bool = True
+    #: Small string map echoed in every event of the job (requested_by, channel, ...).
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("process_id")
+    @classmethod
+    def _uuid(cls, value: str) -> str:
+        try:
+            parsed = uuid.UUID(value)
+        except (ValueError, AttributeError, TypeError) as exc:
+            raise ValueError("process_id must be a UUID like 34d7c06d-3163-4111-863e-c5fc09d22d51") from exc
+        if len(value) != 36:
+            raise ValueError("process_id must be a UUID in the 8-4-4-4-12 form")
+        return str(parsed)
+
+    @field_validator("begin", "end")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.utcoffset() is None:
+            raise ValueError("times need an offset, e.g. 2026-11-26T10:00:00Z")
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > MAX_LABELS:
+            raise ValueError(f"at most {MAX_LABELS} labels")
+        for key, val in value.items():
+            if not _LABEL_KEY.match(key):
+                raise ValueError(f"label keys are 1-{MAX_LABEL_KEY} of [A-Za-z0-9._:/-]")
+            if len(val) > MAX_LABEL_VALUE or any(ord(c) < 32 for c in val):
+                raise ValueError(f"label values are at most {MAX_LABEL_VALUE} printable characters")
+        return value
+
+    @model_validator(mode="after")
+    def _range(self) -> TraceRequest:
+        if self.begin is not None and self.end is not None and self.begin >= self.end:
+            raise ValueError("begin must be before end")
+        return self
+
+    def effective_job_id(self) -> str:
+        """The job id: the given one, or one derived from what the trace depends on."""
+        if self.job_id is not None:
+            return self.job_id
+        key = {
+            "process_id": self.process_id,
+            "begin": _ns(self.begin),
+            "end": _ns(self.end),
+            "span_types": self.span_types.value,
+            "chunks": self.chunks,
+        }
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+        return f"t-{digest[:32]}"
+
+    def to_json(self) -> str:
+        """The wire form (the `request` field)."""
+        return self.model_dump_json(exclude_none=True)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> TraceRequest:
+        """Parse the wire form; raises ``ValueError`` (pydantic ``ValidationError``) when invalid."""
+        if len(raw) > MAX_REQUEST_BYTES:
+            raise ValueError(f"request is larger than {MAX_REQUEST_BYTES} bytes")
+        return cls.model_validate_json(raw)
+
+
+def _ns(value: datetime | None) -> Any:
+    """Instants compare by time, not spelling: 10:00+01:00 and 09:00Z give the same job id."""
+    if value is None:
+        return None
+    return int(value.timestamp()) * 1_000_000_000 + value.microsecond * 1000
