@@ -7,9 +7,12 @@ full table is in docs/CONFIGURATION.md; a test checks that table against this mo
 
 from __future__ import annotations
 
+import os
+import socket
 from functools import lru_cache
+from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contracts.keys import DEFAULT_PREFIX
@@ -42,12 +45,87 @@ class Settings(BaseSettings):
     #: How many threads' spans are fetched at once.
     flightsql_concurrency: int = Field(4, ge=1, le=64)
 
+    # -- Blob store
+    #: Where finished traces go: file:///abs/dir (default ./traces) or s3://bucket/prefix.
+    blob_url: str = "file://./traces"
+    #: Lifetime of the fetchable `url` in succeeded status entries (S3 presigned URLs).
+    blob_url_expires_s: int = Field(24 * 3600, ge=60, le=7 * 24 * 3600)
+
+    # -- Service (trace-worker run)
+    #: Jobs one worker process runs at once.
+    worker_concurrency: int = Field(4, ge=1, le=256)
+    #: Consumer name in the group; must be unique per process. Default: <hostname>-<pid>.
+    worker_consumer: str | None = Field(None, pattern=r"^[A-Za-z0-9._:-]{1,128}$")
+    #: A job's lease: another worker may take the job over this long after its last heartbeat.
+    lease_s: float = Field(60.0, gt=0.2, le=3600)
+    #: Heartbeat period (renews the lease); must be well under lease_s.
+    heartbeat_s: float = Field(15.0, gt=0.05, le=1200)
+    #: How often stranded request entries are looked for.
+    reclaim_interval_s: float = Field(5.0, gt=0.05, le=600)
+    #: Deliveries of one request entry (crashes, lost leases) before it is dead-lettered.
+    max_deliveries: int = Field(5, ge=1, le=100)
+    #: Transient failures retried inside one delivery, each as a new attempt.
+    retry_max: int = Field(3, ge=0, le=20)
+    #: First retry delay; doubled after each retry, capped at retry_backoff_max_s.
+    retry_backoff_s: float = Field(1.0, ge=0, le=600)
+    retry_backoff_max_s: float = Field(30.0, ge=0, le=3600)
+    #: Lifetime of a job's stream and state hash after the job ends.
+    job_ttl_s: int = Field(24 * 3600, ge=1)
+    #: Approximate length the events stream is trimmed to (XADD MAXLEN ~).
+    events_maxlen: int = Field(100_000, ge=100)
+    #: Approximate length the dead-letter stream is trimmed to.
+    dead_maxlen: int = Field(100_000, ge=100)
+    #: Target size of one chunk entry (whole packets; just under 1 MiB wastes no Redis memory).
+    chunk_size: int = Field(1024 * 1024 - 4096, ge=4096, le=64 * 1024 * 1024)
+    #: Minimum time between progress entries of one job.
+    progress_interval_s: float = Field(0.25, ge=0.01, le=60)
+    #: How long SIGTERM waits for running jobs before releasing them for reclaim.
+    drain_timeout_s: float = Field(25.0, ge=0, le=3600)
+
+    # -- Limits
+    #: Longest time range one trace may cover.
+    max_range_s: float = Field(7 * 24 * 3600.0, gt=0)
+    #: Most spans in one trace.
+    max_spans: int = Field(50_000_000, ge=1)
+    #: Most bytes in one trace.
+    max_trace_bytes: int = Field(4 * 1024**3, ge=1024)
+    #: Largest accepted `request` field, checked before parsing.
+    max_request_bytes: int = Field(16 * 1024, ge=256, le=16 * 1024)
+    #: Longest run time of one attempt.
+    job_timeout_s: float = Field(3600.0, gt=0)
+
+    # -- Operations
+    #: Address of the HTTP endpoints (/livez, /readyz, /metrics, /asyncapi.json); port 0 = off.
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8080, ge=0, le=65535)
+    #: Log lines as text or json (one JSON object per line).
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
     @field_validator("flightsql_url")
     @classmethod
     def _flight_scheme(cls, value: str) -> str:
         if not value.startswith(("grpc://", "grpc+tcp://", "grpc+tls://", "http://", "https://")):
             raise ValueError("flightsql_url must start with grpc://, grpc+tls://, http:// or https://")
         return value
+
+    @field_validator("blob_url")
+    @classmethod
+    def _blob_scheme(cls, value: str) -> str:
+        if not value.startswith(("file://", "s3://")):
+            raise ValueError("blob_url must start with file:// or s3://")
+        return value
+
+    @model_validator(mode="after")
+    def _lease(self) -> Settings:
+        if self.heartbeat_s * 2 > self.lease_s:
+            raise ValueError("heartbeat_s must be at most half of lease_s (a lease needs a renewal in time)")
+        return self
+
+    @property
+    def consumer_name(self) -> str:
+        """This process's consumer name in the group."""
+        return self.worker_consumer or f"{socket.gethostname()}-{os.getpid()}"
 
 
 @lru_cache(maxsize=1)
