@@ -50,6 +50,14 @@ class Settings(BaseSettings):
     blob_url: str = "file://./traces"
     #: Lifetime of the fetchable `url` in succeeded status entries (S3 presigned URLs).
     blob_url_expires_s: int = Field(24 * 3600, ge=60, le=7 * 24 * 3600)
+    #: S3-compatible endpoint (e.g. http://127.0.0.1:9000); default: AWS for the region.
+    blob_s3_endpoint: str | None = None
+    blob_s3_region: str = "us-east-1"
+    #: S3 credentials; when unset, the usual AWS_* environment variables / instance role apply.
+    blob_s3_access_key_id: SecretStr | None = None
+    blob_s3_secret_access_key: SecretStr | None = None
+    #: Allow a plain-http endpoint (local S3-compatible servers).
+    blob_s3_allow_http: bool = False
 
     # -- Service (trace-worker run)
     #: Jobs one worker process runs at once.
