@@ -48,8 +48,6 @@ class Settings(BaseSettings):
     # -- Blob store
     #: Where finished traces go: file:///abs/dir (default ./traces) or s3://bucket/prefix.
     blob_url: str = "file://./traces"
-    #: Lifetime of the fetchable `url` in succeeded status entries (S3 presigned URLs).
-    blob_url_expires_s: int = Field(24 * 3600, ge=60, le=7 * 24 * 3600)
     #: S3-compatible endpoint (e.g. http://127.0.0.1:9000); default: AWS for the region.
     blob_s3_endpoint: str | None = None
     blob_s3_region: str = "us-east-1"
