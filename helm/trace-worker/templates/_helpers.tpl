@@ -1,0 +1,111 @@
+{{/* Chart name, truncated to the 63 characters a label value allows. */}}
+{{- define "trace-worker.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Fully qualified app name: release-chart, or the release name when it already contains the chart name. */}}
+{{- define "trace-worker.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "trace-worker.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "trace-worker.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "trace-worker.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "trace-worker.labels" -}}
+helm.sh/chart: {{ include "trace-worker.chart" . }}
+{{ include "trace-worker.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: worker
+{{- end }}
+
+{{- define "trace-worker.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "trace-worker.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "trace-worker.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* Name of the Secret holding credentials: the existing one, the rendered one (when a credential is set), or "". */}}
+{{- define "trace-worker.secretName" -}}
+{{- if .Values.secret.existingSecret }}
+{{- .Values.secret.existingSecret }}
+{{- else if and .Values.secret.create (or .Values.secret.flightsqlToken .Values.secret.redisPassword .Values.secret.s3AccessKeyId .Values.secret.s3SecretAccessKey) }}
+{{- include "trace-worker.fullname" . }}
+{{- end }}
+{{- end }}
+
+{{/* Whether the local blob store (file://) is in use: then /data is a writable volume. */}}
+{{- define "trace-worker.localBlob" -}}
+{{- if hasPrefix "file://" .Values.config.blobUrl }}true{{ end }}
+{{- end }}
+
+{{/* Pod termination grace: the explicit value, or the drain timeout plus a margin; always above the drain timeout. */}}
+{{- define "trace-worker.terminationGracePeriodSeconds" -}}
+{{- $drain := int .Values.config.drainTimeoutSeconds }}
+{{- $grace := int (default (add $drain .Values.terminationGraceMarginSeconds) .Values.terminationGracePeriodSeconds) }}
+{{- if le $grace $drain }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must be greater than config.drainTimeoutSeconds (%d), or Kubernetes kills running jobs mid-drain" $grace $drain) }}
+{{- end }}
+{{- $grace }}
+{{- end }}
+
+{{/* host:port of Redis for KEDA, from autoscaling.keda.redisAddress or config.redisUrl. */}}
+{{- define "trace-worker.redisAddress" -}}
+{{- if .Values.autoscaling.keda.redisAddress }}
+{{- .Values.autoscaling.keda.redisAddress }}
+{{- else }}
+{{- $u := urlParse .Values.config.redisUrl }}
+{{- $host := regexReplaceAll "^.*@" $u.host "" }}
+{{- if contains ":" $host }}{{ $host }}{{ else }}{{ printf "%s:6379" $host }}{{ end }}
+{{- end }}
+{{- end }}
+
+{{/* Redis database index from config.redisUrl's path ("/3" -> 3), default 0. */}}
+{{- define "trace-worker.redisDatabase" -}}
+{{- $u := urlParse .Values.config.redisUrl }}
+{{- $db := trimPrefix "/" $u.path }}
+{{- if $db }}{{ $db }}{{ else }}0{{ end }}
+{{- end }}
+
+{{/* Container env entries for the credentials, each from the Secret; keys of an existing Secret are optional. */}}
+{{- define "trace-worker.secretEnv" -}}
+{{- $secretName := include "trace-worker.secretName" . }}
+{{- if $secretName }}
+{{- $existing := .Values.secret.existingSecret }}
+{{- range $var, $field := dict "TRACE_WORKER_FLIGHTSQL_TOKEN" "flightsqlToken" "TRACE_WORKER_REDIS_PASSWORD" "redisPassword" "TRACE_WORKER_BLOB_S3_ACCESS_KEY_ID" "s3AccessKeyId" "TRACE_WORKER_BLOB_S3_SECRET_ACCESS_KEY" "s3SecretAccessKey" }}
+{{- if or $existing (get $.Values.secret $field) }}
+- name: {{ $var }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secretName }}
+      key: {{ get $.Values.secret.keys $field }}
+      optional: {{ ternary "true" "false" (not (empty $existing)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
