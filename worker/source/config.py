@@ -1,0 +1,85 @@
+"""Connection settings of the Flight SQL source, as a plain value independent of the settings model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from worker.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from worker.settings import Settings
+
+__all__ = ["FlightSqlConfig"]
+
+_SCHEMES = ("grpc://", "grpc+tcp://", "grpc+tls://")
+
+
+@dataclass(frozen=True)
+class FlightSqlConfig:
+    """Where and how to reach the Flight SQL service.
+
+    Attributes:
+        url: ``grpc://host:port`` (plain) or ``grpc+tls://host:port``; ``http://`` and ``https://``
+            (upstream's spelling) are accepted as aliases of those two.
+        token: Bearer token sent as ``authorization: Bearer <token>``.
+        tls_ca_pem: PEM of the CA that signs the server's certificate; default: system roots.
+        tls_skip_verify: Accept any server certificate (development only).
+        preserve_dictionary: Ask for dictionary-encoded strings (less data on the wire).
+        concurrency: How many threads' spans are fetched at once (one connection each).
+    """
+
+    url: str
+    token: str | None = None
+    tls_ca_pem: bytes | None = None
+    tls_skip_verify: bool = False
+    preserve_dictionary: bool = True
+    concurrency: int = 4
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise InvalidRequest(f"concurrency must be at least 1: {self.concurrency}")
+        object.__setattr__(self, "url", normalise_url(self.url))
+
+    @property
+    def tls(self) -> bool:
+        return self.url.startswith("grpc+tls://")
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> FlightSqlConfig:
+        """The source configuration from the worker's settings (reads the CA file, if any).
+
+        Raises:
+            InvalidRequest: the CA file cannot be read.
+        """
+        ca: bytes | None = None
+        if s.flightsql_tls_ca:
+            try:
+                ca = Path(s.flightsql_tls_ca).read_bytes()
+            except OSError as exc:
+                message = f"cannot read the Flight SQL CA file {s.flightsql_tls_ca}: {exc}"
+                raise InvalidRequest(message) from exc
+        return cls(
+            url=s.flightsql_url,
+            token=s.flightsql_token.get_secret_value() if s.flightsql_token else None,
+            tls_ca_pem=ca,
+            tls_skip_verify=s.flightsql_tls_skip_verify,
+            preserve_dictionary=s.flightsql_preserve_dictionary,
+            concurrency=s.flightsql_concurrency,
+        )
+
+
+def normalise_url(url: str) -> str:
+    """``http://`` → ``grpc://`` and ``https://`` → ``grpc+tls://``; other schemes are refused.
+
+    Raises:
+        InvalidRequest: the scheme is not a gRPC one.
+    """
+    if url.startswith("http://"):
+        return "grpc://" + url.removeprefix("http://")
+    if url.startswith("https://"):
+        return "grpc+tls://" + url.removeprefix("https://")
+    if not url.startswith(_SCHEMES) or "://" not in url or not url.split("://", 1)[1]:
+        raise InvalidRequest(f"Flight SQL URL must be grpc://host:port or grpc+tls://host:port: {url!r}")
+    return url

@@ -1,0 +1,366 @@
+"""The Flight SQL source over ADBC (adbc-driver-flightsql).
+
+Only the call path that works against Micromegas is used: ``execute_partitions`` (GetFlightInfo)
+then ``read_partition`` (DoGet) per endpoint, which learns the schema from the stream (Micromegas
+answers GetFlightInfo with a zero-field schema). Headers are set on the *connection*, because
+``read_partition``'s DoGet does not carry statement options; setting a call header again
+*appends* a second value, so a header is cleared (empty value) before it is set anew. Since
+headers are per connection, each concurrent query gets its own connection from a small pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from typing import Any
+
+import adbc_driver_flightsql as fsql
+import adbc_driver_manager as adbc
+import pyarrow as pa
+
+from worker.errors import ProcessNotFound, SourceUnavailable
+from worker.model import ProcessInfo, ThreadInfo, TimeRange
+from worker.source import queries
+from worker.source.columns import (
+    ASYNC_EVENT_KINDS,
+    PROCESS_KINDS,
+    PROCESS_LIST_KINDS,
+    THREAD_KINDS,
+    THREAD_SPAN_KINDS,
+    BatchChecker,
+    Kind,
+)
+from worker.source.config import FlightSqlConfig
+from worker.source.fetch import ordered_fetch
+from worker.source.translate import translate_errors
+
+__all__ = ["FlightSqlSource"]
+
+_HEADER = fsql.ConnectionOptions.RPC_CALL_HEADER_PREFIX.value
+_RANGE_HEADERS = ("query_range_begin", "query_range_end")
+#: gRPC's 16 MiB default message size is smaller than one large batch.
+_MAX_MESSAGE = str(256 * 1024 * 1024)
+#: Batches the driver prefetches per stream (its default is 5); with the per-thread buffer this
+#: bounds the batches held per concurrent fetch.
+_DRIVER_QUEUE = "4"
+#: Batches buffered per thread fetched ahead of the one being consumed.
+_THREAD_BUFFER = 4
+#: Idle connections kept for reuse; more are opened on demand and closed when released.
+_MAX_IDLE = 16
+
+
+class _Connection:
+    """One ADBC connection and the call headers currently set on it."""
+
+    def __init__(self, raw: adbc.AdbcConnection) -> None:
+        self.raw = raw
+        self.headers: dict[str, str] = {}
+
+    def set_headers(self, headers: Mapping[str, str]) -> None:
+        for name in _RANGE_HEADERS:
+            wanted = headers.get(name, "")
+            if self.headers.get(name, "") == wanted:
+                continue
+            # Clear first: setting a call header again adds a second value, and servers read the first.
+            self.raw.set_options(**{_HEADER + name: ""})
+            if wanted:
+                self.raw.set_options(**{_HEADER + name: wanted})
+            self.headers[name] = wanted
+
+
+class _Query:
+    """One statement, read partition by partition. Blocking; each method runs in a worker thread."""
+
+    def __init__(self, conn: _Connection, sql: str, headers: Mapping[str, str], what: str) -> None:
+        self._conn = conn
+        self._sql = sql
+        self._headers = headers
+        self._what = what
+        self._stmt: adbc.AdbcStatement | None = None
+        self._parts: list[bytes] = []
+        self._reader: pa.RecordBatchReader | None = None
+        self._received = False
+
+    def open(self) -> None:
+        with translate_errors(self._what):
+            self._conn.set_headers(self._headers)
+            stmt = adbc.AdbcStatement(self._conn.raw)
+            self._stmt = stmt
+            stmt.set_options(**{fsql.StatementOptions.QUEUE_SIZE.value: _DRIVER_QUEUE})
+            stmt.set_sql_query(self._sql)
+            partitions, _schema, _rows = stmt.execute_partitions()
+            self._parts = list(partitions)
+
+    def next_batch(self) -> pa.RecordBatch | None:
+        """The next non-empty batch, or None at the end of the last partition."""
+        with translate_errors(self._what, streaming=self._received):
+            while True:
+                if self._reader is None:
+                    if not self._parts:
+                        return None
+                    handle = self._conn.raw.read_partition(self._parts.pop(0))
+                    self._reader = pa.RecordBatchReader._import_from_c(handle.address)
+                try:
+                    batch = self._reader.read_next_batch()
+                except StopIteration:
+                    self._reader.close()
+                    self._reader = None
+                    continue
+                self._received = True
+                if batch.num_rows:
+                    return batch
+
+    def cancel(self) -> None:
+        """Ends a read blocked in another thread (ADBC allows cancel from any thread)."""
+        stmt = self._stmt
+        if stmt is not None:
+            with contextlib.suppress(adbc.Error):
+                stmt.cancel()
+
+    def close(self) -> None:
+        try:
+            if self._reader is not None:
+                self._reader.close()
+            if self._stmt is not None:
+                self._stmt.close()
+        except (adbc.Error, OSError, pa.ArrowException):
+            pass  # the statement is abandoned either way; closing only frees resources
+        finally:
+            self._reader = None
+            self._stmt = None
+
+
+class _Pool:
+    """ADBC connections, one per concurrent query; opened on demand, idle ones reused.
+
+    Unbounded on purpose: each fetch bounds its own concurrency, and a shared hard cap could
+    deadlock two jobs whose fetch-ahead tasks hold each other's connections.
+    """
+
+    def __init__(self, config: FlightSqlConfig) -> None:
+        self._config = config
+        self._lock = threading.Lock()
+        self._db: adbc.AdbcDatabase | None = None
+        self._idle: list[_Connection] = []
+        self._closed = False
+
+    def _db_options(self) -> dict[str, str]:
+        c = self._config
+        options = {fsql.DatabaseOptions.WITH_MAX_MSG_SIZE.value: _MAX_MESSAGE}
+        if c.token:
+            options[fsql.DatabaseOptions.AUTHORIZATION_HEADER.value] = f"Bearer {c.token}"
+        if c.tls_ca_pem:
+            options[fsql.DatabaseOptions.TLS_ROOT_CERTS.value] = c.tls_ca_pem.decode()
+        if c.tls_skip_verify:
+            options[fsql.DatabaseOptions.TLS_SKIP_VERIFY.value] = "true"
+        if c.preserve_dictionary:
+            options[_HEADER + "preserve_dictionary"] = "true"
+        return options
+
+    def _open(self) -> _Connection:
+        with translate_errors("connect"), self._lock:
+            if self._closed:
+                raise SourceUnavailable("the Flight SQL source is closed")
+            if self._db is None:
+                self._db = fsql.connect(self._config.url, db_kwargs=self._db_options())
+            return _Connection(adbc.AdbcConnection(self._db))
+
+    async def acquire(self) -> _Connection:
+        if self._closed:
+            raise SourceUnavailable("the Flight SQL source is closed")
+        if self._idle:
+            return self._idle.pop()
+        return await asyncio.to_thread(self._open)
+
+    def release(self, conn: _Connection) -> None:
+        if not self._closed and len(self._idle) < _MAX_IDLE:
+            self._idle.append(conn)
+        else:
+            _close_quietly(conn.raw)
+
+    def close(self) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            _close_quietly(conn.raw)
+        with self._lock:
+            if self._db is not None:
+                _close_quietly(self._db)
+                self._db = None
+
+
+def _close_quietly(obj: adbc.AdbcConnection | adbc.AdbcDatabase) -> None:
+    with contextlib.suppress(adbc.Error):
+        obj.close()
+
+
+def _range_headers(time_range: TimeRange) -> dict[str, str]:
+    return {
+        "query_range_begin": queries.header_time(time_range.begin_ns, round_up=False),
+        "query_range_end": queries.header_time(time_range.end_ns, round_up=True),
+    }
+
+
+def _as_ints(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """Timestamps as int64 epoch ns, so that ``to_pylist`` keeps nanoseconds."""
+    columns = [c.cast(pa.int64()) if pa.types.is_timestamp(c.type) else c for c in batch.columns]
+    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
+
+
+def _ns(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+class FlightSqlSource:
+    """:class:`~worker.source.Source` over an Arrow Flight SQL service speaking Micromegas's SQL.
+
+    Args:
+        config: Where the service is and how to talk to it.
+    """
+
+    def __init__(self, config: FlightSqlConfig) -> None:
+        self._config = config
+        self._pool = _Pool(config)
+
+    async def _stream(
+        self, sql: str, headers: Mapping[str, str], what: str, check: BatchChecker
+    ) -> AsyncGenerator[pa.RecordBatch, None]:
+        """Batches of one query, each read in a worker thread, on a connection of its own."""
+        conn = await self._pool.acquire()
+        query = _Query(conn, sql, headers, what)
+        loop = asyncio.get_running_loop()
+        pending: asyncio.Future[Any] | None = None
+        try:
+            pending = loop.run_in_executor(None, query.open)
+            await pending
+            while True:
+                pending = loop.run_in_executor(None, query.next_batch)
+                batch = await pending
+                if batch is None:
+                    break
+                yield check(batch)
+        finally:
+            if pending is not None and not pending.done():
+                # Cancelled while a read runs in its thread: end that read, and close the statement
+                # and reuse the connection only once the thread has let go of them.
+                query.cancel()
+
+                def _after(_: object) -> None:
+                    query.close()
+                    self._pool.release(conn)
+
+                pending.add_done_callback(_after)
+            else:
+                query.close()
+                self._pool.release(conn)
+
+    async def _rows(
+        self, sql: str, headers: Mapping[str, str], what: str, kinds: Mapping[str, Kind]
+    ) -> list[dict[str, Any]]:
+        """A small result as rows (process description, thread list)."""
+        check = BatchChecker(what, kinds)
+        rows: list[dict[str, Any]] = []
+        stream = self._stream(sql, headers, what, check)
+        try:
+            async for batch in stream:
+                rows.extend(_as_ints(batch).to_pylist())
+        finally:
+            await stream.aclose()
+        return rows
+
+    async def process(self, process_id: str) -> ProcessInfo:
+        sql = queries.process_sql(process_id)
+        rows = await self._rows(sql, {}, "process query", PROCESS_KINDS)
+        if not rows:
+            raise ProcessNotFound(f"no process {process_id.lower()} in the Flight SQL service")
+        row = rows[0]
+        return ProcessInfo(
+            process_id=_text(row["process_id"]),
+            exe=_text(row["exe"]),
+            username=_text(row.get("username")),
+            realname=_text(row.get("realname")),
+            computer=_text(row.get("computer")),
+            distro=_text(row.get("distro")),
+            cpu_brand=_text(row.get("cpu_brand")),
+            start_time_ns=_ns(row.get("start_time")),
+            first_time_ns=_ns(row["first_time"]),
+            last_time_ns=_ns(row["last_time"]),
+        )
+
+    async def threads(self, process_id: str, time_range: TimeRange) -> list[ThreadInfo]:
+        sql = queries.threads_sql(process_id)
+        rows = await self._rows(sql, _range_headers(time_range), "thread list query", THREAD_KINDS)
+        return [
+            ThreadInfo(
+                stream_id=_text(row["stream_id"]),
+                thread_name=_text(row["thread_name"]),
+                thread_id=_text(row["thread_id"]),
+            )
+            for row in rows
+        ]
+
+    async def thread_spans(
+        self, threads: Sequence[ThreadInfo], time_range: TimeRange
+    ) -> AsyncIterator[tuple[ThreadInfo, pa.RecordBatch | None]]:
+        # Build (and so validate) every query before the first one is sent.
+        sqls = [queries.thread_spans_sql(t.stream_id, time_range) for t in threads]
+        headers = _range_headers(time_range)
+        check = BatchChecker("thread spans query", THREAD_SPAN_KINDS)
+
+        def open_stream(index: int) -> AsyncGenerator[pa.RecordBatch, None]:
+            what = f"thread spans query (stream {threads[index].stream_id})"
+            return self._stream(sqls[index], headers, what, check)
+
+        fetch = ordered_fetch(
+            len(threads), open_stream, concurrency=self._config.concurrency, buffer=_THREAD_BUFFER
+        )
+        try:
+            async for index, batch in fetch:
+                yield threads[index], batch
+        finally:
+            await fetch.aclose()
+
+    async def async_events(self, process_id: str, time_range: TimeRange) -> AsyncIterator[pa.RecordBatch]:
+        sql = queries.async_events_sql(process_id, time_range)
+        check = BatchChecker("async events query", ASYNC_EVENT_KINDS)
+        stream = self._stream(sql, _range_headers(time_range), "async events query", check)
+        try:
+            async for batch in stream:
+                yield batch
+        finally:
+            await stream.aclose()
+
+    async def processes(self, limit: int = 100) -> list[ProcessInfo]:
+        sql = queries.processes_sql(limit)
+        rows = await self._rows(sql, {}, "process list query", PROCESS_LIST_KINDS)
+        return [
+            ProcessInfo(
+                process_id=_text(row["process_id"]),
+                exe=_text(row["exe"]),
+                username=_text(row.get("username")),
+                computer=_text(row.get("computer")),
+                start_time_ns=_ns(row["start_time"]),
+                last_time_ns=_ns(row["last_time"]),
+            )
+            for row in rows
+        ]
+
+    async def ping(self) -> None:
+        check = BatchChecker("ping", {})
+        stream = self._stream("SELECT 1 AS one", {}, "ping", check)
+        try:
+            async for _ in stream:
+                pass
+        finally:
+            await stream.aclose()
+
+    async def aclose(self) -> None:
+        self._pool.close()
