@@ -1,0 +1,80 @@
+"""Local folder blob store (the default: ``file://./traces``).
+
+Objects are files under the root folder. A writer stages ``<name>#<n>`` next to the final file and
+renames it over the final name on commit (atomic on one file system), so a reader never sees a
+half-written trace. A process killed mid-write can leave a staged ``#`` file behind; it is never
+mistaken for a trace.
+
+Example:
+    >>> store = LocalBlobStore.from_url("file:///tmp/traces")
+    >>> store.uri("p/j.pftrace")
+    'file:///tmp/traces/p/j.pftrace'
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from obstore.store import LocalStore
+
+from worker.errors import BlobStoreError
+from worker.sinks.blob._obstore import DEFAULT_MAX_CONCURRENCY, DEFAULT_PART_SIZE, ObstoreBlobStore
+
+__all__ = ["LocalBlobStore", "parse_file_url"]
+
+
+def parse_file_url(url: str, cwd: Path | None = None) -> Path:
+    """The folder of a ``file://`` URL: ``file:///abs/dir`` or ``file://./rel`` (relative to ``cwd``).
+
+    Raises:
+        BlobStoreError: not a file:// URL.
+    """
+    if not url.startswith("file://"):
+        raise BlobStoreError(f"not a file:// URL: {url!r}")
+    rest = url[len("file://") :]
+    if rest.startswith("localhost/"):
+        rest = rest[len("localhost") :]
+    path = Path(rest or ".")
+    if not path.is_absolute():
+        path = (cwd or Path.cwd()) / path
+    return Path(os.path.normpath(path))
+
+
+class LocalBlobStore(ObstoreBlobStore):
+    """Traces as files under ``root`` (created if missing)."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        part_size: int = DEFAULT_PART_SIZE,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+    ) -> None:
+        self.root = root.resolve()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            store = LocalStore(self.root)
+        except (OSError, ValueError) as exc:
+            raise BlobStoreError(f"cannot use blob folder {self.root}: {exc}") from exc
+        super().__init__(store, part_size=part_size, max_concurrency=max_concurrency)
+
+    @classmethod
+    def from_url(cls, url: str, **options: int) -> LocalBlobStore:
+        """From ``file:///abs/dir`` or ``file://./rel`` (relative to the current directory)."""
+        return cls(parse_file_url(url), **options)
+
+    def _location(self, key: str) -> str:
+        return (self.root / key).as_uri()
+
+    def _where(self) -> str:
+        return f"blob folder {self.root}"
+
+    async def presign(self, key: str, expires_s: int) -> str | None:
+        """The file:// URI: fetchable by a client on the same machine (nothing to sign locally)."""
+        return self.uri(key)
+
+    async def ping(self) -> None:
+        if not self.root.is_dir() or not os.access(self.root, os.W_OK | os.X_OK):
+            raise BlobStoreError(f"blob folder {self.root} is missing or not writable")
+        await super().ping()
