@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     blob_s3_secret_access_key: SecretStr | None = None
     #: Allow a plain-http endpoint (local S3-compatible servers).
     blob_s3_allow_http: bool = False
+    #: Lifetime of the fetchable `url` in succeeded status entries (S3 presigned URLs).
+    blob_url_expires_s: int = Field(24 * 3600, ge=60, le=7 * 24 * 3600)
 
     # -- Service (trace-worker run)
     #: Jobs one worker process runs at once.
@@ -101,7 +103,8 @@ class Settings(BaseSettings):
     job_timeout_s: float = Field(3600.0, gt=0)
 
     # -- Operations
-    #: Address of the HTTP endpoints (/livez, /readyz, /metrics, /asyncapi.json); port 0 = off.
+    #: Address of the HTTP endpoints (/livez, /readyz, /metrics, /asyncapi.json); empty = no HTTP.
+    #: 127.0.0.1 for development; containers set 0.0.0.0. Port 0 picks a free port.
     http_host: str = "127.0.0.1"
     http_port: int = Field(8080, ge=0, le=65535)
     #: Log lines as text or json (one JSON object per line).
