@@ -1,0 +1,111 @@
+"""values.schema.json rejects bad values (through Helm's own validation); README.md lists every value."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import helm_python as helm
+import pytest
+import yaml
+
+from tests.deploy.support import CHART, load_chart, production_values, render
+
+INVALID: list[tuple[str, dict[str, Any], str]] = [
+    ("unknown top-level key", {"replicas": 3}, "additional properties 'replicas'"),
+    ("typo in a nested key", {"config": {"redisURL": "redis://r:6379"}}, "additional properties 'redisURL'"),
+    ("redis url scheme", {"config": {"redisUrl": "http://redis:6379"}}, "/config/redisUrl"),
+    ("flight sql scheme", {"config": {"flightsqlUrl": "tcp://mm:50051"}}, "/config/flightsqlUrl"),
+    ("blob url scheme", {"config": {"blobUrl": "gs://bucket/x"}}, "/config/blobUrl"),
+    ("key prefix charset", {"config": {"keyPrefix": "a b"}}, "/config/keyPrefix"),
+    ("zero concurrency", {"config": {"concurrency": 0}}, "/config/concurrency"),
+    ("concurrency as text", {"config": {"concurrency": "four"}}, "/config/concurrency"),
+    ("zero drain timeout", {"config": {"drainTimeoutSeconds": 0}}, "/config/drainTimeoutSeconds"),
+    ("privileged http port", {"config": {"httpPort": 80}}, "/config/httpPort"),
+    ("extra setting outside the prefix", {"config": {"extra": {"PATH": "/x"}}}, "'PATH' does not match"),
+    ("writable root", {"securityContext": {"readOnlyRootFilesystem": False}}, "/securityContext"),
+    ("root user allowed", {"podSecurityContext": {"runAsNonRoot": False}}, "/podSecurityContext"),
+    ("capabilities kept", {"securityContext": {"capabilities": {"drop": ["NET_RAW"]}}}, "/securityContext"),
+    ("capability added", {"securityContext": {"capabilities": {"add": ["NET_ADMIN"]}}}, "/securityContext"),
+    ("escalation allowed", {"securityContext": {"allowPrivilegeEscalation": True}}, "/securityContext"),
+    ("keda metric", {"autoscaling": {"keda": {"metric": "cpu"}}}, "/autoscaling/keda/metric"),
+    ("keda target zero", {"autoscaling": {"keda": {"target": 0}}}, "/autoscaling/keda/target"),
+    ("negative min replicas", {"autoscaling": {"minReplicas": -1}}, "/autoscaling/minReplicas"),
+    ("redis address without port", {"autoscaling": {"keda": {"redisAddress": "redis"}}}, "redisAddress"),
+    ("pdb percentage", {"podDisruptionBudget": {"maxUnavailable": "half"}}, "/podDisruptionBudget"),
+    ("pull policy", {"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
+    ("image digest", {"image": {"digest": "latest"}}, "/image/digest"),
+    ("service type", {"service": {"type": "Ingress"}}, "/service/type"),
+    ("scrape interval", {"metrics": {"serviceMonitor": {"interval": "soon"}}}, "interval"),
+    (
+        "both CA sources",
+        {"flightsql": {"tlsCa": {"secretName": "a", "configMapName": "b"}}},
+        "/flightsql/tlsCa",
+    ),
+    ("probe period", {"probes": {"readiness": {"periodSeconds": 0}}}, "/probes/readiness/periodSeconds"),
+    ("log format", {"config": {"logFormat": "xml"}}, "/config/logFormat"),
+]
+
+
+@pytest.mark.parametrize(("values", "where"), [(v, w) for _, v, w in INVALID], ids=[i for i, _, _ in INVALID])
+def test_schema_rejects_invalid_values(values: dict[str, Any], where: str) -> None:
+    with load_chart() as chart, pytest.raises(helm.HelmValuesError) as caught:
+        chart.validate_schema(values)
+    assert where in str(caught.value)
+    # An install validates the same way: nothing renders.
+    with pytest.raises(helm.HelmValuesError):
+        render(values)
+
+
+@pytest.mark.parametrize("values", [{}, production_values()], ids=["default", "production"])
+def test_schema_accepts_the_shipped_values(values: dict[str, Any]) -> None:
+    with load_chart() as chart:
+        chart.validate_schema(values)
+
+
+def _schema() -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((CHART / "values.schema.json").read_text())
+    return loaded
+
+
+def _default_values() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((CHART / "values.yaml").read_text())
+    return loaded
+
+
+def _paths(values: dict[str, Any], schema: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted paths of values.yaml's leaves; maps the schema leaves open (free-form) count as one leaf."""
+    out: list[str] = []
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        sub = schema.get("properties", {}).get(key, {})
+        if isinstance(value, dict) and value and "properties" in sub:
+            out += _paths(value, sub, f"{path}.")
+        else:
+            out.append(path)
+    return out
+
+
+def test_schema_covers_every_value() -> None:
+    assert set(_default_values()) == set(_schema()["properties"])
+
+    def walk(values: dict[str, Any], schema: dict[str, Any], prefix: str) -> None:
+        props = schema.get("properties")
+        if props is None:
+            return
+        assert set(values) <= set(props), f"{prefix}: not in the schema: {set(values) - set(props)}"
+        for key, value in values.items():
+            if isinstance(value, dict) and value:
+                walk(value, props[key], f"{prefix}{key}.")
+
+    walk(_default_values(), _schema(), "")
+
+
+def test_readme_lists_every_value() -> None:
+    readme = (CHART / "README.md").read_text()
+    listed = set(re.findall(r"^\| `([A-Za-z0-9_.]+)` \|", readme, flags=re.MULTILINE))
+    paths = _paths(_default_values(), _schema())
+    assert len(paths) > 50
+    assert sorted(set(paths) - listed) == []
+    assert sorted(listed - set(paths)) == []  # and nothing that no longer exists
