@@ -1,0 +1,123 @@
+"""Where a downloaded trace goes, and fetching a blob-only trace from its URL. Stdlib only.
+
+A :class:`TraceSink` writes to a path (through ``<path>.part``, renamed on success, so a failed
+download never leaves a truncated file under the requested name) or to a caller's binary writable.
+It can start over when the job restarts as a new attempt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from contracts.client_errors import ClientError, TraceIntegrityError
+
+__all__ = ["TraceSink", "Writable", "fetch_url"]
+
+_PIECE = 1024 * 1024
+
+
+class Writable(Protocol):
+    """Anything with ``write(bytes)``; ``seek``/``truncate`` make an attempt restart possible."""
+
+    def write(self, data: bytes, /) -> object: ...
+
+
+class TraceSink:
+    """Receives one trace's bytes, counting size and sha256 as they pass."""
+
+    def __init__(self, target: str | os.PathLike[str] | Writable) -> None:
+        self.path: Path | None = None
+        #: The file we opened (path targets), closed by commit/discard.
+        self._owned: BinaryIO | None = None
+        self._file: Writable
+        if isinstance(target, str | os.PathLike):
+            self.path = Path(target)
+            self._part = self.path.with_name(self.path.name + ".part")
+            try:
+                self._owned = open(self._part, "wb")  # noqa: SIM115 - closed in commit/discard
+            except OSError as exc:
+                raise ClientError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+            self._file = self._owned
+        else:
+            self._file = target
+        self._restart()
+
+    def _restart(self) -> None:
+        self.size = 0
+        self._sha = hashlib.sha256()
+
+    @property
+    def sha256(self) -> str:
+        return self._sha.hexdigest()
+
+    def write(self, data: bytes) -> None:
+        self._file.write(data)
+        self.size += len(data)
+        self._sha.update(data)
+
+    def reset(self) -> None:
+        """Start over (a new attempt began): forget what was written."""
+        if self.size:
+            seek = getattr(self._file, "seek", None)
+            truncate = getattr(self._file, "truncate", None)
+            if seek is None or truncate is None:
+                raise ClientError(
+                    "the job restarted as a new attempt after bytes were written to a writable that "
+                    "cannot seek; download again (the job stream keeps every attempt)"
+                )
+            seek(0)
+            truncate(0)
+        self._restart()
+
+    def verify(self, size: int | None, sha256: str | None) -> None:
+        """Raise :class:`TraceIntegrityError` unless the bytes match the terminal status."""
+        if size is not None and size != self.size:
+            raise TraceIntegrityError(f"received {self.size} bytes, the job reported {size}")
+        if sha256 is not None and sha256 != self.sha256:
+            raise TraceIntegrityError(f"sha256 {self.sha256} does not match the job's {sha256}")
+
+    def commit(self) -> None:
+        """Finish: a path target appears under its name only now."""
+        flush = getattr(self._file, "flush", None)
+        if flush is not None:
+            flush()
+        if self._owned is not None and self.path is not None:
+            self._owned.close()
+            os.replace(self._part, self.path)
+
+    def discard(self) -> None:
+        """Give up: a path target leaves no file behind."""
+        if self._owned is not None:
+            self._owned.close()
+            self._part.unlink(missing_ok=True)
+
+
+def fetch_url(url: str, sink: TraceSink, timeout_s: float = 60.0) -> None:
+    """Copy the object at ``url`` (http(s):// signed URL or file:// path) into ``sink``. Blocking.
+
+    Raises:
+        ClientError: the URL cannot be read.
+    """
+    scheme = urllib.parse.urlparse(url).scheme
+    if scheme not in ("http", "https", "file"):
+        raise ClientError(f"cannot fetch a trace from {url!r}: only http(s):// and file:// URLs")
+    try:
+        if scheme == "file":
+            path = urllib.request.url2pathname(urllib.parse.urlparse(url).path)
+            with open(path, "rb") as src:
+                _copy(src, sink)
+        else:
+            with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # scheme checked above
+                _copy(resp, sink)
+    except OSError as exc:  # URLError and HTTPError are OSErrors
+        raise ClientError(f"cannot fetch the trace from {url.split('?', maxsplit=1)[0]}: {exc}") from exc
+
+
+def _copy(src: BinaryIO, sink: TraceSink) -> None:
+    while piece := src.read(_PIECE):
+        sink.write(piece)
