@@ -11,7 +11,16 @@ import yaml
 from tests.deploy.support import CHART, ROOT, setting_env_names
 
 DOCS = [ROOT / "docs" / "DEPLOYMENT.md", CHART / "README.md"]
-_VALUE_ROOTS = ("config", "secret", "autoscaling", "flightsql", "metrics", "resources", "podDisruptionBudget")
+_VALUE_ROOTS = (
+    "config",
+    "secret",
+    "autoscaling",
+    "flightsql",
+    "redisTls",
+    "metrics",
+    "resources",
+    "podDisruptionBudget",
+)
 
 
 def _has_path(values: dict[str, Any], dotted: str) -> bool:

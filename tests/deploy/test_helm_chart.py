@@ -8,6 +8,7 @@ from typing import Any
 
 import helm_python as helm
 import pytest
+from redis.connection import parse_url
 
 from contracts.keys import Keys
 from tests.deploy.support import CHART, Manifests, production_values, render, setting_env_names
@@ -326,3 +327,44 @@ def test_notes_name_the_stream_and_the_health_endpoint() -> None:
     notes = render().notes
     assert "traces:requests" in notes
     assert "/readyz" in notes
+
+
+def test_redis_tls_files_are_mounted_and_named_in_the_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    values = {
+        "config": {"redisUrl": "rediss://redis.data:6380/1"},
+        "redisTls": {"secretName": "redis-tls", "clientCert": True},
+        "autoscaling": {"enabled": True},
+    }
+    m = render(values)
+    url = m.one("ConfigMap")["data"]["TRACE_WORKER_REDIS_URL"]
+    # redis-py (Redis.from_url) turns the query into connection arguments.
+    kwargs: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
+    mount = next(v for v in m.container()["volumeMounts"] if v["name"] == "redis-tls")
+    assert mount["readOnly"] is True
+    assert kwargs["ssl_ca_certs"] == f"{mount['mountPath']}/ca.crt"
+    assert kwargs["ssl_certfile"] == f"{mount['mountPath']}/tls.crt"
+    assert kwargs["ssl_keyfile"] == f"{mount['mountPath']}/tls.key"
+    assert (kwargs["host"], kwargs["port"], kwargs["db"]) == ("redis.data", 6380, 1)
+    monkeypatch.setenv("TRACE_WORKER_REDIS_URL", url)
+    assert Settings(_env_file=None).redis_url == url
+    volume = next(v for v in m.pod_spec()["volumes"] if v["name"] == "redis-tls")
+    assert volume["secret"]["secretName"] == "redis-tls"
+    assert {i["key"] for i in volume["secret"]["items"]} == {"ca.crt", "tls.crt", "tls.key"}
+    # KEDA reads the same files and connects with TLS.
+    refs = {
+        r["parameter"]: (r["name"], r["key"])
+        for r in m.one("TriggerAuthentication")["spec"]["secretTargetRef"]
+    }
+    assert refs == {
+        "ca": ("redis-tls", "ca.crt"),
+        "cert": ("redis-tls", "tls.crt"),
+        "key": ("redis-tls", "tls.key"),
+    }
+    assert _trigger(m)["metadata"]["enableTLS"] == "true"
+    assert _trigger(m)["metadata"]["address"] == "redis.data:6380"
+
+
+def test_redis_tls_needs_a_tls_url() -> None:
+    with pytest.raises(helm.HelmRenderError, match="needs a rediss://"):
+        render({"redisTls": {"secretName": "redis-tls"}})
+    assert "?" not in render().one("ConfigMap")["data"]["TRACE_WORKER_REDIS_URL"]

@@ -85,6 +85,25 @@ app.kubernetes.io/component: worker
 {{- end }}
 {{- end }}
 
+{{/* The Redis URL the worker gets: config.redisUrl plus the mounted TLS files (redis-py reads ssl_* query arguments). */}}
+{{- define "trace-worker.redisUrl" -}}
+{{- $url := .Values.config.redisUrl }}
+{{- with .Values.redisTls }}
+{{- if .secretName }}
+{{- if not (hasPrefix "rediss://" $url) }}
+{{- fail "redisTls.secretName needs a rediss:// config.redisUrl" }}
+{{- end }}
+{{- $query := list (printf "ssl_ca_certs=/etc/trace-worker/redis-tls/%s" .caKey) }}
+{{- if .clientCert }}
+{{- $query = append $query (printf "ssl_certfile=/etc/trace-worker/redis-tls/%s" .certKey) }}
+{{- $query = append $query (printf "ssl_keyfile=/etc/trace-worker/redis-tls/%s" .keyKey) }}
+{{- end }}
+{{- $url = printf "%s%s%s" $url (ternary "&" "?" (contains "?" $url)) (join "&" $query) }}
+{{- end }}
+{{- end }}
+{{- $url }}
+{{- end }}
+
 {{/* Redis database index from config.redisUrl's path ("/3" -> 3), default 0. */}}
 {{- define "trace-worker.redisDatabase" -}}
 {{- $u := urlParse .Values.config.redisUrl }}
