@@ -1,0 +1,120 @@
+"""Test-side decoder: trace bytes -> slices, the way Perfetto's importer pairs BEGIN and END.
+
+Independent of worker.inspect on purpose (the tests check the engine and inspect separately). Events
+of a track are stably sorted by timestamp (file order breaks ties) and an END closes the most recent
+open slice of its track; an END whose name differs from that slice is recorded as a misnesting.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from worker.perfetto_pb import pb
+
+
+@dataclass(frozen=True, order=True)
+class Slice:
+    track: int
+    begin: int
+    end: int
+    name: str
+    category: str
+    file: str
+    line: int
+    cut: str = ""
+
+
+@dataclass
+class Decoded:
+    packets: list[pb.TracePacket]
+    slices: list[Slice]
+    problems: list[str]
+    descriptors: dict[int, pb.TrackDescriptor] = field(default_factory=dict)
+
+    def on_track(self, uuid: int) -> list[Slice]:
+        return sorted(s for s in self.slices if s.track == uuid)
+
+
+def packet_sizes(data: bytes) -> list[int]:
+    """Byte length of each framed packet (tag + length + body), checking the framing."""
+    sizes = []
+    pos = 0
+    while pos < len(data):
+        start = pos
+        assert data[pos] == 0x0A, f"packet at {pos} is not Trace field 1"
+        pos += 1
+        length = shift = 0
+        while True:
+            byte = data[pos]
+            pos += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        pos += length
+        assert pos <= len(data), "truncated packet"
+        sizes.append(pos - start)
+    return sizes
+
+
+def decode(data: bytes) -> Decoded:
+    trace = pb.Trace.FromString(data)
+    names: dict[int, str] = {}
+    cats: dict[int, str] = {}
+    locs: dict[int, tuple[str, int]] = {}
+    problems: list[str] = []
+    events: dict[int, list[tuple[int, int, int, str, str, str, int, str]]] = defaultdict(list)
+    descriptors: dict[int, pb.TrackDescriptor] = {}
+    cleared = False
+    for index, packet in enumerate(trace.packet):
+        if not packet.HasField("trusted_packet_sequence_id"):
+            problems.append(f"packet {index} has no sequence id")
+        if packet.sequence_flags & 1:
+            cleared = True
+            names, cats, locs = {}, {}, {}
+        if packet.HasField("interned_data"):
+            if not cleared:
+                problems.append(f"packet {index}: interned data before CLEARED")
+            for n in packet.interned_data.event_names:
+                names[n.iid] = n.name
+            for c in packet.interned_data.event_categories:
+                cats[c.iid] = c.name
+            for s in packet.interned_data.source_locations:
+                locs[s.iid] = (s.file_name, s.line_number)
+        if packet.HasField("track_descriptor"):
+            descriptors[packet.track_descriptor.uuid] = packet.track_descriptor
+        if packet.HasField("track_event"):
+            te = packet.track_event
+            for iid, table in ((te.name_iid, names), (te.source_location_iid, locs)):
+                if iid not in table:
+                    problems.append(f"packet {index}: iid {iid} used before definition")
+            cat = cats.get(te.category_iids[0], "?") if te.category_iids else ""
+            file, line = locs.get(te.source_location_iid, ("?", -1))
+            cut = ""
+            for ann in te.debug_annotations:
+                if ann.name == "trace_worker_cut":
+                    cut = ann.string_value
+            events[te.track_uuid].append(
+                (packet.timestamp, index, te.type, names.get(te.name_iid, "?"), cat, file, line, cut)
+            )
+    slices: list[Slice] = []
+    for track, evs in events.items():
+        if track not in descriptors:
+            problems.append(f"events on undeclared track {track}")
+        evs.sort(key=lambda e: (e[0], e[1]))
+        stack: list[tuple[int, str, str, str, int, str]] = []
+        for ts, index, kind, name, cat, file, line, cut in evs:
+            if kind == pb.TrackEvent.TYPE_SLICE_BEGIN:
+                stack.append((ts, name, cat, file, line, cut))
+            elif kind == pb.TrackEvent.TYPE_SLICE_END:
+                if not stack:
+                    problems.append(f"track {track}: END at {ts} (packet {index}) with nothing open")
+                    continue
+                b, bname, bcat, bfile, bline, bcut = stack.pop()
+                if name != bname or cat != bcat:
+                    problems.append(f"track {track}: END {name!r}@{ts} closes {bname!r}@{b}")
+                slices.append(Slice(track, b, ts, bname, bcat, bfile, bline, bcut or cut))
+        for b, bname, *_ in stack:
+            problems.append(f"track {track}: {bname!r}@{b} never ends")
+    return Decoded(list(trace.packet), sorted(slices), problems, descriptors)

@@ -1,0 +1,191 @@
+"""Thread spans: every span once, exact, strictly nested, whatever the batch boundaries."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyarrow as pa
+import pytest
+import xxhash
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from contracts.request import SpanTypes
+from tests.engine.data import PROCESS, RANGE, THREADS, Span, split, thread_batch
+from tests.engine.decode import Slice, decode
+from worker.engine import TraceEncoder, encode
+from worker.errors import BadSourceData
+
+UUID_A = xxhash.xxh64_intdigest(b"stream-a")
+UUID_B = xxhash.xxh64_intdigest(b"stream-b")
+
+
+def run(batches: Sequence[tuple[str, pa.RecordBatch]], chunk_size: int = 1 << 20) -> bytes:
+    chunks = encode(
+        PROCESS, THREADS, batches, [], span_types=SpanTypes.THREAD, time_range=RANGE, chunk_size=chunk_size
+    )
+    return b"".join(chunks)
+
+
+def expected(spans: Sequence[Span], track: int) -> list[Slice]:
+    return sorted(Slice(track, s.begin, s.end, s.name, s.target, s.filename, s.line) for s in spans)
+
+
+@st.composite
+def call_trees(draw: st.DrawFn) -> list[Span]:
+    """Random well-nested call trees in preorder: equal timestamps and zero-length spans are common."""
+    spans: list[Span] = []
+    base = draw(st.integers(0, 2))
+    names = st.sampled_from(["a", "b", "c", "d"])
+
+    def children(lo: int, hi: int, depth: int) -> None:
+        t = lo
+        for _ in range(draw(st.integers(0, 3 if depth < 6 else 0))):
+            if len(spans) >= 40 or t > hi:
+                return
+            b = min(hi, t + draw(st.integers(0, 2)))
+            e = min(hi, b + draw(st.integers(0, 6)))
+            spans.append(
+                Span(
+                    b,
+                    e,
+                    base + depth,
+                    draw(names),
+                    draw(st.sampled_from(["x", "y"])),
+                    draw(st.sampled_from(["f.rs", "g.rs"])),
+                    draw(st.integers(0, 3)),
+                )
+            )
+            children(b, e, depth + 1)
+            t = e
+
+    children(draw(st.integers(0, 5)), 60, 0)
+    return spans
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    spans=call_trees(),
+    cuts=st.lists(st.integers(0, 40), max_size=6),
+    encoding=st.sampled_from(["plain", "dict16", "dict32"]),
+)
+def test_random_call_trees_round_trip(spans: list[Span], cuts: list[int], encoding: str) -> None:
+    batch = thread_batch(spans, encoding)
+    data = run([("stream-a", b) for b in split(batch, cuts)])
+    decoded = decode(data)
+    assert decoded.problems == []
+    assert decoded.on_track(UUID_A) == expected(spans, UUID_A)
+    # Every file position keeps timestamps non-decreasing on the track (what Perfetto's sort needs).
+    ts = [p.timestamp for p in decoded.packets if p.HasField("track_event")]
+    assert ts == sorted(ts)
+    # Chunking never changes the bytes, only where they are cut.
+    assert run([("stream-a", b) for b in split(batch, cuts)], chunk_size=97) == data
+
+
+def test_equal_timestamps_end_before_begin_and_zero_length_nesting() -> None:
+    spans = [
+        Span(10, 30, 0, "root"),
+        Span(10, 20, 1, "first"),
+        Span(20, 20, 1, "zero"),
+        Span(20, 20, 2, "zero-child"),
+        Span(20, 30, 1, "second"),
+        Span(30, 30, 0, "next-root"),
+    ]
+    decoded = decode(run([("stream-a", thread_batch(spans))]))
+    assert decoded.problems == []
+    assert decoded.on_track(UUID_A) == expected(spans, UUID_A)
+    order = [
+        (p.track_event.type, p.timestamp)
+        for p in decoded.packets
+        if p.HasField("track_event") and p.track_event.track_uuid == UUID_A
+    ]
+    b, e = 1, 2
+    assert order == [
+        (b, 10), (b, 10), (e, 20), (b, 20), (b, 20), (e, 20), (e, 20),
+        (b, 20), (e, 30), (e, 30), (b, 30), (e, 30),
+    ]  # fmt: skip
+
+
+def test_two_threads_each_on_their_track_and_a_thread_without_spans() -> None:
+    a = [Span(100, 200, 1, "a-root"), Span(110, 120, 2, "a-child")]
+    b = [Span(150, 160, 1, "b-root")]
+    decoded = decode(run([("stream-a", thread_batch(a)), ("stream-b", thread_batch(b))]))
+    assert decoded.problems == []
+    assert decoded.on_track(UUID_A) == expected(a, UUID_A)
+    assert decoded.on_track(UUID_B) == expected(b, UUID_B)
+    empty = decode(run([("stream-a", thread_batch(a)), ("stream-b", thread_batch([]))]))
+    assert empty.on_track(UUID_B) == []
+    assert empty.problems == []
+
+
+def test_encodings_and_time_types_give_identical_bytes() -> None:
+    spans = [Span(10, 50, 0, "r", "t1", "f1"), Span(12, 20, 1, "c", "t2", "f2", 9), Span(30, 40, 1, "r")]
+    outputs = {
+        run([("stream-a", thread_batch(spans, enc, times))])
+        for enc in ("plain", "large", "dict8", "dict16", "dict32", "dict64")
+        for times in ("timestamp", "int64")
+    }
+    assert len(outputs) == 1
+
+
+def test_bad_rows_are_clamped_into_strictly_nested_slices() -> None:
+    spans = [
+        Span(100, 200, 0, "root"),
+        Span(150, 260, 1, "ends-after-parent"),
+        Span(210, 220, 1, "starts-after-parent"),
+        Span(300, 250, 0, "ends-before-begin"),
+        Span(-5, 10, 0, "negative-and-out-of-order"),
+        Span(400, 500, 5, "depth-jump"),
+        Span(410, 420, 0, "shallower-than-first"),
+    ]
+    enc = TraceEncoder(PROCESS, THREADS, span_types=SpanTypes.THREAD, time_range=RANGE)
+    data = b"".join(enc.start() + enc.add_thread_spans("stream-a", thread_batch(spans)) + enc.finish())
+    decoded = decode(data)
+    assert decoded.problems == []
+    got = decoded.on_track(UUID_A)
+    assert len(got) == len(spans)
+    assert sorted(s.name for s in got) == sorted(s.name for s in spans)
+    by_name = {s.name: s for s in got}
+    assert (by_name["root"].begin, by_name["root"].end) == (100, 200)
+    assert (by_name["ends-after-parent"].begin, by_name["ends-after-parent"].end) == (150, 200)
+    assert by_name["ends-before-begin"].end == by_name["ends-before-begin"].begin == 300
+    assert by_name["negative-and-out-of-order"].begin >= 300
+    assert by_name["starts-after-parent"].begin == by_name["starts-after-parent"].end == 200
+    # Depth 5 right after a root is read as its child (one level down), so it is clamped into it.
+    assert (by_name["depth-jump"].begin, by_name["depth-jump"].end) == (300, 300)
+    assert (by_name["shallower-than-first"].begin, by_name["shallower-than-first"].end) == (410, 420)
+    assert enc.stats.clamped_spans == 5
+    assert enc.stats.thread_spans == len(spans)
+
+
+def test_missing_column_and_wrong_type_raise_bad_source_data() -> None:
+    batch = thread_batch([Span(1, 2, 0, "a")])
+    enc = TraceEncoder(PROCESS, THREADS, span_types=SpanTypes.THREAD, time_range=RANGE)
+    with pytest.raises(BadSourceData, match="'depth'"):
+        enc.add_thread_spans("stream-a", batch.drop_columns(["depth"]))
+    wrong = batch.set_column(batch.schema.get_field_index("name"), "name", pa.array([1], pa.int32()))
+    with pytest.raises(BadSourceData, match="'name' must be strings"):
+        enc.add_thread_spans("stream-a", wrong)
+    floats = batch.set_column(batch.schema.get_field_index("begin"), "begin", pa.array([1.0]))
+    with pytest.raises(BadSourceData, match="'begin' must be a timestamp"):
+        enc.add_thread_spans("stream-a", floats)
+
+
+def test_nulls_in_strings_and_lines() -> None:
+    batch = pa.record_batch(
+        {
+            "begin": pa.array([1, 5], pa.int64()),
+            "end": pa.array([10, 6], pa.int64()),
+            "name": pa.array([None, "n"]),
+            "target": pa.array(["t", None]),
+            "filename": pa.array([None, None], pa.string()),
+            "line": pa.array([None, 3], pa.uint32()),
+            "depth": pa.array([0, 1], pa.uint32()),
+        }
+    )
+    decoded = decode(run([("stream-a", batch)]))
+    assert decoded.problems == []
+    assert decoded.on_track(UUID_A) == [
+        Slice(UUID_A, 1, 10, "", "t", "", 0),
+        Slice(UUID_A, 5, 6, "n", "", "", 3),
+    ]

@@ -1,0 +1,242 @@
+"""Async span events (begin/end, time-ordered, any thread) to one track per span, columnar.
+
+Every async span gets its own TrackDescriptor named "async"; Perfetto merges same-named siblings into
+as many rows as the peak number of spans open at once, and a track holding one slice cannot hold a
+partial overlap. A span whose parent span is open at its begin gets its track under the parent's track
+(merging applies there too); other spans go under the "Async spans" group track.
+
+Pairing, per batch, vectorised: the open spans carried from earlier batches are prepended as virtual
+begins, then events are stably sorted by span id. In a span id's run of events (in time order) a begin
+right after a begin is a duplicate and is dropped; an end right after a begin closes the span that
+begin opened; an end after an end (or first in its run) has no begin: it becomes a span cut at the range
+begin. Begins left open are carried (memory grows with concurrency, not with trace length); at the end
+they close at the range end, cut. A cut is marked with the debug annotation ``trace_worker_cut`` =
+"begin" (the BEGIN was made up) or "end" (the END was made up). An end earlier than its begin is clamped
+to the begin.
+
+Track uuids: ``splitmix64(splitmix64(span_id ^ salt) ^ begin_ns)`` (salt = the process uuid), and for a
+span cut at its begin ``splitmix64(splitmix64(span_id ^ salt ^ ORPHAN) ^ end_ns)``; so a reused span id
+gets a fresh track. Uuids equal to 0 or to a process/thread/group uuid are re-hashed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from worker.engine.rows import (
+    CUT_BEGIN,
+    CUT_END,
+    NO_CUT,
+    SLICE_BEGIN,
+    SLICE_END,
+    descriptor_rows,
+    flatten_rows,
+    slice_rows,
+)
+
+__all__ = ["AsyncBatch", "AsyncState", "splitmix64"]
+
+I64 = npt.NDArray[np.int64]
+U64 = npt.NDArray[np.uint64]
+U8 = npt.NDArray[np.uint8]
+_ORPHAN = np.uint64(0x6F727068616E2121)
+
+
+def splitmix64(x: U64) -> U64:
+    z = x + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+@dataclass
+class AsyncBatch:
+    """Normalised async events of one input batch, in time order."""
+
+    time: I64
+    is_begin: npt.NDArray[np.bool_]
+    span_id: I64
+    parent_id: I64
+    name: U64
+    cat: U64
+    loc: U64
+
+
+def _e_i64() -> I64:
+    return np.zeros(0, dtype=np.int64)
+
+
+def _e_u64() -> U64:
+    return np.zeros(0, dtype=np.uint64)
+
+
+@dataclass
+class AsyncState:
+    """Pairing state: the spans open so far, in the order they opened."""
+
+    salt: int
+    group_uuid: int
+    reserved: U64
+    range_begin: int
+    range_end: int
+    sid: I64 = field(default_factory=_e_i64)
+    begin: I64 = field(default_factory=_e_i64)
+    uuid: U64 = field(default_factory=_e_u64)
+    name: U64 = field(default_factory=_e_u64)
+    cat: U64 = field(default_factory=_e_u64)
+    loc: U64 = field(default_factory=_e_u64)
+    spans: int = 0
+    cut: int = 0
+    dropped: int = 0
+    clamped: int = 0
+
+    def _uuids(self, sid: I64, ts: I64, extra: np.uint64 | None = None) -> U64:
+        x = sid.view(np.uint64) ^ np.uint64(self.salt)
+        if extra is not None:
+            x = x ^ extra
+        u = splitmix64(splitmix64(x) ^ ts.view(np.uint64))
+        bad = (u == 0) | np.isin(u, self.reserved)
+        while bad.any():
+            u[bad] = splitmix64(u[bad] ^ _ORPHAN)
+            bad = (u == 0) | np.isin(u, self.reserved)
+        return u
+
+    def add(self, ev: AsyncBatch) -> tuple[bytes, npt.NDArray[np.int64]]:
+        """Packets for one batch: (bytes, packet sizes)."""
+        p = len(self.sid)
+        m = len(ev.time)
+        if m == 0:
+            return b"", np.zeros(0, dtype=np.int64)
+        n = p + m
+        sid = np.concatenate((self.sid, ev.span_id))
+        is_b = np.concatenate((np.ones(p, dtype=bool), ev.is_begin))
+        order = np.argsort(sid, kind="stable")
+        s_sid = sid[order]
+        s_b = is_b[order]
+        same = np.zeros(n, dtype=bool)
+        same[1:] = s_sid[1:] == s_sid[:-1]
+        prev_b = np.zeros(n, dtype=bool)
+        prev_b[1:] = same[1:] & s_b[:-1]
+        opener_s = s_b & ~prev_b
+        dropped_s = s_b & prev_b
+        paired_s = ~s_b & prev_b
+        orphan_s = ~s_b & ~prev_b
+        last_opener = np.maximum.accumulate(np.where(opener_s, np.arange(n), -1))
+        # For each paired end (sorted position q), its opener is the last opener before q.
+        q = np.flatnonzero(paired_s)
+        opener_of_q = last_opener[q - 1]
+        closed_s = np.zeros(n, dtype=bool)
+        closed_s[opener_of_q] = True
+        # Positions back in combined (pending + batch) order.
+        pos_o = order[opener_s]  # combined positions of openers, sorted by (sid, position)
+        close_pos = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+        close_pos[order[opener_of_q]] = order[q]
+
+        time = np.concatenate((self.begin, np.maximum(ev.time, 0)))
+        name = np.concatenate((self.name, ev.name))
+        cat = np.concatenate((self.cat, ev.cat))
+        loc = np.concatenate((self.loc, ev.loc))
+        uuid = np.zeros(n, dtype=np.uint64)
+        uuid[:p] = self.uuid
+        new_open = pos_o[pos_o >= p]
+        uuid[new_open] = self._uuids(sid[new_open], time[new_open])
+
+        # Parent track of each new opener: the parent span's opener open at the child's begin.
+        parent_uuid = np.full(n, self.group_uuid, dtype=np.uint64)
+        if len(new_open):
+            parent_id = np.concatenate((np.zeros(p, dtype=np.int64), ev.parent_id))
+            o_sid = sid[pos_o]
+            rank = np.concatenate(([0], np.cumsum(o_sid[1:] != o_sid[:-1])))
+            okey = rank * (n + 1) + pos_o
+            want = parent_id[new_open]
+            lo = np.searchsorted(o_sid, want, side="left")
+            lo_c = np.minimum(lo, len(o_sid) - 1)
+            exists = (lo < len(o_sid)) & (o_sid[lo_c] == want) & (want != 0)
+            j = np.searchsorted(okey, rank[lo_c] * (n + 1) + new_open, side="left") - 1
+            j_c = np.maximum(j, 0)
+            parent_pos = pos_o[j_c]
+            ok = exists & (j >= lo) & (close_pos[parent_pos] > new_open) & (parent_pos < new_open)
+            parent_uuid[new_open[ok]] = uuid[parent_pos[ok]]
+
+        # Per batch token (combined position p..n-1): which packets it produces.
+        kind = np.zeros(n, dtype=np.int8)  # 0 nothing, 1 new opener, 2 paired end, 3 orphan end
+        kind[order[opener_s]] = 1
+        kind[order[paired_s]] = 2
+        kind[order[orphan_s]] = 3
+        kind[:p] = 0
+        kind = kind[p:]
+        end_ref = np.arange(n, dtype=np.int64)  # for paired ends: the opener's combined position
+        end_ref[order[q]] = order[opener_of_q]
+        end_ref = end_ref[p:]
+        self.dropped += int(dropped_s.sum())
+
+        orphan = kind == 3
+        o_idx = np.flatnonzero(orphan) + p
+        orphan_uuid = self._uuids(sid[o_idx], time[o_idx], _ORPHAN)
+        tok = np.arange(p, n)
+        # Descriptor part (openers and orphans).
+        has_desc = (kind == 1) | orphan
+        d_uuid = uuid[tok].copy()
+        d_uuid[orphan] = orphan_uuid
+        d_parent = parent_uuid[tok]
+        desc = descriptor_rows(d_uuid, d_parent)
+        desc_len = np.where(has_desc, desc.shape[1], 0)
+        # BEGIN part: openers at their time, orphans at the range begin (never after their end).
+        b_ts = np.where(orphan, np.minimum(self.range_begin, time[tok]), time[tok])
+        b_ts = np.maximum(b_ts, 0)
+        begin_m, begin_len = slice_rows(
+            b_ts,
+            SLICE_BEGIN,
+            d_uuid,
+            name=name[tok],
+            cat=cat[tok],
+            loc=loc[tok],
+            annotations=np.where(orphan, CUT_BEGIN, NO_CUT).astype(np.uint8),
+        )
+        assert begin_len is not None
+        begin_len = np.where(has_desc, begin_len, 0)
+        # END part: paired ends close their opener's slice; orphans close right away.
+        ref = np.where(kind == 2, end_ref, tok)
+        e_uuid = np.where(kind == 2, uuid[ref], d_uuid)
+        e_ts = np.maximum(time[tok], np.where(kind == 2, time[ref], b_ts))
+        self.clamped += int(((kind == 2) & (e_ts != time[tok])).sum())
+        end_m, _ = slice_rows(e_ts, SLICE_END, e_uuid, name=name[ref], cat=cat[ref], loc=loc[ref])
+        has_end = (kind == 2) | orphan
+        end_len_arr = np.where(has_end, end_m.shape[1], 0)
+        self.spans += int(has_end.sum())
+        self.cut += int(orphan.sum())
+
+        # Carry the spans still open, in opening order.
+        still = np.zeros(n, dtype=bool)
+        still[order[opener_s & ~closed_s]] = True
+        keep = np.flatnonzero(still)
+        self.sid, self.begin, self.uuid = sid[keep], time[keep], uuid[keep]
+        self.name, self.cat, self.loc = name[keep], cat[keep], loc[keep]
+
+        return flatten_rows([(desc, desc_len), (begin_m, begin_len), (end_m, end_len_arr)])
+
+    def close(self) -> tuple[bytes, npt.NDArray[np.int64]]:
+        """ENDs (cut, at the range end) of every span still open, in opening order."""
+        k = len(self.sid)
+        if k == 0:
+            return b"", np.zeros(0, dtype=np.int64)
+        ts = np.maximum(self.begin, self.range_end)
+        rows, lengths = slice_rows(
+            ts,
+            SLICE_END,
+            self.uuid,
+            name=self.name,
+            cat=self.cat,
+            loc=self.loc,
+            annotations=np.full(k, CUT_END, dtype=np.uint8),
+        )
+        assert lengths is not None
+        self.spans += k
+        self.cut += k
+        self.sid = _e_i64()
+        self.begin = _e_i64()
+        self.uuid = self.name = self.cat = self.loc = _e_u64()
+        return flatten_rows([(rows, lengths)])

@@ -1,0 +1,271 @@
+"""TraceEncoder: Arrow batches in, whole-packet trace chunks out, streaming.
+
+File layout: the clock packet (clears incremental state), the process track, the thread tracks (if
+thread spans are wanted), the async group track (if async spans are wanted); then each thread's events,
+thread after thread; then the async spans. Interned data is written in its own packets right before
+the events that first use it. Output depends only on the input (no clocks, no dict-order effects).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from contracts.request import SpanTypes
+from worker.engine.async_spans import AsyncBatch, AsyncState
+from worker.engine.chunks import Chunker
+from worker.engine.inputs import column, int_column, string_column, time_column
+from worker.engine.interning import Interner
+from worker.engine.rows import slice_rows
+from worker.engine.thread_spans import Events, ThreadState
+from worker.engine.tracks import (
+    async_group_uuid,
+    clock_packet,
+    group_descriptor,
+    pid_of,
+    process_descriptor,
+    process_uuid,
+    thread_descriptor,
+    thread_tracks,
+)
+from worker.errors import BadSourceData
+from worker.model import ProcessInfo, ThreadInfo, TimeRange
+
+__all__ = ["DEFAULT_CHUNK_SIZE", "EncodeStats", "TraceEncoder"]
+
+#: Default chunk size: just under 1 MiB, which wastes no Redis memory (redis-faststream.md §12).
+DEFAULT_CHUNK_SIZE = 1024 * 1024 - 4096
+#: Rows encoded at once: bounds the temporary matrices (~90 B per span) and stays cache friendly.
+_SUB_BATCH = 1 << 16
+
+
+@dataclass
+class EncodeStats:
+    """Running totals, readable at any time.
+
+    ``packets`` and ``bytes`` count what has been encoded (including the part of a chunk not yet
+    returned); ``chunks`` counts returned chunks. ``cut_spans`` are async spans whose begin or end was
+    made up at the range edge; ``clamped_spans`` are spans whose timestamps were adjusted to keep the
+    slices strictly nested (bad source data); ``dropped_events`` are async events that could not be used
+    (unknown event type, null span id or time, a second begin of an open span).
+    """
+
+    thread_spans: int = 0
+    async_spans: int = 0
+    cut_spans: int = 0
+    packets: int = 0
+    bytes: int = 0
+    chunks: int = 0
+    clamped_spans: int = 0
+    dropped_events: int = 0
+
+
+class TraceEncoder:
+    """Streaming Perfetto trace writer for one process.
+
+    Example:
+        >>> enc = TraceEncoder(process, threads, span_types=SpanTypes.BOTH, time_range=rng)  # doctest: +SKIP
+        >>> chunks = enc.start() + enc.add_thread_spans(sid, batch) + enc.end_thread(sid)  # doctest: +SKIP
+        >>> chunks += enc.add_async_events(events) + enc.finish()  # doctest: +SKIP
+
+    Each call returns the chunks that became complete; their concatenation is the trace file.
+    """
+
+    def __init__(
+        self,
+        process: ProcessInfo,
+        threads: Sequence[ThreadInfo],
+        *,
+        span_types: SpanTypes,
+        time_range: TimeRange,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+    ) -> None:
+        self._process = process
+        self._span_types = SpanTypes(span_types)
+        self._range = time_range
+        self._chunker = Chunker(chunk_size)
+        self._interner = Interner()
+        self._stats = EncodeStats()
+        self._proc_uuid = process_uuid(process)
+        self._tracks = thread_tracks(threads)
+        self._track_of = {t.stream_id: t for t in self._tracks}
+        self._threads: dict[str, ThreadState] = {}
+        self._current: str | None = None
+        reserved = [0, self._proc_uuid, async_group_uuid(self._proc_uuid)] + [t.uuid for t in self._tracks]
+        self._async = AsyncState(
+            salt=self._proc_uuid,
+            group_uuid=async_group_uuid(self._proc_uuid),
+            reserved=np.array(sorted(set(reserved)), dtype=np.uint64),
+            range_begin=time_range.begin_ns,
+            range_end=time_range.end_ns,
+        )
+        self._started = False
+        self._finished = False
+        self._dropped = 0
+
+    @property
+    def stats(self) -> EncodeStats:
+        self._stats.async_spans = self._async.spans
+        self._stats.cut_spans = self._async.cut
+        self._stats.clamped_spans = sum(s.clamped for s in self._threads.values()) + self._async.clamped
+        self._stats.dropped_events = self._async.dropped + self._dropped
+        self._stats.chunks = self._chunker.chunks
+        return self._stats
+
+    # -- public steps -------------------------------------------------------------------------------
+
+    def start(self) -> list[bytes]:
+        """Header packets: clock, process track, thread tracks, async group track."""
+        self._check_open()
+        if self._started:
+            return []
+        self._started = True
+        out = self._packet(clock_packet(self._range))
+        out += self._packet(process_descriptor(self._process))
+        if self._span_types.thread:
+            pid = pid_of(self._proc_uuid)
+            for track in self._tracks:
+                out += self._packet(thread_descriptor(track, pid))
+        if self._span_types.async_:
+            out += self._packet(group_descriptor(self._proc_uuid))
+        return out
+
+    def add_thread_spans(self, stream_id: str, batch: pa.RecordBatch) -> list[bytes]:
+        """Encode a batch of one thread's spans (call-tree preorder, ascending begin)."""
+        out = self.start()
+        track = self._track_of.get(stream_id)
+        if track is None:
+            raise ValueError(f"thread spans for stream {stream_id!r}, which is not among the threads")
+        what = "thread_spans"
+        begin, _ = time_column(batch, "begin", what, 0)
+        end, _ = time_column(batch, "end", what, -1)
+        depth = int_column(batch, "depth", what)
+        line = int_column(batch, "line", what)
+        names_col = string_column(batch, "name", what)
+        cats_col = string_column(batch, "target", what)
+        files_col = string_column(batch, "filename", what)
+        assert depth is not None and line is not None
+        if not self._span_types.thread or batch.num_rows == 0:
+            return out
+        if self._current is not None and self._current != stream_id:
+            out += self.end_thread(self._current)
+        self._current = stream_id
+        state = self._threads.setdefault(stream_id, ThreadState())
+        name = self._interner.names(names_col)
+        cat = self._interner.categories(cats_col)
+        loc = self._interner.locations(files_col, line)
+        out += self._interned()
+        for lo in range(0, batch.num_rows, _SUB_BATCH):
+            hi = lo + _SUB_BATCH
+            events = state.add(
+                begin[lo:hi], end[lo:hi], depth[lo:hi], name=name[lo:hi], cat=cat[lo:hi], loc=loc[lo:hi]
+            )
+            out += self._events(events, track.uuid)
+        self._stats.thread_spans += batch.num_rows
+        return out
+
+    def end_thread(self, stream_id: str) -> list[bytes]:
+        """The thread has no more spans: close its open spans."""
+        out = self.start()
+        state = self._threads.get(stream_id)
+        if self._current == stream_id:
+            self._current = None
+        if state is None:
+            return out
+        return out + self._events(state.close(), self._track_of[stream_id].uuid)
+
+    def add_async_events(self, batch: pa.RecordBatch) -> list[bytes]:
+        """Encode a batch of the process's async span events (time order)."""
+        out = self.start()
+        what = "async_events"
+        time, time_nulls = time_column(batch, "time", what, -1)
+        kinds = string_column(batch, "event_type", what)
+        sid_col = column(batch, "span_id", what)
+        if not pa.types.is_integer(sid_col.type):
+            raise BadSourceData(f"{what} column 'span_id' must be integers, got {sid_col.type}")
+        span_id = int_column(batch, "span_id", what)
+        parent_id = int_column(batch, "parent_span_id", what)
+        line = int_column(batch, "line", what)
+        names_col = string_column(batch, "name", what)
+        cats_col = string_column(batch, "target", what)
+        files_col = string_column(batch, "filename", what)
+        assert span_id is not None and parent_id is not None and line is not None
+        if not self._span_types.async_ or batch.num_rows == 0:
+            return out
+        if self._current is not None:
+            out += self.end_thread(self._current)
+        kind_values = [str(v).lower() if v is not None else "" for v in kinds.dictionary.to_pylist()]
+        codes = np.array([1 if v == "begin" else 0 if v == "end" else 2 for v in kind_values] + [2])
+        idx = kinds.indices.fill_null(len(kind_values)).to_numpy(zero_copy_only=False)
+        code = codes[idx]
+        valid = (code != 2) & (time >= 0) if time_nulls else code != 2
+        if sid_col.null_count:
+            valid &= ~np.asarray(pc.is_null(sid_col).to_numpy(zero_copy_only=False), dtype=bool)
+        keep = np.flatnonzero(valid)
+        self._dropped += len(code) - len(keep)
+        name = self._interner.names(names_col)[keep]
+        cat = self._interner.categories(cats_col)[keep]
+        loc = self._interner.locations(files_col, line)[keep]
+        out += self._interned()
+        for lo in range(0, len(keep), _SUB_BATCH):
+            sel = keep[lo : lo + _SUB_BATCH]
+            part = slice(lo, lo + _SUB_BATCH)
+            data, sizes = self._async.add(
+                AsyncBatch(
+                    time=time[sel],
+                    is_begin=code[sel] == 1,
+                    span_id=span_id[sel],
+                    parent_id=parent_id[sel],
+                    name=name[part],
+                    cat=cat[part],
+                    loc=loc[part],
+                )
+            )
+            out += self._add(data, sizes)
+        return out
+
+    def finish(self) -> list[bytes]:
+        """Close the open thread and async spans and return the last chunks."""
+        out = self.start()
+        if self._current is not None:
+            out += self.end_thread(self._current)
+        data, sizes = self._async.close()
+        out += self._add(data, sizes)
+        out += self._chunker.flush()
+        self._finished = True
+        return out
+
+    # -- helpers ------------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._finished:
+            raise RuntimeError("the trace is finished")
+
+    def _interned(self) -> list[bytes]:
+        out: list[bytes] = []
+        for packet in self._interner.take_packets():
+            out += self._packet(packet)
+        return out
+
+    def _packet(self, packet: bytes) -> list[bytes]:
+        self._stats.packets += 1
+        self._stats.bytes += len(packet)
+        return self._chunker.add(packet)
+
+    def _add(self, data: bytes, sizes: npt.NDArray[np.int64] | int) -> list[bytes]:
+        if not data:
+            return []
+        self._stats.packets += len(data) // sizes if isinstance(sizes, int) else len(sizes)
+        self._stats.bytes += len(data)
+        return self._chunker.add(data, sizes)
+
+    def _events(self, events: Events, uuid: int) -> list[bytes]:
+        if not len(events.ts):
+            return []
+        rows, _ = slice_rows(events.ts, events.kind, uuid, name=events.name, cat=events.cat, loc=events.loc)
+        return self._add(rows.tobytes(), rows.shape[1])

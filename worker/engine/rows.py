@@ -1,0 +1,172 @@
+"""Fixed-width packet rows, one numpy row per packet: slice BEGIN/END events and async track descriptors.
+
+A slice event packet, framed as field 1 of ``Trace`` (W = iid width of the batch, at most 5)::
+
+    0A len                                  Trace.packet
+      40 ts(9)                              timestamp (epoch ns, < 2**63)
+      50 01                                 trusted_packet_sequence_id = 1
+      68 02                                 sequence_flags = SEQ_NEEDS_INCREMENTAL_STATE
+      5A len                                track_event
+        48 type                             SLICE_BEGIN / SLICE_END
+        58 uuid(10)                         track_uuid
+        50 name(W)                          name_iid (ENDs too, so a misnesting is reported by Perfetto)
+        18 cat(W)                           category_iids
+        90 02 loc(W)                        source_location_iid
+        [22 len {52 len name, 32 len value}] optional debug annotation marking a cut span
+
+Rows with an annotation are longer; callers then get per-row lengths and keep ``matrix[mask]``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from worker.engine.wire import LEN, field_bytes, put_varint, put_varint64, tag, varint_width
+
+__all__ = [
+    "ANNOTATIONS",
+    "CUT_BEGIN",
+    "CUT_END",
+    "NO_CUT",
+    "SLICE_BEGIN",
+    "SLICE_END",
+    "descriptor_rows",
+    "flatten_rows",
+    "slice_rows",
+]
+
+SLICE_BEGIN = 1
+SLICE_END = 2
+
+#: Debug annotation codes for cut async spans.
+NO_CUT = 0
+CUT_BEGIN = 1
+CUT_END = 2
+#: Name of the debug annotation marking a slice whose begin or end was made up at the range edge.
+CUT_ANNOTATION = "trace_worker_cut"
+ANNOTATIONS: dict[int, bytes] = {
+    code: field_bytes(4, field_bytes(10, CUT_ANNOTATION) + field_bytes(6, value))
+    for code, value in ((CUT_BEGIN, "begin"), (CUT_END, "end"))
+}
+
+U8 = npt.NDArray[np.uint8]
+I64 = npt.NDArray[np.int64]
+UIntArray = npt.NDArray[np.uint64]
+
+
+def iid_width(*arrays: npt.NDArray[np.uint64]) -> int:
+    top = max((int(a.max()) for a in arrays if len(a)), default=1)
+    return varint_width(top)
+
+
+def slice_rows(
+    ts: npt.NDArray[np.int64] | npt.NDArray[np.uint64],
+    kinds: npt.NDArray[np.uint8] | int,
+    uuid: UIntArray | int,
+    *,
+    name: UIntArray,
+    cat: UIntArray,
+    loc: UIntArray,
+    annotations: npt.NDArray[np.uint8] | None = None,
+) -> tuple[U8, I64 | None]:
+    """Slice event packets, one row each.
+
+    Args:
+        ts: event timestamps (non-negative epoch ns).
+        kinds: SLICE_BEGIN / SLICE_END per row, or one for all.
+        uuid: track uuid per row, or one for all.
+        name, cat, loc: interned iids per row.
+        annotations: NO_CUT / CUT_BEGIN / CUT_END per row, or None when no row has one.
+
+    Returns:
+        The row matrix and, when ``annotations`` is given, each row's length in bytes (a row's bytes are
+        its first ``length`` columns); without annotations every row is full width.
+    """
+    n = len(ts)
+    width = iid_width(name, cat, loc)
+    te_len = 17 + 3 * width
+    base_len = 16 + te_len
+    extra = max((len(a) for a in ANNOTATIONS.values()), default=0) if annotations is not None else 0
+    if base_len + extra > 127:
+        raise ValueError("slice packets must stay under 128 bytes")  # pragma: no cover - W <= 10
+    row = 2 + base_len + extra
+    m = np.empty((n, row), dtype=np.uint8)
+    m[:, 0] = 0x0A
+    m[:, 1] = base_len
+    m[:, 2] = 0x40
+    put_varint64(m, 3, ts.astype(np.uint64, copy=False), 9)
+    m[:, 12:18] = np.array([0x50, 0x01, 0x68, 0x02, 0x5A, te_len], dtype=np.uint8)
+    m[:, 18] = 0x48
+    m[:, 19] = kinds
+    m[:, 20] = 0x58
+    if isinstance(uuid, int):
+        const = np.zeros((1, 10), dtype=np.uint8)
+        put_varint64(const, 0, np.array([uuid], dtype=np.uint64), 10)
+        m[:, 21:31] = const
+    else:
+        put_varint64(m, 21, uuid, 10)
+    col = 31
+    m[:, col] = 0x50
+    put_varint(m, col + 1, name, width)
+    col += 1 + width
+    m[:, col] = 0x18
+    put_varint(m, col + 1, cat, width)
+    col += 1 + width
+    m[:, col] = 0x90
+    m[:, col + 1] = 0x02
+    put_varint(m, col + 2, loc, width)
+    col += 2 + width
+    if annotations is None:
+        return m, None
+    lengths = np.full(n, 2 + base_len, dtype=np.int64)
+    for code, blob in ANNOTATIONS.items():
+        sel = annotations == code
+        if not sel.any():
+            continue
+        m[sel, col : col + len(blob)] = np.frombuffer(blob, dtype=np.uint8)
+        m[sel, 1] = base_len + len(blob)
+        m[sel, 17] = te_len + len(blob)
+        lengths[sel] += len(blob)
+    return m, lengths
+
+
+_DESC_NAME = field_bytes(2, "async")
+_DESC_TD_LEN = 11 + 11 + len(_DESC_NAME)
+_DESC_HEAD = bytes([0x50, 0x01, 0x68, 0x02]) + tag(60, LEN) + bytes([_DESC_TD_LEN])
+_DESC_LEN = len(_DESC_HEAD) + _DESC_TD_LEN
+#: Name shared by all per-span async tracks, so Perfetto merges siblings into ~peak-concurrency rows.
+ASYNC_TRACK_NAME = "async"
+
+
+def descriptor_rows(uuid: UIntArray, parent: UIntArray) -> U8:
+    """TrackDescriptor packets {uuid, parent_uuid, name="async"}, one row each (38 bytes)."""
+    n = len(uuid)
+    m = np.empty((n, 2 + _DESC_LEN), dtype=np.uint8)
+    m[:, 0] = 0x0A
+    m[:, 1] = _DESC_LEN
+    head = len(_DESC_HEAD)
+    m[:, 2 : 2 + head] = np.frombuffer(_DESC_HEAD, dtype=np.uint8)
+    col = 2 + head
+    m[:, col] = 0x08
+    put_varint64(m, col + 1, uuid, 10)
+    m[:, col + 11] = 0x28
+    put_varint64(m, col + 12, parent, 10)
+    m[:, col + 22 :] = np.frombuffer(_DESC_NAME, dtype=np.uint8)
+    return m
+
+
+def flatten_rows(parts: list[tuple[U8, I64]]) -> tuple[bytes, I64]:
+    """Concatenate variable-length rows: for each record i, part 0's row i, then part 1's row i, ...
+
+    Args:
+        parts: (matrix, lengths) pairs with the same number of rows; a length of 0 omits that packet.
+
+    Returns:
+        The bytes and the length of each packet in them, in order.
+    """
+    matrix = np.hstack([m for m, _ in parts])
+    mask = np.hstack([np.arange(m.shape[1]) < lens[:, None] for m, lens in parts])
+    data = matrix[mask].tobytes()
+    sizes = np.stack([lens for _, lens in parts], axis=1).ravel()
+    return data, sizes[sizes > 0]

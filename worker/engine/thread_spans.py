@@ -1,0 +1,200 @@
+"""Thread spans (a call tree in preorder, with depths) to BEGIN/END events in Euler-tour order.
+
+Perfetto closes the most recent open slice on a track at each END, sorting events by (timestamp, file
+position). So events of one thread are written as the Euler tour of the call tree (parent BEGIN,
+children, parent END) with non-decreasing timestamps; at equal timestamps this puts ENDs of spans that
+close before BEGINs of spans that open, deeper ENDs first, and a zero-length span's END right after its
+BEGIN (after its zero-length descendants).
+
+How, per batch, without a loop per span:
+
+1. *Levels.* Depths are normalised into a Dyck path: the first span of the thread is level 0, each span
+   at most one level below its predecessor (``d'_i = min(d_i - base, d'_{i-1} + 1)``, a cumulative min).
+2. *Euler tour.* Between span i and span i+1, ``level_i - level_{i+1} + 1`` spans close, at levels
+   ``level_i`` down to ``level_{i+1}``; the span closing at level L is the latest span at level L so far,
+   found by a binary search on (level, position) keys. Spans still open at the end of the batch (one
+   per level, the open stack) carry over to the next batch.
+3. *Bad data* still gives strictly nested output: begins are made non-decreasing; a span is clamped
+   into its parent (begin and end at most the parent's end, end at least its begin); then a running
+   minimum from the back makes the event timestamps non-decreasing (a span ending after a later sibling
+   begins ends at that begin). Every span whose timestamps changed is counted in ``clamped``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from worker.engine.rows import SLICE_BEGIN, SLICE_END
+
+__all__ = ["Events", "ThreadState"]
+
+I64 = npt.NDArray[np.int64]
+U64 = npt.NDArray[np.uint64]
+_INF = np.iinfo(np.int64).max
+
+
+@dataclass
+class Events:
+    """Slice events of one track in file order."""
+
+    ts: I64
+    kind: npt.NDArray[np.uint8]
+    name: U64
+    cat: U64
+    loc: U64
+
+
+def _empty_i64() -> I64:
+    return np.zeros(0, dtype=np.int64)
+
+
+def _empty_u64() -> U64:
+    return np.zeros(0, dtype=np.uint64)
+
+
+@dataclass
+class ThreadState:
+    """One thread's position in its call tree: the open stack (one span per level) and last begin."""
+
+    begin: I64 = field(default_factory=_empty_i64)  # emitted (clamped) begin
+    end: I64 = field(default_factory=_empty_i64)  # clamped end (not yet emitted)
+    orig_end: I64 = field(default_factory=_empty_i64)
+    counted: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    name: U64 = field(default_factory=_empty_u64)
+    cat: U64 = field(default_factory=_empty_u64)
+    loc: U64 = field(default_factory=_empty_u64)
+    last_begin: int = 0
+    base_depth: int | None = None
+    clamped: int = 0
+
+    def add(self, begin: I64, end: I64, depth: I64, *, name: U64, cat: U64, loc: U64) -> Events:
+        """Events made complete by a batch of spans (preorder), and the new open stack."""
+        m = len(begin)
+        s = len(self.begin)
+        if m == 0:
+            return _no_events()
+        # 1. Non-decreasing, non-negative begins.
+        b = np.maximum.accumulate(np.maximum(np.concatenate(([self.last_begin], begin)), 0))[1:]
+        self.last_begin = int(b[-1])
+        # 2. Levels: a Dyck path continuing the open stack (top level s - 1).
+        if self.base_depth is None:
+            self.base_depth = int(depth[0])
+        e = np.maximum(depth - self.base_depth, 0)
+        steps = np.arange(1, m + 1, dtype=np.int64)
+        lv_new = steps + np.minimum.accumulate(np.minimum(e - steps, s - 1))
+        n = s + m
+        lv = np.concatenate((np.arange(s, dtype=np.int64), lv_new))
+        pos = np.arange(n, dtype=np.int64)
+        order = np.argsort(lv, kind="stable")
+        keys = lv[order] * n + order
+
+        def latest(level: I64, at: I64) -> I64:
+            """Index of the latest span at ``level`` with index <= ``at``."""
+            return order[np.searchsorted(keys, level * n + at, side="right") - 1]
+
+        c_begin = np.concatenate((self.begin, b))
+        raw_end = np.concatenate((self.orig_end, end))
+        c_end = np.concatenate((self.end, end))
+        # 3. Clamp each new span into its parent, top-down (skipped when the data is well nested).
+        parent = np.full(m, -1, dtype=np.int64)
+        has_parent = lv_new > 0
+        parent[has_parent] = latest(lv_new[has_parent] - 1, pos[s:][has_parent] - 1)
+        cap = np.where(has_parent, c_end[np.maximum(parent, 0)], _INF)
+        if not (np.all(end >= b) and np.all(end <= cap) and np.all(b <= cap)):
+            self._clamp_top_down(c_begin, c_end, lv, order, parent=parent, s=s)
+        changed_begin = c_begin[s:] != begin
+        # 4. Euler tour: each position k emits its BEGIN (new spans), then the closings of gap k.
+        closing = np.zeros(n, dtype=np.int64)
+        closing[:-1] = lv[:-1] - lv[1:] + 1
+        count = closing + (pos >= s)
+        total = int(count.sum())
+        owner = np.repeat(pos, count)
+        first = np.cumsum(count) - count
+        j = np.arange(total, dtype=np.int64) - first[owner]
+        is_begin = (owner >= s) & (j == 0)
+        k = j - (owner >= s)
+        span = owner.copy()
+        ends_at = ~is_begin
+        span[ends_at] = latest(lv[owner[ends_at]] - k[ends_at], owner[ends_at])
+        ts = np.where(is_begin, c_begin[span], c_end[span])
+        ts = np.minimum.accumulate(ts[::-1])[::-1]
+        # Count spans whose emitted timestamps differ from the input.
+        c_counted = np.concatenate((self.counted, changed_begin))
+        bad_end = ends_at & (ts != raw_end[span])
+        newly = np.zeros(n, dtype=bool)
+        newly[span[bad_end]] = True
+        newly &= ~c_counted
+        self.clamped += int(changed_begin.sum()) + int(newly.sum())
+        c_counted |= newly
+        # 5. The new open stack: the latest span at each level up to the last span's level.
+        top = int(lv[-1])
+        stack = latest(np.arange(top + 1, dtype=np.int64), np.full(top + 1, n - 1, dtype=np.int64))
+        c_name = np.concatenate((self.name, name))
+        c_cat = np.concatenate((self.cat, cat))
+        c_loc = np.concatenate((self.loc, loc))
+        events = Events(
+            ts=ts,
+            kind=np.where(is_begin, SLICE_BEGIN, SLICE_END).astype(np.uint8),
+            name=c_name[span],
+            cat=c_cat[span],
+            loc=c_loc[span],
+        )
+        self.begin = c_begin[stack]
+        self.end = c_end[stack]
+        self.orig_end = raw_end[stack]
+        self.counted = c_counted[stack]
+        self.name = c_name[stack]
+        self.cat = c_cat[stack]
+        self.loc = c_loc[stack]
+        return events
+
+    @staticmethod
+    def _clamp_top_down(c_begin: I64, c_end: I64, lv: I64, order: I64, *, parent: I64, s: int) -> None:
+        """begin <= parent end, begin <= end <= parent end; parents before children (by level)."""
+        full_parent = np.concatenate((np.full(s, -1, dtype=np.int64), parent))
+        sorted_lv = lv[order]
+        bounds = np.searchsorted(sorted_lv, np.arange(int(sorted_lv[-1]) + 2), side="left")
+        for level in range(len(bounds) - 1):
+            idx = order[bounds[level] : bounds[level + 1]]
+            idx = idx[idx >= s]
+            if not len(idx):
+                continue
+            if level == 0:
+                c_end[idx] = np.maximum(c_end[idx], c_begin[idx])
+                continue
+            cap = c_end[full_parent[idx]]
+            c_begin[idx] = np.minimum(c_begin[idx], cap)
+            c_end[idx] = np.maximum(np.minimum(c_end[idx], cap), c_begin[idx])
+
+    def close(self) -> Events:
+        """ENDs of every open span, deepest first (the thread has no more spans)."""
+        rev = slice(None, None, -1)
+        ts = self.end[rev]
+        changed = (ts != self.orig_end[rev]) & ~self.counted[rev]
+        self.clamped += int(changed.sum())
+        events = Events(
+            ts=ts.copy(),
+            kind=np.full(len(ts), SLICE_END, dtype=np.uint8),
+            name=self.name[rev].copy(),
+            cat=self.cat[rev].copy(),
+            loc=self.loc[rev].copy(),
+        )
+        self.begin = self.end = self.orig_end = _empty_i64()
+        self.counted = np.zeros(0, dtype=bool)
+        self.name = self.cat = self.loc = _empty_u64()
+        self.last_begin = 0
+        self.base_depth = None
+        return events
+
+
+def _no_events() -> Events:
+    return Events(
+        ts=_empty_i64(),
+        kind=np.zeros(0, dtype=np.uint8),
+        name=_empty_u64(),
+        cat=_empty_u64(),
+        loc=_empty_u64(),
+    )

@@ -1,0 +1,167 @@
+"""Header packets: the clock, the process, thread and async-group track descriptors, and track uuids.
+
+Uuids: process = xxh64(process_id, seed 0) and thread = xxh64(stream_id, seed 0), as upstream, so traces
+stay comparable; pid = low 32 bits of the process uuid (signed), as upstream. The async group track
+keeps upstream's async track uuid, xxh64(b"async_track", seed=process uuid). Per-span async track
+uuids are made in ``async_spans`` with splitmix64 and steered away from these reserved ones.
+
+Tids: a thread id that parses as an integer in [1, 2**63) is used as is, unless an earlier thread (in
+the order given) already has it. Otherwise (missing, non-numeric, out of range, or colliding) the tid
+is synthetic: 2**31 + (xxh64(stream_id) mod 2**30), probing +1 until unused. That range is above every
+32-bit thread id, so a synthetic tid only meets a real one from a 64-bit source.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import xxhash
+
+from worker.engine.wire import field_bytes, field_varint
+from worker.model import ProcessInfo, ThreadInfo, TimeRange
+
+__all__ = [
+    "ThreadTrack",
+    "async_group_uuid",
+    "clock_packet",
+    "group_descriptor",
+    "pid_of",
+    "process_descriptor",
+    "process_uuid",
+    "thread_descriptor",
+    "thread_tracks",
+]
+
+SEQUENCE_ID = 1
+SEQ_CLEARED = 1
+SEQ_NEEDS = 2
+CLOCK_REALTIME = 1
+CLOCK_BOOTTIME = 6
+#: Name of the plain track that groups the per-span async tracks under the process.
+ASYNC_GROUP_NAME = "Async spans"
+_CHRONOLOGICAL = 2
+
+
+def xxh64(data: bytes, seed: int = 0) -> int:
+    return int(xxhash.xxh64_intdigest(data, seed=seed))
+
+
+def process_uuid(process: ProcessInfo) -> int:
+    return xxh64(process.process_id.encode())
+
+
+def pid_of(uuid: int) -> int:
+    return ((uuid & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000
+
+
+def async_group_uuid(proc_uuid: int) -> int:
+    return xxh64(b"async_track", seed=proc_uuid)
+
+
+def _packet(body: bytes) -> bytes:
+    return field_bytes(1, field_varint(10, SEQUENCE_ID) + body)
+
+
+def clock_packet(time_range: TimeRange) -> bytes:
+    """The first packet: clears incremental state, declares REALTIME, defaults events to REALTIME.
+
+    The snapshot maps BOOTTIME (the trace clock) to REALTIME one to one (both = range begin), so
+    trace timestamps stay epoch nanoseconds, the UI can show the time of day, and spans that began
+    before the range do not turn into negative (dropped) trace times.
+    """
+    t = max(time_range.begin_ns, 0)
+    clocks = field_bytes(1, field_varint(1, CLOCK_BOOTTIME) + field_varint(2, t)) + field_bytes(
+        1, field_varint(1, CLOCK_REALTIME) + field_varint(2, t)
+    )
+    snapshot = clocks + field_varint(2, CLOCK_BOOTTIME)
+    body = (
+        field_bytes(6, snapshot)
+        + field_varint(13, SEQ_CLEARED | SEQ_NEEDS)
+        + field_bytes(59, field_varint(58, CLOCK_REALTIME))
+        + field_varint(87, 1)
+    )
+    return _packet(body)
+
+
+def _descriptor(desc: bytes) -> bytes:
+    return _packet(field_varint(13, SEQ_NEEDS) + field_bytes(60, desc))
+
+
+def process_descriptor(process: ProcessInfo) -> bytes:
+    uuid = process_uuid(process)
+    labels = [
+        f"{key}={value}"
+        for key, value in (
+            ("username", process.username),
+            ("realname", process.realname),
+            ("computer", process.computer),
+            ("distro", process.distro),
+            ("cpu", process.cpu_brand),
+            ("process_id", process.process_id),
+        )
+        if value
+    ]
+    labels += [f"{k}={v}" for k, v in sorted(process.properties.items())]
+    proc = field_varint(1, pid_of(uuid)) + field_bytes(6, process.exe)
+    if process.start_time_ns is not None:
+        proc += field_varint(7, process.start_time_ns)
+    proc += b"".join(field_bytes(8, label) for label in labels)
+    return _descriptor(field_varint(1, uuid) + field_bytes(3, proc))
+
+
+@dataclass(frozen=True)
+class ThreadTrack:
+    stream_id: str
+    uuid: int
+    tid: int
+    name: str
+
+
+def _display_name(thread: ThreadInfo) -> str:
+    if thread.thread_id:
+        return f"{thread.thread_name}-{thread.thread_id}" if thread.thread_name else thread.thread_id
+    return thread.thread_name or thread.stream_id
+
+
+def _parse_tid(value: str) -> int | None:
+    try:
+        tid = int(value.strip())
+    except ValueError:
+        return None
+    return tid if 1 <= tid < 1 << 63 else None
+
+
+def thread_tracks(threads: Sequence[ThreadInfo]) -> list[ThreadTrack]:
+    """One track per distinct stream id, in the given order, with unique tids."""
+    tracks: list[ThreadTrack] = []
+    seen_streams: set[str] = set()
+    used: set[int] = set()
+    for thread in threads:
+        if thread.stream_id in seen_streams:
+            continue
+        seen_streams.add(thread.stream_id)
+        uuid = xxh64(thread.stream_id.encode())
+        tid = _parse_tid(thread.thread_id)
+        if tid is None or tid in used:
+            tid = (1 << 31) + uuid % (1 << 30)
+            while tid in used:
+                tid += 1
+        used.add(tid)
+        tracks.append(ThreadTrack(thread.stream_id, uuid, tid, _display_name(thread)))
+    return tracks
+
+
+def thread_descriptor(track: ThreadTrack, pid: int) -> bytes:
+    thread = field_varint(1, pid) + field_varint(2, track.tid) + field_bytes(5, track.name)
+    return _descriptor(field_varint(1, track.uuid) + field_bytes(4, thread))
+
+
+def group_descriptor(proc_uuid: int) -> bytes:
+    desc = (
+        field_varint(1, async_group_uuid(proc_uuid))
+        + field_varint(5, proc_uuid)
+        + field_bytes(2, ASYNC_GROUP_NAME)
+        + field_varint(11, _CHRONOLOGICAL)
+    )
+    return _descriptor(desc)
