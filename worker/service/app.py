@@ -1,0 +1,188 @@
+"""The worker service: FastStream app + our reclaim loop + HTTP endpoints, with a clean lifecycle.
+
+Example:
+    >>> # service = Service(settings, generator=..., store=...)
+    >>> # await service.start(); ...; await service.stop()
+
+Startup creates the consumer group at id 0 (FastStream would create it at ``$`` and never deliver
+requests sent before the first worker started), then starts the broker's subscriber, the reclaim
+loop and the HTTP server. :meth:`Service.stop` stops taking new entries, lets running jobs finish
+within ``drain_timeout_s`` and releases the rest (their entries stay pending; another worker
+reclaims them after the lease).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+from faststream import FastStream
+from faststream.redis import RedisBroker
+from faststream.specification import AsyncAPI
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from worker import __version__
+from worker.service.handler import build_dispatcher, subscribe
+from worker.service.health import HealthServer
+from worker.service.logs import mask_url
+from worker.service.metrics import Metrics
+from worker.service.ports import BlobStoreLike, TraceGenerator
+from worker.service.reclaim import Reclaimer
+from worker.service.redis_io import retry_redis
+from worker.service.runtime import Runtime
+from worker.settings import Settings
+
+__all__ = ["Service", "build_app", "ensure_group"]
+
+log = logging.getLogger("worker.service")
+
+_DESCRIPTION = (
+    "trace-worker: Perfetto traces of Micromegas processes on demand. Requests arrive on "
+    "<prefix>:requests; each job replies on <prefix>:job:{<job_id>} (status, progress, chunk "
+    "entries as plain field maps), keeps <prefix>:job:{<job_id>}:state current, and reports every "
+    "status transition on <prefix>:events. See docs/PROTOCOL.md."
+)
+
+
+def redis_client(settings: Settings) -> Redis:
+    """The raw client for replies, leases and reclaim (bytes in, bytes out)."""
+    password = settings.redis_password.get_secret_value() if settings.redis_password else None
+    client: Redis = Redis.from_url(
+        settings.redis_url,
+        password=password,
+        decode_responses=False,
+        socket_connect_timeout=5,
+        socket_timeout=30,
+        health_check_interval=10,
+    )
+    return client
+
+
+async def ensure_group(redis: Redis, stream: str, group: str) -> None:
+    """Create the consumer group at id 0 (MKSTREAM); an existing group is fine."""
+    try:
+        await redis.xgroup_create(stream, group, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def build_app(rt: Runtime) -> tuple[FastStream, RedisBroker, Reclaimer]:
+    """The FastStream app (subscriber + AsyncAPI document) and the reclaim loop for a runtime."""
+    settings = rt.settings
+    broker = RedisBroker(
+        _url_with_password(settings),
+        graceful_timeout=settings.drain_timeout_s,
+        log_level=logging.DEBUG,  # per-message lines from FastStream; ours carry the job context
+    )
+    dispatcher = build_dispatcher(rt)
+    subscribe(broker, rt, dispatcher)
+    spec = AsyncAPI(broker, title="trace-worker", version=__version__, description=_DESCRIPTION)
+    keys = rt.keys
+
+    async def create_group() -> None:
+        await retry_redis(
+            lambda: ensure_group(rt.redis, keys.requests, keys.group), what="group create", give_up_after_s=30
+        )
+
+    app = FastStream(broker, specification=spec, on_startup=[create_group])
+    return app, broker, Reclaimer(rt, dispatcher)
+
+
+def _url_with_password(settings: Settings) -> str:
+    """The Redis URL with TRACE_WORKER_REDIS_PASSWORD in it (FastStream takes credentials in the URL)."""
+    if settings.redis_password is None:
+        return settings.redis_url
+    parts = urlsplit(settings.redis_url)
+    user = unquote(parts.username or "")
+    secret = quote(settings.redis_password.get_secret_value(), safe="")
+    host = parts.hostname or "127.0.0.1"
+    netloc = f"{quote(user, safe='')}:{secret}@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class Service:
+    """One worker process's service.
+
+    Args:
+        settings: the settings.
+        generator: produces traces (``worker.service.generator.PipelineGenerator`` in production).
+        store: the blob store.
+        redis: a client to use instead of one built from the settings.
+        metrics: metrics to use (a fresh registry by default).
+        consumer: consumer name override.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        generator: TraceGenerator,
+        store: BlobStoreLike,
+        redis: Redis | None = None,
+        metrics: Metrics | None = None,
+        consumer: str | None = None,
+    ) -> None:
+        self.rt = Runtime(
+            settings=settings,
+            redis=redis or redis_client(settings),
+            generator=generator,
+            store=store,
+            metrics=metrics or Metrics(),
+            consumer=consumer or settings.consumer_name,
+        )
+        self.app, self.broker, self.reclaimer = build_app(self.rt)
+        self.http: HealthServer | None = None
+        if settings.http_host:
+            self.http = HealthServer(self.rt, self.asyncapi_json, settings.http_host, settings.http_port)
+
+    def asyncapi_json(self) -> str:
+        return self.app.schema.to_specification().to_json()
+
+    async def start(self) -> None:
+        s = self.rt.settings
+        log.info(
+            "starting consumer %s on %s (group %s, concurrency %d, redis %s)",
+            self.rt.consumer,
+            self.rt.keys.requests,
+            self.rt.keys.group,
+            s.worker_concurrency,
+            mask_url(s.redis_url),
+        )
+        await self.app.start()
+        self.reclaimer.start()
+        if self.http is not None:
+            await self.http.start()
+
+    async def stop(self) -> None:
+        """Graceful stop: no new entries; running jobs get ``drain_timeout_s``, then are released."""
+        rt = self.rt
+        rt.stopping.set()
+        await self.reclaimer.stop()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + rt.settings.drain_timeout_s
+        await self.app.stop()  # waits up to drain_timeout_s for subscriber jobs, then cancels them
+        jobs = set(self.reclaimer.jobs)
+        if jobs:
+            _, late = await asyncio.wait(jobs, timeout=max(0.0, deadline - loop.time()))
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        if self.http is not None:
+            await self.http.stop()
+        await _close(rt.generator.aclose(), "generator")
+        aclose: Any = getattr(rt.store, "aclose", None)
+        if aclose is not None:
+            await _close(aclose(), "blob store")
+        await _close(rt.redis.aclose(), "redis")
+        log.info("stopped")
+
+
+async def _close(coro: Any, what: str) -> None:
+    try:
+        await coro
+    except Exception:
+        log.warning("closing %s failed", what, exc_info=True)

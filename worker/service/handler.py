@@ -1,0 +1,77 @@
+"""The FastStream subscriber on the request stream, and the dispatcher every delivery goes through.
+
+The subscriber reads one entry at a time (``max_records=1``) so that entries wait in the stream,
+not in this worker's pending list, while all ``worker_concurrency`` slots are busy. Acknowledgement
+is manual: only :mod:`worker.service.finish` XACKs, after the terminal status is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from faststream import AckPolicy
+from faststream.redis import RedisBroker, StreamSub
+from faststream.redis.annotations import RedisStreamMessage
+
+from contracts.request import TraceRequest
+from worker.service.delivery import Delivery, Dispatcher
+from worker.service.job import run_job
+from worker.service.middleware.dead_letter import dead_letter_middleware, decode_middleware
+from worker.service.middleware.metrics import metrics_middleware
+from worker.service.runtime import Runtime
+
+__all__ = ["build_dispatcher", "subscribe"]
+
+
+def build_dispatcher(rt: Runtime) -> Dispatcher:
+    """Metrics → delivery cap → decode → the job."""
+
+    async def final(d: Delivery) -> None:
+        request = d.extra["request"]
+        assert isinstance(request, TraceRequest)
+        await run_job(rt, d.entry_id, request)
+
+    return Dispatcher(rt, [metrics_middleware(rt), dead_letter_middleware(rt), decode_middleware(rt)], final)
+
+
+async def _raw_tolerant_parser(
+    msg: Mapping[str, Any], original: Callable[[Mapping[str, Any]], Awaitable[Any]]
+) -> Any:
+    """FastStream's parser JSON-encodes the field map and fails on non-UTF-8 bytes; we read the raw
+    fields ourselves, so parse a stand-in and keep the original entry for the dead-letter step."""
+    try:
+        return await original(msg)
+    except Exception:
+        parsed = await original({**msg, "data": {b"unparseable": b"1"}})
+        parsed.raw_message = msg
+        return parsed
+
+
+def subscribe(broker: RedisBroker, rt: Runtime, dispatcher: Dispatcher) -> None:
+    """Register the request-stream subscriber (consumer group, one entry per read, N jobs at once)."""
+    keys = rt.keys
+    stream = StreamSub(
+        keys.requests,
+        group=keys.group,
+        consumer=rt.consumer,
+        max_records=1,
+        polling_interval=1000,
+    )
+
+    @broker.subscriber(
+        stream=stream,
+        ack_policy=AckPolicy.MANUAL,
+        parser=_raw_tolerant_parser,
+        max_workers=rt.settings.worker_concurrency,
+        title="requests",
+        description=(
+            "Trace requests: entries with one field `request` holding a TraceRequest JSON object "
+            "(contracts/schemas/trace_request.json). Replies go to the job stream <prefix>:job:{<job_id>}."
+        ),
+    )
+    async def on_request(msg: RedisStreamMessage) -> None:
+        raw: Any = msg.raw_message
+        entry_id = raw["message_ids"][0]
+        entry = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+        await dispatcher.handle(Delivery(entry_id=entry, fields=dict(raw["data"]), path="new"))

@@ -1,0 +1,118 @@
+"""HTTP endpoints on a tiny stdlib asyncio server (no web framework needed for four GETs).
+
+- ``GET /livez``: 200 while the event loop runs and the reclaim loop has ticked recently
+  (a wedged loop or a dead consume loop answers 503 or not at all).
+- ``GET /readyz``: 200 when Redis and the Flight SQL service answer; 503 with the reason otherwise.
+- ``GET /metrics``: Prometheus text format.
+- ``GET /asyncapi.json``: the AsyncAPI document generated from the FastStream app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from worker.service.runtime import Runtime
+
+__all__ = ["HealthServer"]
+
+log = logging.getLogger("worker.service.health")
+
+_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
+#: Bound of each readiness probe.
+PROBE_TIMEOUT_S = 3.0
+
+
+class HealthServer:
+    """Serves the endpoints for one runtime.
+
+    Args:
+        rt: the service runtime.
+        asyncapi: returns the AsyncAPI document as JSON text.
+        host: address to bind.
+        port: port to bind (0: any free port; see :attr:`port` after :meth:`start`).
+    """
+
+    def __init__(self, rt: Runtime, asyncapi: Callable[[], str], host: str, port: int) -> None:
+        self._rt = rt
+        self._asyncapi = asyncapi
+        self._host = host
+        self.port = port
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, self._host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("http endpoints on http://%s:%d", self._host, self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(10):
+                request_line = await reader.readline()
+                while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+                    pass
+                parts = request_line.decode("latin-1").split()
+                method, path = (parts[0], parts[1]) if len(parts) >= 2 else ("", "")
+                status, ctype, body = await self._route(method, path.split("?", 1)[0])
+                head = (
+                    f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\nContent-Type: {ctype}\r\n"
+                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+                )
+                writer.write(head.encode() + body)
+                await writer.drain()
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def _route(self, method: str, path: str) -> tuple[int, str, bytes]:
+        if method != "GET":
+            return 405, "text/plain", b"GET only\n"
+        if path == "/livez":
+            return self._livez()
+        if path == "/readyz":
+            return await self._readyz()
+        if path == "/metrics":
+            return 200, CONTENT_TYPE_LATEST, generate_latest(self._rt.metrics.registry)
+        if path == "/asyncapi.json":
+            return 200, "application/json", self._asyncapi().encode()
+        return 404, "text/plain", b"not found\n"
+
+    def _livez(self) -> tuple[int, str, bytes]:
+        stale = time.monotonic() - self._rt.last_tick
+        limit = 3 * self._rt.settings.reclaim_interval_s + 30
+        if stale > limit:
+            return 503, "text/plain", f"reclaim loop silent for {stale:.0f}s\n".encode()
+        return 200, "text/plain", b"ok\n"
+
+    async def _readyz(self) -> tuple[int, str, bytes]:
+        checks: dict[str, Callable[[], Awaitable[object]]] = {
+            "redis": self._rt.redis.ping,
+            "flightsql": self._rt.generator.ping,
+        }
+        failures = {}
+        for name, probe in checks.items():
+            try:
+                async with asyncio.timeout(PROBE_TIMEOUT_S):
+                    await probe()
+            except Exception as exc:
+                failures[name] = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if failures or self._rt.stopping.is_set():
+            if self._rt.stopping.is_set():
+                failures["service"] = "shutting down"
+            return 503, "application/json", json.dumps({"ready": False, "failures": failures}).encode()
+        return 200, "application/json", b'{"ready": true}'

@@ -1,0 +1,132 @@
+"""A job's lease: the lock key ``<prefix>:job:{<id>}:lock`` holding ``<consumer>/<entry id>/<attempt>``.
+
+Only the holder of the lock runs the job. :meth:`Lease.renew` (the heartbeat) extends it with a
+compare-and-renew script and XCLAIMs the request entry JUSTID, which resets the entry's idle time
+so that no reclaimer takes it, without counting a delivery. A renewal that finds another value
+means the job was taken over: the attempt must stop at once and write nothing terminal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from worker.service.runtime import Runtime
+
+__all__ = ["Claim", "Lease"]
+
+# KEYS: lock, state. ARGV: "<consumer>/<entry>", lease ms.
+_BEGIN = """
+local cur = redis.call('GET', KEYS[1])
+if cur then return {'locked', cur} end
+local st = redis.call('HGET', KEYS[2], 'state')
+if st == 'succeeded' then return {'done', st} end
+local attempt = redis.call('HINCRBY', KEYS[2], 'attempt', 1)
+redis.call('SET', KEYS[1], ARGV[1] .. '/' .. attempt, 'PX', ARGV[2])
+return {'go', tostring(attempt)}
+"""
+# KEYS: lock, state. ARGV: current value, "<consumer>/<entry>", lease ms.
+_NEXT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local attempt = redis.call('HINCRBY', KEYS[2], 'attempt', 1)
+redis.call('SET', KEYS[1], ARGV[2] .. '/' .. attempt, 'PX', ARGV[3])
+return attempt
+"""
+# KEYS: lock. ARGV: value, lease ms.
+_RENEW = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+# KEYS: lock. ARGV: value.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Outcome of :meth:`Lease.begin`."""
+
+    #: go: the lease is ours for ``attempt``; locked: ``holder`` runs the job; done: it succeeded.
+    kind: Literal["go", "locked", "done"]
+    attempt: int = 0
+    holder: str = ""
+
+    @property
+    def holder_entry(self) -> str:
+        """The request entry id inside the holder's lock value."""
+        parts = self.holder.split("/")
+        return parts[1] if len(parts) == 3 else ""
+
+
+class Lease:
+    """The lease of one job, taken for one request entry.
+
+    Args:
+        rt: the service runtime.
+        job_id: the job.
+        entry_id: the request entry this delivery works on.
+    """
+
+    def __init__(self, rt: Runtime, job_id: str, entry_id: str) -> None:
+        self._rt = rt
+        self.job_id = job_id
+        self.entry_id = entry_id
+        self.lock_key = rt.keys.lock(job_id)
+        self.state_key = rt.keys.state(job_id)
+        self.owner = f"{rt.consumer}/{entry_id}"
+        #: Current lock value (set once the lease is held).
+        self.value = ""
+        self.attempt = 0
+
+    @property
+    def _lease_ms(self) -> int:
+        return int(self._rt.settings.lease_s * 1000)
+
+    async def begin(self) -> Claim:
+        """Take the lease and start the next attempt, unless someone holds it or the job succeeded."""
+        raw: Any = await self._rt.redis.eval(
+            _BEGIN, 2, self.lock_key, self.state_key, self.owner, self._lease_ms
+        )
+        kind = _text(raw[0])
+        if kind == "go":
+            self.attempt = int(raw[1])
+            self.value = f"{self.owner}/{self.attempt}"
+            return Claim("go", attempt=self.attempt)
+        if kind == "locked":
+            return Claim("locked", holder=_text(raw[1]))
+        return Claim("done")
+
+    async def next_attempt(self) -> int | None:
+        """Move the held lease to a new attempt number; None when the lease was lost."""
+        raw: Any = await self._rt.redis.eval(
+            _NEXT, 2, self.lock_key, self.state_key, self.value, self.owner, self._lease_ms
+        )
+        if int(raw) == 0:
+            return None
+        self.attempt = int(raw)
+        self.value = f"{self.owner}/{self.attempt}"
+        return self.attempt
+
+    async def renew(self) -> bool:
+        """Heartbeat: extend the lock and reset the entry's idle time. False when the lease is lost."""
+        ok: Any = await self._rt.redis.eval(_RENEW, 1, self.lock_key, self.value, self._lease_ms)
+        if int(ok) != 1:
+            return False
+        keys = self._rt.keys
+        await self._rt.redis.xclaim(
+            keys.requests, keys.group, self._rt.consumer, 0, [self.entry_id], justid=True
+        )
+        return True
+
+    async def release(self) -> None:
+        """Drop the lock if it is still ours (shutdown: the entry stays pending for a reclaimer)."""
+        if self.value:
+            await self._rt.redis.eval(_RELEASE, 1, self.lock_key, self.value)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,70 @@
+"""Logging setup: text or JSON lines, job id and attempt on every job line, credentials masked."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from datetime import UTC, datetime
+from typing import Any
+
+__all__ = ["JobLog", "JsonFormatter", "configure_logging", "mask_url"]
+
+_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:@/]*)(:[^@/]*)?@")
+_CONTEXT = ("job_id", "attempt", "entry_id", "consumer")
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ``***`` (safe to log).
+
+    >>> mask_url("redis://user:secret@host:6379/0")
+    'redis://user:***@host:6379/0'
+    """
+    return _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", url)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, job context, exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in _CONTEXT:
+            if hasattr(record, name):
+                out[name] = getattr(record, name)
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+class _TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        context = " ".join(f"{n}={getattr(record, n)}" for n in _CONTEXT if hasattr(record, n))
+        return f"{line} [{context}]" if context else line
+
+
+def configure_logging(fmt: str, level: str) -> None:
+    """Route every logger (ours and FastStream's) to stderr in the chosen format."""
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(_TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+class JobLog(logging.LoggerAdapter[logging.Logger]):
+    """A logger that adds the job context (job id, attempt, entry id) to every record."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        kwargs["extra"] = {**(self.extra or {}), **kwargs.get("extra", {})}
+        return msg, kwargs

@@ -1,0 +1,48 @@
+"""What every part of the service shares: settings, key names, the Redis client, the generator,
+the blob store, metrics, and the running-job bookkeeping used for concurrency and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+
+from contracts.keys import Keys
+from worker.service.metrics import Metrics
+from worker.service.ports import BlobStoreLike, TraceGenerator
+from worker.settings import Settings
+
+__all__ = ["Runtime"]
+
+
+@dataclass
+class Runtime:
+    """Shared state of one worker process."""
+
+    settings: Settings
+    redis: Redis
+    generator: TraceGenerator
+    store: BlobStoreLike
+    metrics: Metrics = field(default_factory=Metrics)
+    #: Consumer name in the group (unique per process).
+    consumer: str = ""
+    #: Deliveries being worked on (both paths), by entry id.
+    active: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    #: Set when the service stops taking new work.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Monotonic time of the last reclaim-loop pass (liveness).
+    last_tick: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        if not self.consumer:
+            self.consumer = self.settings.consumer_name
+
+    @property
+    def keys(self) -> Keys:
+        return Keys(self.settings.key_prefix)
+
+    @property
+    def free_slots(self) -> int:
+        return max(0, self.settings.worker_concurrency - len(self.active))

@@ -1,0 +1,61 @@
+"""Chunk, progress and status entries on a job's reply stream ``<prefix>:job:{<job_id>}``.
+
+One :class:`ReplyStream` per attempt. Entries are plain field maps built by ``contracts.events``
+(never FastStream's binary envelope), so a requester needs nothing but a Redis client.
+
+Example:
+    >>> # reply = ReplyStream(redis, Keys("traces"), "job-1", attempt=2)
+    >>> # await reply.chunk(b"...", last=False)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.asyncio import Redis
+
+from contracts.events import ChunkEvent, ProgressEvent, StatusEvent
+from contracts.keys import Keys
+
+__all__ = ["ReplyStream"]
+
+
+class ReplyStream:
+    """Writes one attempt's entries on the job stream, in order.
+
+    Args:
+        redis: client (``decode_responses=False``: chunk data is raw bytes).
+        keys: key names under the configured prefix.
+        job_id: the job.
+        attempt: the attempt every entry carries.
+    """
+
+    def __init__(self, redis: Redis, keys: Keys, job_id: str, attempt: int) -> None:
+        self._redis = redis
+        self.stream = keys.job(job_id)
+        self.job_id = job_id
+        self.attempt = attempt
+        #: Chunks written so far, and their total size (the next chunk's offset).
+        self.seq = 0
+        self.offset = 0
+
+    async def chunk(self, data: bytes, *, last: bool) -> None:
+        """XADD the next chunk; awaited so a slow Redis slows the producer down (bounded memory)."""
+        event = ChunkEvent(
+            job_id=self.job_id, attempt=self.attempt, seq=self.seq, offset=self.offset, data=data, last=last
+        )
+        await self._xadd(event.to_fields())
+        self.seq += 1
+        self.offset += len(data)
+
+    async def progress(self, event: ProgressEvent) -> None:
+        """XADD a progress entry (the caller rate-limits)."""
+        await self._xadd(event.to_fields())
+
+    async def status(self, event: StatusEvent) -> None:
+        """XADD a non-terminal status entry (terminal ones go through the service's finish)."""
+        await self._xadd(event.to_fields())
+
+    async def _xadd(self, fields: dict[str, str | bytes]) -> None:
+        mapping: Any = fields
+        await self._redis.xadd(self.stream, mapping)
