@@ -1,0 +1,128 @@
+"""Async span events: begin/end pairs across thread streams, generated block by block with numpy.
+
+The process's timeline is cut into equal windows, one per block of ``block_spans`` spans. A block
+holds small span trees (a root at depth 0 and children at depth 1-2, linked by
+``parent_span_id``) whose roots begin inside the window; many overlap (real concurrency). Every span
+has a ``begin`` event; its ``end`` event may come from another stream (a future resumed on another
+worker thread), and is missing when the span is still open at the end of the data (its end falls
+after the process's last time, or it never ends). Durations are capped at :data:`MAX_WINDOWS`
+windows, so a time range only needs the blocks whose windows come within that distance of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["MAX_WINDOWS", "AsyncBlock", "AsyncPlan", "generate_block"]
+
+#: Longest async span, in block windows (bounds which blocks a time range needs).
+MAX_WINDOWS = 2
+#: Fraction of spans that never end (still open at the end of the data).
+_NEVER_ENDS = 0.002
+#: Fraction of spans whose end event is recorded on another stream than the begin.
+_CROSS_STREAM = 0.3
+
+
+@dataclass(frozen=True)
+class AsyncPlan:
+    """Per-process layout of async spans."""
+
+    spans: int
+    block_spans: int
+    begin_ns: int
+    end_ns: int  # the process's last time: ends after it are not recorded
+
+    @property
+    def block_count(self) -> int:
+        return -(-self.spans // self.block_spans) if self.spans else 0
+
+    @property
+    def window_ns(self) -> int:
+        return max(1, (self.end_ns - self.begin_ns) // max(1, self.block_count))
+
+    def block_window(self, block: int) -> tuple[int, int]:
+        begin = self.begin_ns + block * self.window_ns
+        return begin, begin + self.window_ns
+
+    def block_span_count(self, block: int) -> int:
+        return min(self.block_spans, self.spans - block * self.block_spans)
+
+
+@dataclass(frozen=True)
+class AsyncBlock:
+    """Events of one block, ordered by time: numpy columns."""
+
+    time: np.ndarray  # int64 epoch ns
+    is_begin: np.ndarray  # bool
+    span_id: np.ndarray  # int64
+    parent_span_id: np.ndarray  # int64, 0 for roots
+    depth: np.ndarray  # int64
+    stream_index: np.ndarray  # int64, index of the thread stream that recorded the event
+    name_index: np.ndarray  # int32, into the process's async name table
+
+
+def generate_block(
+    rng: np.random.Generator, plan: AsyncPlan, block: int, stream_count: int, name_count: int
+) -> AsyncBlock:
+    """Generate the events of ``block``; span ids are unique in the process (block-based)."""
+    n = plan.block_span_count(block)
+    w_begin, _ = plan.block_window(block)
+    window = plan.window_ns
+    # Trees of 1-6 spans: root, then depth-1 children, some with depth-2 grandchildren.
+    sizes = rng.integers(1, 7, size=n)
+    cut = int(np.searchsorted(np.cumsum(sizes), n)) + 1
+    sizes = sizes[:cut]
+    sizes[-1] -= int(sizes.sum()) - n
+    sizes = sizes[sizes > 0]
+    roots = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    tree = np.repeat(np.arange(len(sizes)), sizes)
+    is_root = np.zeros(n, dtype=bool)
+    is_root[roots] = True
+    depth = np.where(is_root, 0, np.where(rng.random(n) < 0.35, 2, 1)).astype(np.int64)
+    depth[roots[sizes > 1] + 1] = 1  # the first child of a root is at depth 1
+    # A depth-2 span's parent is the nearest preceding depth-1 span of its tree; depth-1's is the root.
+    ones = np.flatnonzero(depth == 1)
+    idx = np.arange(n)
+    parent_idx = np.where(depth == 1, roots[tree], -1)
+    twos = depth == 2
+    parent_idx[twos] = ones[np.searchsorted(ones, idx[twos]) - 1]
+    span_id = block * plan.block_spans + idx.astype(np.int64) + 1
+    parent_span_id = np.where(parent_idx >= 0, span_id[np.maximum(parent_idx, 0)], 0)
+
+    # Roots begin anywhere in the window; children start and end inside their parent.
+    max_dur = float(MAX_WINDOWS * window)
+    root_begin = w_begin + np.floor(rng.random(len(sizes)) * window)
+    root_dur = np.minimum(rng.lognormal(np.log(max(window, 1000) / 20.0), 1.2, size=len(sizes)), max_dur)
+    begin = np.empty(n)
+    dur = np.empty(n)
+    begin[roots], dur[roots] = root_begin, np.maximum(root_dur, 10.0)
+    for level in (1, 2):  # parents are always generated before their children
+        rows = np.flatnonzero(depth == level)
+        p = parent_idx[rows]
+        frac = rng.random(len(rows)) * 0.5
+        begin[rows] = begin[p] + frac * dur[p]
+        dur[rows] = dur[p] * (1.0 - frac) * rng.uniform(0.2, 0.95, size=len(rows))
+    begin_ns = np.floor(begin).astype(np.int64)
+    end_ns = begin_ns + np.maximum(np.floor(dur).astype(np.int64), 1)
+
+    ends = (end_ns <= plan.end_ns) & (rng.random(n) >= _NEVER_ENDS)
+    begin_stream = rng.integers(0, stream_count, size=n)
+    cross = rng.random(n) < _CROSS_STREAM
+    end_stream = np.where(cross, rng.integers(0, stream_count, size=n), begin_stream)
+    name_index = rng.integers(0, name_count, size=n).astype(np.int32)
+
+    e = np.flatnonzero(ends)
+    time = np.concatenate([begin_ns, end_ns[e]])
+    order = np.argsort(time, kind="stable")
+    pick = np.concatenate([idx, e])[order]
+    return AsyncBlock(
+        time=time[order],
+        is_begin=(np.concatenate([np.ones(n, bool), np.zeros(len(e), bool)]))[order],
+        span_id=span_id[pick],
+        parent_span_id=parent_span_id[pick],
+        depth=depth[pick],
+        stream_index=np.concatenate([begin_stream, end_stream[e]])[order],
+        name_index=name_index[pick],
+    )

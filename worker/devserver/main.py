@@ -1,0 +1,69 @@
+"""Run a :class:`DevServer` until SIGINT/SIGTERM: what ``trace-worker devserver`` calls."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import TextIO
+
+from worker.devserver.lake import Lake, LakeConfig
+from worker.devserver.schemas import DictionaryKeys, SchemaOptions
+from worker.devserver.server import DevServer, Mode
+
+__all__ = ["serve"]
+
+
+def serve(
+    config: LakeConfig,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 50051,
+    mode: Mode = "micromegas",
+    token: str | None = None,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+    dictionary_keys: DictionaryKeys = "int32",
+    async_hash: bool = True,
+    out: TextIO = sys.stdout,
+) -> int:
+    """Serve the lake of ``config`` until SIGINT or SIGTERM; print the address and processes first.
+
+    Returns:
+        The exit status (0 after a clean stop).
+    """
+    tls = None
+    if tls_cert is not None or tls_key is not None:
+        if tls_cert is None or tls_key is None:
+            raise ValueError("--tls-cert and --tls-key go together")
+        tls = (tls_cert.read_bytes(), tls_key.read_bytes())
+    lake = Lake(config)
+    server = DevServer(
+        lake,
+        host=host,
+        port=port,
+        mode=mode,
+        token=token,
+        tls=tls,
+        schema_options=SchemaOptions(dictionary_keys=dictionary_keys, async_hash=async_hash),
+    )
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    server.start()
+    try:
+        auth = "bearer token" if token else "no auth"
+        print(
+            f"listening on {server.url} (mode={mode}, {auth}, seed={config.seed}, scale={config.scale})",
+            file=out,
+        )
+        print("process_id                            kind     exe  counts  time range", file=out)
+        print(lake.describe(), file=out, flush=True)
+        while not stop.wait(0.5):
+            pass
+    finally:
+        server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print("devserver stopped", file=out, flush=True)
+    return 0

@@ -1,0 +1,275 @@
+"""Planning and executing one SQL statement against the lake with DataFusion, streaming.
+
+Each statement gets its own ``SessionContext`` (cheap: the metadata tables are small) with the
+``view_instance`` table function bound to that request's headers. Execution:
+
+1. A probe plan runs with ``view_instance`` returning empty tables: it validates the SQL (errors
+   become INVALID_ARGUMENT), yields the result schema and records which views are read.
+2. A statement over one ``thread_spans`` / ``async_events`` / ``log_entries`` instance whose plan
+   only projects, filters, sorts by the view's generation order and limits is **row-local**: it
+   runs once per generated block, in block order, and the results are concatenated. Memory stays
+   bounded by one block whatever the process size (DataFusion cannot stream a Python-generated
+   table: pyarrow datasets built from readers are materialised).
+3. Anything else (aggregates, joins, other sort orders) runs once over materialised views, cut to
+   the header range first.
+
+In both paths the header range (``query_range_begin``/``_end``) is pushed into the generator,
+which skips whole blocks outside it; DataFusion then applies the statement's own WHERE.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+from datafusion import Expr, LogicalPlan, SessionConfig, SessionContext, Table, udtf
+
+from worker.devserver import views
+from worker.devserver.headers import RequestHeaders
+from worker.devserver.lake import Lake
+from worker.devserver.schemas import (
+    SchemaOptions,
+    async_events_schema,
+    log_entries_schema,
+    thread_spans_schema,
+)
+from worker.devserver.tables import MetadataTables, property_get_udf
+
+__all__ = ["PlannedQuery", "QueryEngine", "hydrated"]
+
+#: The column a view's blocks are ordered by across blocks (None: blocks overlap in every column).
+_BLOCK_ORDER: dict[str, str | None] = {"thread_spans": "begin", "async_events": None, "log_entries": "time"}
+_ROW_LOCAL_NODES = {"Projection", "Filter", "SubqueryAlias", "TableScan", "Sort"}
+_INT = re.compile(r"Int64\((\d+)\)")
+
+Generator = Callable[[str, str], Iterator[pa.RecordBatch]]
+
+
+def hydrated(schema: pa.Schema) -> pa.Schema:
+    """``schema`` with dictionary columns replaced by their value type (Micromegas's default)."""
+    return pa.schema(
+        [f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f for f in schema],
+        metadata=schema.metadata,
+    )
+
+
+def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    if batch.schema.equals(schema):
+        return batch
+    return pa.record_batch(
+        [col.cast(f.type) for col, f in zip(batch.columns, schema, strict=True)], schema=schema
+    )
+
+
+@dataclass
+class _Calls:
+    """``view_instance`` calls seen while planning."""
+
+    seen: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PlannedQuery:
+    """A validated statement: its wire schema and how to produce its batches."""
+
+    schema: pa.Schema
+    batches: Callable[[], Iterator[pa.RecordBatch]]
+    streamed: bool  # row-local, block by block (for tests and docs)
+
+
+class QueryEngine:
+    """Plans and runs statements for one server configuration.
+
+    Args:
+        lake: The data.
+        strict: Micromegas behaviour: ``thread_spans`` refuses a statement without a header range.
+        schema_options: Dictionary key width / plain strings, ``async_events.hash`` presence.
+    """
+
+    def __init__(self, lake: Lake, *, strict: bool, schema_options: SchemaOptions) -> None:
+        self.lake = lake
+        self.strict = strict
+        self.options = schema_options
+        self.tables = MetadataTables(lake)
+        self._schemas = {
+            "thread_spans": thread_spans_schema(schema_options),
+            "async_events": async_events_schema(schema_options),
+            "log_entries": log_entries_schema(schema_options),
+        }
+
+    # -- view_instance -------------------------------------------------------------------------
+
+    def _check(self, view: str, instance: str, headers: RequestHeaders) -> None:
+        if view not in self._schemas:
+            raise ValueError(f"unknown view set {view!r}; known: {sorted(self._schemas)}")
+        if instance == "global":
+            raise ValueError(f"the global view is not implemented for {view.replace('_', ' ')}")
+        if view == "thread_spans" and self.strict and headers.range_ns is None:
+            raise ValueError("query range mandatory for thread spans view")
+
+    def _rows(self, view: str, instance: str, headers: RequestHeaders) -> Iterator[pa.RecordBatch]:
+        begin, end = headers.range_ns if headers.range_ns is not None else (None, None)
+        gen = {"thread_spans": views.thread_spans, "async_events": views.async_events}.get(
+            view, views.log_entries
+        )
+        return gen(self.lake, instance, self.options, begin, end)
+
+    def _context(self, provide: Callable[[str, str], pa.Table], headers: RequestHeaders) -> SessionContext:
+        ctx = SessionContext(SessionConfig().with_information_schema(False))
+        for name in ("processes", "streams", "blocks"):
+            ctx.register_record_batches(name, [getattr(self.tables, name).to_batches()])
+        ctx.register_udf(property_get_udf())
+
+        @udtf("view_instance")
+        def view_instance(view: Expr, instance: Expr) -> Table:
+            v, i = Expr(view).python_value().as_py(), Expr(instance).python_value().as_py()
+            if not isinstance(v, str) or not isinstance(i, str):
+                raise ValueError("view_instance takes two string literals: (view_set_name, instance_id)")
+            self._check(v, i, headers)
+            # A Table over a pyarrow dataset: the only provider safe to build inside a UDTF.
+            return Table(ds.dataset(provide(v, i)))
+
+        ctx.register_udtf(view_instance)
+        return ctx
+
+    # -- planning ------------------------------------------------------------------------------
+
+    def plan(self, sql: str, headers: RequestHeaders, params: dict[str, Any] | None = None) -> PlannedQuery:
+        """Validate ``sql`` and decide how to run it.
+
+        Raises:
+            ValueError: the statement does not plan (the message says why).
+        """
+        calls = _Calls()
+
+        def probe(view: str, instance: str) -> pa.Table:
+            calls.seen.append((view, instance))
+            return self._schemas[view].empty_table()
+
+        df = self._sql(self._context(probe, headers), sql, params)
+        schema: pa.Schema = df.schema()
+        wire = schema if headers.preserve_dictionary else hydrated(schema)
+        fetch = self._row_local(df.logical_plan(), calls)
+        if fetch is not False:
+            view, instance = calls.seen[0]
+            limit = _min_limit(fetch, headers.limit)
+            return PlannedQuery(
+                wire, lambda: self._per_block(sql, params, headers, view, instance, wire, limit), True
+            )
+        return PlannedQuery(wire, lambda: self._whole(sql, params, headers, wire), False)
+
+    @staticmethod
+    def _sql(ctx: SessionContext, sql: str, params: dict[str, Any] | None) -> Any:
+        try:
+            return ctx.sql(sql, param_values=params) if params else ctx.sql(sql)
+        except Exception as exc:  # DataFusion planning errors: the client's statement is at fault
+            raise ValueError(_clean(str(exc))) from exc
+
+    def _row_local(self, plan: LogicalPlan, calls: _Calls) -> int | bool | None:
+        """The overall row limit if the plan is row-local over one generated view, else False."""
+        if len(calls.seen) != 1:
+            return False
+        order = _BLOCK_ORDER[calls.seen[0][0]]
+        fetch: int | None = None
+        node = plan
+        variant = node.to_variant()
+        if type(variant).__name__ == "Limit":
+            skip = variant.skip()
+            if skip is not None and _int(skip) != 0:
+                return False
+            limit = variant.fetch()
+            fetch = None if limit is None else _int(limit)
+            if limit is not None and fetch is None:
+                return False
+            node = node.inputs()[0]
+        stack = [node]
+        scans = 0
+        while stack:
+            node = stack.pop()
+            variant = node.to_variant()
+            kind = type(variant).__name__
+            if kind not in _ROW_LOCAL_NODES:
+                return False
+            if kind == "TableScan":
+                scans += 1
+                if "view_instance" not in str(variant.table_name()):
+                    return False
+            if kind == "Sort":
+                keys = variant.sort_exprs()
+                first = str(keys[0].expr()) if keys else ""
+                if order is None or not keys[0].ascending() or not re.search(rf"\b{order}\)?$", first):
+                    return False
+                if variant.get_fetch_val() is not None:
+                    return False
+            stack.extend(node.inputs())
+        return fetch if scans == 1 else False
+
+    # -- execution -----------------------------------------------------------------------------
+
+    def _per_block(  # noqa: PLR0917
+        self,
+        sql: str,
+        params: dict[str, Any] | None,
+        headers: RequestHeaders,
+        view: str,
+        instance: str,
+        wire: pa.Schema,
+        limit: int | None,
+    ) -> Iterator[pa.RecordBatch]:
+        current: list[pa.Table] = []
+        ctx = self._context(lambda _v, _i: current[-1], headers)
+        left = limit
+        for block in self._rows(view, instance, headers):
+            if left is not None and left <= 0:
+                return
+            current[:] = [pa.Table.from_batches([block])]
+            reader = pa.RecordBatchReader.from_stream(self._sql(ctx, sql, params))
+            for produced in reader:
+                batch = produced if left is None else produced.slice(0, left)
+                if batch.num_rows == 0:
+                    continue
+                if left is not None:
+                    left -= batch.num_rows
+                yield _conform(batch, wire)
+                if left is not None and left <= 0:
+                    return
+
+    def _whole(
+        self, sql: str, params: dict[str, Any] | None, headers: RequestHeaders, wire: pa.Schema
+    ) -> Iterator[pa.RecordBatch]:
+        def materialise(view: str, instance: str) -> pa.Table:
+            return pa.Table.from_batches(list(self._rows(view, instance, headers)), self._schemas[view])
+
+        df = self._sql(self._context(materialise, headers), sql, params)
+        left = headers.limit
+        for produced in pa.RecordBatchReader.from_stream(df):
+            batch = produced if left is None else produced.slice(0, left)
+            if left is not None:
+                left -= batch.num_rows
+            if batch.num_rows:
+                yield _conform(batch, wire)
+            if left is not None and left <= 0:
+                return
+
+
+_PYERR = re.compile(r"PyErr \{ type: <class '\w+'>, value: \w+\((['\"])(.*?)\1\)")
+
+
+def _clean(message: str) -> str:
+    """DataFusion wraps errors raised in ``view_instance`` with a traceback: keep our message."""
+    m = _PYERR.search(message)
+    return m.group(2) if m else message
+
+
+def _int(expr: Any) -> int | None:
+    m = _INT.search(str(expr))
+    return int(m.group(1)) if m else None
+
+
+def _min_limit(a: int | bool | None, b: int | None) -> int | None:
+    values = [v for v in (a, b) if isinstance(v, int) and not isinstance(v, bool)]
+    return min(values) if values else None
