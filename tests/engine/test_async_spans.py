@@ -1,0 +1,195 @@
+"""Async spans: one slice per span with its true times, one track each, parents linked, cuts marked."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pyarrow as pa
+import xxhash
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from contracts.request import SpanTypes
+from tests.engine.data import PROCESS, RANGE, THREADS, AsyncEvent, async_batch, split
+from tests.engine.decode import Decoded, decode
+from worker.engine import TraceEncoder, encode
+
+PROCESS_UUID = xxhash.xxh64_intdigest(PROCESS.process_id.encode())
+GROUP_UUID = xxhash.xxh64_intdigest(b"async_track", seed=PROCESS_UUID)
+
+
+def run(batches: Sequence[pa.RecordBatch], chunk_size: int = 1 << 20) -> bytes:
+    return b"".join(
+        encode(
+            PROCESS, THREADS, [], batches, span_types=SpanTypes.ASYNC, time_range=RANGE, chunk_size=chunk_size
+        )
+    )
+
+
+@dataclass
+class Model:
+    """What the trace must contain for a list of events (the documented rules, written plainly)."""
+
+    spans: list[tuple[int, int, str, str]]  # (begin, end, name, cut)
+    parent_of: dict[int, int | None]  # begin event index -> parent's begin event index (None: group)
+
+
+def model(events: Sequence[AsyncEvent]) -> Model:
+    open_: dict[int, tuple[int, int]] = {}  # span id -> (event index, begin time)
+    spans = []
+    parent_of: dict[int, int | None] = {}
+    for i, ev in enumerate(events):
+        if ev.kind == "begin":
+            if ev.span_id in open_:
+                continue  # duplicate begin: dropped
+            parent = open_.get(ev.parent) if ev.parent else None
+            parent_of[i] = parent[0] if parent else None
+            open_[ev.span_id] = (i, ev.time)
+        elif ev.span_id in open_:
+            first, begin = open_.pop(ev.span_id)
+            spans.append((begin, max(begin, ev.time), events[first].name, ""))
+        else:
+            spans.append((min(RANGE.begin_ns, ev.time), ev.time, ev.name, "begin"))
+    for i, begin in open_.values():
+        spans.append((begin, max(begin, RANGE.end_ns), events[i].name, "end"))
+    return Model(sorted(spans), parent_of)
+
+
+def check(decoded: Decoded, events: Sequence[AsyncEvent]) -> None:
+    assert decoded.problems == []
+    want = model(events)
+    got = sorted((s.begin, s.end, s.name, s.cut) for s in decoded.slices)
+    assert got == want.spans
+    # One slice per async track, each track named "async" under the group or another span's track.
+    tracks = [s.track for s in decoded.slices]
+    assert len(set(tracks)) == len(tracks)
+    for uuid in tracks:
+        desc = decoded.descriptors[uuid]
+        assert desc.name == "async"
+        assert desc.parent_uuid == GROUP_UUID or desc.parent_uuid in set(tracks)
+    for s in decoded.slices:
+        assert (s.category, s.file, s.line) == ("async", "lib.rs", 7)
+
+
+@st.composite
+def interleavings(draw: st.DrawFn) -> list[AsyncEvent]:
+    """Overlapping spans with parents, orphans (end without begin), open spans, equal timestamps."""
+    n = draw(st.integers(1, 25))
+    raw: list[tuple[int, int, int, AsyncEvent]] = []
+    for sid in range(1, n + 1):
+        begin = RANGE.begin_ns + draw(st.integers(0, 30))
+        end = begin + draw(st.integers(0, 20))
+        parent = draw(st.integers(0, sid - 1))
+        name = draw(st.sampled_from(["p", "q", "r"]))
+        stream = draw(st.sampled_from(["stream-a", "stream-b"]))
+        shape = draw(st.sampled_from(["full", "full", "full", "no-begin", "no-end"]))
+        if shape != "no-begin":
+            raw.append(
+                (begin, draw(st.integers()), 0, AsyncEvent(begin, "begin", sid, parent, name, stream=stream))
+            )
+        if shape != "no-end":
+            other = draw(st.sampled_from(["stream-a", "stream-b"]))  # ends may come from another thread
+            raw.append((end, draw(st.integers()), 1, AsyncEvent(end, "end", sid, parent, name, stream=other)))
+    raw.sort(key=lambda r: (r[0], r[1]))
+    # A span's begin precedes its end in the input even at equal timestamps (both have one time).
+    events = [r[3] for r in raw]
+    seen_begin: dict[int, int] = {}
+    for i, ev in enumerate(events):
+        if ev.kind == "begin":
+            seen_begin[ev.span_id] = i
+    for i, ev in enumerate(events):
+        j = seen_begin.get(ev.span_id)
+        if ev.kind == "end" and j is not None and j > i:
+            events[i], events[j] = events[j], events[i]
+    return events
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    events=interleavings(),
+    cuts=st.lists(st.integers(0, 50), max_size=5),
+    encoding=st.sampled_from(["plain", "dict16", "dict32"]),
+)
+def test_random_interleavings(events: list[AsyncEvent], cuts: list[int], encoding: str) -> None:
+    batch = async_batch(events, encoding)
+    data = run(split(batch, cuts))
+    decoded = decode(data)
+    check(decoded, events)
+    # Parent links: a span whose parent is open at its begin sits under the parent's track.
+    want = model(events)
+    track_of_begin: dict[int, int] = {}
+    begins = [i for i in want.parent_of]
+    desc_order = [
+        p.track_descriptor
+        for p in decoded.packets
+        if p.HasField("track_descriptor") and p.track_descriptor.name == "async"
+    ]
+    # Descriptors of begun spans come in input order, followed (interleaved) by cut-begin spans; the
+    # begun ones are those whose first event is a begin.
+    begun = iter(begins)
+    cut_begin = {s.track for s in decoded.slices if s.cut == "begin"}
+    for desc in desc_order:
+        if desc.uuid in cut_begin:
+            assert desc.parent_uuid == GROUP_UUID
+            continue
+        track_of_begin[next(begun)] = desc.uuid
+    for i, parent in want.parent_of.items():
+        expected_parent = GROUP_UUID if parent is None else track_of_begin[parent]
+        assert decoded.descriptors[track_of_begin[i]].parent_uuid == expected_parent
+    assert run(split(batch, cuts), chunk_size=150) == data
+
+
+def test_duplicate_begin_end_before_begin_and_unknown_event_types() -> None:
+    t = RANGE.begin_ns
+    events = [
+        AsyncEvent(t + 1, "begin", 1),
+        AsyncEvent(t + 2, "begin", 1),  # duplicate while open: dropped
+        AsyncEvent(t + 3, "end", 1),
+        AsyncEvent(t + 4, "end", 1),  # a second end: a span cut at the range begin
+        AsyncEvent(t + 5, "bogus", 2),  # unknown type: dropped
+        AsyncEvent(t + 9, "begin", 3),
+        AsyncEvent(t + 8, "end", 3),  # end before begin: clamped to the begin
+    ]
+    enc = TraceEncoder(PROCESS, THREADS, span_types=SpanTypes.ASYNC, time_range=RANGE)
+    data = b"".join(enc.start() + enc.add_async_events(async_batch(events, "plain")) + enc.finish())
+    decoded = decode(data)
+    assert decoded.problems == []
+    assert sorted((s.begin, s.end, s.cut) for s in decoded.slices) == [
+        (t, t + 4, "begin"),
+        (t + 1, t + 3, ""),
+        (t + 9, t + 9, ""),
+    ]
+    stats = enc.stats
+    assert (stats.async_spans, stats.cut_spans, stats.dropped_events, stats.clamped_spans) == (3, 1, 2, 1)
+
+
+def test_reused_span_id_gets_a_new_track() -> None:
+    t = RANGE.begin_ns
+    events = [AsyncEvent(t, "begin", 5), AsyncEvent(t + 1, "end", 5), AsyncEvent(t + 1, "begin", 5)]
+    events.append(AsyncEvent(t + 2, "end", 5))
+    decoded = decode(run([async_batch(events)]))
+    assert decoded.problems == []
+    assert len({s.track for s in decoded.slices}) == 2
+
+
+def test_many_overlapping_spans_pair_across_batches_with_bounded_pending() -> None:
+    rng = random.Random(7)
+    events = []
+    for sid in range(1, 2001):
+        b = RANGE.begin_ns + rng.randrange(0, 100_000)
+        events.append(AsyncEvent(b, "begin", sid, name=f"n{sid % 13}"))
+        events.append(AsyncEvent(b + rng.randrange(0, 5_000), "end", sid, name=f"n{sid % 13}"))
+    events.sort(key=lambda e: (e.time, e.kind == "end"))
+    batches = split(async_batch(events), list(range(0, len(events), 97)))
+    enc = TraceEncoder(PROCESS, THREADS, span_types=SpanTypes.ASYNC, time_range=RANGE, chunk_size=4096)
+    chunks = enc.start()
+    peak = 0
+    for batch in batches:
+        chunks += enc.add_async_events(batch)
+        peak = max(peak, len(enc._async.sid))
+    chunks += enc.finish()
+    check(decode(b"".join(chunks)), events)
+    assert enc.stats.async_spans == 2000 and enc.stats.cut_spans == 0
+    assert peak < 400  # open spans only, not every span seen

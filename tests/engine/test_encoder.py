@@ -1,0 +1,178 @@
+"""Whole traces: header packets, chunking, determinism, tids, span type selection."""
+
+from __future__ import annotations
+
+import random
+
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from contracts.request import SpanTypes
+from tests.engine.data import PROCESS, RANGE, THREADS, AsyncEvent, Span, async_batch, thread_batch
+from tests.engine.decode import decode, packet_sizes
+from worker.engine import DEFAULT_CHUNK_SIZE, TraceEncoder, encode
+from worker.model import ThreadInfo
+from worker.perfetto_pb import pb
+
+
+def workload(seed: int = 1) -> tuple[list[tuple[str, pa.RecordBatch]], list[pa.RecordBatch]]:
+    rng = random.Random(seed)
+    thread = []
+    for stream in ("stream-a", "stream-b"):
+        spans = []
+        t = RANGE.begin_ns
+        for i in range(300):
+            spans.append(Span(t, t + 50, 0, f"root{i % 5}", "app", "a.rs", i % 7))
+            spans.append(Span(t + 10, t + 20, 1, f"child{i % 3}", "lib", "b.rs", 3))
+            t += 60 + rng.randrange(3)
+        thread.append((stream, thread_batch(spans)))
+    events = []
+    for sid in range(1, 200):
+        b = RANGE.begin_ns + rng.randrange(10_000)
+        events += [AsyncEvent(b, "begin", sid, sid // 2), AsyncEvent(b + rng.randrange(500), "end", sid)]
+    events.sort(key=lambda e: (e.time, e.kind == "end"))
+    return thread, [async_batch(events)]
+
+
+def run(chunk_size: int = DEFAULT_CHUNK_SIZE, span_types: SpanTypes = SpanTypes.BOTH) -> list[bytes]:
+    thread, async_ = workload()
+    return list(
+        encode(
+            PROCESS, THREADS, thread, async_, span_types=span_types, time_range=RANGE, chunk_size=chunk_size
+        )
+    )
+
+
+def test_first_packet_clears_state_and_declares_the_clock() -> None:
+    decoded = decode(b"".join(run()))
+    assert decoded.problems == []
+    first = decoded.packets[0]
+    assert first.sequence_flags == 3 and first.first_packet_on_sequence
+    assert first.trusted_packet_sequence_id == 1
+    clocks = {c.clock_id: c.timestamp for c in first.clock_snapshot.clocks}
+    assert clocks == {pb.BUILTIN_CLOCK_BOOTTIME: RANGE.begin_ns, pb.BUILTIN_CLOCK_REALTIME: RANGE.begin_ns}
+    assert first.trace_packet_defaults.timestamp_clock_id == pb.BUILTIN_CLOCK_REALTIME
+    for packet in decoded.packets[1:]:
+        assert packet.trusted_packet_sequence_id == 1 and packet.sequence_flags == 2
+        assert not packet.first_packet_on_sequence
+    process = decoded.packets[1].track_descriptor
+    assert process.uuid == 15903503398903116617 and process.process.pid == -1210682551
+    assert process.process.process_name == PROCESS.exe
+    assert "username=alice" in process.process.process_labels
+    threads = [p.track_descriptor for p in decoded.packets[2:4]]
+    assert [(t.thread.tid, t.thread.thread_name, t.thread.pid) for t in threads] == [
+        (101, "main-101", -1210682551),
+        (102, "worker-102", -1210682551),
+    ]
+    assert all(not t.HasField("parent_uuid") for t in threads)  # thread tracks are root tracks
+    group = decoded.packets[4].track_descriptor
+    assert (group.name, group.parent_uuid, group.uuid) == ("Async spans", process.uuid, 3169508503178091996)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 64, 1000, 4096])
+def test_chunks_are_whole_packets_and_concatenate_to_the_single_shot_trace(chunk_size: int) -> None:
+    whole = b"".join(run())
+    chunks = run(chunk_size)
+    assert b"".join(chunks) == whole
+    largest_packet = max(packet_sizes(whole))
+    prefix = b""
+    for i, chunk in enumerate(chunks):
+        sizes = packet_sizes(chunk)  # asserts the chunk holds whole packets
+        assert len(chunk) <= max(chunk_size, largest_packet)
+        if len(chunk) > chunk_size:
+            assert len(sizes) == 1
+        prefix += chunk
+        if i < 40 or i % 101 == 0:  # a sample of prefixes (decoding all is quadratic)
+            problems = decode(prefix).problems  # parses, and interned data / tracks come before use
+            assert not [p for p in problems if "before" in p or "undeclared" in p]
+
+
+def test_output_is_deterministic() -> None:
+    assert run() == run()
+
+
+def test_stats_count_what_was_written() -> None:
+    thread, async_ = workload()
+    enc = TraceEncoder(PROCESS, THREADS, span_types=SpanTypes.BOTH, time_range=RANGE, chunk_size=10_000)
+    chunks = enc.start()
+    for stream, batch in thread:
+        chunks += enc.add_thread_spans(stream, batch) + enc.end_thread(stream)
+    for batch in async_:
+        chunks += enc.add_async_events(batch)
+    chunks += enc.finish()
+    data = b"".join(chunks)
+    stats = enc.stats
+    assert stats.thread_spans == 1200 and stats.async_spans == 199
+    assert stats.packets == len(packet_sizes(data)) and stats.bytes == len(data)
+    assert stats.chunks == len(chunks)
+    with pytest.raises(RuntimeError):
+        enc.finish()
+
+
+@pytest.mark.parametrize("span_types", list(SpanTypes))
+def test_span_types_select_tracks_and_slices(span_types: SpanTypes) -> None:
+    decoded = decode(b"".join(run(span_types=span_types)))
+    assert decoded.problems == []
+    kinds = {
+        "thread" if d.HasField("thread") else "process" if d.HasField("process") else d.name
+        for d in decoded.descriptors.values()
+    }
+    want = {"process"}
+    if span_types.thread:
+        want.add("thread")
+    if span_types.async_:
+        want |= {"Async spans", "async"}
+    assert kinds == want
+    threads = {d.uuid for d in decoded.descriptors.values() if d.HasField("thread")}
+    thread_slices = sum(1 for s in decoded.slices if s.track in threads)
+    assert thread_slices == (1200 if span_types.thread else 0)
+    assert len(decoded.slices) - thread_slices == (199 if span_types.async_ else 0)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.sampled_from(["", "7", "7", "x", "0", "-3", "99999999999999999999", "8"]), max_size=8))
+def test_tids_are_unique_per_stream(ids: list[str]) -> None:
+    threads = [ThreadInfo(f"s{i}", "t" if i % 2 else "", tid) for i, tid in enumerate(ids)]
+    enc = TraceEncoder(PROCESS, threads, span_types=SpanTypes.THREAD, time_range=RANGE)
+    decoded = decode(b"".join(enc.start() + enc.finish()))
+    tids = [d.thread.tid for d in decoded.descriptors.values() if d.HasField("thread")]
+    assert len(tids) == len(ids) == len(set(tids))
+    assert all(0 < tid < 1 << 63 for tid in tids)
+    first_valid: set[str] = set()
+    for thread, tid in zip(
+        threads, [p.track_descriptor.thread.tid for p in decoded.packets[2:]], strict=True
+    ):
+        if thread.thread_id in ("7", "8") and thread.thread_id not in first_valid:
+            assert tid == int(thread.thread_id)  # the first stream with a valid id keeps it
+            first_valid.add(thread.thread_id)
+        else:
+            assert tid >= 1 << 31  # synthetic
+    # Same input, same tids.
+    again = TraceEncoder(PROCESS, threads, span_types=SpanTypes.THREAD, time_range=RANGE)
+    assert b"".join(again.start() + again.finish()) == b"".join(enc_bytes(threads))
+
+
+def enc_bytes(threads: list[ThreadInfo]) -> list[bytes]:
+    enc = TraceEncoder(PROCESS, threads, span_types=SpanTypes.THREAD, time_range=RANGE)
+    return enc.start() + enc.finish()
+
+
+def test_thread_names_follow_upstream() -> None:
+    threads = [
+        ThreadInfo("s1", "main", "5"),
+        ThreadInfo("s2", "", "6"),
+        ThreadInfo("s3", "", ""),
+        ThreadInfo("s4", "w", ""),
+    ]
+    enc = TraceEncoder(PROCESS, threads, span_types=SpanTypes.THREAD, time_range=RANGE)
+    decoded = decode(b"".join(enc.start() + enc.finish()))
+    names = [p.track_descriptor.thread.thread_name for p in decoded.packets[2:]]
+    assert names == ["main-5", "6", "s3", "w"]
+
+
+def test_unknown_stream_is_a_programming_error() -> None:
+    enc = TraceEncoder(PROCESS, THREADS, span_types=SpanTypes.THREAD, time_range=RANGE)
+    with pytest.raises(ValueError, match="not among the threads"):
+        enc.add_thread_spans("nope", thread_batch([Span(1, 2, 0, "a")]))
