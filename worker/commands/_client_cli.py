@@ -1,0 +1,219 @@
+"""Shared parts of the client commands (request, status, cancel, jobs, demo): Redis options, one-line
+errors, time parsing and the live progress line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, TextIO, TypeVar
+
+from pydantic import ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from contracts.client import TraceClient
+from contracts.client_errors import ClientError
+from contracts.events import ProgressEvent, StatusEvent
+from contracts.keys import DEFAULT_PREFIX
+from contracts.states import JobState
+from worker.cli import UsageError
+from worker.settings import Settings
+
+__all__ = [
+    "EXIT_CODES",
+    "ProgressLine",
+    "add_redis_args",
+    "format_size",
+    "open_client",
+    "parse_time",
+    "run_client",
+]
+
+T = TypeVar("T")
+
+#: Exit status of `request` (and `status --exit-code`) by how the job ended.
+EXIT_CODES: dict[JobState, int] = {
+    JobState.SUCCEEDED: 0,
+    JobState.FAILED: 1,
+    JobState.CANCELLED: 3,
+    JobState.DEAD: 4,
+}
+#: Exit status when waiting timed out (the job may still finish).
+EXIT_TIMEOUT = 5
+#: Exit status when Redis is unreachable or the client failed.
+EXIT_CLIENT = 1
+
+
+def add_redis_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--redis-url",
+        metavar="URL",
+        help="Redis URL (default: TRACE_WORKER_REDIS_URL or redis://127.0.0.1:6379/0)",
+    )
+    parser.add_argument(
+        "--prefix", metavar="P", help="key prefix (default: TRACE_WORKER_KEY_PREFIX or traces)"
+    )
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "settings"
+        raise UsageError(f"bad setting {where}: {first['msg']}") from exc
+
+
+def open_client(args: argparse.Namespace) -> TraceClient:
+    """A client on the URL and prefix from the options or the settings. Call inside the event loop."""
+    url = args.redis_url
+    prefix = args.prefix
+    if url is None or prefix is None:
+        settings = _settings()
+        url = url or settings.redis_url
+        prefix = prefix or settings.key_prefix
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise UsageError(f"not a Redis URL (redis://host:port/db): {url!r}")
+    try:
+        return TraceClient(url, prefix or DEFAULT_PREFIX, reconnect_timeout_s=30)
+    except ValueError as exc:
+        raise UsageError(f"bad Redis URL {url!r}: {exc}") from exc
+
+
+def run_client(command: str, body: Callable[[], Awaitable[int]]) -> int:
+    """Run ``body`` on a new event loop; client and Redis failures become one line, exit status 1."""
+    try:
+        return asyncio.run(_guarded(body))
+    except ClientError as exc:
+        print(f"trace-worker {command}: {exc}", file=sys.stderr)
+        return EXIT_CLIENT
+
+
+async def _guarded(body: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return await body()
+    except (RedisConnectionError, OSError) as exc:
+        raise ClientError(f"cannot reach Redis: {exc}") from exc
+    except RedisError as exc:
+        raise ClientError(f"Redis failed: {exc}") from exc
+
+
+def parse_time(text: str) -> datetime:
+    """RFC 3339 with an offset (``2026-11-26T10:00:00Z``, ``...+01:00``, fractions allowed).
+
+    Raises:
+        UsageError: not such a time.
+    """
+    try:
+        stamp = datetime.fromisoformat(text.strip())
+    except ValueError as exc:
+        raise UsageError(f"not an RFC 3339 time (e.g. 2026-11-26T10:00:00Z): {text!r}") from exc
+    if stamp.utcoffset() is None:
+        raise UsageError(f"times need an offset, e.g. 2026-11-26T10:00:00Z: {text!r}")
+    return stamp
+
+
+def format_size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"  # unreachable
+
+
+class ProgressLine:
+    """Live job progress on stderr: phase, spans, bytes, percent, elapsed.
+
+    On a terminal one line is rewritten in place (at most 10 times a second); otherwise a line is
+    printed for each status change and at most every 2 seconds for progress.
+    """
+
+    def __init__(self, stream: TextIO | None = None, *, enabled: bool = True) -> None:
+        self._stream = stream or sys.stderr
+        self._tty = self._stream.isatty()
+        self._enabled = enabled
+        self._started = time.monotonic()
+        self._next = 0.0
+        self._width = 0
+        self._state = "waiting"
+        self._attempt = 0
+
+    def __call__(self, event: StatusEvent | ProgressEvent) -> None:
+        if not self._enabled:
+            return
+        now = time.monotonic()
+        if isinstance(event, StatusEvent):
+            self._state, self._attempt = event.state.value, event.attempt
+            self._emit(self._status_line(event), force=True)
+            return
+        if now < self._next:
+            return
+        self._next = now + (0.1 if self._tty else 2.0)
+        bar_width = 20
+        filled = int(bar_width * min(max(event.percent, 0.0), 100.0) / 100)
+        line = (
+            f"[{'#' * filled}{'.' * (bar_width - filled)}] {event.percent:5.1f}%  {event.phase:<9} "
+            f"{event.spans:>12,} spans  {format_size(event.bytes):>10}  "
+            f"threads {event.threads_done}/{event.threads_total}  {self._elapsed()}"
+        )
+        if event.attempt > 1:
+            line += f"  attempt {event.attempt}"
+        self._emit(line)
+
+    def _status_line(self, event: StatusEvent) -> str:
+        line = f"{event.state.value:<9} attempt {event.attempt}  {self._elapsed()}"
+        if event.detail:
+            line += f"  ({event.detail})"
+        return line
+
+    def _elapsed(self) -> str:
+        seconds = int(time.monotonic() - self._started)
+        return f"{seconds // 60:02d}:{seconds % 60:02d}"
+
+    def _emit(self, line: str, *, force: bool = False) -> None:
+        if self._tty:
+            self._stream.write("\r" + line.ljust(self._width))
+            self._width = len(line)
+        else:
+            self._stream.write(line + "\n")
+        self._stream.flush()
+        if force:
+            self._next = 0.0
+
+    def close(self) -> None:
+        """End a rewritten line so what follows starts on a fresh one."""
+        if self._tty and self._width:
+            self._stream.write("\n")
+            self._stream.flush()
+            self._width = 0
+
+
+def describe(status: StatusEvent) -> list[tuple[str, Any]]:
+    """The fields of a status worth showing, in order."""
+    rows: list[tuple[str, Any]] = [
+        ("job", status.job_id),
+        ("state", status.state.value),
+        ("attempt", status.attempt),
+        ("time", status.time.isoformat()),
+    ]
+    optional = {
+        "detail": status.detail,
+        "uri": status.uri,
+        "url": status.url,
+        "size": f"{format_size(status.size)} ({status.size:,} bytes)" if status.size is not None else None,
+        "sha256": status.sha256,
+        "spans": f"{status.spans:,}" if status.spans is not None else None,
+        "packets": f"{status.packets:,}" if status.packets is not None else None,
+        "duration": f"{status.duration_s:.2f} s" if status.duration_s is not None else None,
+        "error": status.error_code.value if status.error_code else None,
+        "message": status.message,
+        "retryable": status.retryable,
+    }
+    rows += [(k, v) for k, v in optional.items() if v is not None]
+    rows += [(f"label {k}", v) for k, v in sorted(status.labels.items())]
+    return rows

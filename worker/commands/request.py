@@ -1,0 +1,149 @@
+"""`trace-worker request PROCESS_ID`: ask the workers for a trace, follow it, write the file.
+
+    trace-worker request 34d7c06d-3163-4111-863e-c5fc09d22d51 --begin 2026-11-26T10:00:00Z -o run.pftrace
+
+Shows live progress on stderr, writes the trace (verified against the job's size and sha256),
+prints the job id, path and size. Exit status: 0 succeeded, 1 failed (or Redis unreachable),
+2 usage error, 3 cancelled, 4 dead, 5 timed out waiting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from contracts.client import JobFailed
+from contracts.request import SpanTypes, TraceRequest
+from contracts.states import JobState
+from worker.cli import UsageError
+from worker.commands._client_cli import (
+    EXIT_CODES,
+    EXIT_TIMEOUT,
+    ProgressLine,
+    add_redis_args,
+    format_size,
+    open_client,
+    parse_time,
+    run_client,
+)
+
+__all__ = ["register"]
+
+PERFETTO_HINT = "open it in the Perfetto UI: https://ui.perfetto.dev -> Open trace file -> {path}"
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``request`` command."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "request",
+        help="request a trace from the workers and write it to a file",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        epilog="exit status: 0 succeeded, 1 failed or Redis unreachable, 2 usage error, 3 cancelled, "
+        "4 dead, 5 timed out waiting",
+    )
+    parser.add_argument(
+        "process_id", metavar="PROCESS_ID", help="the process's UUID (see `trace-worker processes`)"
+    )
+    parser.add_argument("--begin", metavar="T", help="RFC 3339 with offset (default: process start)")
+    parser.add_argument("--end", metavar="T", help="RFC 3339 with offset (default: process end)")
+    parser.add_argument(
+        "--span-types", choices=[t.value for t in SpanTypes], default="both", help="default: both"
+    )
+    parser.add_argument("--job-id", metavar="ID", help="idempotency key (default: derived from the request)")
+    parser.add_argument("--label", action="append", default=[], metavar="K=V", help="label echoed in events")
+    parser.add_argument("-o", "--output", metavar="FILE", help="trace file (default: <job id>.pftrace)")
+    parser.add_argument("--no-wait", action="store_true", help="submit, print the job id and exit")
+    parser.add_argument(
+        "--blob-only", action="store_true", help="no chunks on Redis; fetch from the blob store"
+    )
+    parser.add_argument("--timeout", type=float, metavar="S", help="give up waiting after S seconds")
+    parser.add_argument("--quiet", action="store_true", help="no progress display")
+    add_redis_args(parser)
+    parser.set_defaults(handler=run)
+
+
+def build_request(args: argparse.Namespace) -> TraceRequest:
+    """The request from the command line; every mistake is a one-line UsageError."""
+    labels: dict[str, str] = {}
+    for item in args.label:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"labels are KEY=VALUE: {item!r}")
+        labels[key] = value
+    try:
+        return TraceRequest(
+            process_id=args.process_id,
+            begin=parse_time(args.begin) if args.begin else None,
+            end=parse_time(args.end) if args.end else None,
+            span_types=SpanTypes(args.span_types),
+            job_id=args.job_id,
+            chunks=not args.blob_only,
+            labels=labels,
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise UsageError(f"{field}: {message}" if field else message) from exc
+
+
+def run(args: argparse.Namespace) -> int:
+    """Handler of ``trace-worker request``."""
+    request = build_request(args)
+    output = Path(args.output or f"{request.effective_job_id()}.pftrace")
+    if output.is_dir():
+        raise UsageError(f"{output} is a directory")
+    if not output.parent.is_dir():
+        raise UsageError(f"no such directory: {output.parent}")
+
+    async def body() -> int:
+        async with open_client(args) as client:
+            await client.ping()
+            job = await client.submit(request)
+            if args.no_wait:
+                print(job.job_id)
+                return 0
+            print(f"job {job.job_id}", file=sys.stderr)
+            display = ProgressLine(enabled=not args.quiet)
+            try:
+                status = await job.download(output, timeout=args.timeout, on_event=display)
+            except JobFailed as exc:
+                display.close()
+                _report_failure(exc)
+                return EXIT_CODES.get(exc.status.state, 1)
+            except TimeoutError:
+                display.close()
+                print(
+                    f"trace-worker request: gave up waiting after {args.timeout:g} s; the job goes on "
+                    f"(trace-worker status {job.job_id})",
+                    file=sys.stderr,
+                )
+                return EXIT_TIMEOUT
+            display.close()
+        path = output.resolve()  # noqa: ASYNC240 - one syscall after the download
+        size = status.size if status.size is not None else path.stat().st_size
+        print(f"job     {status.job_id}")
+        print(f"file    {path}")
+        print(f"size    {format_size(size)} ({size:,} bytes)")
+        if status.spans is not None:
+            print(f"spans   {status.spans:,}")
+        print(PERFETTO_HINT.format(path=path))
+        return EXIT_CODES[JobState.SUCCEEDED]
+
+    return run_client("request", body)
+
+
+def _report_failure(exc: JobFailed) -> None:
+    status = exc.status
+    line = f"trace-worker request: job {status.job_id} {status.state.value}"
+    if status.error_code is not None:
+        line += f": {status.error_code.value}"
+    if status.message:
+        line += f": {status.message}"
+    if status.retryable:
+        line += " (retryable: submitting again may succeed)"
+    print(line, file=sys.stderr)
