@@ -111,9 +111,10 @@ def _depths(rng: np.random.Generator, tree_rows: np.ndarray) -> np.ndarray:
     steps = rng.choice(_STEPS, size=total, p=_STEP_P)
     roots = np.concatenate([[0], np.cumsum(tree_rows)[:-1]])
     tree_of_row = np.repeat(np.arange(len(tree_rows)), tree_rows)
-    steps[roots] = 0
     walk = np.cumsum(steps)
-    walk = walk - walk[roots][tree_of_row]  # restart at 0 at each root
+    firsts = roots + 1  # every tree has a root and at least one real span
+    walk = walk - walk[firsts][tree_of_row]  # the first real span sits at 0, i.e. depth 1
+    walk[roots] = 0
     # Segments drift down by a large offset so the running minimum restarts in each tree.
     shifted = walk - tree_of_row.astype(np.int64) * (2 * total + 2)
     depth = shifted - np.minimum.accumulate(shifted) + 1
