@@ -19,7 +19,7 @@ from worker.errors import TraceWorkerError
 __all__ = ["UsageError", "main"]
 
 #: Subcommand modules under worker.commands, in --help order.
-COMMANDS: tuple[str, ...] = ("inspect", "devserver", "request", "status", "cancel", "jobs", "run")
+COMMANDS: tuple[str, ...] = ("inspect", "devserver", "request", "status", "cancel", "jobs", "run", "demo")
 
 
 class UsageError(Exception):
