@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from contracts.request import SpanTypes
 from tests.engine.data import PROCESS, RANGE, THREADS, AsyncEvent, async_batch, split
 from tests.engine.decode import Decoded, decode
 from worker.engine import TraceEncoder, encode
+from worker.inspect import inspect_trace
 
 PROCESS_UUID = xxhash.xxh64_intdigest(PROCESS.process_id.encode())
 GROUP_UUID = xxhash.xxh64_intdigest(b"async_track", seed=PROCESS_UUID)
@@ -117,6 +119,7 @@ def test_random_interleavings(events: list[AsyncEvent], cuts: list[int], encodin
     data = run(split(batch, cuts))
     decoded = decode(data)
     check(decoded, events)
+    assert inspect_trace(io.BytesIO(data)).ok
     # Parent links: a span whose parent is open at its begin sits under the parent's track.
     want = model(events)
     track_of_begin: dict[int, int] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 
 import pyarrow as pa
@@ -15,6 +16,7 @@ from tests.engine.data import PROCESS, RANGE, THREADS, Span, split, thread_batch
 from tests.engine.decode import Slice, decode
 from worker.engine import TraceEncoder, encode
 from worker.errors import BadSourceData
+from worker.inspect import inspect_trace
 
 UUID_A = xxhash.xxh64_intdigest(b"stream-a")
 UUID_B = xxhash.xxh64_intdigest(b"stream-b")
@@ -75,6 +77,7 @@ def test_random_call_trees_round_trip(spans: list[Span], cuts: list[int], encodi
     decoded = decode(data)
     assert decoded.problems == []
     assert decoded.on_track(UUID_A) == expected(spans, UUID_A)
+    assert inspect_trace(io.BytesIO(data)).ok
     # Every file position keeps timestamps non-decreasing on the track (what Perfetto's sort needs).
     ts = [p.timestamp for p in decoded.packets if p.HasField("track_event")]
     assert ts == sorted(ts)

@@ -1,0 +1,166 @@
+"""`trace-worker inspect`: clean engine output passes; each defect class is found in a hand-built trace."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from contracts.request import SpanTypes
+from tests.engine.data import PROCESS, RANGE, THREADS, AsyncEvent, Span, async_batch, thread_batch
+from worker.cli import main
+from worker.engine import encode
+from worker.inspect import inspect_trace
+from worker.perfetto_pb import pb
+
+TRACK = 42
+
+
+def packet(seq: int | None = 1, flags: int = 2, **fields: object) -> pb.TracePacket:
+    p = pb.TracePacket(**fields)  # type: ignore[arg-type]
+    if seq is not None:
+        p.trusted_packet_sequence_id = seq
+    if flags:
+        p.sequence_flags = flags
+    return p
+
+
+def header(names: dict[int, str] | None = None) -> list[pb.TracePacket]:
+    interned = pb.InternedData(
+        event_names=[pb.EventName(iid=i, name=n) for i, n in (names or {1: "a", 2: "b"}).items()],
+        event_categories=[pb.EventCategory(iid=1, name="cat")],
+        source_locations=[pb.SourceLocation(iid=1, file_name="f.rs", line_number=3)],
+    )
+    return [
+        packet(flags=3, first_packet_on_sequence=True, interned_data=interned),
+        packet(track_descriptor=pb.TrackDescriptor(uuid=TRACK, name="t")),
+    ]
+
+
+def event(ts: int, kind: int, name_iid: int, track: int = TRACK, clock: int | None = None) -> pb.TracePacket:
+    te = pb.TrackEvent(track_uuid=track, name_iid=name_iid, category_iids=[1], source_location_iid=1)
+    te.type = kind  # type: ignore[assignment]
+    p = packet(timestamp=ts, track_event=te)
+    if clock is not None:
+        p.timestamp_clock_id = clock
+    return p
+
+
+B, E = pb.TrackEvent.TYPE_SLICE_BEGIN, pb.TrackEvent.TYPE_SLICE_END
+
+
+def trace_bytes(packets: list[pb.TracePacket]) -> bytes:
+    return b"".join(pb.Trace(packet=[p]).SerializeToString() for p in packets)
+
+
+def kinds(packets: list[pb.TracePacket] | bytes) -> dict[str, int]:
+    data = packets if isinstance(packets, bytes) else trace_bytes(packets)
+    return inspect_trace(io.BytesIO(data)).defect_counts
+
+
+def test_engine_output_is_clean_and_summarised() -> None:
+    thread = [("stream-a", thread_batch([Span(RANGE.begin_ns, RANGE.begin_ns + 10, 0, "root")]))]
+    events = [AsyncEvent(RANGE.begin_ns + i, "begin", i) for i in range(1, 8)]
+    data = b"".join(
+        encode(PROCESS, THREADS, thread, [async_batch(events)], span_types=SpanTypes.BOTH, time_range=RANGE)
+    )
+    report = inspect_trace(io.BytesIO(data))
+    assert report.ok, report.defects
+    assert report.bytes == len(data)
+    assert report.slices == 8
+    by_kind = {(t.kind, t.name): t for t in report.tracks}
+    assert by_kind[("thread", "main-101")].slices == 1
+    assert by_kind[("process", PROCESS.exe)].pid == -1210682551
+    assert sum(t.slices for t in report.tracks if t.name == "async") == 7
+    assert report.interned == {
+        "event_names": 2,
+        "event_categories": 2,
+        "source_locations": 2,
+        "debug_annotation_names": 0,
+    }
+    assert (report.first_ts, report.last_ts) == (RANGE.begin_ns, RANGE.end_ns)
+
+
+def test_partial_overlap_is_a_misnested_end() -> None:
+    got = kinds([*header(), event(100, B, 1), event(200, B, 2), event(300, E, 1), event(400, E, 2)])
+    assert got == {"misnested_end": 2}
+
+
+def test_properly_nested_and_sorted_from_any_file_order() -> None:
+    # Perfetto sorts by timestamp: reverse file order still nests.
+    assert kinds([*header(), event(400, E, 1), event(300, E, 2), event(200, B, 2), event(100, B, 1)]) == {}
+
+
+def test_unmatched_end_and_unterminated_slice() -> None:
+    assert kinds([*header(), event(100, E, 1), event(200, B, 2)]) == {"unmatched_end": 1, "unterminated": 1}
+
+
+def test_iid_used_before_definition() -> None:
+    late_names = packet(interned_data=pb.InternedData(event_names=[pb.EventName(iid=9, name="late")]))
+    got = kinds([*header(), event(100, B, 9), late_names, event(200, E, 9)])
+    # The BEGIN has no name, so Perfetto would also reject the named END: both are reported.
+    assert got == {"iid_undefined": 1, "misnested_end": 1}
+
+
+def test_interned_data_and_needs_flag_without_cleared() -> None:
+    interned = pb.InternedData(event_names=[pb.EventName(iid=1, name="a")])
+    packets = [
+        packet(flags=2, interned_data=interned),
+        packet(track_descriptor=pb.TrackDescriptor(uuid=TRACK, name="t")),
+        event(100, B, 1),
+        event(200, E, 1),
+    ]
+    got = kinds(packets)
+    # NEEDS flag on all 4 packets + the interned data itself; both events' iids are unusable.
+    assert got == {"state_not_cleared": 5, "iid_undefined": 2}
+
+
+def test_packet_without_sequence_id() -> None:
+    assert kinds([*header(), event(100, B, 1), packet(seq=None, flags=0, timestamp=5)]) == {
+        "no_sequence_id": 1,
+        "unterminated": 1,
+    }
+
+
+def test_events_on_an_undeclared_track() -> None:
+    assert kinds([*header(), event(1, B, 1, track=7), event(2, E, 1, track=7)]) == {"undeclared_track": 1}
+
+
+def test_realtime_without_snapshot() -> None:
+    got = kinds([*header(), event(1, B, 1, clock=1), event(2, E, 1, clock=1)])
+    assert got == {"realtime_without_snapshot": 1}
+
+
+def test_malformed_packets_and_framing() -> None:
+    good = trace_bytes([*header(), event(1, B, 1), event(2, E, 1)])
+    assert kinds(good + b"\x0a\x05\xff\xff") == {"malformed": 1}  # truncated last packet
+    assert kinds(good + b"\x0a\x03\x0b\x0b\x0b") == {"malformed": 1}  # a body that does not decode
+    assert kinds(good + b"\x0f") == {"malformed": 1}  # wire type 7
+
+
+def test_large_trace_is_read_in_blocks(tmp_path: Path) -> None:
+    packets = [*header()]
+    for i in range(20_000):
+        packets += [event(2 * i, B, 1), event(2 * i + 1, E, 1)]
+    path = tmp_path / "big.pftrace"
+    path.write_bytes(trace_bytes(packets))
+    report = inspect_trace(path)
+    assert report.ok and report.slices == 20_000 and report.bytes == path.stat().st_size
+
+
+def test_cli_exit_status_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = tmp_path / "good.pftrace"
+    good.write_bytes(trace_bytes([*header(), event(1, B, 1), event(2, E, 1)]))
+    assert main(["inspect", str(good)]) == 0
+    out = capsys.readouterr().out
+    assert "defects: none" in out and "slices=1" in out
+    bad = tmp_path / "bad.pftrace"
+    bad.write_bytes(
+        trace_bytes([*header(), event(100, B, 1), event(200, B, 2), event(300, E, 1), event(400, E, 2)])
+    )
+    assert main(["inspect", str(bad), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is False and report["defect_counts"] == {"misnested_end": 2}
+    assert main(["inspect", str(tmp_path / "missing")]) == 2

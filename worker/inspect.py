@@ -1,0 +1,394 @@
+"""Decode a Perfetto trace and list its tracks, sizes and defects (`trace-worker inspect`).
+
+The file is read packet by packet (never whole), decoded with the generated classes, and checked the
+way Perfetto's trace processor reads it:
+
+- framing: every top-level field must be a well-formed ``Trace.packet`` (``malformed``);
+- every packet has a ``trusted_packet_sequence_id`` (``no_sequence_id``);
+- interned data, and packets flagged SEQ_NEEDS_INCREMENTAL_STATE, only after a packet of the same
+  sequence set SEQ_INCREMENTAL_STATE_CLEARED (``state_not_cleared``);
+- every iid a track event uses is defined earlier in the same sequence and generation
+  (``iid_undefined``);
+- track events only on tracks some descriptor declares (``undeclared_track``);
+- REALTIME timestamps only with a ClockSnapshot that has REALTIME (``realtime_without_snapshot``);
+- per track, events sorted by (timestamp, file position) and an END closing the most recent open slice:
+  an END whose name/category differs from that slice (a partial overlap, ``misnested_end``), an END with
+  nothing open (``unmatched_end``), slices never closed (``unterminated``).
+
+Example:
+    >>> report = inspect_trace("trace.pftrace")  # doctest: +SKIP
+    >>> report.ok, report.slices  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+from array import array
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+from google.protobuf.message import DecodeError
+
+from worker.perfetto_pb import pb
+
+__all__ = ["Defect", "InspectReport", "TrackSummary", "inspect_trace"]
+
+#: Defect messages kept per kind (all are counted).
+MAX_EXAMPLES = 20
+_CLEARED = 1
+_NEEDS = 2
+_REALTIME = 1
+_BEGIN = pb.TrackEvent.TYPE_SLICE_BEGIN
+_END = pb.TrackEvent.TYPE_SLICE_END
+_INSTANT = pb.TrackEvent.TYPE_INSTANT
+
+
+@dataclass
+class Defect:
+    kind: str
+    message: str
+    packet: int | None = None
+
+
+@dataclass
+class TrackSummary:
+    uuid: int
+    name: str
+    kind: str  # "process", "thread" or "track"
+    parent: int | None = None
+    slices: int = 0
+    pid: int | None = None
+    tid: int | None = None
+
+
+@dataclass
+class InspectReport:
+    """What ``inspect_trace`` found."""
+
+    bytes: int = 0
+    packets: int = 0
+    track_events: int = 0
+    first_ts: int | None = None
+    last_ts: int | None = None
+    tracks: list[TrackSummary] = field(default_factory=list)
+    interned: dict[str, int] = field(default_factory=dict)
+    defect_counts: dict[str, int] = field(default_factory=dict)
+    defects: list[Defect] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.defect_counts
+
+    @property
+    def slices(self) -> int:
+        return sum(t.slices for t in self.tracks)
+
+    def add(self, kind: str, message: str, packet: int | None = None) -> None:
+        count = self.defect_counts.get(kind, 0)
+        self.defect_counts[kind] = count + 1
+        if count < MAX_EXAMPLES:
+            self.defects.append(Defect(kind, message, packet))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["ok"] = self.ok
+        out["slices"] = self.slices
+        return out
+
+
+class _Malformed(Exception):
+    pass
+
+
+def _varint(buf: bytes | bytearray, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(buf):
+            raise IndexError
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise _Malformed("varint longer than 10 bytes")
+
+
+def iter_packets(stream: BinaryIO, block: int = 1 << 20) -> Iterator[tuple[int, bytes]]:
+    """(file offset, packet bytes) for each ``Trace.packet``; other top-level fields are skipped.
+
+    Raises:
+        _Malformed: on a framing error (bad wire type, truncated field).
+    """
+    buf = bytearray()
+    base = 0  # file offset of buf[0]
+    eof = False
+    while True:
+        pos = 0
+        while True:
+            try:
+                start = pos
+                key, pos = _varint(buf, pos)
+                wire = key & 7
+                if wire == 2:
+                    length, pos = _varint(buf, pos)
+                    if pos + length > len(buf):
+                        raise IndexError
+                    if key >> 3 == 1:
+                        yield base + start, bytes(buf[pos : pos + length])
+                    pos += length
+                elif wire == 0:
+                    _, pos = _varint(buf, pos)
+                elif wire in (1, 5):
+                    pos += 8 if wire == 1 else 4
+                    if pos > len(buf):
+                        raise IndexError
+                else:
+                    raise _Malformed(f"wire type {wire} at offset {base + start}")
+            except IndexError:
+                pos = start
+                break
+        del buf[:pos]
+        base += pos
+        if eof:
+            if buf:
+                raise _Malformed(f"truncated field at offset {base} ({len(buf)} bytes left)")
+            return
+        data = stream.read(max(block, len(buf)))
+        if not data:
+            eof = True
+        buf += data
+
+
+@dataclass
+class _Sequence:
+    cleared: bool = False
+    names: dict[int, int] = field(default_factory=dict)
+    categories: dict[int, int] = field(default_factory=dict)
+    locations: set[int] = field(default_factory=set)
+    annotation_names: set[int] = field(default_factory=set)
+    clock: int | None = None
+
+
+@dataclass
+class _TrackEvents:
+    ts: array[int] = field(default_factory=lambda: array("q"))
+    pos: array[int] = field(default_factory=lambda: array("q"))
+    kind: array[int] = field(default_factory=lambda: array("b"))
+    name: array[int] = field(default_factory=lambda: array("q"))
+    cat: array[int] = field(default_factory=lambda: array("q"))
+
+
+class _Inspector:
+    def __init__(self) -> None:
+        self.report = InspectReport()
+        self.sequences: dict[int, _Sequence] = {}
+        self.tracks: dict[int, TrackSummary] = {}
+        self.events: dict[int, _TrackEvents] = {}
+        self.strings: dict[str, int] = {"": 0}
+        self.realtime_used = False
+        self.realtime_snapshot = False
+        self.interned_total = {"event_names": 0, "event_categories": 0, "source_locations": 0}
+        self.interned_total["debug_annotation_names"] = 0
+
+    def _string_id(self, value: str) -> int:
+        sid = self.strings.get(value)
+        if sid is None:
+            sid = self.strings[value] = len(self.strings)
+        return sid
+
+    def packet(self, index: int, packet: pb.TracePacket) -> None:
+        rep = self.report
+        seq: _Sequence | None = None
+        if packet.HasField("trusted_packet_sequence_id"):
+            seq = self.sequences.setdefault(packet.trusted_packet_sequence_id, _Sequence())
+        else:
+            rep.add("no_sequence_id", "packet has no trusted_packet_sequence_id", index)
+        flags = packet.sequence_flags
+        if seq is not None and (flags & _CLEARED or packet.incremental_state_cleared):
+            clock = seq.clock
+            self.sequences[packet.trusted_packet_sequence_id] = seq = _Sequence(cleared=True, clock=clock)
+        if seq is not None and packet.previous_packet_dropped:
+            seq.cleared = False
+        if seq is not None and flags & _NEEDS and not seq.cleared:
+            rep.add("state_not_cleared", "SEQ_NEEDS_INCREMENTAL_STATE before a CLEARED packet", index)
+        if packet.HasField("trace_packet_defaults") and seq is not None:
+            defaults = packet.trace_packet_defaults
+            seq.clock = defaults.timestamp_clock_id if defaults.HasField("timestamp_clock_id") else None
+        if packet.HasField("interned_data"):
+            self._interned(index, packet.interned_data, seq)
+        if packet.HasField("clock_snapshot") and any(
+            c.clock_id == _REALTIME for c in packet.clock_snapshot.clocks
+        ):
+            self.realtime_snapshot = True
+        if packet.HasField("track_descriptor"):
+            self._descriptor(packet.track_descriptor)
+        if packet.HasField("track_event"):
+            self._event(index, packet, seq)
+
+    def _interned(self, index: int, data: pb.InternedData, seq: _Sequence | None) -> None:
+        if seq is None or not seq.cleared:
+            self.report.add("state_not_cleared", "interned data before a CLEARED packet", index)
+            return
+        for n in data.event_names:
+            seq.names[n.iid] = self._string_id(n.name)
+        for c in data.event_categories:
+            seq.categories[c.iid] = self._string_id(c.name)
+        seq.locations.update(s.iid for s in data.source_locations)
+        seq.annotation_names.update(a.iid for a in data.debug_annotation_names)
+        self.interned_total["event_names"] += len(data.event_names)
+        self.interned_total["event_categories"] += len(data.event_categories)
+        self.interned_total["source_locations"] += len(data.source_locations)
+        self.interned_total["debug_annotation_names"] += len(data.debug_annotation_names)
+
+    def _descriptor(self, desc: pb.TrackDescriptor) -> None:
+        if desc.uuid in self.tracks:
+            return
+        if desc.HasField("process"):
+            kind, name = "process", desc.process.process_name or desc.name
+        elif desc.HasField("thread"):
+            kind, name = "thread", desc.thread.thread_name or desc.name
+        else:
+            kind, name = "track", desc.name or desc.static_name
+        self.tracks[desc.uuid] = TrackSummary(
+            uuid=desc.uuid,
+            name=name,
+            kind=kind,
+            parent=desc.parent_uuid if desc.HasField("parent_uuid") else None,
+            pid=desc.process.pid if kind == "process" else desc.thread.pid if kind == "thread" else None,
+            tid=desc.thread.tid if kind == "thread" else None,
+        )
+
+    def _event(self, index: int, packet: pb.TracePacket, seq: _Sequence | None) -> None:
+        rep = self.report
+        te = packet.track_event
+        rep.track_events += 1
+        clock = packet.timestamp_clock_id if packet.HasField("timestamp_clock_id") else None
+        if clock is None and seq is not None:
+            clock = seq.clock
+        if clock == _REALTIME:
+            self.realtime_used = True
+        ts = packet.timestamp
+        rep.first_ts = ts if rep.first_ts is None else min(rep.first_ts, ts)
+        rep.last_ts = ts if rep.last_ts is None else max(rep.last_ts, ts)
+        name = cat = 0
+        if seq is not None:
+            name, cat = self._iids(index, te, seq)
+        if te.HasField("name"):
+            name = self._string_id(te.name)
+        if te.categories:
+            cat = self._string_id(te.categories[0])
+        track = te.track_uuid
+        if not te.HasField("track_uuid"):
+            rep.add("undeclared_track", "track event without track_uuid", index)
+        ev = self.events.get(track)
+        if ev is None:
+            ev = self.events[track] = _TrackEvents()
+        ev.ts.append(min(ts, (1 << 63) - 1))
+        ev.pos.append(index)
+        ev.kind.append(te.type if te.type in (_BEGIN, _END, _INSTANT) else 0)
+        ev.name.append(name)
+        ev.cat.append(cat)
+
+    def _iids(self, index: int, te: pb.TrackEvent, seq: _Sequence) -> tuple[int, int]:
+        name = cat = 0
+        missing = []
+        if te.HasField("name_iid"):
+            if te.name_iid in seq.names:
+                name = seq.names[te.name_iid]
+            else:
+                missing.append(f"name {te.name_iid}")
+        for iid in te.category_iids:
+            if iid in seq.categories:
+                cat = cat or seq.categories[iid]
+            else:
+                missing.append(f"category {iid}")
+        if te.HasField("source_location_iid") and te.source_location_iid not in seq.locations:
+            missing.append(f"source location {te.source_location_iid}")
+        for ann in te.debug_annotations:
+            if ann.HasField("name_iid") and ann.name_iid not in seq.annotation_names:
+                missing.append(f"debug annotation name {ann.name_iid}")
+        if missing:
+            state = "" if seq.cleared else " (sequence never CLEARED)"
+            self.report.add(
+                "iid_undefined", f"iids used before definition: {', '.join(missing)}{state}", index
+            )
+        return name, cat
+
+    def finish(self) -> InspectReport:
+        rep = self.report
+        names = {v: k for k, v in self.strings.items()}
+        for uuid, ev in self.events.items():
+            if uuid not in self.tracks:
+                rep.add("undeclared_track", f"{len(ev.ts)} events on undeclared track {uuid}")
+                self.tracks[uuid] = TrackSummary(uuid=uuid, name="", kind="undeclared")
+            self.tracks[uuid].slices = self._nest(uuid, ev, names)
+        if self.realtime_used and not self.realtime_snapshot:
+            rep.add("realtime_without_snapshot", "REALTIME timestamps but no ClockSnapshot declares REALTIME")
+        rep.tracks = list(self.tracks.values())
+        rep.interned = dict(self.interned_total)
+        return rep
+
+    def _nest(self, uuid: int, ev: _TrackEvents, names: dict[int, str]) -> int:
+        """Replay a track as Perfetto does; returns its slice count and records nesting defects."""
+        rep = self.report
+        ts = np.frombuffer(ev.ts, dtype=np.int64)
+        order = np.lexsort((np.frombuffer(ev.pos, dtype=np.int64), ts))
+        kinds, name, cat, pos = ev.kind, ev.name, ev.cat, ev.pos
+        stack: list[int] = []
+        slices = 0
+        for i in order.tolist():
+            kind = kinds[i]
+            if kind == _BEGIN:
+                stack.append(i)
+                slices += 1
+            elif kind == _INSTANT:
+                slices += 1
+            elif kind == _END:
+                if not stack:
+                    rep.add("unmatched_end", f"track {uuid}: END at {ts[i]} with no open slice", pos[i])
+                    continue
+                top = stack.pop()
+                if (name[i] and name[i] != name[top]) or (cat[i] and cat[i] != cat[top]):
+                    rep.add(
+                        "misnested_end",
+                        f"track {uuid}: END {names[name[i]]!r} at {ts[i]} closes {names[name[top]]!r} "
+                        f"begun at {ts[top]} (partial overlap)",
+                        pos[i],
+                    )
+        for i in stack:
+            rep.add("unterminated", f"track {uuid}: {names[name[i]]!r} begun at {ts[i]} never ends", pos[i])
+        return slices
+
+
+def _open(stack: contextlib.ExitStack, source: str | Path | BinaryIO) -> BinaryIO:
+    if isinstance(source, (str, Path)):
+        return stack.enter_context(Path(source).open("rb"))
+    return source
+
+
+def inspect_trace(source: str | Path | BinaryIO) -> InspectReport:
+    """Decode a trace file (path or binary stream) and report its content and defects."""
+    with contextlib.ExitStack() as stack:
+        stream = _open(stack, source)
+        inspector = _Inspector()
+        rep = inspector.report
+        try:
+            for index, (offset, raw) in enumerate(iter_packets(stream)):
+                rep.packets += 1
+                rep.bytes = offset + len(raw)
+                try:
+                    packet = pb.TracePacket.FromString(raw)
+                except DecodeError as exc:
+                    rep.add("malformed", f"packet at offset {offset} does not decode: {exc}", index)
+                    continue
+                inspector.packet(index, packet)
+        except _Malformed as exc:
+            rep.add("malformed", str(exc))
+        with contextlib.suppress(OSError, ValueError):
+            rep.bytes = stream.tell()
+        return inspector.finish()
