@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import adbc_driver_flightsql as fsql
@@ -136,7 +137,9 @@ class _Pool:
     """ADBC connections, one per concurrent query; opened on demand, idle ones reused.
 
     Unbounded on purpose: each fetch bounds its own concurrency, and a shared hard cap could
-    deadlock two jobs whose fetch-ahead tasks hold each other's connections.
+    deadlock two jobs whose fetch-ahead tasks hold each other's connections. Thread-safe: a
+    connection may come back from the worker thread that finished its last read. The database is
+    closed only once every connection is back (closing it under a live connection crashes).
     """
 
     def __init__(self, config: FlightSqlConfig) -> None:
@@ -144,6 +147,7 @@ class _Pool:
         self._lock = threading.Lock()
         self._db: adbc.AdbcDatabase | None = None
         self._idle: list[_Connection] = []
+        self._out = 0
         self._closed = False
 
     def _db_options(self) -> dict[str, str]:
@@ -159,36 +163,50 @@ class _Pool:
             options[_HEADER + "preserve_dictionary"] = "true"
         return options
 
-    def _open(self) -> _Connection:
+    def _take(self) -> _Connection:
+        """An idle connection or a new one (blocking: opening may touch the network)."""
         with translate_errors("connect"), self._lock:
             if self._closed:
                 raise SourceUnavailable("the Flight SQL source is closed")
-            if self._db is None:
-                self._db = fsql.connect(self._config.url, db_kwargs=self._db_options())
-            return _Connection(adbc.AdbcConnection(self._db))
+            if self._idle:
+                conn = self._idle.pop()
+            else:
+                if self._db is None:
+                    self._db = fsql.connect(self._config.url, db_kwargs=self._db_options())
+                conn = _Connection(adbc.AdbcConnection(self._db))
+            self._out += 1
+            return conn
 
     async def acquire(self) -> _Connection:
-        if self._closed:
-            raise SourceUnavailable("the Flight SQL source is closed")
-        if self._idle:
-            return self._idle.pop()
-        return await asyncio.to_thread(self._open)
+        with self._lock:
+            if self._idle and not self._closed:
+                self._out += 1
+                return self._idle.pop()
+        return await asyncio.to_thread(self._take)
 
     def release(self, conn: _Connection) -> None:
-        if not self._closed and len(self._idle) < _MAX_IDLE:
-            self._idle.append(conn)
-        else:
-            _close_quietly(conn.raw)
+        with self._lock:
+            self._out -= 1
+            if not self._closed and len(self._idle) < _MAX_IDLE:
+                self._idle.append(conn)
+                return
+        _close_quietly(conn.raw)
+        self._close_db_if_idle()
 
     def close(self) -> None:
-        self._closed = True
-        idle, self._idle = self._idle, []
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
         for conn in idle:
             _close_quietly(conn.raw)
+        self._close_db_if_idle()
+
+    def _close_db_if_idle(self) -> None:
         with self._lock:
-            if self._db is not None:
-                _close_quietly(self._db)
-                self._db = None
+            if not self._closed or self._out or self._db is None:
+                return
+            db, self._db = self._db, None
+        _close_quietly(db)
 
 
 def _close_quietly(obj: adbc.AdbcConnection | adbc.AdbcDatabase) -> None:
@@ -229,6 +247,11 @@ class FlightSqlSource:
     def __init__(self, config: FlightSqlConfig) -> None:
         self._config = config
         self._pool = _Pool(config)
+        # Blocking reads get threads of their own, so that many concurrent fetches (several jobs
+        # x `concurrency`) never queue behind each other in asyncio's small default executor.
+        self._executor = ThreadPoolExecutor(
+            max_workers=max(8, 4 * config.concurrency), thread_name_prefix="flightsql"
+        )
 
     async def _stream(
         self, sql: str, headers: Mapping[str, str], what: str, check: BatchChecker
@@ -236,28 +259,29 @@ class FlightSqlSource:
         """Batches of one query, each read in a worker thread, on a connection of its own."""
         conn = await self._pool.acquire()
         query = _Query(conn, sql, headers, what)
-        loop = asyncio.get_running_loop()
-        pending: asyncio.Future[Any] | None = None
+        # The concurrent future, not an asyncio wrapper: cancelling the wrapper marks it done while
+        # the thread may still be reading, and closing the reader under that read crashes.
+        running: Future[Any] | None = None
         try:
-            pending = loop.run_in_executor(None, query.open)
-            await pending
+            running = self._executor.submit(query.open)
+            await asyncio.wrap_future(running)
             while True:
-                pending = loop.run_in_executor(None, query.next_batch)
-                batch = await pending
+                running = self._executor.submit(query.next_batch)
+                batch = await asyncio.wrap_future(running)
                 if batch is None:
                     break
                 yield check(batch)
         finally:
-            if pending is not None and not pending.done():
-                # Cancelled while a read runs in its thread: end that read, and close the statement
-                # and reuse the connection only once the thread has let go of them.
+            if running is not None and not running.done():
+                # Abandoned while a read runs in its thread: end that read; the thread then closes
+                # the statement and returns the connection, once it has let go of them.
                 query.cancel()
 
                 def _after(_: object) -> None:
                     query.close()
                     self._pool.release(conn)
 
-                pending.add_done_callback(_after)
+                running.add_done_callback(_after)
             else:
                 query.close()
                 self._pool.release(conn)
@@ -363,4 +387,6 @@ class FlightSqlSource:
             await stream.aclose()
 
     async def aclose(self) -> None:
+        # Let running reads end first: a connection must not close under a read in another thread.
+        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
         self._pool.close()
