@@ -9,7 +9,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tests.source.test_queries import INJECTIONS
-from worker.errors import InvalidRequest, SourceUnavailable
+from tests.support.devserver import run_devserver_subprocess, small_lake, start_devserver
+from worker.devserver import Lake, LakeConfig
+from worker.errors import InvalidRequest, SourceBroken, SourceUnavailable
 from worker.model import ThreadInfo, TimeRange
 from worker.source import FlightSqlConfig, FlightSqlSource
 
@@ -57,3 +59,52 @@ async def test_injection_rejected_before_any_query(bad: str) -> None:
         threads = [ThreadInfo(PID), ThreadInfo(bad)]
         with pytest.raises(InvalidRequest):
             await anext(source.thread_spans(threads, TimeRange(0, 1)))
+
+
+async def test_server_killed_mid_stream_is_broken() -> None:
+    lake = Lake(LakeConfig(seed=3, processes=("large",), large_spans=1_000_000))
+    p = lake.process_of_kind("large")
+    time_range = TimeRange(p.begin_ns, p.end_ns)
+    args = ["--seed", "3", "--processes", "large", "--large-spans", "1000000", "--block-rows", "4096"]
+    with run_devserver_subprocess(args) as server:
+        async with _source(server.url) as source:
+            threads = await source.threads(p.process_id, time_range)
+            spans = source.thread_spans(threads, time_range)
+            rows = 0
+            with pytest.raises(SourceBroken):
+                async for _thread, batch in spans:
+                    if batch is None:
+                        continue
+                    if rows == 0:
+                        server.kill()  # the first batch arrived: the server dies mid-stream
+                    rows += batch.num_rows
+            await spans.aclose()  # type: ignore[attr-defined]
+    assert 0 < rows < p.thread_span_count
+
+
+async def test_stream_failing_on_the_server_is_broken() -> None:
+    lake = small_lake()
+    p = lake.processes[0]
+    time_range = TimeRange(p.begin_ns, p.end_ns)
+    with start_devserver(lake, mode="friendly") as server:
+        async with _source(server.url) as source:
+            threads = await source.threads(p.process_id, time_range)
+            server.break_streams_after = 0
+            with pytest.raises(SourceBroken):
+                async for _ in source.thread_spans(threads, time_range):
+                    pass
+
+
+async def test_injection_sends_no_query() -> None:
+    lake = small_lake()
+    p = lake.processes[0]
+    with start_devserver(lake) as server:
+        async with _source(server.url) as source:
+            for bad in INJECTIONS:
+                with pytest.raises(InvalidRequest):
+                    await source.process(bad)
+                with pytest.raises(InvalidRequest):
+                    await anext(source.async_events(bad, TimeRange(0, 1)))
+            assert server.streams_opened == 0
+            await source.process(p.process_id)  # the counter does count real queries
+            assert server.streams_opened == 1
