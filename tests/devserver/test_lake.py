@@ -90,6 +90,7 @@ def test_async_spans_nest_cross_streams_and_stay_open(process: LakeProcess, lake
     span = events.column("span_id").to_numpy()
     stream = events.column("stream_id").to_numpy(zero_copy_only=False)
     time = _ns(events, "time")
+    assert (np.diff(time) >= 0).all()  # served in time order, across blocks too
     begins = {
         int(s): (int(t), st)
         for s, t, st in zip(
@@ -163,3 +164,17 @@ def test_bad_config_is_refused() -> None:
         LakeConfig(processes=("tiny",))
     with pytest.raises(ValueError, match="scale"):
         LakeConfig(scale=0)
+
+
+def test_async_events_are_time_ordered_across_many_blocks() -> None:
+    lake = Lake(LakeConfig(processes=("typical",), async_block_spans=1000))
+    process = lake.processes[0]
+    assert process.async_plan.block_count >= 10
+    events = _table(async_events(lake, process.process_id))
+    time = _ns(events, "time")
+    assert (np.diff(time) >= 0).all()
+    kinds = events.column("event_type").to_numpy(zero_copy_only=False)
+    assert int((kinds == "begin").sum()) == process.async_span_count
+    span = events.column("span_id").to_numpy()
+    assert len(np.unique(span[kinds == "begin"])) == process.async_span_count
+    assert len(np.unique(span[kinds == "end"])) == int((kinds == "end").sum())

@@ -52,6 +52,7 @@ def test_row_local_statements_run_per_block(big_lake: Lake) -> None:
     assert engine.plan(upstream, headers).streamed
     events = f"SELECT * FROM view_instance('async_events', '{process.process_id}') WHERE event_type = 'begin'"
     assert engine.plan(events, headers).streamed
+    assert engine.plan(events + " ORDER BY time", headers).streamed
     assert not engine.plan(
         f"SELECT count(*) FROM view_instance('thread_spans', '{stream}')", headers
     ).streamed

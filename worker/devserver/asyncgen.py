@@ -1,12 +1,14 @@
 """Async span events: begin/end pairs across thread streams, generated block by block with numpy.
 
-The process's timeline is cut into equal windows, one per block of ``block_spans`` spans. A block
-holds small span trees (a root at depth 0 and children at depth 1-2, linked by
+The process's timeline is cut into equal windows, one per block of ``block_spans`` spans. A
+generated block holds small span trees (a root at depth 0 and children at depth 1-2, linked by
 ``parent_span_id``) whose roots begin inside the window; many overlap (real concurrency). Every span
 has a ``begin`` event; its ``end`` event may come from another stream (a future resumed on another
 worker thread), and is missing when the span is still open at the end of the data (its end falls
 after the process's last time, or it never ends). Durations are capped at :data:`MAX_WINDOWS`
-windows, so a time range only needs the blocks whose windows come within that distance of it.
+windows, so the events recorded in a window come from that window's block and the
+:data:`MAX_WINDOWS` blocks before it: :func:`select_window` assembles them, which makes the
+served blocks ordered by time (as each stream's blocks are upstream) and disjoint in time.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["MAX_WINDOWS", "AsyncBlock", "AsyncPlan", "generate_block"]
+__all__ = ["MAX_WINDOWS", "AsyncBlock", "AsyncPlan", "generate_block", "select_window"]
 
 #: Longest async span, in block windows (bounds which blocks a time range needs).
 MAX_WINDOWS = 2
@@ -125,4 +127,30 @@ def generate_block(
         depth=depth[pick],
         stream_index=np.concatenate([begin_stream, end_stream[e]])[order],
         name_index=name_index[pick],
+    )
+
+
+def select_window(blocks: list[AsyncBlock], lo: int | None, hi: int | None) -> AsyncBlock:
+    """The events of ``blocks`` with ``lo <= time < hi`` (None: unbounded), ordered by time."""
+    time = np.concatenate([b.time for b in blocks])
+    keep = np.ones(len(time), dtype=bool)
+    if lo is not None:
+        keep &= time >= lo
+    if hi is not None:
+        keep &= time < hi
+    order = np.flatnonzero(keep)
+    order = order[np.argsort(time[order], kind="stable")]
+
+    def pick(column: str) -> np.ndarray:
+        values: np.ndarray = np.concatenate([getattr(b, column) for b in blocks])[order]
+        return values
+
+    return AsyncBlock(
+        time=pick("time"),
+        is_begin=pick("is_begin"),
+        span_id=pick("span_id"),
+        parent_span_id=pick("parent_span_id"),
+        depth=pick("depth"),
+        stream_index=pick("stream_index"),
+        name_index=pick("name_index"),
     )

@@ -42,7 +42,7 @@ from worker.devserver.tables import MetadataTables, property_get_udf
 __all__ = ["PlannedQuery", "QueryEngine", "hydrated"]
 
 #: The column a view's blocks are ordered by across blocks (None: blocks overlap in every column).
-_BLOCK_ORDER: dict[str, str | None] = {"thread_spans": "begin", "async_events": None, "log_entries": "time"}
+_BLOCK_ORDER: dict[str, str | None] = {"thread_spans": "begin", "async_events": "time", "log_entries": "time"}
 _ROW_LOCAL_NODES = {"Projection", "Filter", "SubqueryAlias", "TableScan", "Sort"}
 _INT = re.compile(r"Int64\((\d+)\)")
 

@@ -99,7 +99,7 @@ def async_events(
     begin_ns: int | None = None,
     end_ns: int | None = None,
 ) -> Iterator[pa.RecordBatch]:
-    """Rows of ``view_instance('async_events', process_id)`` with ``time`` in the range."""
+    """Rows of ``view_instance('async_events', process_id)`` with ``time`` in the range, in time order."""
     options = options or SchemaOptions()
     schema = async_events_schema(options)
     process = lake.process(process_id)
@@ -111,13 +111,24 @@ def async_events(
     stream_ids = pa.array([s.stream_id for s in cpu], pa.utf8())
     event_types = pa.array(["begin", "end"], pa.utf8())
     names = process.async_names
-    reach = asyncgen.MAX_WINDOWS * plan.window_ns
+    generated: dict[int, asyncgen.AsyncBlock] = {}
+    last = plan.block_count - 1
     for block in range(plan.block_count):
+        # Served block ``block`` = events with time in its window (the last one is open-ended).
         w_begin, w_end = plan.block_window(block)
-        if w_end + reach < lo or w_begin > hi:
+        if w_begin > hi:
+            break
+        if w_end <= lo and block < last:
             continue
-        rng = np.random.default_rng([lake.config.seed, process.index, 3, block])
-        ev = asyncgen.generate_block(rng, plan, block, len(cpu), len(names))
+        for old in [k for k in generated if k < block - asyncgen.MAX_WINDOWS - 1]:
+            del generated[old]
+        sources = []
+        for source in range(max(0, block - asyncgen.MAX_WINDOWS - 1), block + 1):
+            if source not in generated:
+                rng = np.random.default_rng([lake.config.seed, process.index, 3, source])
+                generated[source] = asyncgen.generate_block(rng, plan, source, len(cpu), len(names))
+            sources.append(generated[source])
+        ev = asyncgen.select_window(sources, w_begin if block else None, w_end if block < last else None)
         keep = (ev.time >= lo) & (ev.time <= hi)
         if not keep.any():
             continue
