@@ -124,21 +124,23 @@ def _depths(rng: np.random.Generator, tree_rows: np.ndarray) -> np.ndarray:
 
 
 def _last_descendant_and_parent(depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For preorder ``depth``: index of each row's last descendant, and of its parent (-1 for roots)."""
+    """For preorder ``depth``: index of each row's last descendant, and of its parent (-1 for roots).
+
+    One stable sort by depth gives every level's rows in index order; a row's parent is the last
+    row one level up before it, and a parent's last descendant is its last child's (deepest first).
+    """
     n = len(depth)
-    last = np.empty(n, dtype=np.int64)
+    order = np.argsort(depth, kind="stable")
+    top = int(depth[order[-1]]) if n else 0
+    bounds = np.searchsorted(depth[order], np.arange(top + 2))
     parent = np.full(n, -1, dtype=np.int64)
-    for d in range(int(depth.max()) + 1):
-        rows = np.flatnonzero(depth == d)
-        if len(rows) == 0:
-            continue
-        barriers = np.flatnonzero(depth <= d)
-        pos = np.searchsorted(barriers, rows, side="right")
-        nxt = np.where(pos < len(barriers), barriers[np.minimum(pos, len(barriers) - 1)], n)
-        last[rows] = nxt - 1
-        if d > 0:
-            above = np.flatnonzero(depth == d - 1)
-            parent[rows] = above[np.searchsorted(above, rows) - 1]
+    for d in range(1, top + 1):
+        rows, above = order[bounds[d] : bounds[d + 1]], order[bounds[d - 1] : bounds[d]]
+        parent[rows] = above[np.searchsorted(above, rows) - 1]
+    last = np.arange(n, dtype=np.int64)
+    for d in range(top, 0, -1):
+        rows = order[bounds[d] : bounds[d + 1]]
+        np.maximum.at(last, parent[rows], last[rows])
     return last, parent
 
 
