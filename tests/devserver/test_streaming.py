@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -118,3 +119,28 @@ def test_server_killed_mid_stream(process: LakeProcess) -> None:
             server.kill()
             with pytest.raises((fl.FlightError, pa.ArrowException, OSError)):
                 reader.read_all()
+
+
+def test_concurrent_streams_each_get_their_rows(strict_server: DevServer, lake: Lake) -> None:
+    """Many threads' spans fetched at once, as the source does: every stream complete and its own."""
+    process = lake.process_of_kind("wide")
+    streams = process.thread_streams[:16]
+    options = _options(full_range(process))
+    results: dict[str, int] = {}
+    errors: list[BaseException] = []
+
+    def fetch(stream_id: str) -> None:
+        sql = f"SELECT id FROM view_instance('thread_spans', '{stream_id}')"
+        try:
+            with fl.FlightClient(strict_server.url) as client:
+                results[stream_id] = client.do_get(_ticket(sql), options=options).read_all().num_rows
+        except BaseException as exc:  # surfaced below, in the test's thread
+            errors.append(exc)
+
+    workers = [threading.Thread(target=fetch, args=(s.stream_id,)) for s in streams]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=60)
+    assert errors == []
+    assert results == {s.stream_id: s.thread_span_count for s in streams}
