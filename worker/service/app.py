@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from worker import __version__
-from worker.service.handler import build_dispatcher, subscribe
+from worker.service.handler import build_dispatcher, document_replies, subscribe
 from worker.service.health import HealthServer
 from worker.service.logs import mask_url
 from worker.service.metrics import Metrics
@@ -80,6 +80,7 @@ def build_app(rt: Runtime) -> tuple[FastStream, RedisBroker, Reclaimer]:
     )
     dispatcher = build_dispatcher(rt)
     subscribe(broker, rt, dispatcher)
+    document_replies(broker, rt)
     spec = AsyncAPI(broker, title="trace-worker", version=__version__, description=_DESCRIPTION)
     keys = rt.keys
 

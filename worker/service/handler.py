@@ -14,6 +14,7 @@ from faststream import AckPolicy
 from faststream.redis import RedisBroker, StreamSub
 from faststream.redis.annotations import RedisStreamMessage
 
+from contracts.events import ChunkEvent, ProgressEvent, StatusEvent
 from contracts.request import TraceRequest
 from worker.service.delivery import Delivery, Dispatcher
 from worker.service.job import run_job
@@ -21,7 +22,7 @@ from worker.service.middleware.dead_letter import dead_letter_middleware, decode
 from worker.service.middleware.metrics import metrics_middleware
 from worker.service.runtime import Runtime
 
-__all__ = ["build_dispatcher", "subscribe"]
+__all__ = ["build_dispatcher", "document_replies", "subscribe"]
 
 
 def build_dispatcher(rt: Runtime) -> Dispatcher:
@@ -46,6 +47,29 @@ async def _raw_tolerant_parser(
         parsed = await original({**msg, "data": {b"unparseable": b"1"}})
         parsed.raw_message = msg
         return parsed
+
+
+def document_replies(broker: RedisBroker, rt: Runtime) -> None:
+    """Declare the streams the service writes, for the AsyncAPI document only (replies are written
+    with the raw client as plain field maps, not through these publishers)."""
+    keys = rt.keys
+    broker.publisher(
+        stream=keys.job("{job_id}"),
+        title="job stream",
+        description="Per-job entries: status, progress and chunk (field `type`); expires after the job.",
+        schema=StatusEvent | ProgressEvent | ChunkEvent,
+    )
+    broker.publisher(
+        stream=keys.events,
+        title="events",
+        description="Every status transition of every job (MAXLEN ~ events_maxlen).",
+        schema=StatusEvent,
+    )
+    broker.publisher(
+        stream=keys.dead,
+        title="dead letters",
+        description="Original fields under orig:<name>; entry_id, deliveries, reason, error_code, job_id.",
+    )
 
 
 def subscribe(broker: RedisBroker, rt: Runtime, dispatcher: Dispatcher) -> None:

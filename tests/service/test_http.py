@@ -1,0 +1,102 @@
+"""HTTP endpoints: liveness, readiness (Redis and Flight SQL), Prometheus metrics, AsyncAPI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from contracts import Keys, TraceRequest
+from tests.service.support import PID, JobReader, ScriptedGenerator, fast_settings, submit
+from tests.support.redis_server import RedisServer
+from worker.errors import SourceUnavailable
+from worker.service.app import Service
+from worker.sinks.blob.memory import MemoryBlobStore
+
+KEYS = Keys("t")
+
+
+async def _get(port: int, path: str) -> tuple[int, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        await writer.drain()
+        raw = await reader.read()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+@pytest.fixture
+async def service(redis_server: RedisServer) -> AsyncIterator[Service]:
+    svc = Service(fast_settings(redis_server.url), generator=ScriptedGenerator(), store=MemoryBlobStore())
+    await svc.start()
+    try:
+        yield svc
+    finally:
+        await svc.stop()
+
+
+def _port(svc: Service) -> int:
+    assert svc.http is not None
+    return svc.http.port
+
+
+async def test_livez_and_readyz(redis_server: RedisServer, service: Service) -> None:
+    port = _port(service)
+    assert (await _get(port, "/livez"))[0] == 200
+    status, body = await _get(port, "/readyz")
+    assert status == 200 and json.loads(body) == {"ready": True}
+    gen = service.rt.generator
+    assert isinstance(gen, ScriptedGenerator)
+    gen.ping_error = SourceUnavailable("flight sql down")
+    status, body = await _get(port, "/readyz")
+    assert status == 503 and "flight sql down" in json.loads(body)["failures"]["flightsql"]
+    gen.ping_error = None
+    redis_server.stop()
+    status, body = await _get(port, "/readyz")
+    assert status == 503 and "redis" in json.loads(body)["failures"]
+    assert (await _get(port, "/livez"))[0] == 200  # the process is alive; Redis is not its problem
+    redis_server.start()
+    assert (await _get(port, "/nope"))[0] == 404
+
+
+async def test_metrics_count_jobs(redis_server: RedisServer, service: Service) -> None:
+    redis = Redis.from_url(redis_server.url)
+    try:
+        reader = JobReader(redis, KEYS, "m1")
+        await submit(redis, KEYS, TraceRequest(process_id=PID, job_id="m1"))
+        await reader.terminal()
+        await submit(redis, KEYS, {"bogus": "1"})
+        dead = await redis.xread({KEYS.dead: "0-0"}, block=10_000)
+        assert dead
+    finally:
+        await redis.aclose()
+    status, body = await _get(_port(service), "/metrics")
+    text = body.decode()
+    assert status == 200
+    assert 'trace_worker_jobs_total{state="succeeded"} 1.0' in text
+    assert 'trace_worker_dead_letters_total{reason="invalid_request"} 1.0' in text
+    assert "trace_worker_spans_total 30.0" in text
+    for name in (
+        "trace_worker_job_duration_seconds",
+        "trace_worker_pending_entries",
+        "trace_worker_lease_losses",
+    ):
+        assert name in text
+
+
+async def test_asyncapi_document(service: Service) -> None:
+    status, body = await _get(_port(service), "/asyncapi.json")
+    doc = json.loads(body)
+    assert status == 200 and doc["asyncapi"].startswith("3.")
+    assert doc["info"]["title"] == "trace-worker"
+    channels = json.dumps(doc["channels"])
+    assert "t:requests" in channels and "t:workers" in channels
+    assert "t:events" in channels and "t:dead" in channels and "t:job:" in channels
+    assert "StatusEvent" in json.dumps(doc["components"])
