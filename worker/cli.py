@@ -19,7 +19,18 @@ from worker.errors import TraceWorkerError
 __all__ = ["UsageError", "main"]
 
 #: Subcommand modules under worker.commands, in --help order.
-COMMANDS: tuple[str, ...] = ("inspect", "devserver", "request", "status", "cancel", "jobs", "run", "demo")
+COMMANDS: tuple[str, ...] = (
+    "inspect",
+    "devserver",
+    "generate",
+    "processes",
+    "request",
+    "status",
+    "cancel",
+    "jobs",
+    "run",
+    "demo",
+)
 
 
 class UsageError(Exception):

@@ -1,0 +1,180 @@
+"""generate_trace: source + engine against the devserver; the trace is decoded and compared with
+exactly what the server holds."""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from contracts.request import SpanTypes
+from tests.engine.decode import decode
+from tests.support.devserver import expected_async_events, expected_thread_spans, small_lake, start_devserver
+from worker.devserver import DevServer, Lake, LakeProcess
+from worker.errors import EmptyRange, InvalidRequest, ProcessNotFound, RangeTooLong, TraceTooLarge
+from worker.pipeline import Cancelled, Progress, TraceSpec, generate_trace
+from worker.source import FlightSqlConfig, FlightSqlSource
+
+
+@pytest.fixture(scope="module")
+def lake() -> Lake:
+    return small_lake(seed=11)
+
+
+@pytest.fixture(scope="module", params=["micromegas", "friendly"])
+def server(request: pytest.FixtureRequest, lake: Lake) -> Iterator[DevServer]:
+    with start_devserver(lake, mode=request.param) as srv:
+        yield srv
+
+
+@contextlib.asynccontextmanager
+async def _source(server: DevServer) -> AsyncIterator[FlightSqlSource]:
+    source = FlightSqlSource(FlightSqlConfig(server.url, concurrency=3))
+    try:
+        yield source
+    finally:
+        await source.aclose()
+
+
+async def _trace(server: DevServer, spec: TraceSpec, progress: list[Progress] | None = None) -> bytes:
+    async with _source(server) as source:
+        chunks = [
+            c
+            async for c in generate_trace(
+                source, spec, on_progress=progress.append if progress is not None else None
+            )
+        ]
+    return b"".join(chunks)
+
+
+def _thread_rows(
+    lake: Lake, p: LakeProcess, begin: int | None, end: int | None
+) -> Counter[tuple[int, int, str]]:
+    rows: Counter[tuple[int, int, str]] = Counter()
+    for stream in p.thread_streams:
+        for batch in expected_thread_spans(lake, stream.stream_id, begin, end):
+            b = batch.column("begin").cast(pa.int64()).to_pylist()
+            e = batch.column("end").cast(pa.int64()).to_pylist()
+            n = batch.column("name").cast(pa.utf8()).to_pylist()
+            rows.update(zip(b, e, n, strict=True))
+    return rows
+
+
+def _async_span_ids(lake: Lake, p: LakeProcess, begin: int, end: int) -> int:
+    ids: set[int] = set()
+    for batch in expected_async_events(lake, p.process_id, begin, end):
+        ids.update(batch.column("span_id").to_pylist())
+    return len(ids)
+
+
+@pytest.mark.parametrize("cut", [False, True])
+async def test_every_thread_span_lands_exactly_once(server: DevServer, lake: Lake, cut: bool) -> None:
+    p = lake.processes[0]
+    begin, end = (None, None)
+    if cut:
+        third = (p.end_ns - p.begin_ns) // 3
+        begin, end = p.begin_ns + third, p.begin_ns + 2 * third
+    spec = TraceSpec(p.process_id, begin, end, SpanTypes.THREAD, chunk_size=64 * 1024)
+    decoded = decode(await _trace(server, spec))
+    assert decoded.problems == []
+    thread_tracks = {uuid for uuid, d in decoded.descriptors.items() if d.HasField("thread")}
+    got = Counter((s.begin, s.end, s.name) for s in decoded.slices if s.track in thread_tracks)
+    expected = _thread_rows(lake, p, begin, end)
+    assert got == expected
+    assert len(thread_tracks) == p.thread_count
+
+
+async def test_async_spans(server: DevServer, lake: Lake) -> None:
+    p = lake.processes[0]
+    progress: list[Progress] = []
+    spec = TraceSpec(p.process_id, p.begin_ns, p.end_ns, SpanTypes.ASYNC)
+    decoded = decode(await _trace(server, spec, progress))
+    assert decoded.problems == []
+    # Each span with an event in the range is one slice (cut at the range edge when half outside).
+    assert len(decoded.slices) == _async_span_ids(lake, p, p.begin_ns, p.end_ns)
+    assert progress[-1].phase == "done" and progress[-1].percent == 100.0
+    assert progress[-1].spans == len(decoded.slices)
+
+
+async def test_both_and_progress(server: DevServer, lake: Lake) -> None:
+    p = lake.processes[0]
+    progress: list[Progress] = []
+    data = await _trace(server, TraceSpec(p.process_id, None, None, SpanTypes.BOTH), progress)
+    decoded = decode(data)
+    assert decoded.problems == []
+    phases = [x.phase for x in progress]
+    assert phases[0] == "start" and phases[-1] == "done"
+    assert phases.index("thread_spans") < phases.index("async_spans") < phases.index("finishing")
+    assert [x.threads_done for x in progress] == sorted(x.threads_done for x in progress)
+    assert progress[-1].threads_done == progress[-1].threads_total == p.thread_count
+    assert progress[-1].bytes == len(data)
+    percents = [x.percent for x in progress]
+    assert percents == sorted(percents)
+
+
+async def test_header_comes_before_span_queries(server: DevServer, lake: Lake) -> None:
+    p = lake.processes[0]
+    async with _source(server) as source:
+        before = server.streams_opened
+        gen = generate_trace(source, TraceSpec(p.process_id, None, None, SpanTypes.BOTH))
+        first = await anext(gen)
+        # Only the process and thread-list queries have run: no span stream was opened yet.
+        assert server.streams_opened - before == 2
+        assert first[:1] == b"\x0a"
+        await gen.aclose()  # type: ignore[attr-defined]
+
+
+async def test_empty_range(server: DevServer, lake: Lake) -> None:
+    p = lake.processes[0]
+    spec = TraceSpec(p.process_id, p.end_ns + 10**12, p.end_ns + 2 * 10**12, SpanTypes.BOTH)
+    with pytest.raises(EmptyRange):
+        await _trace(server, spec)
+
+
+async def test_limits(server: DevServer, lake: Lake) -> None:
+    p = lake.processes[0]
+    with pytest.raises(TraceTooLarge):
+        await _trace(server, TraceSpec(p.process_id, None, None, SpanTypes.THREAD, max_spans=1000))
+    with pytest.raises(TraceTooLarge):
+        await _trace(server, TraceSpec(p.process_id, None, None, SpanTypes.THREAD, max_bytes=10_000))
+    with pytest.raises(RangeTooLong):
+        await _trace(server, TraceSpec(p.process_id, None, None, SpanTypes.THREAD, max_range_ns=1000))
+    with pytest.raises(InvalidRequest):
+        await _trace(server, TraceSpec(p.process_id, p.end_ns, p.begin_ns, SpanTypes.THREAD))
+    with pytest.raises(ProcessNotFound):
+        await _trace(server, TraceSpec("00000000-0000-4000-8000-000000000000", None, None, SpanTypes.BOTH))
+
+
+async def test_should_stop(server: DevServer, lake: Lake) -> None:
+    p = lake.processes[0]
+    calls = 0
+
+    async def stop() -> bool:
+        nonlocal calls
+        calls += 1
+        return True
+
+    async with _source(server) as source:
+        with pytest.raises(Cancelled):
+            async for _ in generate_trace(
+                source, TraceSpec(p.process_id, None, None, SpanTypes.BOTH), should_stop=stop
+            ):
+                pass
+    assert calls == 1
+
+
+async def test_count_matches_name_column(server: DevServer, lake: Lake) -> None:
+    """Names survive dictionary and plain transport alike (micromegas mode hydrates without the header)."""
+    p = lake.processes[0]
+    decoded = decode(await _trace(server, TraceSpec(p.process_id, None, None, SpanTypes.THREAD)))
+    names = Counter(s.name for s in decoded.slices)
+    expected: Counter[str] = Counter()
+    for stream in p.thread_streams:
+        for batch in expected_thread_spans(lake, stream.stream_id):
+            counts = pc.value_counts(batch.column("name").cast(pa.utf8())).to_pylist()
+            expected.update({c["values"]: c["counts"] for c in counts})
+    assert names == expected

@@ -1,0 +1,262 @@
+"""Source → engine wiring, shared by the service's jobs and ``trace-worker generate``.
+
+    async for chunk in generate_trace(source, TraceSpec(process_id, None, None, SpanTypes.BOTH)):
+        sink.write(chunk)
+
+Chunks come out as the engine completes them: the trace header right after the process and
+thread list are known (before the first span query finishes), then spans thread after thread,
+then async spans. Limits are enforced as the trace grows, never after the fact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from contracts.request import SpanTypes
+from worker.engine import DEFAULT_CHUNK_SIZE, TraceEncoder
+from worker.errors import EmptyRange, InvalidRequest, RangeTooLong, TraceTooLarge
+from worker.model import ProcessInfo, TimeRange
+from worker.source import Source
+
+__all__ = ["Cancelled", "Progress", "TraceSpec", "generate_trace", "resolve_range"]
+
+#: Batches up to this many rows are encoded on the event loop; larger ones in a worker thread,
+#: so that a million-row batch never freezes the loop.
+_INLINE_ROWS = 16_384
+#: ``should_stop`` is awaited between batches, at most this often (it may be a Redis round trip).
+_STOP_CHECK_S = 0.2
+
+
+class Cancelled(Exception):
+    """``should_stop`` asked the generation to stop."""
+
+
+@dataclass(frozen=True)
+class TraceSpec:
+    """What to generate.
+
+    Attributes:
+        process_id: Micromegas process id (a UUID).
+        begin_ns: Start of the range (epoch ns); None: the process's first recorded time.
+        end_ns: End of the range (epoch ns); None: the process's last recorded time.
+        span_types: Thread spans, async spans or both.
+        chunk_size: Target size of the chunks the engine cuts.
+        max_spans: Fail with :class:`TraceTooLarge` beyond this many spans.
+        max_bytes: Fail with :class:`TraceTooLarge` beyond this many trace bytes.
+        max_range_ns: Fail with :class:`RangeTooLong` for a longer range.
+    """
+
+    process_id: str
+    begin_ns: int | None
+    end_ns: int | None
+    span_types: SpanTypes
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    max_spans: int | None = None
+    max_bytes: int | None = None
+    max_range_ns: int | None = None
+
+
+@dataclass
+class Progress:
+    """Where a generation stands; ``percent`` counts finished threads (and the async phase)."""
+
+    phase: str
+    spans: int
+    bytes: int
+    threads_done: int
+    threads_total: int
+    percent: float
+
+
+def resolve_range(spec: TraceSpec, process: ProcessInfo) -> TimeRange:
+    """The range to trace: the requested ends, or the process's first/last recorded times.
+
+    Raises:
+        EmptyRange: an end is missing and the process has no recorded data to default it from.
+        InvalidRequest: the range begins after it ends.
+        RangeTooLong: the range is longer than ``spec.max_range_ns``.
+    """
+    begin = spec.begin_ns if spec.begin_ns is not None else process.first_time_ns
+    end = spec.end_ns if spec.end_ns is not None else process.last_time_ns
+    if begin is None or end is None:
+        raise EmptyRange(f"process {process.process_id} has no recorded data to take a time range from")
+    if begin > end:
+        raise InvalidRequest(f"the time range begins after it ends ({begin} > {end} ns)")
+    if spec.max_range_ns is not None and end - begin > spec.max_range_ns:
+        raise RangeTooLong(
+            f"the time range lasts {(end - begin) / 1e9:.0f} s; the limit is {spec.max_range_ns / 1e9:.0f} s"
+        )
+    return TimeRange(begin, end)
+
+
+class _Run:
+    """State of one generation: the encoder, counters, limits and callbacks."""
+
+    def __init__(
+        self,
+        spec: TraceSpec,
+        encoder: TraceEncoder,
+        threads_total: int,
+        on_progress: Callable[[Progress], None] | None,
+        should_stop: Callable[[], Awaitable[bool]] | None,
+    ) -> None:
+        self.spec = spec
+        self.encoder = encoder
+        self.threads_total = threads_total
+        self.threads_done = 0
+        self.async_done = False
+        self.on_progress = on_progress
+        self.should_stop = should_stop
+        self.next_stop_check = 0.0
+        self.phase = "start"
+
+    @property
+    def spans(self) -> int:
+        stats = self.encoder.stats
+        return int(stats.thread_spans + stats.async_spans)
+
+    def report(self, phase: str | None = None) -> None:
+        if phase is not None:
+            self.phase = phase
+        if self.on_progress is None:
+            return
+        steps = self.threads_total + (1 if self.spec.span_types.async_ else 0)
+        done = self.threads_done + (1 if self.async_done else 0)
+        percent = 100.0 if self.phase == "done" else (99.0 * done / steps if steps else 0.0)
+        self.on_progress(
+            Progress(
+                self.phase,
+                self.spans,
+                int(self.encoder.stats.bytes),
+                self.threads_done,
+                self.threads_total,
+                percent,
+            )
+        )
+
+    def check_limits(self) -> None:
+        spec = self.spec
+        if spec.max_spans is not None and self.spans > spec.max_spans:
+            raise TraceTooLarge(f"the trace has more than {spec.max_spans} spans")
+        if spec.max_bytes is not None and self.encoder.stats.bytes > spec.max_bytes:
+            raise TraceTooLarge(f"the trace is larger than {spec.max_bytes} bytes")
+
+    async def check_stop(self) -> None:
+        if self.should_stop is None:
+            return
+        now = time.monotonic()
+        if now < self.next_stop_check:
+            return
+        self.next_stop_check = now + _STOP_CHECK_S
+        if await self.should_stop():
+            raise Cancelled("generation cancelled")
+
+    async def call(self, method: Callable[..., list[bytes]], *args: object, rows: int = 0) -> list[bytes]:
+        """An engine call: inline when small, in a worker thread when large."""
+        if rows <= _INLINE_ROWS:
+            return method(*args)
+        return await asyncio.to_thread(method, *args)
+
+    async def after_batch(self) -> None:
+        self.check_limits()
+        self.report()
+        await self.check_stop()
+
+
+async def generate_trace(
+    source: Source,
+    spec: TraceSpec,
+    *,
+    on_progress: Callable[[Progress], None] | None = None,
+    should_stop: Callable[[], Awaitable[bool]] | None = None,
+) -> AsyncIterator[bytes]:
+    """The Perfetto trace of ``spec``, as chunks, while the data streams in.
+
+    Args:
+        source: Where the telemetry comes from.
+        spec: The process, range, span types and limits.
+        on_progress: Called after every batch and at each phase change.
+        should_stop: Awaited between batches (at most every 0.2 s); True stops the generation.
+
+    Raises:
+        InvalidRequest: bad process id or range (before any query for an id).
+        ProcessNotFound, EmptyRange, RangeTooLong, TraceTooLarge: as their names say. EmptyRange
+            comes after the header chunks when the range turns out to hold no span.
+        Cancelled: ``should_stop`` returned True.
+        SourceUnavailable, SourceBroken, QueryRejected, Unauthenticated, BadSourceData: from the source.
+    """
+    process = await source.process(spec.process_id)
+    time_range = resolve_range(spec, process)
+    threads = await source.threads(spec.process_id, time_range) if spec.span_types.thread else []
+    encoder = TraceEncoder(
+        process, threads, span_types=spec.span_types, time_range=time_range, chunk_size=spec.chunk_size
+    )
+    run = _Run(spec, encoder, len(threads), on_progress, should_stop)
+    run.report("start")
+    for chunk in encoder.start() + _flush(encoder):
+        yield chunk
+
+    if threads:
+        run.report("thread_spans")
+        spans = source.thread_spans(threads, time_range)
+        try:
+            async for thread, batch in spans:
+                chunks = await _thread_item(run, thread.stream_id, batch)
+                for chunk in chunks:
+                    yield chunk
+                await run.after_batch()
+        finally:
+            await _close(spans)
+
+    if spec.span_types.async_:
+        run.report("async_spans")
+        events = source.async_events(spec.process_id, time_range)
+        try:
+            async for batch in events:
+                for chunk in await run.call(encoder.add_async_events, batch, rows=batch.num_rows):
+                    yield chunk
+                await run.after_batch()
+        finally:
+            await _close(events)
+        run.async_done = True
+
+    run.report("finishing")
+    for chunk in await asyncio.to_thread(encoder.finish):
+        yield chunk
+    run.check_limits()
+    if run.spans == 0:
+        kinds = "thread or async" if spec.span_types is SpanTypes.BOTH else spec.span_types.value
+        raise EmptyRange(f"no {kinds} spans of process {process.process_id} in the range")
+    run.report("done")
+
+
+def _flush(encoder: TraceEncoder) -> list[bytes]:
+    """The encoded but not yet chunked bytes (the header), as a short chunk of whole packets.
+
+    Requesters see the trace start before the first span query answers. TraceEncoder has no public
+    flush yet; its chunker's flush cuts at a packet boundary like any chunk.
+    """
+    flush = getattr(encoder, "flush", None)
+    if callable(flush):
+        chunks: list[bytes] = flush()
+        return chunks
+    return encoder._chunker.flush()
+
+
+async def _thread_item(run: _Run, stream_id: str, batch: pa.RecordBatch | None) -> list[bytes]:
+    if batch is None:
+        run.threads_done += 1
+        return await run.call(run.encoder.end_thread, stream_id)
+    return await run.call(run.encoder.add_thread_spans, stream_id, batch, rows=batch.num_rows)
+
+
+async def _close(iterator: AsyncIterator[object]) -> None:
+    """Close an async generator now (not at garbage collection) so its fetches and connections end."""
+    aclose = getattr(iterator, "aclose", None)
+    if aclose is not None:
+        await aclose()
