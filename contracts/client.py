@@ -68,6 +68,8 @@ class TraceClient:
             follower gets :class:`ConnectionLost`.
         block_ms: longest single ``XREAD BLOCK`` (new followers interrupt it with CLIENT UNBLOCK).
         cancel_ttl_s: lifetime of a cancel key.
+        client_name: CLIENT SETNAME of the connections (the reader's gets ``-reader`` appended),
+            so an operator can tell them apart in CLIENT LIST.
     """
 
     def __init__(
@@ -79,12 +81,14 @@ class TraceClient:
         reconnect_timeout_s: float = 60.0,
         block_ms: int = 1000,
         cancel_ttl_s: int = 24 * 3600,
+        client_name: str = "trace-client",
     ) -> None:
         self.keys = Keys(prefix)
         self.redis_url = redis_url
         self.cancel_ttl_s = cancel_ttl_s
+        self.client_name = client_name
         pool: aioredis.BlockingConnectionPool = aioredis.BlockingConnectionPool.from_url(
-            redis_url, max_connections=max_connections, timeout=reconnect_timeout_s
+            redis_url, max_connections=max_connections, timeout=reconnect_timeout_s, client_name=client_name
         )
         self.redis: aioredis.Redis = aioredis.Redis(connection_pool=pool)
         self._mux = _Reader(self, block_ms=block_ms, reconnect_timeout_s=reconnect_timeout_s)
@@ -413,7 +417,10 @@ class _Reader:
 
     def _connection(self) -> aioredis.Redis:
         if self._conn is None:
-            pool = aioredis.ConnectionPool.from_url(self._client.redis_url, max_connections=1)
+            name = f"{self._client.client_name}-reader"
+            pool = aioredis.ConnectionPool.from_url(
+                self._client.redis_url, max_connections=1, client_name=name
+            )
             self._conn = aioredis.Redis(connection_pool=pool)
         return self._conn
 
