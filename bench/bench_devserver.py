@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow.flight as fl
@@ -36,6 +37,7 @@ def main() -> int:
     parser.add_argument(
         "--streams", type=int, default=0, help="read only the first N thread streams (0: all)"
     )
+    parser.add_argument("--parallel", type=int, default=1, help="thread streams fetched at once (default 1)")
     parser.add_argument("--no-async", action="store_true", help="skip the async events query")
     args = parser.parse_args()
 
@@ -63,19 +65,28 @@ def main() -> int:
         streams = process.thread_streams[: args.streams or None]
         rows = batches = 0
         marks: list[tuple[str, int, float]] = []
+        lock = threading.Lock()
+
+        def fetch(stream_id: str) -> None:
+            nonlocal rows, batches
+            sql = (
+                'SELECT "begin", "end", name, filename, target, line '
+                f"FROM view_instance('thread_spans', '{stream_id}') "
+                f"WHERE begin <= TIMESTAMP '{end}' AND end >= TIMESTAMP '{begin}' ORDER BY begin"
+            )
+            ticket = fl.Ticket(msg.pack(msg.TicketStatementQuery(statement_handle=sql.encode())))
+            with fl.FlightClient(server.url) as own:
+                for chunk in own.do_get(ticket, options=options):
+                    with lock:
+                        rows += chunk.data.num_rows
+                        batches += 1
+            with lock:
+                marks.append(("thread", rows, samples[-1][1] if samples else baseline))
+
         started = time.monotonic()
         with fl.FlightClient(server.url) as client:
-            for stream in streams:
-                sql = (
-                    'SELECT "begin", "end", name, filename, target, line '
-                    f"FROM view_instance('thread_spans', '{stream.stream_id}') "
-                    f"WHERE begin <= TIMESTAMP '{end}' AND end >= TIMESTAMP '{begin}' ORDER BY begin"
-                )
-                ticket = fl.Ticket(msg.pack(msg.TicketStatementQuery(statement_handle=sql.encode())))
-                for chunk in client.do_get(ticket, options=options):
-                    rows += chunk.data.num_rows
-                    batches += 1
-                marks.append(("thread", rows, samples[-1][1] if samples else baseline))
+            with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+                list(pool.map(fetch, [s.stream_id for s in streams]))
             thread_secs = time.monotonic() - started
             events = 0
             if not args.no_async:
