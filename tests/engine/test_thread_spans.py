@@ -192,3 +192,29 @@ def test_nulls_in_strings_and_lines() -> None:
         Slice(UUID_A, 1, 10, "", "t", "", 0),
         Slice(UUID_A, 5, 6, "n", "", "", 3),
     ]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    rows=st.lists(
+        st.tuples(st.integers(-5, 40), st.integers(-5, 40), st.integers(0, 6)), min_size=1, max_size=40
+    ),
+    cuts=st.lists(st.integers(0, 40), max_size=5),
+)
+def test_arbitrary_bad_rows_still_give_strictly_nested_slices(
+    rows: list[tuple[int, int, int]], cuts: list[int]
+) -> None:
+    spans = [Span(b, e, d, f"s{i}") for i, (b, e, d) in enumerate(rows)]
+    enc = TraceEncoder(PROCESS, THREADS, span_types=SpanTypes.THREAD, time_range=RANGE)
+    chunks = enc.start()
+    for batch in split(thread_batch(spans), cuts):
+        chunks += enc.add_thread_spans("stream-a", batch)
+    data = b"".join(chunks + enc.finish())
+    decoded = decode(data)
+    assert decoded.problems == []
+    assert inspect_trace(io.BytesIO(data)).ok
+    got = decoded.on_track(UUID_A)
+    assert sorted(s.name for s in got) == sorted(s.name for s in spans)  # each span exactly once
+    assert all(0 <= s.begin <= s.end for s in got)
+    well_formed = [s for s in got if (s.begin, s.end) == (rows[int(s.name[1:])][0], rows[int(s.name[1:])][1])]
+    assert enc.stats.clamped_spans == len(spans) - len(well_formed)

@@ -29,11 +29,9 @@ import numpy.typing as npt
 from worker.engine.rows import (
     CUT_BEGIN,
     CUT_END,
-    NO_CUT,
     SLICE_BEGIN,
     SLICE_END,
     descriptor_rows,
-    flatten_rows,
     slice_rows,
 )
 
@@ -43,6 +41,8 @@ I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
 U8 = npt.NDArray[np.uint8]
 _ORPHAN = np.uint64(0x6F727068616E2121)
+#: Whole packets and their sizes (an array, or one int when all are equal).
+_Block = tuple[bytes, npt.NDArray[np.int64] | int]
 
 
 def splitmix64(x: U64) -> U64:
@@ -63,6 +63,17 @@ class AsyncBatch:
     name: U64
     cat: U64
     loc: U64
+
+
+@dataclass
+class _Columns:
+    """Per-event columns of a batch with the carried open spans in front."""
+
+    time: I64
+    name: U64
+    cat: U64
+    loc: U64
+    uuid: U64
 
 
 def _e_i64() -> I64:
@@ -104,12 +115,12 @@ class AsyncState:
             bad = (u == 0) | np.isin(u, self.reserved)
         return u
 
-    def add(self, ev: AsyncBatch) -> tuple[bytes, npt.NDArray[np.int64]]:
-        """Packets for one batch: (bytes, packet sizes)."""
+    def add(self, ev: AsyncBatch) -> list[_Block]:
+        """Packets for one batch: blocks of (bytes, packet sizes or one size for all)."""
         p = len(self.sid)
         m = len(ev.time)
         if m == 0:
-            return b"", np.zeros(0, dtype=np.int64)
+            return []
         n = p + m
         sid = np.concatenate((self.sid, ev.span_id))
         is_b = np.concatenate((np.ones(p, dtype=bool), ev.is_begin))
@@ -173,70 +184,71 @@ class AsyncState:
         end_ref = end_ref[p:]
         self.dropped += int(dropped_s.sum())
 
-        orphan = kind == 3
-        o_idx = np.flatnonzero(orphan) + p
-        orphan_uuid = self._uuids(sid[o_idx], time[o_idx], _ORPHAN)
-        tok = np.arange(p, n)
-        # Descriptor part (openers and orphans).
-        has_desc = (kind == 1) | orphan
-        d_uuid = uuid[tok].copy()
-        d_uuid[orphan] = orphan_uuid
-        d_parent = parent_uuid[tok]
-        desc = descriptor_rows(d_uuid, d_parent)
-        desc_len = np.where(has_desc, desc.shape[1], 0)
-        # BEGIN part: openers at their time, orphans at the range begin (never after their end).
-        b_ts = np.where(orphan, np.minimum(self.range_begin, time[tok]), time[tok])
-        b_ts = np.maximum(b_ts, 0)
-        begin_m, begin_len = slice_rows(
-            b_ts,
-            SLICE_BEGIN,
-            d_uuid,
-            name=name[tok],
-            cat=cat[tok],
-            loc=loc[tok],
-            annotations=np.where(orphan, CUT_BEGIN, NO_CUT).astype(np.uint8),
-        )
-        assert begin_len is not None
-        begin_len = np.where(has_desc, begin_len, 0)
-        # END part: paired ends close their opener's slice; orphans close right away.
-        ref = np.where(kind == 2, end_ref, tok)
-        e_uuid = np.where(kind == 2, uuid[ref], d_uuid)
-        e_ts = np.maximum(time[tok], np.where(kind == 2, time[ref], b_ts))
-        self.clamped += int(((kind == 2) & (e_ts != time[tok])).sum())
-        end_m, _ = slice_rows(e_ts, SLICE_END, e_uuid, name=name[ref], cat=cat[ref], loc=loc[ref])
-        has_end = (kind == 2) | orphan
-        end_len_arr = np.where(has_end, end_m.shape[1], 0)
-        self.spans += int(has_end.sum())
-        self.cut += int(orphan.sum())
-
+        cols = _Columns(time, name, cat, loc, uuid)
+        self.spans += int(((kind == 2) | (kind == 3)).sum())
+        self.cut += int((kind == 3).sum())
+        blocks = [
+            self._opened(np.flatnonzero(kind == 1) + p, cols, parent_uuid),
+            self._orphans(np.flatnonzero(kind == 3) + p, cols, sid),
+            self._closed(np.flatnonzero(kind == 2) + p, cols, end_ref[kind == 2]),
+        ]
         # Carry the spans still open, in opening order.
         still = np.zeros(n, dtype=bool)
         still[order[opener_s & ~closed_s]] = True
         keep = np.flatnonzero(still)
         self.sid, self.begin, self.uuid = sid[keep], time[keep], uuid[keep]
         self.name, self.cat, self.loc = name[keep], cat[keep], loc[keep]
+        return [blk for blk in blocks if blk[0]]
 
-        return flatten_rows([(desc, desc_len), (begin_m, begin_len), (end_m, end_len_arr)])
+    # Each block below is rows of equal layout; within a batch, descriptors and BEGINs come before
+    # the ENDs, so a track is declared before use and a slice's BEGIN precedes its END in the file.
 
-    def close(self) -> tuple[bytes, npt.NDArray[np.int64]]:
+    @staticmethod
+    def _opened(idx: I64, c: _Columns, parent: U64) -> _Block:
+        """Descriptor + BEGIN of each span opened in the batch."""
+        if not len(idx):
+            return b"", 0
+        desc = descriptor_rows(c.uuid[idx], parent[idx])
+        begin = slice_rows(
+            c.time[idx], SLICE_BEGIN, c.uuid[idx], name=c.name[idx], cat=c.cat[idx], loc=c.loc[idx]
+        )
+        sizes = np.tile(np.array([desc.shape[1], begin.shape[1]], dtype=np.int64), len(idx))
+        return np.hstack((desc, begin)).tobytes(), sizes
+
+    def _orphans(self, idx: I64, c: _Columns, sid: I64) -> _Block:
+        """Descriptor + cut BEGIN at the range begin + END of each end without a begin."""
+        if not len(idx):
+            return b"", 0
+        uuid = self._uuids(sid[idx], c.time[idx], _ORPHAN)
+        desc = descriptor_rows(uuid, np.full(len(idx), self.group_uuid, dtype=np.uint64))
+        begin_ts = np.minimum(self.range_begin, c.time[idx])
+        name, cat, loc = c.name[idx], c.cat[idx], c.loc[idx]
+        begin = slice_rows(begin_ts, SLICE_BEGIN, uuid, name=name, cat=cat, loc=loc, annotation=CUT_BEGIN)
+        end = slice_rows(c.time[idx], SLICE_END, uuid, name=name, cat=cat, loc=loc)
+        sizes = np.tile(np.array([desc.shape[1], begin.shape[1], end.shape[1]], dtype=np.int64), len(idx))
+        return np.hstack((desc, begin, end)).tobytes(), sizes
+
+    def _closed(self, idx: I64, c: _Columns, ref: I64) -> _Block:
+        """END of each span closed in the batch (never before its begin)."""
+        if not len(idx):
+            return b"", 0
+        ts = np.maximum(c.time[idx], c.time[ref])
+        self.clamped += int((ts != c.time[idx]).sum())
+        end = slice_rows(ts, SLICE_END, c.uuid[ref], name=c.name[ref], cat=c.cat[ref], loc=c.loc[ref])
+        return end.tobytes(), end.shape[1]
+
+    def close(self) -> _Block:
         """ENDs (cut, at the range end) of every span still open, in opening order."""
         k = len(self.sid)
         if k == 0:
-            return b"", np.zeros(0, dtype=np.int64)
+            return b"", 0
         ts = np.maximum(self.begin, self.range_end)
-        rows, lengths = slice_rows(
-            ts,
-            SLICE_END,
-            self.uuid,
-            name=self.name,
-            cat=self.cat,
-            loc=self.loc,
-            annotations=np.full(k, CUT_END, dtype=np.uint8),
+        rows = slice_rows(
+            ts, SLICE_END, self.uuid, name=self.name, cat=self.cat, loc=self.loc, annotation=CUT_END
         )
-        assert lengths is not None
         self.spans += k
         self.cut += k
         self.sid = _e_i64()
         self.begin = _e_i64()
         self.uuid = self.name = self.cat = self.loc = _e_u64()
-        return flatten_rows([(rows, lengths)])
+        return rows.tobytes(), rows.shape[1]

@@ -215,7 +215,7 @@ class TraceEncoder:
         for lo in range(0, len(keep), _SUB_BATCH):
             sel = keep[lo : lo + _SUB_BATCH]
             part = slice(lo, lo + _SUB_BATCH)
-            data, sizes = self._async.add(
+            blocks = self._async.add(
                 AsyncBatch(
                     time=time[sel],
                     is_begin=code[sel] == 1,
@@ -226,7 +226,8 @@ class TraceEncoder:
                     loc=loc[part],
                 )
             )
-            out += self._add(data, sizes)
+            for data, sizes in blocks:
+                out += self._add(data, sizes)
         return out
 
     def finish(self) -> list[bytes]:
@@ -267,5 +268,5 @@ class TraceEncoder:
     def _events(self, events: Events, uuid: int) -> list[bytes]:
         if not len(events.ts):
             return []
-        rows, _ = slice_rows(events.ts, events.kind, uuid, name=events.name, cat=events.cat, loc=events.loc)
+        rows = slice_rows(events.ts, events.kind, uuid, name=events.name, cat=events.cat, loc=events.loc)
         return self._add(rows.tobytes(), rows.shape[1])

@@ -14,7 +14,7 @@ A slice event packet, framed as field 1 of ``Trace`` (W = iid width of the batch
         90 02 loc(W)                        source_location_iid
         [22 len {52 len name, 32 len value}] optional debug annotation marking a cut span
 
-Rows with an annotation are longer; callers then get per-row lengths and keep ``matrix[mask]``.
+Rows of one call share a layout (and so a length): a cut annotation applies to all or none.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ __all__ = [
     "SLICE_BEGIN",
     "SLICE_END",
     "descriptor_rows",
-    "flatten_rows",
     "slice_rows",
 ]
 
@@ -51,7 +50,6 @@ ANNOTATIONS: dict[int, bytes] = {
 }
 
 U8 = npt.NDArray[np.uint8]
-I64 = npt.NDArray[np.int64]
 UIntArray = npt.NDArray[np.uint64]
 
 
@@ -68,67 +66,50 @@ def slice_rows(
     name: UIntArray,
     cat: UIntArray,
     loc: UIntArray,
-    annotations: npt.NDArray[np.uint8] | None = None,
-) -> tuple[U8, I64 | None]:
-    """Slice event packets, one row each.
+    annotation: int = NO_CUT,
+) -> U8:
+    """Slice event packets, one row each, all of the same length.
 
     Args:
         ts: event timestamps (non-negative epoch ns).
         kinds: SLICE_BEGIN / SLICE_END per row, or one for all.
         uuid: track uuid per row, or one for all.
-        name, cat, loc: interned iids per row.
-        annotations: NO_CUT / CUT_BEGIN / CUT_END per row, or None when no row has one.
-
-    Returns:
-        The row matrix and, when ``annotations`` is given, each row's length in bytes (a row's bytes are
-        its first ``length`` columns); without annotations every row is full width.
+        name: name iid per row.
+        cat: category iid per row.
+        loc: source-location iid per row.
+        annotation: NO_CUT, or CUT_BEGIN / CUT_END to mark every row's slice as cut.
     """
     n = len(ts)
     width = iid_width(name, cat, loc)
-    te_len = 17 + 3 * width
-    base_len = 16 + te_len
-    extra = max((len(a) for a in ANNOTATIONS.values()), default=0) if annotations is not None else 0
-    if base_len + extra > 127:
+    blob = ANNOTATIONS.get(annotation, b"")
+    te_len = 17 + 3 * width + len(blob)
+    packet_len = 16 + te_len
+    if packet_len > 127:
         raise ValueError("slice packets must stay under 128 bytes")  # pragma: no cover - W <= 10
-    row = 2 + base_len + extra
-    m = np.empty((n, row), dtype=np.uint8)
-    m[:, 0] = 0x0A
-    m[:, 1] = base_len
-    m[:, 2] = 0x40
-    put_varint64(m, 3, ts.astype(np.uint64, copy=False), 9)
-    m[:, 12:18] = np.array([0x50, 0x01, 0x68, 0x02, 0x5A, te_len], dtype=np.uint8)
-    m[:, 18] = 0x48
-    m[:, 19] = kinds
-    m[:, 20] = 0x58
+    template = np.zeros(2 + packet_len, dtype=np.uint8)
+    template[:21] = [0x0A, packet_len, 0x40, *([0] * 9), 0x50, 0x01, 0x68, 0x02, 0x5A, te_len, 0x48, 0, 0x58]
+    col = 31
+    for tag_bytes in ((0x50,), (0x18,), (0x90, 0x02)):
+        template[col : col + len(tag_bytes)] = tag_bytes
+        col += len(tag_bytes) + width
+    template[col:] = np.frombuffer(blob, dtype=np.uint8)
     if isinstance(uuid, int):
         const = np.zeros((1, 10), dtype=np.uint8)
         put_varint64(const, 0, np.array([uuid], dtype=np.uint64), 10)
-        m[:, 21:31] = const
-    else:
+        template[21:31] = const[0]
+    if isinstance(kinds, int):
+        template[19] = kinds
+    m = np.empty((n, len(template)), dtype=np.uint8)
+    m[:] = template
+    put_varint64(m, 3, ts.astype(np.uint64, copy=False), 9)
+    if not isinstance(kinds, int):
+        m[:, 19] = kinds
+    if not isinstance(uuid, int):
         put_varint64(m, 21, uuid, 10)
-    col = 31
-    m[:, col] = 0x50
-    put_varint(m, col + 1, name, width)
-    col += 1 + width
-    m[:, col] = 0x18
-    put_varint(m, col + 1, cat, width)
-    col += 1 + width
-    m[:, col] = 0x90
-    m[:, col + 1] = 0x02
-    put_varint(m, col + 2, loc, width)
-    col += 2 + width
-    if annotations is None:
-        return m, None
-    lengths = np.full(n, 2 + base_len, dtype=np.int64)
-    for code, blob in ANNOTATIONS.items():
-        sel = annotations == code
-        if not sel.any():
-            continue
-        m[sel, col : col + len(blob)] = np.frombuffer(blob, dtype=np.uint8)
-        m[sel, 1] = base_len + len(blob)
-        m[sel, 17] = te_len + len(blob)
-        lengths[sel] += len(blob)
-    return m, lengths
+    put_varint(m, 32, name, width)
+    put_varint(m, 33 + width, cat, width)
+    put_varint(m, 35 + 2 * width, loc, width)
+    return m
 
 
 _DESC_NAME = field_bytes(2, "async")
@@ -154,19 +135,3 @@ def descriptor_rows(uuid: UIntArray, parent: UIntArray) -> U8:
     put_varint64(m, col + 12, parent, 10)
     m[:, col + 22 :] = np.frombuffer(_DESC_NAME, dtype=np.uint8)
     return m
-
-
-def flatten_rows(parts: list[tuple[U8, I64]]) -> tuple[bytes, I64]:
-    """Concatenate variable-length rows: for each record i, part 0's row i, then part 1's row i, ...
-
-    Args:
-        parts: (matrix, lengths) pairs with the same number of rows; a length of 0 omits that packet.
-
-    Returns:
-        The bytes and the length of each packet in them, in order.
-    """
-    matrix = np.hstack([m for m, _ in parts])
-    mask = np.hstack([np.arange(m.shape[1]) < lens[:, None] for m, lens in parts])
-    data = matrix[mask].tobytes()
-    sizes = np.stack([lens for _, lens in parts], axis=1).ravel()
-    return data, sizes[sizes > 0]

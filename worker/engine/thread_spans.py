@@ -11,10 +11,11 @@ How, per batch, without a loop per span:
 1. *Levels.* Depths are normalised into a Dyck path: the first span of the thread is level 0, each span
    at most one level below its predecessor (``d'_i = min(d_i - base, d'_{i-1} + 1)``, a cumulative min).
 2. *Euler tour.* Between span i and span i+1, ``level_i - level_{i+1} + 1`` spans close, at levels
-   ``level_i`` down to ``level_{i+1}``; the span closing at level L is the latest span at level L so far,
-   found by a binary search on (level, position) keys. Spans still open at the end of the batch (one
-   per level, the open stack) carry over to the next batch.
-3. *Bad data* still gives strictly nested output: begins are made non-decreasing; a span is clamped
+   ``level_i`` down to ``level_{i+1}``. At one level spans open and close alternately, so the i-th
+   closing at level L closes the i-th span at level L: two stable (radix) sorts by level pair them.
+   Spans still open at the end of the batch (one per level, the open stack) carry over.
+3. *Bad data* (detected as a tour whose timestamps decrease) still gives strictly nested output:
+   begins are made non-decreasing; a span is clamped
    into its parent (begin and end at most the parent's end, end at least its begin); then a running
    minimum from the back makes the event timestamps non-decreasing (a span ending after a later sibling
    begins ends at that begin). Every span whose timestamps changed is counted in ``clamped``.
@@ -33,7 +34,6 @@ __all__ = ["Events", "ThreadState"]
 
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
-_INF = np.iinfo(np.int64).max
 
 
 @dataclass
@@ -87,26 +87,13 @@ class ThreadState:
         lv_new = steps + np.minimum.accumulate(np.minimum(e - steps, s - 1))
         n = s + m
         lv = np.concatenate((np.arange(s, dtype=np.int64), lv_new))
+        top_level = int(lv.max())
+        # Small ints sort by radix (linear time) with kind="stable".
+        narrow = lv.astype(np.int16) if top_level < 32_000 else lv
+        order = np.argsort(narrow, kind="stable")  # spans by (level, index)
         pos = np.arange(n, dtype=np.int64)
-        order = np.argsort(lv, kind="stable")
-        keys = lv[order] * n + order
-
-        def latest(level: I64, at: I64) -> I64:
-            """Index of the latest span at ``level`` with index <= ``at``."""
-            return order[np.searchsorted(keys, level * n + at, side="right") - 1]
-
-        c_begin = np.concatenate((self.begin, b))
-        raw_end = np.concatenate((self.orig_end, end))
-        c_end = np.concatenate((self.end, end))
-        # 3. Clamp each new span into its parent, top-down (skipped when the data is well nested).
-        parent = np.full(m, -1, dtype=np.int64)
-        has_parent = lv_new > 0
-        parent[has_parent] = latest(lv_new[has_parent] - 1, pos[s:][has_parent] - 1)
-        cap = np.where(has_parent, c_end[np.maximum(parent, 0)], _INF)
-        if not (np.all(end >= b) and np.all(end <= cap) and np.all(b <= cap)):
-            self._clamp_top_down(c_begin, c_end, lv, order, parent=parent, s=s)
-        changed_begin = c_begin[s:] != begin
-        # 4. Euler tour: each position k emits its BEGIN (new spans), then the closings of gap k.
+        # 3. Euler tour: each position k emits its BEGIN (new spans), then the closings of gap k, from
+        # level lv[k] down to lv[k + 1].
         closing = np.zeros(n, dtype=np.int64)
         closing[:-1] = lv[:-1] - lv[1:] + 1
         count = closing + (pos >= s)
@@ -115,23 +102,44 @@ class ThreadState:
         first = np.cumsum(count) - count
         j = np.arange(total, dtype=np.int64) - first[owner]
         is_begin = (owner >= s) & (j == 0)
-        k = j - (owner >= s)
-        span = owner.copy()
         ends_at = ~is_begin
-        span[ends_at] = latest(lv[owner[ends_at]] - k[ends_at], owner[ends_at])
-        ts = np.where(is_begin, c_begin[span], c_end[span])
-        ts = np.minimum.accumulate(ts[::-1])[::-1]
-        # Count spans whose emitted timestamps differ from the input.
-        c_counted = np.concatenate((self.counted, changed_begin))
-        bad_end = ends_at & (ts != raw_end[span])
-        newly = np.zeros(n, dtype=bool)
-        newly[span[bad_end]] = True
-        newly &= ~c_counted
-        self.clamped += int(changed_begin.sum()) + int(newly.sum())
-        c_counted |= newly
-        # 5. The new open stack: the latest span at each level up to the last span's level.
+        slot_level = lv[owner[ends_at]] - (j[ends_at] - (owner[ends_at] >= s))
+        # At each level spans open and close alternately, so the i-th closing at level L closes the
+        # i-th span at level L; the last span of each level <= the last span's level stays open.
         top = int(lv[-1])
-        stack = latest(np.arange(top + 1, dtype=np.int64), np.full(top + 1, n - 1, dtype=np.int64))
+        bounds = np.searchsorted(lv[order], np.arange(top_level + 2), side="left")
+        open_at = bounds[1 : top + 2] - 1
+        closed = np.ones(n, dtype=bool)
+        closed[open_at] = False
+        slot_order = np.argsort(slot_level.astype(narrow.dtype, copy=False), kind="stable")
+        span = owner.copy()
+        closes = np.empty(len(slot_level), dtype=np.int64)
+        closes[slot_order] = order[closed]
+        span[ends_at] = closes
+        stack = order[open_at]
+        c_begin = np.concatenate((self.begin, b))
+        raw_end = np.concatenate((self.orig_end, end))
+        c_end = np.concatenate((self.end, end))
+        ts = np.where(is_begin, c_begin[span], c_end[span])
+        # 4. Well-nested data gives non-decreasing timestamps, including the ENDs still to come of the
+        # open stack (deepest first). Otherwise clamp into parents and make the tour monotonic.
+        check = np.concatenate((ts, c_end[stack][::-1]))
+        if not bool(np.all(check[1:] >= check[:-1])):
+            self._clamp_top_down(c_begin, c_end, lv, order, bounds=bounds, s=s)
+            ts = np.where(is_begin, c_begin[span], c_end[span])
+            ts = np.minimum.accumulate(ts[::-1])[::-1]
+        # (An END may also differ because an earlier batch clamped its open span.)
+        changed_end = span[ends_at & (ts != raw_end[span])]
+        changed_begin = c_begin[s:] != begin
+        # Count spans whose emitted timestamps differ from the input (once each).
+        c_counted = np.concatenate((self.counted, changed_begin))
+        self.clamped += int(changed_begin.sum())
+        if len(changed_end):
+            newly = np.zeros(n, dtype=bool)
+            newly[changed_end] = True
+            newly &= ~c_counted
+            self.clamped += int(newly.sum())
+            c_counted |= newly
         c_name = np.concatenate((self.name, name))
         c_cat = np.concatenate((self.cat, cat))
         c_loc = np.concatenate((self.loc, loc))
@@ -152,11 +160,10 @@ class ThreadState:
         return events
 
     @staticmethod
-    def _clamp_top_down(c_begin: I64, c_end: I64, lv: I64, order: I64, *, parent: I64, s: int) -> None:
+    def _clamp_top_down(c_begin: I64, c_end: I64, lv: I64, order: I64, *, bounds: I64, s: int) -> None:
         """begin <= parent end, begin <= end <= parent end; parents before children (by level)."""
-        full_parent = np.concatenate((np.full(s, -1, dtype=np.int64), parent))
-        sorted_lv = lv[order]
-        bounds = np.searchsorted(sorted_lv, np.arange(int(sorted_lv[-1]) + 2), side="left")
+        n = len(lv)
+        keys = lv[order] * n + order
         for level in range(len(bounds) - 1):
             idx = order[bounds[level] : bounds[level + 1]]
             idx = idx[idx >= s]
@@ -165,7 +172,9 @@ class ThreadState:
             if level == 0:
                 c_end[idx] = np.maximum(c_end[idx], c_begin[idx])
                 continue
-            cap = c_end[full_parent[idx]]
+            # The parent: the latest span one level up before the child.
+            parent = order[np.searchsorted(keys, (level - 1) * n + idx - 1, side="right") - 1]
+            cap = c_end[parent]
             c_begin[idx] = np.minimum(c_begin[idx], cap)
             c_end[idx] = np.maximum(np.minimum(c_end[idx], cap), c_begin[idx])
 

@@ -1,0 +1,253 @@
+"""Engine benchmark: columnar engine vs the naive per-packet protobuf writer, async pairing, peak memory.
+
+Run: ``.venv/bin/python -m bench.bench_engine`` (prints a markdown table). Options: ``--spans N`` for
+the throughput runs (default 1,000,000), ``--naive-spans N`` for the naive baseline (default 200,000;
+its rate is per span, so a smaller sample is enough), ``--rss N`` (internal: encode N thread + N async
+spans in this process and print ru_maxrss in KiB).
+
+Inputs are synthetic, generated batch by batch so the input is never held whole: thread spans are a
+repeated 10-span call tree (depths 0-3, 50 names, 8 targets, 20 files) with dictionary-encoded strings
+(int32 keys, as Micromegas sends with ``preserve_dictionary``) or plain strings; async spans overlap
+(~64 open at a time) with parents. Output chunks are counted and dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from contracts.request import SpanTypes
+from worker.engine import TraceEncoder
+from worker.model import ProcessInfo, ThreadInfo, TimeRange
+from worker.perfetto_pb import pb
+
+PROCESS = ProcessInfo(process_id="34d7c06d-3163-4111-863e-c5fc09d22d51", exe="bench")
+THREADS = [ThreadInfo(f"stream-{i}", f"thread{i}", str(1000 + i)) for i in range(4)]
+T0 = 1_760_000_000_000_000_000
+RANGE = TimeRange(T0, T0 + 10**15)
+BATCH = 65_536
+TS = pa.timestamp("ns", tz="+00:00")
+
+# One call tree of 10 spans in preorder: (begin offset, end offset, depth); a frame lasts 1000 ns.
+_TREE = np.array(
+    [(0, 900, 0), (10, 400, 1), (20, 100, 2), (100, 300, 2), (150, 200, 3), (400, 400, 1),
+     (400, 800, 1), (450, 700, 2), (700, 700, 2), (800, 890, 1)],
+    dtype=np.int64,
+)  # fmt: skip
+_NAMES = pa.array([f"module::function_{i}" for i in range(50)])
+_TARGETS = pa.array([f"crate_{i}" for i in range(8)])
+_FILES = pa.array([f"src/path/to/file_{i}.rs" for i in range(20)])
+
+
+def _strings(values: pa.Array, idx: np.ndarray, plain: bool) -> pa.Array:
+    arr = pa.DictionaryArray.from_arrays(pa.array(idx.astype(np.int32)), values)
+    return arr.cast(pa.string()) if plain else arr
+
+
+def thread_batches(n: int, plain: bool = False) -> Iterator[pa.RecordBatch]:
+    """n spans of synthetic call trees, in batches of BATCH rows."""
+    for start in range(0, n, BATCH):
+        rows = np.arange(start, min(n, start + BATCH), dtype=np.int64)
+        frame, k = np.divmod(rows, len(_TREE))
+        begin = T0 + frame * 1000 + _TREE[k, 0]
+        end = T0 + frame * 1000 + _TREE[k, 1]
+        yield pa.record_batch(
+            {
+                "begin": pa.array(begin).cast(TS),
+                "end": pa.array(end).cast(TS),
+                "name": _strings(_NAMES, (rows * 7 + k) % 50, plain),
+                "target": _strings(_TARGETS, k % 8, plain),
+                "filename": _strings(_FILES, (rows + k) % 20, plain),
+                "line": pa.array(((k * 13) % 500).astype(np.uint32)),
+                "depth": pa.array(_TREE[k, 2].astype(np.uint32)),
+            }
+        )
+
+
+def async_batches(n: int, seed: int = 1) -> Iterator[pa.RecordBatch]:
+    """Events of n overlapping async spans in time order, in batches of BATCH events."""
+    rng = np.random.default_rng(seed)
+    per = BATCH // 2
+    for start in range(0, n, per):
+        count = min(per, n - start)
+        sid = np.arange(start + 1, start + count + 1, dtype=np.int64)
+        begin = T0 + sid * 100
+        # Each span ends within its window so a batch's spans close in the batch or the next one.
+        end = begin + rng.integers(0, 6400, count)
+        parent = np.where(sid % 4 == 0, sid - 1, 0)
+        times = np.concatenate((begin, end))
+        order = np.argsort(times, kind="stable")
+        kinds = np.concatenate((np.zeros(count, np.int32), np.ones(count, np.int32)))[order]
+        ids = np.concatenate((sid, sid))[order]
+        yield pa.record_batch(
+            {
+                "stream_id": _strings(pa.array(["s0", "s1"]), ids % 2, False),
+                "time": pa.array(times[order]).cast(TS),
+                "event_type": _strings(pa.array(["begin", "end"]), kinds, False),
+                "span_id": pa.array(ids),
+                "parent_span_id": pa.array(np.concatenate((parent, parent))[order]),
+                "depth": pa.array((ids % 2).astype(np.uint32)),
+                "name": _strings(_NAMES, ids % 50, False),
+                "target": _strings(_TARGETS, ids % 8, False),
+                "filename": _strings(_FILES, ids % 20, False),
+                "line": pa.array((ids % 300).astype(np.uint32)),
+            }
+        )
+
+
+def encode_threads(batches: list[pa.RecordBatch]) -> tuple[float, int]:
+    enc = TraceEncoder(PROCESS, THREADS, span_types=SpanTypes.THREAD, time_range=RANGE)
+    size = 0
+    t = time.perf_counter()
+    for chunk in enc.start():
+        size += len(chunk)
+    for batch in batches:
+        for chunk in enc.add_thread_spans("stream-0", batch):
+            size += len(chunk)
+    for chunk in enc.finish():
+        size += len(chunk)
+    return time.perf_counter() - t, size
+
+
+def encode_async(batches: list[pa.RecordBatch]) -> tuple[float, int]:
+    enc = TraceEncoder(PROCESS, THREADS, span_types=SpanTypes.ASYNC, time_range=RANGE)
+    size = 0
+    t = time.perf_counter()
+    for chunk in enc.start():
+        size += len(chunk)
+    for batch in batches:
+        for chunk in enc.add_async_events(batch):
+            size += len(chunk)
+    for chunk in enc.finish():
+        size += len(chunk)
+    return time.perf_counter() - t, size
+
+
+def naive_threads(batches: list[pa.RecordBatch]) -> tuple[float, int]:
+    """The naive writer: one TracePacket object per event, serialised one by one (same interning)."""
+    track = 12345678901234567
+    size = 0
+    t = time.perf_counter()
+    names: dict[str, int] = {}
+    cats: dict[str, int] = {}
+    locs: dict[tuple[str, int], int] = {}
+    for batch in batches:
+        cols = batch.drop_columns(["begin", "end"]).to_pydict()
+        cols["begin"] = batch.column("begin").cast(pa.int64()).to_pylist()
+        cols["end"] = batch.column("end").cast(pa.int64()).to_pylist()
+        stack: list[tuple[int, int, int, int, int]] = []  # (depth, end, name, cat, loc)
+        rows = zip(cols["begin"], cols["end"], cols["name"], cols["target"], cols["filename"], cols["line"],
+                   cols["depth"], strict=True)  # fmt: skip
+        for begin, end, name, target, filename, line, depth in rows:
+            packets = []
+            while stack and stack[-1][0] >= depth:
+                _, e, n, c, loc = stack.pop()
+                packets.append(_naive_event(e, 2, track, name=n, cat=c, loc=loc, interned=None))
+            interned = pb.InternedData()
+            if name not in names:
+                names[name] = len(names) + 1
+                interned.event_names.add(iid=names[name], name=name)
+            if target not in cats:
+                cats[target] = len(cats) + 1
+                interned.event_categories.add(iid=cats[target], name=target)
+            if (filename, line) not in locs:
+                locs[(filename, line)] = len(locs) + 1
+                interned.source_locations.add(iid=len(locs), file_name=filename, line_number=line)
+            n, c, loc = names[name], cats[target], locs[(filename, line)]
+            packets.append(_naive_event(begin, 1, track, name=n, cat=c, loc=loc, interned=interned))
+            stack.append((depth, end, n, c, loc))
+            for p in packets:
+                size += len(pb.Trace(packet=[p]).SerializeToString())
+    return time.perf_counter() - t, size
+
+
+def _naive_event(
+    ts: int, kind: int, track: int, *, name: int, cat: int, loc: int, interned: pb.InternedData | None
+) -> pb.TracePacket:
+    p = pb.TracePacket(timestamp=ts, trusted_packet_sequence_id=1, sequence_flags=2)
+    te = p.track_event
+    te.type = kind  # type: ignore[assignment]
+    te.track_uuid = track
+    te.name_iid = name
+    te.category_iids.append(cat)
+    te.source_location_iid = loc
+    if interned is not None and interned.ByteSize():
+        p.interned_data.CopyFrom(interned)
+    return p
+
+
+def rss_child(n: int) -> None:
+    """Encode n thread spans and n async spans from batches made on the fly; print peak RSS (KiB)."""
+    enc = TraceEncoder(PROCESS, THREADS, span_types=SpanTypes.BOTH, time_range=RANGE)
+    size = sum(len(c) for c in enc.start())
+    for batch in thread_batches(n):
+        size += sum(len(c) for c in enc.add_thread_spans("stream-0", batch))
+    size += sum(len(c) for c in enc.end_thread("stream-0"))
+    for batch in async_batches(n):
+        size += sum(len(c) for c in enc.add_async_events(batch))
+    size += sum(len(c) for c in enc.finish())
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, size)
+
+
+def _peak(n: int) -> tuple[int, int]:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.bench_engine", "--rss", str(n)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    return int(out[0]), int(out[1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spans", type=int, default=1_000_000)
+    parser.add_argument("--naive-spans", type=int, default=200_000)
+    parser.add_argument("--rss", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--rss-sizes", type=int, nargs=2, default=(1_000_000, 10_000_000))
+    args = parser.parse_args(argv)
+    if args.rss is not None:
+        rss_child(args.rss)
+        return 0
+    rows = []
+    for plain in (False, True):
+        batches = list(thread_batches(args.spans, plain))
+        secs, size = min(encode_threads(batches) for _ in range(3))
+        label = "plain utf8" if plain else "dictionary int32"
+        rows.append((f"thread spans, columnar engine ({label})", args.spans / secs, size / args.spans))
+        if not plain:
+            engine_rate = args.spans / secs
+    batches = list(thread_batches(args.naive_spans))
+    secs, size = naive_threads(batches)
+    naive_rate = args.naive_spans / secs
+    rows.append(("thread spans, naive (one pb message per packet)", naive_rate, size / args.naive_spans))
+    batches = list(async_batches(args.spans))
+    secs, size = min(encode_async(batches) for _ in range(3))
+    rows.append(("async spans (pairing + layout + encoding)", args.spans / secs, size / args.spans))
+    del batches
+    small, large = args.rss_sizes
+    peak_small, _ = _peak(small)
+    peak_large, _ = _peak(large)
+    print("| measurement | spans/s | bytes/span |")
+    print("|---|---:|---:|")
+    for label, rate, per in rows:
+        print(f"| {label} | {rate:,.0f} | {per:.1f} |")
+    print(f"| columnar / naive (dictionary input) | {engine_rate / naive_rate:.1f}x | |")
+    print()
+    print("| peak RSS (thread + async spans each) | KiB |")
+    print("|---|---:|")
+    print(f"| {small:,} spans | {peak_small:,} |")
+    print(f"| {large:,} spans | {peak_large:,} |")
+    print(f"| ratio | {peak_large / peak_small:.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
