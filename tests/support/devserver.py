@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -42,6 +43,7 @@ __all__ = [
     "rfc3339",
     "run_devserver_subprocess",
     "self_signed_cert",
+    "small_devserver",
     "small_lake",
     "start_devserver",
 ]
@@ -66,6 +68,13 @@ def start_devserver(
     return DevServer(
         lake or small_lake(), mode=mode, token=token, tls=tls, schema_options=schema_options
     ).start()
+
+
+@pytest.fixture(scope="session")
+def small_devserver() -> Iterator[DevServer]:
+    """A session-wide Micromegas-mode server over :func:`small_lake` (import it into a conftest)."""
+    with start_devserver(small_lake()) as server:
+        yield server
 
 
 def rfc3339(ns: int) -> str:
