@@ -1,0 +1,107 @@
+"""`trace-worker demo` through its real entry point: with no Redis running, with the settings' Redis,
+without a redis-server binary, and interrupted with Ctrl-C (SIGINT). Nothing may be left running."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+from tests.support.redis_server import RedisServer, free_port
+from worker.inspect import inspect_trace
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def demo_env(tmp_path: Path, redis_url: str, path: str | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACE_WORKER_")}
+    env.update(
+        {"PYTHONPATH": str(ROOT), "TRACE_WORKER_REDIS_URL": redis_url, "TMPDIR": str(tmp_path / "tmp")}
+    )
+    if path is not None:
+        env["PATH"] = path
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    return env
+
+
+async def start_demo(tmp_path: Path, env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "worker", "demo", *args,
+        cwd=tmp_path, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+
+def processes_using(tmp_path: Path) -> list[str]:
+    """Live processes whose command line or working directory lies under ``tmp_path``."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except OSError:
+            continue
+        if (str(tmp_path) in cmdline or cwd.startswith(str(tmp_path))) and int(pid) != os.getpid():
+            found.append(f"{pid}: {cmdline}")
+    return found
+
+
+async def test_demo_on_a_machine_with_no_redis_running(tmp_path: Path) -> None:
+    nothing = f"redis://127.0.0.1:{free_port()}/0"
+    proc = await start_demo(tmp_path, demo_env(tmp_path, nothing), "-o", "demo.pftrace")
+    out, err = await asyncio.wait_for(proc.communicate(), 240)
+    stdout, stderr = out.decode(), err.decode()
+    assert proc.returncode == 0, stderr
+    assert "private redis-server" in stderr and "devserver  grpc://127.0.0.1:" in stderr
+    assert "succeeded attempt 1" in stderr  # progress shown
+    trace = tmp_path / "demo.pftrace"
+    report = inspect_trace(trace)
+    assert report.ok and report.slices > 1000
+    assert f"trace      {trace.resolve()}" in stdout
+    assert f"({trace.stat().st_size:,} bytes)" in stdout
+    assert "no defects" in stdout and "ui.perfetto.dev" in stdout
+    assert processes_using(tmp_path) == []
+    assert list((tmp_path / "tmp").iterdir()) == []  # work folder removed after a success
+
+
+async def test_demo_uses_the_settings_redis_and_cleans_up(redis_server: RedisServer, tmp_path: Path) -> None:
+    proc = await start_demo(tmp_path, demo_env(tmp_path, redis_server.url), "--quiet")
+    _out, err = await asyncio.wait_for(proc.communicate(), 240)
+    assert proc.returncode == 0, err.decode()
+    assert "(from settings; keys under tw-demo-" in err.decode()
+    assert (tmp_path / "demo.pftrace").stat().st_size > 0
+    redis = aioredis.Redis.from_url(redis_server.url)
+    try:
+        assert await redis.keys("*") == []  # the demo's keys are gone
+    finally:
+        await redis.aclose()
+    assert processes_using(tmp_path) == []
+
+
+async def test_demo_without_redis_server_binary_says_how_to_install(tmp_path: Path) -> None:
+    nothing = f"redis://127.0.0.1:{free_port()}/0"
+    proc = await start_demo(tmp_path, demo_env(tmp_path, nothing, path=str(tmp_path / "empty-bin")))
+    _out, err = await asyncio.wait_for(proc.communicate(), 120)
+    stderr = err.decode()
+    assert proc.returncode == 2
+    assert "no redis-server on PATH" in stderr and "apt-get install redis-server" in stderr
+    assert "Traceback" not in stderr
+    assert processes_using(tmp_path) == []
+
+
+async def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
+    nothing = f"redis://127.0.0.1:{free_port()}/0"
+    proc = await start_demo(tmp_path, demo_env(tmp_path, nothing), "--process", "large", "-o", "big.pftrace")
+    assert proc.stderr is not None
+    async with asyncio.timeout(180):
+        while not (line := (await proc.stderr.readline()).decode()).startswith("job "):
+            assert line, "demo exited before submitting its job"
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends (here to the demo only, not its children)
+    _, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 130, err.decode()
+    assert "stopping the services" in err.decode() and "Traceback" not in err.decode()
+    assert processes_using(tmp_path) == []
+    assert not (tmp_path / "big.pftrace").exists() and not (tmp_path / "big.pftrace.part").exists()
