@@ -1,0 +1,281 @@
+"""Service benchmark: Redis + devserver + a `trace-worker run` process on loopback, driven through
+the wire contract with a raw Redis client.
+
+Measures, on this machine:
+- a large job (default: the devserver's 5M-span ``large`` process) end to end: spans/s from XADD
+  of the request to the terminal status (chunks on the job stream and the blob both written),
+  then checks that the chunks and the blob have the status's sha256;
+- time to first chunk (request XADD → first chunk entry) for a small, a typical and the large job;
+- 100 small jobs (distinct job ids over the 10k-span ``small`` process) from 20 concurrent
+  requesters: throughput and p50/p99 latency;
+- the worker's peak RSS (sampled from /proc every 20 ms) during each job size.
+
+    .venv/bin/python -m bench.bench_service [--large-spans 5000000] [--small-jobs 100] [--requesters 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+
+from contracts import Keys, TraceRequest
+from tests.support.devserver import run_devserver_subprocess
+from tests.support.redis_server import RedisServer
+from worker.devserver import Lake, LakeConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+KEYS = Keys("bench")
+
+
+class RssSampler:
+    """Samples a process's VmRSS in a thread; :meth:`window` gives the peak since the last call."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._peak = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _rss_mb(self) -> float:
+        try:
+            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return 0.0
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self._peak = max(self._peak, self._rss_mb())
+
+    def window(self) -> float:
+        peak, self._peak = self._peak, self._rss_mb()
+        return peak
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclass
+class JobResult:
+    job_id: str
+    state: str
+    first_chunk_s: float | None
+    total_s: float
+    spans: int
+    size: int
+    sha256: str
+
+
+async def _wait_terminal(redis: Redis, job_id: str, since: str) -> tuple[dict[str, str], str]:
+    """Wait on the events stream (statuses only, no chunk data) for the job's terminal status."""
+    last = since
+    while True:
+        reply: Any = await redis.xread({KEYS.events: last}, block=2000, count=500)
+        for _, entries in reply or []:
+            for entry_id, fields in entries:
+                last = entry_id.decode()
+                f = {k.decode(): v.decode() for k, v in fields.items()}
+                if f.get("job_id") == job_id and f["state"] in ("succeeded", "failed", "cancelled", "dead"):
+                    return f, last
+
+
+async def run_job(redis: Redis, request: TraceRequest, *, watch_first_chunk: bool) -> JobResult:
+    job_id = request.effective_job_id()
+    events_tail: Any = await redis.xrevrange(KEYS.events, count=1)
+    since = events_tail[0][0].decode() if events_tail else "0-0"
+    t0 = time.perf_counter()
+    await redis.xadd(KEYS.requests, {"request": request.to_json()})
+    first: float | None = None
+    if watch_first_chunk:
+        last = "0-0"
+        while first is None:
+            reply: Any = await redis.xread({KEYS.job(job_id): last}, block=2000, count=1)
+            for _, entries in reply or []:
+                for entry_id, fields in entries:
+                    last = entry_id.decode()
+                    if fields.get(b"type") == b"chunk":
+                        first = time.perf_counter() - t0
+                    elif fields.get(b"state") in (b"failed", b"dead"):
+                        raise RuntimeError(f"job failed: {fields}")
+    status, _ = await _wait_terminal(redis, job_id, since)
+    total = time.perf_counter() - t0
+    return JobResult(job_id, status["state"], first, total, int(status.get("spans", 0)),
+                     int(status.get("size", 0)), status.get("sha256", ""))  # fmt: skip
+
+
+async def chunks_sha256(redis: Redis, job_id: str) -> tuple[str, int]:
+    """sha256 of the succeeding attempt's chunks, streamed with XRANGE (never held whole)."""
+    state: Any = await redis.hgetall(KEYS.state(job_id))
+    attempt = state[b"attempt"]
+    h, n, start = hashlib.sha256(), 0, "-"
+    while True:
+        page: Any = await redis.xrange(KEYS.job(job_id), min=start, max="+", count=64)
+        if not page:
+            break
+        for _, fields in page:
+            if fields.get(b"type") == b"chunk" and fields[b"attempt"] == attempt:
+                h.update(fields[b"data"])
+                n += 1
+        start = "(" + page[-1][0].decode()
+    return h.hexdigest(), n
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+async def small_jobs(redis: Redis, pid: str, jobs: int, requesters: int) -> tuple[float, list[float], int]:
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(jobs):
+        queue.put_nowait(i)
+    latencies: list[float] = []
+    failures = 0
+
+    async def requester(n: int) -> None:
+        nonlocal failures
+        client = Redis.from_url(redis_url_of(redis))
+        try:
+            while True:
+                try:
+                    i = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                req = TraceRequest(process_id=pid, job_id=f"small-{n}-{i}", chunks=True)
+                res = await run_job(client, req, watch_first_chunk=False)
+                latencies.append(res.total_s)
+                failures += res.state != "succeeded"
+        finally:
+            await client.aclose()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(requester(n) for n in range(requesters)))
+    return time.perf_counter() - t0, latencies, failures
+
+
+def redis_url_of(redis: Redis) -> str:
+    kw = redis.connection_pool.connection_kwargs
+    return f"redis://{kw['host']}:{kw['port']}/0"
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+async def measure(
+    args: argparse.Namespace, redis_url: str, lake: Lake, out_dir: Path, rss: RssSampler
+) -> None:
+    """Run the jobs and print the table."""
+    small, typical, large = lake.processes
+    redis = Redis.from_url(redis_url)
+    try:
+        rows: list[tuple[str, str]] = []
+        warm = TraceRequest(process_id=small.process_id, job_id="warm")
+        await run_job(redis, warm, watch_first_chunk=True)  # imports, connections: not measured
+        rss.window()
+        results: dict[str, tuple[JobResult, float]] = {}
+        for label, proc in (("small", small), ("typical", typical), ("large", large)):
+            req = TraceRequest(process_id=proc.process_id, job_id=f"size-{label}")
+            res = await run_job(redis, req, watch_first_chunk=True)
+            results[label] = (res, rss.window())
+            if res.state != "succeeded":
+                raise RuntimeError(f"{label} job ended {res.state}")
+        big = results["large"][0]
+        sha, nchunks = await chunks_sha256(redis, big.job_id)
+        blob = out_dir / large.process_id / f"{big.job_id}.pftrace"
+        blob_ok = blob.stat().st_size == big.size and file_sha256(blob) == big.sha256
+        rows.append(("large job spans", f"{big.spans:,}"))
+        rows.append(("large job trace size", f"{big.size / 1e6:.1f} MB in {nchunks} chunks"))
+        rows.append(("large job request → succeeded", f"{big.total_s:.2f} s"))
+        rows.append(("large job throughput", f"**{big.spans / big.total_s / 1e3:,.0f} k spans/s**"))
+        rows.append(("chunks sha256 == blob sha256 == status", str(sha == big.sha256 and blob_ok)))
+        for label, (res, _) in results.items():
+            first_ms = (res.first_chunk_s or 0) * 1000
+            rows.append((f"time to first chunk, {label} ({res.spans:,} spans)", f"{first_ms:.0f} ms"))
+        for label, (_, peak) in results.items():
+            rows.append((f"worker peak RSS during {label} job", f"{peak:.0f} MB"))
+        n = args.small_jobs
+        wall, lat, failures = await small_jobs(redis, small.process_id, n, args.requesters)
+        rows.append(
+            (
+                f"{n} small jobs, {args.requesters} requesters",
+                f"{wall:.2f} s, {n / wall:.1f} jobs/s, {failures} failed",
+            )
+        )
+        p50, p99, mean = pct(lat, 50) * 1000, pct(lat, 99) * 1000, statistics.mean(lat) * 1000
+        rows.append(("small job latency p50 / p99 / mean", f"{p50:.0f} / {p99:.0f} / {mean:.0f} ms"))
+        print("| measure | value |\n|---|---|")
+        for name, value in rows:
+            print(f"| {name} | {value} |")
+    finally:
+        await redis.aclose()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--large-spans", type=int, default=5_000_000)
+    parser.add_argument("--small-jobs", type=int, default=100)
+    parser.add_argument("--requesters", type=int, default=20)
+    parser.add_argument("--concurrency", type=int, default=4, help="worker_concurrency of the worker")
+    args = parser.parse_args()
+    lake = Lake(LakeConfig(processes=("small", "typical", "large"), large_spans=args.large_spans))
+    server = RedisServer().start()
+    out_dir = Path(tempfile.mkdtemp(prefix="tw-bench-blobs-"))
+    flags = ["--processes", "small,typical,large", "--large-spans", str(args.large_spans)]
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        with run_devserver_subprocess(flags) as dev:
+            env = {
+                **os.environ,
+                "TRACE_WORKER_REDIS_URL": server.url,
+                "TRACE_WORKER_FLIGHTSQL_URL": dev.url,
+                "TRACE_WORKER_BLOB_URL": f"file://{out_dir}",
+                "TRACE_WORKER_KEY_PREFIX": KEYS.prefix,
+                "TRACE_WORKER_HTTP_PORT": "0",
+                "TRACE_WORKER_WORKER_CONCURRENCY": str(args.concurrency),
+                "TRACE_WORKER_LOG_LEVEL": "WARNING",
+            }
+            cmd = [sys.executable, "-m", "worker", "run", "--consumer", "bench"]
+            worker = subprocess.Popen(cmd, cwd=ROOT, env=env)
+            rss = RssSampler(worker.pid)
+            try:
+                asyncio.run(measure(args, server.url, lake, out_dir, rss))
+            finally:
+                rss.stop()
+    finally:
+        if worker is not None:
+            worker.terminate()
+            try:
+                worker.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+        server.close()
+        shutil.rmtree(out_dir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
