@@ -77,6 +77,7 @@ def build_app(rt: Runtime) -> tuple[FastStream, RedisBroker, Reclaimer]:
         _url_with_password(settings),
         graceful_timeout=settings.drain_timeout_s,
         log_level=logging.DEBUG,  # per-message lines from FastStream; ours carry the job context
+        logger=logging.getLogger("worker.faststream"),  # our handlers and format, not FastStream's stdout
     )
     dispatcher = build_dispatcher(rt)
     subscribe(broker, rt, dispatcher)
@@ -89,7 +90,9 @@ def build_app(rt: Runtime) -> tuple[FastStream, RedisBroker, Reclaimer]:
             lambda: ensure_group(rt.redis, keys.requests, keys.group), what="group create", give_up_after_s=30
         )
 
-    app = FastStream(broker, specification=spec, on_startup=[create_group])
+    app = FastStream(
+        broker, specification=spec, on_startup=[create_group], logger=logging.getLogger("worker.faststream")
+    )
     return app, broker, Reclaimer(rt, dispatcher)
 
 
