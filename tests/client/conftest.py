@@ -11,6 +11,8 @@ from contracts import Keys
 from contracts.client import TraceClient
 from tests.client.scripted import ScriptedWorker
 from tests.support.redis_server import RedisServer
+from tests.support.s3 import moto_s3, s3_bucket  # noqa: F401 - fixtures
+from tests.support.worker_process import spawn_worker  # noqa: F401 - fixture
 
 
 @pytest.fixture

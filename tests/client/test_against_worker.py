@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
-import signal
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +15,8 @@ from contracts import JobState, ProgressEvent, StatusEvent, TraceRequest
 from contracts.client import JobFailed, TraceClient
 from tests.support.devserver import small_lake, start_devserver
 from tests.support.redis_server import RedisServer
-from tests.support.s3 import S3Bucket, moto_s3, s3_bucket  # noqa: F401
+from tests.support.s3 import S3Bucket
+from tests.support.worker_process import Spawn, worker_env
 from worker.devserver import DevServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,62 +27,6 @@ def devserver() -> Iterator[DevServer]:
     """A small process (quick jobs) and a bigger one (still running when a test intervenes)."""
     with start_devserver(small_lake(processes=("small", "typical"), scale=2.0)) as server:
         yield server
-
-
-def worker_env(redis_url: str, flight_url: str, blob_url: str, **more: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACE_WORKER_")}
-    env.update(
-        {
-            "PYTHONPATH": str(ROOT),
-            "TRACE_WORKER_REDIS_URL": redis_url,
-            "TRACE_WORKER_FLIGHTSQL_URL": flight_url,
-            "TRACE_WORKER_BLOB_URL": blob_url,
-            "TRACE_WORKER_KEY_PREFIX": "t",
-            "TRACE_WORKER_HTTP_PORT": "0",
-            "TRACE_WORKER_LEASE_S": "2",
-            "TRACE_WORKER_HEARTBEAT_S": "0.5",
-            "TRACE_WORKER_RECLAIM_INTERVAL_S": "0.3",
-            "TRACE_WORKER_RETRY_BACKOFF_S": "0.1",
-            "TRACE_WORKER_CHUNK_SIZE": "65536",
-            "TRACE_WORKER_PROGRESS_INTERVAL_S": "0.05",
-        }
-    )
-    env.update(more)
-    return env
-
-
-Spawn = Callable[..., subprocess.Popen[bytes]]
-
-
-@pytest.fixture
-def spawn_worker(tmp_path: Path) -> Iterator[Spawn]:
-    """Start worker processes; every one is stopped at the end, its log printed if the test failed."""
-    procs: list[tuple[subprocess.Popen[bytes], Path]] = []
-
-    def spawn(env: dict[str, str], name: str = "w") -> subprocess.Popen[bytes]:
-        log = tmp_path / f"worker-{name}-{len(procs)}.log"
-        with log.open("ab") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "worker", "run", "--consumer", f"{name}-{len(procs)}"],
-                cwd=tmp_path,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        procs.append((proc, log))
-        return proc
-
-    yield spawn
-    for proc, log in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.returncode not in (0, -signal.SIGKILL):
-            print(f"--- {log.name} (exit {proc.returncode})\n{log.read_text(errors='replace')[-4000:]}")
 
 
 @pytest.fixture
@@ -133,7 +74,7 @@ async def test_blob_only_from_s3_presigned_url(  # noqa: PLR0917 - fixtures
     redis_server: RedisServer,
     devserver: DevServer,
     spawn_worker: Spawn,
-    s3_bucket: S3Bucket,  # noqa: F811 - the fixture imported above
+    s3_bucket: S3Bucket,
     tmp_path: Path,
 ) -> None:
     env = worker_env(redis_server.url, devserver.url, s3_bucket.url("traces"), **s3_bucket.s3.env())
