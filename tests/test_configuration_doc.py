@@ -10,15 +10,19 @@ from pydantic import SecretStr
 from worker.settings import Settings
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "CONFIGURATION.md"
-_ROW = re.compile(r"^\| `TRACE_WORKER_([A-Z0-9_]+)` \| (.+?) \| (.+?) \| (.*) \|$")
+_CELL = re.compile(r"(?<!\\)\|")  # cell borders; "\|" inside a cell is a literal pipe
 
 
 def _rows() -> dict[str, tuple[str, str]]:
     rows = {}
     for line in DOC.read_text().splitlines():
-        m = _ROW.match(line)
-        if m:
-            rows[m.group(1).lower()] = (m.group(3), m.group(4))
+        if not line.startswith("| `TRACE_WORKER_"):
+            continue
+        cells = [c.strip() for c in _CELL.split(line)[1:-1]]
+        assert len(cells) == 4, line
+        name = cells[0].strip("`").removeprefix("TRACE_WORKER_").lower()
+        assert name not in rows, f"{name} documented twice"
+        rows[name] = (cells[2], cells[3])
     return rows
 
 
