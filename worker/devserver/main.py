@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
-import threading
+import time
 from pathlib import Path
 from typing import TextIO
 
@@ -48,8 +48,13 @@ def serve(
         tls=tls,
         schema_options=SchemaOptions(dictionary_keys=dictionary_keys, async_hash=async_hash),
     )
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # The handler only flips a flag: taking a lock there (Event.set) can deadlock with the main
+    # thread waiting on the same Event when the signal lands while it holds the Event's lock.
+    stopping: list[int] = []
+    previous = {
+        sig: signal.signal(sig, lambda signum, _frame: stopping.append(signum))
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     server.start()
     try:
         auth = "bearer token" if token else "no auth"
@@ -59,8 +64,8 @@ def serve(
         )
         print("process_id                            kind     exe  counts  time range", file=out)
         print(lake.describe(), file=out, flush=True)
-        while not stop.wait(0.5):
-            pass
+        while not stopping:
+            time.sleep(0.1)  # woken early by the signal; the flag is checked right after
     finally:
         server.stop()
         for sig, handler in previous.items():
