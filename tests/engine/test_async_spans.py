@@ -196,3 +196,27 @@ def test_many_overlapping_spans_pair_across_batches_with_bounded_pending() -> No
     check(decode(b"".join(chunks)), events)
     assert enc.stats.async_spans == 2000 and enc.stats.cut_spans == 0
     assert peak < 400  # open spans only, not every span seen
+
+
+def test_null_times_and_span_ids_are_dropped_and_negative_times_clamped() -> None:
+    t = RANGE.begin_ns
+    batch = pa.record_batch(
+        {
+            "time": pa.array([None, -5, t + 1, t + 2, t + 3], pa.int64()),
+            "event_type": pa.array(["begin", "begin", "end", "begin", "end"]),
+            "span_id": pa.array([1, 2, 2, None, 4], pa.int64()),
+            "parent_span_id": pa.array([0, 0, 0, 0, None], pa.int64()),
+            "name": pa.array(["a", "b", "b", "c", "d"]),
+            "target": pa.array(["t"] * 5),
+            "filename": pa.array(["f"] * 5),
+            "line": pa.array([1] * 5, pa.uint32()),
+        }
+    )
+    enc = TraceEncoder(PROCESS, THREADS, span_types=SpanTypes.ASYNC, time_range=RANGE)
+    decoded = decode(b"".join(enc.start() + enc.add_async_events(batch) + enc.finish()))
+    assert decoded.problems == []
+    assert sorted((s.name, s.begin, s.end, s.cut) for s in decoded.slices) == [
+        ("b", 0, t + 1, ""),
+        ("d", t, t + 3, "begin"),
+    ]
+    assert enc.stats.dropped_events == 2

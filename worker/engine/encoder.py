@@ -183,7 +183,7 @@ class TraceEncoder:
         """Encode a batch of the process's async span events (time order)."""
         out = self.start()
         what = "async_events"
-        time, time_nulls = time_column(batch, "time", what, -1)
+        time, _ = time_column(batch, "time", what, 0)
         kinds = string_column(batch, "event_type", what)
         sid_col = column(batch, "span_id", what)
         if not pa.types.is_integer(sid_col.type):
@@ -203,9 +203,10 @@ class TraceEncoder:
         codes = np.array([1 if v == "begin" else 0 if v == "end" else 2 for v in kind_values] + [2])
         idx = kinds.indices.fill_null(len(kind_values)).to_numpy(zero_copy_only=False)
         code = codes[idx]
-        valid = (code != 2) & (time >= 0) if time_nulls else code != 2
-        if sid_col.null_count:
-            valid &= ~np.asarray(pc.is_null(sid_col).to_numpy(zero_copy_only=False), dtype=bool)
+        valid = code != 2
+        for col in (column(batch, "time", what), sid_col):
+            if col.null_count:
+                valid &= ~np.asarray(pc.is_null(col).to_numpy(zero_copy_only=False), dtype=bool)
         keep = np.flatnonzero(valid)
         self._dropped += len(code) - len(keep)
         name = self._interner.names(names_col)[keep]
