@@ -9,16 +9,17 @@ from pathlib import Path
 import pytest
 
 from tests.cli.test_client_commands import cli
-from tests.support.devserver import small_lake, start_devserver
+from tests.support.devserver import start_devserver
 from tests.support.redis_server import RedisServer
 from tests.support.worker_process import Spawn, worker_env
-from worker.devserver import DevServer
+from worker.devserver import DevServer, Lake, LakeConfig
 from worker.inspect import inspect_trace
 
 
 @pytest.fixture(scope="module")
 def devserver() -> Iterator[DevServer]:
-    with start_devserver(small_lake(processes=("small", "typical"), scale=3.0)) as server:
+    lake = Lake(LakeConfig(seed=42, processes=("small", "large"), large_spans=2_000_000))
+    with start_devserver(lake) as server:
         yield server
 
 

@@ -13,11 +13,11 @@ import pytest
 
 from contracts import JobState, ProgressEvent, StatusEvent, TraceRequest
 from contracts.client import JobFailed, TraceClient
-from tests.support.devserver import small_lake, start_devserver
+from tests.support.devserver import start_devserver
 from tests.support.redis_server import RedisServer
 from tests.support.s3 import S3Bucket
 from tests.support.worker_process import Spawn, worker_env
-from worker.devserver import DevServer
+from worker.devserver import DevServer, Lake, LakeConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def devserver() -> Iterator[DevServer]:
     """A small process (quick jobs) and a bigger one (still running when a test intervenes)."""
-    with start_devserver(small_lake(processes=("small", "typical"), scale=2.0)) as server:
+    lake = Lake(LakeConfig(seed=42, processes=("small", "large"), large_spans=2_000_000))
+    with start_devserver(lake) as server:
         yield server
 
 
