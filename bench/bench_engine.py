@@ -1,6 +1,8 @@
 """Engine benchmark: columnar engine vs the naive per-packet protobuf writer, async pairing, peak memory.
 
-Run: ``.venv/bin/python -m bench.bench_engine`` (prints a markdown table). Options: ``--spans N`` for
+Run: ``.venv/bin/python -m bench.bench_engine`` (prints markdown tables). Rates are given per CPU second
+of this one single-threaded process (robust on a shared machine) and per wall-clock second; each is the
+best of 3 runs (the naive writer: 1 run). Options: ``--spans N`` for
 the throughput runs (default 1,000,000), ``--naive-spans N`` for the naive baseline (default 200,000;
 its rate is per span, so a smaller sample is enough), ``--rss N`` (internal: encode N thread + N async
 spans in this process and print its peak RSS in KiB, from /proc/self/status VmHWM).
@@ -102,10 +104,19 @@ def async_batches(n: int, seed: int = 1) -> Iterator[pa.RecordBatch]:
         )
 
 
-def encode_threads(batches: list[pa.RecordBatch]) -> tuple[float, int]:
+def _clock() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def _since(t: tuple[float, float]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) since ``t``."""
+    return time.perf_counter() - t[0], time.process_time() - t[1]
+
+
+def encode_threads(batches: list[pa.RecordBatch]) -> tuple[tuple[float, float], int]:
     enc = TraceEncoder(PROCESS, THREADS, span_types=SpanTypes.THREAD, time_range=RANGE)
     size = 0
-    t = time.perf_counter()
+    t = _clock()
     for chunk in enc.start():
         size += len(chunk)
     for batch in batches:
@@ -113,13 +124,13 @@ def encode_threads(batches: list[pa.RecordBatch]) -> tuple[float, int]:
             size += len(chunk)
     for chunk in enc.finish():
         size += len(chunk)
-    return time.perf_counter() - t, size
+    return _since(t), size
 
 
-def encode_async(batches: list[pa.RecordBatch]) -> tuple[float, int]:
+def encode_async(batches: list[pa.RecordBatch]) -> tuple[tuple[float, float], int]:
     enc = TraceEncoder(PROCESS, THREADS, span_types=SpanTypes.ASYNC, time_range=RANGE)
     size = 0
-    t = time.perf_counter()
+    t = _clock()
     for chunk in enc.start():
         size += len(chunk)
     for batch in batches:
@@ -127,14 +138,14 @@ def encode_async(batches: list[pa.RecordBatch]) -> tuple[float, int]:
             size += len(chunk)
     for chunk in enc.finish():
         size += len(chunk)
-    return time.perf_counter() - t, size
+    return _since(t), size
 
 
-def naive_threads(batches: list[pa.RecordBatch]) -> tuple[float, int]:
+def naive_threads(batches: list[pa.RecordBatch]) -> tuple[tuple[float, float], int]:
     """The naive writer: one TracePacket object per event, serialised one by one (same interning)."""
     track = 12345678901234567
     size = 0
-    t = time.perf_counter()
+    t = _clock()
     names: dict[str, int] = {}
     cats: dict[str, int] = {}
     locs: dict[tuple[str, int], int] = {}
@@ -165,7 +176,7 @@ def naive_threads(batches: list[pa.RecordBatch]) -> tuple[float, int]:
             stack.append((depth, end, n, c, loc))
             for p in packets:
                 size += len(pb.Trace(packet=[p]).SerializeToString())
-    return time.perf_counter() - t, size
+    return _since(t), size
 
 
 def _naive_event(
@@ -233,27 +244,36 @@ def main(argv: list[str] | None = None) -> int:
     small, large = args.rss_sizes
     peak_small, _ = _peak(small)
     peak_large, _ = _peak(large)
-    rows = []
+    rows: list[tuple[str, float, float, float]] = []
+
+    def row(label: str, result: tuple[tuple[float, float], int], n: int) -> float:
+        (wall, cpu), size = result
+        rows.append((label, n / wall, n / cpu, size / n))
+        return n / cpu
+
     for plain in (False, True):
         batches = list(thread_batches(args.spans, plain))
-        secs, size = min(encode_threads(batches) for _ in range(3))
-        label = "plain utf8" if plain else "dictionary int32"
-        rows.append((f"thread spans, columnar engine ({label})", args.spans / secs, size / args.spans))
+        best = min((encode_threads(batches) for _ in range(3)), key=lambda r: r[0][1])
+        rate = row(
+            f"thread spans, columnar engine ({'plain utf8' if plain else 'dictionary int32'})",
+            best,
+            args.spans,
+        )
         if not plain:
-            engine_rate = args.spans / secs
+            engine_rate = rate
     batches = list(thread_batches(args.naive_spans))
-    secs, size = naive_threads(batches)
-    naive_rate = args.naive_spans / secs
-    rows.append(("thread spans, naive (one pb message per packet)", naive_rate, size / args.naive_spans))
+    naive_rate = row(
+        "thread spans, naive (one pb message per packet)", naive_threads(batches), args.naive_spans
+    )
     batches = list(async_batches(args.spans))
-    secs, size = min(encode_async(batches) for _ in range(3))
-    rows.append(("async spans (pairing + layout + encoding)", args.spans / secs, size / args.spans))
+    best = min((encode_async(batches) for _ in range(3)), key=lambda r: r[0][1])
+    row("async spans (pairing + layout + encoding)", best, args.spans)
     del batches
-    print("| measurement | spans/s | bytes/span |")
-    print("|---|---:|---:|")
-    for label, rate, per in rows:
-        print(f"| {label} | {rate:,.0f} | {per:.1f} |")
-    print(f"| columnar / naive (dictionary input) | {engine_rate / naive_rate:.1f}x | |")
+    print("| measurement | spans/s (CPU time) | spans/s (wall) | bytes/span |")
+    print("|---|---:|---:|---:|")
+    for label, wall_rate, cpu_rate, per in rows:
+        print(f"| {label} | {cpu_rate:,.0f} | {wall_rate:,.0f} | {per:.1f} |")
+    print(f"| columnar / naive (dictionary input, CPU time) | {engine_rate / naive_rate:.1f}x | | |")
     print()
     print("| peak RSS (thread + async spans each) | KiB |")
     print("|---|---:|")
