@@ -175,12 +175,15 @@ class _Sequence:
 
 
 @dataclass
-class _TrackEvents:
+class _Events:
+    """Every track event, compact (about 25 bytes each): one set of arrays, not objects per track."""
+
+    track: array[int] = field(default_factory=lambda: array("l"))  # index into _Inspector.uuids
     ts: array[int] = field(default_factory=lambda: array("q"))
     pos: array[int] = field(default_factory=lambda: array("q"))
     kind: array[int] = field(default_factory=lambda: array("b"))
-    name: array[int] = field(default_factory=lambda: array("q"))
-    cat: array[int] = field(default_factory=lambda: array("q"))
+    name: array[int] = field(default_factory=lambda: array("l"))
+    cat: array[int] = field(default_factory=lambda: array("l"))
 
 
 class _Inspector:
@@ -188,7 +191,9 @@ class _Inspector:
         self.report = InspectReport()
         self.sequences: dict[int, _Sequence] = {}
         self.tracks: dict[int, TrackSummary] = {}
-        self.events: dict[int, _TrackEvents] = {}
+        self.events = _Events()
+        self.track_index: dict[int, int] = {}
+        self.uuids: list[int] = []
         self.strings: dict[str, int] = {"": 0}
         self.realtime_used = False
         self.realtime_snapshot = False
@@ -285,9 +290,12 @@ class _Inspector:
         track = te.track_uuid
         if not te.HasField("track_uuid"):
             rep.add("undeclared_track", "track event without track_uuid", index)
-        ev = self.events.get(track)
-        if ev is None:
-            ev = self.events[track] = _TrackEvents()
+        ev = self.events
+        t = self.track_index.get(track)
+        if t is None:
+            t = self.track_index[track] = len(self.uuids)
+            self.uuids.append(track)
+        ev.track.append(t)
         ev.ts.append(min(ts, (1 << 63) - 1))
         ev.pos.append(index)
         ev.kind.append(te.type if te.type in (_BEGIN, _END, _INSTANT) else 0)
@@ -321,48 +329,68 @@ class _Inspector:
 
     def finish(self) -> InspectReport:
         rep = self.report
-        names = {v: k for k, v in self.strings.items()}
-        for uuid, ev in self.events.items():
+        counts = self._replay({v: k for k, v in self.strings.items()})
+        for t, uuid in enumerate(self.uuids):
             if uuid not in self.tracks:
-                rep.add("undeclared_track", f"{len(ev.ts)} events on undeclared track {uuid}")
+                rep.add("undeclared_track", f"events on undeclared track {uuid}")
                 self.tracks[uuid] = TrackSummary(uuid=uuid, name="", kind="undeclared")
-            self.tracks[uuid].slices = self._nest(uuid, ev, names)
+            self.tracks[uuid].slices = int(counts[t])
         if self.realtime_used and not self.realtime_snapshot:
             rep.add("realtime_without_snapshot", "REALTIME timestamps but no ClockSnapshot declares REALTIME")
         rep.tracks = list(self.tracks.values())
         rep.interned = dict(self.interned_total)
         return rep
 
-    def _nest(self, uuid: int, ev: _TrackEvents, names: dict[int, str]) -> int:
-        """Replay a track as Perfetto does; returns its slice count and records nesting defects."""
+    def _replay(self, names: dict[int, str]) -> list[int]:
+        """Replay each track as Perfetto does; returns slice counts per track index, records defects.
+
+        Events are sorted by (track, timestamp, file position); an END closes the most recent open slice
+        of its track and must match its name and category when it has them.
+        """
         rep = self.report
+        ev = self.events
+        counts = [0] * len(self.uuids)
+        if not len(ev.ts):
+            return counts
+        track = np.frombuffer(ev.track, dtype=np.dtype(f"i{ev.track.itemsize}"))
         ts = np.frombuffer(ev.ts, dtype=np.int64)
-        order = np.lexsort((np.frombuffer(ev.pos, dtype=np.int64), ts))
+        order = np.lexsort((np.frombuffer(ev.pos, dtype=np.int64), ts, track))
         kinds, name, cat, pos = ev.kind, ev.name, ev.cat, ev.pos
         stack: list[int] = []
-        slices = 0
+        current = -1
         for i in order.tolist():
+            t = ev.track[i]
+            if t != current:
+                self._unterminated(current, stack, names)
+                stack = []
+                current = t
             kind = kinds[i]
             if kind == _BEGIN:
                 stack.append(i)
-                slices += 1
+                counts[t] += 1
             elif kind == _INSTANT:
-                slices += 1
+                counts[t] += 1
             elif kind == _END:
                 if not stack:
-                    rep.add("unmatched_end", f"track {uuid}: END at {ts[i]} with no open slice", pos[i])
+                    message = f"track {self.uuids[t]}: END at {ts[i]} with no open slice"
+                    rep.add("unmatched_end", message, pos[i])
                     continue
                 top = stack.pop()
                 if (name[i] and name[i] != name[top]) or (cat[i] and cat[i] != cat[top]):
                     rep.add(
                         "misnested_end",
-                        f"track {uuid}: END {names[name[i]]!r} at {ts[i]} closes {names[name[top]]!r} "
-                        f"begun at {ts[top]} (partial overlap)",
+                        f"track {self.uuids[t]}: END {names[name[i]]!r} at {ts[i]} closes "
+                        f"{names[name[top]]!r} begun at {ts[top]} (partial overlap)",
                         pos[i],
                     )
+        self._unterminated(current, stack, names)
+        return counts
+
+    def _unterminated(self, t: int, stack: list[int], names: dict[int, str]) -> None:
+        ev = self.events
         for i in stack:
-            rep.add("unterminated", f"track {uuid}: {names[name[i]]!r} begun at {ts[i]} never ends", pos[i])
-        return slices
+            message = f"track {self.uuids[t]}: {names[ev.name[i]]!r} begun at {ev.ts[i]} never ends"
+            self.report.add("unterminated", message, ev.pos[i])
 
 
 def _open(stack: contextlib.ExitStack, source: str | Path | BinaryIO) -> BinaryIO:

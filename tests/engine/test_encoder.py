@@ -80,6 +80,7 @@ def test_chunks_are_whole_packets_and_concatenate_to_the_single_shot_trace(chunk
     prefix = b""
     for i, chunk in enumerate(chunks):
         sizes = packet_sizes(chunk)  # asserts the chunk holds whole packets
+        pb.Trace.FromString(chunk)  # so every prefix (a concatenation of chunks) parses too
         assert len(chunk) <= max(chunk_size, largest_packet)
         if len(chunk) > chunk_size:
             assert len(sizes) == 1
@@ -176,3 +177,15 @@ def test_unknown_stream_is_a_programming_error() -> None:
     enc = TraceEncoder(PROCESS, THREADS, span_types=SpanTypes.THREAD, time_range=RANGE)
     with pytest.raises(ValueError, match="not among the threads"):
         enc.add_thread_spans("nope", thread_batch([Span(1, 2, 0, "a")]))
+
+
+def test_a_thread_fed_again_after_it_ended_stays_strictly_nested() -> None:
+    enc = TraceEncoder(PROCESS, THREADS, span_types=SpanTypes.THREAD, time_range=RANGE)
+    first = [Span(100, 200, 0, "first"), Span(110, 120, 1, "child")]
+    chunks = enc.start() + enc.add_thread_spans("stream-a", thread_batch(first))
+    chunks += enc.end_thread("stream-a")
+    chunks += enc.add_thread_spans("stream-a", thread_batch([Span(150, 300, 0, "again")]))
+    decoded = decode(b"".join(chunks + enc.finish()))
+    assert decoded.problems == []
+    got = sorted((s.begin, s.end, s.name) for s in decoded.slices)
+    assert got == [(100, 200, "first"), (110, 120, "child"), (200, 300, "again")]

@@ -194,7 +194,9 @@ class ThreadState:
         self.begin = self.end = self.orig_end = _empty_i64()
         self.counted = np.zeros(0, dtype=bool)
         self.name = self.cat = self.loc = _empty_u64()
-        self.last_begin = 0
+        # Spans fed after this (the thread reopened) begin no earlier than what was written.
+        if len(ts):
+            self.last_begin = max(self.last_begin, int(ts.max()))
         self.base_depth = None
         return events
 
