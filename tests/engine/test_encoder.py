@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import random
+import subprocess
+import sys
 
 import pyarrow as pa
 import pytest
@@ -189,3 +193,21 @@ def test_a_thread_fed_again_after_it_ended_stays_strictly_nested() -> None:
     assert decoded.problems == []
     got = sorted((s.begin, s.end, s.name) for s in decoded.slices)
     assert got == [(100, 200, "first"), (110, 120, "child"), (200, 300, "again")]
+
+
+def test_output_does_not_depend_on_the_process_hash_seed() -> None:
+    code = (
+        "import hashlib; from tests.engine.test_encoder import run; "
+        "print(hashlib.sha256(b''.join(run())).hexdigest())"
+    )
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        for seed in ("1", "2")
+    }
+    assert digests == {hashlib.sha256(b"".join(run())).hexdigest()}
