@@ -175,6 +175,12 @@ class Service:
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
+        # FastStream cancels the handlers it gave up on without waiting for their cleanup (lease
+        # release); wait for it before closing the client.
+        running = set(rt.active.values())
+        if running:
+            await asyncio.wait(running, timeout=30)
+        await rt.settle()
         if self.http is not None:
             await self.http.stop()
         await _close(rt.generator.aclose(), "generator")

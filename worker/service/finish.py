@@ -9,7 +9,6 @@ writes nothing, so a job never shows two terminal states from two workers.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -68,8 +67,7 @@ async def finish(
     Returns:
         Whether the status was written.
     """
-    task = asyncio.ensure_future(_finish(rt, entry_id, status, lock_value, dead))
-    return await asyncio.shield(task)
+    return await rt.shielded(_finish(rt, entry_id, status, lock_value, dead))
 
 
 async def _finish(
@@ -157,8 +155,7 @@ async def _ack_and_dead(rt: Runtime, entry_id: str, dead: Mapping[str, str | byt
 
 async def ack(rt: Runtime, entry_id: str, dead: Mapping[str, str | bytes] | None = None) -> None:
     """Acknowledge an entry (and dead-letter it) without touching any job. Shielded."""
-    task = asyncio.ensure_future(_finish(rt, entry_id, None, None, dead))
-    await asyncio.shield(task)
+    await rt.shielded(_finish(rt, entry_id, None, None, dead))
 
 
 async def reply_duplicate(rt: Runtime, entry_id: str, job_id: str, labels: dict[str, str]) -> None:
@@ -189,7 +186,7 @@ async def reply_duplicate(rt: Runtime, entry_id: str, job_id: str, labels: dict[
             pipe.xack(keys.requests, keys.group, entry_id)
             await pipe.execute()
 
-    await asyncio.shield(asyncio.ensure_future(retry_redis(write, what="duplicate reply")))
+    await rt.shielded(retry_redis(write, what="duplicate reply"))
 
 
 def _int(value: str | None) -> int | None:

@@ -21,6 +21,7 @@ from contracts.events import StatusEvent
 from contracts.request import TraceRequest
 from contracts.states import JobState
 from worker.errors import PermanentError, RetryableError, TraceWorkerError
+from worker.service.emit import Emitter
 from worker.service.finish import finish, mark_running, reply_duplicate
 from worker.service.lease import Lease
 from worker.service.logs import JobLog
@@ -124,7 +125,7 @@ class _Job:
                 return
         except asyncio.CancelledError:
             # Shutdown past the drain timeout: leave the entry pending, free the job for a reclaimer.
-            await asyncio.shield(asyncio.ensure_future(self._release()))
+            await self.rt.shielded(self._release())
             raise
         finally:
             watch.cancel()
@@ -257,28 +258,12 @@ class _Job:
         pump = ProgressPump(reply, self.job_id, self.lease.attempt, request.labels,
                             rt.settings.progress_interval_s)  # fmt: skip
         try:
-            async with asyncio.timeout(rt.settings.job_timeout_s):
-                # The first chunk goes out at once (time to first byte); later ones wait for their
-                # successor so that the final one can carry last=true. A trace of one chunk ends
-                # with an empty last chunk.
-                prev: bytes | None = None
-                first = True
-                async for chunk in rt.generator.generate(
-                    request, on_progress=pump.update, should_stop=self._should_stop
-                ):
-                    if self.stop_reason is not None:
-                        raise StopRequested
-                    if first:
-                        await self._emit(writer, reply, chunk, last=False)
-                        first = False
-                        continue
-                    if prev is not None:
-                        await self._emit(writer, reply, prev, last=False)
-                    prev = chunk
-                if self.stop_reason is not None:
-                    raise StopRequested
-                if not first:
-                    await self._emit(writer, reply, prev or b"", last=True)
+            emitter = Emitter(writer, reply, chunks=request.chunks)
+            try:
+                async with asyncio.timeout(rt.settings.job_timeout_s):
+                    await self._stream(emitter, pump)
+            finally:
+                await emitter.abort()
             await pump.close()
             info = await writer.commit()
             committed = True
@@ -305,14 +290,29 @@ class _Job:
             duration_s=round(duration, 6),
         )
 
-    async def _emit(self, writer: BlobWriterLike, reply: ReplyStream, data: bytes, *, last: bool) -> None:
-        if data:
-            await writer.write(data)
-        if self.request.chunks:
-            await reply.chunk(data, last=last)
-        else:
-            reply.seq += 1
-            reply.offset += len(data)
+    async def _stream(self, emitter: Emitter, pump: ProgressPump) -> None:
+        """Generator → emitter. The first chunk goes out at once (time to first byte); later ones
+        wait for their successor so that the final one can carry last=true. A trace of one chunk
+        ends with an empty last chunk."""
+        prev: bytes | None = None
+        first = True
+        async for chunk in self.rt.generator.generate(
+            self.request, on_progress=pump.update, should_stop=self._should_stop
+        ):
+            if self.stop_reason is not None:
+                raise StopRequested
+            if first:
+                await emitter.put(chunk, last=False)
+                first = False
+                continue
+            if prev is not None:
+                await emitter.put(prev, last=False)
+            prev = chunk
+        if self.stop_reason is not None:
+            raise StopRequested
+        if not first:
+            await emitter.put(prev or b"", last=True)
+        await emitter.close()
 
 
 async def _abort(writer: BlobWriterLike) -> None:

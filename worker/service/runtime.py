@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 
@@ -15,6 +17,8 @@ from worker.service.ports import BlobStoreLike, TraceGenerator
 from worker.settings import Settings
 
 __all__ = ["Runtime"]
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -34,10 +38,26 @@ class Runtime:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     #: Monotonic time of the last reclaim-loop pass (liveness).
     last_tick: float = field(default_factory=time.monotonic)
+    #: Shielded writes still running (a cancelled job's terminal write or lease release); the
+    #: service waits for them before closing its Redis client.
+    background: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         if not self.consumer:
             self.consumer = self.settings.consumer_name
+
+    async def shielded(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` to completion even if the caller is cancelled (the caller still sees the
+        cancellation); :meth:`settle` waits for such writes at shutdown."""
+        task = asyncio.ensure_future(coro)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+        return await asyncio.shield(task)
+
+    async def settle(self, within: float = 30.0) -> None:
+        """Wait for shielded writes still running (bounded)."""
+        if self.background:
+            await asyncio.wait(set(self.background), timeout=within)
 
     @property
     def keys(self) -> Keys:
