@@ -10,7 +10,7 @@ spans in this process and print its peak RSS in KiB, from /proc/self/status VmHW
 Inputs are synthetic, generated batch by batch so the input is never held whole: thread spans are a
 repeated 10-span call tree (depths 0-3, 50 names, 8 targets, 20 files) with dictionary-encoded strings
 (int32 keys, as Micromegas sends with ``preserve_dictionary``) or plain strings; async spans overlap
-(~64 open at a time) with parents. Output chunks are counted and dropped.
+(~32 open at a time) with parents. Output chunks are counted and dropped.
 """
 
 from __future__ import annotations
