@@ -211,3 +211,16 @@ def test_output_does_not_depend_on_the_process_hash_seed() -> None:
         for seed in ("1", "2")
     }
     assert digests == {hashlib.sha256(b"".join(run())).hexdigest()}
+
+
+def test_large_batches_are_encoded_in_sub_batches_with_the_same_result(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    whole = b"".join(run())
+    threads_only = b"".join(run(span_types=SpanTypes.THREAD))
+    monkeypatch.setattr("worker.engine.encoder._SUB_BATCH", 7)
+    # Thread events are the same bytes; async blocks are ordered per sub-batch, same slices.
+    assert b"".join(run(span_types=SpanTypes.THREAD)) == threads_only
+    split_up = decode(b"".join(run()))
+    assert split_up.problems == []
+    assert split_up.slices == decode(whole).slices
