@@ -218,3 +218,36 @@ def test_arbitrary_bad_rows_still_give_strictly_nested_slices(
     assert all(0 <= s.begin <= s.end for s in got)
     well_formed = [s for s in got if (s.begin, s.end) == (rows[int(s.name[1:])][0], rows[int(s.name[1:])][1])]
     assert enc.stats.clamped_spans == len(spans) - len(well_formed)
+
+
+def test_dictionaries_with_duplicates_nulls_and_changes_between_batches() -> None:
+    def batch(dictionary: list[str | None], indices: list[int | None], t0: int) -> pa.RecordBatch:
+        names = pa.DictionaryArray.from_arrays(
+            pa.array(indices, pa.int16()), pa.array(dictionary, pa.string())
+        )
+        n = len(indices)
+        return pa.record_batch(
+            {
+                "begin": pa.array([t0 + 10 * i for i in range(n)], pa.int64()),
+                "end": pa.array([t0 + 10 * i + 5 for i in range(n)], pa.int64()),
+                "name": names,
+                "target": names,
+                "filename": names,
+                "line": pa.array([1] * n, pa.uint32()),
+                "depth": pa.array([0] * n, pa.uint32()),
+            }
+        )
+
+    batches = [
+        batch(["x", "y", "x", None], [2, 0, 1, 3, None], 0),
+        batch(["x", "y", "x", None], [1, 1, 3], 100),  # same dictionary again (cached ids)
+        batch(["z", "y"], [0, 1, None], 200),  # a different one
+    ]
+    decoded = decode(run([("stream-a", b) for b in batches]))
+    assert decoded.problems == []
+    got = [(s.begin, s.name, s.category, s.file) for s in decoded.on_track(UUID_A)]
+    names = ["x", "x", "y", "", "", "y", "y", "", "z", "y", ""]
+    begins = [0, 10, 20, 30, 40, 100, 110, 120, 200, 210, 220]
+    assert got == [(b, n, n, n) for b, n in zip(begins, names, strict=True)]
+    interned = [n for p in decoded.packets for n in p.interned_data.event_names]
+    assert [n.name for n in interned] == ["x", "y", "", "z"]  # each string once, first-appearance order

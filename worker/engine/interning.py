@@ -1,7 +1,8 @@
 """Interned names, categories and source locations: strings to iids, column at a time.
 
-Python work happens once per *distinct* value in a batch (its dictionary), never per row: dictionary
-indices are mapped to iids with one numpy gather. Iids start at 1 and are never reused (the trace
+Python work happens once per *new distinct* value, never per row: dictionary indices are mapped to
+iids with one numpy gather, and the ids of the last dictionary are kept, since Flight resends the same
+dictionary with every batch. Iids start at 1 and are never reused (the trace
 has one sequence and one incremental-state generation). New entries are collected and written as
 InternedData packets that the encoder places before the first event using them.
 """
@@ -24,36 +25,97 @@ U64 = npt.NDArray[np.uint64]
 _ENTRIES_PER_PACKET = 2048
 
 
+class _Table:
+    """One string table (value -> id) and the ids of the last dictionary seen.
+
+    Flight resends the same dictionary with every batch, so the cache turns the per-batch Python work
+    into one C++ comparison; only values not yet in the table are looked at in Python.
+    """
+
+    def __init__(self, add: Callable[[str], int]) -> None:
+        self.ids: dict[str, int] = {}
+        self._add = add
+        self._dictionary: pa.Array | None = None
+        self._cached: U64 = np.zeros(1, dtype=np.uint64)
+
+    def map(self, col: pa.DictionaryArray) -> U64:
+        """The id of each row's value; unknown values are added in order of first appearance in the
+        rows (not dictionary order), so a plain column and any dictionary encoding of it agree."""
+        dictionary = col.dictionary
+        k = len(dictionary)
+        last = self._dictionary
+        if last is not None and (last is dictionary or last.equals(dictionary)):
+            ids = self._cached
+        else:
+            ids = np.zeros(k + 1, dtype=np.uint64)  # slot k: null rows, read as ""
+            self._dictionary, self._cached = dictionary, ids
+        indices = col.indices
+        if indices.null_count:
+            indices = indices.fill_null(k)
+        idx = indices.to_numpy(zero_copy_only=False)
+        used = np.zeros(k + 1, dtype=bool)
+        used[idx] = True
+        unknown = np.flatnonzero(used & (ids == 0)).tolist()
+        if unknown:
+            values = dictionary.to_pylist() if len(unknown) > 64 else None
+
+            def value(i: int) -> str:
+                if i == k:
+                    return ""
+                v = values[i] if values is not None else dictionary[i].as_py()
+                return v if v is not None else ""
+
+            missing = []
+            for i in unknown:
+                known = self.ids.get(value(i))
+                if known is None:
+                    missing.append(i)
+                else:
+                    ids[i] = known
+            if missing:
+                is_new = np.zeros(k + 1, dtype=bool)
+                is_new[missing] = True
+                uniq, first = np.unique(idx[is_new[idx]], return_index=True)
+                for i in uniq[np.argsort(first, kind="stable")].tolist():
+                    v = value(i)
+                    known = self.ids.get(v)
+                    if known is None:
+                        known = self.ids[v] = self._add(v)
+                    ids[i] = known
+        out: U64 = ids[idx]
+        return out
+
+
 class Interner:
     """The three interning tables of the trace's one sequence."""
 
     def __init__(self) -> None:
-        self._names: dict[str, int] = {}
-        self._categories: dict[str, int] = {}
-        self._files: dict[str, int] = {}
-        self._file_names: list[str] = []
+        self._names = _Table(lambda v: self._entry(2, len(self._names.ids) + 1, v))
+        self._categories = _Table(lambda v: self._entry(1, len(self._categories.ids) + 1, v))
+        self._file_names: list[str] = [""]  # file ids start at 1 (0 marks "not looked up")
+        self._files = _Table(self._file_id)
         self._locations: dict[int, int] = {}
         self._new: list[bytes] = []  # encoded InternedData entries (field + message)
 
     @property
     def sizes(self) -> dict[str, int]:
         return {
-            "event_names": len(self._names),
-            "event_categories": len(self._categories),
+            "event_names": len(self._names.ids),
+            "event_categories": len(self._categories.ids),
             "source_locations": len(self._locations),
         }
 
     def names(self, col: pa.DictionaryArray) -> U64:
         """Name iid of each row of a dictionary-encoded string column."""
-        return self._map(col, self._names, 2)
+        return self._names.map(col)
 
     def categories(self, col: pa.DictionaryArray) -> U64:
         """Category iid of each row of a dictionary-encoded string column."""
-        return self._map(col, self._categories, 1)
+        return self._categories.map(col)
 
     def locations(self, files: pa.DictionaryArray, lines: npt.NDArray[np.int64]) -> U64:
         """Source-location iid of each row, keyed by (file name, line)."""
-        file_ids = self._file_ids(files)
+        file_ids = self._files.map(files)
         line = np.clip(lines, 0, 0xFFFFFFFF).astype(np.uint64)
         keys = (file_ids << np.uint64(32)) | line
         encoded = pc.dictionary_encode(pa.array(keys, type=pa.uint64()))
@@ -81,55 +143,10 @@ class Interner:
         self._new = []
         return packets
 
-    def _map(self, col: pa.DictionaryArray, table: dict[str, int], field: int) -> U64:
-        def add(value: str) -> int:
-            iid = len(table) + 1
-            table[value] = iid
-            self._new.append(field_bytes(field, field_varint(1, iid) + field_bytes(2, value)))
-            return iid
+    def _entry(self, field: int, iid: int, value: str) -> int:
+        self._new.append(field_bytes(field, field_varint(1, iid) + field_bytes(2, value)))
+        return iid
 
-        return _dictionary_ids(col, table, add)
-
-    def _file_ids(self, col: pa.DictionaryArray) -> U64:
-        def add(value: str) -> int:
-            self._file_names.append(value)
-            self._files[value] = len(self._file_names) - 1
-            return len(self._file_names) - 1
-
-        return _dictionary_ids(col, self._files, add)
-
-
-def _dictionary_ids(col: pa.DictionaryArray, table: dict[str, int], add: Callable[[str], int]) -> U64:
-    """Map each row of a dictionary column to its id in ``table``, adding unknown values with ``add``.
-
-    Unknown values are added in order of first appearance in the rows, not dictionary order, so a
-    plain column and any dictionary encoding of it give the same ids.
-    """
-    values = [v if v is not None else "" for v in col.dictionary.to_pylist()]
-    indices = col.indices
-    if indices.null_count:
-        indices = indices.fill_null(len(values))
-        values.append("")
-    idx = indices.to_numpy(zero_copy_only=False)
-    ids = np.zeros(len(values), dtype=np.uint64)
-    if not len(idx):
-        return np.zeros(0, dtype=np.uint64)
-    used = np.zeros(len(values), dtype=bool)
-    used[idx] = True
-    missing = []
-    for i in np.flatnonzero(used).tolist():
-        known = table.get(values[i])
-        if known is None:
-            missing.append(i)
-        else:
-            ids[i] = known
-    if missing:
-        is_new = np.zeros(len(values), dtype=bool)
-        is_new[missing] = True
-        rows = idx[is_new[idx]]
-        uniq, first = np.unique(rows, return_index=True)
-        for i in uniq[np.argsort(first, kind="stable")].tolist():
-            known = table.get(values[i])
-            ids[i] = known if known is not None else add(values[i])
-    out: U64 = ids[idx]
-    return out
+    def _file_id(self, value: str) -> int:
+        self._file_names.append(value)
+        return len(self._file_names) - 1
