@@ -100,3 +100,16 @@ async def test_asyncapi_document(service: Service) -> None:
     assert "t:requests" in channels and "t:workers" in channels
     assert "t:events" in channels and "t:dead" in channels and "t:job:" in channels
     assert "StatusEvent" in json.dumps(doc["components"])
+
+
+async def test_lost_group_fails_liveness(redis_server: RedisServer, service: Service) -> None:
+    """FLUSHALL deletes the group: FastStream stops the subscriber; the worker reports it and exits."""
+    redis = Redis.from_url(redis_server.url)
+    try:
+        await redis.flushall()
+    finally:
+        await redis.aclose()
+    async with asyncio.timeout(15):
+        await service.rt.fatal.wait()
+    status, body = await _get(_port(service), "/livez")
+    assert status == 503 and b"stopped consuming" in body

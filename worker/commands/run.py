@@ -50,23 +50,25 @@ def run(args: argparse.Namespace) -> int:
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         raise UsageError(f"invalid settings: {exc}") from exc
-    asyncio.run(serve(settings))
-    return 0
+    return asyncio.run(serve(settings))
 
 
-async def serve(settings: Settings) -> None:
-    """Run the service until SIGTERM/SIGINT, then stop gracefully."""
-
+async def serve(settings: Settings) -> int:
+    """Run the service until SIGTERM/SIGINT (exit status 0) or a fatal error (1), then stop gracefully."""
     configure_logging(settings.log_format, settings.log_level)
-    service = Service(
-        settings, generator=PipelineGenerator(settings), store=blob_store_from_settings(settings)
-    )
+    store = blob_store_from_settings(settings)
+    service = Service(settings, generator=PipelineGenerator(settings), store=store)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await service.start()
     try:
-        await stop.wait()
+        stopped = asyncio.create_task(stop.wait())
+        failed = asyncio.create_task(service.rt.fatal.wait())
+        await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (stopped, failed):
+            task.cancel()
+        return 1 if service.rt.fatal.is_set() else 0
     finally:
         await service.stop()

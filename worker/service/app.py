@@ -80,7 +80,7 @@ def build_app(rt: Runtime) -> tuple[FastStream, RedisBroker, Reclaimer]:
         logger=logging.getLogger("worker.faststream"),  # our handlers and format, not FastStream's stdout
     )
     dispatcher = build_dispatcher(rt)
-    subscribe(broker, rt, dispatcher)
+    rt.consuming = subscribe(broker, rt, dispatcher)
     document_replies(broker, rt)
     spec = AsyncAPI(broker, title="trace-worker", version=__version__, description=_DESCRIPTION)
     keys = rt.keys

@@ -72,8 +72,12 @@ def document_replies(broker: RedisBroker, rt: Runtime) -> None:
     )
 
 
-def subscribe(broker: RedisBroker, rt: Runtime, dispatcher: Dispatcher) -> None:
-    """Register the request-stream subscriber (consumer group, one entry per read, N jobs at once)."""
+def subscribe(broker: RedisBroker, rt: Runtime, dispatcher: Dispatcher) -> Callable[[], bool]:
+    """Register the request-stream subscriber (consumer group, one entry per read, N jobs at once).
+
+    Returns:
+        A check that the subscriber is still consuming (FastStream stops it for good on NOGROUP).
+    """
     keys = rt.keys
     stream = StreamSub(
         keys.requests,
@@ -83,7 +87,7 @@ def subscribe(broker: RedisBroker, rt: Runtime, dispatcher: Dispatcher) -> None:
         polling_interval=1000,
     )
 
-    @broker.subscriber(
+    subscriber = broker.subscriber(
         stream=stream,
         ack_policy=AckPolicy.MANUAL,
         parser=_raw_tolerant_parser,
@@ -94,8 +98,16 @@ def subscribe(broker: RedisBroker, rt: Runtime, dispatcher: Dispatcher) -> None:
             "(contracts/schemas/trace_request.json). Replies go to the job stream <prefix>:job:{<job_id>}."
         ),
     )
+
     async def on_request(msg: RedisStreamMessage) -> None:
         raw: Any = msg.raw_message
         entry_id = raw["message_ids"][0]
         entry = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
         await dispatcher.handle(Delivery(entry_id=entry, fields=dict(raw["data"]), path="new"))
+
+    subscriber(on_request)
+
+    def consuming() -> bool:
+        return bool(getattr(subscriber, "running", False))
+
+    return consuming

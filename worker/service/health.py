@@ -93,6 +93,8 @@ class HealthServer:
         return 404, "text/plain", b"not found\n"
 
     def _livez(self) -> tuple[int, str, bytes]:
+        if self._rt.fatal.is_set():
+            return 503, "text/plain", b"the request subscriber stopped consuming\n"
         stale = time.monotonic() - self._rt.last_tick
         limit = 3 * self._rt.settings.reclaim_interval_s + 30
         if stale > limit:

@@ -56,6 +56,12 @@ class Reclaimer:
         rt = self._rt
         while not rt.stopping.is_set():
             rt.last_tick = time.monotonic()
+            if not rt.consuming():
+                # FastStream stopped the subscriber for good (e.g. NOGROUP after a FLUSHALL); a
+                # restart recreates the group.
+                log.critical("the request subscriber stopped consuming; exiting for a restart")
+                rt.fatal.set()
+                return
             try:
                 await self.pass_once()
             except TRANSIENT as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -41,6 +41,10 @@ class Runtime:
     #: Shielded writes still running (a cancelled job's terminal write or lease release); the
     #: service waits for them before closing its Redis client.
     background: set[asyncio.Task[Any]] = field(default_factory=set)
+    #: Whether the request subscriber still consumes (set by the app once it subscribed).
+    consuming: Callable[[], bool] = lambda: True
+    #: Set when the service cannot go on (the subscriber stopped): `trace-worker run` exits 1.
+    fatal: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         if not self.consumer:
