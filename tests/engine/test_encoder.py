@@ -224,3 +224,16 @@ def test_large_batches_are_encoded_in_sub_batches_with_the_same_result(
     split_up = decode(b"".join(run()))
     assert split_up.problems == []
     assert split_up.slices == decode(whole).slices
+
+
+def test_flush_cuts_a_chunk_early_without_changing_the_bytes() -> None:
+    thread, async_ = workload()
+    enc = TraceEncoder(PROCESS, THREADS, span_types=SpanTypes.BOTH, time_range=RANGE)
+    header = enc.start() + enc.flush()
+    assert len(header) == 1 and enc.flush() == []
+    pb.Trace.FromString(header[0])
+    rest: list[bytes] = []
+    for stream, batch in thread:
+        rest += enc.add_thread_spans(stream, batch) + enc.end_thread(stream)
+    rest += enc.add_async_events(async_[0]) + enc.finish()
+    assert b"".join(header + rest) == b"".join(run())

@@ -231,6 +231,14 @@ class TraceEncoder:
                 out += self._add(data, sizes)
         return out
 
+    def flush(self) -> list[bytes]:
+        """Cut the partly filled chunk now (e.g. so requesters see the header early).
+
+        The concatenated bytes are unchanged; only where chunks are cut differs.
+        """
+        self._check_open()
+        return self._chunker.flush()
+
     def finish(self) -> list[bytes]:
         """Close the open thread and async spans and return the last chunks."""
         out = self.start()
