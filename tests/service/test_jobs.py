@@ -288,3 +288,14 @@ async def _lease_lost(h: Harness) -> bool:
 
 async def _no_active(h: Harness) -> bool:
     return not h.service.rt.active
+
+
+async def test_job_timeout_fails_the_job(redis_server: RedisServer, redis: Redis) -> None:
+    gen = ScriptedGenerator(chunks=3, gate=asyncio.Event())  # never released: the job hangs
+    async with Harness(redis_server.url, gen, job_timeout_s=0.5) as h:
+        reader = JobReader(redis, KEYS, "slow")
+        await submit(redis, KEYS, TraceRequest(process_id=PID, job_id="slow"))
+        final = await reader.terminal()
+        assert final.state == JobState.FAILED and final.error_code == ErrorCode.TIMEOUT
+        assert "job_timeout_s=0.5" in (final.message or "") and final.attempt == 1
+        assert h.store.objects == {} and h.store.open_writers == 0

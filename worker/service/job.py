@@ -61,6 +61,10 @@ async def run_job(rt: Runtime, entry_id: str, request: TraceRequest) -> None:
     await _Job(rt, request, job_id, entry_id, lease).run()
 
 
+class _JobTimeout(Exception):
+    """The attempt ran longer than job_timeout_s."""
+
+
 @dataclass
 class _Transient:
     """An attempt ended by a transient error; the status to publish if no retry is left."""
@@ -222,7 +226,7 @@ class _Job:
             status = self._failed(exc.code, str(exc) or exc.code.value)
         except RetryableError as exc:
             return _Transient(self._failed(exc.code, str(exc) or exc.code.value))
-        except TimeoutError:
+        except _JobTimeout:
             status = self._failed(
                 ErrorCode.TIMEOUT, f"the job ran longer than job_timeout_s={rt.settings.job_timeout_s:g}s"
             )
@@ -260,8 +264,13 @@ class _Job:
         try:
             emitter = Emitter(writer, reply, chunks=request.chunks)
             try:
-                async with asyncio.timeout(rt.settings.job_timeout_s):
-                    await self._stream(emitter, pump)
+                try:
+                    async with asyncio.timeout(rt.settings.job_timeout_s) as limit:
+                        await self._stream(emitter, pump)
+                except TimeoutError:
+                    if limit.expired():
+                        raise _JobTimeout from None
+                    raise
             finally:
                 await emitter.abort()
             await pump.close()
