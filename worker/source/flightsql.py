@@ -21,7 +21,7 @@ import adbc_driver_flightsql as fsql
 import adbc_driver_manager as adbc
 import pyarrow as pa
 
-from worker.errors import ProcessNotFound, SourceUnavailable
+from worker.errors import ProcessNotFound, SourceBroken, SourceUnavailable
 from worker.model import ProcessInfo, ThreadInfo, TimeRange
 from worker.source import queries
 from worker.source.columns import (
@@ -184,10 +184,11 @@ class _Pool:
                 return self._idle.pop()
         return await asyncio.to_thread(self._take)
 
-    def release(self, conn: _Connection) -> None:
+    def release(self, conn: _Connection, *, discard: bool = False) -> None:
+        """Back to the idle list, or closed (``discard``: it failed in transport)."""
         with self._lock:
             self._out -= 1
-            if not self._closed and len(self._idle) < _MAX_IDLE:
+            if not discard and not self._closed and len(self._idle) < _MAX_IDLE:
                 self._idle.append(conn)
                 return
         _close_quietly(conn.raw)
@@ -262,6 +263,7 @@ class FlightSqlSource:
         # The concurrent future, not an asyncio wrapper: cancelling the wrapper marks it done while
         # the thread may still be reading, and closing the reader under that read crashes.
         running: Future[Any] | None = None
+        broken = False
         try:
             running = self._executor.submit(query.open)
             await asyncio.wrap_future(running)
@@ -271,6 +273,11 @@ class FlightSqlSource:
                 if batch is None:
                     break
                 yield check(batch)
+        except (SourceUnavailable, SourceBroken):
+            # Not back to the pool: its gRPC channel may sit in reconnect backoff (up to minutes
+            # after a long outage) and fail every query fast; a new connection dials at once.
+            broken = True
+            raise
         finally:
             if running is not None and not running.done():
                 # Abandoned while a read runs in its thread: end that read; the thread then closes
@@ -284,7 +291,7 @@ class FlightSqlSource:
                 running.add_done_callback(_after)
             else:
                 query.close()
-                self._pool.release(conn)
+                self._pool.release(conn, discard=broken)
 
     async def _rows(
         self, sql: str, headers: Mapping[str, str], what: str, kinds: Mapping[str, Kind]
