@@ -67,6 +67,7 @@ class ChaosProxy:
         self.trickle_bps = 2048
         self._refusing = False
         self._cut_after: int | None = None
+        self._cut_once = False
         #: Connections accepted so far (cut or not).
         self.accepted = 0
         #: Connections cut by :meth:`cut_after`.
@@ -100,9 +101,11 @@ class ChaosProxy:
         for conn in conns:
             conn.close()
 
-    def cut_after(self, down_bytes: int | None) -> None:
-        """Cut each connection once it has sent ``down_bytes`` towards the client (None: never)."""
+    def cut_after(self, down_bytes: int | None, *, once: bool = False) -> None:
+        """Cut each connection once it has sent ``down_bytes`` towards the client (None: never);
+        with ``once``, only the first connection that gets there."""
         self._cut_after = down_bytes
+        self._cut_once = once
 
     def open_connections(self) -> int:
         with self._lock:
@@ -160,7 +163,14 @@ class ChaosProxy:
                     piece, pending = pending, b""
                 cut = self._cut_after
                 if downstream and cut is not None and conn.down_bytes + len(piece) >= cut:
-                    self.cuts += 1
+                    with self._lock:
+                        if self._cut_after is None:  # a `once` cut already happened elsewhere
+                            dst.sendall(piece)
+                            conn.down_bytes += len(piece)
+                            continue
+                        self.cuts += 1
+                        if self._cut_once:
+                            self._cut_after = None
                     break
                 dst.sendall(piece)
                 if downstream:
