@@ -226,14 +226,13 @@ class _Inspector:
             seq.clock = defaults.timestamp_clock_id if defaults.HasField("timestamp_clock_id") else None
         if packet.HasField("interned_data"):
             self._interned(index, packet.interned_data, seq)
-        if packet.HasField("clock_snapshot") and any(
-            c.clock_id == _REALTIME for c in packet.clock_snapshot.clocks
-        ):
-            self.realtime_snapshot = True
-        if packet.HasField("track_descriptor"):
-            self._descriptor(packet.track_descriptor)
-        if packet.HasField("track_event"):
+        data = packet.WhichOneof("data")
+        if data == "track_event":
             self._event(index, packet, seq)
+        elif data == "track_descriptor":
+            self._descriptor(packet.track_descriptor)
+        elif data == "clock_snapshot" and any(c.clock_id == _REALTIME for c in packet.clock_snapshot.clocks):
+            self.realtime_snapshot = True
 
     def _interned(self, index: int, data: pb.InternedData, seq: _Sequence | None) -> None:
         if seq is None or not seq.cleared:
@@ -278,12 +277,10 @@ class _Inspector:
         if clock == _REALTIME:
             self.realtime_used = True
         ts = packet.timestamp
-        rep.first_ts = ts if rep.first_ts is None else min(rep.first_ts, ts)
-        rep.last_ts = ts if rep.last_ts is None else max(rep.last_ts, ts)
         name = cat = 0
         if seq is not None:
             name, cat = self._iids(index, te, seq)
-        if te.HasField("name"):
+        if te.WhichOneof("name_field") == "name":
             name = self._string_id(te.name)
         if te.categories:
             cat = self._string_id(te.categories[0])
@@ -330,6 +327,9 @@ class _Inspector:
     def finish(self) -> InspectReport:
         rep = self.report
         counts = self._replay({v: k for k, v in self.strings.items()})
+        if len(self.events.ts):
+            ts = np.frombuffer(self.events.ts, dtype=np.int64)
+            rep.first_ts, rep.last_ts = int(ts.min()), int(ts.max())
         for t, uuid in enumerate(self.uuids):
             if uuid not in self.tracks:
                 rep.add("undeclared_track", f"events on undeclared track {uuid}")
