@@ -121,6 +121,26 @@ async def run_job(redis: Redis, request: TraceRequest, *, watch_first_chunk: boo
                      int(status.get("size", 0)), status.get("sha256", ""))  # fmt: skip
 
 
+async def fairness(redis: Redis, small_pid: str, large_pid: str) -> tuple[float, float]:
+    """Latency of a small job submitted once a large job streams (same worker, free slots)."""
+    big = asyncio.create_task(
+        run_job(redis, TraceRequest(process_id=large_pid, job_id="fair-large"), watch_first_chunk=True)
+    )
+    last = "0-0"
+    while True:  # wait until the large job streams chunks
+        reply: Any = await redis.xread({KEYS.job("fair-large"): last}, block=2000, count=1)
+        entries = reply[0][1] if reply else []
+        if entries:
+            last = entries[-1][0].decode()
+            if any(f.get(b"type") == b"chunk" for _, f in entries):
+                break
+    res = await run_job(
+        redis, TraceRequest(process_id=small_pid, job_id="fair-small"), watch_first_chunk=False
+    )
+    large = await big
+    return res.total_s, large.total_s
+
+
 async def chunks_sha256(redis: Redis, job_id: str) -> tuple[str, int]:
     """sha256 of the succeeding attempt's chunks, streamed with XRANGE (never held whole)."""
     state: Any = await redis.hgetall(KEYS.state(job_id))
@@ -216,6 +236,10 @@ async def measure(
             rows.append((f"time to first chunk, {label} ({res.spans:,} spans)", f"{first_ms:.0f} ms"))
         for label, (_, peak) in results.items():
             rows.append((f"worker peak RSS during {label} job", f"{peak:.0f} MB"))
+        fair_small, fair_large = await fairness(redis, small.process_id, large.process_id)
+        rows.append(("small job alone → succeeded", f"{results['small'][0].total_s * 1000:.0f} ms"))
+        rows.append(("small job while a large job runs → succeeded", f"{fair_small * 1000:.0f} ms"))
+        rows.append(("(that large job → succeeded)", f"{fair_large:.2f} s"))
         n = args.small_jobs
         wall, lat, failures = await small_jobs(redis, small.process_id, n, args.requesters)
         rows.append(
