@@ -24,7 +24,7 @@ import contextlib
 import os
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -70,6 +70,8 @@ class TraceClient:
         cancel_ttl_s: lifetime of a cancel key.
         client_name: CLIENT SETNAME of the connections (the reader's gets ``-reader`` appended),
             so an operator can tell them apart in CLIENT LIST.
+        max_buffered_bytes: most bytes of received entries waiting for their followers, all jobs
+            together (bounds the client's memory whatever the number of jobs).
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class TraceClient:
         block_ms: int = 1000,
         cancel_ttl_s: int = 24 * 3600,
         client_name: str = "trace-client",
+        max_buffered_bytes: int = 32 * 1024 * 1024,
     ) -> None:
         self.keys = Keys(prefix)
         self.redis_url = redis_url
@@ -91,7 +94,12 @@ class TraceClient:
             redis_url, max_connections=max_connections, timeout=reconnect_timeout_s, client_name=client_name
         )
         self.redis: aioredis.Redis = aioredis.Redis(connection_pool=pool)
-        self._mux = _Reader(self, block_ms=block_ms, reconnect_timeout_s=reconnect_timeout_s)
+        self._mux = _Reader(
+            self,
+            block_ms=block_ms,
+            reconnect_timeout_s=reconnect_timeout_s,
+            max_buffered_bytes=max(max_buffered_bytes, 4 * 1024 * 1024),
+        )
 
     async def __aenter__(self) -> TraceClient:
         return self
@@ -179,17 +187,18 @@ class JobHandle:
     def __repr__(self) -> str:
         return f"JobHandle({self.job_id!r})"
 
-    async def events(self) -> AsyncIterator[StatusEvent | ProgressEvent]:
+    async def events(self) -> AsyncGenerator[StatusEvent | ProgressEvent, None]:
         """Status and progress events from the job's start, ending with its terminal status.
 
         Survives Redis reconnects (resumes after the last entry seen) and drops entries of
         abandoned attempts (anything older than the newest ``status running``).
         """
-        async for event in self._follow():
-            if isinstance(event, StatusEvent | ProgressEvent):
-                yield event
-            if isinstance(event, StatusEvent) and event.state.terminal:
-                return
+        async with contextlib.aclosing(self._follow()) as follow:  # unsubscribes when left early
+            async for event in follow:
+                if isinstance(event, StatusEvent | ProgressEvent):
+                    yield event
+                if isinstance(event, StatusEvent) and event.state.terminal:
+                    return
 
     async def wait(self, timeout: float | None = None) -> StatusEvent:  # noqa: ASYNC109 - API of the brief
         """The terminal status (whatever the outcome).
@@ -197,8 +206,8 @@ class JobHandle:
         Raises:
             TimeoutError: not finished within ``timeout`` seconds.
         """
-        async with asyncio.timeout(timeout):
-            async for event in self.events():
+        async with asyncio.timeout(timeout), contextlib.aclosing(self.events()) as events:
+            async for event in events:
                 if isinstance(event, StatusEvent) and event.state.terminal:
                     return event
         raise ClientError(f"job stream {self.client.keys.job(self.job_id)} ended without a terminal status")
@@ -239,9 +248,20 @@ class JobHandle:
 
     async def _receive(self, sink: TraceSink, on_event: EventCallback | None) -> StatusEvent:
         chunks = _ChunkState()
-        async for event in self._follow():
+        async with contextlib.aclosing(self._follow()) as follow:
+            return await self._consume(follow, chunks, sink, on_event)
+
+    async def _consume(
+        self,
+        follow: AsyncIterator[Event],
+        chunks: _ChunkState,
+        sink: TraceSink,
+        on_event: EventCallback | None,
+    ) -> StatusEvent:
+        async for event in follow:
             if isinstance(event, ChunkEvent):
                 chunks.accept(event, sink)
+                del event  # hold no chunk while waiting for the next entry (memory x jobs)
                 continue
             if on_event is not None:
                 on_event(event)
@@ -281,7 +301,7 @@ class JobHandle:
         event = parse_entry(raw)
         return event if isinstance(event, StatusEvent) else None
 
-    async def _follow(self) -> AsyncIterator[Event]:
+    async def _follow(self) -> AsyncGenerator[Event, None]:
         """Every entry of the current run, older attempts' progress and chunks dropped."""
         attempt = 0
         sub = self.client._mux.subscribe(self.client.keys.job(self.job_id), self._start_id)
@@ -292,6 +312,8 @@ class JobHandle:
                     event = parse_entry(fields)
                 except ValueError:
                     continue  # an entry type from a newer contract version: not for us
+                finally:
+                    del fields  # nor its raw fields
                 if isinstance(event, StatusEvent) and not event.state.terminal:
                     if event.attempt < attempt:
                         continue
@@ -299,6 +321,7 @@ class JobHandle:
                 elif isinstance(event, ProgressEvent | ChunkEvent) and event.attempt < attempt:
                     continue  # a zombie of an abandoned attempt
                 yield event
+                del event
         finally:
             self.client._mux.unsubscribe(sub)
 
@@ -338,47 +361,61 @@ class _ChunkState:
 class _Subscription:
     key: str
     last_id: str
-    queue: asyncio.Queue[dict[Any, Any] | BaseException] = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[tuple[dict[Any, Any], int] | BaseException] = field(default_factory=asyncio.Queue)
     reader: _Reader | None = None
+    #: Bytes of the entries waiting in ``queue``.
+    buffered: int = 0
 
     async def get(self) -> dict[Any, Any]:
         item = await self.queue.get()
-        if self.reader is not None:
-            self.reader.space_freed(self)
         if isinstance(item, BaseException):
             raise item
-        return item
+        fields, size = item
+        self.buffered -= size
+        if self.reader is not None:
+            self.reader.consumed(self, size)
+        return fields
 
 
 class _Reader:
     """One task and one connection reading every followed job stream with XREAD BLOCK.
 
     Positions are kept per follower, so a reconnect resumes after the last entry each one got.
-    A follower that does not keep up is left out of the next XREADs until it has room again
-    (bounded memory, and a slow follower never slows the others).
+    Memory is bounded whatever the number of followers: a follower with :attr:`BACKLOG` entries
+    waiting is left out of the reads until it has room (a slow follower never slows the others),
+    all followers together hold at most ``max_buffered_bytes``, and one XREAD asks for at most as
+    many streams (taken round-robin, so every job progresses) as fit in what is left of that budget.
     """
 
     #: Entries read per stream per XREAD, and how many a follower may have waiting.
-    COUNT = 4
+    COUNT = 2
     BACKLOG = 8
 
-    def __init__(self, client: TraceClient, *, block_ms: int, reconnect_timeout_s: float) -> None:
+    def __init__(
+        self, client: TraceClient, *, block_ms: int, reconnect_timeout_s: float, max_buffered_bytes: int
+    ) -> None:
         self._client = client
         self._block_ms = block_ms
         self._reconnect_timeout_s = reconnect_timeout_s
+        self._budget = max_buffered_bytes
         self._subs: dict[str, set[_Subscription]] = defaultdict(set)
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._conn: aioredis.Redis | None = None
         self._conn_id: int | None = None
         self._blocked = False
+        self._unblocking = False
+        self._buffered = 0
+        #: Largest entry seen so far (what one more entry may cost); chunks are about 1 MiB.
+        self._entry_size = 1024 * 1024
+        self._next = 0
 
     def subscribe(self, key: str, from_id: str) -> _Subscription:
         sub = _Subscription(key=key, last_id=from_id, reader=self)
         self._subs[key].add(sub)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="trace-client-reader")
-        self._wake()
+        self._wake(interrupt=True)
         return sub
 
     def unsubscribe(self, sub: _Subscription) -> None:
@@ -387,22 +424,29 @@ class _Reader:
             subs.discard(sub)
             if not subs:
                 del self._subs[sub.key]
+        self._buffered -= sub.buffered
+        sub.buffered = 0
         sub.reader = None
-        self._wake()
+        self._wake(interrupt=False)
 
-    def space_freed(self, sub: _Subscription) -> None:
-        if sub.queue.qsize() == self.BACKLOG - self.COUNT:
-            self._wake()
+    def consumed(self, sub: _Subscription, size: int) -> None:
+        self._buffered -= size
+        # Interrupt a blocked XREAD only when this follower just became readable again.
+        self._wake(interrupt=sub.queue.qsize() == self.BACKLOG - self.COUNT)
 
-    def _wake(self) -> None:
+    def _wake(self, *, interrupt: bool) -> None:
         self._changed.set()
-        if self._blocked and self._conn_id is not None:
+        if interrupt and self._blocked and self._conn_id is not None and not self._unblocking:
             # Interrupt the XREAD in progress so the new set of streams is read at once.
+            self._unblocking = True
             asyncio.create_task(self._unblock(self._conn_id))  # noqa: RUF006 - fire and forget
 
     async def _unblock(self, conn_id: int) -> None:
-        with contextlib.suppress(RedisError, OSError):
-            await self._client.redis.client_unblock(conn_id)
+        try:
+            with contextlib.suppress(RedisError, OSError):
+                await self._client.redis.client_unblock(conn_id)
+        finally:
+            self._unblocking = False
 
     async def aclose(self) -> None:
         if self._task is not None:
@@ -425,12 +469,22 @@ class _Reader:
         return self._conn
 
     def _streams(self) -> dict[str, str]:
-        """Streams to read now, each from the oldest position any of its followers needs."""
+        """Streams to read now (round-robin, within the budget), each from the oldest position any
+        of its ready followers needs."""
+        room = self._budget - self._buffered
+        limit = room // (self.COUNT * self._entry_size)
+        if limit <= 0:
+            return {}
+        keys = list(self._subs)
+        start = self._next % len(keys) if keys else 0
         streams: dict[str, str] = {}
-        for key, subs in self._subs.items():
-            ready = [s for s in subs if s.queue.qsize() <= self.BACKLOG - self.COUNT]
+        for key in keys[start:] + keys[:start]:
+            ready = [s for s in self._subs[key] if s.queue.qsize() <= self.BACKLOG - self.COUNT]
             if ready:
                 streams[key] = min((s.last_id for s in ready), key=_id_order)
+                if len(streams) >= limit:
+                    break
+        self._next = start + len(streams)
         return streams
 
     async def _run(self) -> None:
@@ -473,10 +527,14 @@ class _Reader:
             key = _text(raw_key)
             for raw_id, fields in _entries(entries):
                 entry_id = _text(raw_id)
+                size = sum(len(k) + len(v) for k, v in fields.items() if isinstance(v, bytes | str))
+                self._entry_size = max(self._entry_size, size)
                 for sub in list(self._subs.get(key, ())):
                     if _id_order(entry_id) > _id_order(sub.last_id):
                         sub.last_id = entry_id
-                        sub.queue.put_nowait(fields)
+                        sub.buffered += size
+                        self._buffered += size
+                        sub.queue.put_nowait((fields, size))
 
     def _fail(self, exc: BaseException) -> None:
         for subs in self._subs.values():

@@ -79,7 +79,7 @@ class SyncJobHandle:
         self.job_id = handle.job_id
 
     def events(self) -> Iterator[StatusEvent | ProgressEvent]:
-        agen: AsyncIterator[StatusEvent | ProgressEvent] = self.handle.events()
+        agen = self.handle.events()
         try:
             while True:
                 try:
@@ -87,7 +87,7 @@ class SyncJobHandle:
                 except StopAsyncIteration:
                     return
         finally:
-            self._owner._call(agen.aclose())  # type: ignore[attr-defined]
+            self._owner._call(agen.aclose())
 
     def wait(self, timeout: float | None = None) -> StatusEvent:
         return self._owner._call(self.handle.wait(timeout))

@@ -280,3 +280,21 @@ def test_sync_client(redis_server: RedisServer, tmp_path: Path) -> None:
         state = job.state()
         assert state is not None and state.state == JobState.SUCCEEDED
         assert client.recent_jobs(1)[0].job_id == "sync1"
+
+
+async def test_a_stalled_follower_blocks_nobody_and_buffers_little(
+    client: TraceClient, worker: ScriptedWorker
+) -> None:
+    await worker.whole_job("stall", trace_bytes(2_000_000), chunk_size=10_000)  # 200 chunk entries
+    stalled = client.job("stall").events()
+    first = await anext(stalled)  # subscribed, then never read again
+    assert isinstance(first, StatusEvent)
+    data = trace_bytes(50_000, seed=4)
+    await worker.whole_job("other", data, chunk_size=1000)
+    buf = io.BytesIO()
+    await client.job("other").download(buf, timeout=10)
+    assert buf.getvalue() == data
+    (sub,) = client._mux._subs["t:job:{stall}"]
+    assert 0 < sub.queue.qsize() <= client._mux.BACKLOG  # not the 200 entries of its stream
+    await stalled.aclose()
+    assert "t:job:{stall}" not in client._mux._subs
