@@ -85,6 +85,9 @@ class ObstoreBlobStore:
     async def presign(self, key: str, expires_s: int) -> str | None:
         return None
 
+    async def _after_commit(self, key: str) -> None:
+        """Called once ``key`` is complete (cleanup of what failed writers left)."""
+
     # -- error translation: the one place obstore exceptions are looked at
     @contextmanager
     def _errors(self, action: str, key: str | None = None) -> Iterator[None]:
@@ -233,6 +236,7 @@ class _Writer:
             await self.abort()
             raise
         self._state = _COMMITTED
+        await self._owner._after_commit(self._key)
         sha256 = self._sha.hexdigest()
         await self._owner._write_meta(self._key, self._size, sha256)
         return BlobInfo(key=self._key, uri=self._owner.uri(self._key), size=self._size, sha256=sha256)

@@ -3,7 +3,8 @@
 Objects are files under the root folder. A writer stages ``<name>#<n>`` next to the final file and
 renames it over the final name on commit (atomic on one file system), so a reader never sees a
 half-written trace. A process killed mid-write can leave a staged ``#`` file behind; it is never
-mistaken for a trace.
+mistaken for a trace, and the next completed write of the same key (the job's next attempt)
+removes it.
 
 Example:
     >>> store = LocalBlobStore.from_url("file:///tmp/traces")
@@ -13,6 +14,8 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
+import glob
 import os
 from pathlib import Path
 
@@ -69,6 +72,19 @@ class LocalBlobStore(ObstoreBlobStore):
 
     def _where(self) -> str:
         return f"blob folder {self.root}"
+
+    async def _after_commit(self, key: str) -> None:
+        """Remove staged ``<name>#<n>`` files of writers killed mid-write (a crashed attempt of the
+        same job): the object is complete now, so any staged sibling is dead weight. Any still-live
+        writer of this key has lost its job's lease; its own commit then fails (its file is gone)."""
+        final = self.root / key
+
+        def sweep() -> None:
+            for staged in final.parent.glob(glob.escape(final.name) + "#*"):
+                if staged.name[len(final.name) + 1 :].isdigit():
+                    staged.unlink(missing_ok=True)
+
+        await asyncio.to_thread(sweep)
 
     async def presign(self, key: str, expires_s: int) -> str | None:
         """The file:// URI: fetchable by a client on the same machine (nothing to sign locally)."""
