@@ -4,14 +4,21 @@ of the same request (blob and chunks), with no orphan objects, staged files or p
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
-from tests.faults.storm import make_requests, reference_traces, run_storm, verify_storm
+from contracts import JobState, TraceRequest
+from contracts.events import ChunkEvent
+from tests.faults.storm import check_blob_folder, make_requests, reference_traces, run_storm, verify_storm
+from tests.faults.workers import KEYS
+from tests.service.support import JobReader, submit
+from tests.support.devserver import start_devserver
 from tests.support.redis_server import RedisServer
-from tests.support.worker_process import Spawn
-from worker.devserver import DevServer
+from tests.support.worker_process import Spawn, worker_env
+from worker.devserver import DevServer, Lake, LakeConfig
 from worker.service.job import blob_key
 
 
@@ -44,3 +51,35 @@ async def test_crash_storm_long(
     redis_server: RedisServer, mixed_devserver: DevServer, spawn_worker: Spawn, tmp_path: Path
 ) -> None:
     await _storm(redis_server, mixed_devserver, spawn_worker, tmp_path, jobs=200, kills=20)
+
+
+@pytest.fixture(scope="module")
+def large_devserver() -> Iterator[DevServer]:
+    """One process whose trace spans several blob parts (8 MiB each)."""
+    lake = Lake(LakeConfig(seed=42, processes=("large",), large_spans=1_000_000))
+    with start_devserver(lake) as server:
+        yield server
+
+
+async def test_kill_during_a_multipart_write_leaves_no_staged_file(
+    redis_server: RedisServer, large_devserver: DevServer, spawn_worker: Spawn, tmp_path: Path
+) -> None:
+    blobs = tmp_path / "blobs"
+    env = worker_env(redis_server.url, large_devserver.url, blobs.as_uri())
+    request = TraceRequest(process_id=large_devserver.lake.processes[0].process_id, job_id="multipart")
+    redis = Redis.from_url(redis_server.url)
+    try:
+        first = spawn_worker(env, "a")
+        reader = JobReader(redis, KEYS, request.effective_job_id())
+        await submit(redis, KEYS, request)
+        # past two parts: the local store has a staged file on disk by now
+        await reader.read_until(lambda e: isinstance(e, ChunkEvent) and e.offset > 20_000_000, within=60)
+        first.kill()
+        first.wait(timeout=10)
+        spawn_worker(env, "b")
+        final = await reader.terminal(within=120)
+        assert final.state == JobState.SUCCEEDED and final.attempt == 2
+        assert reader.trace_bytes(2) == (blobs / blob_key(request, "multipart")).read_bytes()
+        check_blob_folder(blobs, {blob_key(request, "multipart")})
+    finally:
+        await redis.aclose()

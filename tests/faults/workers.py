@@ -75,5 +75,5 @@ def succeeded_bytes(final: StatusEvent, reader: JobReader, blobs: Path, request:
     assert hashlib.sha256(blob).hexdigest() == final.sha256
     if request.chunks:
         assert reader.trace_bytes(final.attempt) == blob
-    assert not list(blob_leftovers(blobs))
+    assert not list(blob_leftovers(blobs / request.process_id))
     return blob
