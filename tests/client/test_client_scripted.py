@@ -12,7 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from contracts import ChunkEvent, JobState, Keys, ProgressEvent, StatusEvent, TraceRequest
-from contracts.client import JobFailed, TraceClient, TraceIntegrityError
+from contracts.client import ConnectionLost, JobFailed, TraceClient, TraceIntegrityError
 from contracts.sync_client import SyncTraceClient
 from tests.client.scripted import PID, ScriptedWorker
 from tests.support.redis_server import RedisServer
@@ -298,3 +298,17 @@ async def test_a_stalled_follower_blocks_nobody_and_buffers_little(
     assert 0 < sub.queue.qsize() <= client._mux.BACKLOG  # not the 200 entries of its stream
     await stalled.aclose()
     assert "t:job:{stall}" not in client._mux._subs
+
+
+async def test_follower_gets_connection_lost_when_redis_stays_down() -> None:
+    server = RedisServer().start()
+    try:
+        async with TraceClient(server.url, "t", reconnect_timeout_s=1.0) as client:
+            job = client.job("gone")
+            follow = asyncio.create_task(job.wait(timeout=30))
+            await client.redis.xadd("t:job:{gone}", StatusEvent(job_id="gone", state="running").to_fields())  # type: ignore[arg-type]
+            server.stop()
+            with pytest.raises(ConnectionLost, match="Redis unreachable"):
+                await follow
+    finally:
+        server.close()
