@@ -312,3 +312,16 @@ async def test_follower_gets_connection_lost_when_redis_stays_down() -> None:
                 await follow
     finally:
         server.close()
+
+
+async def test_resp2_servers_and_proxies_work_too(redis_server: RedisServer, worker: ScriptedWorker) -> None:
+    data = trace_bytes(20_000, seed=8)
+    await worker.whole_job("resp2", data)
+    async with TraceClient(redis_server.url + "?protocol=2", "t") as client:
+        assert client.redis.connection_pool.connection_kwargs["protocol"] == 2
+        buf = io.BytesIO()
+        status = await client.job("resp2").download(buf, timeout=10)
+        assert buf.getvalue() == data and status.state == JobState.SUCCEEDED
+        state = await client.job("resp2").state()
+        assert state is not None and state.state == JobState.SUCCEEDED
+        assert [s.job_id for s in await client.recent_jobs(1)] == ["resp2"]
