@@ -77,7 +77,8 @@ def check(decoded: Decoded, events: Sequence[AsyncEvent]) -> None:
 
 @st.composite
 def interleavings(draw: st.DrawFn) -> list[AsyncEvent]:
-    """Overlapping spans with parents, orphans (end without begin), open spans, equal timestamps."""
+    """Overlapping spans with parents, orphans (end without begin), open spans, equal timestamps,
+    and a few stray duplicate begins and extra ends."""
     n = draw(st.integers(1, 25))
     raw: list[tuple[int, int, int, AsyncEvent]] = []
     for sid in range(1, n + 1):
@@ -94,6 +95,11 @@ def interleavings(draw: st.DrawFn) -> list[AsyncEvent]:
         if shape != "no-end":
             other = draw(st.sampled_from(["stream-a", "stream-b"]))  # ends may come from another thread
             raw.append((end, draw(st.integers()), 1, AsyncEvent(end, "end", sid, parent, name, stream=other)))
+    for _ in range(draw(st.integers(0, 3))):  # stray events: duplicate begins, extra ends
+        sid = draw(st.integers(1, n))
+        at = RANGE.begin_ns + draw(st.integers(0, 50))
+        kind = draw(st.sampled_from(["begin", "end"]))
+        raw.append((at, draw(st.integers()), 2, AsyncEvent(at, kind, sid, 0, "s")))
     raw.sort(key=lambda r: (r[0], r[1]))
     # A span's begin precedes its end in the input even at equal timestamps (both have one time).
     events = [r[3] for r in raw]

@@ -14,9 +14,10 @@ they close at the range end, cut. A cut is marked with the debug annotation ``tr
 "begin" (the BEGIN was made up) or "end" (the END was made up). An end earlier than its begin is clamped
 to the begin.
 
-Track uuids: ``splitmix64(splitmix64(span_id ^ salt) ^ begin_ns)`` (salt = the process uuid), and for a
-span cut at its begin ``splitmix64(splitmix64(span_id ^ salt ^ ORPHAN) ^ end_ns)``; so a reused span id
-gets a fresh track. Uuids equal to 0 or to a process/thread/group uuid are re-hashed.
+Track uuids: ``splitmix64(splitmix64(span_id ^ salt) ^ n)`` where salt = the process uuid and n = the
+position of the span's first event in the whole input (``^ ORPHAN`` for a span cut at its begin). Every
+span gets its own track, even when span ids are reused or repeated, and the uuid does not depend on how
+the input is batched. Uuids equal to 0 or to a process/thread/group uuid are re-hashed.
 """
 
 from __future__ import annotations
@@ -103,12 +104,14 @@ class AsyncState:
     cut: int = 0
     dropped: int = 0
     clamped: int = 0
+    seen: int = 0  # events passed to add() so far
 
-    def _uuids(self, sid: I64, ts: I64, extra: np.uint64 | None = None) -> U64:
+    def _uuids(self, sid: I64, seq: I64, extra: np.uint64 | None = None) -> U64:
+        """Track uuids from span ids and the events' positions in the whole input (unique per span)."""
         x = sid.view(np.uint64) ^ np.uint64(self.salt)
         if extra is not None:
             x = x ^ extra
-        u = splitmix64(splitmix64(x) ^ ts.view(np.uint64))
+        u = splitmix64(splitmix64(x) ^ seq.view(np.uint64))
         bad = (u == 0) | np.isin(u, self.reserved)
         while bad.any():
             u[bad] = splitmix64(u[bad] ^ _ORPHAN)
@@ -153,7 +156,10 @@ class AsyncState:
         uuid = np.zeros(n, dtype=np.uint64)
         uuid[:p] = self.uuid
         new_open = pos_o[pos_o >= p]
-        uuid[new_open] = self._uuids(sid[new_open], time[new_open])
+        # Position of each event in the whole input (after dropped rows), whatever the batching.
+        seq = np.arange(self.seen - p, self.seen + m, dtype=np.int64)
+        self.seen += m
+        uuid[new_open] = self._uuids(sid[new_open], seq[new_open])
 
         # Parent track of each new opener: the parent span's opener open at the child's begin.
         parent_uuid = np.full(n, self.group_uuid, dtype=np.uint64)
@@ -189,7 +195,7 @@ class AsyncState:
         self.cut += int((kind == 3).sum())
         blocks = [
             self._opened(np.flatnonzero(kind == 1) + p, cols, parent_uuid),
-            self._orphans(np.flatnonzero(kind == 3) + p, cols, sid),
+            self._orphans(np.flatnonzero(kind == 3) + p, cols, sid, seq),
             self._closed(np.flatnonzero(kind == 2) + p, cols, end_ref[kind == 2]),
         ]
         # Carry the spans still open, in opening order.
@@ -215,11 +221,11 @@ class AsyncState:
         sizes = np.tile(np.array([desc.shape[1], begin.shape[1]], dtype=np.int64), len(idx))
         return np.hstack((desc, begin)).tobytes(), sizes
 
-    def _orphans(self, idx: I64, c: _Columns, sid: I64) -> _Block:
+    def _orphans(self, idx: I64, c: _Columns, sid: I64, seq: I64) -> _Block:
         """Descriptor + cut BEGIN at the range begin + END of each end without a begin."""
         if not len(idx):
             return b"", 0
-        uuid = self._uuids(sid[idx], c.time[idx], _ORPHAN)
+        uuid = self._uuids(sid[idx], seq[idx], _ORPHAN)
         desc = descriptor_rows(uuid, np.full(len(idx), self.group_uuid, dtype=np.uint64))
         begin_ts = np.minimum(self.range_begin, c.time[idx])
         name, cat, loc = c.name[idx], c.cat[idx], c.loc[idx]
