@@ -19,9 +19,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from contracts import JobState, Keys, StatusEvent, TraceRequest
 from tests.service.support import PID, JobReader, ScriptedGenerator, fast_settings, submit, wait_until
-from tests.support.devserver import small_lake
+from tests.support.devserver import run_devserver_subprocess, small_lake
 from tests.support.redis_server import RedisServer, free_port
-from worker.devserver import DevServer
+from worker.devserver import DevServer, Lake, LakeConfig
 from worker.service.app import Service
 from worker.service.generator import PipelineGenerator
 from worker.sinks.blob import blob_store_from_settings
@@ -244,3 +244,32 @@ async def test_graceful_shutdown_drains_or_releases(redis_server: RedisServer, r
 
 async def _is_set(event: asyncio.Event) -> bool:
     return event.is_set()
+
+
+async def test_cancel_stops_a_job_stuck_in_a_query(
+    redis_server: RedisServer, redis: Redis, tmp_path: Path
+) -> None:
+    """The pipeline checks the cancel between batches; one stuck waiting for the server is stopped
+    after a short grace period anyway."""
+    with run_devserver_subprocess(["--processes", "typical", "--scale", "3"]) as dev:
+        settings = fast_settings(
+            redis_server.url, flightsql_url=dev.url, blob_url=f"file://{tmp_path}", chunk_size=65536
+        )
+        store = blob_store_from_settings(settings)
+        service = Service(settings, generator=PipelineGenerator(settings), store=store)
+        await service.start()
+        process = Lake(LakeConfig(processes=("typical",), scale=3)).processes[0]
+        reader = JobReader(redis, KEYS, "stuck")
+        try:
+            await submit(redis, KEYS, TraceRequest(process_id=process.process_id, job_id="stuck"))
+            await reader.read_until(lambda e: e.type == "chunk")
+            os.kill(dev.proc.pid, signal.SIGSTOP)  # the server stops answering mid-job
+            try:
+                await redis.set(KEYS.cancel("stuck"), "1", ex=600)
+                final = await reader.terminal(within=30)
+                assert final.state == JobState.CANCELLED
+                assert _traces(tmp_path) == []
+            finally:
+                os.kill(dev.proc.pid, signal.SIGCONT)
+        finally:
+            await service.stop()

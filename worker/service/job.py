@@ -37,6 +37,8 @@ log = logging.getLogger("worker.service.job")
 
 #: How often a running job looks at its cancel key.
 CANCEL_POLL_S = 0.2
+#: How long a cancelled job's generator may take to notice ``should_stop`` before it is cancelled.
+CANCEL_GRACE_S = 2.0
 
 
 def blob_key(request: TraceRequest, job_id: str) -> str:
@@ -160,8 +162,15 @@ class _Job:
         if self.stop_reason is None:
             self.stop_reason = reason
             self.stopped.set()
-            if self.current is not None and reason == "lease":
-                self.current.cancel()  # stop at once: the job is someone else's
+            if reason == "lease":
+                self._force_stop()  # at once: the job is someone else's
+            else:
+                # The generator stops at its next batch; one stuck in a query is stopped anyway.
+                asyncio.get_running_loop().call_later(CANCEL_GRACE_S, self._force_stop)
+
+    def _force_stop(self) -> None:
+        if self.current is not None and not self.current.done():
+            self.current.cancel()
 
     async def _watch(self) -> None:
         """Heartbeat (lease renewal) and cancel-key polling for the whole delivery."""
@@ -219,7 +228,7 @@ class _Job:
             task = asyncio.current_task()
             if self.stop_reason is None or (task is not None and task.cancelling()):
                 raise
-            status = None  # the watcher stopped a lost lease's attempt
+            status = await self._stopped_outcome()  # the watcher stopped the attempt
         except StopRequested:
             status = await self._stopped_outcome()
         except PermanentError as exc:
