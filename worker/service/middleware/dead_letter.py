@@ -65,7 +65,7 @@ def _salvage(raw: bytes | None) -> tuple[str | None, dict[str, str]]:
     good_labels: dict[str, str] = {}
     if isinstance(labels, dict) and len(labels) <= 16:
         good_labels = {str(k)[:64]: v[:256] for k, v in labels.items() if isinstance(v, str)}
-    if isinstance(job_id, str) and _JOB_ID.match(job_id):
+    if isinstance(job_id, str) and _JOB_ID.fullmatch(job_id):  # match: `$` passes a final \n
         return job_id, good_labels
     try:
         return TraceRequest.model_validate(obj).effective_job_id(), good_labels
