@@ -60,6 +60,8 @@ def configure_logging(fmt: str, level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # FastStream's own lines (task callbacks, per-message access) are noise unless debugging.
+    logging.getLogger("worker.faststream").setLevel(level if level == "DEBUG" else "WARNING")
 
 
 class JobLog(logging.LoggerAdapter[logging.Logger]):
