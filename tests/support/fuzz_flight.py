@@ -1,0 +1,65 @@
+"""A devserver whose span queries answer with batches a test chooses (e.g. hypothesis-made).
+
+The process and thread queries keep their real answers (so the pipeline gets that far); the
+``view_instance('thread_spans', ...)`` and ``view_instance('async_events', ...)`` queries return
+:attr:`ScriptedSpans.thread_spans` / :attr:`ScriptedSpans.async_events` instead, over the real
+Flight SQL wire (DoGet streams), so the source's decoding and checks run as in production::
+
+    with scripted_spans_server(small_lake()) as (server, script):
+        script.thread_spans = [batch, ...]   # one schema for all batches
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from worker.devserver import DevServer, Lake
+from worker.devserver.query import PlannedQuery
+
+__all__ = ["ScriptedSpans", "scripted_spans_server"]
+
+
+@dataclass
+class ScriptedSpans:
+    """What the span queries answer (every thread gets the same thread-span batches)."""
+
+    thread_spans: list[pa.RecordBatch] = field(default_factory=list)
+    async_events: list[pa.RecordBatch] = field(default_factory=list)
+
+
+class _Engine:
+    """Wraps the devserver's query engine; only span queries are answered from the script."""
+
+    def __init__(self, real: Any, script: ScriptedSpans) -> None:
+        self._real = real
+        self._script = script
+
+    def plan(self, sql: str, headers: Any, params: Any = None) -> PlannedQuery:
+        for view, batches in (
+            ("thread_spans", self._script.thread_spans),
+            ("async_events", self._script.async_events),
+        ):
+            if f"view_instance('{view}'" in sql:
+                planned = list(batches)
+                schema = planned[0].schema if planned else pa.schema([])
+                return PlannedQuery(schema, planned.__iter__, True)
+        return self._real.plan(sql, headers, params)  # type: ignore[no-any-return]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+@contextmanager
+def scripted_spans_server(lake: Lake) -> Iterator[tuple[DevServer, ScriptedSpans]]:
+    """A started in-process devserver (Micromegas mode) with scripted span answers."""
+    script = ScriptedSpans()
+    with DevServer(lake).start() as server:
+        inner = server._server
+        assert inner is not None
+        inner.engine = _Engine(inner.engine, script)  # type: ignore[assignment]
+        yield server, script
