@@ -56,14 +56,16 @@ def full_disk_worker(
                 proc.wait()
 
 
-async def run_job(redis: Redis, request: TraceRequest, within: float = 60.0) -> tuple[StatusEvent, JobReader]:
+async def run_job(
+    redis: Redis, request: TraceRequest, within: float = 60.0, keys: Keys = KEYS
+) -> tuple[StatusEvent, JobReader]:
     """Submit ``request`` and wait for its terminal status (XREAD BLOCK on the job stream). The
     reader starts after the stream's current end, so a resubmission sees only its own entries."""
-    reader = JobReader(redis, KEYS, request.effective_job_id())
+    reader = JobReader(redis, keys, request.effective_job_id())
     tail: Any = await redis.xrevrange(reader.stream, count=1)
     if tail:
         reader.last = tail[0][0].decode()
-    await submit(redis, KEYS, request)
+    await submit(redis, keys, request)
     return await reader.terminal(within=within), reader
 
 
