@@ -88,47 +88,18 @@ class _Job:
 
     # -- the delivery
     async def run(self) -> None:
-        settings = self.rt.settings
         watch = asyncio.create_task(self._watch())
         try:
-            retries, delay = 0, settings.retry_backoff_s
-            while True:
-                outcome = await self._attempt()
-                if outcome is None:
-                    self.rt.metrics.lease_losses.inc()
-                    self.log.warning("lease lost; another worker has the job, stopping without a status")
-                    return
-                if isinstance(outcome, _Transient):
-                    if retries < settings.retry_max:
-                        retries += 1
-                        self.rt.metrics.retries.inc()
-                        self.log.warning("transient failure (%s); retry %d in %.1fs", outcome.status.message,
-                                         retries, delay)  # fmt: skip
-                        if await self._sleep_unless_stopped(delay):
-                            outcome = await self._stopped_outcome()
-                        else:
-                            attempt = await retry_redis(self.lease.next_attempt, what="next attempt")
-                            if attempt is None:
-                                outcome = None
-                            else:
-                                self.log.extra = {**(self.log.extra or {}), "attempt": attempt}
-                                delay = min(delay * 2, settings.retry_backoff_max_s)
-                                continue
-                        if outcome is None:
-                            self.rt.metrics.lease_losses.inc()
-                            return
-                    else:
-                        outcome = outcome.status
-                assert isinstance(outcome, StatusEvent)
-                written = await finish(
-                    self.rt, entry_id=self.entry_id, status=outcome, lock_value=self.lease.value
-                )
-                if written:
-                    self.rt.metrics.jobs.labels(outcome.state.value).inc()
-                    self.log.info("job %s", outcome.state.value)
-                else:
-                    self.rt.metrics.lease_losses.inc()
-                return
+            status = await self._attempts()
+            written = status is not None and await finish(
+                self.rt, entry_id=self.entry_id, status=status, lock_value=self.lease.value
+            )
+            if status is not None and written:
+                self.rt.metrics.jobs.labels(status.state.value).inc()
+                self.log.info("job %s", status.state.value)
+            else:
+                self.rt.metrics.lease_losses.inc()
+                self.log.warning("lease lost; another worker has the job, stopping without a status")
         except asyncio.CancelledError:
             # Shutdown past the drain timeout: leave the entry pending, free the job for a reclaimer.
             await self.rt.shielded(self._release())
@@ -136,6 +107,30 @@ class _Job:
         finally:
             watch.cancel()
             await asyncio.gather(watch, return_exceptions=True)
+
+    async def _attempts(self) -> StatusEvent | None:
+        """Attempts until one ends the job (transient failures retried with backoff, each as a new
+        attempt); the terminal status, or None when the lease was lost."""
+        settings = self.rt.settings
+        delay = settings.retry_backoff_s
+        for retry in range(settings.retry_max + 1):
+            outcome = await self._attempt()
+            if not isinstance(outcome, _Transient):
+                return outcome
+            if retry == settings.retry_max:
+                return outcome.status
+            self.rt.metrics.retries.inc()
+            self.log.warning(
+                "transient failure (%s); retry %d in %.1fs", outcome.status.message, retry + 1, delay
+            )
+            if await self._sleep_unless_stopped(delay):
+                return await self._stopped_outcome()
+            attempt = await retry_redis(self.lease.next_attempt, what="next attempt")
+            if attempt is None:
+                return None
+            self.log.extra = {**(self.log.extra or {}), "attempt": attempt}
+            delay = min(delay * 2, settings.retry_backoff_max_s)
+        raise AssertionError("unreachable: the last retry returns")
 
     async def _release(self) -> None:
         try:
