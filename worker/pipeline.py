@@ -71,6 +71,8 @@ class Progress:
     threads_done: int
     threads_total: int
     percent: float
+    #: TracePackets encoded so far (final once ``phase`` is "done").
+    packets: int = 0
 
 
 def resolve_range(spec: TraceSpec, process: ProcessInfo) -> TimeRange:
@@ -136,6 +138,7 @@ class _Run:
                 self.threads_done,
                 self.threads_total,
                 percent,
+                int(self.encoder.stats.packets),
             )
         )
 
@@ -198,7 +201,8 @@ async def generate_trace(
     )
     run = _Run(spec, encoder, len(threads), on_progress, should_stop)
     run.report("start")
-    for chunk in encoder.start() + _flush(encoder):
+    # The header goes out before the first span query answers: requesters see the trace start.
+    for chunk in encoder.start() + encoder.flush():
         yield chunk
 
     if threads:
@@ -233,19 +237,6 @@ async def generate_trace(
         kinds = "thread or async" if spec.span_types is SpanTypes.BOTH else spec.span_types.value
         raise EmptyRange(f"no {kinds} spans of process {process.process_id} in the range")
     run.report("done")
-
-
-def _flush(encoder: TraceEncoder) -> list[bytes]:
-    """The encoded but not yet chunked bytes (the header), as a short chunk of whole packets.
-
-    Requesters see the trace start before the first span query answers. TraceEncoder has no public
-    flush yet; its chunker's flush cuts at a packet boundary like any chunk.
-    """
-    flush = getattr(encoder, "flush", None)
-    if callable(flush):
-        chunks: list[bytes] = flush()
-        return chunks
-    return encoder._chunker.flush()
 
 
 async def _thread_item(run: _Run, stream_id: str, batch: pa.RecordBatch | None) -> list[bytes]:

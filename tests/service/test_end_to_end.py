@@ -84,6 +84,7 @@ async def test_job_to_local_folder(
     assert hashlib.sha256(blob).hexdigest() == final.sha256
     assert final.chunks >= 2 and final.spans and final.spans > 0
     assert _packets(blob) > final.spans  # one packet per span at least, plus descriptors
+    assert final.packets == _packets(blob)
     assert final.uri.startswith("file://") and final.labels == {"channel": "#perf"}
 
 
