@@ -2,9 +2,9 @@
 
 :func:`finish` is the one way an attempt ends: terminal status on the job stream, the state hash,
 the event on ``<prefix>:events``, expiry of the job's keys, release of the lock, the dead-letter
-entry when there is one, and the XACK of the request entry. It runs shielded from cancellation and
-retries through Redis blips, and it is guarded by the lock (WATCH): a worker that lost its lease
-writes nothing, so a job never shows two terminal states from two workers.
+entry when there is one, and the XACK and XDEL of the request entry. It runs shielded from
+cancellation and retries through Redis blips, and it is guarded by the lock (WATCH): a worker that
+lost its lease writes nothing, so a job never shows two terminal states from two workers.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
 from contracts.events import StatusEvent
+from contracts.keys import Keys
 from contracts.states import JobState
 from worker.service.redis_io import retry_redis
 from worker.service.runtime import Runtime
@@ -144,7 +145,14 @@ def _queue_ack_and_dead(
     if dead is not None:
         fields: Any = dict(dead)
         pipe.xadd(keys.dead, fields, maxlen=rt.settings.dead_maxlen, approximate=True)
+    _ack_and_delete(pipe, keys, entry_id)
+
+
+def _ack_and_delete(pipe: Pipeline, keys: Keys, entry_id: str) -> None:
+    """XACK, then XDEL: an answered request (kept in full on the dead-letter stream when it is
+    dead-lettered) would otherwise stay on the request stream for ever, growing Redis's memory."""
     pipe.xack(keys.requests, keys.group, entry_id)
+    pipe.xdel(keys.requests, entry_id)
 
 
 async def _ack_and_dead(rt: Runtime, entry_id: str, dead: Mapping[str, str | bytes] | None) -> None:
@@ -183,7 +191,7 @@ async def reply_duplicate(rt: Runtime, entry_id: str, job_id: str, labels: dict[
         fields: Any = event.to_fields()
         async with rt.redis.pipeline(transaction=True) as pipe:
             pipe.xadd(keys.job(job_id), fields)
-            pipe.xack(keys.requests, keys.group, entry_id)
+            _ack_and_delete(pipe, keys, entry_id)
             await pipe.execute()
 
     await rt.shielded(retry_redis(write, what="duplicate reply"))
