@@ -63,6 +63,8 @@ class LoadReport:
     redis_expired: int = 0
     job_keys_done: int = 0
     job_keys_expired: int = 0
+    #: Entries left on the request stream once every job ended
+    requests_left: int = 0
     #: MEMORY USAGE of every key left once the jobs' keys expired
     keys_after_expiry: dict[str, int] = field(default_factory=dict)
 
@@ -106,6 +108,7 @@ class LoadReport:
             "redis_bytes_per_job_after_expiry": round((self.redis_expired - self.redis_before) / jobs),
             "job_keys_live": self.job_keys_done,
             "job_keys_after_expiry": self.job_keys_expired,
+            "requests_left": self.requests_left,
             "keys_after_expiry": self.keys_after_expiry,
         }
 
@@ -225,6 +228,7 @@ async def run_load(  # noqa: PLR0917 - the load's knobs
         assert worker.poll() is None, "the worker exited under load"
         report.redis_done = await _used_memory(redis)
         report.job_keys_done = await _job_keys(redis)
+        report.requests_left = int(await redis.xlen(KEYS.requests))
         deadline = time.monotonic() + job_ttl_s + 30
         while (keys := await _job_keys(redis)) and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.5)  # Redis's own expiry: no event to wait on

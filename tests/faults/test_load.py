@@ -28,6 +28,7 @@ def test_sustained_load_short(redis_server: RedisServer, tmp_path: Path) -> None
     assert len(report.first_chunk_ms) == report.jobs == len(report.done_ms)
     assert report.job_keys_done > 0  # the last jobs' streams and state hashes, before expiry
     assert report.job_keys_expired == 0  # every job's keys expired after job_ttl_s
+    assert report.requests_left == 0  # answered requests leave the request stream
     assert len(report.rss) >= 20
 
 
