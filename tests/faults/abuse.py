@@ -148,7 +148,9 @@ def _requests(process_ids: list[str]) -> st.SearchStrategy[dict[str, Any]]:
 
 def entries(process_ids: list[str]) -> st.SearchStrategy[dict[bytes, bytes]]:
     """Whole entries (field map) as sent with XADD."""
-    as_json = _requests(process_ids).map(lambda obj: json.dumps(obj, ensure_ascii=False).encode())
+    as_json = _requests(process_ids).map(
+        lambda obj: json.dumps(obj, ensure_ascii=False).encode(errors="surrogatepass")
+    )
     request_field = st.one_of(
         as_json,
         _json_values().map(lambda v: json.dumps(v).encode()),  # valid JSON, not an object
