@@ -5,7 +5,7 @@ a raw Redis client only, as a non-Python requester would."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +31,6 @@ KEYS = Keys("t")
 def devserver() -> Iterator[DevServer]:
     with start_devserver(small_lake(processes=("small", "wide")), mode="micromegas") as server:
         yield server
-
-
-@pytest.fixture
-async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_server.url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 def _settings(redis_url: str, flight_url: str, blob_url: str, **more: Any) -> Settings:
