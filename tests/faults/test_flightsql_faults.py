@@ -6,7 +6,7 @@ and a failed job can be resubmitted."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,15 +20,6 @@ from tests.support.chaos import ChaosProxy, Mode
 from tests.support.redis_server import RedisServer
 from tests.support.worker_process import Spawn, worker_env
 from worker.devserver import DevServer
-
-
-@pytest.fixture
-async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_server.url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 @pytest.fixture
