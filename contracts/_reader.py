@@ -1,0 +1,239 @@
+"""The client's shared stream reader: one task and one connection follow every job stream.
+
+Part of :mod:`contracts.client`; imports redis and the stdlib only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from contracts.client_errors import ClientError, ConnectionLost
+
+__all__ = ["StreamReader", "Subscription"]
+
+_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+@dataclass(eq=False)
+class Subscription:
+    key: str
+    last_id: str
+    queue: asyncio.Queue[tuple[dict[Any, Any], int] | BaseException] = field(default_factory=asyncio.Queue)
+    reader: StreamReader | None = None
+    #: Bytes of the entries waiting in ``queue``.
+    buffered: int = 0
+
+    async def get(self) -> dict[Any, Any]:
+        item = await self.queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        fields, size = item
+        self.buffered -= size
+        if self.reader is not None:
+            self.reader.consumed(self, size)
+        return fields
+
+
+class StreamReader:
+    """One task and one connection reading every followed job stream with XREAD BLOCK.
+
+    Positions are kept per follower, so a reconnect resumes after the last entry each one got.
+    Memory is bounded whatever the number of followers: a follower with :attr:`BACKLOG` entries
+    waiting is left out of the reads until it has room (a slow follower never slows the others),
+    all followers together hold at most ``max_buffered_bytes``, and one XREAD asks for at most as
+    many streams (taken round-robin, so every job progresses) as fit in what is left of that budget.
+    """
+
+    #: Entries read per stream per XREAD, and how many a follower may have waiting.
+    COUNT = 2
+    BACKLOG = 8
+
+    def __init__(
+        self,
+        *,
+        redis_url: str,
+        client_name: str,
+        commands: aioredis.Redis,
+        block_ms: int,
+        reconnect_timeout_s: float,
+        max_buffered_bytes: int,
+    ) -> None:
+        self._redis_url = redis_url
+        self._client_name = client_name
+        #: The client's command pool, used to interrupt the reader's blocked XREAD.
+        self._commands = commands
+        self._block_ms = block_ms
+        self._reconnect_timeout_s = reconnect_timeout_s
+        self._budget = max_buffered_bytes
+        self._subs: dict[str, set[Subscription]] = defaultdict(set)
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._conn: aioredis.Redis | None = None
+        self._conn_id: int | None = None
+        self._blocked = False
+        self._unblocking = False
+        self._buffered = 0
+        #: Largest entry seen so far (what one more entry may cost); chunks are about 1 MiB.
+        self._entry_size = 1024 * 1024
+        self._next = 0
+
+    def subscribe(self, key: str, from_id: str) -> Subscription:
+        sub = Subscription(key=key, last_id=from_id, reader=self)
+        self._subs[key].add(sub)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="trace-client-reader")
+        self._wake(interrupt=True)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        subs = self._subs.get(sub.key)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subs[sub.key]
+        self._buffered -= sub.buffered
+        sub.buffered = 0
+        sub.reader = None
+        self._wake(interrupt=False)
+
+    def consumed(self, sub: Subscription, size: int) -> None:
+        self._buffered -= size
+        # Interrupt a blocked XREAD only when this follower just became readable again.
+        self._wake(interrupt=sub.queue.qsize() == self.BACKLOG - self.COUNT)
+
+    def _wake(self, *, interrupt: bool) -> None:
+        self._changed.set()
+        if interrupt and self._blocked and self._conn_id is not None and not self._unblocking:
+            # Interrupt the XREAD in progress so the new set of streams is read at once.
+            self._unblocking = True
+            asyncio.create_task(self._unblock(self._conn_id))  # noqa: RUF006 - fire and forget
+
+    async def _unblock(self, conn_id: int) -> None:
+        try:
+            with contextlib.suppress(RedisError, OSError):
+                await self._commands.client_unblock(conn_id)
+        finally:
+            self._unblocking = False
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._conn is not None:
+            await self._conn.aclose()
+            await self._conn.connection_pool.disconnect()
+            self._conn = None
+
+    def _connection(self) -> aioredis.Redis:
+        if self._conn is None:
+            name = f"{self._client_name}-reader"
+            pool = aioredis.ConnectionPool.from_url(self._redis_url, max_connections=1, client_name=name)
+            self._conn = aioredis.Redis(connection_pool=pool)
+        return self._conn
+
+    def _streams(self) -> dict[str, str]:
+        """Streams to read now (round-robin, within the budget), each from the oldest position any
+        of its ready followers needs."""
+        room = self._budget - self._buffered
+        limit = room // (self.COUNT * self._entry_size)
+        if limit <= 0:
+            return {}
+        keys = list(self._subs)
+        start = self._next % len(keys) if keys else 0
+        streams: dict[str, str] = {}
+        for key in keys[start:] + keys[:start]:
+            ready = [s for s in self._subs[key] if s.queue.qsize() <= self.BACKLOG - self.COUNT]
+            if ready:
+                streams[key] = min((s.last_id for s in ready), key=_id_order)
+                if len(streams) >= limit:
+                    break
+        self._next = start + len(streams)
+        return streams
+
+    async def _run(self) -> None:
+        down_since: float | None = None
+        delay = 0.05
+        while self._subs:
+            self._changed.clear()
+            streams = self._streams()
+            if not streams:
+                await self._changed.wait()
+                continue
+            conn = self._connection()
+            try:
+                if self._conn_id is None:
+                    self._conn_id = int(await conn.client_id())
+                self._blocked = True
+                try:
+                    reply = await conn.xread(streams, count=self.COUNT, block=self._block_ms)  # type: ignore[arg-type]
+                finally:
+                    self._blocked = False
+            except _TRANSIENT as exc:
+                self._conn_id = None
+                now = time.monotonic()
+                down_since = down_since or now
+                if now - down_since > self._reconnect_timeout_s:
+                    self._fail(ConnectionLost(f"Redis unreachable for {now - down_since:.0f}s: {exc}"))
+                    return
+                await asyncio.sleep(delay)  # backoff before reconnecting
+                delay = min(delay * 2, 2.0)
+                continue
+            except RedisError as exc:
+                self._fail(ClientError(f"reading job streams failed: {exc}"))
+                return
+            down_since, delay = None, 0.05
+            self._dispatch(reply)
+
+    def _dispatch(self, reply: Any) -> None:
+        items = reply.items() if isinstance(reply, dict) else (reply or [])
+        for raw_key, entries in items:
+            key = _text(raw_key)
+            for raw_id, fields in _entries(entries):
+                entry_id = _text(raw_id)
+                size = sum(len(k) + len(v) for k, v in fields.items() if isinstance(v, bytes | str))
+                self._entry_size = max(self._entry_size, size)
+                for sub in list(self._subs.get(key, ())):
+                    if _id_order(entry_id) > _id_order(sub.last_id):
+                        sub.last_id = entry_id
+                        sub.buffered += size
+                        self._buffered += size
+                        sub.queue.put_nowait((fields, size))
+
+    def _fail(self, exc: BaseException) -> None:
+        for subs in self._subs.values():
+            for sub in subs:
+                sub.queue.put_nowait(exc)
+
+
+def _entries(entries: Any) -> list[tuple[Any, Any]]:
+    """``[(id, fields)]`` from XREAD's per-stream entry list (RESP2 or RESP3 shape)."""
+    out = []
+    for entry in entries or []:
+        raw_id, fields = entry[0], entry[1]
+        if fields is None:
+            continue
+        if isinstance(fields, list):  # RESP2 flat list
+            fields = dict(zip(fields[::2], fields[1::2], strict=True))
+        out.append((raw_id, fields))
+    return out
+
+
+def _id_order(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
