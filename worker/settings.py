@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     flightsql_preserve_dictionary: bool = True
     #: How many threads' spans are fetched at once.
     flightsql_concurrency: int = Field(4, ge=1, le=64)
+    #: Longest wait for the service's next answer (query plan or record batch); then the read
+    #: fails as retryable source_broken. 0: wait as long as the job may run.
+    flightsql_batch_timeout_s: float = Field(300.0, ge=0)
 
     # -- Blob store
     #: Where finished traces go: file:///abs/dir (default ./traces) or s3://bucket/prefix.

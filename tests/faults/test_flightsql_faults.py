@@ -1,7 +1,7 @@
 """Flight SQL faults between a worker process and the devserver (through the chaos proxy): a stream
 cut mid-way (once: recovery; always: a clear failure), the service stalled or slowed to a trickle
-(the job timeout ends it), the service unreachable. After each, the same worker serves other jobs
-and a failed job can be resubmitted."""
+(the batch timeout or the job timeout ends it), the service unreachable. After each, the same
+worker serves other jobs and a failed job can be resubmitted."""
 
 from __future__ import annotations
 
@@ -122,6 +122,33 @@ async def test_stalled_or_trickling_service_ends_in_timeout(  # noqa: PLR0917 - 
     assert final.message and "job_timeout_s=4" in final.message
     proxy.set_mode("pass")
     small_final, small_reader = await run_job(redis, small)
+    succeeded_bytes(small_final, small_reader, blobs, small)
+    assert worker.poll() is None
+
+
+async def test_stalled_service_fails_after_the_batch_timeout_then_serves(  # noqa: PLR0917 - fixtures
+    redis_server: RedisServer,
+    redis: Redis,
+    mixed_devserver: DevServer,
+    proxy: ChaosProxy,
+    spawn_worker: Spawn,
+    tmp_path: Path,
+) -> None:
+    """With a batch timeout, a stalled service ends the job as retryable source_broken long before
+    the job timeout (an hour here), and the worker serves again once the service answers."""
+    blobs = tmp_path / "blobs"
+    env = _env(redis_server, proxy, blobs, TRACE_WORKER_FLIGHTSQL_BATCH_TIMEOUT_S="1")
+    worker = spawn_worker(env)
+    big, small = _requests(mixed_devserver, "batch-timeout")
+    proxy.set_mode("stall")
+    started = time.monotonic()
+    final, _ = await run_job(redis, big, within=40)
+    assert time.monotonic() - started < 30
+    assert final.state == JobState.FAILED and final.error_code == ErrorCode.SOURCE_BROKEN, final
+    assert final.retryable is True
+    assert final.message and "sent nothing for 1 s" in final.message
+    proxy.set_mode("pass")
+    small_final, small_reader = await run_job(redis, small, within=60)
     succeeded_bytes(small_final, small_reader, blobs, small)
     assert worker.poll() is None
 

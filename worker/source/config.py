@@ -28,6 +28,8 @@ class FlightSqlConfig:
         tls_skip_verify: Accept any server certificate (development only).
         preserve_dictionary: Ask for dictionary-encoded strings (less data on the wire).
         concurrency: How many threads' spans are fetched at once (one connection each).
+        batch_timeout_s: Longest wait for the next answer of a query (its plan or a record batch)
+            before the read fails with SourceBroken; None waits forever.
     """
 
     url: str
@@ -36,6 +38,7 @@ class FlightSqlConfig:
     tls_skip_verify: bool = False
     preserve_dictionary: bool = True
     concurrency: int = 4
+    batch_timeout_s: float | None = 300.0
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -67,6 +70,7 @@ class FlightSqlConfig:
             tls_skip_verify=s.flightsql_tls_skip_verify,
             preserve_dictionary=s.flightsql_preserve_dictionary,
             concurrency=s.flightsql_concurrency,
+            batch_timeout_s=s.flightsql_batch_timeout_s or None,
         )
 
 

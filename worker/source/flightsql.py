@@ -163,26 +163,35 @@ class _Pool:
             options[_HEADER + "preserve_dictionary"] = "true"
         return options
 
-    def _take(self) -> _Connection:
-        """An idle connection or a new one (blocking: opening may touch the network)."""
-        with translate_errors("connect"), self._lock:
+    def take_idle(self) -> _Connection | None:
+        """An idle connection, if there is one (never blocks on the network)."""
+        with self._lock:
             if self._closed:
                 raise SourceUnavailable("the Flight SQL source is closed")
-            if self._idle:
-                conn = self._idle.pop()
-            else:
+            if not self._idle:
+                return None
+            self._out += 1
+            return self._idle.pop()
+
+    def open_new(self) -> _Connection:
+        """A new connection (blocking: opening talks to the service). The lock is not held while
+        connecting, so a stalled service cannot freeze callers of :meth:`take_idle` or :meth:`release`
+        (the event loop among them)."""
+        with translate_errors("connect"):
+            with self._lock:
+                if self._closed:
+                    raise SourceUnavailable("the Flight SQL source is closed")
                 if self._db is None:
                     self._db = fsql.connect(self._config.url, db_kwargs=self._db_options())
-                conn = _Connection(adbc.AdbcConnection(self._db))
-            self._out += 1
-            return conn
-
-    async def acquire(self) -> _Connection:
-        with self._lock:
-            if self._idle and not self._closed:
-                self._out += 1
-                return self._idle.pop()
-        return await asyncio.to_thread(self._take)
+                db = self._db
+                self._out += 1  # counted before connecting: the database stays open under it
+            try:
+                return _Connection(adbc.AdbcConnection(db))
+            except BaseException:
+                with self._lock:
+                    self._out -= 1
+                self._close_db_if_idle()
+                raise
 
     def release(self, conn: _Connection, *, discard: bool = False) -> None:
         """Back to the idle list, or closed (``discard``: it failed in transport)."""
@@ -258,7 +267,7 @@ class FlightSqlSource:
         self, sql: str, headers: Mapping[str, str], what: str, check: BatchChecker
     ) -> AsyncGenerator[pa.RecordBatch, None]:
         """Batches of one query, each read in a worker thread, on a connection of its own."""
-        conn = await self._pool.acquire()
+        conn = await self._connection(what)
         query = _Query(conn, sql, headers, what)
         # The concurrent future, not an asyncio wrapper: cancelling the wrapper marks it done while
         # the thread may still be reading, and closing the reader under that read crashes.
@@ -266,10 +275,10 @@ class FlightSqlSource:
         broken = False
         try:
             running = self._executor.submit(query.open)
-            await asyncio.wrap_future(running)
+            await self._answer(running, what)
             while True:
                 running = self._executor.submit(query.next_batch)
-                batch = await asyncio.wrap_future(running)
+                batch = await self._answer(running, what)
                 if batch is None:
                     break
                 yield check(batch)
@@ -286,12 +295,48 @@ class FlightSqlSource:
 
                 def _after(_: object) -> None:
                     query.close()
-                    self._pool.release(conn)
+                    self._pool.release(conn, discard=broken)
 
                 running.add_done_callback(_after)
             else:
                 query.close()
                 self._pool.release(conn, discard=broken)
+
+    async def _connection(self, what: str) -> _Connection:
+        """An idle connection, or a new one opened in a worker thread within the batch timeout."""
+        conn = self._pool.take_idle()
+        if conn is not None:
+            return conn
+        opening = self._executor.submit(self._pool.open_new)
+        try:
+            conn = await self._answer(opening, what)
+        except BaseException:
+            # A connection that opens after we gave up goes back (closed): nobody will use it.
+            def _late(done: Future[Any]) -> None:
+                if not done.cancelled() and done.exception() is None:
+                    self._pool.release(done.result(), discard=True)
+
+            opening.add_done_callback(_late)
+            raise
+        assert isinstance(conn, _Connection)
+        return conn
+
+    async def _answer(self, running: Future[Any], what: str) -> Any:
+        """The result of a blocking read, waiting at most the batch timeout.
+
+        Raises:
+            SourceBroken: no answer in time (a stalled service or network); the read is cancelled
+                by the caller's cleanup.
+        """
+        timeout = self._config.batch_timeout_s
+        if timeout is None:
+            return await asyncio.wrap_future(running)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(running), timeout)
+        except TimeoutError:
+            raise SourceBroken(
+                f"the Flight SQL service sent nothing for {timeout:g} s while reading {what}"
+            ) from None
 
     async def _rows(
         self, sql: str, headers: Mapping[str, str], what: str, kinds: Mapping[str, Kind]
