@@ -12,9 +12,9 @@ import hashlib
 import json
 import re
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -120,13 +120,23 @@ class TraceRequest(BaseModel):
             return self.job_id
         key = {
             "process_id": self.process_id,
-            "begin": _ns(self.begin),
-            "end": _ns(self.end),
+            "begin": self.begin_ns,
+            "end": self.end_ns,
             "span_types": self.span_types.value,
             "chunks": self.chunks,
         }
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
         return f"t-{digest[:32]}"
+
+    @property
+    def begin_ns(self) -> int | None:
+        """``begin`` in nanoseconds since the Unix epoch (None: the process's first time)."""
+        return _ns(self.begin)
+
+    @property
+    def end_ns(self) -> int | None:
+        """``end`` in nanoseconds since the Unix epoch (None: the process's last time)."""
+        return _ns(self.end)
 
     def to_json(self) -> str:
         """The wire form (the `request` field)."""
@@ -140,8 +150,12 @@ class TraceRequest(BaseModel):
         return cls.model_validate_json(raw)
 
 
-def _ns(value: datetime | None) -> Any:
-    """Instants compare by time, not spelling: 10:00+01:00 and 09:00Z give the same job id."""
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _ns(value: datetime | None) -> int | None:
+    """Epoch nanoseconds, exactly (no float). Instants compare by time, not spelling:
+    10:00+01:00 and 09:00Z give the same value."""
     if value is None:
         return None
-    return int(value.timestamp()) * 1_000_000_000 + value.microsecond * 1000
+    return (value - _EPOCH) // timedelta(microseconds=1) * 1000

@@ -105,3 +105,10 @@ def test_retryable_split() -> None:
     assert ErrorCode.SOURCE_UNAVAILABLE.retryable
     assert not ErrorCode.PROCESS_NOT_FOUND.retryable
     assert JobState.DEAD.terminal and not JobState.RUNNING.terminal
+
+
+def test_request_times_in_exact_epoch_nanoseconds() -> None:
+    r = TraceRequest(process_id=PID, begin="2026-01-01T00:59:59.999999+01:00", end="2026-01-01T00:00:00Z")
+    assert r.begin_ns == 1_767_225_599_999_999_000
+    assert r.end_ns == 1_767_225_600_000_000_000
+    assert TraceRequest(process_id=PID).begin_ns is None

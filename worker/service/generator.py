@@ -4,7 +4,6 @@ source, with the limits from the settings."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime
 
 from contracts.request import TraceRequest
 from worker.pipeline import Cancelled, Progress, TraceSpec, generate_trace
@@ -15,18 +14,12 @@ from worker.source import FlightSqlConfig, FlightSqlSource, Source
 __all__ = ["PipelineGenerator", "spec_for"]
 
 
-def _ns(value: datetime | None) -> int | None:
-    if value is None:
-        return None
-    return int(value.timestamp()) * 1_000_000_000 + value.microsecond * 1000
-
-
 def spec_for(request: TraceRequest, settings: Settings) -> TraceSpec:
     """The pipeline's job description for a request, limits included."""
     return TraceSpec(
         process_id=request.process_id,
-        begin_ns=_ns(request.begin),
-        end_ns=_ns(request.end),
+        begin_ns=request.begin_ns,
+        end_ns=request.end_ns,
         span_types=request.span_types,
         chunk_size=settings.chunk_size,
         max_spans=settings.max_spans,
