@@ -1,6 +1,6 @@
 """Async span events: begin/end pairs across thread streams, generated block by block with numpy.
 
-The process's timeline is cut into equal windows, one per block of ``block_spans`` spans. A
+The process's timeline is cut into equal windows, one per block of ``block_items`` spans. A
 generated block holds small span trees (a root at depth 0 and children at depth 1-2, linked by
 ``parent_span_id``) whose roots begin inside the window; many overlap (real concurrency). Every span
 has a ``begin`` event; its ``end`` event may come from another stream (a future resumed on another
@@ -17,7 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["MAX_WINDOWS", "AsyncBlock", "AsyncPlan", "generate_block", "select_window"]
+from worker.devserver.windows import WindowPlan
+
+__all__ = ["MAX_WINDOWS", "AsyncBlock", "generate_block", "select_window"]
 
 #: Longest async span, in block windows (bounds which blocks a time range needs).
 MAX_WINDOWS = 2
@@ -25,31 +27,6 @@ MAX_WINDOWS = 2
 _NEVER_ENDS = 0.002
 #: Fraction of spans whose end event is recorded on another stream than the begin.
 _CROSS_STREAM = 0.3
-
-
-@dataclass(frozen=True)
-class AsyncPlan:
-    """Per-process layout of async spans."""
-
-    spans: int
-    block_spans: int
-    begin_ns: int
-    end_ns: int  # the process's last time: ends after it are not recorded
-
-    @property
-    def block_count(self) -> int:
-        return -(-self.spans // self.block_spans) if self.spans else 0
-
-    @property
-    def window_ns(self) -> int:
-        return max(1, (self.end_ns - self.begin_ns) // max(1, self.block_count))
-
-    def block_window(self, block: int) -> tuple[int, int]:
-        begin = self.begin_ns + block * self.window_ns
-        return begin, begin + self.window_ns
-
-    def block_span_count(self, block: int) -> int:
-        return min(self.block_spans, self.spans - block * self.block_spans)
 
 
 @dataclass(frozen=True)
@@ -66,10 +43,10 @@ class AsyncBlock:
 
 
 def generate_block(
-    rng: np.random.Generator, plan: AsyncPlan, block: int, stream_count: int, name_count: int
+    rng: np.random.Generator, plan: WindowPlan, block: int, stream_count: int, name_count: int
 ) -> AsyncBlock:
     """Generate the events of ``block``; span ids are unique in the process (block-based)."""
-    n = plan.block_span_count(block)
+    n = plan.block_item_count(block)
     w_begin, _ = plan.block_window(block)
     window = plan.window_ns
     # Trees of 1-6 spans: root, then depth-1 children, some with depth-2 grandchildren.
@@ -90,7 +67,7 @@ def generate_block(
     parent_idx = np.where(depth == 1, roots[tree], -1)
     twos = depth == 2
     parent_idx[twos] = ones[np.searchsorted(ones, idx[twos]) - 1]
-    span_id = block * plan.block_spans + idx.astype(np.int64) + 1
+    span_id = block * plan.block_items + idx.astype(np.int64) + 1
     parent_span_id = np.where(parent_idx >= 0, span_id[np.maximum(parent_idx, 0)], 0)
 
     # Roots begin anywhere in the window; children start and end inside their parent.

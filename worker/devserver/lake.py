@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from worker.devserver import asyncgen, logs, threads
+from worker.devserver import threads
 from worker.devserver.names import ASYNC_NAMES, NameTable, name_table
+from worker.devserver.windows import WindowPlan
 
 __all__ = [
     "DEFAULT_PROCESSES",
@@ -154,8 +155,8 @@ class LakeProcess:
     streams: list[LakeStream]
     span_names: NameTable  # function names, then one root name per thread stream
     async_names: NameTable
-    async_plan: asyncgen.AsyncPlan
-    log_plan: logs.LogPlan
+    async_plan: WindowPlan
+    log_plan: WindowPlan
     log_stream_id: str
     properties: dict[str, str] = field(default_factory=dict)
 
@@ -173,11 +174,11 @@ class LakeProcess:
 
     @property
     def async_span_count(self) -> int:
-        return self.async_plan.spans
+        return self.async_plan.items
 
     @property
     def log_entry_count(self) -> int:
-        return self.log_plan.entries
+        return self.log_plan.items
 
 
 def _thread_properties(i: int, count: int, tid_base: int) -> dict[str, str]:
@@ -257,8 +258,8 @@ def _build_process(config: LakeConfig, index: int, kind: ProcessKind) -> LakePro
         streams=streams,
         span_names=span_names,
         async_names=name_table(seed + index + 1000, 40, ASYNC_NAMES),
-        async_plan=asyncgen.AsyncPlan(async_spans, config.async_block_spans, begin_ns, end_ns),
-        log_plan=logs.LogPlan(
+        async_plan=WindowPlan(async_spans, config.async_block_spans, begin_ns, end_ns),
+        log_plan=WindowPlan(
             max(1, round(kind.log_entries * config.scale)), config.log_block_entries, begin_ns, end_ns
         ),
         log_stream_id=log_stream_id,

@@ -1,4 +1,4 @@
-"""Log entries, generated block by block: ``block_entries`` entries per equal time window."""
+"""Log entries, generated block by block: a block of entries per equal time window (WindowPlan)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["LogBlock", "LogPlan", "generate_block"]
+from worker.devserver.windows import WindowPlan
+
+__all__ = ["LogBlock", "generate_block"]
 
 _TEMPLATES = pa.array(
     [
@@ -28,29 +30,6 @@ _LEVEL_P = np.array([0.001, 0.02, 0.08, 0.6, 0.2, 0.099])
 
 
 @dataclass(frozen=True)
-class LogPlan:
-    entries: int
-    block_entries: int
-    begin_ns: int
-    end_ns: int
-
-    @property
-    def block_count(self) -> int:
-        return -(-self.entries // self.block_entries) if self.entries else 0
-
-    @property
-    def window_ns(self) -> int:
-        return max(1, (self.end_ns - self.begin_ns) // max(1, self.block_count))
-
-    def block_window(self, block: int) -> tuple[int, int]:
-        begin = self.begin_ns + block * self.window_ns
-        return begin, begin + self.window_ns
-
-    def block_entry_count(self, block: int) -> int:
-        return min(self.block_entries, self.entries - block * self.block_entries)
-
-
-@dataclass(frozen=True)
 class LogBlock:
     time: np.ndarray  # int64, sorted
     level: np.ndarray  # int32
@@ -58,8 +37,8 @@ class LogBlock:
     msg: pa.Array  # utf8
 
 
-def generate_block(rng: np.random.Generator, plan: LogPlan, block: int, target_count: int) -> LogBlock:
-    n = plan.block_entry_count(block)
+def generate_block(rng: np.random.Generator, plan: WindowPlan, block: int, target_count: int) -> LogBlock:
+    n = plan.block_item_count(block)
     begin, _ = plan.block_window(block)
     time = np.sort(begin + np.floor(rng.random(n) * plan.window_ns).astype(np.int64))
     level = (rng.choice(6, size=n, p=_LEVEL_P) + 1).astype(np.int32)

@@ -94,7 +94,7 @@ class MetadataTables:
         if s.stream_id == p.log_stream_id:
             lp = p.log_plan
             return [
-                (s.block_id(seed, b), *lp.block_window(b), lp.block_entry_count(b))
+                (s.block_id(seed, b), *lp.block_window(b), lp.block_item_count(b))
                 for b in range(lp.block_count)
             ]
         return []
