@@ -35,6 +35,7 @@ from redis.asyncio import Redis
 from contracts import Keys, TraceRequest
 from tests.support.devserver import run_devserver_subprocess
 from tests.support.redis_server import RedisServer
+from tests.support.worker_process import stop_process
 from worker.devserver import Lake, LakeConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -290,12 +291,7 @@ def main() -> int:
                 rss.stop()
     finally:
         if worker is not None:
-            worker.terminate()
-            try:
-                worker.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
+            stop_process(worker, timeout=60)
         server.close()
         shutil.rmtree(out_dir, ignore_errors=True)
     return 0

@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 
 from contracts import JobState, Keys, StatusEvent, TraceRequest, parse_entry
 from contracts.request import SpanTypes
-from tests.support.worker_process import worker_env
+from tests.support.worker_process import stop_process, worker_env
 
 __all__ = ["LoadReport", "run_load"]
 
@@ -241,13 +241,7 @@ async def run_load(  # noqa: PLR0917 - the load's knobs
         if sampler is not None:
             sampler.stop()
         await redis.aclose()
-        if worker.poll() is None:
-            worker.terminate()
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
+        stop_process(worker)
     return report
 
 

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from contracts import JobState, Keys, StatusEvent, TraceRequest
 from tests.service.support import JobReader, submit
 from tests.support.chaos import blob_leftovers
+from tests.support.worker_process import stop_process
 from worker.service.job import blob_key
 
 __all__ = ["KEYS", "full_disk_worker", "run_job", "succeeded_bytes"]
@@ -47,13 +48,7 @@ def full_disk_worker(
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
 
 
 async def run_job(

@@ -14,9 +14,21 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["Spawn", "spawn_worker", "worker_env"]
+__all__ = ["Spawn", "spawn_worker", "stop_process", "worker_env"]
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """SIGTERM (a graceful drain), then SIGKILL if it has not exited within ``timeout``."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def worker_env(redis_url: str, flight_url: str, blob_url: str, **more: str) -> dict[str, str]:
@@ -64,12 +76,6 @@ def spawn_worker(tmp_path: Path) -> Iterator[Spawn]:
 
     yield spawn
     for proc, log in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
         if proc.returncode not in (0, -signal.SIGKILL):
             print(f"--- {log.name} (exit {proc.returncode})\n{log.read_text(errors='replace')[-4000:]}")
