@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 
 from contracts import JobState, Keys, TraceRequest
 from tests.client.scripted import PID, ScriptedWorker
+from tests.support.processes import track
 from tests.support.redis_server import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,8 +43,12 @@ def cli_env(redis_url: str | None = None) -> dict[str, str]:
     return env
 
 
+#: Generous waits: the machine may be busy.
+WAIT_S = 120.0
+
+
 async def start_cli(*args: str, cwd: Path, redis_url: str | None) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
+    proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "worker",
@@ -52,11 +57,13 @@ async def start_cli(*args: str, cwd: Path, redis_url: str | None) -> asyncio.sub
         env=cli_env(redis_url),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
     )
+    return track(proc)  # stopped and reaped when the test ends (tests/cli/conftest.py)
 
 
 async def finish(proc: asyncio.subprocess.Process) -> Result:
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    out, err = await asyncio.wait_for(proc.communicate(), WAIT_S)
     assert proc.returncode is not None
     return Result(proc.returncode, out.decode(), err.decode())
 
@@ -68,7 +75,7 @@ async def cli(*args: str, cwd: Path, redis_url: str | None) -> Result:
 async def next_request(redis: aioredis.Redis, last: str = "0") -> tuple[str, TraceRequest]:
     """Wait (XREAD BLOCK) for the next request entry the CLI submits."""
     reply: Any = None
-    async with asyncio.timeout(60):
+    async with asyncio.timeout(WAIT_S):
         while not reply:  # blocks of 2 s: under redis-py's default 5 s socket timeout
             reply = await redis.xread({"t:requests": last}, count=1, block=2000)
     entries = reply[b"t:requests"][0] if isinstance(reply, dict) else reply[0][1]
@@ -249,7 +256,7 @@ async def test_cancel(redis_server: RedisServer, scripted: ScriptedWorker, tmp_p
     await scripted.status("cx", JobState.RUNNING, 1)
     proc = await start_cli("cancel", "cx", "--wait", "30", cwd=tmp_path, redis_url=redis_server.url)
     assert proc.stdout is not None
-    first = await asyncio.wait_for(proc.stdout.readline(), 30)  # printed once the key is set
+    first = await asyncio.wait_for(proc.stdout.readline(), WAIT_S)  # printed once the key is set
     assert first.decode().strip() == "cancel requested for cx (was running)"
     assert await scripted.redis.get("t:job:{cx}:cancel") == b"1"
     await scripted.status("cx", JobState.CANCELLED, 1)

@@ -7,10 +7,13 @@ import asyncio
 import os
 import signal
 import sys
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
+import pytest
 import redis.asyncio as aioredis
 
+from tests.support.processes import running
 from tests.support.redis_server import RedisServer, free_port
 from worker.inspect import inspect_trace
 
@@ -28,8 +31,17 @@ def demo_env(tmp_path: Path, redis_url: str, path: str | None = None) -> dict[st
     return env
 
 
-async def start_demo(tmp_path: Path, env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
+#: Generous: the demo builds a lake and starts three services, on a machine that may be busy.
+DEMO_S = 420.0
+pytestmark = pytest.mark.timeout(600)
+
+
+Demo = AbstractAsyncContextManager[asyncio.subprocess.Process]
+
+
+def start_demo(tmp_path: Path, env: dict[str, str], *args: str) -> Demo:
+    """The demo in its own process group, killed with everything it started when the block ends."""
+    return running(
         sys.executable, "-m", "worker", "demo", *args,
         cwd=tmp_path, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
@@ -51,8 +63,8 @@ def processes_using(tmp_path: Path) -> list[str]:
 
 async def test_demo_on_a_machine_with_no_redis_running(tmp_path: Path) -> None:
     nothing = f"redis://127.0.0.1:{free_port()}/0"
-    proc = await start_demo(tmp_path, demo_env(tmp_path, nothing), "-o", "demo.pftrace")
-    out, err = await asyncio.wait_for(proc.communicate(), 240)
+    async with start_demo(tmp_path, demo_env(tmp_path, nothing), "-o", "demo.pftrace") as proc:
+        out, err = await asyncio.wait_for(proc.communicate(), DEMO_S)
     stdout, stderr = out.decode(), err.decode()
     assert proc.returncode == 0, stderr
     assert "private redis-server" in stderr and "devserver  grpc://127.0.0.1:" in stderr
@@ -68,8 +80,8 @@ async def test_demo_on_a_machine_with_no_redis_running(tmp_path: Path) -> None:
 
 
 async def test_demo_uses_the_settings_redis_and_cleans_up(redis_server: RedisServer, tmp_path: Path) -> None:
-    proc = await start_demo(tmp_path, demo_env(tmp_path, redis_server.url), "--quiet")
-    _out, err = await asyncio.wait_for(proc.communicate(), 240)
+    async with start_demo(tmp_path, demo_env(tmp_path, redis_server.url), "--quiet") as proc:
+        _out, err = await asyncio.wait_for(proc.communicate(), DEMO_S)
     assert proc.returncode == 0, err.decode()
     assert "(from settings; keys under tw-demo-" in err.decode()
     assert (tmp_path / "demo.pftrace").stat().st_size > 0
@@ -83,8 +95,9 @@ async def test_demo_uses_the_settings_redis_and_cleans_up(redis_server: RedisSer
 
 async def test_demo_without_redis_server_binary_says_how_to_install(tmp_path: Path) -> None:
     nothing = f"redis://127.0.0.1:{free_port()}/0"
-    proc = await start_demo(tmp_path, demo_env(tmp_path, nothing, path=str(tmp_path / "empty-bin")))
-    _out, err = await asyncio.wait_for(proc.communicate(), 120)
+    env = demo_env(tmp_path, nothing, path=str(tmp_path / "empty-bin"))
+    async with start_demo(tmp_path, env) as proc:
+        _out, err = await asyncio.wait_for(proc.communicate(), DEMO_S)
     stderr = err.decode()
     assert proc.returncode == 2
     assert "no redis-server on PATH" in stderr and "apt-get install redis-server" in stderr
@@ -94,13 +107,14 @@ async def test_demo_without_redis_server_binary_says_how_to_install(tmp_path: Pa
 
 async def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
     nothing = f"redis://127.0.0.1:{free_port()}/0"
-    proc = await start_demo(tmp_path, demo_env(tmp_path, nothing), "--process", "large", "-o", "big.pftrace")
-    assert proc.stderr is not None
-    async with asyncio.timeout(180):
-        while not (line := (await proc.stderr.readline()).decode()).startswith("job "):
-            assert line, "demo exited before submitting its job"
-    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends (here to the demo only, not its children)
-    _, err = await asyncio.wait_for(proc.communicate(), 120)
+    env = demo_env(tmp_path, nothing)
+    async with start_demo(tmp_path, env, "--process", "large", "-o", "big.pftrace") as proc:
+        assert proc.stderr is not None
+        async with asyncio.timeout(DEMO_S):  # readiness: the demo says when its job is submitted
+            while not (line := (await proc.stderr.readline()).decode()).startswith("job "):
+                assert line, "demo exited before submitting its job"
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends (here to the demo only, not its children)
+        _, err = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode == 130, err.decode()
     assert "stopping the services" in err.decode() and "Traceback" not in err.decode()
     assert processes_using(tmp_path) == []

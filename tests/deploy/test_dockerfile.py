@@ -172,7 +172,7 @@ def _run_healthcheck(stages: list[Stage], port: int) -> int:
     argv = check.exec_form()
     assert argv[0] == "python"
     env = {**os.environ, "TRACE_WORKER_HTTP_PORT": str(port)}
-    done = subprocess.run([sys.executable, *argv[1:]], check=False, env=env, capture_output=True, timeout=30)
+    done = subprocess.run([sys.executable, *argv[1:]], check=False, env=env, capture_output=True, timeout=120)
     return done.returncode
 
 

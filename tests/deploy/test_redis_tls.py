@@ -122,7 +122,7 @@ def tls_redis(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         log = tmp_path / "redis.log"
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while not (log.exists() and "Ready to accept connections" in log.read_text(errors="replace")):
             assert proc.poll() is None, log.read_text(errors="replace") if log.exists() else "exited"
             assert time.monotonic() < deadline, "TLS redis-server did not start"

@@ -68,7 +68,7 @@ def test_bad_flags_are_usage_errors(args: list[str], message: str) -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
         check=False,
     )
     assert done.returncode == 2

@@ -116,7 +116,7 @@ async def test_stalled_or_trickling_service_ends_in_timeout(  # noqa: PLR0917 - 
     big, small = _requests(mixed_devserver, mode)
     proxy.set_mode(mode, trickle_bps=20_000)
     started = time.monotonic()
-    final, _ = await run_job(redis, big, within=30)
+    final, _ = await run_job(redis, big, within=120)
     assert time.monotonic() - started < 20  # bounded by job_timeout_s, not by the fault
     assert final.state == JobState.FAILED and final.error_code == ErrorCode.TIMEOUT
     assert final.message and "job_timeout_s=4" in final.message
@@ -142,13 +142,13 @@ async def test_stalled_service_fails_after_the_batch_timeout_then_serves(  # noq
     big, small = _requests(mixed_devserver, "batch-timeout")
     proxy.set_mode("stall")
     started = time.monotonic()
-    final, _ = await run_job(redis, big, within=40)
+    final, _ = await run_job(redis, big, within=120)
     assert time.monotonic() - started < 30
     assert final.state == JobState.FAILED and final.error_code == ErrorCode.SOURCE_BROKEN, final
     assert final.retryable is True
     assert final.message and "sent nothing for 1 s" in final.message
     proxy.set_mode("pass")
-    small_final, small_reader = await run_job(redis, small, within=60)
+    small_final, small_reader = await run_job(redis, small, within=120)
     succeeded_bytes(small_final, small_reader, blobs, small)
     assert worker.poll() is None
 
@@ -166,7 +166,7 @@ async def test_unreachable_service_fails_clearly_then_serves(  # noqa: PLR0917 -
     big, small = _requests(mixed_devserver, "refused")
     proxy.set_refusing(True)
     started = time.monotonic()
-    final, _ = await run_job(redis, small, within=60)
+    final, _ = await run_job(redis, small, within=120)
     assert time.monotonic() - started < 45
     assert final.state == JobState.FAILED and final.error_code == ErrorCode.SOURCE_UNAVAILABLE
     assert final.retryable and final.attempt == 3

@@ -68,10 +68,10 @@ async def test_redis_killed_and_restarted_with_persistence_mid_job(
         readers = [JobReader(redis, KEYS, r.effective_job_id()) for r in requests]
         for request in requests:
             await submit(redis, KEYS, request)
-        await readers[0].read_until(lambda e: e.type == "chunk", within=30)
+        await readers[0].read_until(lambda e: e.type == "chunk", within=120)
         server.stop()  # SIGKILL: what a crash looks like; the AOF (fsync always) keeps every write
         server.start()
-        finals = [await _retrying(lambda r=r: r.terminal(within=60)) for r in readers]
+        finals = [await _retrying(lambda r=r: r.terminal(within=120)) for r in readers]
         reference = await reference_traces(mixed_devserver, requests)
         for request, final, reader in zip(requests, finals, readers, strict=True):
             data = succeeded_bytes(final, reader, blobs, request)
@@ -95,7 +95,7 @@ async def test_redis_unreachable_for_a_while(
         first = TraceRequest(process_id=procs["typical"], job_id="through-outage")
         reader = JobReader(redis, KEYS, first.effective_job_id())
         await submit(redis, KEYS, first)
-        await reader.read_until(lambda e: e.type == "chunk", within=30)
+        await reader.read_until(lambda e: e.type == "chunk", within=120)
         proxy.set_refusing(True)
         accepted = proxy.accepted
         deadline = time.monotonic() + 20
@@ -103,7 +103,7 @@ async def test_redis_unreachable_for_a_while(
             assert time.monotonic() < deadline, "the worker never tried to reconnect"
             await asyncio.sleep(0.05)
         proxy.set_refusing(False)
-        final = await reader.terminal(within=60)
+        final = await reader.terminal(within=120)
         succeeded_bytes(final, reader, blobs, first)
         after, after_reader = await run_job(
             redis, TraceRequest(process_id=procs["small"], job_id="after-outage")
@@ -177,11 +177,11 @@ async def test_s3_bucket_deleted_mid_job(  # noqa: PLR0917 - fixtures
     request = TraceRequest(process_id=procs["typical"], job_id="bucket-gone")
     reader = JobReader(redis, KEYS, request.effective_job_id())
     await submit(redis, KEYS, request)
-    await reader.read_until(lambda e: e.type == "chunk", within=30)
+    await reader.read_until(lambda e: e.type == "chunk", within=120)
     flight_proxy.set_mode("stall")  # hold the job mid-way while the bucket goes
     s3_bucket.client.delete_bucket(Bucket=s3_bucket.name)
     flight_proxy.set_mode("pass")
-    final = await reader.terminal(within=60)
+    final = await reader.terminal(within=120)
     assert final.state == JobState.FAILED and final.error_code == ErrorCode.BLOB_STORE_ERROR
     assert final.retryable and final.message and s3_bucket.name in final.message
     s3_bucket.client.create_bucket(Bucket=s3_bucket.name)

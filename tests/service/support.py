@@ -115,7 +115,7 @@ class JobReader:
         self.last = "0-0"
         self.events: list[Event] = []
 
-    async def read_until(self, pred: Callable[[Event], bool], within: float = 15.0) -> Event:
+    async def read_until(self, pred: Callable[[Event], bool], within: float = 60.0) -> Event:
         for event in self.events:
             if pred(event):
                 return event
@@ -136,7 +136,7 @@ class JobReader:
                     if pred(event):
                         return event
 
-    async def terminal(self, within: float = 15.0) -> StatusEvent:
+    async def terminal(self, within: float = 60.0) -> StatusEvent:
         event = await self.read_until(lambda e: isinstance(e, StatusEvent) and e.state.terminal, within)
         assert isinstance(event, StatusEvent)
         return event
@@ -173,7 +173,7 @@ async def submit(redis: Redis, keys: Keys, request: TraceRequest | str | bytes |
 
 
 async def wait_until(
-    pred: Callable[[], Awaitable[bool]], within: float = 15.0, what: str = "condition"
+    pred: Callable[[], Awaitable[bool]], within: float = 60.0, what: str = "condition"
 ) -> None:
     """Poll a Redis-side condition that has no stream to block on (e.g. the group's pending list)."""
     deadline = time.monotonic() + within

@@ -45,7 +45,7 @@ async def _run_job(settings: Settings, redis: Redis, request: TraceRequest) -> t
     try:
         reader = JobReader(redis, KEYS, request.effective_job_id())
         await submit(redis, KEYS, request)
-        final = await reader.terminal(within=60)
+        final = await reader.terminal(within=120)
         return reader, final
     finally:
         await service.stop()

@@ -109,7 +109,7 @@ async def test_lost_group_fails_liveness(redis_server: RedisServer, service: Ser
         await redis.flushall()
     finally:
         await redis.aclose()
-    async with asyncio.timeout(15):
+    async with asyncio.timeout(60):
         await service.rt.fatal.wait()
     status, body = await _get(_port(service), "/livez")
     assert status == 503 and b"stopped consuming" in body

@@ -87,11 +87,11 @@ async def test_worker_killed_mid_job_is_finished_by_another(
     b: subprocess.Popen[bytes] | None = None
     try:
         await submit(redis, KEYS, req)
-        await reader.read_until(lambda e: e.type == "chunk" and e.attempt == 1, within=60)
+        await reader.read_until(lambda e: e.type == "chunk" and e.attempt == 1, within=120)
         a.kill()  # SIGKILL mid-job: no cleanup, the entry stays in worker-a's pending list
         a.wait(timeout=10)
         b = _worker("worker-b", env, logs / "b.log")
-        final = await reader.terminal(within=90)
+        final = await reader.terminal(within=180)
         assert final.state == JobState.SUCCEEDED and final.attempt == 2
         terminal = [s for s in reader.statuses() if s.state.terminal]
         assert len(terminal) == 1
@@ -137,7 +137,7 @@ async def test_redis_restart_under_a_running_worker() -> None:
         # the subscriber reads again after the restart
         reader2 = JobReader(redis, KEYS, "after-restart")
         await submit(redis, KEYS, TraceRequest(process_id=PID, job_id="after-restart"))
-        assert (await reader2.terminal(within=30)).state == JobState.SUCCEEDED
+        assert (await reader2.terminal(within=120)).state == JobState.SUCCEEDED
     finally:
         await service.stop()
         await redis.aclose()
@@ -177,7 +177,7 @@ async def test_flightsql_down_then_back(redis_server: RedisServer, redis: Redis,
         # the service is down: attempt 1 fails transiently and attempt 2 starts
         await reader.read_until(lambda e: isinstance(e, StatusEvent) and e.attempt == 2)
         server = DevServer(lake, port=port).start()
-        final = await reader.terminal(within=60)
+        final = await reader.terminal(within=120)
         assert final.state == JobState.SUCCEEDED and final.attempt >= 2
         assert (
             reader.trace_bytes(final.attempt)
@@ -257,7 +257,7 @@ async def test_cancel_stops_a_job_stuck_in_a_query(
             os.kill(dev.proc.pid, signal.SIGSTOP)  # the server stops answering mid-job
             try:
                 await redis.set(KEYS.cancel("stuck"), "1", ex=600)
-                final = await reader.terminal(within=30)
+                final = await reader.terminal(within=120)
                 assert final.state == JobState.CANCELLED
                 assert _traces(tmp_path) == []
             finally:

@@ -41,7 +41,12 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, timeout: float = 10.0) -> RedisServer:
+    def start(self, timeout: float = 60.0) -> RedisServer:
+        """Start and wait until it answers PING (generous: the machine may be busy).
+
+        Raises:
+            RuntimeError: it exited or did not answer in time (then it is stopped, nothing leaks).
+        """
         args = [
             self.binary,
             "--bind", "127.0.0.1",
@@ -56,14 +61,18 @@ class RedisServer:
         ]  # fmt: skip
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                log = (self.dir / "redis.log").read_text(errors="replace")
-                raise RuntimeError(f"redis-server exited with {self.proc.returncode}: {log[-2000:]}")
-            if self._ping():
-                return self
-            time.sleep(0.02)  # polling a readiness condition, not synchronising a test
-        raise RuntimeError(f"redis-server did not answer on port {self.port} within {timeout}s")
+        try:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    log = (self.dir / "redis.log").read_text(errors="replace")
+                    raise RuntimeError(f"redis-server exited with {self.proc.returncode}: {log[-2000:]}")
+                if self._ping():
+                    return self
+                time.sleep(0.02)  # polling a readiness condition, not synchronising a test
+            raise RuntimeError(f"redis-server did not answer on port {self.port} within {timeout}s")
+        except BaseException:
+            self.stop()
+            raise
 
     def _ping(self) -> bool:
         try:
@@ -77,7 +86,7 @@ class RedisServer:
         """Stop at once (SIGKILL): what a crash looks like to clients. AOF data survives."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
-            self.proc.wait(timeout=10)
+            self.proc.wait()  # SIGKILL cannot be ignored
         self.proc = None
 
     def close(self) -> None:
