@@ -11,8 +11,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import json
+
 import helm_python as helm
 import yaml
+from helm_python import _native
 
 from worker.settings import Settings
 
@@ -98,12 +101,24 @@ def load_chart() -> Iterator[helm.Chart]:
         chart.close()
 
 
-def render(values: dict[str, Any] | None = None) -> Manifests:
+def render(values: dict[str, Any] | None = None, *, kube_version: str | None = None) -> Manifests:
     """Render the chart as an install of release ``tw`` with ``values`` over the defaults.
+
+    ``kube_version`` (e.g. ``"v1.25.0"``) is the cluster version the templates see in
+    ``.Capabilities.KubeVersion``; None keeps Helm's default (a current release).
 
     Raises:
         helm_python.HelmValuesError: the values fail values.schema.json.
         helm_python.HelmRenderError: a template failed (including the chart's own ``fail`` checks).
     """
     with load_chart() as chart:
-        return Manifests(chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True))
+        if kube_version is None:
+            return Manifests(chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True))
+        # Chart.render (helm-python-sdk 0.2.2) does not pass the library's kube_version render option
+        # through; call the library's helm_render the same way Chart.render does, with that option added.
+        options = {"name": RELEASE, "namespace": NAMESPACE, "is_install": True, "kube_version": kube_version}
+        rendered = _native.call_string(
+            "helm_render", chart._raw(), None if values is None else json.dumps(values), json.dumps(options)
+        )
+        manifests: dict[str, str] = json.loads(rendered)
+        return Manifests(manifests)

@@ -64,14 +64,38 @@ app.kubernetes.io/component: worker
 {{- if hasPrefix "file://" .Values.config.blobUrl }}true{{ end }}
 {{- end }}
 
-{{/* Pod termination grace: the explicit value, or the drain timeout plus a margin; always above the drain timeout. */}}
+{{/* Seconds a stopping worker may still need after the drain timeout (worker/service/app.py Service.stop):
+up to 30 s for the clean-up of jobs cancelled at the drain deadline (lease release, terminal write), then up
+to 30 s for shielded Redis writes still running, then closing its clients. */}}
+{{- define "trace-worker.shutdownAfterDrainSeconds" -}}60{{- end }}
+
+{{/* Pod termination grace: the explicit value, or the drain timeout plus a margin; always covers the drain
+timeout plus the worker's clean-up after it (trace-worker.shutdownAfterDrainSeconds). */}}
 {{- define "trace-worker.terminationGracePeriodSeconds" -}}
 {{- $drain := int .Values.config.drainTimeoutSeconds }}
+{{- $needed := add $drain (int (include "trace-worker.shutdownAfterDrainSeconds" .)) }}
 {{- $grace := int (default (add $drain .Values.terminationGraceMarginSeconds) .Values.terminationGracePeriodSeconds) }}
-{{- if le $grace $drain }}
-{{- fail (printf "terminationGracePeriodSeconds (%d) must be greater than config.drainTimeoutSeconds (%d), or Kubernetes kills running jobs mid-drain" $grace $drain) }}
+{{- if le $grace $needed }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must be greater than config.drainTimeoutSeconds (%d) plus the worker's %ss of clean-up after the drain, or Kubernetes kills a stopping worker before it has released its jobs" $grace $drain (include "trace-worker.shutdownAfterDrainSeconds" .)) }}
 {{- end }}
 {{- $grace }}
+{{- end }}
+
+{{/* KEDA's target per replica for the waiting-work trigger: autoscaling.keda.target, or config.concurrency. */}}
+{{- define "trace-worker.kedaTarget" -}}
+{{- $target := .Values.autoscaling.keda.target }}
+{{- if kindIs "invalid" $target }}{{ $target = .Values.config.concurrency }}{{ end }}
+{{- toString (int $target) }}
+{{- end }}
+
+{{/* Settings the chart itself renders (ConfigMap or Secret): config.extra must not repeat them. */}}
+{{- define "trace-worker.managedSettings" -}}
+{{- list "TRACE_WORKER_REDIS_URL" "TRACE_WORKER_REDIS_PASSWORD" "TRACE_WORKER_KEY_PREFIX" "TRACE_WORKER_FLIGHTSQL_URL" "TRACE_WORKER_FLIGHTSQL_TOKEN" "TRACE_WORKER_FLIGHTSQL_TLS_CA" "TRACE_WORKER_BLOB_URL" "TRACE_WORKER_BLOB_S3_ENDPOINT" "TRACE_WORKER_BLOB_S3_REGION" "TRACE_WORKER_BLOB_S3_ALLOW_HTTP" "TRACE_WORKER_BLOB_S3_ACCESS_KEY_ID" "TRACE_WORKER_BLOB_S3_SECRET_ACCESS_KEY" "TRACE_WORKER_WORKER_CONCURRENCY" "TRACE_WORKER_DRAIN_TIMEOUT_S" "TRACE_WORKER_HTTP_HOST" "TRACE_WORKER_HTTP_PORT" "TRACE_WORKER_LOG_FORMAT" "TRACE_WORKER_LOG_LEVEL" | toJson }}
+{{- end }}
+
+{{/* The most replicas the release can run: replicaCount, or autoscaling.maxReplicas. */}}
+{{- define "trace-worker.maxReplicas" -}}
+{{- if .Values.autoscaling.enabled }}{{ .Values.autoscaling.maxReplicas }}{{ else }}{{ .Values.replicaCount }}{{ end }}
 {{- end }}
 
 {{/* host:port of Redis for KEDA, from autoscaling.keda.redisAddress or config.redisUrl. */}}
