@@ -6,12 +6,11 @@ offline: the same template engine and schema validation as ``helm template`` / `
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-
-import json
 
 import helm_python as helm
 import yaml

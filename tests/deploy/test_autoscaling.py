@@ -60,7 +60,7 @@ async def _walk_the_stream(url: str) -> list[State]:
 
     async def deliver(count: int) -> None:
         # What the worker's subscriber does: XREADGROUP ... STREAMS <requests> >
-        got = await redis.xreadgroup(keys.group, "worker-a", {keys.requests: ">"}, count=count)
+        got: Any = await redis.xreadgroup(keys.group, "worker-a", {keys.requests: ">"}, count=count)
         delivered.extend(entry_id.decode() for entry_id, _ in got[0][1])
 
     async def finish(entry_id: str) -> None:
@@ -129,7 +129,7 @@ def _problems(spec: dict[str, Any], concurrency: int, activation: int, states: l
             problems.append(f"{s.name}: idle but {n} replicas (no scale to zero)")
     quiet = count["2 in flight (running or released for reclaim), none waiting"]
     busy = count["40 waiting behind 2 in flight"]
-    if busy <= quiet and quiet < high:
+    if busy <= quiet < high:
         problems.append(f"40 waiting requests add no replica ({quiet} -> {busy})")
     return problems
 
@@ -154,7 +154,10 @@ RENDERS: dict[str, dict[str, Any]] = {
     "lag, scale to zero": _values("lag", 0),
     "lag, min 1": _values("lag", 1),
     "lag, scale to zero, wakes above 3": _values("lag", 0, activationTarget=3),
-    "streamLength, target 10, concurrency 4": {**_values("streamLength", 0, target=10), "config": {**S3, "concurrency": 4}},
+    "streamLength, target 10, concurrency 4": {
+        **_values("streamLength", 0, target=10),
+        "config": {**S3, "concurrency": 4},
+    },
     "production values": production_values(),
 }
 
@@ -177,7 +180,10 @@ def test_every_autoscaling_render_wakes_on_waiting_work_and_keeps_running_jobs(
 def test_the_check_catches_the_triggers_that_strand_work(states: list[State]) -> None:
     # The shapes the chart rendered before (issue 18): the check above must reject both.
     base = {"address": "redis:6379", "stream": "traces:requests", "consumerGroup": "traces:workers"}
-    lag_only = {"minReplicaCount": 0, "triggers": [{"metadata": {**base, "lagCount": "5", "activationLagCount": "0"}}]}
+    lag_only = {
+        "minReplicaCount": 0,
+        "triggers": [{"metadata": {**base, "lagCount": "5", "activationLagCount": "0"}}],
+    }
     problems = _problems(lag_only, 2, 0, states)
     assert any("jobs in flight" in p and "released" in p for p in problems), problems
     length_in_group = {"minReplicaCount": 0, "triggers": [{"metadata": {**base, "streamLength": "5"}}]}

@@ -12,7 +12,10 @@ from redis.connection import parse_url
 
 from contracts.keys import Keys
 from tests.deploy.support import CHART, Manifests, production_values, render, setting_env_names
+from tests.deploy.worker_bounds import worker_readyz_worst_case_s, worker_shutdown_after_drain_s
 from worker.settings import Settings
+
+S3 = {"blobUrl": "s3://traces/worker"}
 
 
 def _lint_problems(values: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -35,7 +38,7 @@ def test_lint_reports_values_that_break_the_schema() -> None:
 def test_default_install_renders_the_worker_and_nothing_optional() -> None:
     m = render()
     assert m.kinds() == ["ConfigMap", "Deployment", "PodDisruptionBudget", "Service", "ServiceAccount"]
-    assert m.one("Deployment")["spec"]["replicas"] == 2
+    assert m.one("Deployment")["spec"]["replicas"] == 1  # the default emptyDir blob store is one pod's disk
     assert m.container()["args"] == ["run"]
     assert m.container()["image"] == "trace-worker:0.1.0"  # the chart's appVersion
 
@@ -74,7 +77,7 @@ def test_security_context_is_read_only_non_root_without_capabilities() -> None:
 
 
 def test_resources_have_requests_and_a_memory_limit() -> None:
-    res = render().container()["resources"]
+    res = render({"config": S3}).container()["resources"]
     assert set(res["requests"]) == {"cpu", "memory"}
     assert "memory" in res["limits"]
     custom = render({"resources": {"requests": {"cpu": "2", "memory": "3Gi"}, "limits": {"memory": "6Gi"}}})
@@ -106,15 +109,31 @@ def test_config_changes_roll_the_pods() -> None:
     assert checksum({}) != checksum({"config": {"keyPrefix": "other"}})
 
 
-def test_termination_grace_outlasts_the_drain_timeout() -> None:
-    default = render()
-    drain = int(default.one("ConfigMap")["data"]["TRACE_WORKER_DRAIN_TIMEOUT_S"])
-    assert default.pod_spec()["terminationGracePeriodSeconds"] > drain
-    prod = render(production_values())
-    assert prod.pod_spec()["terminationGracePeriodSeconds"] > 120
-    assert render({"terminationGracePeriodSeconds": 61}).pod_spec()["terminationGracePeriodSeconds"] == 61
-    with pytest.raises(helm.HelmRenderError, match=r"must be greater than config\.drainTimeoutSeconds"):
-        render({"terminationGracePeriodSeconds": 60})
+def test_termination_grace_outlasts_the_drain_and_the_clean_up_after_it() -> None:
+    after_drain = worker_shutdown_after_drain_s()
+    for values in ({}, production_values(), {"config": {"drainTimeoutSeconds": 1}}):
+        m = render(values)
+        drain = float(m.one("ConfigMap")["data"]["TRACE_WORKER_DRAIN_TIMEOUT_S"])
+        # At least 5 s to spare for closing the clients and the process exit.
+        assert m.pod_spec()["terminationGracePeriodSeconds"] >= drain + after_drain + 5
+    least = 60 + int(after_drain) + 1
+    assert (
+        render({"terminationGracePeriodSeconds": least}).pod_spec()["terminationGracePeriodSeconds"] == least
+    )
+    with pytest.raises(
+        helm.HelmRenderError, match=r"must be greater than config\.drainTimeoutSeconds \(60\) plus"
+    ):
+        render({"terminationGracePeriodSeconds": least - 1})
+    with pytest.raises(helm.HelmValuesError, match="terminationGraceMarginSeconds"):
+        render({"terminationGraceMarginSeconds": int(after_drain)})
+
+
+def test_readiness_timeout_outlasts_readyz_with_every_dependency_hung() -> None:
+    readiness = render().container()["readinessProbe"]
+    assert readiness["timeoutSeconds"] > worker_readyz_worst_case_s()
+    assert readiness["periodSeconds"] >= readiness["timeoutSeconds"]
+    with pytest.raises(helm.HelmValuesError, match="/probes/readiness/timeoutSeconds"):
+        render({"probes": {"readiness": {"timeoutSeconds": 3}}})
 
 
 def test_credentials_go_into_a_secret_and_reach_the_worker_by_reference() -> None:
@@ -174,6 +193,40 @@ def test_flightsql_ca_is_mounted_where_the_setting_points() -> None:
     assert "TRACE_WORKER_FLIGHTSQL_TLS_CA" not in render().one("ConfigMap")["data"]
 
 
+def test_default_blob_store_is_one_pods_disk_with_its_space_requested() -> None:
+    m = render()
+    volume = next(v for v in m.pod_spec()["volumes"] if v["name"] == "data")
+    assert volume == {"name": "data", "emptyDir": {"sizeLimit": "2Gi"}}
+    # The emptyDir is node disk: the scheduler must know the pod needs it.
+    assert m.container()["resources"]["requests"]["ephemeral-storage"] == "2Gi"
+    own = render({"resources": {"requests": {"cpu": "1", "ephemeral-storage": "5Gi"}}})
+    # resources.requests merges with the defaults; its own ephemeral-storage wins.
+    assert own.container()["resources"]["requests"]["ephemeral-storage"] == "5Gi"
+    claim = render({"localBlob": {"existingClaim": "traces-pvc"}})
+    assert "ephemeral-storage" not in claim.container()["resources"]["requests"]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"replicaCount": 2},
+        {"autoscaling": {"enabled": True, "maxReplicas": 3}},
+        {"replicaCount": 3, "localBlob": {"existingClaim": "traces-pvc"}},  # not said to be ReadWriteMany
+    ],
+    ids=["two replicas", "autoscaling", "claim not ReadWriteMany"],
+)
+def test_more_than_one_replica_needs_s3_or_a_shared_claim(values: dict[str, Any]) -> None:
+    with pytest.raises(helm.HelmRenderError, match="need a shared volume"):
+        render(values)
+
+
+def test_more_than_one_replica_with_s3_or_a_read_write_many_claim() -> None:
+    assert render({"replicaCount": 3, "config": S3}).one("Deployment")["spec"]["replicas"] == 3
+    shared = {"replicaCount": 3, "localBlob": {"existingClaim": "traces-pvc", "readWriteMany": True}}
+    volumes = render(shared).pod_spec()["volumes"]
+    assert {"name": "data", "persistentVolumeClaim": {"claimName": "traces-pvc"}} in volumes
+
+
 def test_s3_blob_store_needs_no_data_volume() -> None:
     m = render(
         {
@@ -206,6 +259,7 @@ def test_pod_disruption_budget_selects_the_workers_and_is_switchable() -> None:
     pdb = m.one("PodDisruptionBudget")
     assert pdb["spec"] == {
         "maxUnavailable": 1,
+        "unhealthyPodEvictionPolicy": "AlwaysAllow",
         "selector": {"matchLabels": m.one("Deployment")["spec"]["selector"]["matchLabels"]},
     }
     pod_labels = m.one("Deployment")["spec"]["template"]["metadata"]["labels"]
@@ -219,16 +273,33 @@ def test_pod_disruption_budget_selects_the_workers_and_is_switchable() -> None:
     assert render({"podDisruptionBudget": {"enabled": False}}).all("PodDisruptionBudget") == []
 
 
+@pytest.mark.parametrize(("version", "rendered"), [("v1.25.16", False), ("v1.26.0", True), ("v1.33.1", True)])
+def test_unready_workers_can_be_evicted_where_the_cluster_supports_it(version: str, rendered: bool) -> None:
+    # Every worker is unready while Redis or Flight SQL is down; a node drain must not wait for the outage.
+    spec = render(kube_version=version).one("PodDisruptionBudget")["spec"]
+    assert ("unhealthyPodEvictionPolicy" in spec) is rendered
+    off = render({"podDisruptionBudget": {"unhealthyPodEvictionPolicy": ""}}, kube_version=version)
+    assert "unhealthyPodEvictionPolicy" not in off.one("PodDisruptionBudget")["spec"]
+
+
 def _trigger(m: Manifests) -> dict[str, Any]:
+    """The waiting-work trigger (the first); the second counts the work in flight."""
     triggers = m.one("ScaledObject")["spec"]["triggers"]
-    assert len(triggers) == 1
-    assert triggers[0]["type"] == "redis-streams"
+    assert len(triggers) == 2
+    assert {t["type"] for t in triggers} == {"redis-streams"}
+    assert (
+        triggers[1]["metadata"]["pendingEntriesCount"]
+        == m.one("ConfigMap")["data"]["TRACE_WORKER_WORKER_CONCURRENCY"]
+    )
+    for key in ("address", "databaseIndex", "enableTLS", "stream"):
+        assert triggers[0]["metadata"][key] == triggers[1]["metadata"][key]
+    assert triggers[0].get("authenticationRef") == triggers[1].get("authenticationRef")
     found: dict[str, Any] = triggers[0]
     return found
 
 
 def test_keda_scales_on_the_request_stream_of_the_worker_group() -> None:
-    m = render({"autoscaling": {"enabled": True}, "config": {"keyPrefix": "perf"}})
+    m = render({"autoscaling": {"enabled": True}, "config": {"keyPrefix": "perf", **S3}})
     assert "replicas" not in m.one("Deployment")["spec"]  # the autoscaler owns the count
     assert m.all("HorizontalPodAutoscaler") == []
     obj = m.one("ScaledObject")
@@ -236,11 +307,14 @@ def test_keda_scales_on_the_request_stream_of_the_worker_group() -> None:
     assert (obj["spec"]["minReplicaCount"], obj["spec"]["maxReplicaCount"]) == (1, 10)
     meta = _trigger(m)["metadata"]
     keys = Keys("perf")
-    assert (meta["stream"], meta["consumerGroup"]) == (keys.requests, keys.group)
+    assert meta["stream"] == keys.requests
+    assert "consumerGroup" not in meta  # XLEN: waiting + in flight
+    in_flight = m.one("ScaledObject")["spec"]["triggers"][1]["metadata"]
+    assert in_flight["consumerGroup"] == keys.group
     assert meta["address"] == "redis-master:6379"
     assert meta["databaseIndex"] == "0"
     assert meta["enableTLS"] == "false"
-    assert meta["lagCount"] == "5"
+    assert meta["streamLength"] == "2"  # config.concurrency
     assert "authenticationRef" not in _trigger(m)  # no password configured
     assert m.all("TriggerAuthentication") == []
 
@@ -261,37 +335,28 @@ def test_keda_production_reads_tls_db_and_password_from_the_settings() -> None:
     ]
 
 
-@pytest.mark.parametrize(
-    ("metric", "field"),
-    [("pendingEntries", "pendingEntriesCount"), ("streamLength", "streamLength"), ("lag", "lagCount")],
-)
+@pytest.mark.parametrize(("metric", "field"), [("streamLength", "streamLength"), ("lag", "lagCount")])
 def test_keda_metric_choice(metric: str, field: str) -> None:
-    m = render({"autoscaling": {"enabled": True, "keda": {"metric": metric, "target": 7}}})
+    m = render({"config": S3, "autoscaling": {"enabled": True, "keda": {"metric": metric, "target": 7}}})
     meta = _trigger(m)["metadata"]
     assert meta[field] == "7"
     assert {"pendingEntriesCount", "streamLength", "lagCount"} & set(meta) == {field}
 
 
-def test_scale_to_zero_needs_a_metric_that_sees_waiting_work() -> None:
-    with pytest.raises(helm.HelmRenderError, match="scale to zero"):
-        render({"autoscaling": {"enabled": True, "minReplicas": 0, "keda": {"metric": "pendingEntries"}}})
-    with pytest.raises(helm.HelmRenderError, match="must not exceed"):
-        render({"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}})
-
-
 def test_hpa_on_an_external_metric_when_keda_is_off() -> None:
     values: dict[str, Any] = {
+        "config": S3,
         "autoscaling": {
             "enabled": True,
             "minReplicas": 2,
             "maxReplicas": 8,
             "keda": {"enabled": False},
             "hpa": {
-                "metricName": "redis_stream_group_lag",
+                "metricName": "redis_stream_length",
                 "metricSelector": {"stream": "traces:requests"},
                 "targetAverageValue": "3",
             },
-        }
+        },
     }
     m = render(values)
     assert m.all("ScaledObject") == []
@@ -304,7 +369,7 @@ def test_hpa_on_an_external_metric_when_keda_is_off() -> None:
             "type": "External",
             "external": {
                 "metric": {
-                    "name": "redis_stream_group_lag",
+                    "name": "redis_stream_length",
                     "selector": {"matchLabels": {"stream": "traces:requests"}},
                 },
                 "target": {"type": "AverageValue", "averageValue": "3"},
@@ -318,7 +383,7 @@ def test_hpa_on_an_external_metric_when_keda_is_off() -> None:
 
 
 def test_autoscaling_off_renders_no_autoscaler() -> None:
-    m = render({"autoscaling": {"enabled": False}, "replicaCount": 5})
+    m = render({"autoscaling": {"enabled": False}, "replicaCount": 5, "config": S3})
     assert m.all("ScaledObject") == m.all("HorizontalPodAutoscaler") == []
     assert m.one("Deployment")["spec"]["replicas"] == 5
 
@@ -331,7 +396,7 @@ def test_notes_name_the_stream_and_the_health_endpoint() -> None:
 
 def test_redis_tls_files_are_mounted_and_named_in_the_url(monkeypatch: pytest.MonkeyPatch) -> None:
     values = {
-        "config": {"redisUrl": "rediss://redis.data:6380/1"},
+        "config": {"redisUrl": "rediss://redis.data:6380/1", **S3},
         "redisTls": {"secretName": "redis-tls", "clientCert": True},
         "autoscaling": {"enabled": True},
     }

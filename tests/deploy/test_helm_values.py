@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+from pathlib import Path
 from typing import Any
 
 import helm_python as helm
@@ -45,6 +47,38 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ),
     ("probe period", {"probes": {"readiness": {"periodSeconds": 0}}}, "/probes/readiness/periodSeconds"),
     ("log format", {"config": {"logFormat": "xml"}}, "/config/logFormat"),
+    (
+        "password in the redis url",
+        {"config": {"redisUrl": "redis://:hunter2@redis:6379/0"}},
+        "/config/redisUrl",
+    ),
+    (
+        "user and password in the redis url",
+        {"config": {"redisUrl": "rediss://app:pw@redis:6380"}},
+        "/config/redisUrl",
+    ),
+    ("user in the redis url", {"config": {"redisUrl": "redis://app@redis:6379"}}, "/config/redisUrl"),
+    (
+        "extra repeats the http port",
+        {"config": {"extra": {"TRACE_WORKER_HTTP_PORT": 9999}}},
+        "propertyName 'TRACE_WORKER_HTTP_PORT'",
+    ),
+    (
+        "extra carries a credential",
+        {"config": {"extra": {"TRACE_WORKER_REDIS_PASSWORD": "x"}}},
+        "propertyName 'TRACE_WORKER_REDIS_PASSWORD'",
+    ),
+    (
+        "keda metric pending entries alone",
+        {"autoscaling": {"keda": {"metric": "pendingEntries"}}},
+        "/autoscaling/keda/metric",
+    ),
+    (
+        "pdb eviction policy",
+        {"podDisruptionBudget": {"unhealthyPodEvictionPolicy": "Never"}},
+        "/podDisruptionBudget",
+    ),
+    ("readiness shorter than readyz", {"probes": {"readiness": {"timeoutSeconds": 6}}}, "timeoutSeconds"),
 ]
 
 
@@ -109,3 +143,35 @@ def test_readme_lists_every_value() -> None:
     assert len(paths) > 50
     assert sorted(set(paths) - listed) == []
     assert sorted(listed - set(paths)) == []  # and nothing that no longer exists
+
+
+def test_config_extra_refuses_exactly_the_settings_the_chart_renders(tmp_path: Path) -> None:
+    everything = {
+        "flightsql": {"tlsCa": {"secretName": "mm-ca"}},
+        "s3": {"endpoint": "http://minio:9000", "region": "eu-west-1", "allowHttp": True},
+        "secret": {
+            "flightsqlToken": "t",
+            "redisPassword": "p",
+            "s3AccessKeyId": "a",
+            "s3SecretAccessKey": "s",
+        },
+    }
+    m = render(everything)
+    rendered = set(m.one("ConfigMap")["data"]) | set(m.env())
+    refused = set(_schema()["properties"]["config"]["properties"]["extra"]["propertyNames"]["not"]["enum"])
+    assert refused == rendered
+    with load_chart() as chart:
+        for name in sorted(rendered):
+            with pytest.raises(helm.HelmValuesError, match=f"invalid propertyName '{name}'"):
+                chart.validate_schema({"config": {"extra": {name: "1"}}})
+        chart.validate_schema({"config": {"extra": {"TRACE_WORKER_FLIGHTSQL_CONCURRENCY": "8"}}})
+    # The template refuses them too (for installs that skip the schema): the chart without its schema.
+    unchecked = tmp_path / "trace-worker"
+    shutil.copytree(CHART, unchecked)
+    (unchecked / "values.schema.json").unlink()
+    chart = helm.Chart.load(unchecked)
+    try:
+        with pytest.raises(helm.HelmRenderError, match=r"config\.extra must not set TRACE_WORKER_HTTP_PORT"):
+            chart.render({"config": {"extra": {"TRACE_WORKER_HTTP_PORT": 9999}}}, name="tw")
+    finally:
+        chart.close()
