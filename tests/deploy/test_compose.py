@@ -11,6 +11,7 @@ import pytest
 from contracts.keys import DEFAULT_PREFIX
 from tests.deploy.compose import interpolate, load_compose, read_env_file
 from tests.deploy.support import ROOT, setting_env_names
+from tests.deploy.worker_bounds import worker_shutdown_after_drain_s
 from worker.settings import Settings
 
 COMPOSE = ROOT / "docker-compose.yml"
@@ -39,7 +40,7 @@ def test_the_parser_is_strict(tmp_path: Path) -> None:
     for broken in (
         text.replace("healthcheck:", "healtcheck:", 1),
         text.replace("condition: service_healthy", "condition: service_ready", 1),
-        text.replace("stop_grace_period: 75s", "stop_grace_period: soon", 1),
+        text.replace("stop_grace_period: 135s", "stop_grace_period: soon", 1),
     ):
         assert broken != text
         bad = tmp_path / "docker-compose.yml"
@@ -82,8 +83,11 @@ def test_redis_persists_and_reports_health(stack: dict[str, Any]) -> None:
 def test_worker_is_scalable(stack: dict[str, Any]) -> None:
     worker = stack["services"]["worker"]
     assert "container_name" not in worker
-    # Host ports, if any, are ephemeral: N replicas do not collide.
-    assert all(":" not in str(p) for p in worker.get("ports", []))
+    # Host ports, if any, are ephemeral (N replicas do not collide) and on loopback only, like Redis'.
+    assert worker["ports"]
+    for port in worker["ports"]:
+        assert port["host_ip"] == "127.0.0.1", port
+        assert "published" not in port, port
     assert worker["deploy"]["replicas"] >= 2
     assert worker["command"] == ["run"]
     assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
@@ -97,14 +101,34 @@ def test_worker_is_locked_down(stack: dict[str, Any]) -> None:
     assert "/tmp" in worker["tmpfs"]
 
 
-def test_stop_grace_outlasts_the_drain_timeout(stack: dict[str, Any]) -> None:
+def test_stop_grace_outlasts_the_drain_and_the_clean_up_after_it(stack: dict[str, Any]) -> None:
     worker = stack["services"]["worker"]
     env: dict[str, str] = {}
     for path, required in _env_files(worker):
         if required:
             env.update(read_env_file(path))
     drain = float(env.get("TRACE_WORKER_DRAIN_TIMEOUT_S", Settings.model_fields["drain_timeout_s"].default))
-    assert _seconds(worker["stop_grace_period"]) > drain
+    # At least 5 s to spare for closing the clients and the process exit.
+    assert _seconds(worker["stop_grace_period"]) >= drain + worker_shutdown_after_drain_s() + 5
+
+
+def test_demo_trace_lands_where_the_user_can_fetch_it(stack: dict[str, Any]) -> None:
+    # `run --rm` deletes the demo's container: its trace must be on a volume a running service mounts.
+    command = stack["services"]["demo"]["command"]
+    output = Path(command[command.index("--output") + 1])
+    demo_mounts = dict(reversed(v.split(":")[:2]) for v in stack["services"]["demo"]["volumes"])
+    worker_mounts = dict(reversed(v.split(":")[:2]) for v in stack["services"]["worker"]["volumes"])
+    mount = next(m for m in demo_mounts if output.is_relative_to(m))
+    assert demo_mounts[mount] in stack["volumes"]  # a named volume...
+    assert worker_mounts.get(mount) == demo_mounts[mount]  # ...the workers mount at the same place
+    assert f"docker compose cp worker:{output} ." in COMPOSE.read_text()
+
+
+def test_env_file_form_names_the_compose_release_it_needs(stack: dict[str, Any]) -> None:
+    worker = stack["services"]["worker"]
+    assert any("required" in e for e in worker["env_file"])
+    header = COMPOSE.read_text().split("\nname:")[0]
+    assert "Compose 2.24" in header
 
 
 def test_worker_settings_reach_the_dev_services(stack: dict[str, Any]) -> None:
@@ -143,6 +167,9 @@ def test_micromegas_example_names_real_settings() -> None:
 def test_s3_overlay_switches_the_worker_to_minio() -> None:
     overlay = load_compose(S3_OVERLAY)
     services = overlay["services"]
+    for name in ("minio", "minio-init"):
+        image = services[name]["image"]
+        assert re.fullmatch(r"minio/(minio|mc):RELEASE\.\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ", image), image
     assert set(services) == {"minio", "minio-init", "worker"}
     env = services["worker"]["environment"]
     assert set(env) <= setting_env_names()
