@@ -22,13 +22,18 @@ COPY requirements.lock pyproject.toml ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
         > /tmp/runtime-requirements.txt \
     && pip install -c requirements.lock -r /tmp/runtime-requirements.txt
-# Then the project itself, without touching the dependencies installed above.
+# Then the project itself, without touching the dependencies installed above. Its build backend is
+# pinned: pyproject's build-system asks for setuptools>=69, and pip's isolated build would fetch
+# whatever setuptools is newest that day. So the exact version is installed here, the project is
+# built with --no-build-isolation against it, and both setuptools and pip leave the venv afterwards.
+ARG SETUPTOOLS_VERSION=80.9.0
 COPY README.md ./
 COPY contracts ./contracts
 COPY worker ./worker
-RUN pip install --no-deps . \
+RUN pip install "setuptools==${SETUPTOOLS_VERSION}" \
+    && pip install --no-deps --no-build-isolation . \
     && python -m compileall -q /opt/venv/lib \
-    && pip uninstall -y pip \
+    && pip uninstall -y setuptools pip \
     && rm -rf /src/build /tmp/runtime-requirements.txt
 
 FROM ${PYTHON_IMAGE} AS runtime

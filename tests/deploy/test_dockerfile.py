@@ -20,6 +20,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from tests.deploy.dockerfile import Stage, parse_dockerfile
 from tests.deploy.support import ROOT
@@ -73,7 +74,7 @@ def test_final_stage_has_no_build_tools_or_caches(stages: list[Stage]) -> None:
 def test_build_installs_the_locked_runtime_dependencies_then_the_project(stages: list[Stage]) -> None:
     runs = [r.args for r in stages[0].all("RUN")]
     install_deps = next(r for r in runs if "-c requirements.lock" in r)
-    install_project = next(r for r in runs if "pip install --no-deps ." in r)
+    install_project = next(r for r in runs if "pip install --no-deps --no-build-isolation ." in r)
     assert runs.index(install_deps) < runs.index(install_project)
     copied = [c.args.split()[0] for c in stages[0].all("COPY")]
     assert copied[0] == "requirements.lock"
@@ -81,6 +82,24 @@ def test_build_installs_the_locked_runtime_dependencies_then_the_project(stages:
         "find"
     ]["include"]:
         assert package.rstrip("*") in copied
+
+
+def test_the_build_backend_is_pinned(stages: list[Stage]) -> None:
+    # No isolated build environment (it would download an unpinned setuptools): the project is built
+    # against an exact setuptools installed first, which satisfies pyproject's build-system.
+    build = stages[0]
+    args = {i.args.split("=")[0]: i.args.split("=", 1)[1] for i in build.all("ARG") if "=" in i.args}
+    run = next(r.args for r in build.all("RUN") if "pip install --no-deps" in r.args)
+    steps = [s.strip() for s in run.split("&&")]
+    assert steps[0] == 'pip install "setuptools==${SETUPTOOLS_VERSION}"'
+    assert steps[1] == "pip install --no-deps --no-build-isolation ."
+    pinned = Version(args["SETUPTOOLS_VERSION"])
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+    (backend,) = [Requirement(r) for r in requires]
+    assert canonicalize_name(backend.name) == "setuptools"
+    assert backend.specifier.contains(pinned), (backend, pinned)
+    # ...and the build tool does not reach the runtime virtualenv.
+    assert "pip uninstall -y setuptools pip" in steps
 
 
 def _runtime_closure() -> set[str]:
