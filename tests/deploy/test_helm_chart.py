@@ -392,6 +392,8 @@ def test_notes_name_the_stream_and_the_health_endpoint() -> None:
     notes = render().notes
     assert "traces:requests" in notes
     assert "/readyz" in notes
+    assert "for trying out" in notes  # the default emptyDir blob store says what it is
+    assert "for trying out" not in render({"config": S3}).notes
 
 
 def test_redis_tls_files_are_mounted_and_named_in_the_url(monkeypatch: pytest.MonkeyPatch) -> None:
