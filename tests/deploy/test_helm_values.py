@@ -98,6 +98,15 @@ def test_schema_accepts_the_shipped_values(values: dict[str, Any]) -> None:
         chart.validate_schema(values)
 
 
+@pytest.mark.parametrize(
+    "url",
+    ["redis://redis-master:6379/0", "rediss://r.data.svc:6380", "redis://[::1]:6379/2", "redis://r:6379?db=3"],
+)
+def test_schema_accepts_redis_urls_without_credentials(url: str) -> None:
+    with load_chart() as chart:
+        chart.validate_schema({"config": {"redisUrl": url}})
+
+
 def _schema() -> dict[str, Any]:
     loaded: dict[str, Any] = json.loads((CHART / "values.schema.json").read_text())
     return loaded
