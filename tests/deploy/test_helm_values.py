@@ -100,7 +100,12 @@ def test_schema_accepts_the_shipped_values(values: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["redis://redis-master:6379/0", "rediss://r.data.svc:6380", "redis://[::1]:6379/2", "redis://r:6379?db=3"],
+    [
+        "redis://redis-master:6379/0",
+        "rediss://r.data.svc:6380",
+        "redis://[::1]:6379/2",
+        "redis://r:6379?db=3",
+    ],
 )
 def test_schema_accepts_redis_urls_without_credentials(url: str) -> None:
     with load_chart() as chart:
