@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -60,6 +61,19 @@ def build_parser(full: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+#: Exit status when the reader of stdout went away (``| head``): what a process killed by SIGPIPE gets.
+EXIT_PIPE = 128 + 13
+
+
+def _stdout_closed() -> int:
+    """The reader of our output is gone (``trace-worker processes | head -2``): stop quietly, as Unix
+    tools do, without a traceback nor a second error when Python flushes stdout at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_PIPE
+
+
 def _chosen(argv: Sequence[str]) -> list[str]:
     """The command named on the command line (its first word that is not an option), if any."""
     first = next((arg for arg in argv if not arg.startswith("-")), None)
@@ -78,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"trace-worker {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _stdout_closed()
     except Exception as exc:
         from worker.errors import TraceWorkerError  # noqa: PLC0415 - loaded by the command already
 

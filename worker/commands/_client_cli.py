@@ -96,6 +96,8 @@ def run_client(command: str, body: Callable[[], Awaitable[int]]) -> int:
 async def _guarded(body: Callable[[], Awaitable[T]]) -> T:
     try:
         return await body()
+    except BrokenPipeError:
+        raise  # our stdout's reader went away (`| head`), not Redis (its errors are RedisErrors)
     except (RedisConnectionError, OSError) as exc:
         raise ClientError(f"cannot reach Redis: {exc}") from exc
     except RedisError as exc:
