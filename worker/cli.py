@@ -95,8 +95,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return _stdout_closed()
     except Exception as exc:
-        from worker.errors import TraceWorkerError  # noqa: PLC0415 - loaded by the command already
+        # Loaded by the command already; imported here so that --help stays light.
+        from worker.errors import TraceWorkerError  # noqa: PLC0415
+        from worker.settings import SettingsError  # noqa: PLC0415
 
+        if isinstance(exc, SettingsError):
+            print(f"trace-worker {args.command}: {exc}", file=sys.stderr)
+            return 2
         if not isinstance(exc, TraceWorkerError):
             raise
         print(f"trace-worker {args.command}: {exc.code.value}: {exc}", file=sys.stderr)

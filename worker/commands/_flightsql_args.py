@@ -31,8 +31,9 @@ def config_from_args(args: argparse.Namespace) -> FlightSqlConfig:
     Raises:
         UsageError: unreadable CA file, bad URL, bad settings or concurrency.
     """
+    settings = get_settings()  # SettingsError: reported by the command line as every command does
     try:
-        base = FlightSqlConfig.from_settings(get_settings())
+        base = FlightSqlConfig.from_settings(settings)
     except (ValueError, InvalidRequest) as exc:
         raise UsageError(f"bad settings: {exc}") from exc
     ca = base.tls_ca_pem

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from contracts.client import JobFailed, TraceClient
@@ -36,7 +35,7 @@ from contracts.request import TraceRequest
 from worker.cli import UsageError
 from worker.commands._client_cli import ProgressLine, format_size
 from worker.commands._demo_stack import DemoStack, StackError
-from worker.settings import Settings
+from worker.settings import Settings, load_settings
 
 __all__ = ["register"]
 
@@ -71,10 +70,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``trace-worker demo``."""
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        raise UsageError(f"invalid settings: {exc.errors()[0]['msg']}") from exc
+    settings = load_settings()
     output = Path(args.output)
     if output.is_dir() or not output.parent.is_dir():
         raise UsageError(f"cannot write {output}: not a file in an existing directory")
