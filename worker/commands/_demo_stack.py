@@ -16,7 +16,15 @@ from pathlib import Path
 import worker
 from worker.cli import UsageError
 
-__all__ = ["DemoStack", "StackError", "free_port"]
+__all__ = ["SOURCE_TUNING", "DemoStack", "StackError", "free_port"]
+
+#: Source settings the demo's worker takes from the user's settings: how to read, not where (the
+#: URL, token and TLS settings are the demo's own devserver's).
+SOURCE_TUNING = (
+    "flightsql_preserve_dictionary",
+    "flightsql_concurrency",
+    "flightsql_batch_timeout_s",
+)
 
 _UUID_LINE = re.compile(r"^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\s")
 _PROJECT_ROOT = Path(worker.__file__).resolve().parent.parent
@@ -138,9 +146,14 @@ class DemoStack:
                 if match:
                     return match.group(1)
 
-    async def start_worker(self, redis_url: str, prefix: str, flight_url: str, blob_dir: Path) -> None:
-        env = self._child_env(
+    def worker_env(
+        self, redis_url: str, prefix: str, flight_url: str, blob_dir: Path, tuning: dict[str, str]
+    ) -> dict[str, str]:
+        """The demo worker's environment: the demo's own services, plus ``tuning`` (the user's
+        source settings that do not say where the service is, see :data:`SOURCE_TUNING`)."""
+        return self._child_env(
             {
+                **tuning,
                 "TRACE_WORKER_REDIS_URL": redis_url,
                 "TRACE_WORKER_KEY_PREFIX": prefix,
                 "TRACE_WORKER_FLIGHTSQL_URL": flight_url,
@@ -150,6 +163,9 @@ class DemoStack:
                 "TRACE_WORKER_DRAIN_TIMEOUT_S": "0",
             }
         )
+
+    async def start_worker(self, env: dict[str, str]) -> None:
+        """``python -m worker run`` with ``env`` (from :meth:`worker_env`)."""
         proc = await self._spawn("worker", sys.executable, "-m", "worker", "run", env=env)
         self._drain("worker", proc)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from worker.cli import UsageError
@@ -46,12 +47,14 @@ def config_from_args(args: argparse.Namespace) -> FlightSqlConfig:
     if concurrency is not None and not 1 <= concurrency <= 64:
         raise UsageError("--concurrency must be from 1 to 64")
     try:
-        return FlightSqlConfig(
+        # Every setting of the base reaches the command (batch timeout, dictionaries, ...): only
+        # what an option names is replaced.
+        return dataclasses.replace(
+            base,
             url=args.flightsql or base.url,
             token=args.token or base.token,
             tls_ca_pem=ca,
             tls_skip_verify=args.tls_skip_verify or base.tls_skip_verify,
-            preserve_dictionary=base.preserve_dictionary,
             concurrency=concurrency or base.concurrency,
         )
     except InvalidRequest as exc:

@@ -34,7 +34,7 @@ from contracts.events import StatusEvent
 from contracts.request import TraceRequest
 from worker.cli import UsageError
 from worker.commands._client_cli import ProgressLine, format_size
-from worker.commands._demo_stack import DemoStack, StackError
+from worker.commands._demo_stack import SOURCE_TUNING, DemoStack, StackError
 from worker.settings import Settings, load_settings
 
 __all__ = ["register"]
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     terminated: list[int] = []
     with _sigterm_as_interrupt(terminated):
         try:
-            code, summary = asyncio.run(_demo(args, redis_url, output, workdir))
+            code, summary = asyncio.run(_demo(args, settings, redis_url, output, workdir))
             ok = code == 0
             if summary is not None:
                 _print_summary(summary)
@@ -142,8 +142,13 @@ def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+def source_tuning(settings: Settings) -> dict[str, str]:
+    """The user's :data:`SOURCE_TUNING` settings as variables for the demo's worker."""
+    return {f"TRACE_WORKER_{name.upper()}": str(getattr(settings, name)) for name in SOURCE_TUNING}
+
+
 async def _demo(
-    args: argparse.Namespace, named_redis: str | None, output: Path, workdir: Path
+    args: argparse.Namespace, settings: Settings, named_redis: str | None, output: Path, workdir: Path
 ) -> tuple[int, _Summary | None]:
     """Start the services, run the job, stop every service; (exit status, what to print)."""
     stack = DemoStack(workdir)
@@ -160,7 +165,9 @@ async def _demo(
             _say(f"redis      {redis_url} (private redis-server)")
         flight_url, process_id = await stack.start_devserver(args.process)
         _say(f"devserver  {flight_url} (sample '{args.process}' process {process_id})")
-        await stack.start_worker(redis_url, prefix, flight_url, workdir / "blobs")
+        await stack.start_worker(
+            stack.worker_env(redis_url, prefix, flight_url, workdir / "blobs", source_tuning(settings))
+        )
         _say("worker     started (python -m worker run)")
         return await _request(args, redis_url, prefix, process_id, output, stack)
     except StackError as exc:
