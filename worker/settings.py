@@ -3,21 +3,40 @@
 One flat model so that the variable names stay short and documented (``TRACE_WORKER_REDIS_URL``,
 ``TRACE_WORKER_FLIGHTSQL_URL``, ...); fields are grouped by name prefix, one group per part. The
 full table is in docs/CONFIGURATION.md; a test checks that table against this model.
+
+Only ``TRACE_WORKER_*`` names are read, from the environment and from ``.env`` (other keys of a
+shared ``.env`` are none of our business). Commands load settings with :func:`load_settings`, which
+reports a misspelt ``TRACE_WORKER_*`` name and every invalid value by variable name, in one style.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import socket
 from functools import lru_cache
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from dotenv import dotenv_values
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contracts.keys import DEFAULT_PREFIX
 
-__all__ = ["Settings", "get_settings"]
+__all__ = ["ENV_PREFIX", "OTHER_NAMES", "Settings", "SettingsError", "get_settings", "load_settings"]
+
+ENV_PREFIX = "TRACE_WORKER_"
+#: TRACE_WORKER_* names that are not settings: read by tools (devserver token, scripts/dev's venv,
+#: the tests' redis-server binary, the compose file's image). Never reported as misspelt.
+OTHER_NAMES = frozenset(
+    {
+        "TRACE_WORKER_DEVSERVER_TOKEN",
+        "TRACE_WORKER_VENV",
+        "TRACE_WORKER_TEST_REDIS_SERVER",
+        "TRACE_WORKER_IMAGE",
+    }
+)
 
 _PREFIX_RE = r"^[A-Za-z0-9._-]{1,64}$"
 
@@ -25,7 +44,10 @@ _PREFIX_RE = r"^[A-Za-z0-9._-]{1,64}$"
 class Settings(BaseSettings):
     """Every setting of the worker and its command line."""
 
-    model_config = SettingsConfigDict(env_prefix="TRACE_WORKER_", env_file=".env", extra="forbid")
+    # dotenv_filtering: a .env key that is not one of our variables is ignored, not an error.
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", extra="forbid", dotenv_filtering="only_existing"
+    )
 
     # -- Redis
     #: Redis URL (redis://, rediss:// for TLS; a password goes in the URL or TRACE_WORKER_REDIS_PASSWORD).
@@ -131,7 +153,10 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _lease(self) -> Settings:
         if self.heartbeat_s * 2 > self.lease_s:
-            raise ValueError("heartbeat_s must be at most half of lease_s (a lease needs a renewal in time)")
+            raise ValueError(
+                "TRACE_WORKER_HEARTBEAT_S must be at most half of TRACE_WORKER_LEASE_S "
+                "(a lease needs a renewal in time)"
+            )
         return self
 
     @property
@@ -140,7 +165,58 @@ class Settings(BaseSettings):
         return self.worker_consumer or f"{socket.gethostname()}-{os.getpid()}"
 
 
+class SettingsError(ValueError):
+    """Unknown or invalid settings. The message names each variable (``TRACE_WORKER_...``), one
+    problem after another, separated by ``; ``."""
+
+
+def env_name(field: str) -> str:
+    """The variable of a settings field: ``lease_s`` -> ``TRACE_WORKER_LEASE_S``."""
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def unknown_names(env_file: str | Path | None = ".env") -> list[str]:
+    """``TRACE_WORKER_*`` names in the environment or ``env_file`` that are neither a setting nor one
+    of :data:`OTHER_NAMES`, sorted, each with a suggestion when one is close."""
+    names = set(os.environ)
+    if env_file is not None and Path(env_file).is_file():
+        names |= set(dotenv_values(env_file))
+    known = {env_name(field) for field in Settings.model_fields} | OTHER_NAMES
+    found = []
+    for name in sorted({n.upper() for n in names if n.upper().startswith(ENV_PREFIX)} - known):
+        close = difflib.get_close_matches(name, sorted(known), n=1)
+        found.append(f"unknown setting {name}" + (f" (did you mean {close[0]}?)" if close else ""))
+    return found
+
+
+def _describe(exc: ValidationError) -> list[str]:
+    problems = []
+    for error in exc.errors():
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["loc"]:
+            problems.append(f"bad setting {env_name(str(error['loc'][0]))}: {message}")
+        else:
+            problems.append(f"bad settings: {message}")
+    return problems
+
+
+def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Settings:
+    """The settings from the environment and ``env_file`` (a missing file is fine), with
+    ``overrides`` (command-line options) on top.
+
+    Raises:
+        SettingsError: a misspelt ``TRACE_WORKER_*`` name, or invalid values (each named).
+    """
+    problems = unknown_names(env_file)
+    if not problems:
+        try:
+            return Settings(_env_file=env_file, **overrides)
+        except ValidationError as exc:
+            problems = _describe(exc)
+    raise SettingsError("; ".join(problems))
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process's settings, read once."""
-    return Settings()
+    """The process's settings, read once (see :func:`load_settings`)."""
+    return load_settings()

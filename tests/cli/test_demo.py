@@ -20,11 +20,12 @@ from worker.inspect import inspect_trace
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def demo_env(tmp_path: Path, redis_url: str, path: str | None = None) -> dict[str, str]:
+def demo_env(tmp_path: Path, redis_url: str | None = None, path: str | None = None) -> dict[str, str]:
+    """No TRACE_WORKER_* but the Redis URL when given; the demo's temporary folders under tmp_path."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRACE_WORKER_")}
-    env.update(
-        {"PYTHONPATH": str(ROOT), "TRACE_WORKER_REDIS_URL": redis_url, "TMPDIR": str(tmp_path / "tmp")}
-    )
+    env.update({"PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path / "tmp")})
+    if redis_url is not None:
+        env["TRACE_WORKER_REDIS_URL"] = redis_url
     if path is not None:
         env["PATH"] = path
     (tmp_path / "tmp").mkdir(exist_ok=True)
@@ -61,13 +62,14 @@ def processes_using(tmp_path: Path) -> list[str]:
     return found
 
 
-async def test_demo_on_a_machine_with_no_redis_running(tmp_path: Path) -> None:
-    nothing = f"redis://127.0.0.1:{free_port()}/0"
-    async with start_demo(tmp_path, demo_env(tmp_path, nothing), "-o", "demo.pftrace") as proc:
+async def test_demo_starts_a_private_redis_unless_one_is_named(tmp_path: Path) -> None:
+    # This machine may run a Redis on 127.0.0.1:6379 (the default URL): the demo must not use it.
+    async with start_demo(tmp_path, demo_env(tmp_path), "-o", "demo.pftrace") as proc:
         out, err = await asyncio.wait_for(proc.communicate(), DEMO_S)
     stdout, stderr = out.decode(), err.decode()
     assert proc.returncode == 0, stderr
-    assert "private redis-server" in stderr and "devserver  grpc://127.0.0.1:" in stderr
+    assert "(private redis-server)" in stderr and "devserver  grpc://127.0.0.1:" in stderr
+    assert "6379" not in stderr
     assert "succeeded attempt 1" in stderr  # progress shown
     trace = tmp_path / "demo.pftrace"
     report = inspect_trace(trace)
@@ -79,11 +81,11 @@ async def test_demo_on_a_machine_with_no_redis_running(tmp_path: Path) -> None:
     assert list((tmp_path / "tmp").iterdir()) == []  # work folder removed after a success
 
 
-async def test_demo_uses_the_settings_redis_and_cleans_up(redis_server: RedisServer, tmp_path: Path) -> None:
+async def test_demo_uses_a_named_redis_and_cleans_up(redis_server: RedisServer, tmp_path: Path) -> None:
     async with start_demo(tmp_path, demo_env(tmp_path, redis_server.url), "--quiet") as proc:
         _out, err = await asyncio.wait_for(proc.communicate(), DEMO_S)
     assert proc.returncode == 0, err.decode()
-    assert "(from settings; keys under tw-demo-" in err.decode()
+    assert "(named; keys under tw-demo-" in err.decode()
     assert (tmp_path / "demo.pftrace").stat().st_size > 0
     redis = aioredis.Redis.from_url(redis_server.url)
     try:
@@ -93,29 +95,41 @@ async def test_demo_uses_the_settings_redis_and_cleans_up(redis_server: RedisSer
     assert processes_using(tmp_path) == []
 
 
-async def test_demo_without_redis_server_binary_says_how_to_install(tmp_path: Path) -> None:
+async def test_a_named_redis_that_does_not_answer_is_the_one_line_error(tmp_path: Path) -> None:
     nothing = f"redis://127.0.0.1:{free_port()}/0"
-    env = demo_env(tmp_path, nothing, path=str(tmp_path / "empty-bin"))
+    async with start_demo(tmp_path, demo_env(tmp_path), "--redis-url", nothing) as proc:
+        _out, err = await asyncio.wait_for(proc.communicate(), DEMO_S)
+    assert proc.returncode == 2
+    assert err.decode().splitlines() == [
+        f"trace-worker demo: cannot reach the Redis named by --redis-url or the settings: {nothing}"
+    ]
+    assert processes_using(tmp_path) == [] and list((tmp_path / "tmp").iterdir()) == []
+
+
+async def test_demo_without_redis_server_binary_says_how_to_install_first(tmp_path: Path) -> None:
+    env = demo_env(tmp_path, path=str(tmp_path / "empty-bin"))
     async with start_demo(tmp_path, env) as proc:
         _out, err = await asyncio.wait_for(proc.communicate(), DEMO_S)
-    stderr = err.decode()
+    lines = err.decode().splitlines()
     assert proc.returncode == 2
-    assert "no redis-server on PATH" in stderr and "apt-get install redis-server" in stderr
-    assert "Traceback" not in stderr
-    assert processes_using(tmp_path) == []
+    # The cause alone: no "stopping the services", no "logs kept in" an empty folder before it.
+    assert len(lines) == 1, lines
+    assert "no redis-server on PATH" in lines[0] and "apt-get install redis-server" in lines[0]
+    assert processes_using(tmp_path) == [] and list((tmp_path / "tmp").iterdir()) == []
 
 
-async def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
-    nothing = f"redis://127.0.0.1:{free_port()}/0"
-    env = demo_env(tmp_path, nothing)
-    async with start_demo(tmp_path, env, "--process", "large", "-o", "big.pftrace") as proc:
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+async def test_interrupt_stops_everything(tmp_path: Path, sig: signal.Signals, code: int) -> None:
+    async with start_demo(tmp_path, demo_env(tmp_path), "--process", "large", "-o", "big.pftrace") as proc:
         assert proc.stderr is not None
         async with asyncio.timeout(DEMO_S):  # readiness: the demo says when its job is submitted
             while not (line := (await proc.stderr.readline()).decode()).startswith("job "):
                 assert line, "demo exited before submitting its job"
-        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends (here to the demo only, not its children)
+        proc.send_signal(sig)  # Ctrl-C, or a service manager's stop (to the demo only, not its children)
         _, err = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode == 130, err.decode()
+        # Checked before the block kills the demo's process group: the demo itself stopped them all.
+        assert processes_using(tmp_path) == []
+    assert proc.returncode == code, err.decode()
     assert "stopping the services" in err.decode() and "Traceback" not in err.decode()
-    assert processes_using(tmp_path) == []
     assert not (tmp_path / "big.pftrace").exists() and not (tmp_path / "big.pftrace.part").exists()
+    assert list((tmp_path / "tmp").iterdir()) == []  # work folder removed

@@ -11,7 +11,7 @@ from worker.settings import Settings
 
 
 def test_heartbeat_must_fit_in_the_lease() -> None:
-    with pytest.raises(ValidationError, match="heartbeat_s"):
+    with pytest.raises(ValidationError, match="HEARTBEAT_S"):
         Settings(_env_file=None, lease_s=10, heartbeat_s=6)
     assert Settings(_env_file=None, lease_s=10, heartbeat_s=5).heartbeat_s == 5
 

@@ -11,7 +11,6 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, TextIO, TypeVar
 
-from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
@@ -21,7 +20,7 @@ from contracts.events import ProgressEvent, StatusEvent
 from contracts.keys import DEFAULT_PREFIX
 from contracts.states import JobState
 from worker.cli import UsageError
-from worker.settings import Settings
+from worker.settings import load_settings
 
 __all__ = [
     "EXIT_CODES",
@@ -59,23 +58,15 @@ def add_redis_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _settings() -> Settings:
-    try:
-        return Settings()
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "settings"
-        raise UsageError(f"bad setting {where}: {first['msg']}") from exc
-
-
 def open_client(args: argparse.Namespace) -> TraceClient:
-    """A client on the URL and prefix from the options or the settings. Call inside the event loop."""
-    url = args.redis_url
-    prefix = args.prefix
-    if url is None or prefix is None:
-        settings = _settings()
-        url = url or settings.redis_url
-        prefix = prefix or settings.key_prefix
+    """A client on the URL and prefix from the options or the settings. Call inside the event loop.
+
+    Raises:
+        SettingsError: misspelt or invalid settings (checked even when both options are given).
+    """
+    settings = load_settings()
+    url = args.redis_url or settings.redis_url
+    prefix = args.prefix or settings.key_prefix
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise UsageError(f"not a Redis URL (redis://host:port/db): {url!r}")
     try:
@@ -96,6 +87,8 @@ def run_client(command: str, body: Callable[[], Awaitable[int]]) -> int:
 async def _guarded(body: Callable[[], Awaitable[T]]) -> T:
     try:
         return await body()
+    except BrokenPipeError:
+        raise  # our stdout's reader went away (`| head`), not Redis (its errors are RedisErrors)
     except (RedisConnectionError, OSError) as exc:
         raise ClientError(f"cannot reach Redis: {exc}") from exc
     except RedisError as exc:

@@ -16,13 +16,21 @@ from pathlib import Path
 import worker
 from worker.cli import UsageError
 
-__all__ = ["DemoStack", "StackError", "free_port"]
+__all__ = ["SOURCE_TUNING", "DemoStack", "StackError", "free_port"]
+
+#: Source settings the demo's worker takes from the user's settings: how to read, not where (the
+#: URL, token and TLS settings are the demo's own devserver's).
+SOURCE_TUNING = (
+    "flightsql_preserve_dictionary",
+    "flightsql_concurrency",
+    "flightsql_batch_timeout_s",
+)
 
 _UUID_LINE = re.compile(r"^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\s")
 _PROJECT_ROOT = Path(worker.__file__).resolve().parent.parent
 #: How long one service may take to come up, and to stop after SIGTERM.
-START_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 20.0
+START_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 10.0
 
 
 class StackError(Exception):
@@ -138,16 +146,26 @@ class DemoStack:
                 if match:
                     return match.group(1)
 
-    async def start_worker(self, redis_url: str, prefix: str, flight_url: str, blob_dir: Path) -> None:
-        env = self._child_env(
+    def worker_env(
+        self, redis_url: str, prefix: str, flight_url: str, blob_dir: Path, tuning: dict[str, str]
+    ) -> dict[str, str]:
+        """The demo worker's environment: the demo's own services, plus ``tuning`` (the user's
+        source settings that do not say where the service is, see :data:`SOURCE_TUNING`)."""
+        return self._child_env(
             {
+                **tuning,
                 "TRACE_WORKER_REDIS_URL": redis_url,
                 "TRACE_WORKER_KEY_PREFIX": prefix,
                 "TRACE_WORKER_FLIGHTSQL_URL": flight_url,
                 "TRACE_WORKER_BLOB_URL": blob_dir.as_uri(),
                 "TRACE_WORKER_HTTP_PORT": "0",
+                # Stopping the demo must not wait for its job: release it at once.
+                "TRACE_WORKER_DRAIN_TIMEOUT_S": "0",
             }
         )
+
+    async def start_worker(self, env: dict[str, str]) -> None:
+        """``python -m worker run`` with ``env`` (from :meth:`worker_env`)."""
         proc = await self._spawn("worker", sys.executable, "-m", "worker", "run", env=env)
         self._drain("worker", proc)
 
@@ -174,19 +192,18 @@ class DemoStack:
                 fut.cancel()
 
     async def aclose(self) -> None:
-        """SIGTERM every service (newest first), wait, SIGKILL what did not stop."""
-        for _name, proc in reversed(self.procs):
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)
-        for _name, proc in reversed(self.procs):
-            try:
-                async with asyncio.timeout(STOP_TIMEOUT_S):
-                    await proc.wait()
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
+        """SIGTERM every service at once, wait for all of them together at most ``STOP_TIMEOUT_S``,
+        SIGKILL what has not stopped by then. Bounded, so an interrupted demo ends within seconds."""
+        live = [proc for _name, proc in self.procs if proc.returncode is None]
+        for proc in live:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+        waits = [asyncio.ensure_future(proc.wait()) for _name, proc in self.procs]
+        if waits:
+            await asyncio.wait(waits, timeout=STOP_TIMEOUT_S)
+        self.kill_all()
+        for fut in waits:
+            await fut
         for task in self._drains:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task

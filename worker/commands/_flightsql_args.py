@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from worker.cli import UsageError
@@ -31,8 +32,9 @@ def config_from_args(args: argparse.Namespace) -> FlightSqlConfig:
     Raises:
         UsageError: unreadable CA file, bad URL, bad settings or concurrency.
     """
+    settings = get_settings()  # SettingsError: reported by the command line as every command does
     try:
-        base = FlightSqlConfig.from_settings(get_settings())
+        base = FlightSqlConfig.from_settings(settings)
     except (ValueError, InvalidRequest) as exc:
         raise UsageError(f"bad settings: {exc}") from exc
     ca = base.tls_ca_pem
@@ -45,12 +47,14 @@ def config_from_args(args: argparse.Namespace) -> FlightSqlConfig:
     if concurrency is not None and not 1 <= concurrency <= 64:
         raise UsageError("--concurrency must be from 1 to 64")
     try:
-        return FlightSqlConfig(
+        # Every setting of the base reaches the command (batch timeout, dictionaries, ...): only
+        # what an option names is replaced.
+        return dataclasses.replace(
+            base,
             url=args.flightsql or base.url,
             token=args.token or base.token,
             tls_ca_pem=ca,
             tls_skip_verify=args.tls_skip_verify or base.tls_skip_verify,
-            preserve_dictionary=base.preserve_dictionary,
             concurrency=concurrency or base.concurrency,
         )
     except InvalidRequest as exc:

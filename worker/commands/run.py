@@ -11,13 +11,10 @@ import asyncio
 import signal
 from typing import Any
 
-from pydantic import ValidationError
-
-from worker.cli import UsageError
 from worker.service.app import Service
 from worker.service.generator import PipelineGenerator
 from worker.service.logs import configure_logging
-from worker.settings import Settings
+from worker.settings import Settings, load_settings
 from worker.sinks.blob import blob_store_from_settings
 
 __all__ = ["register"]
@@ -46,10 +43,7 @@ def run(args: argparse.Namespace) -> int:
         "http_port": args.http_port,
         "log_format": args.log_format,
     }
-    try:
-        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as exc:
-        raise UsageError(f"invalid settings: {exc}") from exc
+    settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
     return asyncio.run(serve(settings))
 
 
