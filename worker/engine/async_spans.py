@@ -226,7 +226,7 @@ class AsyncState:
         desc = descriptor_rows(c.uuid[idx], parent[idx])
         marks = np.where(c.before[idx], CUT_BEGIN, NO_CUT).astype(np.uint8)
         if marks.any():  # BEGINs of spans open at the range begin (found by the look-back) are cut
-            begin, sizes = marked_slice_rows(
+            packets, marked_sizes = marked_slice_rows(
                 c.time[idx],
                 SLICE_BEGIN,
                 c.uuid[idx],
@@ -235,7 +235,7 @@ class AsyncState:
                 loc=c.loc[idx],
                 marks=marks,
             )
-            return _interleave(desc, begin, np.asarray(sizes))
+            return _interleave(desc, packets, np.asarray(marked_sizes))
         begin = slice_rows(
             c.time[idx], SLICE_BEGIN, c.uuid[idx], name=c.name[idx], cat=c.cat[idx], loc=c.loc[idx]
         )
