@@ -104,7 +104,7 @@ class TraceEncoder:
             salt=self._proc_uuid,
             group_uuid=async_group_uuid(self._proc_uuid),
             reserved=np.array(sorted(set(reserved)), dtype=np.uint64),
-            range_begin=time_range.begin_ns,
+            range_begin=_data_begin(process, time_range),
             range_end=time_range.end_ns,
         )
         self._thread_canon: dict[str, Canonicalizer] = {}
@@ -344,6 +344,14 @@ class TraceEncoder:
             events.ts, events.kind, uuid, name=events.name, cat=events.cat, loc=events.loc, marks=events.mark
         )
         return self._add(data, sizes)
+
+
+def _data_begin(process: ProcessInfo, time_range: TimeRange) -> int:
+    """Where an async span whose begin is unknown is drawn from: the range begin, or the process's
+    first data (start or first recorded time) when that is later (and inside the range)."""
+    known = [t for t in (process.start_time_ns, process.first_time_ns) if t is not None]
+    first = min(known) if known else time_range.begin_ns
+    return first if time_range.begin_ns < first <= time_range.end_ns else time_range.begin_ns
 
 
 def _check_thread_columns(batch: pa.RecordBatch) -> None:

@@ -18,6 +18,7 @@ __all__ = [
     "ASYNC_EVENT_COLUMNS",
     "THREAD_SPAN_COLUMNS",
     "async_events_sql",
+    "async_lookback_sql",
     "canonical_uuid",
     "header_time",
     "process_sql",
@@ -161,6 +162,23 @@ def async_events_sql(process_id: str, time_range: TimeRange) -> str:
         f"FROM view_instance('async_events', {uuid_literal(process_id, 'process_id')}) "
         f'WHERE "time" >= {timestamp_literal(time_range.begin_ns)} '
         f'AND "time" <= {timestamp_literal(time_range.end_ns)} '
+        'ORDER BY "time"'
+    )
+
+
+def async_lookback_sql(process_id: str, begin_ns: int, lookback_ns: int) -> str:
+    """The begin events of the spans still open at ``begin_ns`` that began in the look-back
+    ``[begin_ns - lookback_ns, begin_ns)``, in time order: begins in that window whose span has no end
+    event in it (an anti-join the server runs, so only the open spans cross the wire)."""
+    lo = timestamp_literal(begin_ns - lookback_ns)
+    hi = timestamp_literal(begin_ns)
+    view = f"view_instance('async_events', {uuid_literal(process_id, 'process_id')})"
+    window = f'"time" >= {lo} AND "time" < {hi}'
+    return (
+        f"SELECT {_columns(ASYNC_EVENT_COLUMNS)} FROM {view} "
+        f"WHERE {window} AND \"event_type\" = 'begin' "
+        f'AND "span_id" NOT IN (SELECT "span_id" FROM {view} '
+        f'WHERE {window} AND "event_type" = \'end\' AND "span_id" IS NOT NULL) '
         'ORDER BY "time"'
     )
 
