@@ -20,6 +20,7 @@ So a test can serve the same lake with other tie orders and batch boundaries and
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import re
@@ -199,7 +200,8 @@ class _HandEngine:
     def _reshape(self, sql: str, table: pa.Table) -> list[pa.RecordBatch]:
         seed = self._serving.seed
         if seed is None or table.num_rows == 0:
-            return table.to_batches()
+            batches: list[pa.RecordBatch] = table.to_batches()
+            return batches
         rng = random.Random(f"{seed}/{sql}")
         order = list(range(table.num_rows))
         m = _ORDER_BY.search(sql)
@@ -217,7 +219,7 @@ class _HandEngine:
         bounds = [0, *cuts, table.num_rows]
         return [
             table.slice(a, b - a).combine_chunks().to_batches()[0]
-            for a, b in zip(bounds, bounds[1:], strict=False)
+            for a, b in itertools.pairwise(bounds)
             if b > a
         ]
 
