@@ -158,6 +158,16 @@ def _async_table(rows: list[AsyncRow]) -> pa.Table:
     )
 
 
+def _dataset(table: pa.Table) -> ds.Dataset:
+    """A dataset DataFusion can plan over. An empty view gets one row of nulls instead (DataFusion
+    rejects plans over a dataset without fragments); every statement the worker sends filters on a
+    time column, which a null never passes."""
+    if table.num_rows == 0:
+        nulls = [pa.nulls(1, f.type) for f in table.schema]
+        table = pa.Table.from_batches([pa.RecordBatch.from_arrays(nulls, schema=table.schema)])
+    return ds.dataset(table)
+
+
 _ORDER_BY = re.compile(r'ORDER BY "?(\w+)"?\s*$')
 
 
@@ -184,9 +194,9 @@ class _HandEngine:
             if v == "thread_spans":
                 if headers.range_ns is None:
                     raise ValueError("query range mandatory for thread spans view")
-                return Table(ds.dataset(_thread_table(lake.threads.get(i, []))))
+                return Table(_dataset(_thread_table(lake.threads.get(i, []))))
             if v == "async_events":
-                return Table(ds.dataset(_async_table(lake.events if i == lake.process_id else [])))
+                return Table(_dataset(_async_table(lake.events if i == lake.process_id else [])))
             raise ValueError(f"unknown view set {v!r}")
 
         ctx.register_udtf(view_instance)
