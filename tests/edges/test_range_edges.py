@@ -10,7 +10,7 @@ import pytest
 from contracts.request import SpanTypes
 from tests.edges.support import T0, generate, lake_of, slices_by_name
 from tests.engine.decode import decode
-from tests.support.devserver import small_lake, start_devserver
+from tests.support.devserver import rfc3339, small_lake, start_devserver
 from tests.support.handmade import STREAMS, AsyncRow, Serving, ThreadRow, handmade_server
 from worker.devserver import DevServer
 
@@ -43,8 +43,8 @@ def test_async_span_open_across_the_whole_range_is_drawn_cut_with_its_child(
     assert (got["db_query"].begin, got["db_query"].end, got["db_query"].cut) == (T0 + 300, T0 + 400, "")
     # The child's track sits under the parent's track.
     assert decoded.descriptors[got["db_query"].track].parent_uuid == got["long_request"].track
-    # The look-back asked only for the begins still open at the range begin (an anti-join).
-    assert any("NOT IN" in sql for sql in serving.statements)
+    # The look-back read the events of the second before the range.
+    assert any(f"< TIMESTAMP '{rfc3339(T0)}'" in sql for sql in serving.statements)
 
 
 def test_the_look_back_is_bounded(served: tuple[DevServer, Serving]) -> None:

@@ -22,6 +22,7 @@ from worker.engine.canonical import ASYNC_ORDER, THREAD_ORDER, Canonicalizer
 from worker.engine.chunks import Chunker
 from worker.engine.inputs import column, int_column, string_column, time_column
 from worker.engine.interning import Interner
+from worker.engine.lookback import Lookback
 from worker.engine.rows import CUT_BEGIN, CUT_END, marked_slice_rows
 from worker.engine.thread_spans import Events, ThreadState
 from worker.engine.tracks import (
@@ -109,6 +110,7 @@ class TraceEncoder:
         )
         self._thread_canon: dict[str, Canonicalizer] = {}
         self._async_canon = Canonicalizer(ASYNC_ORDER, "async_events", fold_case=("event_type",))
+        self._lookback = Lookback(time_range.begin_ns)
         #: Latest time seen in the data (open async spans are not drawn past the process's data).
         self._data_last = -1
         self._thread_cut = 0
@@ -226,7 +228,8 @@ class TraceEncoder:
         """Take a batch of the process's async span events (time order).
 
         As for thread spans, rows are put in canonical order and re-cut before they are encoded.
-        Events before the range (the look-back of spans open at its begin) are clipped to it.
+        Events before the range (the look-back) only yield the spans still open at its begin
+        (:mod:`worker.engine.lookback`), drawn from the range begin and marked cut.
         """
         out = self.start()
         _check_async_columns(batch)
@@ -235,7 +238,8 @@ class TraceEncoder:
         if self._current is not None:
             out += self.end_thread(self._current)
         for part in self._async_canon.push(batch):
-            out += self._async_batch(part)
+            for piece in self._lookback.split(part):
+                out += self._async_batch(piece)
         return out
 
     def _async_batch(self, batch: pa.RecordBatch) -> list[bytes]:
@@ -303,7 +307,10 @@ class TraceEncoder:
         if self._current is not None:
             out += self.end_thread(self._current)
         for part in self._async_canon.flush():
-            out += self._async_batch(part)
+            for piece in self._lookback.split(part):
+                out += self._async_batch(piece)
+        for piece in self._lookback.finish():
+            out += self._async_batch(piece)
         data_end = max(self._process.last_time_ns or -1, self._data_last)
         if data_end >= 0:
             self._async.range_end = max(self._range.begin_ns, min(self._range.end_ns, data_end))

@@ -167,18 +167,14 @@ def async_events_sql(process_id: str, time_range: TimeRange) -> str:
 
 
 def async_lookback_sql(process_id: str, begin_ns: int, lookback_ns: int) -> str:
-    """The begin events of the spans still open at ``begin_ns`` that began in the look-back
-    ``[begin_ns - lookback_ns, begin_ns)``, in time order: begins in that window whose span has no end
-    event in it (an anti-join the server runs, so only the open spans cross the wire)."""
-    lo = timestamp_literal(begin_ns - lookback_ns)
-    hi = timestamp_literal(begin_ns)
-    view = f"view_instance('async_events', {uuid_literal(process_id, 'process_id')})"
-    window = f'"time" >= {lo} AND "time" < {hi}'
+    """The process's async events of the look-back ``[begin_ns - lookback_ns, begin_ns)``, in time
+    order. A plain filtered scan (no join for the server to hold in memory); the engine keeps only the
+    begins of the spans still open at ``begin_ns``."""
     return (
-        f"SELECT {_columns(ASYNC_EVENT_COLUMNS)} FROM {view} "
-        f"WHERE {window} AND \"event_type\" = 'begin' "
-        f'AND "span_id" NOT IN (SELECT "span_id" FROM {view} '
-        f'WHERE {window} AND "event_type" = \'end\' AND "span_id" IS NOT NULL) '
+        f"SELECT {_columns(ASYNC_EVENT_COLUMNS)} "
+        f"FROM view_instance('async_events', {uuid_literal(process_id, 'process_id')}) "
+        f'WHERE "time" >= {timestamp_literal(begin_ns - lookback_ns)} '
+        f'AND "time" < {timestamp_literal(begin_ns)} '
         'ORDER BY "time"'
     )
 
