@@ -23,7 +23,7 @@ from worker.errors import EmptyRange, InvalidRequest, RangeTooLong, TraceTooLarg
 from worker.model import ProcessInfo, TimeRange
 from worker.source import Source
 
-__all__ = ["Cancelled", "Progress", "TraceSpec", "generate_trace", "resolve_range"]
+__all__ = ["Cancelled", "Progress", "TraceSpec", "generate_trace", "life_begin", "resolve_range"]
 
 #: Batches up to this many rows are encoded on the event loop; larger ones in a worker thread,
 #: so that a million-row batch never freezes the loop.
@@ -49,6 +49,8 @@ class TraceSpec:
         max_spans: Fail with :class:`TraceTooLarge` beyond this many spans.
         max_bytes: Fail with :class:`TraceTooLarge` beyond this many trace bytes.
         max_range_ns: Fail with :class:`RangeTooLong` for a longer range.
+        async_lookback_ns: How far before ``begin_ns`` to look for async spans still open at it
+            (one more query; 0: none). Not used when the range begins with the process.
     """
 
     process_id: str
@@ -59,6 +61,7 @@ class TraceSpec:
     max_spans: int | None = None
     max_bytes: int | None = None
     max_range_ns: int | None = None
+    async_lookback_ns: int = 0
 
 
 @dataclass
@@ -75,15 +78,22 @@ class Progress:
     packets: int = 0
 
 
+def life_begin(process: ProcessInfo) -> int | None:
+    """When the process's data begins: the earlier of its start time and its first recorded time."""
+    known = [t for t in (process.start_time_ns, process.first_time_ns) if t is not None]
+    return min(known) if known else None
+
+
 def resolve_range(spec: TraceSpec, process: ProcessInfo) -> TimeRange:
-    """The range to trace: the requested ends, or the process's first/last recorded times.
+    """The range to trace: the requested ends, or the process's whole life (from its start or first
+    recorded time, whichever is earlier, to its last recorded time).
 
     Raises:
         EmptyRange: an end is missing and the process has no recorded data to default it from.
         InvalidRequest: the range begins after it ends.
         RangeTooLong: the range is longer than ``spec.max_range_ns``.
     """
-    begin = spec.begin_ns if spec.begin_ns is not None else process.first_time_ns
+    begin = spec.begin_ns if spec.begin_ns is not None else life_begin(process)
     end = spec.end_ns if spec.end_ns is not None else process.last_time_ns
     if begin is None or end is None:
         raise EmptyRange(f"process {process.process_id} has no recorded data to take a time range from")
@@ -219,10 +229,13 @@ async def generate_trace(
 
     if spec.span_types.async_:
         run.report("async_spans")
-        events = source.async_events(spec.process_id, time_range)
+        first = life_begin(process)
+        lookback = spec.async_lookback_ns if first is None or time_range.begin_ns > first else 0
+        events = source.async_events(spec.process_id, time_range, lookback_ns=lookback)
         try:
             async for batch in events:
-                for chunk in await run.call(encoder.add_async_events, batch, rows=batch.num_rows):
+                rows = batch.num_rows + encoder.pending_rows()
+                for chunk in await run.call(encoder.add_async_events, batch, rows=rows):
                     yield chunk
                 await run.after_batch()
         finally:
@@ -230,7 +243,7 @@ async def generate_trace(
         run.async_done = True
 
     run.report("finishing")
-    for chunk in await asyncio.to_thread(encoder.finish):
+    for chunk in await run.call(encoder.finish, rows=encoder.pending_rows() + _INLINE_ROWS + 1):
         yield chunk
     run.check_limits()
     if run.spans == 0:
@@ -242,8 +255,9 @@ async def generate_trace(
 async def _thread_item(run: _Run, stream_id: str, batch: pa.RecordBatch | None) -> list[bytes]:
     if batch is None:
         run.threads_done += 1
-        return await run.call(run.encoder.end_thread, stream_id)
-    return await run.call(run.encoder.add_thread_spans, stream_id, batch, rows=batch.num_rows)
+        return await run.call(run.encoder.end_thread, stream_id, rows=run.encoder.pending_rows(stream_id))
+    rows = batch.num_rows + run.encoder.pending_rows(stream_id)
+    return await run.call(run.encoder.add_thread_spans, stream_id, batch, rows=rows)
 
 
 async def _close(iterator: AsyncIterator[object]) -> None:

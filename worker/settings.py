@@ -115,6 +115,10 @@ class Settings(BaseSettings):
     #: How long SIGTERM waits for running jobs before releasing them for reclaim.
     drain_timeout_s: float = Field(25.0, ge=0, le=3600)
 
+    #: How far before a requested range begin async spans still open at it are looked for (0: not at
+    #: all). Costs one more query that reads this much of the process's async events.
+    async_lookback_s: float = Field(900.0, ge=0, le=7 * 24 * 3600)
+
     # -- Limits
     #: Longest time range one trace may cover.
     max_range_s: float = Field(7 * 24 * 3600.0, gt=0)

@@ -22,6 +22,7 @@ class Slice:
     category: str
     file: str
     line: int
+    #: "begin" / "end" (the BEGIN or the END carries the cut mark), "both" (each carries its own).
     cut: str = ""
 
 
@@ -114,7 +115,10 @@ def decode(data: bytes) -> Decoded:
                 b, bname, bcat, bfile, bline, bcut = stack.pop()
                 if name != bname or cat != bcat:
                     problems.append(f"track {track}: END {name!r}@{ts} closes {bname!r}@{b}")
-                slices.append(Slice(track, b, ts, bname, bcat, bfile, bline, bcut or cut))
+                marks = {bcut, cut} - {""}
+                slices.append(
+                    Slice(track, b, ts, bname, bcat, bfile, bline, "both" if len(marks) == 2 else bcut or cut)
+                )
         for b, bname, *_ in stack:
             problems.append(f"track {track}: {bname!r}@{b} never ends")
     return Decoded(list(trace.packet), sorted(slices), problems, descriptors)

@@ -185,13 +185,14 @@ def test_unknown_stream_is_a_programming_error() -> None:
 
 def test_a_thread_fed_again_after_it_ended_stays_strictly_nested() -> None:
     enc = TraceEncoder(PROCESS, THREADS, span_types=SpanTypes.THREAD, time_range=RANGE)
-    first = [Span(100, 200, 0, "first"), Span(110, 120, 1, "child")]
+    t = RANGE.begin_ns
+    first = [Span(t + 100, t + 200, 0, "first"), Span(t + 110, t + 120, 1, "child")]
     chunks = enc.start() + enc.add_thread_spans("stream-a", thread_batch(first))
     chunks += enc.end_thread("stream-a")
-    chunks += enc.add_thread_spans("stream-a", thread_batch([Span(150, 300, 0, "again")]))
+    chunks += enc.add_thread_spans("stream-a", thread_batch([Span(t + 150, t + 300, 0, "again")]))
     decoded = decode(b"".join(chunks + enc.finish()))
     assert decoded.problems == []
-    got = sorted((s.begin, s.end, s.name) for s in decoded.slices)
+    got = sorted((s.begin - t, s.end - t, s.name) for s in decoded.slices)
     assert got == [(100, 200, "first"), (110, 120, "child"), (200, 300, "again")]
 
 

@@ -64,8 +64,19 @@ def register(subparsers: Any) -> None:
         description="Query the Flight SQL service and write the Perfetto trace of one process.",
     )
     parser.add_argument("--process-id", required=True, metavar="ID", help="the process's UUID")
-    parser.add_argument("--begin", metavar="T", help="RFC 3339 or epoch ns (default: first recorded time)")
+    parser.add_argument(
+        "--begin",
+        metavar="T",
+        help="RFC 3339 or epoch ns (default: the process's start or first recorded time)",
+    )
     parser.add_argument("--end", metavar="T", help="RFC 3339 or epoch ns (default: last recorded time)")
+    parser.add_argument(
+        "--async-lookback",
+        type=float,
+        metavar="S",
+        help="seconds before --begin to look for async spans still open at it "
+        "(default: TRACE_WORKER_ASYNC_LOOKBACK_S, 900; 0: none)",
+    )
     parser.add_argument(
         "--span-types",
         choices=[t.value for t in SpanTypes],
@@ -141,12 +152,16 @@ def run(args: argparse.Namespace) -> int:
     """Handler of ``trace-worker generate``."""
     config = config_from_args(args)
     settings = get_settings()
+    lookback_s = settings.async_lookback_s if args.async_lookback is None else args.async_lookback
+    if not 0 <= lookback_s <= 7 * 24 * 3600:
+        raise UsageError("--async-lookback must be from 0 to 604800 seconds")
     spec = TraceSpec(
         process_id=args.process_id,
         begin_ns=parse_time(args.begin) if args.begin else None,
         end_ns=parse_time(args.end) if args.end else None,
         span_types=SpanTypes(args.span_types),
         chunk_size=settings.chunk_size,
+        async_lookback_ns=int(lookback_s * 1e9),
     )
     out = Path(args.output)
     if out.is_dir():

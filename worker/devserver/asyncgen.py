@@ -83,7 +83,9 @@ def generate_block(
         frac = rng.random(len(rows)) * 0.5
         begin[rows] = begin[p] + frac * dur[p]
         dur[rows] = dur[p] * (1.0 - frac) * rng.uniform(0.2, 0.95, size=len(rows))
-    begin_ns = np.floor(begin).astype(np.int64)
+    # Nothing is recorded after the process's last time (its last block ends there, and upstream's
+    # events live in blocks): a span that would begin later begins then, still open.
+    begin_ns = np.minimum(np.floor(begin).astype(np.int64), plan.end_ns)
     end_ns = begin_ns + np.maximum(np.floor(dur).astype(np.int64), 1)
 
     ends = (end_ns <= plan.end_ns) & (rng.random(n) >= _NEVER_ENDS)

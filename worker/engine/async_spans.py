@@ -30,9 +30,11 @@ import numpy.typing as npt
 from worker.engine.rows import (
     CUT_BEGIN,
     CUT_END,
+    NO_CUT,
     SLICE_BEGIN,
     SLICE_END,
     descriptor_rows,
+    marked_slice_rows,
     slice_rows,
 )
 
@@ -64,6 +66,8 @@ class AsyncBatch:
     name: U64
     cat: U64
     loc: U64
+    #: Events before the range, their time raised to its begin: a span opened by one is cut at its begin.
+    before: npt.NDArray[np.bool_] | None = None
 
 
 @dataclass
@@ -75,6 +79,7 @@ class _Columns:
     cat: U64
     loc: U64
     uuid: U64
+    before: npt.NDArray[np.bool_]
 
 
 def _e_i64() -> I64:
@@ -100,6 +105,7 @@ class AsyncState:
     name: U64 = field(default_factory=_e_u64)
     cat: U64 = field(default_factory=_e_u64)
     loc: U64 = field(default_factory=_e_u64)
+    marked: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))
     spans: int = 0
     cut: int = 0
     dropped: int = 0
@@ -190,7 +196,9 @@ class AsyncState:
         end_ref = end_ref[p:]
         self.dropped += int(dropped_s.sum())
 
-        cols = _Columns(time, name, cat, loc, uuid)
+        before = ev.before if ev.before is not None else np.zeros(m, dtype=bool)
+        cols = _Columns(time, name, cat, loc, uuid, np.concatenate((self.marked, before)))
+        self.cut += int(np.count_nonzero(cols.before[np.flatnonzero(kind == 1) + p]))
         self.spans += int(((kind == 2) | (kind == 3)).sum())
         self.cut += int((kind == 3).sum())
         blocks = [
@@ -204,6 +212,7 @@ class AsyncState:
         keep = np.flatnonzero(still)
         self.sid, self.begin, self.uuid = sid[keep], time[keep], uuid[keep]
         self.name, self.cat, self.loc = name[keep], cat[keep], loc[keep]
+        self.marked = cols.before[keep]
         return [blk for blk in blocks if blk[0]]
 
     # Each block below is rows of equal layout; within a batch, descriptors and BEGINs come before
@@ -215,6 +224,18 @@ class AsyncState:
         if not len(idx):
             return b"", 0
         desc = descriptor_rows(c.uuid[idx], parent[idx])
+        marks = np.where(c.before[idx], CUT_BEGIN, NO_CUT).astype(np.uint8)
+        if marks.any():  # BEGINs of spans open at the range begin (found by the look-back) are cut
+            packets, marked_sizes = marked_slice_rows(
+                c.time[idx],
+                SLICE_BEGIN,
+                c.uuid[idx],
+                name=c.name[idx],
+                cat=c.cat[idx],
+                loc=c.loc[idx],
+                marks=marks,
+            )
+            return _interleave(desc, packets, np.asarray(marked_sizes))
         begin = slice_rows(
             c.time[idx], SLICE_BEGIN, c.uuid[idx], name=c.name[idx], cat=c.cat[idx], loc=c.loc[idx]
         )
@@ -248,6 +269,8 @@ class AsyncState:
         k = len(self.sid)
         if k == 0:
             return b"", 0
+        self.cut -= int(np.count_nonzero(self.marked))  # already counted when their begin was cut
+        self.marked = np.zeros(0, dtype=bool)
         ts = np.maximum(self.begin, self.range_end)
         rows = slice_rows(
             ts, SLICE_END, self.uuid, name=self.name, cat=self.cat, loc=self.loc, annotation=CUT_END
@@ -258,3 +281,19 @@ class AsyncState:
         self.begin = _e_i64()
         self.uuid = self.name = self.cat = self.loc = _e_u64()
         return rows.tobytes(), rows.shape[1]
+
+
+def _interleave(desc: U8, packets: bytes, sizes: npt.NDArray[np.int64]) -> _Block:
+    """Descriptor i, then packet i, for each i (packets of varying sizes, back to back)."""
+    body = np.frombuffer(packets, dtype=np.uint8)
+    n, width = desc.shape
+    out = np.empty(n * width + len(body), dtype=np.uint8)
+    starts = np.arange(n, dtype=np.int64) * width + np.concatenate(([0], np.cumsum(sizes)[:-1]))
+    desc_pos = starts[:, None] + np.arange(width)
+    out[desc_pos.ravel()] = desc.ravel()
+    mask = np.ones(len(out), dtype=bool)
+    mask[desc_pos.ravel()] = False
+    out[mask] = body
+    all_sizes = np.empty(2 * n, dtype=np.int64)
+    all_sizes[0::2], all_sizes[1::2] = width, sizes
+    return out.tobytes(), all_sizes

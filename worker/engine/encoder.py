@@ -18,10 +18,12 @@ import pyarrow.compute as pc
 
 from contracts.request import SpanTypes
 from worker.engine.async_spans import AsyncBatch, AsyncState
+from worker.engine.canonical import ASYNC_ORDER, THREAD_ORDER, Canonicalizer
 from worker.engine.chunks import Chunker
 from worker.engine.inputs import column, int_column, string_column, time_column
 from worker.engine.interning import Interner
-from worker.engine.rows import slice_rows
+from worker.engine.lookback import Lookback
+from worker.engine.rows import CUT_BEGIN, CUT_END, marked_slice_rows
 from worker.engine.thread_spans import Events, ThreadState
 from worker.engine.tracks import (
     async_group_uuid,
@@ -42,6 +44,8 @@ __all__ = ["DEFAULT_CHUNK_SIZE", "EncodeStats", "TraceEncoder"]
 DEFAULT_CHUNK_SIZE = 1024 * 1024 - 4096
 #: Rows encoded at once: bounds the temporary matrices (~90 B per span) and stays cache friendly.
 _SUB_BATCH = 1 << 16
+I64 = npt.NDArray[np.int64]
+U8 = npt.NDArray[np.uint8]
 
 
 @dataclass
@@ -101,9 +105,15 @@ class TraceEncoder:
             salt=self._proc_uuid,
             group_uuid=async_group_uuid(self._proc_uuid),
             reserved=np.array(sorted(set(reserved)), dtype=np.uint64),
-            range_begin=time_range.begin_ns,
+            range_begin=_data_begin(process, time_range),
             range_end=time_range.end_ns,
         )
+        self._thread_canon: dict[str, Canonicalizer] = {}
+        self._async_canon = Canonicalizer(ASYNC_ORDER, "async_events", fold_case=("event_type",))
+        self._lookback = Lookback(time_range.begin_ns)
+        #: Latest time seen in the data (open async spans are not drawn past the process's data).
+        self._data_last = -1
+        self._thread_cut = 0
         self._started = False
         self._finished = False
         self._dropped = 0
@@ -111,7 +121,7 @@ class TraceEncoder:
     @property
     def stats(self) -> EncodeStats:
         self._stats.async_spans = self._async.spans
-        self._stats.cut_spans = self._async.cut
+        self._stats.cut_spans = self._async.cut + self._thread_cut
         self._stats.clamped_spans = sum(s.clamped for s in self._threads.values()) + self._async.clamped
         self._stats.dropped_events = self._async.dropped + self._dropped
         self._stats.chunks = self._chunker.chunks
@@ -136,42 +146,72 @@ class TraceEncoder:
         return out
 
     def add_thread_spans(self, stream_id: str, batch: pa.RecordBatch) -> list[bytes]:
-        """Encode a batch of one thread's spans (call-tree preorder, ascending begin)."""
+        """Take a batch of one thread's spans (call-tree preorder, ascending begin).
+
+        Rows are put in canonical order and re-cut first (:mod:`worker.engine.canonical`), so the
+        output does not depend on the order of rows with equal ``begin`` nor on batch boundaries;
+        the spans are encoded once a canonical batch is complete or the thread ends.
+        """
         out = self.start()
-        track = self._track_of.get(stream_id)
-        if track is None:
+        if stream_id not in self._track_of:
             raise ValueError(f"thread spans for stream {stream_id!r}, which is not among the threads")
-        what = "thread_spans"
-        begin, _ = time_column(batch, "begin", what, 0)
-        end, _ = time_column(batch, "end", what, -1)
-        depth = int_column(batch, "depth", what)
-        line = int_column(batch, "line", what)
-        names_col = string_column(batch, "name", what)
-        cats_col = string_column(batch, "target", what)
-        files_col = string_column(batch, "filename", what)
-        assert depth is not None and line is not None
+        _check_thread_columns(batch)
         if not self._span_types.thread or batch.num_rows == 0:
             return out
         if self._current is not None and self._current != stream_id:
             out += self.end_thread(self._current)
         self._current = stream_id
+        canon = self._thread_canon.setdefault(stream_id, Canonicalizer(THREAD_ORDER, "thread_spans"))
+        for part in canon.push(batch):
+            out += self._thread_batch(stream_id, part)
+        return out
+
+    def _thread_batch(self, stream_id: str, batch: pa.RecordBatch) -> list[bytes]:
+        """Encode one canonical batch of a thread's spans."""
+        track = self._track_of[stream_id]
+        what = "thread_spans"
+        begin, _ = time_column(batch, "begin", what, 0)
+        end, _ = time_column(batch, "end", what, -1)
+        depth = int_column(batch, "depth", what)
+        line = int_column(batch, "line", what)
+        assert depth is not None and line is not None
+        begin, end, cut = self._clip_thread(begin, end)
+        if len(end):
+            self._data_last = max(self._data_last, int(end.max()))
         state = self._threads.setdefault(stream_id, ThreadState())
-        name = self._interner.names(names_col)
-        cat = self._interner.categories(cats_col)
-        loc = self._interner.locations(files_col, line)
-        out += self._interned()
+        name = self._interner.names(string_column(batch, "name", what))
+        cat = self._interner.categories(string_column(batch, "target", what))
+        loc = self._interner.locations(string_column(batch, "filename", what), line)
+        out = self._interned()
         for lo in range(0, batch.num_rows, _SUB_BATCH):
             hi = lo + _SUB_BATCH
             events = state.add(
-                begin[lo:hi], end[lo:hi], depth[lo:hi], name=name[lo:hi], cat=cat[lo:hi], loc=loc[lo:hi]
+                begin[lo:hi],
+                end[lo:hi],
+                depth[lo:hi],
+                name=name[lo:hi],
+                cat=cat[lo:hi],
+                loc=loc[lo:hi],
+                cut=cut[lo:hi],
             )
             out += self._events(events, track.uuid)
         self._stats.thread_spans += batch.num_rows
         return out
 
+    def _clip_thread(self, begin: I64, end: I64) -> tuple[I64, I64, U8]:
+        """Spans clipped to the range; the cut code of each (CUT_BEGIN | CUT_END bits)."""
+        lo, hi = self._range.begin_ns, self._range.end_ns
+        cut = np.where(begin < lo, CUT_BEGIN, 0) | np.where(end > hi, CUT_END, 0)
+        self._thread_cut += int(np.count_nonzero(cut))
+        return np.maximum(begin, lo), np.minimum(end, hi), cut.astype(np.uint8)
+
     def end_thread(self, stream_id: str) -> list[bytes]:
-        """The thread has no more spans: close its open spans."""
+        """The thread has no more spans: encode what is held and close its open spans."""
         out = self.start()
+        canon = self._thread_canon.pop(stream_id, None)
+        if canon is not None:
+            for part in canon.flush():
+                out += self._thread_batch(stream_id, part)
         state = self._threads.get(stream_id)
         if self._current == stream_id:
             self._current = None
@@ -179,26 +219,39 @@ class TraceEncoder:
             return out
         return out + self._events(state.close(), self._track_of[stream_id].uuid)
 
+    def pending_rows(self, stream_id: str | None = None) -> int:
+        """Rows taken but not yet encoded: of a thread, or of the async events (None)."""
+        canon = self._async_canon if stream_id is None else self._thread_canon.get(stream_id)
+        return canon.pending_rows if canon is not None else 0
+
     def add_async_events(self, batch: pa.RecordBatch) -> list[bytes]:
-        """Encode a batch of the process's async span events (time order)."""
+        """Take a batch of the process's async span events (time order).
+
+        As for thread spans, rows are put in canonical order and re-cut before they are encoded.
+        Events before the range (the look-back) only yield the spans still open at its begin
+        (:mod:`worker.engine.lookback`), drawn from the range begin and marked cut.
+        """
         out = self.start()
-        what = "async_events"
-        time, _ = time_column(batch, "time", what, 0)
-        kinds = string_column(batch, "event_type", what)
-        sid_col = column(batch, "span_id", what)
-        if not pa.types.is_integer(sid_col.type):
-            raise BadSourceData(f"{what} column 'span_id' must be integers, got {sid_col.type}")
-        span_id = int_column(batch, "span_id", what)
-        parent_id = int_column(batch, "parent_span_id", what)
-        line = int_column(batch, "line", what)
-        names_col = string_column(batch, "name", what)
-        cats_col = string_column(batch, "target", what)
-        files_col = string_column(batch, "filename", what)
-        assert span_id is not None and parent_id is not None and line is not None
+        _check_async_columns(batch)
         if not self._span_types.async_ or batch.num_rows == 0:
             return out
         if self._current is not None:
             out += self.end_thread(self._current)
+        for part in self._async_canon.push(batch):
+            for piece in self._lookback.split(part):
+                out += self._async_batch(piece)
+        return out
+
+    def _async_batch(self, batch: pa.RecordBatch) -> list[bytes]:
+        """Encode one canonical batch of async events."""
+        what = "async_events"
+        time, _ = time_column(batch, "time", what, 0)
+        kinds = string_column(batch, "event_type", what)
+        sid_col = column(batch, "span_id", what)
+        span_id = int_column(batch, "span_id", what)
+        parent_id = int_column(batch, "parent_span_id", what)
+        line = int_column(batch, "line", what)
+        assert span_id is not None and parent_id is not None and line is not None
         kind_values = [str(v).lower() if v is not None else "" for v in kinds.dictionary.to_pylist()]
         codes = np.array([1 if v == "begin" else 0 if v == "end" else 2 for v in kind_values] + [2])
         idx = kinds.indices.fill_null(len(kind_values)).to_numpy(zero_copy_only=False)
@@ -209,22 +262,27 @@ class TraceEncoder:
                 valid &= ~np.asarray(pc.is_null(col).to_numpy(zero_copy_only=False), dtype=bool)
         keep = np.flatnonzero(valid)
         self._dropped += len(code) - len(keep)
-        name = self._interner.names(names_col)[keep]
-        cat = self._interner.categories(cats_col)[keep]
-        loc = self._interner.locations(files_col, line)[keep]
-        out += self._interned()
+        if len(keep):
+            self._data_last = max(self._data_last, int(time[keep].max()))
+        name = self._interner.names(string_column(batch, "name", what))[keep]
+        cat = self._interner.categories(string_column(batch, "target", what))[keep]
+        loc = self._interner.locations(string_column(batch, "filename", what), line)[keep]
+        out = self._interned()
+        lo_ns = self._range.begin_ns
         for lo in range(0, len(keep), _SUB_BATCH):
             sel = keep[lo : lo + _SUB_BATCH]
             part = slice(lo, lo + _SUB_BATCH)
+            t = time[sel]
             blocks = self._async.add(
                 AsyncBatch(
-                    time=time[sel],
+                    time=np.maximum(t, lo_ns),
                     is_begin=code[sel] == 1,
                     span_id=span_id[sel],
                     parent_id=parent_id[sel],
                     name=name[part],
                     cat=cat[part],
                     loc=loc[part],
+                    before=t < lo_ns,
                 )
             )
             for data, sizes in blocks:
@@ -240,10 +298,22 @@ class TraceEncoder:
         return self._chunker.flush()
 
     def finish(self) -> list[bytes]:
-        """Close the open thread and async spans and return the last chunks."""
+        """Close the open thread and async spans and return the last chunks.
+
+        Async spans still open end, cut, at the range end or at the last time the process has data
+        (its last recorded time, or the latest time in the rows read), whichever is earlier.
+        """
         out = self.start()
         if self._current is not None:
             out += self.end_thread(self._current)
+        for part in self._async_canon.flush():
+            for piece in self._lookback.split(part):
+                out += self._async_batch(piece)
+        for piece in self._lookback.finish():
+            out += self._async_batch(piece)
+        data_end = max(self._process.last_time_ns or -1, self._data_last)
+        if data_end >= 0:
+            self._async.range_end = max(self._range.begin_ns, min(self._range.end_ns, data_end))
         data, sizes = self._async.close()
         out += self._add(data, sizes)
         out += self._chunker.flush()
@@ -277,5 +347,40 @@ class TraceEncoder:
     def _events(self, events: Events, uuid: int) -> list[bytes]:
         if not len(events.ts):
             return []
-        rows = slice_rows(events.ts, events.kind, uuid, name=events.name, cat=events.cat, loc=events.loc)
-        return self._add(rows.tobytes(), rows.shape[1])
+        data, sizes = marked_slice_rows(
+            events.ts, events.kind, uuid, name=events.name, cat=events.cat, loc=events.loc, marks=events.mark
+        )
+        return self._add(data, sizes)
+
+
+def _data_begin(process: ProcessInfo, time_range: TimeRange) -> int:
+    """Where an async span whose begin is unknown is drawn from: the range begin, or the process's
+    first data (start or first recorded time) when that is later (and inside the range)."""
+    known = [t for t in (process.start_time_ns, process.first_time_ns) if t is not None]
+    first = min(known) if known else time_range.begin_ns
+    return first if time_range.begin_ns < first <= time_range.end_ns else time_range.begin_ns
+
+
+def _check_thread_columns(batch: pa.RecordBatch) -> None:
+    """BadSourceData unless every thread-span column is there with a readable type."""
+    what = "thread_spans"
+    time_column(batch, "begin", what, 0)
+    time_column(batch, "end", what, -1)
+    int_column(batch, "depth", what)
+    int_column(batch, "line", what)
+    for name in ("name", "target", "filename"):
+        string_column(batch, name, what)
+
+
+def _check_async_columns(batch: pa.RecordBatch) -> None:
+    """BadSourceData unless every async-event column is there with a readable type."""
+    what = "async_events"
+    time_column(batch, "time", what, 0)
+    string_column(batch, "event_type", what)
+    sid_col = column(batch, "span_id", what)
+    if not pa.types.is_integer(sid_col.type):
+        raise BadSourceData(f"{what} column 'span_id' must be integers, got {sid_col.type}")
+    for name in ("span_id", "parent_span_id", "line"):
+        int_column(batch, name, what)
+    for name in ("name", "target", "filename"):
+        string_column(batch, name, what)

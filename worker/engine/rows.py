@@ -32,6 +32,7 @@ __all__ = [
     "SLICE_BEGIN",
     "SLICE_END",
     "descriptor_rows",
+    "marked_slice_rows",
     "slice_rows",
 ]
 
@@ -135,3 +136,44 @@ def descriptor_rows(uuid: UIntArray, parent: UIntArray) -> U8:
     put_varint64(m, col + 12, parent, 10)
     m[:, col + 22 :] = np.frombuffer(_DESC_NAME, dtype=np.uint8)
     return m
+
+
+def marked_slice_rows(
+    ts: npt.NDArray[np.int64],
+    kinds: npt.NDArray[np.uint8] | int,
+    uuid: UIntArray | int,
+    *,
+    name: UIntArray,
+    cat: UIntArray,
+    loc: UIntArray,
+    marks: U8,
+) -> tuple[bytes, npt.NDArray[np.int64] | int]:
+    """Slice event packets where each row may carry its own cut mark.
+
+    Args:
+        marks: per row NO_CUT, CUT_BEGIN or CUT_END (the annotation that row's event carries).
+        (the rest as :func:`slice_rows`)
+
+    Returns:
+        The packets back to back, and their sizes (one int when no row is marked).
+    """
+    if not np.any(marks):
+        rows = slice_rows(ts, kinds, uuid, name=name, cat=cat, loc=loc)
+        return rows.tobytes(), rows.shape[1]
+    base = slice_rows(ts, kinds, uuid, name=name, cat=cat, loc=loc)
+    plain = base.shape[1]
+    wide = max(len(blob) for blob in ANNOTATIONS.values())
+    m = np.zeros((len(ts), plain + wide), dtype=np.uint8)
+    m[:, :plain] = base
+    extra = np.zeros(max(ANNOTATIONS) + 1, dtype=np.int64)
+    blobs = np.zeros((len(extra), wide), dtype=np.uint8)
+    for code, blob in ANNOTATIONS.items():
+        extra[code] = len(blob)
+        blobs[code, : len(blob)] = np.frombuffer(blob, dtype=np.uint8)
+    m[:, plain:] = blobs[marks]
+    add = extra[marks]
+    m[:, 1] += add.astype(np.uint8)  # packet length
+    m[:, 17] += add.astype(np.uint8)  # track_event length
+    lengths = plain + add
+    keep = np.arange(m.shape[1]) < lengths[:, None]
+    return m[keep].tobytes(), lengths

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from worker.engine.rows import SLICE_BEGIN, SLICE_END
+from worker.engine.rows import CUT_BEGIN, CUT_END, NO_CUT, SLICE_BEGIN, SLICE_END
 
 __all__ = ["Events", "ThreadState"]
 
@@ -45,6 +45,8 @@ class Events:
     name: U64
     cat: U64
     loc: U64
+    #: Per event: NO_CUT, CUT_BEGIN (a BEGIN clipped to the range) or CUT_END (an END clipped to it).
+    mark: npt.NDArray[np.uint8]
 
 
 def _empty_i64() -> I64:
@@ -66,12 +68,27 @@ class ThreadState:
     name: U64 = field(default_factory=_empty_u64)
     cat: U64 = field(default_factory=_empty_u64)
     loc: U64 = field(default_factory=_empty_u64)
+    cut: npt.NDArray[np.uint8] = field(default_factory=lambda: np.zeros(0, dtype=np.uint8))
     last_begin: int = 0
     base_depth: int | None = None
     clamped: int = 0
 
-    def add(self, begin: I64, end: I64, depth: I64, *, name: U64, cat: U64, loc: U64) -> Events:
-        """Events made complete by a batch of spans (preorder), and the new open stack."""
+    def add(
+        self,
+        begin: I64,
+        end: I64,
+        depth: I64,
+        *,
+        name: U64,
+        cat: U64,
+        loc: U64,
+        cut: npt.NDArray[np.uint8] | None = None,
+    ) -> Events:
+        """Events made complete by a batch of spans (preorder), and the new open stack.
+
+        ``cut`` holds per span CUT_BEGIN / CUT_END bits (clipped to the range); the BEGIN and END
+        events carry the matching mark.
+        """
         m = len(begin)
         s = len(self.begin)
         if m == 0:
@@ -143,12 +160,15 @@ class ThreadState:
         c_name = np.concatenate((self.name, name))
         c_cat = np.concatenate((self.cat, cat))
         c_loc = np.concatenate((self.loc, loc))
+        c_cut = np.concatenate((self.cut, cut if cut is not None else np.zeros(m, dtype=np.uint8)))
+        span_cut = c_cut[span]
         events = Events(
             ts=ts,
             kind=np.where(is_begin, SLICE_BEGIN, SLICE_END).astype(np.uint8),
             name=c_name[span],
             cat=c_cat[span],
             loc=c_loc[span],
+            mark=_marks(span_cut, is_begin),
         )
         self.begin = c_begin[stack]
         self.end = c_end[stack]
@@ -157,6 +177,7 @@ class ThreadState:
         self.name = c_name[stack]
         self.cat = c_cat[stack]
         self.loc = c_loc[stack]
+        self.cut = c_cut[stack]
         return events
 
     @staticmethod
@@ -190,8 +211,10 @@ class ThreadState:
             name=self.name[rev].copy(),
             cat=self.cat[rev].copy(),
             loc=self.loc[rev].copy(),
+            mark=_marks(self.cut[rev], np.zeros(len(ts), dtype=bool)),
         )
         self.begin = self.end = self.orig_end = _empty_i64()
+        self.cut = np.zeros(0, dtype=np.uint8)
         self.counted = np.zeros(0, dtype=bool)
         self.name = self.cat = self.loc = _empty_u64()
         # Spans fed after this (the thread reopened) begin no earlier than what was written.
@@ -208,4 +231,11 @@ def _no_events() -> Events:
         name=_empty_u64(),
         cat=_empty_u64(),
         loc=_empty_u64(),
+        mark=np.zeros(0, dtype=np.uint8),
     )
+
+
+def _marks(span_cut: npt.NDArray[np.uint8], is_begin: npt.NDArray[np.bool_]) -> npt.NDArray[np.uint8]:
+    """The mark each event carries: CUT_BEGIN on a clipped BEGIN, CUT_END on a clipped END."""
+    bit = np.where(is_begin, CUT_BEGIN, CUT_END).astype(np.uint8)
+    return np.where((span_cut & bit) != 0, bit, NO_CUT).astype(np.uint8)

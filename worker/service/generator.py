@@ -25,6 +25,7 @@ def spec_for(request: TraceRequest, settings: Settings) -> TraceSpec:
         max_spans=settings.max_spans,
         max_bytes=settings.max_trace_bytes,
         max_range_ns=int(settings.max_range_s * 1e9),
+        async_lookback_ns=int(settings.async_lookback_s * 1e9),
     )
 
 

@@ -404,15 +404,30 @@ class FlightSqlSource:
         finally:
             await fetch.aclose()
 
-    async def async_events(self, process_id: str, time_range: TimeRange) -> AsyncIterator[pa.RecordBatch]:
+    async def async_events(
+        self, process_id: str, time_range: TimeRange, *, lookback_ns: int = 0
+    ) -> AsyncIterator[pa.RecordBatch]:
         sql = queries.async_events_sql(process_id, time_range)
         check = BatchChecker("async events query", ASYNC_EVENT_KINDS)
-        stream = self._stream(sql, _range_headers(time_range), "async events query", check)
-        try:
-            async for batch in stream:
-                yield batch
-        finally:
-            await stream.aclose()
+        queries_ = []
+        if lookback_ns > 0:
+            begin = time_range.begin_ns
+            lookback = TimeRange(begin - lookback_ns, begin)
+            queries_.append(
+                (
+                    queries.async_lookback_sql(process_id, begin, lookback_ns),
+                    lookback,
+                    "async look-back query",
+                )
+            )
+        queries_.append((sql, time_range, "async events query"))
+        for text, window, what in queries_:
+            stream = self._stream(text, _range_headers(window), what, check)
+            try:
+                async for batch in stream:
+                    yield batch
+            finally:
+                await stream.aclose()
 
     async def processes(self, limit: int = 100) -> list[ProcessInfo]:
         sql = queries.processes_sql(limit)

@@ -42,8 +42,14 @@ class Source(Protocol):
         """
         ...
 
-    def async_events(self, process_id: str, time_range: TimeRange) -> AsyncIterator[pa.RecordBatch]:
-        """The process's async span events with ``time`` inside the range, in time order."""
+    def async_events(
+        self, process_id: str, time_range: TimeRange, *, lookback_ns: int = 0
+    ) -> AsyncIterator[pa.RecordBatch]:
+        """The process's async span events with ``time`` inside the range, in time order.
+
+        With ``lookback_ns > 0`` they are preceded by the begin events of the spans still open at the
+        range begin that began at most ``lookback_ns`` before it (time order too).
+        """
         ...
 
     async def processes(self, limit: int = 100) -> list[ProcessInfo]:

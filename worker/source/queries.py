@@ -18,6 +18,7 @@ __all__ = [
     "ASYNC_EVENT_COLUMNS",
     "THREAD_SPAN_COLUMNS",
     "async_events_sql",
+    "async_lookback_sql",
     "canonical_uuid",
     "header_time",
     "process_sql",
@@ -161,6 +162,19 @@ def async_events_sql(process_id: str, time_range: TimeRange) -> str:
         f"FROM view_instance('async_events', {uuid_literal(process_id, 'process_id')}) "
         f'WHERE "time" >= {timestamp_literal(time_range.begin_ns)} '
         f'AND "time" <= {timestamp_literal(time_range.end_ns)} '
+        'ORDER BY "time"'
+    )
+
+
+def async_lookback_sql(process_id: str, begin_ns: int, lookback_ns: int) -> str:
+    """The process's async events of the look-back ``[begin_ns - lookback_ns, begin_ns)``, in time
+    order. A plain filtered scan (no join for the server to hold in memory); the engine keeps only the
+    begins of the spans still open at ``begin_ns``."""
+    return (
+        f"SELECT {_columns(ASYNC_EVENT_COLUMNS)} "
+        f"FROM view_instance('async_events', {uuid_literal(process_id, 'process_id')}) "
+        f'WHERE "time" >= {timestamp_literal(begin_ns - lookback_ns)} '
+        f'AND "time" < {timestamp_literal(begin_ns)} '
         'ORDER BY "time"'
     )
 

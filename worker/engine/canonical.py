@@ -1,0 +1,173 @@
+"""Canonical input: the same rows give the same batches, whatever the server's order of ties and batching.
+
+A Flight SQL server sorts by one column (``begin`` for thread spans, ``time`` for async events) and
+leaves rows whose sort keys tie in any order; it also cuts its answer into batches as its partitions
+and parallelism dictate. Neither is part of the data. :class:`Canonicalizer` turns one such stream
+into a canonical one before the engine lays anything out:
+
+1. **Ties.** The stream is cut into *runs*: maximal sequences of consecutive rows with the same sort
+   key (computed over the whole stream, not per batch). Inside a run, rows are sorted by a total order
+   over every column the engine reads (the tie-break columns, strings by value, nulls last). Rows that
+   are equal in every one of those columns are interchangeable, so any permutation of a run gives the
+   same sequence. A run is only sorted once it is complete (a later row has another key, or the
+   stream ended), so a run split across server batches is held back whole.
+2. **Batches.** The canonical sequence is handed on in batches of exactly ``rows`` rows (the last one
+   shorter), so where the server cut its batches changes nothing downstream.
+
+Memory: at most ``rows`` rows plus the run being held. A run longer than ``max_run`` rows (one
+timestamp shared by a million rows is bad data) is handed on without waiting for its end; only then
+can the output depend on batching. Work is columnar: one concatenation per ``rows`` rows, and a sort
+of the tied rows only (``pyarrow.compute.sort_indices``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from worker.engine.inputs import column
+
+__all__ = ["ASYNC_ORDER", "CANONICAL_ROWS", "THREAD_ORDER", "Canonicalizer"]
+
+#: Rows per canonical batch.
+CANONICAL_ROWS = 1 << 16
+#: A run of equal sort keys longer than this is not held back whole.
+MAX_RUN = 1 << 20
+_NULL_KEY = np.iinfo(np.int64).min
+
+#: Thread spans: sort key ``begin``; ties ordered shallower first (a parent before the child that
+#: begins with it), then shorter first (a zero-length span before a sibling beginning at the same time).
+THREAD_ORDER: tuple[str, ...] = ("begin", "depth", "end", "name", "target", "filename", "line")
+#: Async events: sort key ``time``; ties ordered begins before ends (so a zero-length span pairs with
+#: itself and a child beginning when its parent ends still finds the parent open), then by span id.
+#: (``stream_id`` and ``depth`` are not read by the engine: rows differing only there are alike.)
+ASYNC_ORDER: tuple[str, ...] = (
+    "time",
+    "event_type",
+    "span_id",
+    "parent_span_id",
+    "name",
+    "target",
+    "filename",
+    "line",
+)
+
+
+def _normal(col: pa.Array) -> pa.Array:
+    """One type per kind of column, so batches with other encodings concatenate: times and integers
+    as int64 (bits kept), strings plain utf8 (dictionaries decoded)."""
+    t = col.type
+    if pa.types.is_dictionary(t):
+        return col.cast(pa.string())
+    if pa.types.is_timestamp(t):
+        if t.unit != "ns":
+            col = col.cast(pa.timestamp("ns", t.tz))
+        return col.view(pa.int64())
+    if pa.types.is_integer(t) and t != pa.int64():
+        return col.cast(pa.int64(), safe=False)
+    if pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        return col.cast(pa.string())
+    return col
+
+
+class Canonicalizer:
+    """Re-cuts one sorted stream of rows into canonical batches (see the module doc).
+
+    Args:
+        order: The sort key column first, then the tie-break columns; the output batches hold
+            exactly these columns, as int64 (times, integers) and utf8 (strings).
+        what: Names the stream in errors (``BadSourceData`` for a missing column).
+        fold_case: Columns compared case-insensitively (``event_type``).
+        rows: Rows per canonical batch.
+        max_run: Longest run of equal keys held back whole.
+    """
+
+    def __init__(
+        self,
+        order: Sequence[str],
+        what: str,
+        *,
+        fold_case: Sequence[str] = (),
+        rows: int = CANONICAL_ROWS,
+        max_run: int = MAX_RUN,
+    ) -> None:
+        self._order = tuple(order)
+        self._what = what
+        self._fold = set(fold_case)
+        self._rows = rows
+        self._max_run = max_run
+        self._pending: list[pa.RecordBatch] = []
+        self._count = 0
+
+    @property
+    def pending_rows(self) -> int:
+        """Rows received and not yet handed on."""
+        return self._count
+
+    def push(self, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
+        """Take a batch (columns checked by the caller); return the canonical batches now complete."""
+        if batch.num_rows == 0:
+            return []
+        arrays = [_normal(column(batch, name, self._what)) for name in self._order]
+        self._pending.append(pa.RecordBatch.from_arrays(arrays, names=list(self._order)))
+        self._count += batch.num_rows
+        if self._count < self._rows:
+            return []
+        return self._emit(final=False)
+
+    def flush(self) -> list[pa.RecordBatch]:
+        """The stream ended: every row held, in canonical batches."""
+        if not self._count:
+            return []
+        return self._emit(final=True)
+
+    def _emit(self, *, final: bool) -> list[pa.RecordBatch]:
+        table = pa.Table.from_batches(self._pending).combine_chunks()
+        n = table.num_rows
+        key = self._key(table)
+        starts = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1])))
+        # Rows up to `safe` belong to complete runs; the last run may continue in the next batch.
+        safe = n if final or n - int(starts[-1]) > self._max_run else int(starts[-1])
+        take = safe if final else safe - safe % self._rows
+        if take == 0:
+            self._pending = table.to_batches()
+            return []
+        ordered = self._sort_ties(table.slice(0, safe), starts[starts < safe], safe)
+        rest = table.slice(take)
+        self._pending = [rest.combine_chunks().to_batches()[0]] if rest.num_rows else []
+        self._count = rest.num_rows
+        head = ordered.slice(0, take)
+        return [
+            head.slice(lo, self._rows).combine_chunks().to_batches()[0] for lo in range(0, take, self._rows)
+        ]
+
+    def _key(self, table: pa.Table) -> npt.NDArray[np.int64]:
+        col = table.column(0)
+        if col.null_count:
+            col = col.fill_null(_NULL_KEY)
+        out: npt.NDArray[np.int64] = col.to_numpy().astype(np.int64, copy=False)
+        return out
+
+    def _sort_ties(self, table: pa.Table, starts: npt.NDArray[np.int64], n: int) -> pa.Table:
+        """``table`` with each run of equal keys sorted by the tie-break columns."""
+        lengths = np.diff(np.append(starts, n))
+        tied_runs = lengths > 1
+        if not tied_runs.any():
+            return table
+        run_of = np.repeat(np.arange(len(starts), dtype=np.int64), lengths)
+        tied = np.flatnonzero(np.repeat(tied_runs, lengths))
+        sub = table.take(pa.array(tied))
+        keys: dict[str, pa.Array] = {"__run": pa.array(run_of[tied])}
+        for name in self._order[1:]:
+            col = sub.column(name)
+            keys[name] = pc.utf8_lower(col) if name in self._fold else col
+        sort_table = pa.table(keys)
+        sort_keys = [(name, "ascending", "at_end") for name in sort_table.column_names]
+        order = pc.sort_indices(sort_table, sort_keys=sort_keys).to_numpy()
+        perm = np.arange(n, dtype=np.int64)
+        perm[tied] = tied[order]
+        return table.take(pa.array(perm))
