@@ -37,10 +37,12 @@ async def mark_running(rt: Runtime, status: StatusEvent) -> None:
         async with rt.redis.pipeline(transaction=True) as pipe:
             fields: Any = status.to_fields()
             pipe.xadd(job_stream, fields)
+            pipe.xadd(keys.status_stream(status.job_id), fields)
             pipe.delete(state_key)
             pipe.hset(state_key, mapping=fields)
             pipe.xadd(keys.events, fields, maxlen=rt.settings.events_maxlen, approximate=True)
             pipe.persist(job_stream)
+            pipe.persist(keys.status_stream(status.job_id))
             await pipe.execute()
 
     await retry_redis(write, what="status running", give_up_after_s=rt.settings.lease_s / 2)
@@ -127,10 +129,12 @@ def _terminal(rt: Runtime, pipe: Pipeline, status: StatusEvent) -> None:
     fields: Any = _state_mapping(status)
     ttl = rt.settings.job_ttl_s
     pipe.xadd(job_stream, fields)
+    pipe.xadd(keys.status_stream(status.job_id), fields)
     pipe.delete(state_key)
     pipe.hset(state_key, mapping=fields)
     pipe.xadd(keys.events, fields, maxlen=rt.settings.events_maxlen, approximate=True)
     pipe.expire(job_stream, ttl)
+    pipe.expire(keys.status_stream(status.job_id), ttl)
     pipe.expire(state_key, ttl)
     pipe.delete(keys.lock(status.job_id))
     if status.state == JobState.CANCELLED:
@@ -191,6 +195,7 @@ async def reply_duplicate(rt: Runtime, entry_id: str, job_id: str, labels: dict[
         fields: Any = event.to_fields()
         async with rt.redis.pipeline(transaction=True) as pipe:
             pipe.xadd(keys.job(job_id), fields)
+            pipe.xadd(keys.status_stream(job_id), fields)
             _ack_and_delete(pipe, keys, entry_id)
             await pipe.execute()
 

@@ -1,5 +1,8 @@
 """Chunk, progress and status entries on a job's reply stream ``<prefix>:job:{<job_id>}``.
 
+Progress and status entries also go to ``<prefix>:job:{<job_id>}:status`` (in the same MULTI, so
+both streams show them in the same order), which followers read when they want no chunk bytes.
+
 One :class:`ReplyStream` per attempt. Entries are plain field maps built by ``contracts.events``
 (never FastStream's binary envelope), so a requester needs nothing but a Redis client.
 
@@ -33,6 +36,7 @@ class ReplyStream:
     def __init__(self, redis: Redis, keys: Keys, job_id: str, attempt: int) -> None:
         self._redis = redis
         self.stream = keys.job(job_id)
+        self.status_stream = keys.status_stream(job_id)
         self.job_id = job_id
         self.attempt = attempt
         #: Chunks written so far, and their total size (the next chunk's offset).
@@ -49,12 +53,19 @@ class ReplyStream:
         self.offset += len(data)
 
     async def progress(self, event: ProgressEvent) -> None:
-        """XADD a progress entry (the caller rate-limits)."""
-        await self._xadd(event.to_fields())
+        """XADD a progress entry on the job and status streams (the caller rate-limits)."""
+        await self._xadd_both(event.to_fields())
 
     async def status(self, event: StatusEvent) -> None:
         """XADD a non-terminal status entry (terminal ones go through the service's finish)."""
-        await self._xadd(event.to_fields())
+        await self._xadd_both(event.to_fields())
+
+    async def _xadd_both(self, fields: dict[str, str | bytes]) -> None:
+        mapping: Any = fields
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(self.stream, mapping)
+            pipe.xadd(self.status_stream, mapping)
+            await pipe.execute()
 
     async def _xadd(self, fields: dict[str, str | bytes]) -> None:
         mapping: Any = fields
