@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from contracts.client_errors import ClientError, TraceIntegrityError
+from contracts.client_errors import ClientError, InvalidRequest, TraceIntegrityError
 
 __all__ = ["TraceSink", "Writable", "fetch_url"]
 
@@ -63,7 +63,7 @@ class TraceSink:
         else:
             write = getattr(target, "write", None)
             if not callable(write):
-                raise ClientError(
+                raise InvalidRequest(
                     f"cannot download into a {type(target).__name__}: pass a path, or an object with a "
                     "write(bytes) method (plain or async)"
                 )

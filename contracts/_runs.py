@@ -145,6 +145,8 @@ async def run_start(redis: aioredis.Redis, keys: Keys, job_id: str, snap: Snapsh
         return Run(position=position, min_attempt=snap.attempt + 1)
     # The current run starts after the newest terminal status of an earlier attempt.
     current = snap.attempt
+    if current <= 0:
+        return Run()
     last = "+"
     async with redis_errors(f"reading job {job_id}"):
         while True:
