@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import random
+from pathlib import Path
 
 from contracts import JobState, ProgressEvent, StatusEvent, TraceRequest
 from contracts.client import TraceClient
@@ -18,7 +19,7 @@ from worker.devserver import DevServer
 
 
 async def test_followers_joining_at_random_times_over_a_large_job_all_verify(
-    client: TraceClient, redis_server: RedisServer, devserver: DevServer, spawn_worker: Spawn, tmp_path
+    client: TraceClient, redis_server: RedisServer, devserver: DevServer, spawn_worker: Spawn, tmp_path: Path
 ) -> None:
     blobs = tmp_path / "blobs"
     spawn_worker(worker_env(redis_server.url, devserver.url, blobs.as_uri()))
@@ -38,25 +39,24 @@ async def test_followers_joining_at_random_times_over_a_large_job_all_verify(
 
     # While the job runs and after it ended: downloads of ~1,000 chunk entries each, joining while
     # the reader has reads in flight for the others.
-    during = [follower(rng.uniform(0, 3)) for _ in range(6)]
-    watchers = [watcher(rng.uniform(0, 3)) for _ in range(2)]
-    results = await asyncio.gather(*during, asyncio.gather(*watchers))
-    downloads, seen = results[:-1], results[-1]
+    during = asyncio.gather(*(follower(rng.uniform(0, 3)) for _ in range(6)))
+    watchers = asyncio.gather(*(watcher(rng.uniform(0, 3)) for _ in range(2)))
+    downloads, seen = await asyncio.gather(during, watchers)
     later = await asyncio.gather(*(follower(rng.uniform(0, 0.5)) for _ in range(5)))
 
     blob_sha = file_sha256(blob_path(blobs, request))
-    for sink, status in [*downloads, *later]:  # type: ignore[misc]
+    for sink, status in [*downloads, *later]:
         assert status.state == JobState.SUCCEEDED
         assert (sink.size, sink.sha256) == (status.size, blob_sha)
         assert (status.chunks or 0) > 100  # really many entries
     assert len(seen) == 2
-    for events in seen:  # type: ignore[union-attr]
-        assert events[0].type == "status" and events[0].state == JobState.RUNNING  # from the start
+    for events in seen:
+        assert isinstance(events[0], StatusEvent) and events[0].state == JobState.RUNNING  # from the start
         assert isinstance(events[-1], StatusEvent) and events[-1].state == JobState.SUCCEEDED
 
 
 async def test_two_sequential_events_calls_on_a_job_with_duplicates_yield_everything(
-    client: TraceClient, redis_server: RedisServer, devserver: DevServer, spawn_worker: Spawn, tmp_path
+    client: TraceClient, redis_server: RedisServer, devserver: DevServer, spawn_worker: Spawn, tmp_path: Path
 ) -> None:
     spawn_worker(worker_env(redis_server.url, devserver.url, (tmp_path / "b").as_uri()))
     request = TraceRequest(process_id=devserver.lake.processes[0].process_id, job_id="dups")

@@ -4,6 +4,7 @@ Measured with the server's own count of bytes sent to clients (INFO stats)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -26,13 +27,13 @@ async def _all(redis: aioredis.Redis, key: str) -> list[tuple[bytes, dict[bytes,
     out: list[tuple[bytes, dict[bytes, bytes]]] = []
     start = "-"
     while page := await redis.xrange(key, min=start, count=50):
-        out += page
-        start = "(" + page[-1][0].decode()
+        out += page  # type: ignore[arg-type]
+        start = "(" + str(page[-1][0], "ascii")  # type: ignore[arg-type]
     return out
 
 
 async def test_following_events_receives_no_chunk_bytes(
-    client: TraceClient, redis_server: RedisServer, devserver: DevServer, spawn_worker: Spawn, tmp_path
+    client: TraceClient, redis_server: RedisServer, devserver: DevServer, spawn_worker: Spawn, tmp_path: Path
 ) -> None:
     worker = spawn_worker(worker_env(redis_server.url, devserver.url, (tmp_path / "b").as_uri()))
     request = TraceRequest(process_id=devserver.lake.processes[1].process_id, job_id="quiet")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+from pathlib import Path
 
 import pytest
 
@@ -51,7 +52,7 @@ class Trickle:
 
 
 async def test_async_and_sync_writers_get_the_verified_trace(
-    client: TraceClient, redis_server: RedisServer, devserver: DevServer, spawn_worker: Spawn, tmp_path
+    client: TraceClient, redis_server: RedisServer, devserver: DevServer, spawn_worker: Spawn, tmp_path: Path
 ) -> None:
     blobs = tmp_path / "blobs"
     spawn_worker(worker_env(redis_server.url, devserver.url, blobs.as_uri()))
