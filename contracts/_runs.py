@@ -11,6 +11,7 @@ few entries of that millisecond that still belong to the previous run by their a
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from contracts.client_errors import ClientError, ConnectionLost
 from contracts.events import StatusEvent, parse_entry
 from contracts.keys import Keys
+from contracts.request import TraceRequest
 from contracts.states import TERMINAL_STATES, JobState
 
 __all__ = ["Run", "Snapshot", "id_order", "redis_errors", "run_start", "snapshot"]
@@ -32,6 +34,8 @@ __all__ = ["Run", "Snapshot", "id_order", "redis_errors", "run_start", "snapshot
 RERUN_STATES = frozenset({JobState.FAILED, JobState.CANCELLED, JobState.DEAD})
 _TERMINAL = frozenset(s.value for s in TERMINAL_STATES)
 _PAGE = 200
+#: Most request entries looked at when searching the request stream for a job's pending request.
+MAX_REQUEST_SCAN = 20_000
 _MAX_SEQ = 2**64 - 1
 
 
@@ -68,7 +72,7 @@ class Snapshot:
     """What Redis says about a job now (one pipeline)."""
 
     state: dict[str, str]
-    #: Entry id of the latest request sent by the client library (the ``:submitted`` key).
+    #: Entry id of the newest request for the job still on the request stream (not answered yet).
     submitted: str | None
     #: Id of the newest status-stream entry.
     newest_status: str | None
@@ -111,26 +115,64 @@ class Snapshot:
             )
         if not self.state:
             return None
+        known = {
+            k: v for k, v in self.state.items() if k in StatusEvent.model_fields
+        }  # not state-only fields
         with contextlib.suppress(ValueError):
-            event = parse_entry(self.state)
+            event = parse_entry(known)
             if isinstance(event, StatusEvent):
                 return event
         return None
 
 
-async def snapshot(redis: aioredis.Redis, keys: Keys, job_id: str) -> Snapshot:
+async def snapshot(redis: aioredis.Redis, keys: Keys, job_id: str, *, pending: bool = True) -> Snapshot:
+    """The job's state hash and newest status entry; with ``pending``, also its newest request
+    still on the request stream when that matters (no state yet, or an ended job)."""
     async with redis_errors(f"reading job {job_id}"), redis.pipeline(transaction=False) as pipe:
         pipe.hgetall(keys.state(job_id))
-        pipe.get(keys.submitted(job_id))
         pipe.xrevrange(keys.status_stream(job_id), count=1)
         pipe.exists(keys.job(job_id))
-        raw_state, submitted, newest, exists = await pipe.execute()
+        raw_state, newest, exists = await pipe.execute()
+    state = {_text(k): _text(v) for k, v in (raw_state or {}).items()}
+    submitted = None
+    if pending and (not state or state.get("state") in {s.value for s in RERUN_STATES}):
+        submitted = await pending_request(redis, keys, job_id)
     return Snapshot(
-        state={_text(k): _text(v) for k, v in (raw_state or {}).items()},
-        submitted=_text(submitted) if submitted is not None else None,
+        state=state,
+        submitted=submitted,
         newest_status=_text(newest[0][0]) if newest else None,
         job_stream_exists=bool(exists),
     )
+
+
+async def pending_request(redis: aioredis.Redis, keys: Keys, job_id: str) -> str | None:
+    """Entry id of the newest request for ``job_id`` still on the request stream (workers delete
+    a request entry once they have answered it), looking at most at :data:`MAX_REQUEST_SCAN`."""
+    last, seen = "+", 0
+    async with redis_errors("reading the request stream"):
+        while seen < MAX_REQUEST_SCAN:
+            page: Any = await redis.xrevrange(keys.requests, max=last, min="-", count=_PAGE)
+            for raw_id, fields in page:
+                raw = (fields or {}).get(b"request", (fields or {}).get("request"))
+                if raw is not None and _request_job(raw) == job_id:
+                    return _text(raw_id)
+            seen += len(page)
+            if len(page) < _PAGE:
+                return None
+            last = "(" + _text(page[-1][0])
+    return None
+
+
+def _request_job(raw: Any) -> str | None:
+    """The job id of a request entry's JSON (None when it is not a valid request)."""
+    try:
+        fields = json.loads(raw)
+        explicit = fields.get("job_id") if isinstance(fields, dict) else None
+        if isinstance(explicit, str):
+            return explicit
+        return TraceRequest.from_json(raw).effective_job_id()
+    except ValueError:
+        return None
 
 
 async def run_start(redis: aioredis.Redis, keys: Keys, job_id: str, snap: Snapshot, *, rerun: bool) -> Run:

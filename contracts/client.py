@@ -84,8 +84,6 @@ class TraceClient:
             so an operator can tell them apart in CLIENT LIST.
         max_buffered_bytes: most bytes of received entries waiting for their followers, all jobs
             together (bounds the client's memory whatever the number of jobs).
-        submitted_ttl_s: lifetime of the ``:submitted`` key written at submit (how long a job that
-            no worker has picked up yet reads as ``queued`` rather than unknown).
 
     Every error is a :class:`ClientError` (see :mod:`contracts.client_errors`).
     """
@@ -101,12 +99,10 @@ class TraceClient:
         cancel_ttl_s: int = 24 * 3600,
         client_name: str = "trace-client",
         max_buffered_bytes: int = 32 * 1024 * 1024,
-        submitted_ttl_s: int = 24 * 3600,
     ) -> None:
         self.keys = Keys(prefix)
         self.redis_url = redis_url
         self.cancel_ttl_s = cancel_ttl_s
-        self.submitted_ttl_s = submitted_ttl_s
         self.client_name = client_name
         try:
             pool: aioredis.BlockingConnectionPool = aioredis.BlockingConnectionPool.from_url(
@@ -165,11 +161,10 @@ class TraceClient:
         raw = request.to_json()
         if len(raw.encode()) > MAX_REQUEST_BYTES:
             raise InvalidRequest(f"request is larger than {MAX_REQUEST_BYTES} bytes")
-        snap = await snapshot(self.redis, self.keys, job_id)
+        snap = await snapshot(self.redis, self.keys, job_id, pending=False)
         run = await run_start(self.redis, self.keys, job_id, snap, rerun=snap.current in RERUN_STATES)
         async with redis_errors(f"cannot submit to Redis at {_safe_url(self.redis_url)}"):
             entry_id = _text(await self.redis.xadd(self.keys.requests, {"request": raw}))
-            await self.redis.set(self.keys.submitted(job_id), entry_id, ex=self.submitted_ttl_s)
         if snap.current == JobState.SUCCEEDED:
             run = Run(run.position, run.min_attempt, answer_from=before(entry_id))
         return JobHandle(self, job_id, run=run, request=request, request_id=entry_id)
@@ -404,8 +399,8 @@ class JobHandle:
             )
 
     async def state(self) -> StatusEvent | None:
-        """The job's latest status (the state hash); ``queued`` while a request sent by this library
-        waits for a worker (also a resubmission of an ended job); None for an unknown job (never
+        """The job's latest status (the state hash); ``queued`` while a request for it waits on the
+        request stream (also a resubmission of an ended job); None for an unknown job (never
         submitted, or expired)."""
         snap = await snapshot(self.client.redis, self.client.keys, self.job_id)
         return snap.status(self.job_id)

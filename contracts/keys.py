@@ -63,11 +63,6 @@ class Keys:
         """Set this key (any value, with a TTL) to cancel the job."""
         return f"{self.job(job_id)}:cancel"
 
-    def submitted(self, job_id: str) -> str:
-        """Written by the client library at submit (v1.1): the entry id of the job's latest request
-        on the request stream, with a TTL. Tells a job waiting for a worker from an unknown one."""
-        return f"{self.job(job_id)}:submitted"
-
     def lock(self, job_id: str) -> str:
         """Worker-internal: which delivery currently owns the job."""
         return f"{self.job(job_id)}:lock"

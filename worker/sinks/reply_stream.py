@@ -16,11 +16,21 @@ from __future__ import annotations
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from contracts.events import ChunkEvent, ProgressEvent, StatusEvent
 from contracts.keys import Keys
 
-__all__ = ["ReplyStream"]
+__all__ = ["ReplyStream", "queue_entry"]
+
+
+def queue_entry(pipe: Pipeline, keys: Keys, job_id: str, fields: dict[str, str | bytes]) -> None:
+    """Queue a status or progress entry on the job stream and on its status stream (same order
+    on both). Every status/progress entry of a job goes through here; chunks go to the job stream
+    only."""
+    mapping: Any = fields
+    pipe.xadd(keys.job(job_id), mapping)
+    pipe.xadd(keys.status_stream(job_id), mapping)
 
 
 class ReplyStream:
@@ -35,8 +45,8 @@ class ReplyStream:
 
     def __init__(self, redis: Redis, keys: Keys, job_id: str, attempt: int) -> None:
         self._redis = redis
+        self._keys = keys
         self.stream = keys.job(job_id)
-        self.status_stream = keys.status_stream(job_id)
         self.job_id = job_id
         self.attempt = attempt
         #: Chunks written so far, and their total size (the next chunk's offset).
@@ -61,10 +71,8 @@ class ReplyStream:
         await self._xadd_both(event.to_fields())
 
     async def _xadd_both(self, fields: dict[str, str | bytes]) -> None:
-        mapping: Any = fields
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(self.stream, mapping)
-            pipe.xadd(self.status_stream, mapping)
+            queue_entry(pipe, self._keys, self.job_id, fields)
             await pipe.execute()
 
     async def _xadd(self, fields: dict[str, str | bytes]) -> None:
