@@ -86,6 +86,9 @@ class StreamReader:
         #: Largest entry seen so far (what one more entry may cost); chunks are about 1 MiB.
         self._entry_size = 1024 * 1024
         self._next = 0
+        #: Where the XREAD in flight started, per stream: its entries are contiguous after that
+        #: id, so only a follower already at or past it may take them (see :meth:`_dispatch`).
+        self._reading: dict[str, str] = {}
 
     def subscribe(self, key: str, from_id: str) -> Subscription:
         sub = Subscription(key=key, last_id=from_id, reader=self)
@@ -176,6 +179,7 @@ class StreamReader:
                 if self._conn_id is None:
                     self._conn_id = int(await conn.client_id())
                 self._blocked = True
+                self._reading = streams
                 try:
                     reply = await conn.xread(streams, count=self.COUNT, block=self._block_ms)  # type: ignore[arg-type]
                 finally:
@@ -197,14 +201,23 @@ class StreamReader:
             self._dispatch(reply)
 
     def _dispatch(self, reply: Any) -> None:
+        """Hand each entry to the followers it continues.
+
+        A read of stream S from id F returns the entries right after F. A follower whose position
+        is before F (it joined while the read was in flight, asking for older entries) would miss
+        the entries between its position and F: it gets nothing from this read and is served by
+        the next one, which starts from its position.
+        """
         items = reply.items() if isinstance(reply, dict) else (reply or [])
         for raw_key, entries in items:
             key = _text(raw_key)
+            start = _id_order(self._reading.get(key, "0"))
+            takers = [s for s in self._subs.get(key, ()) if _id_order(s.last_id) >= start]
             for raw_id, fields in _entries(entries):
                 entry_id = _text(raw_id)
                 size = sum(len(k) + len(v) for k, v in fields.items() if isinstance(v, bytes | str))
                 self._entry_size = max(self._entry_size, size)
-                for sub in list(self._subs.get(key, ())):
+                for sub in takers:
                     if _id_order(entry_id) > _id_order(sub.last_id):
                         sub.last_id = entry_id
                         sub.buffered += size

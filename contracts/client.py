@@ -22,35 +22,51 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+import re
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+import pydantic
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from contracts._download import TraceSink, Writable, fetch_url
 from contracts._reader import StreamReader
-from contracts.client_errors import ClientError, ConnectionLost, JobFailed, TraceIntegrityError
+from contracts._runs import RERUN_STATES, Run, before, redis_errors, run_start, snapshot
+from contracts.client_errors import (
+    ClientError,
+    ConnectionLost,
+    InvalidJobId,
+    InvalidRequest,
+    JobFailed,
+    JobNotFound,
+    TraceIntegrityError,
+    WaitTimeout,
+)
 from contracts.events import ChunkEvent, Event, ProgressEvent, StatusEvent, parse_entry
 from contracts.keys import DEFAULT_PREFIX, Keys
-from contracts.request import MAX_REQUEST_BYTES, TraceRequest
+from contracts.request import JOB_ID_PATTERN, MAX_REQUEST_BYTES, TraceRequest
 from contracts.states import JobState
 
 __all__ = [
     "ClientError",
     "ConnectionLost",
+    "EventCallback",
+    "InvalidJobId",
+    "InvalidRequest",
     "JobFailed",
     "JobHandle",
+    "JobHealth",
+    "JobNotFound",
     "TraceClient",
     "TraceIntegrityError",
+    "WaitTimeout",
 ]
 
-#: States after which a resubmitted request starts a new run on the same job stream.
-_RERUN_STATES = frozenset({JobState.FAILED, JobState.CANCELLED, JobState.DEAD})
-
 EventCallback = Callable[[StatusEvent | ProgressEvent], object]
+_JOB_ID = re.compile(JOB_ID_PATTERN)
 
 
 class TraceClient:
@@ -68,6 +84,8 @@ class TraceClient:
             so an operator can tell them apart in CLIENT LIST.
         max_buffered_bytes: most bytes of received entries waiting for their followers, all jobs
             together (bounds the client's memory whatever the number of jobs).
+
+    Every error is a :class:`ClientError` (see :mod:`contracts.client_errors`).
     """
 
     def __init__(
@@ -86,9 +104,15 @@ class TraceClient:
         self.redis_url = redis_url
         self.cancel_ttl_s = cancel_ttl_s
         self.client_name = client_name
-        pool: aioredis.BlockingConnectionPool = aioredis.BlockingConnectionPool.from_url(
-            redis_url, max_connections=max_connections, timeout=reconnect_timeout_s, client_name=client_name
-        )
+        try:
+            pool: aioredis.BlockingConnectionPool = aioredis.BlockingConnectionPool.from_url(
+                redis_url,
+                max_connections=max_connections,
+                timeout=reconnect_timeout_s,
+                client_name=client_name,
+            )
+        except ValueError as exc:
+            raise InvalidRequest(f"bad Redis URL {_safe_url(redis_url)}: {exc}") from exc
         self.redis: aioredis.Redis = aioredis.Redis(connection_pool=pool)
         self._mux = StreamReader(
             redis_url=redis_url,
@@ -114,84 +138,153 @@ class TraceClient:
         await self.redis.connection_pool.disconnect()
 
     async def ping(self) -> None:
-        """Raise :class:`ClientError` unless Redis answers."""
-        try:
+        """Raise :class:`ConnectionLost` unless Redis answers."""
+        async with redis_errors(f"cannot reach Redis at {_safe_url(self.redis_url)}"):
             await self.redis.ping()
-        except (RedisError, OSError) as exc:
-            raise ClientError(f"cannot reach Redis at {_safe_url(self.redis_url)}: {exc}") from exc
 
-    async def submit(self, request: TraceRequest) -> JobHandle:
+    async def submit(self, request: TraceRequest | Mapping[str, Any]) -> JobHandle:
         """Send the request (XADD on the request stream) and return its job at once.
 
+        ``request`` is a :class:`TraceRequest` or the same fields as a mapping (validated here).
         Resubmitting a request whose job failed, was cancelled or went dead starts a new run; the
         handle then follows only that run. A request for a running or finished job starts no work
-        (the worker tells the job's state on its stream); the handle follows the existing job.
+        (the worker answers with the job's state, ``detail`` "duplicate request; ..."); the handle
+        follows the existing job, and its ``events()`` of an already succeeded job yield that
+        answer alone (not the old run's history).
 
         Raises:
-            ValueError: the request is larger than the contract allows.
-            ClientError: Redis unreachable.
+            InvalidRequest: the request breaks the contract (fields, size).
+            ConnectionLost: Redis unreachable.
         """
+        request = _validated(request)
         job_id = request.effective_job_id()
         raw = request.to_json()
         if len(raw.encode()) > MAX_REQUEST_BYTES:
-            raise ValueError(f"request is larger than {MAX_REQUEST_BYTES} bytes")
-        try:
-            start = await self._start_id(job_id)
-            await self.redis.xadd(self.keys.requests, {"request": raw})
-        except (RedisError, OSError) as exc:
-            raise ClientError(f"cannot submit to Redis at {_safe_url(self.redis_url)}: {exc}") from exc
-        return JobHandle(self, job_id, start_id=start, request=request)
+            raise InvalidRequest(f"request is larger than {MAX_REQUEST_BYTES} bytes")
+        snap = await snapshot(self.redis, self.keys, job_id, pending=False)
+        run = await run_start(self.redis, self.keys, job_id, snap, rerun=snap.current in RERUN_STATES)
+        async with redis_errors(f"cannot submit to Redis at {_safe_url(self.redis_url)}"):
+            entry_id = _text(await self.redis.xadd(self.keys.requests, {"request": raw}))
+        if snap.current == JobState.SUCCEEDED:
+            run = Run(run.position, run.min_attempt, answer_from=before(entry_id))
+        return JobHandle(self, job_id, run=run, request=request, request_id=entry_id)
 
     def job(self, job_id: str) -> JobHandle:
-        """A handle on an existing job, following its stream from the beginning."""
-        return JobHandle(self, job_id, start_id="0")
+        """A handle on an existing job: its latest run (the one ``state()`` describes).
+
+        Raises:
+            InvalidJobId: not 1-128 characters of ``[A-Za-z0-9._-]``.
+        """
+        if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
+            raise InvalidJobId(f"bad job id {job_id!r}: 1-128 characters of [A-Za-z0-9._-]")
+        return JobHandle(self, job_id)
 
     async def recent_jobs(self, count: int = 20) -> list[StatusEvent]:
         """Latest status of the most recently active jobs (from the events stream), newest first."""
         latest: dict[str, StatusEvent] = {}
         last = "+"
-        while len(latest) < count:
-            page = await self.redis.xrevrange(self.keys.events, max=last, min="-", count=max(count * 4, 100))
-            if not page:
-                break
-            for _entry_id, fields in page:
-                with contextlib.suppress(ValueError):
-                    event = parse_entry(fields or {})
-                    if isinstance(event, StatusEvent) and event.job_id not in latest:
-                        latest[event.job_id] = event
-            last = "(" + _text(page[-1][0])
+        async with redis_errors("reading recent jobs"):
+            while len(latest) < count:
+                page = await self.redis.xrevrange(
+                    self.keys.events, max=last, min="-", count=max(count * 4, 100)
+                )
+                if not page:
+                    break
+                for _entry_id, fields in page:
+                    with contextlib.suppress(ValueError):
+                        event = parse_entry(fields or {})
+                        if isinstance(event, StatusEvent) and event.job_id not in latest:
+                            latest[event.job_id] = event
+                last = "(" + _text(page[-1][0])
         return list(latest.values())[:count]
 
-    async def _start_id(self, job_id: str) -> str:
-        state = await self.redis.hget(self.keys.state(job_id), "state")
-        if state is not None and _text(state) in _RERUN_STATES:
-            newest = await self.redis.xrevrange(self.keys.job(job_id), count=1)
-            if newest:
-                return _text(newest[0][0])
-        return "0"
+
+@dataclass(frozen=True)
+class JobHealth:
+    """Whether a job is making progress, from its state and its lease (:meth:`JobHandle.health`).
+
+    Attributes:
+        status: the latest status, as :meth:`JobHandle.state` (None: unknown job).
+        holder: ``<consumer>/<request entry id>/<attempt>`` of the worker holding the lease, or None.
+        lease_expires_in_s: seconds until the lease runs out unless renewed (None: no lease).
+        silent_s: seconds since the holder last renewed its lease (its heartbeat), when the running
+            status says how long a lease lasts; None otherwise.
+        stale: the job is running but its worker missed three heartbeats, or its lease has
+            expired (the worker is gone; another worker takes the job over after ``lease_s``).
+    """
+
+    status: StatusEvent | None
+    holder: str | None
+    lease_expires_in_s: float | None
+    silent_s: float | None
+    stale: bool
 
 
 class JobHandle:
-    """One job: follow it, receive its trace, cancel it. Cheap; create as many as needed."""
+    """One job: follow it, receive its trace, cancel it. Cheap; create as many as needed.
+
+    ``request_id`` is the request stream entry id of the request this handle sent (None for a
+    handle from :meth:`TraceClient.job`).
+    """
 
     def __init__(
-        self, client: TraceClient, job_id: str, *, start_id: str = "0", request: TraceRequest | None = None
+        self,
+        client: TraceClient,
+        job_id: str,
+        *,
+        run: Run | None = None,
+        request: TraceRequest | None = None,
+        request_id: str | None = None,
     ) -> None:
         self.client = client
         self.job_id = job_id
         self.request = request
-        self._start_id = start_id
+        self.request_id = request_id
+        self._run = run
 
     def __repr__(self) -> str:
         return f"JobHandle({self.job_id!r})"
 
-    async def events(self) -> AsyncGenerator[StatusEvent | ProgressEvent, None]:
-        """Status and progress events from the job's start, ending with its terminal status.
+    async def _resolve(self) -> Run:
+        """The run this handle follows: for :meth:`TraceClient.job`, the latest one at first use."""
+        if self._run is None:
+            redis, keys = self.client.redis, self.client.keys
+            snap = await snapshot(redis, keys, self.job_id)
+            if not snap.known:
+                raise JobNotFound(self.job_id)
+            self._run = await run_start(redis, keys, self.job_id, snap, rerun=snap.rerun_pending)
+        return self._run
 
-        Survives Redis reconnects (resumes after the last entry seen) and drops entries of
-        abandoned attempts (anything older than the newest ``status running``).
+    async def events(
+        self,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - a deadline over every next()
+        idle_timeout: float | None = None,
+    ) -> AsyncGenerator[StatusEvent | ProgressEvent, None]:
+        """Status and progress events of the run, ending with its terminal status.
+
+        Reads the job's status stream (no chunk bytes are transferred). A handle from
+        :meth:`TraceClient.job` starts at its latest run's start (the history of that run, then
+        live events; progress entries carry their ``time``); a handle from ``submit`` of an
+        already succeeded job yields the worker's answer to that request only (``detail``
+        "duplicate request; ..."). Survives Redis reconnects and drops entries of abandoned
+        attempts (anything older than the newest ``status running``).
+
+        Args:
+            timeout: seconds for the whole iteration (time spent by the caller between events
+                counts too).
+            idle_timeout: seconds without any event (e.g. a worker gone silent).
+
+        Raises:
+            WaitTimeout: ``timeout`` or ``idle_timeout`` ran out (the job goes on).
+            JobNotFound: a handle from :meth:`TraceClient.job` of an unknown job.
+            ConnectionLost: Redis unreachable for longer than ``reconnect_timeout_s``.
         """
-        async with contextlib.aclosing(self._follow()) as follow:  # unsubscribes when left early
+        run = await self._resolve()
+        start = run.answer_from if run.answer_from is not None else run.position
+        key = self.client.keys.status_stream(self.job_id)
+        follow = self._follow(key, start, run.min_attempt, timeout=timeout, idle_timeout=idle_timeout)
+        async with contextlib.aclosing(follow):  # unsubscribes when left early
             async for event in follow:
                 if isinstance(event, StatusEvent | ProgressEvent):
                     yield event
@@ -202,9 +295,10 @@ class JobHandle:
         """The terminal status (whatever the outcome).
 
         Raises:
-            TimeoutError: not finished within ``timeout`` seconds.
+            WaitTimeout: not finished within ``timeout`` seconds (a ``TimeoutError`` too).
+            JobNotFound: a handle from :meth:`TraceClient.job` of an unknown job.
         """
-        async with asyncio.timeout(timeout), contextlib.aclosing(self.events()) as events:
+        async with contextlib.aclosing(self.events(timeout=timeout)) as events:
             async for event in events:
                 if isinstance(event, StatusEvent) and event.state.terminal:
                     return event
@@ -224,29 +318,39 @@ class JobHandle:
         A path is written through ``<path>.part`` and appears only when verified.
 
         Args:
-            target: file path, or an object with ``write(bytes)`` (``seek``/``truncate`` let a
-                restarted attempt overwrite what the abandoned one wrote).
-            timeout: seconds until :class:`TimeoutError`.
+            target: file path, or an object with ``write(bytes)``, plain or ``async def``
+                (``seek``/``truncate`` let a restarted attempt overwrite what the abandoned one
+                wrote; ``flush`` is called at the end).
+            timeout: seconds until :class:`WaitTimeout`.
             on_event: called with every status/progress event (e.g. a progress bar).
 
         Raises:
             JobFailed: the job ended failed, cancelled or dead.
             TraceIntegrityError: size or sha256 mismatch, or chunks missing.
-            TimeoutError: not done within ``timeout``.
+            WaitTimeout: not done within ``timeout``.
+            InvalidRequest: ``target`` is neither a path nor a writable.
+            JobNotFound: a handle from :meth:`TraceClient.job` of an unknown job.
         """
         sink = TraceSink(target)
         try:
-            async with asyncio.timeout(timeout):
-                status = await self._receive(sink, on_event)
+            try:
+                async with asyncio.timeout(timeout):
+                    status = await self._receive(sink, on_event)
+            except TimeoutError as exc:
+                if isinstance(exc, ClientError):
+                    raise
+                raise WaitTimeout(f"job {self.job_id}: no trace within {timeout}s") from exc
+            await sink.commit()
         except BaseException:
             sink.discard()
             raise
-        sink.commit()
         return status
 
     async def _receive(self, sink: TraceSink, on_event: EventCallback | None) -> StatusEvent:
+        run = await self._resolve()
         chunks = _ChunkState()
-        async with contextlib.aclosing(self._follow()) as follow:
+        follow = self._follow(self.client.keys.job(self.job_id), run.position, run.min_attempt)
+        async with contextlib.aclosing(follow):
             return await self._consume(follow, chunks, sink, on_event)
 
     async def _consume(
@@ -258,7 +362,7 @@ class JobHandle:
     ) -> StatusEvent:
         async for event in follow:
             if isinstance(event, ChunkEvent):
-                chunks.accept(event, sink)
+                await chunks.accept(event, sink)
                 del event  # hold no chunk while waiting for the next entry (memory x jobs)
                 continue
             if on_event is not None:
@@ -266,7 +370,7 @@ class JobHandle:
             if not isinstance(event, StatusEvent):
                 continue
             if event.state == JobState.RUNNING and event.attempt > chunks.attempt:
-                chunks.restart(event.attempt, sink)
+                await chunks.restart(event.attempt, sink)
             if not event.state.terminal:
                 continue
             if event.state != JobState.SUCCEEDED:
@@ -281,37 +385,79 @@ class JobHandle:
                     f"job {self.job_id} succeeded but published no chunks and no fetchable url "
                     f"(object at {event.uri}); read it from the blob store"
                 )
-            sink.reset()
-            await asyncio.to_thread(fetch_url, source, sink)
+            await sink.reset()
+            await fetch_url(source, sink)
             sink.verify(event.size, event.sha256)
             return event
         raise ClientError(f"job stream {self.client.keys.job(self.job_id)} ended without a terminal status")
 
     async def cancel(self) -> None:
         """Ask the worker to stop the job (``SET <job>:cancel 1 EX ttl``); it ends ``cancelled``."""
-        await self.client.redis.set(self.client.keys.cancel(self.job_id), "1", ex=self.client.cancel_ttl_s)
+        async with redis_errors(f"cancelling job {self.job_id}"):
+            await self.client.redis.set(
+                self.client.keys.cancel(self.job_id), "1", ex=self.client.cancel_ttl_s
+            )
 
     async def state(self) -> StatusEvent | None:
-        """The job's latest status from its state hash (one call), or None if unknown/expired."""
-        raw = await self.client.redis.hgetall(self.client.keys.state(self.job_id))
-        if not raw:
-            return None
-        event = parse_entry(raw)
-        return event if isinstance(event, StatusEvent) else None
+        """The job's latest status (the state hash); ``queued`` while a request for it waits on the
+        request stream (also a resubmission of an ended job); None for an unknown job (never
+        submitted, or expired)."""
+        snap = await snapshot(self.client.redis, self.client.keys, self.job_id)
+        return snap.status(self.job_id)
 
-    async def _follow(self) -> AsyncGenerator[Event, None]:
-        """Every entry of the current run, older attempts' progress and chunks dropped."""
-        attempt = 0
-        sub = self.client._mux.subscribe(self.client.keys.job(self.job_id), self._start_id)
+    async def health(self) -> JobHealth:
+        """The latest status and the lease of the worker running the job (one pipeline).
+
+        A live worker renews its lease every ``heartbeat_s``; ``silent_s`` growing past that (or
+        ``stale``) means the worker stopped, and another one will take the job over once the lease
+        (``lease_s``) has run out.
+        """
+        keys, job_id = self.client.keys, self.job_id
+        snap = await snapshot(self.client.redis, keys, job_id)
+        async with (
+            redis_errors(f"reading job {job_id}"),
+            self.client.redis.pipeline(transaction=False) as pipe,
+        ):
+            pipe.get(keys.lock(job_id))
+            pipe.pttl(keys.lock(job_id))
+            holder_raw, pttl = await pipe.execute()
+        status = snap.status(job_id)
+        holder = _text(holder_raw) if holder_raw is not None else None
+        expires = pttl / 1000 if holder is not None and pttl >= 0 else None
+        silent: float | None = None
+        stale = False
+        if status is not None and status.state == JobState.RUNNING:
+            if holder is None:
+                stale = True
+            elif expires is not None and status.lease_s is not None:
+                silent = max(0.0, status.lease_s - expires)
+                stale = status.heartbeat_s is not None and silent > 3 * status.heartbeat_s
+        return JobHealth(status, holder, expires, silent, stale)
+
+    async def _follow(
+        self,
+        key: str,
+        start: str,
+        min_attempt: int,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - a deadline over every get()
+        idle_timeout: float | None = None,
+    ) -> AsyncGenerator[Event, None]:
+        """Every entry of one stream of the run, older runs' and attempts' entries dropped."""
+        attempt = min_attempt
+        deadline = None if timeout is None else time.monotonic() + timeout
+        sub = self.client._mux.subscribe(key, start)
         try:
             while True:
-                fields = await sub.get()
+                fields = await self._next(sub, deadline, idle_timeout)
                 try:
                     event = parse_entry(fields)
                 except ValueError:
                     continue  # an entry type from a newer contract version: not for us
                 finally:
                     del fields  # nor its raw fields
+                if event.attempt < min_attempt:
+                    continue  # an earlier run's entry in the millisecond where this run starts
                 if isinstance(event, StatusEvent) and not event.state.terminal:
                     if event.attempt < attempt:
                         continue
@@ -323,6 +469,18 @@ class JobHandle:
         finally:
             self.client._mux.unsubscribe(sub)
 
+    async def _next(self, sub: Any, deadline: float | None, idle: float | None) -> dict[Any, Any]:
+        if deadline is None and idle is None:
+            fields: dict[Any, Any] = await sub.get()
+            return fields
+        left = [v for v in (idle, None if deadline is None else deadline - time.monotonic()) if v is not None]
+        try:
+            async with asyncio.timeout(max(0.0, min(left))):
+                fields = await sub.get()
+                return fields
+        except TimeoutError as exc:
+            raise WaitTimeout(f"job {self.job_id}: no event within the timeout") from exc
+
 
 @dataclass
 class _ChunkState:
@@ -332,24 +490,33 @@ class _ChunkState:
     seq: int = 0
     last: bool = False
 
-    def restart(self, attempt: int, sink: TraceSink) -> None:
+    async def restart(self, attempt: int, sink: TraceSink) -> None:
         self.attempt, self.seq, self.last = attempt, 0, False
-        sink.reset()
+        await sink.reset()
 
-    def accept(self, chunk: ChunkEvent, sink: TraceSink) -> None:
+    async def accept(self, chunk: ChunkEvent, sink: TraceSink) -> None:
         if chunk.attempt > self.attempt:
-            self.restart(chunk.attempt, sink)
+            await self.restart(chunk.attempt, sink)
         if chunk.seq != self.seq or chunk.offset != sink.size:
             raise TraceIntegrityError(
                 f"chunk seq {chunk.seq} at offset {chunk.offset} of attempt {chunk.attempt}; expected "
                 f"seq {self.seq} at offset {sink.size} (entries missing from the job stream?)"
             )
-        sink.write(chunk.data)
+        await sink.write(chunk.data)
         self.seq += 1
         self.last = chunk.last
 
     def complete_for(self, attempt: int) -> bool:
         return self.last and self.seq > 0 and self.attempt == attempt
+
+
+def _validated(request: TraceRequest | Mapping[str, Any]) -> TraceRequest:
+    if isinstance(request, TraceRequest):
+        return request
+    try:
+        return TraceRequest.model_validate(request)
+    except pydantic.ValidationError as exc:
+        raise InvalidRequest(f"invalid trace request: {exc}") from exc
 
 
 def _text(value: Any) -> str:

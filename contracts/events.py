@@ -65,6 +65,11 @@ class StatusEvent(_Event):
     labels: dict[str, str] = Field(default_factory=dict)
     #: A short human-readable note (e.g. "duplicate request; job already running").
     detail: str | None = None
+    # -- running (v1.1): how the worker keeps its lease, so a follower can tell a silent worker
+    #: Seconds a lease lasts without a heartbeat (the lock key's TTL when renewed).
+    lease_s: float | None = None
+    #: Seconds between heartbeats (lease renewals) of a live worker.
+    heartbeat_s: float | None = None
     # -- succeeded
     #: Where the trace object is (file:// or s3:// URI).
     uri: str | None = None
@@ -95,6 +100,8 @@ class ProgressEvent(_Event):
     threads_total: int = 0
     #: Best estimate, 0-100.
     percent: float = 0.0
+    #: When the worker measured this progress (UTC); v1.1, absent from older workers' entries.
+    time: datetime | None = None
 
 
 class ChunkEvent(_Event):

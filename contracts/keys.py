@@ -5,8 +5,8 @@ Redis Cluster slot (a MULTI or Lua script over them is legal on a cluster).
 
 Example:
     >>> k = Keys("traces")
-    >>> k.requests, k.job("j1"), k.state("j1")
-    ('traces:requests', 'traces:job:{j1}', 'traces:job:{j1}:state')
+    >>> k.requests, k.job("j1"), k.state("j1"), k.status_stream("j1")
+    ('traces:requests', 'traces:job:{j1}', 'traces:job:{j1}:state', 'traces:job:{j1}:status')
 """
 
 from __future__ import annotations
@@ -48,6 +48,12 @@ class Keys:
     def job(self, job_id: str) -> str:
         """Per-job stream of status, progress and chunk entries."""
         return f"{self.prefix}:job:{{{job_id}}}"
+
+    def status_stream(self, job_id: str) -> str:
+        """Per-job stream of the status and progress entries only (no chunks): the job stream
+        without its bytes, for followers that want to know how a job goes but not its trace.
+        Added in contract v1.1; same entries, same order, same expiry as on the job stream."""
+        return f"{self.job(job_id)}:status"
 
     def state(self, job_id: str) -> str:
         """Hash with the job's latest state, for one-call polling."""

@@ -12,13 +12,16 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
-from contracts.client import EventCallback, JobHandle, TraceClient
+from contracts._download import Writable
+from contracts.client import EventCallback, JobHandle, JobHealth, TraceClient
+from contracts.client_errors import ClientError
 from contracts.events import ProgressEvent, StatusEvent
 from contracts.keys import DEFAULT_PREFIX
 from contracts.request import TraceRequest
@@ -29,16 +32,38 @@ T = TypeVar("T")
 
 
 class SyncTraceClient:
-    """Blocking :class:`TraceClient`; accepts the same keyword options. Close it (or use ``with``)."""
+    """Blocking :class:`TraceClient`; accepts the same keyword options. Close it (or use ``with``).
+
+    A call interrupted in the calling thread (Ctrl-C during ``wait()``) cancels its coroutine on
+    the background loop; leaving an ``events()`` loop early closes its follower; ``close()`` ends
+    whatever is still running, so nothing is left pending when the loop closes.
+    """
 
     def __init__(self, redis_url: str, prefix: str = DEFAULT_PREFIX, **options: Any) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="trace-client", daemon=True)
         self._thread.start()
-        self._client: TraceClient = self._call(_make(redis_url, prefix, options))
+        try:
+            self._client: TraceClient = self._call(_make(redis_url, prefix, options))
+        except BaseException:
+            self._stop_loop()
+            raise
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        if self._loop.is_closed():
+            coro.close()
+            raise ClientError("the SyncTraceClient is closed")
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result()
+        except BaseException:
+            # Interrupted here (KeyboardInterrupt, SystemExit): cancel the coroutine on the loop too,
+            # and let it unwind (unsubscribe, close its generators) before going on.
+            if not future.done():
+                future.cancel()
+                with contextlib.suppress(BaseException):
+                    future.exception(timeout=10)
+            raise
 
     def __enter__(self) -> SyncTraceClient:
         return self
@@ -49,10 +74,15 @@ class SyncTraceClient:
         self.close()
 
     def close(self) -> None:
-        """Close the connections and stop the background loop."""
+        """Close the connections and stop the background loop (idempotent)."""
         if self._loop.is_closed():
             return
-        self._call(self._client.aclose())
+        try:
+            self._call(_shutdown(self._client))
+        finally:
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._loop.close()
@@ -60,7 +90,7 @@ class SyncTraceClient:
     def ping(self) -> None:
         self._call(self._client.ping())
 
-    def submit(self, request: TraceRequest) -> SyncJobHandle:
+    def submit(self, request: TraceRequest | Mapping[str, Any]) -> SyncJobHandle:
         return SyncJobHandle(self, self._call(self._client.submit(request)))
 
     def job(self, job_id: str) -> SyncJobHandle:
@@ -78,8 +108,11 @@ class SyncJobHandle:
         self.handle = handle
         self.job_id = handle.job_id
 
-    def events(self) -> Iterator[StatusEvent | ProgressEvent]:
-        agen = self.handle.events()
+    def events(
+        self, *, timeout: float | None = None, idle_timeout: float | None = None
+    ) -> Iterator[StatusEvent | ProgressEvent]:
+        """Like :meth:`JobHandle.events`; leaving the loop early (break, exception) closes it."""
+        agen = self.handle.events(timeout=timeout, idle_timeout=idle_timeout)
         try:
             while True:
                 try:
@@ -87,14 +120,15 @@ class SyncJobHandle:
                 except StopAsyncIteration:
                     return
         finally:
-            self._owner._call(agen.aclose())
+            if not self._owner._loop.is_closed():
+                self._owner._call(agen.aclose())
 
     def wait(self, timeout: float | None = None) -> StatusEvent:
         return self._owner._call(self.handle.wait(timeout))
 
     def download(
         self,
-        target: str | os.PathLike[str] | Any,
+        target: str | os.PathLike[str] | Writable,
         *,
         timeout: float | None = None,
         on_event: EventCallback | None = None,
@@ -108,9 +142,24 @@ class SyncJobHandle:
     def state(self) -> StatusEvent | None:
         return self._owner._call(self.handle.state())
 
+    def health(self) -> JobHealth:
+        return self._owner._call(self.handle.health())
+
 
 async def _make(redis_url: str, prefix: str, options: dict[str, Any]) -> TraceClient:
     return TraceClient(redis_url, prefix, **options)  # created on the loop that will use it
+
+
+async def _shutdown(client: TraceClient) -> None:
+    """Cancel what still runs on the loop (an abandoned call), close the client and every open
+    async generator, so that closing the loop destroys no pending task."""
+    me = asyncio.current_task()
+    others = [t for t in asyncio.all_tasks() if t is not me]
+    for task in others:
+        task.cancel()
+    await asyncio.gather(*others, return_exceptions=True)
+    await client.aclose()
+    await asyncio.get_running_loop().shutdown_asyncgens()
 
 
 async def _next(agen: AsyncIterator[T]) -> T:

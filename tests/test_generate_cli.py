@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -188,6 +189,17 @@ def test_processes_lists_the_lake(server: DevServer, lake: Lake, capsys: pytest.
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("PROCESS_ID")
     assert {line.split()[0] for line in lines[1:]} == {p.process_id for p in lake.processes}
+
+
+def test_processes_json_for_scripts(
+    server: DevServer, lake: Lake, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["processes", "--flightsql", server.url, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["process_id"] for r in rows} == {p.process_id for p in lake.processes}
+    for row in rows:
+        assert {"exe", "username", "computer", "start_time_ns", "last_time", "properties"} <= set(row)
+        assert row["last_time"] is None or row["last_time"].endswith("Z")
 
 
 def test_processes_server_down(capsys: pytest.CaptureFixture[str]) -> None:

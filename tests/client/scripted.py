@@ -25,6 +25,8 @@ class ScriptedWorker:
     async def _add(self, job_id: str, event: Any, *, terminal_or_status: bool = False) -> None:
         fields: Any = event.to_fields()
         await self.redis.xadd(self.keys.job(job_id), fields)
+        if not isinstance(event, ChunkEvent):  # status and progress: also on the status stream
+            await self.redis.xadd(self.keys.status_stream(job_id), fields)
         if terminal_or_status:
             await self.redis.delete(self.keys.state(job_id))
             await self.redis.hset(self.keys.state(job_id), mapping=fields)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -13,31 +13,19 @@ import pytest
 
 from contracts import JobState, ProgressEvent, StatusEvent, TraceRequest
 from contracts.client import JobFailed, TraceClient
-from tests.support.devserver import start_devserver
+from tests.client.helpers import blob_path
 from tests.support.redis_server import RedisServer
 from tests.support.s3 import S3Bucket
 from tests.support.worker_process import Spawn, worker_env
-from worker.devserver import DevServer, Lake, LakeConfig
+from worker.devserver import DevServer
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def devserver() -> Iterator[DevServer]:
-    """A small process (quick jobs) and a bigger one (still running when a test intervenes)."""
-    lake = Lake(LakeConfig(seed=42, processes=("small", "large"), large_spans=2_000_000))
-    with start_devserver(lake) as server:
-        yield server
 
 
 @pytest.fixture
 async def client(redis_server: RedisServer) -> AsyncIterator[TraceClient]:
     async with TraceClient(redis_server.url, "t", max_connections=8, reconnect_timeout_s=60) as c:
         yield c
-
-
-def blob_path(root: Path, request: TraceRequest) -> Path:
-    return root / request.process_id / f"{request.effective_job_id()}.pftrace"
 
 
 async def test_many_concurrent_jobs_from_one_client(

@@ -7,6 +7,7 @@ import hashlib
 import io
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -286,9 +287,16 @@ async def test_a_stalled_follower_blocks_nobody_and_buffers_little(
     client: TraceClient, worker: ScriptedWorker
 ) -> None:
     await worker.whole_job("stall", trace_bytes(2_000_000), chunk_size=10_000)  # 200 chunk entries
-    stalled = client.job("stall").events()
-    first = await anext(stalled)  # subscribed, then never read again
-    assert isinstance(first, StatusEvent)
+    first_write = asyncio.Event()
+
+    class Stuck:
+        async def write(self, data: bytes) -> int:
+            first_write.set()
+            await asyncio.Event().wait()  # takes the first chunk, then never returns
+            return len(data)
+
+    stalled = asyncio.create_task(client.job("stall").download(Stuck()))
+    await asyncio.wait_for(first_write.wait(), 30)
     data = trace_bytes(50_000, seed=4)
     await worker.whole_job("other", data, chunk_size=1000)
     buf = io.BytesIO()
@@ -296,7 +304,9 @@ async def test_a_stalled_follower_blocks_nobody_and_buffers_little(
     assert buf.getvalue() == data
     (sub,) = client._mux._subs["t:job:{stall}"]
     assert 0 < sub.queue.qsize() <= client._mux.BACKLOG  # not the 200 entries of its stream
-    await stalled.aclose()
+    stalled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stalled
     assert "t:job:{stall}" not in client._mux._subs
 
 
@@ -305,8 +315,9 @@ async def test_follower_gets_connection_lost_when_redis_stays_down() -> None:
     try:
         async with TraceClient(server.url, "t", reconnect_timeout_s=1.0) as client:
             job = client.job("gone")
+            running: Any = StatusEvent(job_id="gone", state=JobState.RUNNING).to_fields()
+            await client.redis.xadd("t:job:{gone}:status", running)
             follow = asyncio.create_task(job.wait(timeout=30))
-            await client.redis.xadd("t:job:{gone}", StatusEvent(job_id="gone", state="running").to_fields())  # type: ignore[arg-type]
             server.stop()
             with pytest.raises(ConnectionLost, match="Redis unreachable"):
                 await follow

@@ -1,21 +1,27 @@
 """`trace-worker processes`: list the processes the Flight SQL service knows, newest first.
 
-trace-worker processes --flightsql grpc://127.0.0.1:50051 --limit 20
+trace-worker processes --flightsql grpc://127.0.0.1:50051 --limit 20 [--json]
+
+``--json`` prints one JSON array for scripts: every field of :class:`worker.model.ProcessInfo`
+(times as epoch nanoseconds ``*_time_ns`` and as RFC 3339 ``start_time``/``first_time``/``last_time``).
+From Python, :func:`worker.source.list_processes` returns the same list.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import json
 from datetime import UTC, datetime
 from typing import Any
 
 from worker.cli import UsageError
 from worker.commands._flightsql_args import add_connection_args, config_from_args
 from worker.model import ProcessInfo
-from worker.source import FlightSqlConfig, FlightSqlSource
+from worker.source import list_processes
 
-__all__ = ["format_table", "register"]
+__all__ = ["format_json", "format_table", "register"]
 
 
 def register(subparsers: Any) -> None:
@@ -27,6 +33,7 @@ def register(subparsers: Any) -> None:
     )
     add_connection_args(parser)
     parser.add_argument("--limit", type=int, default=100, metavar="N", help="at most N (default 100)")
+    parser.add_argument("--json", action="store_true", help="one JSON array (every field) instead of a table")
     parser.set_defaults(handler=run)
 
 
@@ -51,12 +58,16 @@ def format_table(processes: list[ProcessInfo]) -> str:
     )
 
 
-async def _list(config: FlightSqlConfig, limit: int) -> list[ProcessInfo]:
-    source = FlightSqlSource(config)
-    try:
-        return await source.processes(limit)
-    finally:
-        await source.aclose()
+def format_json(processes: list[ProcessInfo]) -> str:
+    """Processes as a JSON array: every field, plus the times in RFC 3339 (null when unknown)."""
+    rows = []
+    for p in processes:
+        row: dict[str, object] = dataclasses.asdict(p)
+        for name in ("start_time", "first_time", "last_time"):
+            ns = getattr(p, f"{name}_ns")
+            row[name] = None if ns is None else _time(ns)
+        rows.append(row)
+    return json.dumps(rows, indent=2)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,5 +75,6 @@ def run(args: argparse.Namespace) -> int:
     if not 1 <= args.limit <= 100_000:
         raise UsageError("--limit must be from 1 to 100000")
     config = config_from_args(args)
-    print(format_table(asyncio.run(_list(config, args.limit))))
+    processes = asyncio.run(list_processes(config, args.limit))
+    print(format_json(processes) if args.json else format_table(processes))
     return 0

@@ -20,6 +20,7 @@ from contracts.keys import Keys
 from contracts.states import JobState
 from worker.service.redis_io import retry_redis
 from worker.service.runtime import Runtime
+from worker.sinks.reply_stream import queue_entry
 
 __all__ = ["ack", "finish", "mark_running", "reply_duplicate"]
 
@@ -36,11 +37,12 @@ async def mark_running(rt: Runtime, status: StatusEvent) -> None:
     async def write() -> None:
         async with rt.redis.pipeline(transaction=True) as pipe:
             fields: Any = status.to_fields()
-            pipe.xadd(job_stream, fields)
+            queue_entry(pipe, keys, status.job_id, fields)
             pipe.delete(state_key)
             pipe.hset(state_key, mapping=fields)
             pipe.xadd(keys.events, fields, maxlen=rt.settings.events_maxlen, approximate=True)
             pipe.persist(job_stream)
+            pipe.persist(keys.status_stream(status.job_id))
             await pipe.execute()
 
     await retry_redis(write, what="status running", give_up_after_s=rt.settings.lease_s / 2)
@@ -126,11 +128,12 @@ def _terminal(rt: Runtime, pipe: Pipeline, status: StatusEvent) -> None:
     job_stream, state_key = keys.job(status.job_id), keys.state(status.job_id)
     fields: Any = _state_mapping(status)
     ttl = rt.settings.job_ttl_s
-    pipe.xadd(job_stream, fields)
+    queue_entry(pipe, keys, status.job_id, fields)
     pipe.delete(state_key)
     pipe.hset(state_key, mapping=fields)
     pipe.xadd(keys.events, fields, maxlen=rt.settings.events_maxlen, approximate=True)
     pipe.expire(job_stream, ttl)
+    pipe.expire(keys.status_stream(status.job_id), ttl)
     pipe.expire(state_key, ttl)
     pipe.delete(keys.lock(status.job_id))
     if status.state == JobState.CANCELLED:
@@ -190,7 +193,7 @@ async def reply_duplicate(rt: Runtime, entry_id: str, job_id: str, labels: dict[
         )
         fields: Any = event.to_fields()
         async with rt.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(keys.job(job_id), fields)
+            queue_entry(pipe, keys, job_id, fields)
             _ack_and_delete(pipe, keys, entry_id)
             await pipe.execute()
 

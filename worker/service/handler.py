@@ -60,6 +60,12 @@ def document_replies(broker: RedisBroker, rt: Runtime) -> None:
         schema=StatusEvent | ProgressEvent | ChunkEvent,
     )
     broker.publisher(
+        stream=keys.status_stream("{job_id}"),
+        title="job status stream",
+        description="The job stream's status and progress entries (no chunks), same order; expires with it.",
+        schema=StatusEvent | ProgressEvent,
+    )
+    broker.publisher(
         stream=keys.events,
         title="events",
         description="Every status transition of every job (MAXLEN ~ events_maxlen).",

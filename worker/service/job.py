@@ -209,7 +209,10 @@ class _Job:
         rt = self.rt
         started = time.monotonic()
         try:
-            await mark_running(rt, self._status(JobState.RUNNING))
+            running = self._status(
+                JobState.RUNNING, lease_s=rt.settings.lease_s, heartbeat_s=rt.settings.heartbeat_s
+            )
+            await mark_running(rt, running)
         except TRANSIENT as exc:
             return _Transient(self._failed(ErrorCode.INTERNAL, f"redis unavailable: {exc}"))
         rt.metrics.attempts.inc()

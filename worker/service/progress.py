@@ -8,7 +8,7 @@ import contextlib
 import logging
 import time
 
-from contracts.events import ProgressEvent
+from contracts.events import ProgressEvent, utcnow
 from worker.service.ports import ProgressLike
 from worker.sinks.reply_stream import ReplyStream
 
@@ -80,6 +80,7 @@ class ProgressPump:
             threads_done=p.threads_done,
             threads_total=p.threads_total,
             percent=round(min(100.0, max(0.0, float(p.percent))), 2),
+            time=utcnow(),
         )
         try:
             await self._reply.progress(event)

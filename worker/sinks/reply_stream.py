@@ -1,5 +1,8 @@
 """Chunk, progress and status entries on a job's reply stream ``<prefix>:job:{<job_id>}``.
 
+Progress and status entries also go to ``<prefix>:job:{<job_id>}:status`` (in the same MULTI, so
+both streams show them in the same order), which followers read when they want no chunk bytes.
+
 One :class:`ReplyStream` per attempt. Entries are plain field maps built by ``contracts.events``
 (never FastStream's binary envelope), so a requester needs nothing but a Redis client.
 
@@ -13,11 +16,21 @@ from __future__ import annotations
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from contracts.events import ChunkEvent, ProgressEvent, StatusEvent
 from contracts.keys import Keys
 
-__all__ = ["ReplyStream"]
+__all__ = ["ReplyStream", "queue_entry"]
+
+
+def queue_entry(pipe: Pipeline, keys: Keys, job_id: str, fields: dict[str, str | bytes]) -> None:
+    """Queue a status or progress entry on the job stream and on its status stream (same order
+    on both). Every status/progress entry of a job goes through here; chunks go to the job stream
+    only."""
+    mapping: Any = fields
+    pipe.xadd(keys.job(job_id), mapping)
+    pipe.xadd(keys.status_stream(job_id), mapping)
 
 
 class ReplyStream:
@@ -32,6 +45,7 @@ class ReplyStream:
 
     def __init__(self, redis: Redis, keys: Keys, job_id: str, attempt: int) -> None:
         self._redis = redis
+        self._keys = keys
         self.stream = keys.job(job_id)
         self.job_id = job_id
         self.attempt = attempt
@@ -49,12 +63,17 @@ class ReplyStream:
         self.offset += len(data)
 
     async def progress(self, event: ProgressEvent) -> None:
-        """XADD a progress entry (the caller rate-limits)."""
-        await self._xadd(event.to_fields())
+        """XADD a progress entry on the job and status streams (the caller rate-limits)."""
+        await self._xadd_both(event.to_fields())
 
     async def status(self, event: StatusEvent) -> None:
         """XADD a non-terminal status entry (terminal ones go through the service's finish)."""
-        await self._xadd(event.to_fields())
+        await self._xadd_both(event.to_fields())
+
+    async def _xadd_both(self, fields: dict[str, str | bytes]) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            queue_entry(pipe, self._keys, self.job_id, fields)
+            await pipe.execute()
 
     async def _xadd(self, fields: dict[str, str | bytes]) -> None:
         mapping: Any = fields

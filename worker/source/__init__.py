@@ -11,7 +11,7 @@ fetch), :mod:`~worker.source.columns` (checks of the batches' schemas).
 from __future__ import annotations
 
 from worker.source.config import FlightSqlConfig
-from worker.source.flightsql import FlightSqlSource
+from worker.source.flightsql import FlightSqlSource, list_processes
 from worker.source.protocol import Source
 
-__all__ = ["FlightSqlConfig", "FlightSqlSource", "Source"]
+__all__ = ["FlightSqlConfig", "FlightSqlSource", "Source", "list_processes"]

@@ -37,7 +37,7 @@ from worker.source.config import FlightSqlConfig
 from worker.source.fetch import ordered_fetch
 from worker.source.translate import translate_errors
 
-__all__ = ["FlightSqlSource"]
+__all__ = ["FlightSqlSource", "list_processes"]
 
 _HEADER = fsql.ConnectionOptions.RPC_CALL_HEADER_PREFIX.value
 _RANGE_HEADERS = ("query_range_begin", "query_range_end")
@@ -457,3 +457,17 @@ class FlightSqlSource:
         # Let running reads end first: a connection must not close under a read in another thread.
         await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
         self._pool.close()
+
+
+async def list_processes(config: FlightSqlConfig, limit: int = 100) -> list[ProcessInfo]:
+    """The processes the Flight SQL service knows, newest first (at most ``limit``), over one
+    short-lived connection (``trace-worker processes`` and scripts).
+
+    Raises:
+        worker.errors.TraceWorkerError: the service is unreachable or refuses (``code`` says which).
+    """
+    source = FlightSqlSource(config)
+    try:
+        return await source.processes(limit)
+    finally:
+        await source.aclose()

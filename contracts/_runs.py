@@ -1,0 +1,225 @@
+"""Where a job's latest run starts on its streams, and what the job looks like now. Part of
+:mod:`contracts.client`; imports redis, pydantic and the stdlib only.
+
+A job id may run several times (a failed, cancelled or dead job is resubmitted as a new run whose
+attempt numbers continue). Entry ids of every stream come from the one Redis server clock, so a
+position found on the small status stream (``<prefix>:job:{id}:status``) also bounds the job
+stream: a follower starts at the millisecond of the previous run's terminal status and drops the
+few entries of that millisecond that still belong to the previous run by their attempt number.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from contracts.client_errors import ClientError, ConnectionLost
+from contracts.events import StatusEvent, parse_entry
+from contracts.keys import Keys
+from contracts.request import TraceRequest
+from contracts.states import TERMINAL_STATES, JobState
+
+__all__ = ["Run", "Snapshot", "id_order", "redis_errors", "run_start", "snapshot"]
+
+#: States after which a resubmitted request starts a new run on the same job stream.
+RERUN_STATES = frozenset({JobState.FAILED, JobState.CANCELLED, JobState.DEAD})
+_TERMINAL = frozenset(s.value for s in TERMINAL_STATES)
+_PAGE = 200
+#: Most request entries looked at when searching the request stream for a job's pending request.
+MAX_REQUEST_SCAN = 20_000
+_MAX_SEQ = 2**64 - 1
+
+
+@contextlib.asynccontextmanager
+async def redis_errors(what: str) -> AsyncIterator[None]:
+    """Turn redis-py and socket errors into the client's error family."""
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        raise ConnectionLost(f"{what}: Redis unreachable: {exc}") from exc
+    except RedisError as exc:
+        raise ClientError(f"{what}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Run:
+    """Where a follower of one run starts.
+
+    Attributes:
+        position: exclusive XREAD start, valid on the job stream and on the status stream.
+        min_attempt: entries with a lower attempt belong to an earlier run and are dropped.
+        answer_from: for ``events()`` of a request to an already succeeded job: the status-stream
+            position of the answer to that request (the duplicate-request status), instead of
+            the old run's history.
+    """
+
+    position: str = "0"
+    min_attempt: int = 0
+    answer_from: str | None = None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What Redis says about a job now (one pipeline)."""
+
+    state: dict[str, str]
+    #: Entry id of the newest request for the job still on the request stream (not answered yet).
+    submitted: str | None
+    #: Id of the newest status-stream entry.
+    newest_status: str | None
+    job_stream_exists: bool
+
+    @property
+    def attempt(self) -> int:
+        return int(self.state.get("attempt", 0) or 0)
+
+    @property
+    def current(self) -> JobState | None:
+        raw = self.state.get("state", "")
+        return JobState(raw) if raw in JobState._value2member_map_ else None
+
+    @property
+    def rerun_pending(self) -> bool:
+        """A request was sent after the job ended failed/cancelled/dead and no worker answered it yet."""
+        if self.current not in RERUN_STATES or self.submitted is None:
+            return False
+        return self.newest_status is None or id_order(self.submitted) > id_order(self.newest_status)
+
+    @property
+    def known(self) -> bool:
+        return (
+            bool(self.state)
+            or self.submitted is not None
+            or self.newest_status is not None
+            or (self.job_stream_exists)
+        )
+
+    def status(self, job_id: str) -> StatusEvent | None:
+        """The job's latest status; ``queued`` while a request waits for a worker; None if unknown."""
+        if self.submitted is not None and (not self.state or self.rerun_pending):
+            return StatusEvent(
+                job_id=job_id,
+                attempt=self.attempt,
+                state=JobState.QUEUED,
+                time=id_time(self.submitted),
+                detail="submitted; waiting for a worker",
+            )
+        if not self.state:
+            return None
+        known = {
+            k: v for k, v in self.state.items() if k in StatusEvent.model_fields
+        }  # not state-only fields
+        with contextlib.suppress(ValueError):
+            event = parse_entry(known)
+            if isinstance(event, StatusEvent):
+                return event
+        return None
+
+
+async def snapshot(redis: aioredis.Redis, keys: Keys, job_id: str, *, pending: bool = True) -> Snapshot:
+    """The job's state hash and newest status entry; with ``pending``, also its newest request
+    still on the request stream when that matters (no state yet, or an ended job)."""
+    async with redis_errors(f"reading job {job_id}"), redis.pipeline(transaction=False) as pipe:
+        pipe.hgetall(keys.state(job_id))
+        pipe.xrevrange(keys.status_stream(job_id), count=1)
+        pipe.exists(keys.job(job_id))
+        raw_state, newest, exists = await pipe.execute()
+    state = {_text(k): _text(v) for k, v in (raw_state or {}).items()}
+    submitted = None
+    if pending and (not state or state.get("state") in {s.value for s in RERUN_STATES}):
+        submitted = await pending_request(redis, keys, job_id)
+    return Snapshot(
+        state=state,
+        submitted=submitted,
+        newest_status=_text(newest[0][0]) if newest else None,
+        job_stream_exists=bool(exists),
+    )
+
+
+async def pending_request(redis: aioredis.Redis, keys: Keys, job_id: str) -> str | None:
+    """Entry id of the newest request for ``job_id`` still on the request stream (workers delete
+    a request entry once they have answered it), looking at most at :data:`MAX_REQUEST_SCAN`."""
+    last, seen = "+", 0
+    async with redis_errors("reading the request stream"):
+        while seen < MAX_REQUEST_SCAN:
+            page: Any = await redis.xrevrange(keys.requests, max=last, min="-", count=_PAGE)
+            for raw_id, fields in page:
+                raw = (fields or {}).get(b"request", (fields or {}).get("request"))
+                if raw is not None and _request_job(raw) == job_id:
+                    return _text(raw_id)
+            seen += len(page)
+            if len(page) < _PAGE:
+                return None
+            last = "(" + _text(page[-1][0])
+    return None
+
+
+def _request_job(raw: Any) -> str | None:
+    """The job id of a request entry's JSON (None when it is not a valid request)."""
+    try:
+        fields = json.loads(raw)
+        explicit = fields.get("job_id") if isinstance(fields, dict) else None
+        if isinstance(explicit, str):
+            return explicit
+        return TraceRequest.from_json(raw).effective_job_id()
+    except ValueError:
+        return None
+
+
+async def run_start(redis: aioredis.Redis, keys: Keys, job_id: str, snap: Snapshot, *, rerun: bool) -> Run:
+    """Where the run to follow starts.
+
+    Args:
+        rerun: the caller is about to send a request that starts a new run (or one is pending):
+            follow only entries after everything there is now.
+    """
+    if rerun:
+        position = before(snap.newest_status) if snap.newest_status else "0"
+        return Run(position=position, min_attempt=snap.attempt + 1)
+    # The current run starts after the newest terminal status of an earlier attempt.
+    current = snap.attempt
+    if current <= 0:
+        return Run()
+    last = "+"
+    async with redis_errors(f"reading job {job_id}"):
+        while True:
+            page: Any = await redis.xrevrange(keys.status_stream(job_id), max=last, min="-", count=_PAGE)
+            for raw_id, fields in page:
+                f = {_text(k): _text(v) for k, v in (fields or {}).items()}
+                if f.get("type") != "status" or f.get("state") not in _TERMINAL:
+                    continue
+                attempt = int(f.get("attempt", 0) or 0)
+                if attempt < current:
+                    return Run(position=before(_text(raw_id)), min_attempt=attempt + 1)
+            if len(page) < _PAGE:
+                return Run()
+            last = "(" + _text(page[-1][0])
+
+
+def before(entry_id: str) -> str:
+    """An exclusive XREAD start that takes every entry from ``entry_id``'s millisecond on."""
+    ms = id_order(entry_id)[0]
+    return f"{ms - 1}-{_MAX_SEQ}" if ms > 0 else "0"
+
+
+def id_order(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def id_time(entry_id: str) -> datetime:
+    """When Redis created an entry (its id's milliseconds), UTC."""
+    return datetime.fromtimestamp(id_order(entry_id)[0] / 1000, UTC)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
