@@ -26,6 +26,7 @@ __all__ = [
     "MAX_REQUEST_BYTES",
     "SpanTypes",
     "TraceRequest",
+    "label_problem",
 ]
 
 #: Allowed job ids: 1-128 characters of letters, digits, '.', '_' and '-'.
@@ -37,7 +38,22 @@ MAX_LABEL_VALUE = 256
 #: Largest `request` field accepted, in bytes of UTF-8 JSON.
 MAX_REQUEST_BYTES = 16 * 1024
 
-_LABEL_KEY = re.compile(r"^[A-Za-z0-9._:/-]{1,64}$")
+_LABEL_KEY = re.compile(r"[A-Za-z0-9._:/-]{1,64}")
+
+
+def label_problem(key: object, value: object) -> str | None:
+    """Why one label is not allowed, or None when it is.
+
+    Keys are 1-64 of ``[A-Za-z0-9._:/-]``; values are strings of at most 256 characters that are
+    all printable (:meth:`str.isprintable`): no C0 or C1 controls (e.g. ESC, U+009B CSI), no
+    format characters such as the bidirectional overrides (U+202E), no line or paragraph
+    separators. Labels are echoed to terminals, so what could move a cursor or reorder text is out.
+    """
+    if not isinstance(key, str) or not _LABEL_KEY.fullmatch(key):
+        return f"label keys are 1-{MAX_LABEL_KEY} of [A-Za-z0-9._:/-]"
+    if not isinstance(value, str) or len(value) > MAX_LABEL_VALUE or not value.isprintable():
+        return f"label values are at most {MAX_LABEL_VALUE} printable characters (no control/format ones)"
+    return None
 
 
 class SpanTypes(StrEnum):
@@ -102,10 +118,9 @@ class TraceRequest(BaseModel):
         if len(value) > MAX_LABELS:
             raise ValueError(f"at most {MAX_LABELS} labels")
         for key, val in value.items():
-            if not _LABEL_KEY.match(key):
-                raise ValueError(f"label keys are 1-{MAX_LABEL_KEY} of [A-Za-z0-9._:/-]")
-            if len(val) > MAX_LABEL_VALUE or any(ord(c) < 32 for c in val):
-                raise ValueError(f"label values are at most {MAX_LABEL_VALUE} printable characters")
+            problem = label_problem(key, val)
+            if problem is not None:
+                raise ValueError(problem)
         return value
 
     @model_validator(mode="after")

@@ -25,9 +25,11 @@ from worker.source import Source
 
 __all__ = ["Cancelled", "Progress", "TraceSpec", "generate_trace", "life_begin", "resolve_range"]
 
-#: Batches up to this many rows are encoded on the event loop; larger ones in a worker thread,
-#: so that a million-row batch never freezes the loop.
-_INLINE_ROWS = 16_384
+#: Batches up to this many rows and bytes (dictionaries included) are encoded on the event loop;
+#: larger ones in a worker thread, so that no batch the source sends (a million rows, a huge
+#: dictionary, a deep mis-nesting to repair) holds the loop for long.
+_INLINE_ROWS = 1024
+_INLINE_BYTES = 1024 * 1024
 #: ``should_stop`` is awaited between batches, at most this often (it may be a Redis round trip).
 _STOP_CHECK_S = 0.2
 
@@ -154,8 +156,10 @@ class _Run:
 
     def check_limits(self) -> None:
         spec = self.spec
-        if spec.max_spans is not None and self.spans > spec.max_spans:
-            raise TraceTooLarge(f"the trace has more than {spec.max_spans} spans")
+        # Async spans still open are held in memory: they count too.
+        held = self.spans + int(self.encoder.stats.open_async_spans)
+        if spec.max_spans is not None and held > spec.max_spans:
+            raise TraceTooLarge(f"the trace has more than {spec.max_spans} spans (open async spans included)")
         if spec.max_bytes is not None and self.encoder.stats.bytes > spec.max_bytes:
             raise TraceTooLarge(f"the trace is larger than {spec.max_bytes} bytes")
 
@@ -169,9 +173,16 @@ class _Run:
         if await self.should_stop():
             raise Cancelled("generation cancelled")
 
-    async def call(self, method: Callable[..., list[bytes]], *args: object, rows: int = 0) -> list[bytes]:
-        """An engine call: inline when small, in a worker thread when large."""
-        if rows <= _INLINE_ROWS:
+    async def call(
+        self,
+        method: Callable[..., list[bytes]],
+        *args: object,
+        rows: int = 0,
+        batch: pa.RecordBatch | None = None,
+    ) -> list[bytes]:
+        """An engine call: inline when small (``rows`` to encode, ``batch``'s buffers, dictionaries
+        included), in a worker thread otherwise."""
+        if rows <= _INLINE_ROWS and (batch is None or batch.get_total_buffer_size() <= _INLINE_BYTES):
             return method(*args)
         return await asyncio.to_thread(method, *args)
 
@@ -235,7 +246,7 @@ async def generate_trace(
         try:
             async for batch in events:
                 rows = batch.num_rows + encoder.pending_rows()
-                for chunk in await run.call(encoder.add_async_events, batch, rows=rows):
+                for chunk in await run.call(encoder.add_async_events, batch, rows=rows, batch=batch):
                     yield chunk
                 await run.after_batch()
         finally:
@@ -257,7 +268,7 @@ async def _thread_item(run: _Run, stream_id: str, batch: pa.RecordBatch | None) 
         run.threads_done += 1
         return await run.call(run.encoder.end_thread, stream_id, rows=run.encoder.pending_rows(stream_id))
     rows = batch.num_rows + run.encoder.pending_rows(stream_id)
-    return await run.call(run.encoder.add_thread_spans, stream_id, batch, rows=rows)
+    return await run.call(run.encoder.add_thread_spans, stream_id, batch, rows=rows, batch=batch)
 
 
 async def _close(iterator: AsyncIterator[object]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 
 import pytest
@@ -14,6 +15,7 @@ from tests.service.support import PID, JobReader, ScriptedGenerator, fast_settin
 from tests.support.redis_server import RedisServer
 from worker.errors import SourceUnavailable
 from worker.service.app import Service
+from worker.service.health import MAX_LINE, PROBE_TIMEOUT_S
 from worker.sinks.blob.memory import MemoryBlobStore
 
 KEYS = Keys("t")
@@ -49,6 +51,8 @@ def _port(svc: Service) -> int:
 
 async def test_livez_and_readyz(redis_server: RedisServer, service: Service) -> None:
     port = _port(service)
+    assert service.http is not None
+    service.http.readiness.ttl_s = 0.0  # each probe's outcome at once (caching: the test below)
     assert (await _get(port, "/livez"))[0] == 200
     status, body = await _get(port, "/readyz")
     assert status == 200 and json.loads(body) == {"ready": True}
@@ -64,6 +68,53 @@ async def test_livez_and_readyz(redis_server: RedisServer, service: Service) -> 
     assert (await _get(port, "/livez"))[0] == 200  # the process is alive; Redis is not its problem
     redis_server.start()
     assert (await _get(port, "/nope"))[0] == 404
+
+
+async def test_readyz_is_cached_single_flight_and_bounded(service: Service) -> None:
+    """Many pollers cost one Flight SQL probe; a stalled service answers 503 in bounded time and
+    its stalled probe is not started again per poll (issue 21, item 8)."""
+    assert service.http is not None
+    port, readiness = _port(service), service.http.readiness
+    gen = service.rt.generator
+    assert isinstance(gen, ScriptedGenerator)
+    pings = 0
+    stall = asyncio.Event()
+
+    async def ping() -> None:
+        nonlocal pings
+        pings += 1
+        await stall.wait()
+
+    answers = await asyncio.gather(*(_get(port, "/readyz") for _ in range(50)))
+    assert {a[0] for a in answers} == {200} and readiness.runs == 1
+    gen.ping = ping  # type: ignore[method-assign]
+    readiness.ttl_s = 0.0
+    async with asyncio.timeout(PROBE_TIMEOUT_S + 10):
+        answers = await asyncio.gather(*(_get(port, "/readyz") for _ in range(20)))
+    assert {a[0] for a in answers} == {503}
+    assert pings == 1  # one stalled probe, shared by every poller
+    stall.set()
+
+
+async def test_asyncapi_is_built_once_and_long_lines_get_400(
+    service: Service, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = service.asyncapi_json()
+    assert service.asyncapi_json() is first
+    assert (await _get(_port(service), "/asyncapi.json"))[1] == first.encode()
+    caplog.set_level(logging.DEBUG)
+    for _ in range(5):
+        reader, writer = await asyncio.open_connection("127.0.0.1", _port(service))
+        try:
+            writer.write(b"GET /" + b"a" * (MAX_LINE + 10) + b" HTTP/1.1\r\n\r\n")
+            await writer.drain()
+            raw = await reader.read()
+        finally:
+            writer.close()
+            await writer.wait_closed()
+        assert raw.startswith(b"HTTP/1.1 400")
+    assert not [r for r in caplog.records if r.exc_info or "Unhandled" in r.getMessage()]
+    assert (await _get(_port(service), "/livez"))[0] == 200
 
 
 async def test_metrics_count_jobs(redis_server: RedisServer, service: Service) -> None:

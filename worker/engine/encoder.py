@@ -67,6 +67,9 @@ class EncodeStats:
     chunks: int = 0
     clamped_spans: int = 0
     dropped_events: int = 0
+    #: Async spans begun and not yet ended: held in memory until their end or the trace's end,
+    #: so they count against ``max_spans`` like written ones.
+    open_async_spans: int = 0
 
 
 class TraceEncoder:
@@ -121,6 +124,7 @@ class TraceEncoder:
     @property
     def stats(self) -> EncodeStats:
         self._stats.async_spans = self._async.spans
+        self._stats.open_async_spans = len(self._async.sid)
         self._stats.cut_spans = self._async.cut + self._thread_cut
         self._stats.clamped_spans = sum(s.clamped for s in self._threads.values()) + self._async.clamped
         self._stats.dropped_events = self._async.dropped + self._dropped

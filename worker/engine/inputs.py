@@ -53,7 +53,10 @@ def time_column(batch: pa.RecordBatch, name: str, what: str, null_value: int) ->
     t = col.type
     if pa.types.is_timestamp(t):
         if t.unit != "ns":
-            col = col.cast(pa.timestamp("ns", t.tz))
+            try:
+                col = col.cast(pa.timestamp("ns", t.tz))
+            except pa.ArrowInvalid as exc:  # beyond the int64 nanosecond range
+                raise BadSourceData(f"{what} column {name!r}: {str(exc).splitlines()[0][:300]}") from None
         col = col.view(pa.int64())
     elif pa.types.is_integer(t):
         if t != pa.int64():

@@ -57,12 +57,13 @@ class _Table:
         used[idx] = True
         unknown = np.flatnonzero(used & (ids == 0)).tolist()
         if unknown:
-            values = dictionary.to_pylist() if len(unknown) > 64 else None
+            # Only the values rows use are read into Python (a dictionary may hold far more).
+            wanted = [i for i in unknown if i != k]
+            looked = dictionary.take(pa.array(wanted, type=pa.int64())).to_pylist() if wanted else []
+            values = dict(zip(wanted, looked, strict=True))
 
             def value(i: int) -> str:
-                if i == k:
-                    return ""
-                v = values[i] if values is not None else dictionary[i].as_py()
+                v = values.get(i) if i != k else None
                 return v if v is not None else ""
 
             missing = []

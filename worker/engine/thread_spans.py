@@ -19,6 +19,11 @@ How, per batch, without a loop per span:
    into its parent (begin and end at most the parent's end, end at least its begin); then a running
    minimum from the back makes the event timestamps non-decreasing (a span ending after a later sibling
    begins ends at that begin). Every span whose timestamps changed is counted in ``clamped``.
+
+Cost: each batch is linear in its spans plus the open stack carried in, and the repair of step 3 loops
+once per level *holding a span of the batch*. Nesting deeper than :data:`MAX_DEPTH` levels is
+:class:`~worker.errors.BadSourceData`, which bounds the carried stack and so the work per batch
+whatever the source sends (a hostile source could otherwise make every batch cost its whole depth).
 """
 
 from __future__ import annotations
@@ -29,8 +34,12 @@ import numpy as np
 import numpy.typing as npt
 
 from worker.engine.rows import CUT_BEGIN, CUT_END, NO_CUT, SLICE_BEGIN, SLICE_END
+from worker.errors import BadSourceData
 
-__all__ = ["Events", "ThreadState"]
+__all__ = ["MAX_DEPTH", "Events", "ThreadState"]
+
+#: Deepest nesting of thread spans accepted (levels below a thread's first span).
+MAX_DEPTH = 10_000
 
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
@@ -105,6 +114,10 @@ class ThreadState:
         n = s + m
         lv = np.concatenate((np.arange(s, dtype=np.int64), lv_new))
         top_level = int(lv.max())
+        if top_level > MAX_DEPTH:
+            raise BadSourceData(
+                f"thread spans nest more than {MAX_DEPTH} levels deep (a call depth no real stack has)"
+            )
         # Small ints sort by radix (linear time) with kind="stable".
         narrow = lv.astype(np.int16) if top_level < 32_000 else lv
         order = np.argsort(narrow, kind="stable")  # spans by (level, index)
@@ -185,7 +198,8 @@ class ThreadState:
         """begin <= parent end, begin <= end <= parent end; parents before children (by level)."""
         n = len(lv)
         keys = lv[order] * n + order
-        for level in range(len(bounds) - 1):
+        # Only levels holding a span of this batch need work (carried spans were clamped before).
+        for level in np.unique(lv[s:]).tolist():
             idx = order[bounds[level] : bounds[level + 1]]
             idx = idx[idx >= s]
             if not len(idx):

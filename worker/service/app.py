@@ -139,12 +139,17 @@ class Service:
             consumer=consumer or settings.consumer_name,
         )
         self.app, self.broker, self.reclaimer = build_app(self.rt)
+        self._asyncapi: str | None = None
         self.http: HealthServer | None = None
         if settings.http_host:
             self.http = HealthServer(self.rt, self.asyncapi_json, settings.http_host, settings.http_port)
 
     def asyncapi_json(self) -> str:
-        return self.app.schema.to_specification().to_json()
+        """The AsyncAPI document (JSON text). Static for the process, so built once (building it
+        takes tens of milliseconds on the event loop) and served from memory after."""
+        if self._asyncapi is None:
+            self._asyncapi = self.app.schema.to_specification().to_json()
+        return self._asyncapi
 
     async def start(self) -> None:
         s = self.rt.settings

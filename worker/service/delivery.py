@@ -16,7 +16,7 @@ from typing import Any, Literal
 from worker.service.redis_io import retry_redis
 from worker.service.runtime import Runtime
 
-__all__ = ["Delivery", "Dispatcher", "Handler", "Middleware"]
+__all__ = ["Delivery", "Dispatcher", "FailureHandler", "Handler", "Middleware", "pending_info"]
 
 log = logging.getLogger("worker.service")
 
@@ -38,13 +38,22 @@ class Delivery:
 
 Handler = Callable[[Delivery], Awaitable[None]]
 Middleware = Callable[[Delivery, Handler], Awaitable[None]]
+#: Called with a delivery that raised unexpectedly (poison, or Redis down); must not raise on input.
+FailureHandler = Callable[[Delivery, Exception], Awaitable[None]]
 
 
 class Dispatcher:
     """Runs a delivery through the middlewares into the final handler; never raises on input."""
 
-    def __init__(self, rt: Runtime, middlewares: Sequence[Middleware], final: Handler) -> None:
+    def __init__(
+        self,
+        rt: Runtime,
+        middlewares: Sequence[Middleware],
+        final: Handler,
+        on_failure: FailureHandler | None = None,
+    ) -> None:
         self._rt = rt
+        self._on_failure = on_failure
         chain: Handler = final
         for mw in reversed(middlewares):
             chain = _bind(mw, chain)
@@ -58,7 +67,7 @@ class Dispatcher:
         rt.active[delivery.entry_id] = task
         try:
             owner, count = await retry_redis(
-                lambda: _pending_info(rt, delivery.entry_id),
+                lambda: pending_info(rt, delivery.entry_id),
                 what="xpending",
                 give_up_after_s=rt.settings.lease_s,
             )
@@ -69,13 +78,25 @@ class Dispatcher:
             await self._chain(delivery)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            # Never crash the worker: the entry stays pending and is reclaimed (and dead-lettered
-            # once over the delivery cap).
-            rt.metrics.internal_errors.inc()
-            log.exception("delivery %s failed unexpectedly; left pending", delivery.entry_id)
+        except Exception as exc:
+            # Never crash the worker. Without a failure handler the entry stays pending and is
+            # reclaimed (and dead-lettered once over the delivery cap).
+            await self._failed(delivery, exc)
         finally:
             rt.active.pop(delivery.entry_id, None)
+
+    async def _failed(self, delivery: Delivery, exc: Exception) -> None:
+        if self._on_failure is None:
+            self._rt.metrics.internal_errors.inc()
+            log.exception("delivery %s failed unexpectedly; left pending", delivery.entry_id)
+            return
+        try:
+            await self._on_failure(delivery, exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception as again:
+            log.error("delivery %s: failure handling failed too (%s: %s); left pending",
+                      delivery.entry_id, type(again).__name__, str(again)[:200])  # fmt: skip
 
 
 def _bind(mw: Middleware, nxt: Handler) -> Handler:
@@ -85,7 +106,8 @@ def _bind(mw: Middleware, nxt: Handler) -> Handler:
     return call
 
 
-async def _pending_info(rt: Runtime, entry_id: str) -> tuple[str | None, int]:
+async def pending_info(rt: Runtime, entry_id: str) -> tuple[str | None, int]:
+    """The consumer holding a request entry and its delivery count; (None, 0) when not pending."""
     keys = rt.keys
     rows: Any = await rt.redis.xpending_range(keys.requests, keys.group, min=entry_id, max=entry_id, count=1)
     if not rows:

@@ -18,7 +18,7 @@ from contracts.events import ChunkEvent, ProgressEvent, StatusEvent
 from contracts.request import TraceRequest
 from worker.service.delivery import Delivery, Dispatcher
 from worker.service.job import run_job
-from worker.service.middleware.dead_letter import dead_letter_middleware, decode_middleware
+from worker.service.middleware.dead_letter import dead_letter_middleware, decode_middleware, poison_handler
 from worker.service.middleware.metrics import metrics_middleware
 from worker.service.runtime import Runtime
 
@@ -26,14 +26,15 @@ __all__ = ["build_dispatcher", "document_replies", "subscribe"]
 
 
 def build_dispatcher(rt: Runtime) -> Dispatcher:
-    """Metrics → delivery cap → decode → the job."""
+    """Metrics → delivery cap → decode → the job; poison (unexpected failures) is dead-lettered."""
 
     async def final(d: Delivery) -> None:
         request = d.extra["request"]
         assert isinstance(request, TraceRequest)
         await run_job(rt, d.entry_id, request)
 
-    return Dispatcher(rt, [metrics_middleware(rt), dead_letter_middleware(rt), decode_middleware(rt)], final)
+    middlewares = [metrics_middleware(rt), dead_letter_middleware(rt), decode_middleware(rt)]
+    return Dispatcher(rt, middlewares, final, on_failure=poison_handler(rt))
 
 
 async def _raw_tolerant_parser(

@@ -3,8 +3,13 @@
 - ``GET /livez``: 200 while the event loop runs and the reclaim loop has ticked recently
   (a wedged loop or a dead consume loop answers 503 or not at all).
 - ``GET /readyz``: 200 when Redis and the Flight SQL service answer; 503 with the reason otherwise.
+  The probes are cached and single-flight (:mod:`worker.service.readiness`): at most one Flight
+  SQL query per ``READY_TTL_S`` however many clients poll, and an answer within ``PROBE_TIMEOUT_S``.
 - ``GET /metrics``: Prometheus text format.
-- ``GET /asyncapi.json``: the AsyncAPI document generated from the FastStream app.
+- ``GET /asyncapi.json``: the AsyncAPI document generated from the FastStream app (built once).
+
+Requests are read with bounds: a request line or header line over :data:`MAX_LINE` bytes, or
+more than :data:`MAX_HEADERS` header lines, get ``400`` and one debug log line (no traceback).
 """
 
 from __future__ import annotations
@@ -18,15 +23,24 @@ from collections.abc import Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from worker.service.readiness import PROBE_TIMEOUT_S, Readiness
 from worker.service.runtime import Runtime
 
-__all__ = ["HealthServer"]
+__all__ = ["MAX_HEADERS", "MAX_LINE", "PROBE_TIMEOUT_S", "HealthServer"]
 
 log = logging.getLogger("worker.service.health")
 
-_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
-#: Bound of each readiness probe.
-PROBE_TIMEOUT_S = 3.0
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    503: "Service Unavailable",
+}
+#: Longest request or header line read (bytes); asyncio's default stream limit.
+MAX_LINE = 64 * 1024
+#: Most header lines read per request.
+MAX_HEADERS = 100
 
 
 class HealthServer:
@@ -45,9 +59,22 @@ class HealthServer:
         self._host = host
         self.port = port
         self._server: asyncio.Server | None = None
+        self.readiness = Readiness(self._probes())
+
+    def _probes(self) -> dict[str, Callable[[], Awaitable[object]]]:
+        """The dependencies ``/readyz`` checks, by name."""
+        rt = self._rt
+
+        async def redis() -> object:
+            return await rt.redis.ping()
+
+        async def flightsql() -> object:
+            return await rt.generator.ping()  # looked up per call: the generator may be swapped
+
+        return {"redis": redis, "flightsql": flightsql}
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, self._host, self.port)
+        self._server = await asyncio.start_server(self._serve, self._host, self.port, limit=MAX_LINE)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("http endpoints on http://%s:%d", self._host, self.port)
 
@@ -56,23 +83,32 @@ class HealthServer:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+        await self.readiness.aclose()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             async with asyncio.timeout(10):
-                request_line = await reader.readline()
-                while (await reader.readline()) not in (b"\r\n", b"\n", b""):
-                    pass
-                parts = request_line.decode("latin-1").split()
-                method, path = (parts[0], parts[1]) if len(parts) >= 2 else ("", "")
-                status, ctype, body = await self._route(method, path.split("?", 1)[0])
+                try:
+                    request_line = await reader.readline()
+                    for _ in range(MAX_HEADERS + 1):
+                        if (await reader.readline()) in (b"\r\n", b"\n", b""):
+                            break
+                    else:
+                        raise ValueError(f"more than {MAX_HEADERS} header lines")
+                except ValueError as exc:  # asyncio: a line over the stream limit
+                    log.debug("bad http request: %s", exc)
+                    status, ctype, body = 400, "text/plain", b"request line or headers too long\n"
+                else:
+                    parts = request_line.decode("latin-1").split()
+                    method, path = (parts[0], parts[1]) if len(parts) >= 2 else ("", "")
+                    status, ctype, body = await self._route(method, path.split("?", 1)[0])
                 head = (
                     f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\nContent-Type: {ctype}\r\n"
                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
                 )
                 writer.write(head.encode() + body)
                 await writer.drain()
-        except (TimeoutError, ConnectionError):
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
             writer.close()
@@ -102,17 +138,7 @@ class HealthServer:
         return 200, "text/plain", b"ok\n"
 
     async def _readyz(self) -> tuple[int, str, bytes]:
-        checks: dict[str, Callable[[], Awaitable[object]]] = {
-            "redis": self._rt.redis.ping,
-            "flightsql": self._rt.generator.ping,
-        }
-        failures = {}
-        for name, probe in checks.items():
-            try:
-                async with asyncio.timeout(PROBE_TIMEOUT_S):
-                    await probe()
-            except Exception as exc:
-                failures[name] = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        failures = dict(await self.readiness.failures())
         if failures or self._rt.stopping.is_set():
             if self._rt.stopping.is_set():
                 failures["service"] = "shutting down"

@@ -5,6 +5,12 @@ nothing else (shared/reference/redis-faststream.md §1). This loop pages through
 entries idle longer than the lease (a live worker's heartbeat keeps its entries fresh), XCLAIMs a
 few at a time with the same min-idle (so two reclaimers cannot both win) and runs them through the
 same dispatcher as new entries. XPENDING without IDLE and XCLAIM work on Redis >= 5.
+
+Thousands of pending entries never starve recovery: each pass resumes the walk where the last one
+stopped (wrapping round at the end), so every pending entry is looked at within
+``pending / (_PAGE x _MAX_PAGES)`` passes; a pass stops as soon as the slots are full, and the next
+one starts as soon as a reclaimed delivery ends (poison ends fast: it is dead-lettered at its first
+failure) instead of after ``reclaim_interval_s``.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ class Reclaimer:
         self._dispatcher = dispatcher
         self._task: asyncio.Task[None] | None = None
         self.jobs: set[asyncio.Task[None]] = set()
+        #: Where the next pass resumes its walk of the pending list ("-": from the start).
+        self._cursor = "-"
 
     @property
     def min_idle_ms(self) -> int:
@@ -62,18 +70,31 @@ class Reclaimer:
                 log.critical("the request subscriber stopped consuming; exiting for a restart")
                 rt.fatal.set()
                 return
+            taken = 0
             try:
-                await self.pass_once()
+                taken = await self.pass_once()
             except TRANSIENT as exc:
                 log.warning("reclaim: redis unavailable (%s)", exc)
             except Exception:
                 rt.metrics.internal_errors.inc()
                 log.exception("reclaim pass failed")
-            try:
-                async with asyncio.timeout(rt.settings.reclaim_interval_s):
-                    await rt.stopping.wait()
-            except TimeoutError:
-                pass
+            await self._pause(taken)
+
+    async def _pause(self, taken: int) -> None:
+        """Until the next pass: ``reclaim_interval_s``, or less when a reclaimed delivery ends
+        (there may be more stranded entries waiting for the slot it frees)."""
+        rt = self._rt
+        waits: set[asyncio.Future[Any]] = {asyncio.ensure_future(rt.stopping.wait())}
+        if taken and self.jobs:
+            waits |= set(self.jobs)
+        try:
+            await asyncio.wait(
+                waits, timeout=rt.settings.reclaim_interval_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for fut in waits:
+                if fut not in self.jobs:
+                    fut.cancel()
 
     async def pass_once(self) -> int:
         """One look at the pending list; returns how many entries were taken over."""
@@ -81,20 +102,30 @@ class Reclaimer:
         keys = rt.keys
         summary: Any = await rt.redis.xpending(keys.requests, keys.group)
         rt.metrics.pending.set(int(summary.get("pending", 0)))
-        start, taken, oldest = "-", 0, 0
+        taken, oldest = 0, 0
+        if int(summary.get("pending", 0)):
+            first: Any = await rt.redis.xpending_range(keys.requests, keys.group, min="-", max="+", count=1)
+            oldest = int(first[0]["time_since_delivered"]) if first else 0
+        start = self._cursor
         for _ in range(_MAX_PAGES):
+            if rt.free_slots == 0 or rt.stopping.is_set():
+                break
             rows: Any = await rt.redis.xpending_range(
                 keys.requests, keys.group, min=start, max="+", count=_PAGE
             )
             if not rows:
+                start = "-"  # the end of the list: the next page starts again from the oldest
                 break
+            full = False
             for row in rows:
+                if rt.free_slots == 0 or rt.stopping.is_set():
+                    full = True  # resume at this row next pass
+                    break
+                entry_id = _text(row["message_id"])
+                start = "(" + entry_id
                 idle = int(row["time_since_delivered"])
                 oldest = max(oldest, idle)
-                if idle < self.min_idle_ms or rt.free_slots == 0 or rt.stopping.is_set():
-                    continue
-                entry_id = _text(row["message_id"])
-                if entry_id in rt.active:
+                if idle < self.min_idle_ms or entry_id in rt.active:
                     continue
                 claimed: Any = await rt.redis.xclaim(
                     keys.requests, keys.group, rt.consumer, self.min_idle_ms, [entry_id]
@@ -104,9 +135,12 @@ class Reclaimer:
                 cid, fields = claimed[0]
                 taken += 1
                 self._spawn(Delivery(entry_id=_text(cid), fields=dict(fields or {}), path="reclaimed"))
-            if len(rows) < _PAGE:
+            if full:
                 break
-            start = "(" + _text(rows[-1]["message_id"])
+            if len(rows) < _PAGE:
+                start = "-"
+                break
+        self._cursor = start
         rt.metrics.lag.set(oldest / 1000)
         if taken:
             log.info("reclaimed %d stranded entr%s", taken, "y" if taken == 1 else "ies")

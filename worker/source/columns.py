@@ -2,8 +2,12 @@
 
 Accepted spellings follow Micromegas's version drift: strings plain (utf8 / large_utf8 /
 utf8_view) or dictionary-encoded with any integer key width; times as timestamps of any unit (cast
-to nanoseconds, UTC); integers of any width. Anything else is :class:`BadSourceData`. The check
-looks at the schema only, once per distinct schema, so it costs nothing per row.
+to nanoseconds, UTC); integers of any width. Anything else is :class:`BadSourceData`. The type check
+looks at the schema only, once per distinct schema. The values are then validated in full (UTF-8 of
+every string and dictionary value, dictionary indices in range) and times cast to nanoseconds, which
+fails on overflow: bad values are :class:`BadSourceData` (permanent), never an internal error later.
+That part is linear in the batch, in C++; the source runs it in its reader threads, off the event
+loop.
 """
 
 from __future__ import annotations
@@ -97,6 +101,11 @@ def _matches(t: pa.DataType, kind: Kind) -> bool:
     return _is_string(t)
 
 
+def _short(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:300]
+
+
 class BatchChecker:
     """Validates (and where needed normalises) batches of one query's result.
 
@@ -119,11 +128,19 @@ class BatchChecker:
         """
         if self._checked is None or not batch.schema.equals(self._checked):
             self._inspect(batch.schema)
+        try:
+            batch.validate(full=True)
+        except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+            raise BadSourceData(f"{self._what}: invalid values ({_short(exc)})") from None
         if not self._casts:
             return batch
         columns = list(batch.columns)
         for index, target in self._casts.items():
-            columns[index] = columns[index].cast(target)
+            try:
+                columns[index] = columns[index].cast(target)
+            except pa.ArrowInvalid as exc:  # e.g. timestamp[s] beyond the int64 nanosecond range
+                name = batch.schema.names[index]
+                raise BadSourceData(f"{self._what}: column {name!r}: {_short(exc)}") from None
         return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
 
     def _inspect(self, schema: pa.Schema) -> None:

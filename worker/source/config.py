@@ -30,6 +30,8 @@ class FlightSqlConfig:
         concurrency: How many threads' spans are fetched at once (one connection each).
         batch_timeout_s: Longest wait for the next answer of a query (its plan or a record batch)
             before the read fails with SourceBroken; None waits forever.
+        max_threads: Most threads one trace may cover; a longer thread list fails with
+            TraceTooLarge before any span query (each thread costs a query and a track).
     """
 
     url: str
@@ -39,6 +41,7 @@ class FlightSqlConfig:
     preserve_dictionary: bool = True
     concurrency: int = 4
     batch_timeout_s: float | None = 300.0
+    max_threads: int = 10_000
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:

@@ -21,7 +21,7 @@ import adbc_driver_flightsql as fsql
 import adbc_driver_manager as adbc
 import pyarrow as pa
 
-from worker.errors import ProcessNotFound, SourceBroken, SourceUnavailable
+from worker.errors import ProcessNotFound, SourceBroken, SourceUnavailable, TraceTooLarge
 from worker.model import ProcessInfo, ThreadInfo, TimeRange
 from worker.source import queries
 from worker.source.columns import (
@@ -237,6 +237,10 @@ def _as_ints(batch: pa.RecordBatch) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
 
 
+def _to_rows(batches: Sequence[pa.RecordBatch]) -> list[dict[str, Any]]:
+    return [row for batch in batches for row in _as_ints(batch).to_pylist()]
+
+
 def _ns(value: Any) -> int | None:
     return None if value is None else int(value)
 
@@ -276,12 +280,18 @@ class FlightSqlSource:
         try:
             running = self._executor.submit(query.open)
             await self._answer(running, what)
+
+            def next_checked() -> pa.RecordBatch | None:
+                # Validation and casts are linear in the batch: done here, off the event loop.
+                batch = query.next_batch()
+                return None if batch is None else check(batch)
+
             while True:
-                running = self._executor.submit(query.next_batch)
+                running = self._executor.submit(next_checked)
                 batch = await self._answer(running, what)
                 if batch is None:
                     break
-                yield check(batch)
+                yield batch
         except (SourceUnavailable, SourceBroken):
             # Not back to the pool: its gRPC channel may sit in reconnect backoff (up to minutes
             # after a long outage) and fail every query fast; a new connection dials at once.
@@ -339,22 +349,41 @@ class FlightSqlSource:
             ) from None
 
     async def _rows(
-        self, sql: str, headers: Mapping[str, str], what: str, kinds: Mapping[str, Kind]
+        self,
+        sql: str,
+        headers: Mapping[str, str],
+        what: str,
+        kinds: Mapping[str, Kind],
+        *,
+        limit: int,
+        too_many: str | None = None,
     ) -> list[dict[str, Any]]:
-        """A small result as rows (process description, thread list)."""
+        """A small result as rows (process description, thread list, process list).
+
+        At most ``limit`` rows are read: past it the read stops, and fails with
+        :class:`TraceTooLarge` (``too_many`` as its message) when that is given. The rows are made
+        in a worker thread: a hostile answer of millions of rows never reaches the event loop.
+        """
         check = BatchChecker(what, kinds)
-        rows: list[dict[str, Any]] = []
+        batches: list[pa.RecordBatch] = []
+        count = 0
         stream = self._stream(sql, headers, what, check)
         try:
             async for batch in stream:
-                rows.extend(_as_ints(batch).to_pylist())
+                if count + batch.num_rows > limit:
+                    if too_many is not None:
+                        raise TraceTooLarge(too_many)
+                    batches.append(batch.slice(0, limit - count))
+                    break
+                batches.append(batch)
+                count += batch.num_rows
         finally:
             await stream.aclose()
-        return rows
+        return await asyncio.to_thread(_to_rows, batches)
 
     async def process(self, process_id: str) -> ProcessInfo:
         sql = queries.process_sql(process_id)
-        rows = await self._rows(sql, {}, "process query", PROCESS_KINDS)
+        rows = await self._rows(sql, {}, "process query", PROCESS_KINDS, limit=1)
         if not rows:
             raise ProcessNotFound(f"no process {process_id.lower()} in the Flight SQL service")
         row = rows[0]
@@ -373,7 +402,11 @@ class FlightSqlSource:
 
     async def threads(self, process_id: str, time_range: TimeRange) -> list[ThreadInfo]:
         sql = queries.threads_sql(process_id)
-        rows = await self._rows(sql, _range_headers(time_range), "thread list query", THREAD_KINDS)
+        limit = self._config.max_threads
+        rows = await self._rows(
+            sql, _range_headers(time_range), "thread list query", THREAD_KINDS, limit=limit,
+            too_many=f"the process has more than {limit} threads in the range (max_threads)",
+        )  # fmt: skip
         return [
             ThreadInfo(
                 stream_id=_text(row["stream_id"]),
@@ -431,7 +464,7 @@ class FlightSqlSource:
 
     async def processes(self, limit: int = 100) -> list[ProcessInfo]:
         sql = queries.processes_sql(limit)
-        rows = await self._rows(sql, {}, "process list query", PROCESS_LIST_KINDS)
+        rows = await self._rows(sql, {}, "process list query", PROCESS_LIST_KINDS, limit=limit)
         return [
             ProcessInfo(
                 process_id=_text(row["process_id"]),
