@@ -68,8 +68,8 @@ class HealthServer:
         async def redis() -> object:
             return await rt.redis.ping()
 
-        async def flightsql() -> object:
-            return await rt.generator.ping()  # looked up per call: the generator may be swapped
+        async def flightsql() -> None:
+            await rt.generator.ping()  # looked up per call: the generator may be swapped
 
         return {"redis": redis, "flightsql": flightsql}
 
