@@ -7,6 +7,9 @@ Flight SQL wire (DoGet streams), so the source's decoding and checks run as in p
 
     with scripted_spans_server(small_lake()) as (server, script):
         script.thread_spans = [batch, ...]   # one schema for all batches
+
+:attr:`ScriptedSpans.threads`, when set, answers the thread list query too (a hostile service's
+million-thread answer, say).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ class ScriptedSpans:
 
     thread_spans: list[pa.RecordBatch] = field(default_factory=list)
     async_events: list[pa.RecordBatch] = field(default_factory=list)
+    #: The thread list query's answer; None: the lake's real threads.
+    threads: list[pa.RecordBatch] | None = None
 
 
 class _Engine:
@@ -40,6 +45,9 @@ class _Engine:
         self._script = script
 
     def plan(self, sql: str, headers: Any, params: Any = None) -> PlannedQuery:
+        if self._script.threads is not None and "'thread-name'" in sql:
+            threads = list(self._script.threads)
+            return PlannedQuery(threads[0].schema, threads.__iter__, True)
         for view, batches in (
             ("thread_spans", self._script.thread_spans),
             ("async_events", self._script.async_events),
