@@ -49,6 +49,7 @@ from contracts.events import ChunkEvent, Event, ProgressEvent, StatusEvent, pars
 from contracts.keys import DEFAULT_PREFIX, Keys
 from contracts.request import JOB_ID_PATTERN, MAX_REQUEST_BYTES, TraceRequest
 from contracts.states import JobState
+from contracts.urls import mask_url
 
 __all__ = [
     "ClientError",
@@ -525,7 +526,4 @@ def _text(value: Any) -> str:
 
 def _safe_url(url: str) -> str:
     """The URL without its password, for messages."""
-    if "@" in url:
-        scheme, _, rest = url.partition("://")
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
+    return mask_url(url)

@@ -32,6 +32,7 @@ from redis.exceptions import RedisError
 from contracts.client import JobFailed, TraceClient
 from contracts.events import StatusEvent
 from contracts.request import TraceRequest
+from contracts.urls import mask_url
 from worker.cli import UsageError
 from worker.commands._client_cli import ProgressLine, format_size
 from worker.commands._demo_stack import SOURCE_TUNING, DemoStack, StackError
@@ -281,7 +282,4 @@ async def _forget(redis_url: str, prefix: str) -> None:
 
 
 def _safe(url: str) -> str:
-    if "@" in url:
-        scheme, _, rest = url.partition("://")
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
+    return mask_url(url)
