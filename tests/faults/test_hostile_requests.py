@@ -18,6 +18,7 @@ import pytest
 from redis.asyncio import Redis
 
 from contracts import ErrorCode, JobState, Keys, TraceRequest
+from tests.cli.test_client_commands import cli
 from tests.service.support import PID, JobReader, ScriptedGenerator, fast_settings, submit, wait_until
 from tests.support.redis_server import RedisServer
 from worker.service.app import Service, ensure_group
@@ -144,3 +145,39 @@ def test_requester_acl_matches_the_security_doc() -> None:
     doc = (Path(__file__).resolve().parents[2] / "docs" / "SECURITY.md").read_text()
     assert " ".join(a for a in REQUESTER_ACL if a.startswith("+")) in doc
     assert json.dumps("~<prefix>:*")[1:-1] in doc
+
+
+ESCAPES = {"cls": "\x1b[2J", "title": "\x1b]0;pwned\x07", "rlo": "evil\u202etxt.exe", "csi": "\u009b2J"}
+
+
+def test_labels_refuse_controls_and_bidi_overrides() -> None:
+    for value in ESCAPES.values():
+        with pytest.raises(ValueError, match="printable"):
+            TraceRequest(process_id=PID, labels={"k": value})
+    with pytest.raises(ValueError, match="label keys"):
+        TraceRequest(process_id=PID, labels={"k\n": "v"})
+    assert TraceRequest(process_id=PID, labels={"team": "näive ☃ 東京"}).labels["team"] == "näive ☃ 東京"
+
+
+async def test_escape_sequences_reach_no_status_and_no_terminal(
+    redis_server: RedisServer, redis: Redis, requester: Redis, tmp_path: Path
+) -> None:
+    """An invalid request's labels are echoed only when valid; what the CLI prints is escaped."""
+    bad = {"job_id": "term-inj", "labels": {**ESCAPES, "ok": "fine"}}  # no process_id: invalid
+    gen = ScriptedGenerator()
+    service = _service(redis_server.url, gen)
+    await service.start()
+    try:
+        await submit(requester, KEYS, json.dumps(bad))
+        final = await JobReader(redis, KEYS, "term-inj").terminal()
+    finally:
+        await service.stop()
+    assert final.state == JobState.FAILED and final.labels == {"ok": "fine"}
+    # Whatever a status holds (here written straight into the state hash), the CLI escapes it.
+    await redis.hset(KEYS.state("term-inj"), mapping={"message": "boom" + "".join(ESCAPES.values())})
+    for args in (["status", "term-inj"], ["jobs"]):
+        result = await cli(*args, cwd=tmp_path, redis_url=redis_server.url)
+        shown = result.out + result.err
+        assert not any(ch in shown for ch in "\x1b\x07\u202e\u009b"), shown
+    status = await cli("status", "term-inj", cwd=tmp_path, redis_url=redis_server.url)
+    assert "boom\\x1b[2J" in status.out and "\\u202e" in status.out

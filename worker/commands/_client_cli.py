@@ -20,6 +20,7 @@ from contracts.events import ProgressEvent, StatusEvent
 from contracts.keys import DEFAULT_PREFIX
 from contracts.states import JobState
 from worker.cli import UsageError
+from worker.commands._terminal import safe
 from worker.settings import load_settings
 
 __all__ = [
@@ -80,7 +81,7 @@ def run_client(command: str, body: Callable[[], Awaitable[int]]) -> int:
     try:
         return asyncio.run(_guarded(body))
     except ClientError as exc:
-        print(f"trace-worker {command}: {exc}", file=sys.stderr)
+        print(f"trace-worker {command}: {safe(exc)}", file=sys.stderr)
         return EXIT_CLIENT
 
 
@@ -161,7 +162,7 @@ class ProgressLine:
     def _status_line(self, event: StatusEvent) -> str:
         line = f"{event.state.value:<9} attempt {event.attempt}  {self._elapsed()}"
         if event.detail:
-            line += f"  ({event.detail})"
+            line += f"  ({safe(event.detail)})"
         return line
 
     def _elapsed(self) -> str:

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from worker.commands._client_cli import add_redis_args, format_size, open_client, run_client
+from worker.commands._terminal import safe
 
 __all__ = ["register"]
 
@@ -39,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
             elif status.detail:
                 info = status.detail
             when = status.time.strftime("%Y-%m-%d %H:%M:%S")
-            print(f"{status.job_id:<36} {status.state.value:<9} {status.attempt:>3}  {when:<19}  {info}")
+            job = safe(status.job_id)
+            print(f"{job:<36} {status.state.value:<9} {status.attempt:>3}  {when:<19}  {safe(info)}")
         return 0
 
     return run_client("jobs", body)

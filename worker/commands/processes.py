@@ -18,6 +18,7 @@ from typing import Any
 
 from worker.cli import UsageError
 from worker.commands._flightsql_args import add_connection_args, config_from_args
+from worker.commands._terminal import safe
 from worker.model import ProcessInfo
 from worker.source import list_processes
 
@@ -51,9 +52,9 @@ def format_table(processes: list[ProcessInfo]) -> str:
         (p.process_id, p.exe, p.username, p.computer, _time(p.start_time_ns), _time(p.last_time_ns))
         for p in processes
     ]
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    widths = [max(len(safe(row[i])) for row in [header, *rows]) for i in range(len(header))]
     return "\n".join(
-        "  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
+        "  ".join(safe(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
         for row in [header, *rows]
     )
 

@@ -30,6 +30,7 @@ from worker.commands._client_cli import (
     parse_time,
     run_client,
 )
+from worker.commands._terminal import safe
 
 __all__ = ["register"]
 
@@ -146,4 +147,4 @@ def _report_failure(exc: JobFailed) -> None:
         line += f": {status.message}"
     if status.retryable:
         line += " (retryable: submitting again may succeed)"
-    print(line, file=sys.stderr)
+    print(safe(line), file=sys.stderr)

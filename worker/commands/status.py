@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from worker.commands._client_cli import add_redis_args, describe, open_client, run_client
+from worker.commands._terminal import safe
 
 __all__ = ["register"]
 
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(status.model_dump(mode="json", exclude_none=True), sort_keys=True))
         else:
             for key, value in describe(status):
-                print(f"{key:<10} {value}")
+                print(f"{key:<10} {safe(value)}")
         return 0
 
     return run_client("status", body)
