@@ -106,8 +106,8 @@ class Settings(BaseSettings):
     job_ttl_s: int = Field(24 * 3600, ge=1)
     #: Approximate length the events stream is trimmed to (XADD MAXLEN ~).
     events_maxlen: int = Field(100_000, ge=100)
-    #: Approximate length the dead-letter stream is trimmed to.
-    dead_maxlen: int = Field(100_000, ge=100)
+    #: Approximate length the dead-letter stream is trimmed to (each entry <= ~21 KB: ~210 MB at most).
+    dead_maxlen: int = Field(10_000, ge=100)
     #: Target size of one chunk entry (whole packets; just under 1 MiB wastes no Redis memory).
     chunk_size: int = Field(1024 * 1024 - 4096, ge=4096, le=64 * 1024 * 1024)
     #: Minimum time between progress entries of one job.
