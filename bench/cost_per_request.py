@@ -64,7 +64,8 @@ async def _measure(
 ) -> tuple[float, float]:
     before, disk = await _used(redis), _disk(blobs)
     for i in range(n):
-        await redis.xadd(KEYS.requests, entry(i))
+        fields: Any = entry(i)
+        await redis.xadd(KEYS.requests, fields)
         await _answered(redis)
     return (await _used(redis) - before) / n, (_disk(blobs) - disk) / n
 
@@ -76,7 +77,7 @@ async def main(n: int) -> None:
         with DevServer(small_lake(processes=("typical",))).start() as dev:
             pid = dev.lake.processes[0].process_id
             settings = Settings(
-                _env_file=None,  # type: ignore[call-arg]
+                _env_file=None,
                 redis_url=redis_server.url,
                 key_prefix="cost",
                 flightsql_url=dev.url,
