@@ -21,7 +21,9 @@ from contracts import ErrorCode, JobState, Keys, TraceRequest
 from tests.cli.test_client_commands import cli
 from tests.service.support import PID, JobReader, ScriptedGenerator, fast_settings, submit, wait_until
 from tests.support.redis_server import RedisServer
+from worker.errors import BadSourceData
 from worker.service.app import Service, ensure_group
+from worker.service.job import MAX_MESSAGE
 from worker.service.middleware.dead_letter import DEAD_ORIG_BYTES_MAX
 from worker.sinks.blob.memory import MemoryBlobStore
 
@@ -181,3 +183,20 @@ async def test_escape_sequences_reach_no_status_and_no_terminal(
         assert not any(ch in shown for ch in "\x1b\x07\u202e\u009b"), shown
     status = await cli("status", "term-inj", cwd=tmp_path, redis_url=redis_server.url)
     assert "boom\\x1b[2J" in status.out and "\\u202e" in status.out
+
+
+async def test_a_huge_source_error_message_is_cut(redis_server: RedisServer, redis: Redis) -> None:
+    """A hostile service's 1 MB error text must not be copied into the job stream, the state hash
+    and every entry of the events stream."""
+    gen = ScriptedGenerator(fail_first=[BadSourceData("x" * 1_000_000)])
+    service = _service(redis_server.url, gen)
+    await service.start()
+    try:
+        await submit(redis, KEYS, TraceRequest(process_id=PID, job_id="loud"))
+        final = await JobReader(redis, KEYS, "loud").terminal()
+    finally:
+        await service.stop()
+    assert final.error_code == ErrorCode.BAD_SOURCE_DATA
+    assert final.message is not None and len(final.message) <= MAX_MESSAGE
+    usage: Any = await redis.memory_usage(KEYS.events, samples=0)
+    assert int(usage) < 64 * 1024

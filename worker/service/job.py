@@ -37,6 +37,8 @@ log = logging.getLogger("worker.service.job")
 
 #: How often a running job looks at its cancel key.
 CANCEL_POLL_S = 0.2
+#: Longest `message` of a failed status (characters); longer ones are cut.
+MAX_MESSAGE = 2048
 #: How long a cancelled job's generator may take to notice ``should_stop`` before it is cancelled.
 CANCEL_GRACE_S = 2.0
 
@@ -202,6 +204,9 @@ class _Job:
         )
 
     def _failed(self, code: ErrorCode, message: str) -> StatusEvent:
+        # Messages may quote the Flight SQL service or the blob store: bounded, as every entry is.
+        if len(message) > MAX_MESSAGE:
+            message = message[: MAX_MESSAGE - 1] + "…"
         return self._status(JobState.FAILED, error_code=code, message=message, retryable=code.retryable)
 
     async def _attempt(self) -> StatusEvent | _Transient | None:
