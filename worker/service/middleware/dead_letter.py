@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pydantic import ValidationError
-from redis.exceptions import ResponseError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 
 from contracts.errors import ErrorCode
 from contracts.events import StatusEvent
@@ -172,20 +172,32 @@ async def _reject(rt: Runtime, d: Delivery, state: JobState, code: ErrorCode, re
             await ack(rt, d.entry_id, None)
 
 
+#: Redis refusals that pass (memory full, a failover under way): the entry waits, it is not poison.
+_PASSING_REFUSALS = ("OOM", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "LOADING", "BUSY ")
+
+
+def _passing(exc: Exception) -> bool:
+    if isinstance(exc, (*TRANSIENT, OutOfMemoryError, ReadOnlyError)):
+        return True
+    return isinstance(exc, ResponseError) and str(exc).startswith(_PASSING_REFUSALS)
+
+
 def poison_handler(rt: Runtime) -> Callable[[Delivery, Exception], Awaitable[None]]:
     """What the dispatcher does with a delivery that failed unexpectedly.
 
-    A transient Redis error leaves the entry pending (reclaimed later, counted against
-    ``max_deliveries``). Anything else would fail the same way on every delivery, so the entry is
-    dead-lettered now: ``failed`` with ``internal`` when its job id can be known. Tracebacks are
-    logged at most once a minute; every such entry still gets its one warning line.
+    A transient Redis error, or a refusal that passes (OOM, READONLY during a failover, ...), leaves
+    the entry pending (reclaimed later, counted against ``max_deliveries``): dead-lettering it then
+    could lose it, as the dead-letter write would be refused too. Anything else would fail the same
+    way on every delivery, so the entry is dead-lettered now: ``failed`` with ``internal`` when its
+    job id can be known. Tracebacks are logged at most once a minute; every such entry still gets
+    its one warning line.
     """
     last_traceback = [-_TRACEBACK_EVERY_S]
 
     async def on_failure(d: Delivery, exc: Exception) -> None:
         rt.metrics.internal_errors.inc()
-        if isinstance(exc, TRANSIENT):
-            log.warning("delivery %s: redis unavailable (%s); left pending", d.entry_id, exc)
+        if _passing(exc):
+            log.warning("delivery %s: redis unavailable (%s); left pending", d.entry_id, _clip(str(exc), 200))
             return
         now = time.monotonic()
         if now - last_traceback[0] >= _TRACEBACK_EVERY_S:
