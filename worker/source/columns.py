@@ -117,8 +117,9 @@ class BatchChecker:
     def __init__(self, what: str, kinds: Mapping[str, Kind]) -> None:
         self._what = what
         self._kinds = kinds
-        self._checked: pa.Schema | None = None
-        self._casts: dict[int, pa.DataType] = {}
+        #: The last schema checked and the casts it needs, as one value: the source calls a checker
+        #: from several reader threads at once.
+        self._checked: tuple[pa.Schema, dict[int, pa.DataType]] | None = None
 
     def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """The batch, with timestamps in nanoseconds UTC.
@@ -126,16 +127,18 @@ class BatchChecker:
         Raises:
             BadSourceData: a column is missing or has a type the engine cannot read.
         """
-        if self._checked is None or not batch.schema.equals(self._checked):
-            self._inspect(batch.schema)
+        checked = self._checked
+        if checked is None or not batch.schema.equals(checked[0]):
+            checked = self._checked = (batch.schema, self._inspect(batch.schema))
+        casts = checked[1]
         try:
             batch.validate(full=True)
         except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
             raise BadSourceData(f"{self._what}: invalid values ({_short(exc)})") from None
-        if not self._casts:
+        if not casts:
             return batch
         columns = list(batch.columns)
-        for index, target in self._casts.items():
+        for index, target in casts.items():
             try:
                 columns[index] = columns[index].cast(target)
             except pa.ArrowInvalid as exc:  # e.g. timestamp[s] beyond the int64 nanosecond range
@@ -143,7 +146,7 @@ class BatchChecker:
                 raise BadSourceData(f"{self._what}: column {name!r}: {_short(exc)}") from None
         return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
 
-    def _inspect(self, schema: pa.Schema) -> None:
+    def _inspect(self, schema: pa.Schema) -> dict[int, pa.DataType]:
         casts: dict[int, pa.DataType] = {}
         for name, kind in self._kinds.items():
             index = schema.get_field_index(name)
@@ -154,5 +157,4 @@ class BatchChecker:
                 raise BadSourceData(f"{self._what}: column {name!r} should be a {kind.value}, not {t}")
             if kind is Kind.TIME and t != _NS_UTC:
                 casts[index] = _NS_UTC
-        self._checked = schema
-        self._casts = casts
+        return casts
