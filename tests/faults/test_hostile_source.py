@@ -12,20 +12,29 @@ from __future__ import annotations
 import asyncio
 import io
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
+from redis.asyncio import Redis
 
+from contracts import JobState, Keys, TraceRequest
 from contracts.errors import ErrorCode
+from contracts.events import ProgressEvent
 from contracts.request import SpanTypes
+from tests.service.support import JobReader, fast_settings
 from tests.support.devserver import small_lake
 from tests.support.fuzz_flight import ScriptedSpans, scripted_spans_server
+from tests.support.redis_server import RedisServer
 from worker.devserver import DevServer
 from worker.engine.thread_spans import MAX_DEPTH
 from worker.errors import TraceWorkerError
 from worker.inspect import inspect_trace
 from worker.pipeline import Progress, TraceSpec, generate_trace
+from worker.service.app import Service
+from worker.service.generator import PipelineGenerator
+from worker.sinks.blob import blob_store_from_settings
 from worker.source import FlightSqlConfig, FlightSqlSource
 
 TS = pa.timestamp("ns", tz="UTC")
@@ -151,3 +160,60 @@ def test_timestamps_beyond_nanoseconds_are_bad_source_data(hostile: tuple[DevSer
     script.thread_spans = [batch.set_column(0, "begin", seconds).set_column(1, "end", seconds)]
     exc = _failure(server, SpanTypes.THREAD)
     assert exc.code == ErrorCode.BAD_SOURCE_DATA and "begin" in str(exc)
+
+
+async def _get(port: int, path: str) -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\n\r\n".encode())
+        await writer.drain()
+        return int((await reader.read()).split()[1])
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_livez_answers_and_cancel_stops_a_job_during_a_flood(
+    hostile: tuple[DevServer, ScriptedSpans], redis_server: RedisServer, redis: Redis, tmp_path: Path
+) -> None:
+    """A service that floods the worker with rows (40 batches of 200k async events): the event loop
+    stays free for /livez and the cancel, which ends the job well before the flood does."""
+    server, script = hostile
+    base = server.lake.processes[0].begin_ns
+    n = 200_000
+    ids = np.arange(n, dtype=np.int64) // 2 + 1
+    kinds = pa.DictionaryArray.from_arrays(
+        pa.array((np.arange(n) % 2).astype(np.int8)), pa.array(["begin", "end"])
+    )
+    zeros = pa.array(np.zeros(n, dtype=np.int64))
+    flood = pa.RecordBatch.from_arrays(
+        [_one_value(n, "s1"), pa.array(base + np.arange(n), TS), kinds, pa.array(ids), zeros, zeros,
+         _one_value(n, "a"), _one_value(n, "t"), _one_value(n, "x.rs"), zeros],
+        names=["stream_id", "time", "event_type", "span_id", "parent_span_id", "depth", "name", "target",
+               "filename", "line"],
+    )  # fmt: skip
+    script.async_events = [flood] * 40
+    settings = fast_settings(
+        redis_server.url, flightsql_url=server.url, blob_url=f"file://{tmp_path}", http_host="127.0.0.1",
+        lease_s=10.0, heartbeat_s=1.0,
+    )  # fmt: skip
+    service = Service(
+        settings, generator=PipelineGenerator(settings), store=blob_store_from_settings(settings)
+    )
+    await service.start()
+    assert service.http is not None
+    try:
+        req = TraceRequest(process_id=server.lake.processes[0].process_id, job_id="flood", span_types="async")
+        reader = JobReader(redis, Keys("t"), "flood")
+        await redis.xadd(Keys("t").requests, {"request": req.to_json()})
+        await reader.read_until(lambda e: isinstance(e, ProgressEvent) and e.spans > 0, within=120)
+        for _ in range(5):
+            async with asyncio.timeout(10):
+                assert await _get(service.http.port, "/livez") == 200
+        await redis.set(Keys("t").cancel("flood"), "1")
+        final = await reader.terminal(within=60)
+        assert final.state == JobState.CANCELLED
+        assert final.spans is None
+        assert max(e.spans for e in reader.events if isinstance(e, ProgressEvent)) < 20 * n
+    finally:
+        await service.stop()
