@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     #: Longest wait for the service's next answer (query plan or record batch); then the read
     #: fails as retryable source_broken. 0: wait as long as the job may run.
     flightsql_batch_timeout_s: float = Field(300.0, ge=0)
+    #: Most threads one trace may cover; a longer thread list fails the job trace_too_large.
+    flightsql_max_threads: int = Field(10_000, ge=1, le=1_000_000)
 
     # -- Blob store
     #: Where finished traces go: file:///abs/dir (default ./traces) or s3://bucket/prefix.

@@ -74,6 +74,7 @@ class FlightSqlConfig:
             preserve_dictionary=s.flightsql_preserve_dictionary,
             concurrency=s.flightsql_concurrency,
             batch_timeout_s=s.flightsql_batch_timeout_s or None,
+            max_threads=s.flightsql_max_threads,
         )
 
 

@@ -405,7 +405,7 @@ class FlightSqlSource:
         limit = self._config.max_threads
         rows = await self._rows(
             sql, _range_headers(time_range), "thread list query", THREAD_KINDS, limit=limit,
-            too_many=f"the process has more than {limit} threads in the range (max_threads)",
+            too_many=f"the process has more than {limit} threads in the range (flightsql_max_threads)",
         )  # fmt: skip
         return [
             ThreadInfo(
