@@ -32,7 +32,7 @@ def test_mask_url_hides_passwords() -> None:
 )
 def test_mask_url_hides_every_password_form_redis_py_reads(url: str) -> None:
     """Each URL gives redis-py a password holding SECRET (so the form is real); none survives."""
-    assert "SECRET" in str(parse_url(url).get("password", ""))
+    assert "SECRET" in str(parse_url(url).get("password", ""))  # type: ignore[no-untyped-call]
     masked = mask_url(url)
     assert "SECRET" not in masked
     assert "***" in masked
