@@ -123,7 +123,7 @@ def test_deep_misnesting_within_the_limit_is_repaired(hostile: tuple[DevServer, 
 def test_unended_async_begins_count_against_max_spans(hostile: tuple[DevServer, ScriptedSpans]) -> None:
     server, script = hostile
     base = server.lake.processes[0].begin_ns
-    n = 1000
+    n = 10_000  # 20 batches: several of the engine's canonical batches (65,536 rows)
 
     def begins(first: int) -> pa.RecordBatch:
         ids = np.arange(first, first + n, dtype=np.int64)
@@ -137,7 +137,7 @@ def test_unended_async_begins_count_against_max_spans(hostile: tuple[DevServer, 
 
     script.async_events = [begins(1 + i * n) for i in range(20)]
     phases: list[str] = []
-    exc = _failure(server, SpanTypes.ASYNC, max_spans=2500, phases=phases)
+    exc = _failure(server, SpanTypes.ASYNC, max_spans=100_000, phases=phases)
     assert exc.code == ErrorCode.TRACE_TOO_LARGE
     assert "finishing" not in phases  # stopped while the begins arrived, not after holding them all
 
