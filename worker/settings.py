@@ -142,6 +142,23 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    # -- Gateway (trace-worker gateway: HTTP API and web page)
+    #: Address of the gateway; containers set 0.0.0.0. Port 0 picks a free port.
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = Field(8000, ge=0, le=65535)
+    #: When set, every /api call needs `Authorization: Bearer <token>` (the page asks for it once).
+    gateway_token: SecretStr | None = None
+    #: Comma-separated origins allowed to call the API from other pages (CORS); unset: same origin only.
+    gateway_cors_origins: str | None = None
+    #: Largest request body accepted (a trace request is at most 16 KiB of JSON).
+    gateway_max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    #: Event streams and trace downloads served at once; more are refused with 429.
+    gateway_max_streams: int = Field(64, ge=1, le=100_000)
+    #: Longest a trace download waits for its bytes before failing with 504.
+    gateway_download_timeout_s: float = Field(600.0, gt=0)
+    #: The Perfetto UI the page opens traces in (postMessage target origin).
+    gateway_perfetto_origin: str = Field("https://ui.perfetto.dev", pattern=r"^https?://[^/\s]+$")
+
     @field_validator("flightsql_url")
     @classmethod
     def _flight_scheme(cls, value: str) -> str:
@@ -164,6 +181,11 @@ class Settings(BaseSettings):
                 "(a lease needs a renewal in time)"
             )
         return self
+
+    @property
+    def gateway_cors_origin_list(self) -> list[str]:
+        """``gateway_cors_origins`` split on commas, blanks dropped."""
+        return [o.strip() for o in (self.gateway_cors_origins or "").split(",") if o.strip()]
 
     @property
     def consumer_name(self) -> str:

@@ -462,8 +462,30 @@ class FlightSqlSource:
             finally:
                 await stream.aclose()
 
-    async def processes(self, limit: int = 100) -> list[ProcessInfo]:
-        sql = queries.processes_sql(limit)
+    async def query_rows(
+        self,
+        sql: str,
+        what: str,
+        kinds: Mapping[str, Kind],
+        time_range: TimeRange | None = None,
+        *,
+        limit: int = 10_000,
+    ) -> list[dict[str, Any]]:
+        """A small result as Python rows (timestamps as integer epoch ns), checked against ``kinds``;
+        with the ``query_range_*`` headers when ``time_range`` is given; at most ``limit`` rows are
+        read (the rest is dropped). For metadata queries (counts, log lines), never for spans.
+
+        Raises:
+            TraceWorkerError: as every query (see :mod:`worker.source.translate`).
+        """
+        headers = _range_headers(time_range) if time_range is not None else {}
+        return await self._rows(sql, headers, what, kinds, limit=limit)
+
+    async def processes(
+        self, limit: int = 100, *, search: str | None = None, offset: int = 0
+    ) -> list[ProcessInfo]:
+        """The most recently started processes, newest first (``search``: id or exe contains it)."""
+        sql = queries.processes_sql(limit, search=search, offset=offset)
         rows = await self._rows(sql, {}, "process list query", PROCESS_LIST_KINDS, limit=limit)
         return [
             ProcessInfo(

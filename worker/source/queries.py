@@ -16,15 +16,22 @@ from worker.model import TimeRange
 
 __all__ = [
     "ASYNC_EVENT_COLUMNS",
+    "LOG_LEVELS",
+    "MAX_SEARCH",
     "THREAD_SPAN_COLUMNS",
     "async_events_sql",
     "async_lookback_sql",
+    "async_span_count_sql",
     "canonical_uuid",
     "header_time",
+    "log_entries_sql",
+    "log_entry_count_sql",
     "process_sql",
     "processes_sql",
     "rfc3339",
+    "search_literal",
     "sql_string",
+    "thread_span_count_sql",
     "thread_spans_sql",
     "threads_sql",
     "timestamp_literal",
@@ -179,12 +186,99 @@ def async_lookback_sql(process_id: str, begin_ns: int, lookback_ns: int) -> str:
     )
 
 
-def processes_sql(limit: int) -> str:
-    """The most recently started processes, newest first."""
+def processes_sql(limit: int, *, search: str | None = None, offset: int = 0) -> str:
+    """The most recently started processes, newest first.
+
+    Args:
+        limit: rows wanted, 1-100000.
+        search: keep processes whose id or exe contains this text (case-insensitive).
+        offset: rows skipped first, 0-1000000 (paging).
+
+    Raises:
+        InvalidRequest: a bad limit, offset or search text.
+    """
     if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 100_000:
         raise InvalidRequest(f"limit must be an integer from 1 to 100000: {limit!r}")
+    if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= 1_000_000:
+        raise InvalidRequest(f"offset must be an integer from 0 to 1000000: {offset!r}")
+    where = ""
+    if search:
+        text = search_literal(search)
+        where = f"WHERE strpos(lower(process_id), {text}) > 0 OR strpos(lower(exe), {text}) > 0 "
     return (
         "SELECT process_id, exe, username, computer, start_time, "
         "last_block_end_time AS last_time "
-        f"FROM processes ORDER BY start_time DESC LIMIT {limit}"
+        f"FROM processes {where}ORDER BY start_time DESC LIMIT {limit}"
+        + (f" OFFSET {offset}" if offset else "")
+    )
+
+
+#: Longest search text accepted (a search box, not a document).
+MAX_SEARCH = 200
+
+
+def search_literal(text: str) -> str:
+    """A search text as a lower-case SQL string literal (matched with ``strpos``, so ``%`` and ``_``
+    are plain characters).
+
+    Raises:
+        InvalidRequest: longer than :data:`MAX_SEARCH` characters or holding control characters.
+    """
+    if len(text) > MAX_SEARCH or any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise InvalidRequest(f"search must be at most {MAX_SEARCH} printable characters")
+    return sql_string(text.lower())
+
+
+def thread_span_count_sql(stream_id: str) -> str:
+    """How many rows ``thread_spans`` holds for one thread (within the range headers)."""
+    return f"SELECT count(*) AS n FROM view_instance('thread_spans', {uuid_literal(stream_id, 'stream_id')})"
+
+
+def async_span_count_sql(process_id: str) -> str:
+    """How many async spans begin in the process (``begin`` events, within the range headers)."""
+    return (
+        f"SELECT count(*) AS n FROM view_instance('async_events', {uuid_literal(process_id, 'process_id')}) "
+        "WHERE event_type = 'begin'"
+    )
+
+
+def log_entry_count_sql(process_id: str) -> str:
+    """How many log entries the process has (within the range headers)."""
+    return f"SELECT count(*) AS n FROM view_instance('log_entries', {uuid_literal(process_id, 'process_id')})"
+
+
+#: Log levels of ``log_entries.level``: 1 fatal ... 6 trace.
+LOG_LEVELS = ("fatal", "error", "warn", "info", "debug", "trace")
+
+
+def log_entries_sql(
+    process_id: str, time_range: TimeRange, *, max_level: int = 6, search: str | None = None, limit: int = 100
+) -> str:
+    """The process's log entries in the range, newest first.
+
+    Args:
+        max_level: keep entries with ``level <= max_level`` (1 fatal ... 6 trace).
+        search: keep entries whose message contains this text (case-insensitive).
+        limit: rows wanted, 1-10000.
+
+    Raises:
+        InvalidRequest: a bad level, limit or search text.
+    """
+    if not isinstance(max_level, int) or isinstance(max_level, bool) or not 1 <= max_level <= 6:
+        raise InvalidRequest(f"level must be from 1 (fatal) to 6 (trace): {max_level!r}")
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 10_000:
+        raise InvalidRequest(f"limit must be an integer from 1 to 10000: {limit!r}")
+    where = [
+        f'"time" >= {timestamp_literal(time_range.begin_ns)}',
+        f'"time" <= {timestamp_literal(time_range.end_ns)}',
+    ]
+    if max_level < 6:
+        where.append(f"level <= {max_level}")
+    if search:
+        where.append(f"strpos(lower(msg), {search_literal(search)}) > 0")
+    return (
+        'SELECT "time", level, target, msg '
+        f"FROM view_instance('log_entries', {uuid_literal(process_id, 'process_id')}) "
+        f"WHERE {' AND '.join(where)} "
+        f'ORDER BY "time" DESC LIMIT {limit}'
     )
