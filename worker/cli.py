@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "cancel": "cancel a job",
     "jobs": "list recent jobs and their states",
     "run": "run the worker service (consume trace requests from Redis)",
+    "gateway": "serve the HTTP API and the web page (processes, trace jobs, downloads)",
     "demo": "run a private Redis, the devserver and a worker, and trace a sample process",
 }
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,7 +20,7 @@ __all__ = ["Spawn", "spawn_worker", "stop_process", "worker_env"]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 30.0) -> None:
     """SIGTERM (a graceful drain), then SIGKILL if it has not exited within ``timeout``."""
     if proc.poll() is not None:
         return
