@@ -6,7 +6,10 @@
   but errors;
 - source, engine and sinks never import each other;
 - faststream only in worker/service; adbc only in worker/source; devserver imports nothing from worker
-  (so it cannot hide a source bug by sharing code); nothing imports worker.cli.
+  (so it cannot hide a source bug by sharing code); nothing imports worker.cli;
+- the gateway is a requester like any other: it talks to Redis only through the client library
+  (contracts.client), never through the job system, the engine, the sinks or the pipeline; fastapi
+  and uvicorn only in worker/gateway (and its command).
 """
 
 from __future__ import annotations
@@ -86,3 +89,19 @@ def test_nothing_imports_the_cli() -> None:
         if path.parent.name == "commands" or path.name in ("cli.py", "__main__.py"):
             continue
         assert "worker.cli" not in _imports(path), path
+
+
+def test_gateway_is_a_requester() -> None:
+    layers = ("worker.service", "worker.engine", "worker.sinks", "worker.pipeline", "worker.devserver")
+    assert _violations("worker.gateway", layers + ("faststream", "worker.cli")) == []
+    redis_direct = [v for v in _violations("worker.gateway", ("redis",)) if "redis.exceptions" not in v]
+    assert redis_direct == []  # commands go through contracts.client (exceptions may be caught)
+    for package in (
+        "worker.engine",
+        "worker.source",
+        "worker.sinks",
+        "worker.service",
+        "worker.pipeline",
+        "contracts",
+    ):
+        assert _violations(package, ("fastapi", "starlette", "uvicorn", "worker.gateway")) == []
