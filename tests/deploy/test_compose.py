@@ -64,9 +64,9 @@ def test_every_variable_has_a_default() -> None:
 
 
 def test_stack_services(stack: dict[str, Any]) -> None:
-    assert set(stack["services"]) == {"redis", "devserver", "worker", "demo"}
+    assert set(stack["services"]) == {"redis", "devserver", "worker", "gateway", "demo"}
     assert stack["services"]["demo"]["profiles"] == ["demo"]
-    for name in ("redis", "devserver", "worker"):
+    for name in ("redis", "devserver", "worker", "gateway"):
         assert "profiles" not in stack["services"][name], f"{name} must start with a plain `up`"
 
 

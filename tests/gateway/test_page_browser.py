@@ -91,7 +91,7 @@ def browser(tmp_path: Path) -> Iterator[tuple[WebDriver, Path]]:
     assert CHROMIUM is not None and CHROMEDRIVER is not None
     options.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--disable-popup-blocking", "--window-size=1440,1000", "--no-first-run"):  # fmt: skip
+                "--disable-popup-blocking", "--window-size=1440,1250", "--no-first-run"):  # fmt: skip
         options.add_argument(arg)
     options.add_experimental_option(
         "prefs", {"download.default_directory": str(downloads), "download.prompt_for_download": False}
@@ -180,6 +180,10 @@ def test_page_search_generate_download_open(
             lambda: driver.find_elements(By.CSS_SELECTOR, f'#jobs tr[data-job-id="{job_id}"]'),
         )
 
+        search = driver.find_element(By.ID, "search")
+        search.clear()
+        search.send_keys(" ")  # all processes again; the selected one stays highlighted
+        _until("the whole table", lambda: len(rows()) == len(stack.lake.processes))
         shot = tmp_path / "gateway.png"
         driver.save_screenshot(str(shot))
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000

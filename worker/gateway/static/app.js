@@ -40,7 +40,7 @@ async function api(path, options = {}) {
   return body;
 }
 
-const fmtTime = (iso) => (iso ? iso.replace("T", " ").replace(/\.\d+Z$/, "Z") : "");
+const fmtTime = (iso) => (iso ? iso.replace("T", " ").replace(/(\.\d{3})\d*Z$/, "$1Z") : "");
 const fmtInt = (n) => (n == null ? "" : Number(n).toLocaleString("en-US"));
 function fmtSize(n) {
   if (n == null) return "";
