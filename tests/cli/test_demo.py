@@ -133,3 +133,28 @@ async def test_interrupt_stops_everything(tmp_path: Path, sig: signal.Signals, c
     assert "stopping the services" in err.decode() and "Traceback" not in err.decode()
     assert not (tmp_path / "big.pftrace").exists() and not (tmp_path / "big.pftrace.part").exists()
     assert list((tmp_path / "tmp").iterdir()) == []  # work folder removed
+
+
+async def test_demo_with_the_gateway_serves_the_page_until_ctrl_c(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    import httpx  # noqa: PLC0415 - only this test talks HTTP
+
+    env = demo_env(tmp_path, redis_server.url)
+    async with start_demo(tmp_path, env, "--gateway", "--quiet", "-o", "g.pftrace") as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        async with asyncio.timeout(DEMO_S):  # readiness: the demo prints the page's URL
+            while "Ctrl-C" not in (line := (await proc.stdout.readline()).decode()):
+                assert line, f"demo exited: {(await proc.stderr.read()).decode()[-2000:]}"
+        url = line.split()[2]
+        async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+            processes = (await http.get("/api/processes")).json()["items"]
+            assert len(processes) == 1
+            jobs = (await http.get("/api/traces")).json()["items"]
+            assert [j["state"] for j in jobs] == ["succeeded"]  # the demo's own request
+            assert 'id="process-table"' in (await http.get("/")).text
+        proc.send_signal(signal.SIGINT)
+        _, err = await asyncio.wait_for(proc.communicate(), 120)
+        assert processes_using(tmp_path) == []
+    assert proc.returncode == 130, err.decode()
+    assert (tmp_path / "g.pftrace").exists()

@@ -169,6 +169,22 @@ class DemoStack:
         proc = await self._spawn("worker", sys.executable, "-m", "worker", "run", env=env)
         self._drain("worker", proc)
 
+    async def start_gateway(self, redis_url: str, prefix: str, flight_url: str) -> str:
+        """``trace-worker gateway`` on a free loopback port, with the worker's settings; its URL."""
+        env = self._child_env(
+            {
+                "TRACE_WORKER_REDIS_URL": redis_url,
+                "TRACE_WORKER_KEY_PREFIX": prefix,
+                "TRACE_WORKER_FLIGHTSQL_URL": flight_url,
+                "TRACE_WORKER_GATEWAY_HOST": "127.0.0.1",
+                "TRACE_WORKER_GATEWAY_PORT": str(free_port()),
+            }
+        )
+        proc = await self._spawn("gateway", sys.executable, "-m", "worker", "gateway", env=env)
+        line = await self._wait_for_line("gateway", proc, "gateway listening on ")
+        self._drain("gateway", proc)
+        return line.split("gateway listening on ", 1)[1].strip()
+
     def _drain(self, name: str, proc: asyncio.subprocess.Process) -> None:
         """Keep reading the child's stdout into its log, so a chatty child never blocks on a full pipe."""
 

@@ -66,6 +66,12 @@ def register(subparsers: Any) -> None:
         metavar="URL",
         help="use this Redis instead of a private redis-server (default: TRACE_WORKER_REDIS_URL when set)",
     )
+    parser.add_argument(
+        "--gateway",
+        action="store_true",
+        help="also start the HTTP gateway and its web page (docs/GATEWAY.md), print its URL and keep "
+        "everything running until Ctrl-C",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -170,7 +176,18 @@ async def _demo(
             stack.worker_env(redis_url, prefix, flight_url, workdir / "blobs", source_tuning(settings))
         )
         _say("worker     started (python -m worker run)")
-        return await _request(args, redis_url, prefix, process_id, output, stack)
+        gateway = await stack.start_gateway(redis_url, prefix, flight_url) if args.gateway else None
+        if gateway is not None:
+            _say(f"gateway    {gateway}")
+        code, summary = await _request(args, redis_url, prefix, process_id, output, stack)
+        if gateway is not None and code == 0:
+            if summary is not None:
+                _print_summary(summary)  # now: the services keep running for the page
+            print(f"gateway    open {gateway} in a browser; Ctrl-C stops everything", flush=True)
+            name = await stack.died()
+            _say(f"trace-worker demo: the {name} stopped unexpectedly: {stack.log_tail(name)}")
+            return 1, None
+        return code, summary
     except StackError as exc:
         _say(f"trace-worker demo: {exc}")
         return 1, None
