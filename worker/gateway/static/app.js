@@ -41,6 +41,8 @@ async function api(path, options = {}) {
 }
 
 const fmtTime = (iso) => (iso ? iso.replace("T", " ").replace(/(\.\d{3})\d*Z$/, "$1Z") : "");
+const fmtClock = (iso) => (iso ? iso.replace(/^.*T/, "").replace(/(\.\d{3})\d*Z$/, "$1") : "");
+const fmtDay = (iso) => (iso ? iso.replace("T", " ").replace(/(:\d\d)\.\d+Z$/, "$1") : "");
 const fmtInt = (n) => (n == null ? "" : Number(n).toLocaleString("en-US"));
 function fmtSize(n) {
   if (n == null) return "";
@@ -61,7 +63,7 @@ async function loadProcesses() {
     body.replaceChildren(...page.items.map((p) => {
       const row = el("tr", { "data-process-id": p.process_id, onclick: () => selectProcess(p.process_id) },
         el("td", { title: p.exe }, p.exe), el("td", { class: "mono" }, p.process_id), el("td", {}, p.computer),
-        el("td", {}, p.username), el("td", {}, fmtTime(p.start_time)), el("td", {}, fmtTime(p.last_time)));
+        el("td", {}, p.username), el("td", { title: p.start_time }, fmtDay(p.start_time)), el("td", { title: p.last_time }, fmtDay(p.last_time)));
       if (p.process_id === state.process) row.classList.add("selected");
       return row;
     }));
@@ -101,7 +103,7 @@ async function loadLogs() {
   try {
     const logs = await api(`/api/processes/${state.process}/logs?${q}`);
     $("#logs tbody").replaceChildren(...logs.items.map((l) => el("tr", {},
-      el("td", {}, fmtTime(l.time)), el("td", { class: `lvl-${l.level}` }, l.level_name), el("td", { title: l.target }, l.target),
+      el("td", { title: l.time }, fmtClock(l.time)), el("td", { class: `lvl-${l.level}` }, l.level_name), el("td", { title: l.target }, l.target),
       el("td", { title: l.msg }, l.msg))));
     if (!logs.items.length) $("#logs tbody").append(el("tr", {}, el("td", { class: "muted" }, "no log lines")));
   } catch (e) { showError(e.message); }
