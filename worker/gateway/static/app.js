@@ -42,7 +42,7 @@ async function api(path, options = {}) {
 
 const fmtTime = (iso) => (iso ? iso.replace("T", " ").replace(/(\.\d{3})\d*Z$/, "$1Z") : "");
 const fmtClock = (iso) => (iso ? iso.replace(/^.*T/, "").replace(/(\.\d{3})\d*Z$/, "$1") : "");
-const fmtDay = (iso) => (iso ? iso.replace("T", " ").replace(/(:\d\d)\.\d+Z$/, "$1") : "");
+const fmtDay = (iso) => (iso ? iso.replace(/^\d{4}-/, "").replace("T", " ").replace(/(:\d\d)\.\d+Z$/, "$1") : "");
 const fmtInt = (n) => (n == null ? "" : Number(n).toLocaleString("en-US"));
 function fmtSize(n) {
   if (n == null) return "";
