@@ -155,7 +155,8 @@ class JobAccepted(BaseModel):
     """A trace request was put on the request stream; follow ``links.events``."""
 
     job_id: str
-    #: The job's state when answered: ``submitted`` until a worker reports one.
+    #: The job's state when answered (``queued`` while the request waits; ``submitted`` when Redis
+    #: has nothing on it yet).
     state: str
     request: dict[str, Any]
     links: JobLinks

@@ -55,10 +55,13 @@ def _status_json(status: StatusEvent) -> dict[str, Any]:
 
 async def _known(rt: GatewayRuntime, job_id: str) -> tuple[JobHandle, StatusEvent | None]:
     """The job's handle and latest status; 404 when neither Redis nor this gateway knows it."""
-    handle = rt.handles.get(job_id)
+    try:
+        handle = rt.handles.get(job_id)
+    except ValueError as exc:  # the client's InvalidJobId: no job can have this id
+        raise ApiError(404, "job_not_found", str(exc)) from exc
     try:
         status = await handle.state()
-    except (RedisError, OSError) as exc:
+    except (ClientError, RedisError, OSError) as exc:
         raise _redis_down(exc) from exc
     if status is None and not rt.handles.submitted_here(job_id):
         raise ApiError(404, "job_not_found", f"no job {job_id!r} (unknown, or expired after the job TTL)")
@@ -123,7 +126,8 @@ async def recent(request: Request, limit: Annotated[int, Query(ge=1, le=200)] = 
 @router.get("/{job_id}", responses=_JOB_ERRORS, summary="A job's state")
 async def state(request: Request, job_id: str) -> dict[str, Any]:
     """The job's latest status (the state hash): state, attempt, and when done size, sha256, spans,
-    or the error code and message. ``submitted`` until a worker reports on it."""
+    or the error code and message. ``queued`` while its request waits on the request stream;
+    ``submitted`` when this gateway submitted it and Redis knows nothing yet."""
     _, status = await _known(_rt(request), job_id)
     if status is None:
         return {"job_id": job_id, "state": SUBMITTED, "links": job_links(job_id).model_dump()}
