@@ -45,7 +45,7 @@ async def redis_errors(what: str) -> AsyncIterator[None]:
     try:
         yield
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-        raise ConnectionLost(f"{what}: Redis unreachable: {exc}") from exc
+        raise ConnectionLost(f"{what}: cannot reach Redis: {exc}") from exc
     except RedisError as exc:
         raise ClientError(f"{what}: {exc}") from exc
 

@@ -140,7 +140,7 @@ class TraceClient:
 
     async def ping(self) -> None:
         """Raise :class:`ConnectionLost` unless Redis answers."""
-        async with redis_errors(f"cannot reach Redis at {_safe_url(self.redis_url)}"):
+        async with redis_errors(f"ping {_safe_url(self.redis_url)}"):
             await self.redis.ping()
 
     async def submit(self, request: TraceRequest | Mapping[str, Any]) -> JobHandle:
@@ -164,7 +164,7 @@ class TraceClient:
             raise InvalidRequest(f"request is larger than {MAX_REQUEST_BYTES} bytes")
         snap = await snapshot(self.redis, self.keys, job_id, pending=False)
         run = await run_start(self.redis, self.keys, job_id, snap, rerun=snap.current in RERUN_STATES)
-        async with redis_errors(f"cannot submit to Redis at {_safe_url(self.redis_url)}"):
+        async with redis_errors(f"submit to {_safe_url(self.redis_url)}"):
             entry_id = _text(await self.redis.xadd(self.keys.requests, {"request": raw}))
         if snap.current == JobState.SUCCEEDED:
             run = Run(run.position, run.min_attempt, answer_from=before(entry_id))

@@ -12,7 +12,6 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping
@@ -53,16 +52,16 @@ class SyncTraceClient:
         if self._loop.is_closed():
             coro.close()
             raise ClientError("the SyncTraceClient is closed")
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        task: list[asyncio.Task[Any]] = []
+        future = asyncio.run_coroutine_threadsafe(_tracked(coro, task), self._loop)
         try:
             return future.result()
         except BaseException:
             # Interrupted here (KeyboardInterrupt, SystemExit): cancel the coroutine on the loop too,
-            # and let it unwind (unsubscribe, close its generators) before going on.
+            # and wait until it has unwound (unsubscribed, closed its generators) before going on.
             if not future.done():
-                future.cancel()
-                with contextlib.suppress(BaseException):
-                    future.exception(timeout=10)
+                future.cancel()  # also when the coroutine has not started yet
+                asyncio.run_coroutine_threadsafe(_cancel(task), self._loop).result(timeout=30)
             raise
 
     def __enter__(self) -> SyncTraceClient:
@@ -148,6 +147,21 @@ class SyncJobHandle:
 
 async def _make(redis_url: str, prefix: str, options: dict[str, Any]) -> TraceClient:
     return TraceClient(redis_url, prefix, **options)  # created on the loop that will use it
+
+
+async def _tracked(coro: Coroutine[Any, Any, T], task: list[asyncio.Task[Any]]) -> T:
+    """Run ``coro``, telling the caller which task runs it (so that it can be cancelled and awaited)."""
+    current = asyncio.current_task()
+    if current is not None:
+        task.append(current)
+    return await coro
+
+
+async def _cancel(task: list[asyncio.Task[Any]]) -> None:
+    """Cancel a call's task and wait until it has finished."""
+    for t in task:
+        t.cancel()
+        await asyncio.wait([t])
 
 
 async def _shutdown(client: TraceClient) -> None:

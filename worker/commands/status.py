@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
             status = await client.job(args.job_id).state()
         if status is None:
             print(
-                f"trace-worker status: unknown job {args.job_id} (not picked up yet, or expired)",
+                f"trace-worker status: unknown job {args.job_id} (never submitted, or expired)",
                 file=sys.stderr,
             )
             return 1
