@@ -45,7 +45,8 @@ def model(events: Sequence[AsyncEvent]) -> dict[str, Want]:
     """Span name -> what its slice must be (names are unique per span in these tests)."""
     open_: dict[int, tuple[AsyncEvent, str | None]] = {}
     out: dict[str, Want] = {}
-    for ev in events:
+    # The engine reads ties in canonical order (worker/engine/canonical.py): begins before ends.
+    for ev in sorted(events, key=lambda e: (e.time, e.kind, e.span_id, e.parent, e.name)):
         if ev.kind == "begin":
             parent = open_.get(ev.parent) if ev.parent else None
             open_[ev.span_id] = (ev, parent[0].name if parent else None)
@@ -54,8 +55,10 @@ def model(events: Sequence[AsyncEvent]) -> dict[str, Want]:
             out[b.name] = Want(b.time, max(b.time, ev.time), "", parent_name, b.parent)
         else:
             out[ev.name] = Want(min(RANGE.begin_ns, ev.time), ev.time, "begin", None, 0)
+    # Spans still open end at the range end or the last time the process has data, the earlier.
+    last = min(RANGE.end_ns, max((ev.time for ev in events), default=RANGE.end_ns))
     for b, parent_name in open_.values():
-        out[b.name] = Want(b.time, max(b.time, RANGE.end_ns), "end", parent_name, b.parent)
+        out[b.name] = Want(b.time, max(b.time, last), "end", parent_name, b.parent)
     return out
 
 
