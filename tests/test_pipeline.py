@@ -13,6 +13,7 @@ import pytest
 
 from contracts.request import SpanTypes
 from tests.engine.decode import decode
+from tests.engine.test_async_lanes import peak
 from tests.support.devserver import expected_async_events, expected_thread_spans, small_lake, start_devserver
 from worker.devserver import DevServer, Lake, LakeProcess
 from worker.errors import EmptyRange, InvalidRequest, ProcessNotFound, RangeTooLong, TraceTooLarge
@@ -93,6 +94,30 @@ async def test_every_thread_span_lands_exactly_once(server: DevServer, lake: Lak
         assert any(s.cut for s in decoded.slices)
     assert got == expected
     assert len(thread_tracks) == p.thread_count
+
+
+async def test_async_lanes_over_the_wire(server: DevServer, lake: Lake) -> None:
+    """Lanes on a devserver trace: strictly nested tracks, rows within peak concurrency, parents shown."""
+    p = lake.processes[0]
+    decoded = decode(await _trace(server, TraceSpec(p.process_id, p.begin_ns, p.end_ns, SpanTypes.ASYNC)))
+    assert decoded.problems == []
+    tracks: dict[int, list[tuple[int, int]]] = {}
+    for s in decoded.slices:
+        tracks.setdefault(s.track, []).append((s.begin, s.end))
+    for spans in tracks.values():  # no partial overlap: sorted by (begin, -end), a stack of ends
+        open_ends: list[int] = []
+        for b, e in sorted(spans, key=lambda x: (x[0], -x[1])):
+            while open_ends and open_ends[-1] <= b:
+                open_ends.pop()
+            assert not open_ends or e <= open_ends[-1], (b, e, open_ends[-1])
+            open_ends.append(e)
+    rows = peak([(min(b for b, _ in v), max(e for _, e in v)) for v in tracks.values()])
+    assert rows <= peak([(s.begin, s.end) for s in decoded.slices])
+    placed = [s for s in decoded.slices if s.under is not None]
+    assert placed and len(tracks) < len(decoded.slices)
+    flows = {f for s in decoded.slices for f in s.flows}
+    linked = [s for s in decoded.slices if s.term_flows]
+    assert linked and all(s.term_flows[0] in flows and s.parent_span for s in linked)
 
 
 async def test_async_spans(server: DevServer, lake: Lake) -> None:

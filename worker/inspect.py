@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -399,16 +399,33 @@ def _open(stack: contextlib.ExitStack, source: str | Path | BinaryIO) -> BinaryI
     return source
 
 
-def inspect_trace(source: str | Path | BinaryIO) -> InspectReport:
-    """Decode a trace file (path or binary stream) and report its content and defects."""
+#: Bytes between two progress reports.
+PROGRESS_EVERY = 32 << 20
+
+
+def inspect_trace(
+    source: str | Path | BinaryIO,
+    *,
+    progress: Callable[[int], None] | None = None,
+    progress_every: int = PROGRESS_EVERY,
+) -> InspectReport:
+    """Decode a trace file (path or binary stream) and report its content and defects.
+
+    ``progress`` (optional) is called with the number of bytes decoded so far, about every
+    ``progress_every`` bytes and once more at the end of the file, before the per-track replay.
+    """
     with contextlib.ExitStack() as stack:
         stream = _open(stack, source)
         inspector = _Inspector()
         rep = inspector.report
+        next_report = progress_every
         try:
             for index, (offset, raw) in enumerate(iter_packets(stream)):
                 rep.packets += 1
                 rep.bytes = offset + len(raw)
+                if progress is not None and rep.bytes >= next_report:
+                    progress(rep.bytes)
+                    next_report = rep.bytes + progress_every
                 try:
                     packet = pb.TracePacket.FromString(raw)
                 except DecodeError as exc:
@@ -419,4 +436,6 @@ def inspect_trace(source: str | Path | BinaryIO) -> InspectReport:
             rep.add("malformed", str(exc))
         with contextlib.suppress(OSError, ValueError):
             rep.bytes = stream.tell()
+        if progress is not None:
+            progress(rep.bytes)
         return inspector.finish()

@@ -41,8 +41,9 @@ def test_async_span_open_across_the_whole_range_is_drawn_cut_with_its_child(
     assert (got["long_request"].begin, got["long_request"].end) == (T0, T0 + 1000)
     assert got["long_request"].cut == "both"
     assert (got["db_query"].begin, got["db_query"].end, got["db_query"].cut) == (T0 + 300, T0 + 400, "")
-    # The child's track sits under the parent's track.
-    assert decoded.descriptors[got["db_query"].track].parent_uuid == got["long_request"].track
+    # The child runs inside its parent: drawn under it, on the parent's lane track.
+    assert got["db_query"].track == got["long_request"].track
+    assert got["db_query"].under == "long_request"
     # The look-back read the events of the second before the range.
     assert any(f"< TIMESTAMP '{rfc3339(T0)}'" in sql for sql in serving.statements)
 
@@ -86,7 +87,7 @@ def test_tied_async_events_in_any_order_give_one_zero_length_child(
         ("zero_len", 500, 500, ""),
     ]
     got = slices_by_name(decoded)
-    assert decoded.descriptors[got["zero_len"].track].parent_uuid == got["request"].track
+    assert got["zero_len"].track == got["request"].track and got["zero_len"].under == "request"
     serving.seed = None
     assert generate(server, T0, T0 + 1000, SpanTypes.ASYNC) == data
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 from worker.perfetto_pb import pb
 
+Links = tuple[tuple[int, ...], tuple[int, ...], int | None, str | None]
+
 
 @dataclass(frozen=True, order=True)
 class Slice:
@@ -24,6 +26,13 @@ class Slice:
     line: int
     #: "begin" / "end" (the BEGIN or the END carries the cut mark), "both" (each carries its own).
     cut: str = ""
+    #: From the slice's BEGIN: flows it starts (``flow_ids``), the flow it ends
+    #: (``terminating_flow_ids``) and its ``parent_span_id`` debug annotation.
+    flows: tuple[int, ...] = field(default=(), compare=False)
+    term_flows: tuple[int, ...] = field(default=(), compare=False)
+    parent_span: int | None = field(default=None, compare=False)
+    #: Name of the slice this one opened inside on its track (Perfetto's parent slice), if any.
+    under: str | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -64,8 +73,9 @@ def decode(data: bytes) -> Decoded:
     names: dict[int, str] = {}
     cats: dict[int, str] = {}
     locs: dict[int, tuple[str, int]] = {}
+    ann_names: dict[int, str] = {}
     problems: list[str] = []
-    events: dict[int, list[tuple[int, int, int, str, str, str, int, str]]] = defaultdict(list)
+    events: dict[int, list[tuple[int, int, int, str, str, str, int, str, Links]]] = defaultdict(list)
     descriptors: dict[int, pb.TrackDescriptor] = {}
     cleared = False
     for index, packet in enumerate(trace.packet):
@@ -73,7 +83,7 @@ def decode(data: bytes) -> Decoded:
             problems.append(f"packet {index} has no sequence id")
         if packet.sequence_flags & 1:
             cleared = True
-            names, cats, locs = {}, {}, {}
+            names, cats, locs, ann_names = {}, {}, {}, {}
         if packet.HasField("interned_data"):
             if not cleared:
                 problems.append(f"packet {index}: interned data before CLEARED")
@@ -83,6 +93,8 @@ def decode(data: bytes) -> Decoded:
                 cats[c.iid] = c.name
             for s in packet.interned_data.source_locations:
                 locs[s.iid] = (s.file_name, s.line_number)
+            for a in packet.interned_data.debug_annotation_names:
+                ann_names[a.iid] = a.name
         if packet.HasField("track_descriptor"):
             descriptors[packet.track_descriptor.uuid] = packet.track_descriptor
         if packet.HasField("track_event"):
@@ -93,32 +105,37 @@ def decode(data: bytes) -> Decoded:
             cat = cats.get(te.category_iids[0], "?") if te.category_iids else ""
             file, line = locs.get(te.source_location_iid, ("?", -1))
             cut = ""
+            parent_span = None
             for ann in te.debug_annotations:
                 if ann.name == "trace_worker_cut":
                     cut = ann.string_value
+                if ann_names.get(ann.name_iid) == "parent_span_id":
+                    parent_span = ann.int_value
+            links: Links = (tuple(te.flow_ids), tuple(te.terminating_flow_ids), parent_span, None)
             events[te.track_uuid].append(
-                (packet.timestamp, index, te.type, names.get(te.name_iid, "?"), cat, file, line, cut)
+                (packet.timestamp, index, te.type, names.get(te.name_iid, "?"), cat, file, line, cut, links)
             )
     slices: list[Slice] = []
     for track, evs in events.items():
         if track not in descriptors:
             problems.append(f"events on undeclared track {track}")
         evs.sort(key=lambda e: (e[0], e[1]))
-        stack: list[tuple[int, str, str, str, int, str]] = []
-        for ts, index, kind, name, cat, file, line, cut in evs:
+        stack: list[tuple[int, str, str, str, int, str, Links]] = []
+        for ts, index, kind, name, cat, file, line, cut, links in evs:
             if kind == pb.TrackEvent.TYPE_SLICE_BEGIN:
-                stack.append((ts, name, cat, file, line, cut))
+                under = stack[-1][1] if stack else None
+                stack.append((ts, name, cat, file, line, cut, (*links[:3], under)))
             elif kind == pb.TrackEvent.TYPE_SLICE_END:
                 if not stack:
                     problems.append(f"track {track}: END at {ts} (packet {index}) with nothing open")
                     continue
-                b, bname, bcat, bfile, bline, bcut = stack.pop()
+                b, bname, bcat, bfile, bline, bcut, (flows, term, parent, under) = stack.pop()
                 if name != bname or cat != bcat:
                     problems.append(f"track {track}: END {name!r}@{ts} closes {bname!r}@{b}")
                 marks = {bcut, cut} - {""}
-                slices.append(
-                    Slice(track, b, ts, bname, bcat, bfile, bline, "both" if len(marks) == 2 else bcut or cut)
-                )
+                cut_mark = "both" if len(marks) == 2 else bcut or cut
+                links_out = (flows, term, parent, under)
+                slices.append(Slice(track, b, ts, bname, bcat, bfile, bline, cut_mark, *links_out))
         for b, bname, *_ in stack:
             problems.append(f"track {track}: {bname!r}@{b} never ends")
     return Decoded(list(trace.packet), sorted(slices), problems, descriptors)

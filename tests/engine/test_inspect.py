@@ -78,7 +78,7 @@ def test_engine_output_is_clean_and_summarised() -> None:
         "event_names": 2,
         "event_categories": 2,
         "source_locations": 2,
-        "debug_annotation_names": 0,
+        "debug_annotation_names": 1,  # parent_span_id, defined once when async spans are written
     }
     # Open async spans end at the last time the process has data (the thread span's end).
     assert (report.first_ts, report.last_ts) == (RANGE.begin_ns, RANGE.begin_ns + 10)
@@ -165,3 +165,15 @@ def test_cli_exit_status_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[
     report = json.loads(capsys.readouterr().out)
     assert report["ok"] is False and report["defect_counts"] == {"misnested_end": 2}
     assert main(["inspect", str(tmp_path / "missing")]) == 2
+
+
+def test_progress_is_reported_while_decoding_and_at_the_end() -> None:
+    events = [AsyncEvent(RANGE.begin_ns + i, "begin", i) for i in range(1, 400)]
+    data = b"".join(
+        encode(PROCESS, THREADS, [], [async_batch(events)], span_types=SpanTypes.ASYNC, time_range=RANGE)
+    )
+    seen: list[int] = []
+    report = inspect_trace(io.BytesIO(data), progress=seen.append, progress_every=4096)
+    assert report.ok and report.slices == 399
+    assert len(seen) >= len(data) // 4096
+    assert seen == sorted(seen) and seen[-1] == len(data)

@@ -266,9 +266,10 @@ def _print_inspection(path: Path) -> None:
     """Facts from `trace-worker inspect`, when this build has it."""
     if importlib.util.find_spec("worker.inspect") is None:
         return
+    from worker.commands.inspect import progress_printer  # noqa: PLC0415 - optional part of the build
     from worker.inspect import inspect_trace  # noqa: PLC0415 - optional part of the build
 
-    report = inspect_trace(path)
+    report = inspect_trace(path, progress=progress_printer(path))
     verdict = "no defects" if report.ok else f"DEFECTS {report.defect_counts}"
     facts = f"{report.packets:,} packets, {len(report.tracks)} tracks, {report.slices:,} slices"
     print(f"inspect    {facts}, {verdict}")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,12 +37,31 @@ def run(args: argparse.Namespace) -> int:
     path: Path = args.file
     if not path.is_file():
         raise UsageError(f"no such file: {path}")
-    report = inspect_trace(path)
+    report = inspect_trace(path, progress=progress_printer(path))
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         print(render(report, str(path)))
     return 0 if report.ok else 1
+
+
+#: Files at least this large get a progress line on stderr while they are decoded.
+LONG_FILE = 64 << 20
+
+
+def progress_printer(path: Path) -> Callable[[int], None] | None:
+    """A progress callback printing "inspect: decoded X of Y MB" lines on stderr, for long files only."""
+    total = path.stat().st_size
+    if total < LONG_FILE:
+        return None
+
+    def show(done: int) -> None:
+        tail = ", replaying tracks" if done >= total else ""
+        print(
+            f"inspect: decoded {done / 1e6:,.0f} of {total / 1e6:,.0f} MB{tail}", file=sys.stderr, flush=True
+        )
+
+    return show
 
 
 def _time(ns: int) -> str:

@@ -1,23 +1,24 @@
-"""Async span events (begin/end, time-ordered, any thread) to one track per span, columnar.
+"""Async span events (begin/end, time-ordered, any thread) to slices on lane tracks, columnar.
 
-Every async span gets its own TrackDescriptor named "async"; Perfetto merges same-named siblings into
-as many rows as the peak number of spans open at once, and a track holding one slice cannot hold a
-partial overlap. A span whose parent span is open at its begin gets its track under the parent's track
-(merging applies there too); other spans go under the "Async spans" group track.
+The input is re-cut into windows of ``window`` events (the bytes depend only on the rows, not on the
+caller's batching). Per window, pairing is vectorised: the open spans carried from earlier windows are
+prepended as virtual begins, then events are stably sorted by span id. In a span id's run of events (in
+time order) a begin right after a begin is a duplicate and is dropped; an end right after a begin closes
+the span that begin opened; an end after an end (or first in its run) has no begin: it becomes a span cut
+at the range begin. Begins left open are carried (memory grows with concurrency, not with trace length);
+at the end they close at the range end, cut. A cut is marked with the debug annotation
+``trace_worker_cut`` = "begin" (the BEGIN was made up) or "end" (the END was made up). An end earlier
+than its begin is clamped to the begin.
 
-Pairing, per batch, vectorised: the open spans carried from earlier batches are prepended as virtual
-begins, then events are stably sorted by span id. In a span id's run of events (in time order) a begin
-right after a begin is a duplicate and is dropped; an end right after a begin closes the span that
-begin opened; an end after an end (or first in its run) has no begin: it becomes a span cut at the range
-begin. Begins left open are carried (memory grows with concurrency, not with trace length); at the end
-they close at the range end, cut. A cut is marked with the debug annotation ``trace_worker_cut`` =
-"begin" (the BEGIN was made up) or "end" (the END was made up). An end earlier than its begin is clamped
-to the begin.
+Layout (``lanes.place``): a span that surely nests in its open parent goes on the parent's track; any
+other span is a lane root with a track of its own under the "Async spans" group, linked from its open
+parent by a flow, with its ``parent_span_id`` as a debug annotation. A span's BEGIN is written when it
+closes (so it lists the flows to all its children), in the window where it closes.
 
-Track uuids: ``splitmix64(splitmix64(span_id ^ salt) ^ n)`` where salt = the process uuid and n = the
-position of the span's first event in the whole input (``^ ORPHAN`` for a span cut at its begin). Every
-span gets its own track, even when span ids are reused or repeated, and the uuid does not depend on how
-the input is batched. Uuids equal to 0 or to a process/thread/group uuid are re-hashed.
+Span keys: ``splitmix64(splitmix64(span_id ^ salt) ^ n)`` where salt = the process uuid and n = the
+position of the span's first event in the whole input (``^ ORPHAN`` for a span cut at its begin): unique
+per span even when span ids are reused, independent of batching, and re-hashed away from 0 and the
+process/thread/group uuids. A lane root's track uuid and the flow id from its parent are its key.
 """
 
 from __future__ import annotations
@@ -27,16 +28,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from worker.engine.lanes import NONE, Openers, place
 from worker.engine.rows import (
     CUT_BEGIN,
     CUT_END,
-    NO_CUT,
     SLICE_BEGIN,
     SLICE_END,
     descriptor_rows,
-    marked_slice_rows,
     slice_rows,
 )
+from worker.engine.span_rows import assemble, event_rows
 
 __all__ = ["AsyncBatch", "AsyncState", "splitmix64"]
 
@@ -56,6 +57,20 @@ def splitmix64(x: U64) -> U64:
 
 
 @dataclass
+class _Open:
+    """Per open span columns used to write BEGINs."""
+
+    begin: I64
+    track: U64
+    name: U64
+    cat: U64
+    loc: U64
+    parent_sid: I64
+    term: U64
+    marked: npt.NDArray[np.bool_]  # the BEGIN is cut (opened before the range)
+
+
+@dataclass
 class AsyncBatch:
     """Normalised async events of one input batch, in time order."""
 
@@ -70,18 +85,6 @@ class AsyncBatch:
     before: npt.NDArray[np.bool_] | None = None
 
 
-@dataclass
-class _Columns:
-    """Per-event columns of a batch with the carried open spans in front."""
-
-    time: I64
-    name: U64
-    cat: U64
-    loc: U64
-    uuid: U64
-    before: npt.NDArray[np.bool_]
-
-
 def _e_i64() -> I64:
     return np.zeros(0, dtype=np.int64)
 
@@ -92,7 +95,7 @@ def _e_u64() -> U64:
 
 @dataclass
 class AsyncState:
-    """Pairing state: the spans open so far, in the order they opened."""
+    """Pairing and lane state: the spans open so far (in the order they opened) and their pending flows."""
 
     salt: int
     group_uuid: int
@@ -101,16 +104,30 @@ class AsyncState:
     range_end: int
     sid: I64 = field(default_factory=_e_i64)
     begin: I64 = field(default_factory=_e_i64)
-    uuid: U64 = field(default_factory=_e_u64)
+    key: U64 = field(default_factory=_e_u64)  # unique per span (its own track when it is a root)
+    track: U64 = field(default_factory=_e_u64)
     name: U64 = field(default_factory=_e_u64)
     cat: U64 = field(default_factory=_e_u64)
     loc: U64 = field(default_factory=_e_u64)
+    parent_key: U64 = field(default_factory=_e_u64)
+    parent_sid: I64 = field(default_factory=_e_i64)
+    term: U64 = field(default_factory=_e_u64)  # flow id from the parent, 0 for none
+    kids_end: I64 = field(default_factory=_e_i64)
     marked: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    flow_parent: I64 = field(default_factory=_e_i64)  # flows owed by open spans: index of the span
+    flow_id: U64 = field(default_factory=_e_u64)
     spans: int = 0
     cut: int = 0
     dropped: int = 0
     clamped: int = 0
-    seen: int = 0  # events passed to add() so far
+    placed: int = 0
+    flows: int = 0
+    seen: int = 0  # events laid out so far
+    #: Events laid out together: the input is re-cut into windows of this many events, so the layout
+    #: and the bytes depend only on the rows, not on how the caller batches them.
+    window: int = 1 << 16
+    held: list[AsyncBatch] = field(default_factory=list)
+    held_rows: int = 0
 
     def _uuids(self, sid: I64, seq: I64, extra: np.uint64 | None = None) -> U64:
         """Track uuids from span ids and the events' positions in the whole input (unique per span)."""
@@ -125,7 +142,31 @@ class AsyncState:
         return u
 
     def add(self, ev: AsyncBatch) -> list[_Block]:
-        """Packets for one batch: blocks of (bytes, packet sizes or one size for all)."""
+        """Packets of every full window of events so far: blocks of (bytes, packet sizes)."""
+        if ev.before is None:
+            ev = AsyncBatch(**{**ev.__dict__, "before": np.zeros(len(ev.time), dtype=bool)})
+        self.held.append(ev)
+        self.held_rows += len(ev.time)
+        out: list[_Block] = []
+        while self.held_rows >= self.window:
+            out += self._window(self._take(self.window))
+        return out
+
+    def _take(self, count: int) -> AsyncBatch:
+        """The first ``count`` held events as one batch; the rest stay held."""
+        names = ("time", "is_begin", "span_id", "parent_id", "name", "cat", "loc", "before")
+        if len(self.held) == 1:
+            cols = {name: getattr(self.held[0], name) for name in names}
+        else:
+            cols = {name: np.concatenate([getattr(b, name) for b in self.held]) for name in names}
+        head = AsyncBatch(**{k: v[:count] for k, v in cols.items()})
+        rest = AsyncBatch(**{k: v[count:] for k, v in cols.items()})
+        self.held = [rest] if len(rest.time) else []
+        self.held_rows = len(rest.time)
+        return head
+
+    def _window(self, ev: AsyncBatch) -> list[_Block]:
+        """Packets for one window of events."""
         p = len(self.sid)
         m = len(ev.time)
         if m == 0:
@@ -148,152 +189,218 @@ class AsyncState:
         # For each paired end (sorted position q), its opener is the last opener before q.
         q = np.flatnonzero(paired_s)
         opener_of_q = last_opener[q - 1]
-        closed_s = np.zeros(n, dtype=bool)
-        closed_s[opener_of_q] = True
-        # Positions back in combined (pending + batch) order.
         pos_o = order[opener_s]  # combined positions of openers, sorted by (sid, position)
-        close_pos = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
-        close_pos[order[opener_of_q]] = order[q]
+        close_at = np.full(n, NONE, dtype=np.int64)
+        close_at[order[opener_of_q]] = order[q]
+        self.dropped += int(dropped_s.sum())
 
         time = np.concatenate((self.begin, np.maximum(ev.time, 0)))
-        name = np.concatenate((self.name, ev.name))
-        cat = np.concatenate((self.cat, ev.cat))
-        loc = np.concatenate((self.loc, ev.loc))
-        uuid = np.zeros(n, dtype=np.uint64)
-        uuid[:p] = self.uuid
-        new_open = pos_o[pos_o >= p]
-        # Position of each event in the whole input (after dropped rows), whatever the batching.
         seq = np.arange(self.seen - p, self.seen + m, dtype=np.int64)
         self.seen += m
-        uuid[new_open] = self._uuids(sid[new_open], seq[new_open])
 
-        # Parent track of each new opener: the parent span's opener open at the child's begin.
-        parent_uuid = np.full(n, self.group_uuid, dtype=np.uint64)
+        # Parent of each new opener: the parent span's opener open at the child's begin.
+        parent_at = np.full(n, -1, dtype=np.int64)
+        new_open = pos_o[pos_o >= p]
         if len(new_open):
-            parent_id = np.concatenate((np.zeros(p, dtype=np.int64), ev.parent_id))
             o_sid = sid[pos_o]
             rank = np.concatenate(([0], np.cumsum(o_sid[1:] != o_sid[:-1])))
             okey = rank * (n + 1) + pos_o
-            want = parent_id[new_open]
+            want = ev.parent_id[new_open - p]
             lo = np.searchsorted(o_sid, want, side="left")
             lo_c = np.minimum(lo, len(o_sid) - 1)
             exists = (lo < len(o_sid)) & (o_sid[lo_c] == want) & (want != 0)
             j = np.searchsorted(okey, rank[lo_c] * (n + 1) + new_open, side="left") - 1
-            j_c = np.maximum(j, 0)
-            parent_pos = pos_o[j_c]
-            ok = exists & (j >= lo) & (close_pos[parent_pos] > new_open) & (parent_pos < new_open)
-            parent_uuid[new_open[ok]] = uuid[parent_pos[ok]]
+            parent_pos = pos_o[np.maximum(j, 0)]
+            ok = exists & (j >= lo) & (close_at[parent_pos] > new_open) & (parent_pos < new_open)
+            parent_at[new_open[ok]] = parent_pos[ok]
 
-        # Per batch token (combined position p..n-1): which packets it produces.
-        kind = np.zeros(n, dtype=np.int8)  # 0 nothing, 1 new opener, 2 paired end, 3 orphan end
-        kind[order[opener_s]] = 1
-        kind[order[paired_s]] = 2
-        kind[order[orphan_s]] = 3
-        kind[:p] = 0
-        kind = kind[p:]
-        end_ref = np.arange(n, dtype=np.int64)  # for paired ends: the opener's combined position
-        end_ref[order[q]] = order[opener_of_q]
-        end_ref = end_ref[p:]
-        self.dropped += int(dropped_s.sum())
+        # The open spans of the batch in opening order, and the lane layout.
+        is_opener = np.zeros(n, dtype=bool)
+        is_opener[pos_o] = True
+        op = np.flatnonzero(is_opener)
+        k_open = len(op)
+        index_of = np.full(n, -1, dtype=np.int64)
+        index_of[op] = np.arange(k_open)
+        new = op >= p
+        cpos = close_at[op]
+        closed = cpos != NONE
+        begin_t = time[op]
+        end_t = np.full(k_open, NONE, dtype=np.int64)
+        end_t[closed] = np.maximum(time[cpos[closed]], begin_t[closed])
+        self.clamped += int((time[cpos[closed]] < begin_t[closed]).sum())
+        parent = np.where(parent_at[op] >= 0, index_of[np.maximum(parent_at[op], 0)], -1)
+        key = np.zeros(k_open, dtype=np.uint64)
+        key[:p] = self.key
+        key[p:] = self._uuids(sid[op[p:]], seq[op[p:]])
+        parent_key = np.zeros(k_open, dtype=np.uint64)
+        parent_key[:p] = self.parent_key
+        has_parent = parent >= 0
+        parent_key[has_parent] = key[parent[has_parent]]
+        kids_end = np.full(k_open, -1, dtype=np.int64)
+        kids_end[:p] = self.kids_end
+        track0 = np.zeros(k_open, dtype=np.uint64)
+        track0[:p] = self.track
+        lanes = Openers(op, begin_t, cpos, end_t, parent, parent_key, key, new, kids_end, track0)
+        placed, track = place(lanes)
+        self.placed += int(placed.sum())
+        parent_sid = np.zeros(k_open, dtype=np.int64)
+        parent_sid[:p] = self.parent_sid
+        parent_sid[p:] = ev.parent_id[op[p:] - p]
+        term = np.zeros(k_open, dtype=np.uint64)
+        term[:p] = self.term
+        marked = np.zeros(k_open, dtype=bool)
+        marked[:p] = self.marked
+        assert ev.before is not None
+        marked[p:] = ev.before[op[p:] - p]
+        self.cut += int(np.count_nonzero(marked[p:]))
+        linked = new & has_parent & ~placed
+        term[linked] = key[linked]
+        self.flows += int(linked.sum())
+        flow_parent = np.concatenate((self.flow_parent, parent[linked]))
+        flow_id = np.concatenate((self.flow_id, key[linked]))
 
-        before = ev.before if ev.before is not None else np.zeros(m, dtype=bool)
-        cols = _Columns(time, name, cat, loc, uuid, np.concatenate((self.marked, before)))
-        self.cut += int(np.count_nonzero(cols.before[np.flatnonzero(kind == 1) + p]))
-        self.spans += int(((kind == 2) | (kind == 3)).sum())
-        self.cut += int((kind == 3).sum())
-        blocks = [
-            self._opened(np.flatnonzero(kind == 1) + p, cols, parent_uuid),
-            self._orphans(np.flatnonzero(kind == 3) + p, cols, sid, seq),
-            self._closed(np.flatnonzero(kind == 2) + p, cols, end_ref[kind == 2]),
+        names = np.concatenate((self.name, ev.name))[op]
+        cats = np.concatenate((self.cat, ev.cat))[op]
+        locs = np.concatenate((self.loc, ev.loc))[op]
+        cols = _Open(begin_t, track, names, cats, locs, parent_sid, term, marked)
+        # Descriptors of the tracks opened in the batch, then the BEGINs, then the ENDs by closing
+        # position: every track is declared before use, a slice's BEGIN precedes its END, and at equal
+        # timestamps a child's END precedes its parent's (placed children begin strictly after their
+        # parent and after their earlier siblings ended, so no other tie on a track depends on file order).
+        roots = np.flatnonzero(new & ~placed)
+        closers = np.flatnonzero(closed)
+        ends_at = np.zeros(n, dtype=bool)
+        ends_at[cpos[closers]] = True
+        closer_at = np.zeros(n, dtype=np.int64)
+        closer_at[cpos[closers]] = closers
+        closers_by_end = closer_at[ends_at]
+        orphans = np.sort(order[orphan_s])
+        o_desc, o_begin, o_end = self._orphans(orphans, sid=sid, seq=seq, time=time, ev=ev, p=p)
+        groups = [
+            descriptor_rows(track[roots], np.full(len(roots), self.group_uuid, dtype=np.uint64)),
+            o_desc,
         ]
-        # Carry the spans still open, in opening order.
-        still = np.zeros(n, dtype=bool)
-        still[order[opener_s & ~closed_s]] = True
-        keep = np.flatnonzero(still)
-        self.sid, self.begin, self.uuid = sid[keep], time[keep], uuid[keep]
-        self.name, self.cat, self.loc = name[keep], cat[keep], loc[keep]
-        self.marked = cols.before[keep]
-        return [blk for blk in blocks if blk[0]]
+        ann = ~placed & (parent_sid != 0)
+        groups += self._begins(closers, cols, ann=ann, flow_parent=flow_parent, flow_id=flow_id)
+        groups.append(o_begin)
+        c = closers_by_end
+        groups.append(slice_rows(end_t[c], SLICE_END, track[c], name=names[c], cat=cats[c], loc=locs[c]))
+        groups.append(o_end)
+        self.spans += len(closers) + len(orphans)
+        self.cut += len(orphans)
 
-    # Each block below is rows of equal layout; within a batch, descriptors and BEGINs come before
-    # the ENDs, so a track is declared before use and a slice's BEGIN precedes its END in the file.
+        # Carry the spans still open, their children's latest end and the flows they still owe.
+        still = np.flatnonzero(~closed)
+        kid_closed = closers[parent_key[closers] != 0]
+        still_key = key[still]
+        if len(still) and len(kid_closed):
+            by_key = np.argsort(still_key)
+            at = np.searchsorted(still_key[by_key], parent_key[kid_closed])
+            at_c = np.minimum(at, len(still) - 1)
+            hit = still_key[by_key][at_c] == parent_key[kid_closed]
+            target = still[by_key[at_c[hit]]]
+            np.maximum.at(kids_end, target, end_t[kid_closed[hit]])
+        carried_index = np.full(k_open, -1, dtype=np.int64)
+        carried_index[still] = np.arange(len(still))
+        owed_by = carried_index[flow_parent]
+        owed = owed_by >= 0
+        self.flow_parent, self.flow_id = owed_by[owed], flow_id[owed]
+        self.sid, self.begin, self.key, self.track = sid[op[still]], begin_t[still], key[still], track[still]
+        self.name, self.cat, self.loc = names[still], cats[still], locs[still]
+        self.parent_key, self.parent_sid, self.term = parent_key[still], parent_sid[still], term[still]
+        self.kids_end, self.marked = kids_end[still], marked[still]
+        data, sizes = assemble(groups)
+        return [(data, sizes)] if data else []
 
     @staticmethod
-    def _opened(idx: I64, c: _Columns, parent: U64) -> _Block:
-        """Descriptor + BEGIN of each span opened in the batch."""
+    def _begins(
+        idx: I64, c: _Open, *, ann: npt.NDArray[np.bool_], flow_parent: I64, flow_id: U64
+    ) -> list[U8]:
+        """BEGIN rows of spans ``idx``, each with the flows to its children, grouped by layout.
+
+        ``flow_parent`` is the index (into the columns of ``c``) of the span owing each flow.
+        """
         if not len(idx):
-            return b"", 0
-        desc = descriptor_rows(c.uuid[idx], parent[idx])
-        marks = np.where(c.before[idx], CUT_BEGIN, NO_CUT).astype(np.uint8)
-        if marks.any():  # BEGINs of spans open at the range begin (found by the look-back) are cut
-            packets, marked_sizes = marked_slice_rows(
-                c.time[idx],
+            return []
+        nflows = np.zeros(len(idx), dtype=np.int64)
+        pair_slot = np.zeros(0, dtype=np.int64)
+        pair_flow = np.zeros(0, dtype=np.uint64)
+        if len(flow_parent):
+            slot_of = np.full(len(c.begin), -1, dtype=np.int64)
+            slot_of[idx] = np.arange(len(idx))
+            slot = slot_of[flow_parent]
+            hit = slot >= 0
+            pair_slot = slot[hit]  # index into idx of the parent, in flow creation order
+            pair_flow = flow_id[hit]
+            nflows = np.bincount(pair_slot, minlength=len(idx))
+            ordering = np.argsort(pair_slot, kind="stable")
+            pair_slot, pair_flow = pair_slot[ordering], pair_flow[ordering]
+        has_term = c.term[idx] != 0
+        has_ann = ann[idx]
+        layout = nflows * 8 + c.marked[idx] * 4 + has_term * 2 + has_ann
+        groups: list[U8] = []
+        for code in np.unique(layout).tolist():
+            sel = np.flatnonzero(layout == code)
+            rows_i = idx[sel]
+            k, cut_on, term_on, ann_on = code >> 3, bool(code & 4), bool(code & 2), bool(code & 1)
+            flows = None
+            if k:
+                flows = pair_flow[layout[pair_slot] == code].reshape(len(sel), k)
+            rows = event_rows(
+                c.begin[rows_i],
                 SLICE_BEGIN,
-                c.uuid[idx],
-                name=c.name[idx],
-                cat=c.cat[idx],
-                loc=c.loc[idx],
-                marks=marks,
+                c.track[rows_i],
+                name=c.name[rows_i],
+                cat=c.cat[rows_i],
+                loc=c.loc[rows_i],
+                flows=flows,
+                term=c.term[rows_i] if term_on else None,
+                parent_span=c.parent_sid[rows_i] if ann_on else None,
+                cut=CUT_BEGIN if cut_on else 0,
             )
-            return _interleave(desc, packets, np.asarray(marked_sizes))
-        begin = slice_rows(
-            c.time[idx], SLICE_BEGIN, c.uuid[idx], name=c.name[idx], cat=c.cat[idx], loc=c.loc[idx]
-        )
-        sizes = np.tile(np.array([desc.shape[1], begin.shape[1]], dtype=np.int64), len(idx))
-        return np.hstack((desc, begin)).tobytes(), sizes
+            groups.append(rows)
+        return groups
 
-    def _orphans(self, idx: I64, c: _Columns, sid: I64, seq: I64) -> _Block:
-        """Descriptor + cut BEGIN at the range begin + END of each end without a begin."""
-        if not len(idx):
-            return b"", 0
-        uuid = self._uuids(sid[idx], seq[idx], _ORPHAN)
-        desc = descriptor_rows(uuid, np.full(len(idx), self.group_uuid, dtype=np.uint64))
-        begin_ts = np.minimum(self.range_begin, c.time[idx])
-        name, cat, loc = c.name[idx], c.cat[idx], c.loc[idx]
+    def _orphans(
+        self, pos: I64, *, sid: I64, seq: I64, time: I64, ev: AsyncBatch, p: int
+    ) -> tuple[U8, U8, U8]:
+        """Descriptors, cut BEGINs at the range begin and ENDs of the ends without a begin (own tracks)."""
+        if not len(pos):
+            none = np.zeros((0, 0), dtype=np.uint8)
+            return none, none, none
+        uuid = self._uuids(sid[pos], seq[pos], _ORPHAN)
+        desc = descriptor_rows(uuid, np.full(len(pos), self.group_uuid, dtype=np.uint64))
+        begin_ts = np.minimum(self.range_begin, time[pos])
+        name, cat, loc = ev.name[pos - p], ev.cat[pos - p], ev.loc[pos - p]
         begin = slice_rows(begin_ts, SLICE_BEGIN, uuid, name=name, cat=cat, loc=loc, annotation=CUT_BEGIN)
-        end = slice_rows(c.time[idx], SLICE_END, uuid, name=name, cat=cat, loc=loc)
-        sizes = np.tile(np.array([desc.shape[1], begin.shape[1], end.shape[1]], dtype=np.int64), len(idx))
-        return np.hstack((desc, begin, end)).tobytes(), sizes
+        end = slice_rows(time[pos], SLICE_END, uuid, name=name, cat=cat, loc=loc)
+        return desc, begin, end
 
-    def _closed(self, idx: I64, c: _Columns, ref: I64) -> _Block:
-        """END of each span closed in the batch (never before its begin)."""
-        if not len(idx):
-            return b"", 0
-        ts = np.maximum(c.time[idx], c.time[ref])
-        self.clamped += int((ts != c.time[idx]).sum())
-        end = slice_rows(ts, SLICE_END, c.uuid[ref], name=c.name[ref], cat=c.cat[ref], loc=c.loc[ref])
-        return end.tobytes(), end.shape[1]
-
-    def close(self) -> _Block:
-        """ENDs (cut, at the range end) of every span still open, in opening order."""
+    def close(self) -> list[_Block]:
+        """The last (partial) window, then BEGINs (with their flows) and cut ENDs (at the range end) of
+        every span still open."""
+        out = self._window(self._take(self.held_rows)) if self.held_rows else []
         k = len(self.sid)
         if k == 0:
-            return b"", 0
-        self.cut -= int(np.count_nonzero(self.marked))  # already counted when their begin was cut
-        self.marked = np.zeros(0, dtype=bool)
-        ts = np.maximum(self.begin, self.range_end)
-        rows = slice_rows(
-            ts, SLICE_END, self.uuid, name=self.name, cat=self.cat, loc=self.loc, annotation=CUT_END
+            return out
+        idx = np.arange(k)
+        cols = _Open(
+            self.begin, self.track, self.name, self.cat, self.loc, self.parent_sid, self.term, self.marked
         )
+        self.cut -= int(np.count_nonzero(self.marked))  # already counted when their begin was cut
+        ann = self.parent_sid != 0
+        groups = self._begins(idx, cols, ann=ann, flow_parent=self.flow_parent, flow_id=self.flow_id)
+        ts = np.maximum(self.begin, self.range_end)
+        ends = slice_rows(
+            ts, SLICE_END, self.track, name=self.name, cat=self.cat, loc=self.loc, annotation=CUT_END
+        )
+        groups.append(ends)
         self.spans += k
         self.cut += k
-        self.sid = _e_i64()
-        self.begin = _e_i64()
-        self.uuid = self.name = self.cat = self.loc = _e_u64()
-        return rows.tobytes(), rows.shape[1]
-
-
-def _interleave(desc: U8, packets: bytes, sizes: npt.NDArray[np.int64]) -> _Block:
-    """Descriptor i, then packet i, for each i (packets of varying sizes, back to back)."""
-    body = np.frombuffer(packets, dtype=np.uint8)
-    n, width = desc.shape
-    out = np.empty(n * width + len(body), dtype=np.uint8)
-    starts = np.arange(n, dtype=np.int64) * width + np.concatenate(([0], np.cumsum(sizes)[:-1]))
-    desc_pos = starts[:, None] + np.arange(width)
-    out[desc_pos.ravel()] = desc.ravel()
-    mask = np.ones(len(out), dtype=bool)
-    mask[desc_pos.ravel()] = False
-    out[mask] = body
-    all_sizes = np.empty(2 * n, dtype=np.int64)
-    all_sizes[0::2], all_sizes[1::2] = width, sizes
-    return out.tobytes(), all_sizes
+        self.sid = self.begin = self.parent_sid = self.kids_end = _e_i64()
+        self.marked = np.zeros(0, dtype=bool)
+        self.key = self.track = self.name = self.cat = self.loc = _e_u64()
+        self.parent_key = self.term = self.flow_id = _e_u64()
+        self.flow_parent = _e_i64()
+        data, sizes = assemble(groups)
+        return [*out, (data, sizes)]

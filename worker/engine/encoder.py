@@ -24,6 +24,7 @@ from worker.engine.inputs import column, int_column, string_column, time_column
 from worker.engine.interning import Interner
 from worker.engine.lookback import Lookback
 from worker.engine.rows import CUT_BEGIN, CUT_END, marked_slice_rows
+from worker.engine.span_rows import parent_annotation_packet
 from worker.engine.thread_spans import Events, ThreadState
 from worker.engine.tracks import (
     async_group_uuid,
@@ -147,6 +148,7 @@ class TraceEncoder:
                 out += self._packet(thread_descriptor(track, pid))
         if self._span_types.async_:
             out += self._packet(group_descriptor(self._proc_uuid))
+            out += self._packet(parent_annotation_packet())
         return out
 
     def add_thread_spans(self, stream_id: str, batch: pa.RecordBatch) -> list[bytes]:
@@ -318,8 +320,8 @@ class TraceEncoder:
         data_end = max(self._process.last_time_ns or -1, self._data_last)
         if data_end >= 0:
             self._async.range_end = max(self._range.begin_ns, min(self._range.end_ns, data_end))
-        data, sizes = self._async.close()
-        out += self._add(data, sizes)
+        for data, sizes in self._async.close():
+            out += self._add(data, sizes)
         out += self._chunker.flush()
         self._finished = True
         return out

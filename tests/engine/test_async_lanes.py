@@ -1,0 +1,214 @@
+"""Async lanes: children under their parent on one track, or linked to it by a flow; few tracks.
+
+Every check decodes the trace bytes and pairs BEGIN/END per track the way Perfetto does (tests/engine/
+decode.py); spans are named after their span id so each slice is identified.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pyarrow as pa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from contracts.request import SpanTypes
+from tests.engine.data import PROCESS, RANGE, THREADS, AsyncEvent, async_batch, split
+from tests.engine.decode import Decoded, Slice, decode
+from tests.engine.test_async_spans import GROUP_UUID, run
+from worker.engine import TraceEncoder
+from worker.inspect import inspect_trace
+
+
+def run_windowed(batches: Sequence[pa.RecordBatch], window: int) -> bytes:
+    """The trace with the async layout window shrunk, so spans cross windows in small inputs."""
+    enc = TraceEncoder(PROCESS, THREADS, span_types=SpanTypes.ASYNC, time_range=RANGE)
+    enc._async.window = window
+    chunks = enc.start()
+    for batch in batches:
+        chunks += enc.add_async_events(batch)
+    return b"".join(chunks + enc.finish())
+
+
+@dataclass(frozen=True)
+class Want:
+    begin: int
+    end: int
+    cut: str
+    parent: str | None  # name of the parent span open at the begin, if any
+    parent_id: int  # parent_span_id of the begin event (0: none)
+
+
+def model(events: Sequence[AsyncEvent]) -> dict[str, Want]:
+    """Span name -> what its slice must be (names are unique per span in these tests)."""
+    open_: dict[int, tuple[AsyncEvent, str | None]] = {}
+    out: dict[str, Want] = {}
+    # The engine reads ties in canonical order (worker/engine/canonical.py): begins before ends.
+    for ev in sorted(events, key=lambda e: (e.time, e.kind, e.span_id, e.parent, e.name)):
+        if ev.kind == "begin":
+            parent = open_.get(ev.parent) if ev.parent else None
+            open_[ev.span_id] = (ev, parent[0].name if parent else None)
+        elif ev.span_id in open_:
+            b, parent_name = open_.pop(ev.span_id)
+            out[b.name] = Want(b.time, max(b.time, ev.time), "", parent_name, b.parent)
+        else:
+            out[ev.name] = Want(min(RANGE.begin_ns, ev.time), ev.time, "begin", None, 0)
+    # Spans still open end at the range end or the last time the process has data, the earlier.
+    last = min(RANGE.end_ns, max((ev.time for ev in events), default=RANGE.end_ns))
+    for b, parent_name in open_.values():
+        out[b.name] = Want(b.time, max(b.time, last), "end", parent_name, b.parent)
+    return out
+
+
+def peak(intervals: Sequence[tuple[int, int]]) -> int:
+    """Most closed intervals sharing one instant."""
+    points = sorted([(b, 0) for b, _ in intervals] + [(e, 1) for _, e in intervals])
+    best = now = 0
+    for _, kind in points:
+        now += 1 if kind == 0 else -1
+        best = max(best, now)
+    return best
+
+
+def max_depth(want: dict[str, Want]) -> int:
+    def depth(name: str) -> int:
+        parent = want[name].parent
+        return 1 if parent is None else 1 + depth(parent)
+
+    return max((depth(n) for n in want), default=0)
+
+
+def check_lanes(decoded: Decoded, want: dict[str, Want]) -> None:
+    """Exact slices, strict nesting per track, the row bound, and every child's parent shown."""
+    assert decoded.problems == []
+    by_name = {s.name: s for s in decoded.slices}
+    assert len(by_name) == len(decoded.slices) == len(want)
+    assert {n: (s.begin, s.end, s.cut) for n, s in by_name.items()} == {
+        n: (w.begin, w.end, w.cut) for n, w in want.items()
+    }
+    # No partial overlap on any track: any two slices are disjoint or one contains the other.
+    tracks: dict[int, list[Slice]] = {}
+    for s in decoded.slices:
+        tracks.setdefault(s.track, []).append(s)
+    for slices in tracks.values():
+        for i, a in enumerate(slices):
+            for b in slices[i + 1 :]:
+                nested = (a.begin <= b.begin and b.end <= a.end) or (b.begin <= a.begin and a.end <= b.end)
+                assert nested or a.end <= b.begin or b.end <= a.begin, (a, b)
+    # Every track is a lane root under the group; Perfetto merges them into rows by busy interval.
+    for uuid in tracks:
+        assert decoded.descriptors[uuid].parent_uuid == GROUP_UUID
+        assert decoded.descriptors[uuid].name == "async"
+    rows = peak([(min(s.begin for s in ss), max(s.end for s in ss)) for ss in tracks.values()])
+    concurrency = peak([(w.begin, w.end) for w in want.values()])
+    assert rows <= concurrency <= concurrency + max_depth(want)
+    # Each child: under its parent on the parent's track, or a root linked from the parent by a flow.
+    flows_from = {f: s.name for s in decoded.slices for f in s.flows}
+    for name, w in want.items():
+        s = by_name[name]
+        if s.under is not None:
+            assert s.under == w.parent and s.track == by_name[w.parent].track
+            assert s.parent_span is None and not s.term_flows
+            continue
+        assert s.parent_span == (w.parent_id or None)
+        if w.parent is None:
+            assert not s.term_flows
+        else:
+            assert len(s.term_flows) == 1 and flows_from[s.term_flows[0]] == w.parent
+
+
+def layout(decoded: Decoded) -> list[tuple[object, ...]]:
+    return sorted(
+        (s.track, s.begin, s.end, s.name, s.flows, s.term_flows, s.parent_span, s.under)
+        for s in decoded.slices
+    )
+
+
+@st.composite
+def lakes(draw: st.DrawFn) -> list[AsyncEvent]:
+    """Spans with parents, nested or overlapping or outliving them, equal timestamps, cut spans."""
+    n = draw(st.integers(1, 30))
+    raw: list[tuple[int, int, AsyncEvent]] = []
+    for sid in range(1, n + 1):
+        begin = RANGE.begin_ns + draw(st.integers(0, 40))
+        end = begin + draw(st.integers(0, 25))
+        parent = draw(st.integers(0, sid - 1))
+        shape = draw(st.sampled_from(["full"] * 6 + ["no-begin", "no-end"]))
+        name = f"n{sid}"
+        if shape != "no-begin":
+            raw.append((begin, draw(st.integers()), AsyncEvent(begin, "begin", sid, parent, name)))
+        if shape != "no-end":
+            raw.append((end, draw(st.integers()), AsyncEvent(end, "end", sid, parent, name)))
+    raw.sort(key=lambda r: (r[0], r[1]))
+    events = [r[2] for r in raw]
+    first = {}
+    for i, ev in enumerate(events):
+        if ev.kind == "begin":
+            first[ev.span_id] = i
+    for i, ev in enumerate(events):  # a span's begin precedes its end, even at equal times
+        j = first.get(ev.span_id)
+        if ev.kind == "end" and j is not None and j > i:
+            events[i], events[j] = events[j], events[i]
+    return events
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(events=lakes(), cuts=st.lists(st.integers(0, 60), max_size=6), window=st.integers(1, 12))
+def test_lanes_are_exact_nested_and_linked(events: list[AsyncEvent], cuts: list[int], window: int) -> None:
+    batch = async_batch(events)
+    data = run_windowed(split(batch, cuts), window)
+    check_lanes(decode(data), model(events))
+    assert inspect_trace(io.BytesIO(data)).ok
+    # The layout depends on the rows and the window, not on the caller's batching (interned data
+    # packets still go before each input batch, so only the slices and their links are compared).
+    assert layout(decode(run_windowed([batch], window))) == layout(decode(data))
+    check_lanes(decode(run([batch])), model(events))
+
+
+def test_children_nest_under_their_parent_and_the_rest_get_flows() -> None:
+    t = RANGE.begin_ns
+    events = [
+        AsyncEvent(t, "begin", 1, name="request"),
+        AsyncEvent(t + 1, "begin", 2, 1, name="parse"),
+        AsyncEvent(t + 2, "begin", 3, 1, name="fetch"),  # beside parse: its own track, a flow
+        AsyncEvent(t + 3, "end", 2, name="parse"),
+        AsyncEvent(t + 4, "begin", 4, 2, name="late"),  # parent already ended: annotation only
+        AsyncEvent(t + 5, "end", 4, name="late"),
+        AsyncEvent(t + 6, "end", 1, name="request"),
+        AsyncEvent(t + 7, "end", 3, name="fetch"),  # outlives request
+        AsyncEvent(t + 8, "begin", 5, name="next"),  # reuses a free row
+        AsyncEvent(t + 9, "begin", 6, 5, name="db"),
+        AsyncEvent(t + 10, "end", 6, name="db"),
+        AsyncEvent(t + 11, "begin", 7, 5, name="db2"),  # after its sibling ended: same track
+        AsyncEvent(t + 12, "end", 7, name="db2"),
+        AsyncEvent(t + 13, "end", 5, name="next"),
+    ]
+    want = model(events)
+    for window in (3, 5, 9):  # a span still open at the end of its window is a lane root
+        check_lanes(decode(run_windowed([async_batch(events, "plain")], window)), want)
+    decoded = decode(run(split(async_batch(events, "plain"), [3, 7])))
+    check_lanes(decoded, want)
+    s = {x.name: x for x in decoded.slices}
+    assert s["parse"].under == "request" and s["db"].under == s["db2"].under == "next"
+    assert s["fetch"].under is None and s["fetch"].parent_span == 1
+    assert s["late"].parent_span == 2 and not s["late"].term_flows
+    assert len({x.track for x in decoded.slices}) == 4  # request, fetch, late, next
+
+
+def test_a_long_parent_across_batches_keeps_its_children_and_flows() -> None:
+    t = RANGE.begin_ns
+    events = [AsyncEvent(t, "begin", 1, name="root")]
+    for i in range(2, 40):
+        events.append(AsyncEvent(t + 10 * i, "begin", i, 1, name=f"c{i}"))
+        if i % 3:
+            events.append(AsyncEvent(t + 10 * i + 5, "end", i, name=f"c{i}"))  # nested: same track
+    for i in range(2, 40):
+        if not i % 3:
+            events.append(AsyncEvent(t + 1000 + i, "end", i, name=f"c{i}"))  # overlap the rest
+    events.sort(key=lambda e: e.time)
+    decoded = decode(run_windowed([async_batch(events)], 7))
+    check_lanes(decoded, model(events))
+    root = next(s for s in decoded.slices if s.name == "root")
+    assert root.cut == "end" and len(root.flows) > 5
