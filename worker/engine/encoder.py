@@ -20,8 +20,10 @@ from contracts.request import SpanTypes
 from worker.engine.async_spans import AsyncBatch, AsyncState
 from worker.engine.canonical import ASYNC_ORDER, THREAD_ORDER, Canonicalizer
 from worker.engine.chunks import Chunker
+from worker.engine.counters import counter_descriptor, counter_rows
 from worker.engine.inputs import column, int_column, string_column, time_column
-from worker.engine.interning import Interner
+from worker.engine.interning import Interner, StringIds
+from worker.engine.logs import LogBatch, clean_bodies, is_text, log_rows, priorities
 from worker.engine.lookback import Lookback
 from worker.engine.rows import CUT_BEGIN, CUT_END, marked_slice_rows
 from worker.engine.span_rows import parent_annotation_packet
@@ -29,12 +31,14 @@ from worker.engine.thread_spans import Events, ThreadState
 from worker.engine.tracks import (
     async_group_uuid,
     clock_packet,
+    descriptor_packet,
     group_descriptor,
     pid_of,
     process_descriptor,
     process_uuid,
     thread_descriptor,
     thread_tracks,
+    xxh64,
 )
 from worker.errors import BadSourceData
 from worker.model import ProcessInfo, ThreadInfo, TimeRange
@@ -71,6 +75,16 @@ class EncodeStats:
     #: Async spans begun and not yet ended: held in memory until their end or the trace's end,
     #: so they count against ``max_spans`` like written ones.
     open_async_spans: int = 0
+    #: Log entries written as log messages; bodies cut at MAX_BODY_CHARS; entries dropped (no time,
+    #: outside the range).
+    log_entries: int = 0
+    truncated_logs: int = 0
+    dropped_logs: int = 0
+    #: Measures written as counter values; counter tracks; measures dropped (no time or value,
+    #: outside the range).
+    measures: int = 0
+    counter_tracks: int = 0
+    dropped_measures: int = 0
 
 
 class TraceEncoder:
@@ -92,8 +106,15 @@ class TraceEncoder:
         span_types: SpanTypes,
         time_range: TimeRange,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        logs: bool = False,
+        metrics: bool = False,
     ) -> None:
         self._process = process
+        self._logs = logs
+        self._metrics = metrics
+        self._next_body_iid = 1
+        self._counter_keys = (StringIds(), StringIds())
+        self._counter_uuid: dict[int, int] = {}
         self._span_types = SpanTypes(span_types)
         self._range = time_range
         self._chunker = Chunker(chunk_size)
@@ -142,7 +163,7 @@ class TraceEncoder:
         self._started = True
         out = self._packet(clock_packet(self._range))
         out += self._packet(process_descriptor(self._process))
-        if self._span_types.thread:
+        if self._span_types.thread or self._logs:
             pid = pid_of(self._proc_uuid)
             for track in self._tracks:
                 out += self._packet(thread_descriptor(track, pid))
@@ -295,6 +316,113 @@ class TraceEncoder:
                 out += self._add(data, sizes)
         return out
 
+    def add_log_entries(self, batch: pa.RecordBatch) -> list[bytes]:
+        """Encode a batch of the process's log entries as log messages (see ``worker.engine.logs``).
+
+        Columns: ``time``, ``level``, ``msg``, ``target`` and (optional) ``stream_id``: an entry of a
+        thread's stream goes on that thread's track, any other on the process track. Entries without
+        a time or outside the range are dropped and counted in ``stats.dropped_logs``.
+        """
+        out = self.start()
+        what = "log_entries"
+        time, _ = time_column(batch, "time", what, -1)
+        level = int_column(batch, "level", what)
+        targets = string_column(batch, "target", what)
+        msg = column(batch, "msg", what)
+        streams = string_column(batch, "stream_id", what) if "stream_id" in batch.schema.names else None
+        assert level is not None
+        if not is_text(msg.type):
+            raise BadSourceData(f"{what} column 'msg' must be strings, got {msg.type}")
+        if not self._logs or batch.num_rows == 0:
+            return out
+        if self._current is not None:
+            out += self.end_thread(self._current)
+        keep = self._in_range(time, column(batch, "time", what))
+        self._stats.dropped_logs += batch.num_rows - len(keep)
+        if not len(keep):
+            return out
+        uuid = self._stream_uuids(streams, batch.num_rows)
+        name = self._interner.names(targets)
+        loc = self._interner.locations(targets, np.zeros(batch.num_rows, dtype=np.int64))
+        out += self._interned()
+        body, cut = clean_bodies(msg)
+        self._stats.truncated_logs += cut
+        if len(keep) < batch.num_rows:
+            body = body.take(pa.array(keep))
+        entries = LogBatch(
+            ts=time[keep],
+            uuid=uuid[keep],
+            name=name[keep],
+            loc=loc[keep],
+            prio=priorities(level[keep]),
+            body=body,
+        )
+        for part in _log_parts(entries):
+            data, sizes = log_rows(part, self._next_body_iid)
+            self._next_body_iid += len(part.ts)
+            out += self._add(data, sizes)
+        self._stats.log_entries += len(keep)
+        return out
+
+    def add_measures(self, batch: pa.RecordBatch) -> list[bytes]:
+        """Encode a batch of the process's measures as counter values (see ``worker.engine.counters``).
+
+        Columns: ``time``, ``target``, ``name``, ``unit``, ``value`` (float). A counter track per
+        (target, name) is described before its first value. Rows without a time or value, or
+        outside the range, are dropped and counted in ``stats.dropped_measures``.
+        """
+        out = self.start()
+        what = "measures"
+        time, _ = time_column(batch, "time", what, -1)
+        targets = string_column(batch, "target", what)
+        names = string_column(batch, "name", what)
+        units = string_column(batch, "unit", what)
+        value_col = column(batch, "value", what)
+        if not (pa.types.is_floating(value_col.type) or pa.types.is_integer(value_col.type)):
+            raise BadSourceData(f"{what} column 'value' must be numbers, got {value_col.type}")
+        if not self._metrics or batch.num_rows == 0:
+            return out
+        if self._current is not None:
+            out += self.end_thread(self._current)
+        keep = self._in_range(time, column(batch, "time", what), value_col)
+        self._stats.dropped_measures += batch.num_rows - len(keep)
+        if not len(keep):
+            return out
+        value = value_col.cast(pa.float64()).fill_null(0.0).to_numpy(zero_copy_only=False)
+        tid, nid = self._counter_keys[0].map(targets), self._counter_keys[1].map(names)
+        keys = pc.dictionary_encode(pa.array(((tid << np.uint64(32)) | nid)[keep], type=pa.uint64()))
+        uniques = keys.dictionary.to_numpy()
+        index = keys.indices.to_numpy(zero_copy_only=False)
+        _, first = np.unique(index, return_index=True)
+        unit_ids = StringIds()
+        units_at = unit_ids.map(units)[keep][first]
+        track = np.empty(len(uniques), dtype=np.uint64)
+        for i, key in enumerate(uniques.tolist()):  # once per distinct (target, name) of the batch
+            uuid = self._counter_uuid.get(key)
+            if uuid is None:
+                target = self._counter_keys[0].values[(key >> 32) - 1]
+                name = self._counter_keys[1].values[(key & 0xFFFFFFFF) - 1]
+                unit = unit_ids.values[int(units_at[i]) - 1]
+                uuid = xxh64(f"{target}\0{name}".encode(), seed=self._proc_uuid)
+                self._counter_uuid[key] = uuid
+                desc = counter_descriptor(uuid, self._proc_uuid, name=name, target=target, unit=unit)
+                out += self._packet(descriptor_packet(desc))
+                self._stats.counter_tracks += 1
+            track[i] = uuid
+        ts = time[keep]
+        uuids = track[index]
+        values = value[keep]
+        if len(ts) > 1 and not bool(np.all(ts[1:] >= ts[:-1])):
+            order = np.argsort(ts, kind="stable")
+            ts, uuids, values = ts[order], uuids[order], values[order]
+        for lo in range(0, len(ts), _SUB_BATCH):
+            rows = counter_rows(
+                ts[lo : lo + _SUB_BATCH], uuids[lo : lo + _SUB_BATCH], values[lo : lo + _SUB_BATCH]
+            )
+            out += self._add(rows.tobytes(), rows.shape[1])
+        self._stats.measures += len(ts)
+        return out
+
     def flush(self) -> list[bytes]:
         """Cut the partly filled chunk now (e.g. so requesters see the header early).
 
@@ -350,6 +478,27 @@ class TraceEncoder:
         self._stats.bytes += len(data)
         return self._chunker.add(data, sizes)
 
+    def _in_range(self, time: npt.NDArray[np.int64], *cols: pa.Array) -> npt.NDArray[np.int64]:
+        """Rows with no null in ``cols`` and a time inside the range."""
+        ok = (time >= self._range.begin_ns) & (time <= self._range.end_ns)
+        for col in cols:
+            if col.null_count:
+                ok &= ~np.asarray(pc.is_null(col).to_numpy(zero_copy_only=False), dtype=bool)
+        return np.flatnonzero(ok)
+
+    def _stream_uuids(self, streams: pa.DictionaryArray | None, n: int) -> npt.NDArray[np.uint64]:
+        """Track uuid per row: the thread track of the row's stream, else the process track."""
+        if streams is None:
+            return np.full(n, self._proc_uuid, dtype=np.uint64)
+        per_value = [
+            self._track_of[v].uuid if v in self._track_of else self._proc_uuid
+            for v in streams.dictionary.to_pylist()
+        ]
+        table = np.array([*per_value, self._proc_uuid], dtype=np.uint64)
+        idx = streams.indices.fill_null(len(per_value)).to_numpy(zero_copy_only=False)
+        out: npt.NDArray[np.uint64] = table[idx]
+        return out
+
     def _events(self, events: Events, uuid: int) -> list[bytes]:
         if not len(events.ts):
             return []
@@ -390,3 +539,32 @@ def _check_async_columns(batch: pa.RecordBatch) -> None:
         int_column(batch, name, what)
     for name in ("name", "target", "filename"):
         string_column(batch, name, what)
+
+
+#: Log text bytes encoded at once (bounds the temporary buffers with very long messages).
+_LOG_TEXT_BYTES = 4 << 20
+
+
+def _log_parts(entries: LogBatch) -> list[LogBatch]:
+    """Pieces of at most _SUB_BATCH rows and about _LOG_TEXT_BYTES of text (one row at least)."""
+    n = len(entries.ts)
+    lengths = pc.binary_length(entries.body).to_numpy(zero_copy_only=False).astype(np.int64)
+    offsets = np.concatenate(([0], np.cumsum(lengths)))
+    parts = []
+    lo = 0
+    while lo < n:
+        hi = min(n, lo + _SUB_BATCH)
+        by_bytes = int(np.searchsorted(offsets, offsets[lo] + _LOG_TEXT_BYTES, side="right")) - 1
+        hi = max(lo + 1, min(hi, by_bytes))
+        parts.append(
+            LogBatch(
+                ts=entries.ts[lo:hi],
+                uuid=entries.uuid[lo:hi],
+                name=entries.name[lo:hi],
+                loc=entries.loc[lo:hi],
+                prio=entries.prio[lo:hi],
+                body=entries.body.slice(lo, hi - lo),
+            )
+        )
+        lo = hi
+    return parts

@@ -25,6 +25,7 @@ __all__ = [
     "ThreadTrack",
     "async_group_uuid",
     "clock_packet",
+    "descriptor_packet",
     "group_descriptor",
     "pid_of",
     "process_descriptor",
@@ -86,6 +87,11 @@ def clock_packet(time_range: TimeRange) -> bytes:
 
 def _descriptor(desc: bytes) -> bytes:
     return _packet(field_varint(13, SEQ_NEEDS) + field_bytes(60, desc))
+
+
+def descriptor_packet(desc: bytes) -> bytes:
+    """A framed TracePacket carrying one TrackDescriptor body."""
+    return _descriptor(desc)
 
 
 def process_descriptor(process: ProcessInfo) -> bytes:

@@ -102,16 +102,78 @@ class SourceLocation(_message.Message):
     def __init__(self, iid: _Optional[int] = ..., file_name: _Optional[str] = ..., function_name: _Optional[str] = ..., line_number: _Optional[int] = ...) -> None: ...
 
 class InternedData(_message.Message):
-    __slots__ = ("event_categories", "event_names", "debug_annotation_names", "source_locations")
+    __slots__ = ("event_categories", "event_names", "debug_annotation_names", "source_locations", "log_message_body")
     EVENT_CATEGORIES_FIELD_NUMBER: _ClassVar[int]
     EVENT_NAMES_FIELD_NUMBER: _ClassVar[int]
     DEBUG_ANNOTATION_NAMES_FIELD_NUMBER: _ClassVar[int]
     SOURCE_LOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    LOG_MESSAGE_BODY_FIELD_NUMBER: _ClassVar[int]
     event_categories: _containers.RepeatedCompositeFieldContainer[EventCategory]
     event_names: _containers.RepeatedCompositeFieldContainer[EventName]
     debug_annotation_names: _containers.RepeatedCompositeFieldContainer[DebugAnnotationName]
     source_locations: _containers.RepeatedCompositeFieldContainer[SourceLocation]
-    def __init__(self, event_categories: _Optional[_Iterable[_Union[EventCategory, _Mapping]]] = ..., event_names: _Optional[_Iterable[_Union[EventName, _Mapping]]] = ..., debug_annotation_names: _Optional[_Iterable[_Union[DebugAnnotationName, _Mapping]]] = ..., source_locations: _Optional[_Iterable[_Union[SourceLocation, _Mapping]]] = ...) -> None: ...
+    log_message_body: _containers.RepeatedCompositeFieldContainer[LogMessageBody]
+    def __init__(self, event_categories: _Optional[_Iterable[_Union[EventCategory, _Mapping]]] = ..., event_names: _Optional[_Iterable[_Union[EventName, _Mapping]]] = ..., debug_annotation_names: _Optional[_Iterable[_Union[DebugAnnotationName, _Mapping]]] = ..., source_locations: _Optional[_Iterable[_Union[SourceLocation, _Mapping]]] = ..., log_message_body: _Optional[_Iterable[_Union[LogMessageBody, _Mapping]]] = ...) -> None: ...
+
+class LogMessageBody(_message.Message):
+    __slots__ = ("iid", "body")
+    IID_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    iid: int
+    body: str
+    def __init__(self, iid: _Optional[int] = ..., body: _Optional[str] = ...) -> None: ...
+
+class LogMessage(_message.Message):
+    __slots__ = ("source_location_iid", "body_iid", "prio")
+    class Priority(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        PRIO_UNSPECIFIED: _ClassVar[LogMessage.Priority]
+        PRIO_UNUSED: _ClassVar[LogMessage.Priority]
+        PRIO_VERBOSE: _ClassVar[LogMessage.Priority]
+        PRIO_DEBUG: _ClassVar[LogMessage.Priority]
+        PRIO_INFO: _ClassVar[LogMessage.Priority]
+        PRIO_WARN: _ClassVar[LogMessage.Priority]
+        PRIO_ERROR: _ClassVar[LogMessage.Priority]
+        PRIO_FATAL: _ClassVar[LogMessage.Priority]
+    PRIO_UNSPECIFIED: LogMessage.Priority
+    PRIO_UNUSED: LogMessage.Priority
+    PRIO_VERBOSE: LogMessage.Priority
+    PRIO_DEBUG: LogMessage.Priority
+    PRIO_INFO: LogMessage.Priority
+    PRIO_WARN: LogMessage.Priority
+    PRIO_ERROR: LogMessage.Priority
+    PRIO_FATAL: LogMessage.Priority
+    SOURCE_LOCATION_IID_FIELD_NUMBER: _ClassVar[int]
+    BODY_IID_FIELD_NUMBER: _ClassVar[int]
+    PRIO_FIELD_NUMBER: _ClassVar[int]
+    source_location_iid: int
+    body_iid: int
+    prio: LogMessage.Priority
+    def __init__(self, source_location_iid: _Optional[int] = ..., body_iid: _Optional[int] = ..., prio: _Optional[_Union[LogMessage.Priority, str]] = ...) -> None: ...
+
+class CounterDescriptor(_message.Message):
+    __slots__ = ("unit", "unit_name", "unit_multiplier", "is_incremental", "y_axis_share_key")
+    class Unit(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        UNIT_UNSPECIFIED: _ClassVar[CounterDescriptor.Unit]
+        UNIT_TIME_NS: _ClassVar[CounterDescriptor.Unit]
+        UNIT_COUNT: _ClassVar[CounterDescriptor.Unit]
+        UNIT_SIZE_BYTES: _ClassVar[CounterDescriptor.Unit]
+    UNIT_UNSPECIFIED: CounterDescriptor.Unit
+    UNIT_TIME_NS: CounterDescriptor.Unit
+    UNIT_COUNT: CounterDescriptor.Unit
+    UNIT_SIZE_BYTES: CounterDescriptor.Unit
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    UNIT_NAME_FIELD_NUMBER: _ClassVar[int]
+    UNIT_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    IS_INCREMENTAL_FIELD_NUMBER: _ClassVar[int]
+    Y_AXIS_SHARE_KEY_FIELD_NUMBER: _ClassVar[int]
+    unit: CounterDescriptor.Unit
+    unit_name: str
+    unit_multiplier: int
+    is_incremental: bool
+    y_axis_share_key: str
+    def __init__(self, unit: _Optional[_Union[CounterDescriptor.Unit, str]] = ..., unit_name: _Optional[str] = ..., unit_multiplier: _Optional[int] = ..., is_incremental: _Optional[bool] = ..., y_axis_share_key: _Optional[str] = ...) -> None: ...
 
 class DebugAnnotation(_message.Message):
     __slots__ = ("name_iid", "name", "bool_value", "uint_value", "int_value", "double_value", "pointer_value", "string_value", "string_value_iid", "legacy_json_value", "dict_entries", "array_values")
@@ -170,7 +232,7 @@ class ThreadDescriptor(_message.Message):
     def __init__(self, pid: _Optional[int] = ..., tid: _Optional[int] = ..., thread_name: _Optional[str] = ...) -> None: ...
 
 class TrackDescriptor(_message.Message):
-    __slots__ = ("uuid", "parent_uuid", "name", "static_name", "atrace_name", "description", "process", "thread", "disallow_merging_with_system_tracks", "child_ordering", "sibling_order_rank", "sibling_merge_behavior", "sibling_merge_key", "sibling_merge_key_int")
+    __slots__ = ("uuid", "parent_uuid", "name", "static_name", "atrace_name", "description", "process", "thread", "counter", "disallow_merging_with_system_tracks", "child_ordering", "sibling_order_rank", "sibling_merge_behavior", "sibling_merge_key", "sibling_merge_key_int")
     class ChildTracksOrdering(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         UNKNOWN: _ClassVar[TrackDescriptor.ChildTracksOrdering]
@@ -199,6 +261,7 @@ class TrackDescriptor(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     PROCESS_FIELD_NUMBER: _ClassVar[int]
     THREAD_FIELD_NUMBER: _ClassVar[int]
+    COUNTER_FIELD_NUMBER: _ClassVar[int]
     DISALLOW_MERGING_WITH_SYSTEM_TRACKS_FIELD_NUMBER: _ClassVar[int]
     CHILD_ORDERING_FIELD_NUMBER: _ClassVar[int]
     SIBLING_ORDER_RANK_FIELD_NUMBER: _ClassVar[int]
@@ -213,16 +276,17 @@ class TrackDescriptor(_message.Message):
     description: str
     process: ProcessDescriptor
     thread: ThreadDescriptor
+    counter: CounterDescriptor
     disallow_merging_with_system_tracks: bool
     child_ordering: TrackDescriptor.ChildTracksOrdering
     sibling_order_rank: int
     sibling_merge_behavior: TrackDescriptor.SiblingMergeBehavior
     sibling_merge_key: str
     sibling_merge_key_int: int
-    def __init__(self, uuid: _Optional[int] = ..., parent_uuid: _Optional[int] = ..., name: _Optional[str] = ..., static_name: _Optional[str] = ..., atrace_name: _Optional[str] = ..., description: _Optional[str] = ..., process: _Optional[_Union[ProcessDescriptor, _Mapping]] = ..., thread: _Optional[_Union[ThreadDescriptor, _Mapping]] = ..., disallow_merging_with_system_tracks: _Optional[bool] = ..., child_ordering: _Optional[_Union[TrackDescriptor.ChildTracksOrdering, str]] = ..., sibling_order_rank: _Optional[int] = ..., sibling_merge_behavior: _Optional[_Union[TrackDescriptor.SiblingMergeBehavior, str]] = ..., sibling_merge_key: _Optional[str] = ..., sibling_merge_key_int: _Optional[int] = ...) -> None: ...
+    def __init__(self, uuid: _Optional[int] = ..., parent_uuid: _Optional[int] = ..., name: _Optional[str] = ..., static_name: _Optional[str] = ..., atrace_name: _Optional[str] = ..., description: _Optional[str] = ..., process: _Optional[_Union[ProcessDescriptor, _Mapping]] = ..., thread: _Optional[_Union[ThreadDescriptor, _Mapping]] = ..., counter: _Optional[_Union[CounterDescriptor, _Mapping]] = ..., disallow_merging_with_system_tracks: _Optional[bool] = ..., child_ordering: _Optional[_Union[TrackDescriptor.ChildTracksOrdering, str]] = ..., sibling_order_rank: _Optional[int] = ..., sibling_merge_behavior: _Optional[_Union[TrackDescriptor.SiblingMergeBehavior, str]] = ..., sibling_merge_key: _Optional[str] = ..., sibling_merge_key_int: _Optional[int] = ...) -> None: ...
 
 class TrackEvent(_message.Message):
-    __slots__ = ("category_iids", "categories", "name_iid", "name", "type", "track_uuid", "counter_value", "flow_ids", "terminating_flow_ids", "correlation_id", "correlation_id_str", "debug_annotations", "source_location", "source_location_iid")
+    __slots__ = ("category_iids", "categories", "name_iid", "name", "type", "track_uuid", "counter_value", "double_counter_value", "log_message", "flow_ids", "terminating_flow_ids", "correlation_id", "correlation_id_str", "debug_annotations", "source_location", "source_location_iid")
     class Type(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         TYPE_UNSPECIFIED: _ClassVar[TrackEvent.Type]
@@ -242,6 +306,8 @@ class TrackEvent(_message.Message):
     TYPE_FIELD_NUMBER: _ClassVar[int]
     TRACK_UUID_FIELD_NUMBER: _ClassVar[int]
     COUNTER_VALUE_FIELD_NUMBER: _ClassVar[int]
+    DOUBLE_COUNTER_VALUE_FIELD_NUMBER: _ClassVar[int]
+    LOG_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     FLOW_IDS_FIELD_NUMBER: _ClassVar[int]
     TERMINATING_FLOW_IDS_FIELD_NUMBER: _ClassVar[int]
     CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -256,6 +322,8 @@ class TrackEvent(_message.Message):
     type: TrackEvent.Type
     track_uuid: int
     counter_value: int
+    double_counter_value: float
+    log_message: LogMessage
     flow_ids: _containers.RepeatedScalarFieldContainer[int]
     terminating_flow_ids: _containers.RepeatedScalarFieldContainer[int]
     correlation_id: int
@@ -263,7 +331,7 @@ class TrackEvent(_message.Message):
     debug_annotations: _containers.RepeatedCompositeFieldContainer[DebugAnnotation]
     source_location: SourceLocation
     source_location_iid: int
-    def __init__(self, category_iids: _Optional[_Iterable[int]] = ..., categories: _Optional[_Iterable[str]] = ..., name_iid: _Optional[int] = ..., name: _Optional[str] = ..., type: _Optional[_Union[TrackEvent.Type, str]] = ..., track_uuid: _Optional[int] = ..., counter_value: _Optional[int] = ..., flow_ids: _Optional[_Iterable[int]] = ..., terminating_flow_ids: _Optional[_Iterable[int]] = ..., correlation_id: _Optional[int] = ..., correlation_id_str: _Optional[str] = ..., debug_annotations: _Optional[_Iterable[_Union[DebugAnnotation, _Mapping]]] = ..., source_location: _Optional[_Union[SourceLocation, _Mapping]] = ..., source_location_iid: _Optional[int] = ...) -> None: ...
+    def __init__(self, category_iids: _Optional[_Iterable[int]] = ..., categories: _Optional[_Iterable[str]] = ..., name_iid: _Optional[int] = ..., name: _Optional[str] = ..., type: _Optional[_Union[TrackEvent.Type, str]] = ..., track_uuid: _Optional[int] = ..., counter_value: _Optional[int] = ..., double_counter_value: _Optional[float] = ..., log_message: _Optional[_Union[LogMessage, _Mapping]] = ..., flow_ids: _Optional[_Iterable[int]] = ..., terminating_flow_ids: _Optional[_Iterable[int]] = ..., correlation_id: _Optional[int] = ..., correlation_id_str: _Optional[str] = ..., debug_annotations: _Optional[_Iterable[_Union[DebugAnnotation, _Mapping]]] = ..., source_location: _Optional[_Union[SourceLocation, _Mapping]] = ..., source_location_iid: _Optional[int] = ...) -> None: ...
 
 class TracePacket(_message.Message):
     __slots__ = ("timestamp", "timestamp_clock_id", "clock_snapshot", "track_event", "track_descriptor", "trusted_packet_sequence_id", "interned_data", "sequence_flags", "incremental_state_cleared", "trace_packet_defaults", "previous_packet_dropped", "first_packet_on_sequence")

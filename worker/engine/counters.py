@@ -1,0 +1,77 @@
+"""Measures (``view_instance('measures', process_id)``) to Perfetto counter tracks, columnar.
+
+One counter track per (target, name) under the process track, created the first time the pair is
+seen: a TrackDescriptor ``{uuid, parent_uuid = process, name, description, counter {unit, unit_name}}``.
+Track uuid: ``xxh64(target + "\\0" + name, seed = process uuid)``. Each measure is one packet, 41 bytes::
+
+    0A 27                                   Trace.packet
+      40 ts(9)                              timestamp (epoch ns)
+      50 01 68 02                           sequence 1, SEQ_NEEDS_INCREMENTAL_STATE
+      5A 17                                 track_event
+        48 04                               type = TYPE_COUNTER
+        58 uuid(10)                         track_uuid
+        E1 02 value(8)                      double_counter_value (fixed64, little endian)
+
+Units: ``ns`` -> UNIT_TIME_NS, ``bytes`` -> UNIT_SIZE_BYTES, ``count`` -> UNIT_COUNT; the unit text
+is always written as ``unit_name`` too (the first unit seen for the pair).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from worker.engine.wire import field_bytes, field_varint, put_varint64
+
+__all__ = ["COUNTER_PACKET_SIZE", "counter_descriptor", "counter_rows", "counter_unit"]
+
+U8 = npt.NDArray[np.uint8]
+U64 = npt.NDArray[np.uint64]
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+
+COUNTER_PACKET_SIZE = 41
+_UNITS = {
+    "ns": 1,
+    "nanoseconds": 1,
+    "bytes": 3,
+    "byte": 3,
+    "count": 2,
+}
+_TEMPLATE = np.array(
+    [0x0A, 39, 0x40, *([0] * 9), 0x50, 0x01, 0x68, 0x02, 0x5A, 23, 0x48, 0x04, 0x58, *([0] * 10), 0xE1, 0x02]
+    + [0] * 8,
+    dtype=np.uint8,
+)
+assert len(_TEMPLATE) == COUNTER_PACKET_SIZE
+
+
+def counter_unit(unit: str) -> int:
+    """CounterDescriptor.Unit of a Micromegas unit text (0 = unspecified)."""
+    return _UNITS.get(unit.strip().lower(), 0)
+
+
+def counter_descriptor(uuid: int, parent: int, *, name: str, target: str, unit: str) -> bytes:
+    """The TrackDescriptor body (not framed) of one counter track."""
+    counter = field_bytes(6, unit) if unit else b""
+    code = counter_unit(unit)
+    if code:
+        counter = field_varint(3, code) + counter
+    return (
+        field_varint(1, uuid)
+        + field_varint(5, parent)
+        + field_bytes(2, name)
+        + field_bytes(14, f"Micromegas measure {name!r} of target {target!r}, unit {unit!r}")
+        + field_bytes(8, counter)
+    )
+
+
+def counter_rows(ts: I64, uuid: U64, value: F64) -> U8:
+    """Counter event packets, one 41-byte row each."""
+    n = len(ts)
+    m = np.empty((n, COUNTER_PACKET_SIZE), dtype=np.uint8)
+    m[:] = _TEMPLATE
+    put_varint64(m, 3, ts.astype(np.uint64, copy=False), 9)
+    put_varint64(m, 21, uuid, 10)
+    m[:, 33:41] = value.astype("<f8", copy=False).view(np.uint8).reshape(n, 8)
+    return m
