@@ -93,6 +93,10 @@ class TraceRequest(BaseModel):
     chunks: bool = True
     #: Small string map echoed in every event of the job (requested_by, channel, ...).
     labels: dict[str, str] = Field(default_factory=dict)
+    #: Add the process's log entries as Perfetto log messages (additive; default false).
+    logs: bool = False
+    #: Add the process's measures as Perfetto counter tracks (additive; default false).
+    metrics: bool = False
 
     @field_validator("process_id")
     @classmethod
@@ -140,6 +144,7 @@ class TraceRequest(BaseModel):
             "span_types": self.span_types.value,
             "chunks": self.chunks,
         }
+        key.update(_additive_key_fields(self))
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
         return f"t-{digest[:32]}"
 
@@ -155,7 +160,7 @@ class TraceRequest(BaseModel):
 
     def to_json(self) -> str:
         """The wire form (the `request` field)."""
-        return self.model_dump_json(exclude_none=True)
+        return self.model_dump_json(exclude_none=True, exclude=_unset_additive_fields(self))
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> TraceRequest:
@@ -163,6 +168,20 @@ class TraceRequest(BaseModel):
         if len(raw) > MAX_REQUEST_BYTES:
             raise ValueError(f"request is larger than {MAX_REQUEST_BYTES} bytes")
         return cls.model_validate_json(raw)
+
+
+#: Boolean fields added after v1's first release: in the job id key and the wire form only when true,
+#: so requests without them keep their job id and their JSON.
+_ADDITIVE_FLAGS = ("logs", "metrics")
+
+
+def _additive_key_fields(request: TraceRequest) -> dict[str, bool]:
+    """The additive flags that are set, for the derived job id's hashed JSON (sorted with the rest)."""
+    return {name: True for name in _ADDITIVE_FLAGS if getattr(request, name)}
+
+
+def _unset_additive_fields(request: TraceRequest) -> set[str]:
+    return {name for name in _ADDITIVE_FLAGS if not getattr(request, name)}
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
