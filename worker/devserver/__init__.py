@@ -16,7 +16,7 @@ from __future__ import annotations
 from worker.devserver.lake import PROCESS_KINDS, Lake, LakeConfig, LakeProcess, LakeStream
 from worker.devserver.schemas import SchemaOptions
 from worker.devserver.server import DevServer, Mode
-from worker.devserver.views import async_events, log_entries, thread_spans
+from worker.devserver.views import async_events, log_entries, measures, thread_spans
 
 __all__ = [
     "PROCESS_KINDS",
@@ -29,5 +29,6 @@ __all__ = [
     "SchemaOptions",
     "async_events",
     "log_entries",
+    "measures",
     "thread_spans",
 ]

@@ -47,19 +47,32 @@ class ProcessKind:
     log_entries: int
     computer: str
     username: str
+    measures: int = 0
 
 
 PROCESS_KINDS: dict[str, ProcessKind] = {
     k.kind: k
     for k in (
         ProcessKind(
-            "small", "/usr/local/bin/telemetry-generator", 10_000, 5, 2_000, 500, "dev-box-1", "alice"
+            "small", "/usr/local/bin/telemetry-generator", 10_000, 5, 2_000, 500, "dev-box-1", "alice", 5_000
         ),
-        ProcessKind("typical", "/opt/game/bin/game-server", 200_000, 12, 20_000, 5_000, "game-7", "svc-game"),
         ProcessKind(
-            "large", "/opt/render/bin/render-node", 5_000_000, 16, 250_000, 20_000, "render-3", "svc-r"
+            "typical", "/opt/game/bin/game-server", 200_000, 12, 20_000, 5_000, "game-7", "svc-game", 100_000
         ),
-        ProcessKind("wide", "/opt/svc/bin/analytics-srv", 30_000, 64, 5_000, 1_000, "svc-12", "svc-a"),
+        ProcessKind(
+            "large",
+            "/opt/render/bin/render-node",
+            5_000_000,
+            16,
+            250_000,
+            20_000,
+            "render-3",
+            "svc-r",
+            400_000,
+        ),
+        ProcessKind(
+            "wide", "/opt/svc/bin/analytics-srv", 30_000, 64, 5_000, 1_000, "svc-12", "svc-a", 10_000
+        ),
     )
 }
 DEFAULT_PROCESSES: tuple[str, ...] = ("small", "typical", "large")
@@ -71,7 +84,7 @@ class LakeConfig:
 
     Attributes:
         seed: Root of every random draw.
-        scale: Multiplies the span, async span and log counts of every process.
+        scale: Multiplies the span, async span, log and measure counts of every process.
         processes: Which process kinds to serve, in order (see :data:`PROCESS_KINDS`).
         large_spans: Thread spans of the ``large`` process, overriding ``scale`` for it (its async
             spans become ``large_spans // 20`` unless ``large_async_spans`` is given).
@@ -88,6 +101,7 @@ class LakeConfig:
     block_rows: int = 65_536
     async_block_spans: int = 32_768
     log_block_entries: int = 8_192
+    measure_block_entries: int = 16_384
 
     def __post_init__(self) -> None:
         unknown = [p for p in self.processes if p not in PROCESS_KINDS]
@@ -97,7 +111,12 @@ class LakeConfig:
             raise ValueError("a lake needs at least one process")
         if self.scale <= 0:
             raise ValueError("scale must be positive")
-        if self.block_rows < 1024 or self.async_block_spans < 1 or self.log_block_entries < 1:
+        if (
+            self.block_rows < 1024
+            or self.async_block_spans < 1
+            or self.log_block_entries < 1
+            or self.measure_block_entries < 1
+        ):
             raise ValueError("block sizes too small")
 
 
@@ -158,6 +177,8 @@ class LakeProcess:
     async_plan: WindowPlan
     log_plan: WindowPlan
     log_stream_id: str
+    measure_plan: WindowPlan
+    metrics_stream_id: str
     properties: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -179,6 +200,10 @@ class LakeProcess:
     @property
     def log_entry_count(self) -> int:
         return self.log_plan.items
+
+    @property
+    def measure_count(self) -> int:
+        return self.measure_plan.items
 
 
 def _thread_properties(i: int, count: int, tid_base: int) -> dict[str, str]:
@@ -240,11 +265,8 @@ def _build_process(config: LakeConfig, index: int, kind: ProcessKind) -> LakePro
         )
     log_stream_id = _uuid(seed, process_id, "stream", "log")
     streams.append(LakeStream(log_stream_id, process_id, kind.threads, ("log",), {}))
-    streams.append(
-        LakeStream(
-            _uuid(seed, process_id, "stream", "metrics"), process_id, kind.threads + 1, ("metrics",), {}
-        )
-    )
+    metrics_stream_id = _uuid(seed, process_id, "stream", "metrics")
+    streams.append(LakeStream(metrics_stream_id, process_id, kind.threads + 1, ("metrics",), {}))
     end_ns = max(s.plan.end_ns for s in streams if s.plan is not None)
     return LakeProcess(
         process_id=process_id,
@@ -263,6 +285,10 @@ def _build_process(config: LakeConfig, index: int, kind: ProcessKind) -> LakePro
             max(1, round(kind.log_entries * config.scale)), config.log_block_entries, begin_ns, end_ns
         ),
         log_stream_id=log_stream_id,
+        measure_plan=WindowPlan(
+            max(1, round(kind.measures * config.scale)), config.measure_block_entries, begin_ns, end_ns
+        ),
+        metrics_stream_id=metrics_stream_id,
         properties={"version": "1.4.2", "build": "release", "kind": kind.kind},
     )
 
@@ -300,7 +326,8 @@ class Lake:
             lines.append(
                 f"{p.process_id}  {p.kind:<8} {p.exe}  threads={p.thread_count} "
                 f"thread_spans={p.thread_span_count} async_spans={p.async_span_count} "
-                f"log_entries={p.log_entry_count}  {_rfc3339(p.begin_ns)} .. {_rfc3339(p.end_ns)}"
+                f"log_entries={p.log_entry_count} measures={p.measure_count}  "
+                f"{_rfc3339(p.begin_ns)} .. {_rfc3339(p.end_ns)}"
             )
         return "\n".join(lines)
 

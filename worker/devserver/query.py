@@ -5,8 +5,8 @@ Each statement gets its own ``SessionContext`` (cheap: the metadata tables are s
 
 1. A probe plan runs with ``view_instance`` returning empty tables: it validates the SQL (errors
    become INVALID_ARGUMENT), yields the result schema and records which views are read.
-2. A statement over one ``thread_spans`` / ``async_events`` / ``log_entries`` instance whose plan
-   only projects, filters, sorts by the view's generation order and limits is **row-local**: it
+2. A statement over one ``thread_spans`` / ``async_events`` / ``log_entries`` / ``measures`` instance
+   whose plan only projects, filters, sorts by the view's generation order and limits is **row-local**: it
    runs once per generated block, in block order, and the results are concatenated. Memory stays
    bounded by one block whatever the process size (DataFusion cannot stream a Python-generated
    table: pyarrow datasets built from readers are materialised).
@@ -35,6 +35,7 @@ from worker.devserver.schemas import (
     SchemaOptions,
     async_events_schema,
     log_entries_schema,
+    measures_schema,
     thread_spans_schema,
 )
 from worker.devserver.tables import MetadataTables, property_get_udf
@@ -42,7 +43,12 @@ from worker.devserver.tables import MetadataTables, property_get_udf
 __all__ = ["PlannedQuery", "QueryEngine", "hydrated"]
 
 #: The column a view's blocks are ordered by across blocks (None: blocks overlap in every column).
-_BLOCK_ORDER: dict[str, str | None] = {"thread_spans": "begin", "async_events": "time", "log_entries": "time"}
+_BLOCK_ORDER: dict[str, str | None] = {
+    "thread_spans": "begin",
+    "async_events": "time",
+    "log_entries": "time",
+    "measures": "time",
+}
 _ROW_LOCAL_NODES = {"Projection", "Filter", "SubqueryAlias", "TableScan", "Sort"}
 _INT = re.compile(r"Int64\((\d+)\)")
 
@@ -99,6 +105,7 @@ class QueryEngine:
             "thread_spans": thread_spans_schema(schema_options),
             "async_events": async_events_schema(schema_options),
             "log_entries": log_entries_schema(schema_options),
+            "measures": measures_schema(schema_options),
         }
 
     # -- view_instance -------------------------------------------------------------------------
@@ -113,9 +120,12 @@ class QueryEngine:
 
     def _rows(self, view: str, instance: str, headers: RequestHeaders) -> Iterator[pa.RecordBatch]:
         begin, end = headers.range_ns if headers.range_ns is not None else (None, None)
-        gen = {"thread_spans": views.thread_spans, "async_events": views.async_events}.get(
-            view, views.log_entries
-        )
+        gen = {
+            "thread_spans": views.thread_spans,
+            "async_events": views.async_events,
+            "log_entries": views.log_entries,
+            "measures": views.measures,
+        }[view]
         return gen(self.lake, instance, self.options, begin, end)
 
     def _context(self, provide: Callable[[str, str], pa.Table], headers: RequestHeaders) -> SessionContext:

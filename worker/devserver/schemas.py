@@ -20,6 +20,7 @@ __all__ = [
     "async_events_schema",
     "blocks_schema",
     "log_entries_schema",
+    "measures_schema",
     "processes_schema",
     "streams_schema",
     "thread_spans_schema",
@@ -108,6 +109,29 @@ def log_entries_schema(options: SchemaOptions) -> pa.Schema:
             ("target", s),
             ("level", pa.int32()),
             ("msg", pa.utf8()),
+            ("properties", PROPERTIES),
+            ("process_properties", PROPERTIES),
+        ]
+    )
+
+
+def measures_schema(options: SchemaOptions) -> pa.Schema:
+    """``view_instance('measures', process_id)`` (metrics_table.rs)."""
+    s = options.string()
+    return pa.schema(
+        [
+            ("process_id", s),
+            ("stream_id", s),
+            ("block_id", s),
+            ("insert_time", TS),
+            ("exe", s),
+            ("username", s),
+            ("computer", s),
+            ("time", TS),
+            ("target", s),
+            ("name", s),
+            ("unit", s),
+            ("value", pa.float64()),
             ("properties", PROPERTIES),
             ("process_properties", PROPERTIES),
         ]

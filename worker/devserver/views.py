@@ -2,9 +2,9 @@
 
 Each function yields the rows the server holds for one ``view_instance`` call: ``thread_spans``
 rows overlapping ``[begin_ns, end_ns]`` (``begin <= end_ns AND end >= begin_ns``, spans not
-clipped), ``async_events`` and ``log_entries`` rows with ``time`` in ``[begin_ns, end_ns]``. Blocks
-entirely outside the range are skipped without being generated. Tests use the same functions as
-the ground truth of what the server serves.
+clipped), ``async_events``, ``log_entries`` and ``measures`` rows with ``time`` in
+``[begin_ns, end_ns]``. Blocks entirely outside the range are skipped without being generated.
+Tests use the same functions as the ground truth of what the server serves.
 """
 
 from __future__ import annotations
@@ -14,17 +14,18 @@ from collections.abc import Iterator
 import numpy as np
 import pyarrow as pa
 
-from worker.devserver import asyncgen, logs, threads
+from worker.devserver import asyncgen, logs, metrics, threads
 from worker.devserver.lake import Lake, LakeProcess, properties_json
 from worker.devserver.schemas import (
     TS,
     SchemaOptions,
     async_events_schema,
     log_entries_schema,
+    measures_schema,
     thread_spans_schema,
 )
 
-__all__ = ["async_events", "log_entries", "thread_spans"]
+__all__ = ["async_events", "log_entries", "measures", "thread_spans"]
 
 _ALL = (-(2**63), 2**63 - 1)
 
@@ -222,6 +223,89 @@ def log_entries(
                 entries.msg.filter(pa.array(keep)),
                 props,
                 pprops,
+            ],
+            schema=schema,
+        )
+
+
+def _leading_columns(
+    lake: Lake,
+    process: LakeProcess,
+    stream_id: str,
+    *,
+    block: int,
+    insert_ns: int,
+    n: int,
+    options: SchemaOptions,
+) -> list[pa.Array]:
+    """process_id, stream_id, block_id, insert_time, exe, username, computer (one value each)."""
+    zeros = np.zeros(n, dtype=np.int32)
+    found = lake.stream(stream_id)
+    assert found is not None
+    values = (
+        process.process_id,
+        stream_id,
+        found[1].block_id(lake.config.seed, block),
+    )
+    head = [_strings(zeros, pa.array([v], pa.utf8()), options) for v in values]
+    tail = [
+        _strings(zeros, pa.array([v], pa.utf8()), options)
+        for v in (process.exe, process.username, process.computer)
+    ]
+    return [*head, _ts(np.full(n, insert_ns, dtype=np.int64)), *tail]
+
+
+def _properties(process: LakeProcess, n: int) -> list[pa.Array]:
+    zeros = pa.array(np.zeros(n, dtype=np.int32))
+    return [
+        pa.DictionaryArray.from_arrays(zeros, pa.array([properties_json({})], pa.binary())),
+        pa.DictionaryArray.from_arrays(zeros, pa.array([properties_json(process.properties)], pa.binary())),
+    ]
+
+
+def measures(
+    lake: Lake,
+    process_id: str,
+    options: SchemaOptions | None = None,
+    begin_ns: int | None = None,
+    end_ns: int | None = None,
+) -> Iterator[pa.RecordBatch]:
+    """Rows of ``view_instance('measures', process_id)`` with ``time`` in the range, in time order."""
+    options = options or SchemaOptions()
+    schema = measures_schema(options)
+    process = lake.process(process_id)
+    if process is None:
+        return
+    plan = process.measure_plan
+    lo, hi = _range(begin_ns, end_ns)
+    for block in range(plan.block_count):
+        w_begin, w_end = plan.block_window(block)
+        if w_end < lo or w_begin > hi:
+            continue
+        rng = np.random.default_rng([lake.config.seed, process.index, 5, block])
+        rows = metrics.generate_block(rng, plan, block)
+        keep = (rows.time >= lo) & (rows.time <= hi)
+        n = int(keep.sum())
+        if n == 0:
+            continue
+        mi = rows.metric[keep]
+        yield pa.record_batch(
+            [
+                *_leading_columns(
+                    lake,
+                    process,
+                    process.metrics_stream_id,
+                    block=block,
+                    insert_ns=w_end,
+                    n=n,
+                    options=options,
+                ),
+                _ts(rows.time[keep]),
+                _strings(mi, metrics.TARGETS, options),
+                _strings(mi, metrics.NAMES, options),
+                _strings(mi, metrics.UNITS, options),
+                pa.array(rows.value[keep], pa.float64()),
+                *_properties(process, n),
             ],
             schema=schema,
         )
