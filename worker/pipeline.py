@@ -53,6 +53,10 @@ class TraceSpec:
         max_range_ns: Fail with :class:`RangeTooLong` for a longer range.
         async_lookback_ns: How far before ``begin_ns`` to look for async spans still open at it
             (one more query; 0: none). Not used when the range begins with the process.
+        logs: Add the process's log entries as log messages.
+        metrics: Add the process's measures as counter tracks.
+        max_log_entries: Fail with :class:`TraceTooLarge` beyond this many log entries.
+        max_measures: Fail with :class:`TraceTooLarge` beyond this many measures.
     """
 
     process_id: str
@@ -64,6 +68,10 @@ class TraceSpec:
     max_bytes: int | None = None
     max_range_ns: int | None = None
     async_lookback_ns: int = 0
+    logs: bool = False
+    metrics: bool = False
+    max_log_entries: int | None = None
+    max_measures: int | None = None
 
 
 @dataclass
@@ -124,6 +132,7 @@ class _Run:
         self.threads_total = threads_total
         self.threads_done = 0
         self.async_done = False
+        self.extra_done = 0
         self.on_progress = on_progress
         self.should_stop = should_stop
         self.next_stop_check = 0.0
@@ -140,7 +149,8 @@ class _Run:
         if self.on_progress is None:
             return
         steps = self.threads_total + (1 if self.spec.span_types.async_ else 0)
-        done = self.threads_done + (1 if self.async_done else 0)
+        steps += int(self.spec.logs) + int(self.spec.metrics)
+        done = self.threads_done + (1 if self.async_done else 0) + self.extra_done
         percent = 100.0 if self.phase == "done" else (99.0 * done / steps if steps else 0.0)
         self.on_progress(
             Progress(
@@ -162,6 +172,17 @@ class _Run:
             raise TraceTooLarge(f"the trace has more than {spec.max_spans} spans (open async spans included)")
         if spec.max_bytes is not None and self.encoder.stats.bytes > spec.max_bytes:
             raise TraceTooLarge(f"the trace is larger than {spec.max_bytes} bytes")
+        stats = self.encoder.stats
+        if spec.max_log_entries is not None and stats.log_entries > spec.max_log_entries:
+            raise TraceTooLarge(
+                f"the range holds more than {spec.max_log_entries} log entries; narrow the range "
+                "or leave logs out"
+            )
+        if spec.max_measures is not None and stats.measures > spec.max_measures:
+            raise TraceTooLarge(
+                f"the range holds more than {spec.max_measures} measures; narrow the range "
+                "or leave metrics out"
+            )
 
     async def check_stop(self) -> None:
         if self.should_stop is None:
@@ -216,19 +237,28 @@ async def generate_trace(
     """
     process = await source.process(spec.process_id)
     time_range = resolve_range(spec, process)
-    threads = await source.threads(spec.process_id, time_range) if spec.span_types.thread else []
+    # Threads give log entries of a thread stream that thread's track.
+    want_threads = spec.span_types.thread or spec.logs
+    threads = await source.threads(spec.process_id, time_range) if want_threads else []
     encoder = TraceEncoder(
-        process, threads, span_types=spec.span_types, time_range=time_range, chunk_size=spec.chunk_size
+        process,
+        threads,
+        span_types=spec.span_types,
+        time_range=time_range,
+        chunk_size=spec.chunk_size,
+        logs=spec.logs,
+        metrics=spec.metrics,
     )
-    run = _Run(spec, encoder, len(threads), on_progress, should_stop)
+    span_threads = threads if spec.span_types.thread else []
+    run = _Run(spec, encoder, len(span_threads), on_progress, should_stop)
     run.report("start")
     # The header goes out before the first span query answers: requesters see the trace start.
     for chunk in encoder.start() + encoder.flush():
         yield chunk
 
-    if threads:
+    if span_threads:
         run.report("thread_spans")
-        spans = source.thread_spans(threads, time_range)
+        spans = source.thread_spans(span_threads, time_range)
         try:
             async for thread, batch in spans:
                 chunks = await _thread_item(run, thread.stream_id, batch)
@@ -253,14 +283,41 @@ async def generate_trace(
             await _close(events)
         run.async_done = True
 
+    if spec.logs:
+        async for chunk in _view(run, "log_entries", source.log_entries(spec.process_id, time_range)):
+            yield chunk
+    if spec.metrics:
+        async for chunk in _view(run, "measures", source.measures(spec.process_id, time_range)):
+            yield chunk
+
     run.report("finishing")
     for chunk in await run.call(encoder.finish, rows=encoder.pending_rows() + _INLINE_ROWS + 1):
         yield chunk
     run.check_limits()
-    if run.spans == 0:
+    stats = encoder.stats
+    if run.spans == 0 and stats.log_entries == 0 and stats.measures == 0:
         kinds = "thread or async" if spec.span_types is SpanTypes.BOTH else spec.span_types.value
-        raise EmptyRange(f"no {kinds} spans of process {process.process_id} in the range")
+        extra = "".join(
+            f", no {what}"
+            for what, wanted in (("log entries", spec.logs), ("measures", spec.metrics))
+            if wanted
+        )
+        raise EmptyRange(f"no {kinds} spans{extra} of process {process.process_id} in the range")
     run.report("done")
+
+
+async def _view(run: _Run, phase: str, batches: AsyncIterator[pa.RecordBatch]) -> AsyncIterator[bytes]:
+    """One process-wide view (log entries or measures) through the encoder, batch by batch."""
+    run.report(phase)
+    method = run.encoder.add_log_entries if phase == "log_entries" else run.encoder.add_measures
+    try:
+        async for batch in batches:
+            for chunk in await run.call(method, batch, rows=batch.num_rows):
+                yield chunk
+            await run.after_batch()
+    finally:
+        await _close(batches)
+    run.extra_done += 1
 
 
 async def _thread_item(run: _Run, stream_id: str, batch: pa.RecordBatch | None) -> list[bytes]:

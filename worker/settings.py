@@ -126,6 +126,10 @@ class Settings(BaseSettings):
     max_range_s: float = Field(7 * 24 * 3600.0, gt=0)
     #: Most spans in one trace.
     max_spans: int = Field(50_000_000, ge=1)
+    #: Most log entries in one trace (requests with `logs`); more fail with trace_too_large.
+    max_log_entries: int = Field(5_000_000, ge=1)
+    #: Most measures in one trace (requests with `metrics`); more fail with trace_too_large.
+    max_measures: int = Field(20_000_000, ge=1)
     #: Most bytes in one trace.
     max_trace_bytes: int = Field(4 * 1024**3, ge=1024)
     #: Largest accepted `request` field, checked before parsing.

@@ -83,6 +83,8 @@ def register(subparsers: Any) -> None:
         default=SpanTypes.BOTH.value,
         help="default: both",
     )
+    parser.add_argument("--logs", action="store_true", help="add the log entries as log messages")
+    parser.add_argument("--metrics", action="store_true", help="add the measures as counter tracks")
     add_connection_args(parser, concurrency=True)
     parser.add_argument("-o", "--output", required=True, metavar="FILE", help="where to write the trace")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
@@ -162,6 +164,10 @@ def run(args: argparse.Namespace) -> int:
         span_types=SpanTypes(args.span_types),
         chunk_size=settings.chunk_size,
         async_lookback_ns=int(lookback_s * 1e9),
+        logs=args.logs,
+        metrics=args.metrics,
+        max_log_entries=settings.max_log_entries,
+        max_measures=settings.max_measures,
     )
     out = Path(args.output)
     if out.is_dir():

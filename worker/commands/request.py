@@ -54,6 +54,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--span-types", choices=[t.value for t in SpanTypes], default="both", help="default: both"
     )
+    parser.add_argument("--logs", action="store_true", help="add the log entries as log messages")
+    parser.add_argument("--metrics", action="store_true", help="add the measures as counter tracks")
     parser.add_argument("--job-id", metavar="ID", help="idempotency key (default: derived from the request)")
     parser.add_argument("--label", action="append", default=[], metavar="K=V", help="label echoed in events")
     parser.add_argument("-o", "--output", metavar="FILE", help="trace file (default: <job id>.pftrace)")
@@ -84,6 +86,8 @@ def build_request(args: argparse.Namespace) -> TraceRequest:
             job_id=args.job_id,
             chunks=not args.blob_only,
             labels=labels,
+            logs=args.logs,
+            metrics=args.metrics,
         )
     except ValidationError as exc:
         first = exc.errors()[0]

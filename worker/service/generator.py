@@ -26,6 +26,10 @@ def spec_for(request: TraceRequest, settings: Settings) -> TraceSpec:
         max_bytes=settings.max_trace_bytes,
         max_range_ns=int(settings.max_range_s * 1e9),
         async_lookback_ns=int(settings.async_lookback_s * 1e9),
+        logs=request.logs,
+        metrics=request.metrics,
+        max_log_entries=settings.max_log_entries,
+        max_measures=settings.max_measures,
     )
 
 

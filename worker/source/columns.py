@@ -39,6 +39,8 @@ class Kind(Enum):
     #: A string or UTF-8 bytes (metadata read into Python, e.g. JSONB property values).
     TEXT = "string or binary"
     INTEGER = "integer"
+    #: A float or an integer (measure values).
+    NUMBER = "number"
 
 
 THREAD_SPAN_KINDS: Mapping[str, Kind] = {
@@ -92,6 +94,8 @@ def _matches(t: pa.DataType, kind: Kind) -> bool:
         return bool(pat.is_timestamp(t))
     if kind is Kind.INTEGER:
         return bool(pat.is_integer(t))
+    if kind is Kind.NUMBER:
+        return bool(pat.is_integer(t) or pat.is_floating(t))
     if kind is Kind.TEXT:
         if pat.is_dictionary(t):
             t = t.value_type

@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from worker.errors import ProcessNotFound, SourceBroken, SourceUnavailable, TraceTooLarge
 from worker.model import ProcessInfo, ThreadInfo, TimeRange
+from worker.source import logs as log_queries
 from worker.source import queries
 from worker.source.columns import (
     ASYNC_EVENT_KINDS,
@@ -461,6 +462,26 @@ class FlightSqlSource:
                     yield batch
             finally:
                 await stream.aclose()
+
+    async def log_entries(self, process_id: str, time_range: TimeRange) -> AsyncIterator[pa.RecordBatch]:
+        sql = log_queries.log_entries_sql(process_id, time_range)
+        async for batch in self._view(sql, time_range, "log entries query", log_queries.LOG_ENTRY_KINDS):
+            yield batch
+
+    async def measures(self, process_id: str, time_range: TimeRange) -> AsyncIterator[pa.RecordBatch]:
+        sql = log_queries.measures_sql(process_id, time_range)
+        async for batch in self._view(sql, time_range, "measures query", log_queries.MEASURE_KINDS):
+            yield batch
+
+    async def _view(
+        self, sql: str, time_range: TimeRange, what: str, kinds: Mapping[str, Kind]
+    ) -> AsyncIterator[pa.RecordBatch]:
+        stream = self._stream(sql, _range_headers(time_range), what, BatchChecker(what, kinds))
+        try:
+            async for batch in stream:
+                yield batch
+        finally:
+            await stream.aclose()
 
     async def query_rows(
         self,

@@ -52,6 +52,14 @@ class Source(Protocol):
         """
         ...
 
+    def log_entries(self, process_id: str, time_range: TimeRange) -> AsyncIterator[pa.RecordBatch]:
+        """The process's log entries with ``time`` inside the range, in time order."""
+        ...
+
+    def measures(self, process_id: str, time_range: TimeRange) -> AsyncIterator[pa.RecordBatch]:
+        """The process's measures with ``time`` inside the range, in time order."""
+        ...
+
     async def processes(self, limit: int = 100) -> list[ProcessInfo]:
         """The most recently started processes, newest first."""
         ...
