@@ -6,6 +6,8 @@ best of 3 runs (the naive writer: 1 run). Options: ``--spans N`` for
 the throughput runs (default 1,000,000), ``--naive-spans N`` for the naive baseline (default 200,000;
 its rate is per span, so a smaller sample is enough), ``--rss N`` (internal: encode N thread + N async
 spans in this process and print its peak RSS in KiB, from /proc/self/status VmHWM).
+``--logs N`` / ``--measures N`` size the log entry and measure runs (defaults 2,000,000 and 5,000,000);
+``--only-logs`` runs just those (and their memory check, ``--rss-logs N``: N entries + N measures).
 
 Inputs are synthetic, generated batch by batch so the input is never held whole: thread spans are a
 repeated 10-span call tree (depths 0-3, 50 names, 8 targets, 20 files) with dictionary-encoded strings
@@ -102,6 +104,106 @@ def async_batches(n: int, seed: int = 1) -> Iterator[pa.RecordBatch]:
                 "line": pa.array((ids % 300).astype(np.uint32)),
             }
         )
+
+
+_MESSAGES = pa.array(
+    [
+        "request served in",
+        "cache miss for key",
+        "retrying connection to db-replica-2, attempt",
+        "frame budget exceeded by",
+        "loaded asset id",
+    ]
+)
+_METRICS = [("app::net", "requests", "count"), ("app::mem", "heap", "bytes"), ("app::frame", "time", "ns")]
+
+
+def log_batches(n: int) -> Iterator[pa.RecordBatch]:
+    """n log entries (~40-byte messages, 8 targets, one log stream), in batches of BATCH rows."""
+    for start in range(0, n, BATCH):
+        rows = np.arange(start, min(n, start + BATCH), dtype=np.int64)
+        text = pa.compute.binary_join_element_wise(
+            _MESSAGES.take(pa.array(rows % 5)), pa.array(rows * 7919 % 100_000).cast(pa.string()), " "
+        )
+        yield pa.record_batch(
+            {
+                "stream_id": _strings(pa.array(["log-stream"]), np.zeros(len(rows), dtype=np.int64), False),
+                "time": pa.array(T0 + rows * 1000).cast(TS),
+                "level": pa.array((rows % 6 + 1).astype(np.int32)),
+                "target": _strings(_TARGETS, rows % 8, False),
+                "msg": text,
+            }
+        )
+
+
+def measure_batches(n: int) -> Iterator[pa.RecordBatch]:
+    """n measures of 3 metrics, in batches of BATCH rows."""
+    for start in range(0, n, BATCH):
+        rows = np.arange(start, min(n, start + BATCH), dtype=np.int64)
+        k = rows % len(_METRICS)
+        yield pa.record_batch(
+            {
+                "time": pa.array(T0 + rows * 100).cast(TS),
+                "target": _strings(pa.array([m[0] for m in _METRICS]), k, False),
+                "name": _strings(pa.array([m[1] for m in _METRICS]), k, False),
+                "unit": _strings(pa.array([m[2] for m in _METRICS]), k, False),
+                "value": pa.array(np.sin(rows / 1000.0) * 100.0),
+            }
+        )
+
+
+def encode_views(
+    logs: list[pa.RecordBatch], measures: list[pa.RecordBatch]
+) -> tuple[tuple[float, float], int]:
+    enc = TraceEncoder(
+        PROCESS, THREADS, span_types=SpanTypes.ASYNC, time_range=RANGE, logs=True, metrics=True
+    )
+    size = sum(len(c) for c in enc.start())
+    t = _clock()
+    for batch in logs:
+        size += sum(len(c) for c in enc.add_log_entries(batch))
+    for batch in measures:
+        size += sum(len(c) for c in enc.add_measures(batch))
+    size += sum(len(c) for c in enc.finish())
+    return _since(t), size
+
+
+def rss_logs_child(n: int) -> None:
+    """Encode n log entries and n measures from batches made on the fly; print peak RSS (KiB)."""
+    enc = TraceEncoder(
+        PROCESS, THREADS, span_types=SpanTypes.ASYNC, time_range=RANGE, logs=True, metrics=True
+    )
+    size = sum(len(c) for c in enc.start())
+    for batch in log_batches(n):
+        size += sum(len(c) for c in enc.add_log_entries(batch))
+    for batch in measure_batches(n):
+        size += sum(len(c) for c in enc.add_measures(batch))
+    size += sum(len(c) for c in enc.finish())
+    print(_peak_rss_kib(), size)
+
+
+def logs_report(n_logs: int, n_measures: int, rss_sizes: tuple[int, int]) -> None:
+    """Markdown tables: log entries/s and measures/s on one core, and peak RSS at two sizes."""
+    peaks = [_peak(n, "--rss-logs") for n in rss_sizes]
+    logs = list(log_batches(n_logs))
+    best_logs = min((encode_views(logs, []) for _ in range(3)), key=lambda r: r[0][1])
+    del logs
+    measures = list(measure_batches(n_measures))
+    best_measures = min((encode_views([], measures) for _ in range(3)), key=lambda r: r[0][1])
+    del measures
+    print("| measurement | rows/s (CPU time) | rows/s (wall) | bytes/row |")
+    print("|---|---:|---:|---:|")
+    for label, ((wall, cpu), size), n in (
+        ("log entries -> log messages", best_logs, n_logs),
+        ("measures -> counter values", best_measures, n_measures),
+    ):
+        print(f"| {label} | {n / cpu:,.0f} | {n / wall:,.0f} | {size / n:.1f} |")
+    print()
+    print("| peak RSS (log entries + measures each) | KiB |")
+    print("|---|---:|")
+    for n, (peak, _) in zip(rss_sizes, peaks, strict=True):
+        print(f"| {n:,} | {peak:,} |")
+    print(f"| ratio | {peaks[1][0] / peaks[0][0]:.3f} |")
 
 
 def _clock() -> tuple[float, float]:
@@ -220,9 +322,9 @@ def _peak_rss_kib() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
-def _peak(n: int) -> tuple[int, int]:
+def _peak(n: int, flag: str = "--rss") -> tuple[int, int]:
     out = subprocess.run(
-        [sys.executable, "-m", "bench.bench_engine", "--rss", str(n)],
+        [sys.executable, "-m", "bench.bench_engine", flag, str(n)],
         check=True,
         capture_output=True,
         text=True,
@@ -236,9 +338,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--naive-spans", type=int, default=200_000)
     parser.add_argument("--rss", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--rss-sizes", type=int, nargs=2, default=(1_000_000, 10_000_000))
+    parser.add_argument("--logs", type=int, default=2_000_000)
+    parser.add_argument("--measures", type=int, default=5_000_000)
+    parser.add_argument("--only-logs", action="store_true", help="only the log entry and measure runs")
+    parser.add_argument("--rss-logs", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--rss-logs-sizes", type=int, nargs=2, default=(1_000_000, 10_000_000))
     args = parser.parse_args(argv)
     if args.rss is not None:
         rss_child(args.rss)
+        return 0
+    if args.rss_logs is not None:
+        rss_logs_child(args.rss_logs)
+        return 0
+    if args.only_logs:
+        logs_report(args.logs, args.measures, tuple(args.rss_logs_sizes))
         return 0
     # Memory first, in fresh processes, before this one holds any benchmark input.
     small, large = args.rss_sizes
@@ -280,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| {small:,} spans | {peak_small:,} |")
     print(f"| {large:,} spans | {peak_large:,} |")
     print(f"| ratio | {peak_large / peak_small:.3f} |")
+    print()
+    logs_report(args.logs, args.measures, tuple(args.rss_logs_sizes))
     return 0
 
 

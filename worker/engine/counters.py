@@ -66,12 +66,21 @@ def counter_descriptor(uuid: int, parent: int, *, name: str, target: str, unit: 
     )
 
 
-def counter_rows(ts: I64, uuid: U64, value: F64) -> U8:
-    """Counter event packets, one 41-byte row each."""
+def counter_rows(ts: I64, track: I64, uuids: U64, value: F64) -> U8:
+    """Counter event packets, one 41-byte row each.
+
+    Args:
+        ts: timestamps (epoch ns, non-negative).
+        track: each row's index into ``uuids``.
+        uuids: the distinct track uuids (their varints are made once and gathered per row).
+        value: the values.
+    """
     n = len(ts)
+    encoded = np.zeros((len(uuids), 10), dtype=np.uint8)
+    put_varint64(encoded, 0, uuids, 10)
     m = np.empty((n, COUNTER_PACKET_SIZE), dtype=np.uint8)
     m[:] = _TEMPLATE
     put_varint64(m, 3, ts.astype(np.uint64, copy=False), 9)
-    put_varint64(m, 21, uuid, 10)
+    m[:, 21:31] = encoded[track]
     m[:, 33:41] = value.astype("<f8", copy=False).view(np.uint8).reshape(n, 8)
     return m

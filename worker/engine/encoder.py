@@ -376,7 +376,7 @@ class TraceEncoder:
         time, _ = time_column(batch, "time", what, -1)
         targets = string_column(batch, "target", what)
         names = string_column(batch, "name", what)
-        units = string_column(batch, "unit", what)
+        string_column(batch, "unit", what)
         value_col = column(batch, "value", what)
         if not (pa.types.is_floating(value_col.type) or pa.types.is_integer(value_col.type)):
             raise BadSourceData(f"{what} column 'value' must be numbers, got {value_col.type}")
@@ -389,13 +389,12 @@ class TraceEncoder:
         if not len(keep):
             return out
         value = value_col.cast(pa.float64()).fill_null(0.0).to_numpy(zero_copy_only=False)
-        tid, nid = self._counter_keys[0].map(targets), self._counter_keys[1].map(names)
-        keys = pc.dictionary_encode(pa.array(((tid << np.uint64(32)) | nid)[keep], type=pa.uint64()))
-        uniques = keys.dictionary.to_numpy()
-        index = keys.indices.to_numpy(zero_copy_only=False)
-        _, first = np.unique(index, return_index=True)
+        tid, nid = self._counter_keys[0].map(targets)[keep], self._counter_keys[1].map(names)[keep]
+        index, uniques = _pair_index(tid, nid)
+        first = np.empty(len(uniques), dtype=np.int64)
+        first[index[::-1]] = np.arange(len(index) - 1, -1, -1)  # the earliest row of each pair
         unit_ids = StringIds()
-        units_at = unit_ids.map(units)[keep][first]
+        units_at = unit_ids.map(string_column(batch.take(pa.array(keep[first])), "unit", what))
         track = np.empty(len(uniques), dtype=np.uint64)
         for i, key in enumerate(uniques.tolist()):  # once per distinct (target, name) of the batch
             uuid = self._counter_uuid.get(key)
@@ -410,15 +409,13 @@ class TraceEncoder:
                 self._stats.counter_tracks += 1
             track[i] = uuid
         ts = time[keep]
-        uuids = track[index]
         values = value[keep]
         if len(ts) > 1 and not bool(np.all(ts[1:] >= ts[:-1])):
             order = np.argsort(ts, kind="stable")
-            ts, uuids, values = ts[order], uuids[order], values[order]
+            ts, index, values = ts[order], index[order], values[order]
         for lo in range(0, len(ts), _SUB_BATCH):
-            rows = counter_rows(
-                ts[lo : lo + _SUB_BATCH], uuids[lo : lo + _SUB_BATCH], values[lo : lo + _SUB_BATCH]
-            )
+            part = slice(lo, lo + _SUB_BATCH)
+            rows = counter_rows(ts[part], index[part], track, values[part])
             out += self._add(rows.tobytes(), rows.shape[1])
         self._stats.measures += len(ts)
         return out
@@ -568,3 +565,26 @@ def _log_parts(entries: LogBatch) -> list[LogBatch]:
         )
         lo = hi
     return parts
+
+
+def _pair_index(
+    a: npt.NDArray[np.uint64], b: npt.NDArray[np.uint64]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint64]]:
+    """Distinct (a, b) pairs as keys ``a << 32 | b`` and each row's position among them.
+
+    Ids are small (distinct strings), so a dense table does it in linear time; a hash otherwise.
+    """
+    width = int(b.max()) + 1 if len(b) else 1
+    span = (int(a.max()) + 1 if len(a) else 1) * width
+    if span <= 1 << 22:
+        dense = a.astype(np.int64) * width + b.astype(np.int64)
+        seen = np.zeros(span, dtype=bool)
+        seen[dense] = True
+        present = np.flatnonzero(seen)
+        position = np.zeros(span, dtype=np.int64)
+        position[present] = np.arange(len(present))
+        keys = ((present // width).astype(np.uint64) << np.uint64(32)) | (present % width).astype(np.uint64)
+        return position[dense], keys
+    encoded = pc.dictionary_encode(pa.array((a << np.uint64(32)) | b, type=pa.uint64()))
+    index = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    return index, encoded.dictionary.to_numpy()

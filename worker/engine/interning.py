@@ -53,6 +53,9 @@ class _Table:
         if indices.null_count:
             indices = indices.fill_null(k)
         idx = indices.to_numpy(zero_copy_only=False)
+        if bool(ids[:k].all()) and (ids[k] or not col.null_count):
+            out_known: U64 = ids[idx]  # every value already has an id: no scan for new ones
+            return out_known
         used = np.zeros(k + 1, dtype=bool)
         used[idx] = True
         unknown = np.flatnonzero(used & (ids == 0)).tolist()

@@ -20,7 +20,7 @@ Each entry becomes one TracePacket that carries its own interned body and an ins
           12 B text                         body (UTF-8)
 
 Every field before the text has a fixed width within a batch (padded varints, see ``wire``), so a
-batch's headers are one numpy matrix and the texts are copied in with one boolean-mask assignment.
+batch's headers are one numpy matrix; Arrow joins each header row with its text (C++, per row).
 Each entry has a body iid of its own (iids only grow: one sequence, never cleared again).
 
 Text rules (never a broken trace): null -> ""; NUL characters -> U+2400 (␀); invalid UTF-8 -> U+FFFD;
@@ -37,7 +37,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from worker.engine.wire import put_varint, put_varint64, varint_width
+from worker.engine.wire import _spread56, put_varint64, varint_width
 
 __all__ = [
     "MAX_BODY_CHARS",
@@ -92,11 +92,13 @@ def clean_bodies(msg: pa.Array) -> tuple[pa.Array, int]:
             msg = _repair_utf8(msg.cast(pa.binary(), safe=False))
     if msg.null_count:
         msg = msg.fill_null("")
-    if pc.any(pc.match_substring(msg, _NUL)).as_py():
+    if _has_nul(msg):
         msg = pc.replace_substring(msg, _NUL, _NUL_SHOWN)
     cut = 0
-    too_long = pc.greater(pc.utf8_length(msg), MAX_BODY_CHARS)
-    if pc.any(too_long).as_py():
+    # A text of at most MAX_BODY_CHARS bytes has at most as many code points: count only otherwise.
+    longest = pc.max(pc.binary_length(msg)).as_py() if len(msg) else 0
+    too_long = pc.greater(pc.utf8_length(msg), MAX_BODY_CHARS) if (longest or 0) > MAX_BODY_CHARS else None
+    if too_long is not None and pc.any(too_long).as_py():
         cut = int(pc.sum(too_long).as_py())
         short = pc.binary_join_element_wise(
             pc.utf8_slice_codeunits(msg, 0, MAX_BODY_CHARS), TRUNCATION_MARK, ""
@@ -107,6 +109,16 @@ def clean_bodies(msg: pa.Array) -> tuple[pa.Array, int]:
     if msg.type != pa.string():
         msg = msg.cast(pa.string())
     return msg, cut
+
+
+def _has_nul(msg: pa.Array) -> bool:
+    """Whether any text holds a NUL character (one numpy pass over the text bytes)."""
+    _, offsets_buf, data_buf = msg.buffers()
+    if data_buf is None:
+        return False
+    offsets = np.frombuffer(offsets_buf, dtype=np.int32, count=len(msg) + 1, offset=msg.offset * 4)
+    data = np.frombuffer(data_buf, dtype=np.uint8)[int(offsets[0]) : int(offsets[-1])]
+    return bool(len(data)) and not bool(data.all())
 
 
 def _repair_utf8(raw: pa.Array) -> pa.Array:
@@ -128,24 +140,26 @@ class LogBatch:
     body: pa.StringArray  # cleaned (see clean_bodies), no nulls
 
 
-def _body_buffers(body: pa.StringArray) -> tuple[I64, U8]:
-    """Byte offsets (n + 1, from 0) and the UTF-8 bytes of a string array."""
-    n = len(body)
-    _, offsets_buf, data_buf = body.buffers()
-    offsets = np.frombuffer(offsets_buf, dtype=np.int32, count=n + 1, offset=body.offset * 4).astype(np.int64)
-    data: U8 = (
-        np.frombuffer(data_buf, dtype=np.uint8)[offsets[0] : offsets[-1]]
-        if data_buf is not None
-        else np.zeros(0, dtype=np.uint8)
-    )
-    return offsets - offsets[0], data
+def _put(m: U8, col: int, values: npt.NDArray[np.integer], width: int) -> None:
+    """Padded varints of ``width`` (1-8) bytes: every byte at once from one 7-bit spread."""
+    if width == 1:
+        m[:, col] = values
+        return
+    if width <= 4:  # values < 2**28: 32-bit arithmetic, one byte column at a time
+        v = values.astype(np.uint32, copy=False)
+        for k in range(width):
+            byte = (v >> np.uint32(7 * k)) & np.uint32(0x7F)
+            m[:, col + k] = byte | np.uint32(0x80) if k < width - 1 else byte
+        return
+    spread = _spread56(values.astype(np.uint64, copy=False)).astype("<u8", copy=False)
+    m[:, col : col + width] = spread.view(np.uint8).reshape(-1, 8)[:, :width]
+    m[:, col + width - 1] &= 0x7F
 
 
 def log_rows(batch: LogBatch, first_body_iid: int) -> tuple[bytes, I64]:
     """Framed packets of a batch (body iids ``first_body_iid`` on) and each packet's length."""
     n = len(batch.ts)
-    offsets, data = _body_buffers(batch.body)
-    blen = np.diff(offsets)
+    blen = pc.binary_length(batch.body).to_numpy(zero_copy_only=False).astype(np.int64)
     iids = np.arange(first_body_iid, first_body_iid + n, dtype=np.uint64)
     wb = varint_width(first_body_iid + n)
     wn = varint_width(int(batch.name.max()) if n else 1)
@@ -160,54 +174,56 @@ def log_rows(batch: LogBatch, first_body_iid: int) -> tuple[bytes, I64]:
     te_len = 2 + 11 + 1 + wn + 2 + 1 + lm_len
     p_len = 10 + 4 + 2 + te_len + 1 + vid + id_len
     vp = varint_width(int(p_len.max()) if n else 1)
-    # Header: everything up to the text, the same width for every row.
+    # Header: everything up to the text, the same width for every row. A template row holds the
+    # constant bytes (and the track uuid when one track takes the whole batch); then the columns.
     h = 1 + vp + 10 + 4 + 2 + te_len + 1 + vid + 2 + ve + 1 + wb + 1 + vb
-    m = np.zeros((n, h), dtype=np.uint8)
-    m[:, 0] = 0x0A
-    put_varint(m, 1, p_len, vp)
-    c = 1 + vp
-    m[:, c] = 0x40
-    put_varint64(m, c + 1, batch.ts.astype(np.uint64), 9)
-    c += 10
-    m[:, c : c + 6] = [0x50, 0x01, 0x68, 0x02, 0x5A, te_len]
-    c += 6
-    m[:, c : c + 3] = [0x48, 0x03, 0x58]
-    put_varint64(m, c + 3, batch.uuid, 10)
-    c += 13
-    m[:, c] = 0x50
-    put_varint(m, c + 1, batch.name, wn)
-    c += 1 + wn
-    m[:, c : c + 4] = [0xAA, 0x01, lm_len, 0x08]
-    put_varint(m, c + 4, batch.loc, wl)
-    c += 4 + wl
-    m[:, c] = 0x10
-    put_varint(m, c + 1, iids, wb)
-    c += 1 + wb
-    m[:, c] = 0x18
-    m[:, c + 1] = batch.prio
-    c += 2
-    m[:, c] = 0x62
-    put_varint(m, c + 1, id_len, vid)
-    c += 1 + vid
-    m[:, c : c + 2] = [0xA2, 0x01]
-    put_varint(m, c + 2, e_len, ve)
-    c += 2 + ve
-    m[:, c] = 0x08
-    put_varint(m, c + 1, iids, wb)
-    c += 1 + wb
-    m[:, c] = 0x12
-    put_varint(m, c + 1, blen, vb)
-    c += 1 + vb
-    assert c == h
+    tpl = np.zeros(h, dtype=np.uint8)
+    c_ts = 2 + vp
+    c_uuid = c_ts + 9 + 9
+    c_name = c_uuid + 11
+    c_loc = c_name + wn + 4
+    c_biid = c_loc + wl + 1
+    c_prio = c_biid + wb + 1
+    c_id = c_prio + 2
+    c_e = c_id + vid + 2
+    c_iid = c_e + ve + 1
+    c_b = c_iid + wb + 1
+    assert c_b + vb == h
+    tpl[0] = 0x0A
+    tpl[c_ts - 1] = 0x40
+    tpl[c_ts + 9 : c_uuid] = [0x50, 0x01, 0x68, 0x02, 0x5A, te_len, 0x48, 0x03, 0x58]
+    tpl[c_name - 1] = 0x50
+    tpl[c_loc - 4 : c_loc] = [0xAA, 0x01, lm_len, 0x08]
+    tpl[c_biid - 1] = 0x10
+    tpl[c_prio - 1] = 0x18
+    tpl[c_id - 1] = 0x62
+    tpl[c_e - 2 : c_e] = [0xA2, 0x01]
+    tpl[c_iid - 1] = 0x08
+    tpl[c_b - 1] = 0x12
+    one_track = n > 0 and int(batch.uuid.min()) == int(batch.uuid.max())
+    if one_track:
+        row = np.zeros((1, 10), dtype=np.uint8)
+        put_varint64(row, 0, batch.uuid[:1], 10)
+        tpl[c_uuid : c_uuid + 10] = row[0]
+    m = np.empty((n, h), dtype=np.uint8)
+    m[:] = tpl
+    _put(m, 1, p_len, vp)
+    put_varint64(m, c_ts, batch.ts.astype(np.uint64), 9)
+    if not one_track:
+        put_varint64(m, c_uuid, batch.uuid, 10)
+    _put(m, c_name, batch.name, wn)
+    _put(m, c_loc, batch.loc, wl)
+    _put(m, c_biid, iids, wb)
+    m[:, c_iid : c_iid + wb] = m[:, c_biid : c_biid + wb]
+    m[:, c_prio] = batch.prio
+    _put(m, c_id, id_len, vid)
+    _put(m, c_e, e_len, ve)
+    _put(m, c_b, blen, vb)
     sizes = h + blen
-    total = int(sizes.sum())
-    if not len(data):
-        return m.tobytes(), sizes
-    out = np.empty(total, dtype=np.uint8)
-    is_text = np.ones(total, dtype=bool)
-    starts = np.cumsum(sizes) - sizes
-    head = (starts[:, None] + np.arange(h, dtype=np.int64)).ravel()
-    out[head] = m.ravel()
-    is_text[head] = False
-    out[is_text] = data
-    return out.tobytes(), sizes
+    # Each packet = its header row + its text, joined row by row in C++; the joined values are
+    # back to back in the result's data buffer, which is the output.
+    heads = pa.FixedSizeBinaryArray.from_buffers(pa.binary(h), n, [None, pa.py_buffer(m)]).cast(pa.binary())
+    joined = pc.binary_join_element_wise(heads, batch.body.cast(pa.binary()), b"")
+    _, offsets_buf, data_buf = joined.buffers()
+    bounds = np.frombuffer(offsets_buf, dtype=np.int32, count=n + 1, offset=joined.offset * 4)
+    return data_buf[int(bounds[0]) : int(bounds[-1])].to_pybytes(), sizes
