@@ -1,8 +1,8 @@
 """A devserver whose span queries answer with batches a test chooses (e.g. hypothesis-made).
 
 The process and thread queries keep their real answers (so the pipeline gets that far); the
-``view_instance('thread_spans', ...)`` and ``view_instance('async_events', ...)`` queries return
-:attr:`ScriptedSpans.thread_spans` / :attr:`ScriptedSpans.async_events` instead, over the real
+``view_instance('thread_spans' | 'async_events' | 'log_entries' | 'measures', ...)`` queries return
+the :class:`ScriptedSpans` list of the same name instead, over the real
 Flight SQL wire (DoGet streams), so the source's decoding and checks run as in production::
 
     with scripted_spans_server(small_lake()) as (server, script):
@@ -35,6 +35,8 @@ class ScriptedSpans:
     async_events: list[pa.RecordBatch] = field(default_factory=list)
     #: The thread list query's answer; None: the lake's real threads.
     threads: list[pa.RecordBatch] | None = None
+    log_entries: list[pa.RecordBatch] = field(default_factory=list)
+    measures: list[pa.RecordBatch] = field(default_factory=list)
 
 
 class _Engine:
@@ -51,6 +53,8 @@ class _Engine:
         for view, batches in (
             ("thread_spans", self._script.thread_spans),
             ("async_events", self._script.async_events),
+            ("log_entries", self._script.log_entries),
+            ("measures", self._script.measures),
         ):
             if f"view_instance('{view}'" in sql:
                 planned = list(batches)
