@@ -391,8 +391,8 @@ class TraceEncoder:
         value = value_col.cast(pa.float64()).fill_null(0.0).to_numpy(zero_copy_only=False)
         tid, nid = self._counter_keys[0].map(targets)[keep], self._counter_keys[1].map(names)[keep]
         index, uniques = _pair_index(tid, nid)
-        first = np.empty(len(uniques), dtype=np.int64)
-        first[index[::-1]] = np.arange(len(index) - 1, -1, -1)  # the earliest row of each pair
+        first = np.full(len(uniques), len(index), dtype=np.int64)
+        np.minimum.at(first, index, np.arange(len(index)))  # the earliest row of each pair
         unit_ids = StringIds()
         units_at = unit_ids.map(string_column(batch.take(pa.array(keep[first])), "unit", what))
         track = np.empty(len(uniques), dtype=np.uint64)
