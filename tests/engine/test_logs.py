@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -223,3 +224,29 @@ def test_logs_and_spans_share_interning_without_breaking_spans() -> None:
     assert [s.name for s in decoded.on_track(THREAD_UUID["stream-a"])] == ["work"]
     (log,) = decode_logs(data).logs
     assert log.track == THREAD_UUID["stream-a"] and log.prio == 5
+
+
+def test_same_bytes_whatever_the_batching_and_the_order_of_ties() -> None:
+    rng = np.random.default_rng(8)
+    n = 3000
+    times = np.sort(rng.integers(2_000_000, 2_000_050, n)).tolist()  # many ties
+    msgs = [f"m{int(v)}" for v in rng.integers(0, 500, n)]
+    levels = rng.integers(1, 7, n).tolist()
+    names = [f"g{int(v)}" for v in rng.integers(0, 4, n)]
+    values = rng.random(n).tolist()
+
+    def run(order: np.ndarray, cuts: list[int]) -> bytes:
+        t = [times[i] for i in order]
+        logs = log_batch(t, [levels[i] for i in order], [msgs[i] for i in order])
+        meas = measure_batch(t, [names[i] for i in order], [values[i] for i in order])
+        bounds = [0, *cuts, n]
+        return encode_all(
+            [logs.slice(a, b - a) for a, b in itertools.pairwise(bounds)],
+            [meas.slice(a, b - a) for a, b in itertools.pairwise(bounds)],
+        )
+
+    base = run(np.arange(n), [])
+    # Permute rows only within runs of equal time (what a server may do), and cut batches anywhere.
+    shuffled = np.lexsort((rng.random(n), np.array(times)))
+    assert run(shuffled, [7, 1500, 2999]) == base
+    assert decode_logs(base).problems == []

@@ -115,6 +115,8 @@ class TraceEncoder:
         self._next_body_iid = 1
         self._counter_keys = (StringIds(), StringIds())
         self._counter_uuid: dict[int, int] = {}
+        self._log_canon = Canonicalizer(LOG_ORDER, "log_entries")
+        self._measure_canon = Canonicalizer(MEASURE_ORDER, "measures")
         self._span_types = SpanTypes(span_types)
         self._range = time_range
         self._chunker = Chunker(chunk_size)
@@ -319,29 +321,43 @@ class TraceEncoder:
     def add_log_entries(self, batch: pa.RecordBatch) -> list[bytes]:
         """Encode a batch of the process's log entries as log messages (see ``worker.engine.logs``).
 
-        Columns: ``time``, ``level``, ``msg``, ``target`` and (optional) ``stream_id``: an entry of a
-        thread's stream goes on that thread's track, any other on the process track. Entries without
-        a time or outside the range are dropped and counted in ``stats.dropped_logs``.
+        Columns: ``time``, ``level``, ``msg``, ``target`` and ``stream_id``: an entry of a thread's
+        stream goes on that thread's track, any other on the process track. Rows are put in canonical
+        order first (:data:`LOG_ORDER`), so the bytes do not depend on the server's batching or order
+        of ties. Entries without a time or outside the range are dropped (``stats.dropped_logs``).
         """
         out = self.start()
         what = "log_entries"
-        time, _ = time_column(batch, "time", what, -1)
-        level = int_column(batch, "level", what)
-        targets = string_column(batch, "target", what)
+        time_column(batch, "time", what, -1)
+        int_column(batch, "level", what)
+        string_column(batch, "target", what)
         msg = column(batch, "msg", what)
-        streams = string_column(batch, "stream_id", what) if "stream_id" in batch.schema.names else None
-        assert level is not None
+        string_column(batch, "stream_id", what)
         if not is_text(msg.type):
             raise BadSourceData(f"{what} column 'msg' must be strings, got {msg.type}")
         if not self._logs or batch.num_rows == 0:
             return out
         if self._current is not None:
             out += self.end_thread(self._current)
+        for part in self._log_canon.push(batch):
+            out += self._log_batch(part)
+        return out
+
+    def _log_batch(self, batch: pa.RecordBatch) -> list[bytes]:
+        """Encode one canonical batch of log entries."""
+        what = "log_entries"
+        out: list[bytes] = []
+        time, _ = time_column(batch, "time", what, -1)
+        level = int_column(batch, "level", what)
+        targets = string_column(batch, "target", what)
+        msg = column(batch, "msg", what)
+        streams = string_column(batch, "stream_id", what)
+        assert level is not None
         keep = self._in_range(time, column(batch, "time", what))
         self._stats.dropped_logs += batch.num_rows - len(keep)
         if not len(keep):
             return out
-        uuid = self._stream_uuids(streams, batch.num_rows)
+        uuid = self._stream_uuids(streams)
         name = self._interner.names(targets)
         loc = self._interner.locations(targets, np.zeros(batch.num_rows, dtype=np.int64))
         out += self._interned()
@@ -368,15 +384,15 @@ class TraceEncoder:
         """Encode a batch of the process's measures as counter values (see ``worker.engine.counters``).
 
         Columns: ``time``, ``target``, ``name``, ``unit``, ``value`` (float). A counter track per
-        (target, name) is described before its first value. Rows without a time or value, or
+        (target, name) is described before its first value. Rows are put in canonical order first
+        (:data:`MEASURE_ORDER`). Rows without a time or value, or
         outside the range, are dropped and counted in ``stats.dropped_measures``.
         """
         out = self.start()
         what = "measures"
-        time, _ = time_column(batch, "time", what, -1)
-        targets = string_column(batch, "target", what)
-        names = string_column(batch, "name", what)
-        string_column(batch, "unit", what)
+        time_column(batch, "time", what, -1)
+        for name in ("target", "name", "unit"):
+            string_column(batch, name, what)
         value_col = column(batch, "value", what)
         if not (pa.types.is_floating(value_col.type) or pa.types.is_integer(value_col.type)):
             raise BadSourceData(f"{what} column 'value' must be numbers, got {value_col.type}")
@@ -384,6 +400,25 @@ class TraceEncoder:
             return out
         if self._current is not None:
             out += self.end_thread(self._current)
+        out += self._flush_logs()
+        for part in self._measure_canon.push(batch):
+            out += self._measure_batch(part)
+        return out
+
+    def _flush_logs(self) -> list[bytes]:
+        out: list[bytes] = []
+        for part in self._log_canon.flush():
+            out += self._log_batch(part)
+        return out
+
+    def _measure_batch(self, batch: pa.RecordBatch) -> list[bytes]:
+        """Encode one canonical batch of measures."""
+        what = "measures"
+        out: list[bytes] = []
+        time, _ = time_column(batch, "time", what, -1)
+        targets = string_column(batch, "target", what)
+        names = string_column(batch, "name", what)
+        value_col = column(batch, "value", what)
         keep = self._in_range(time, column(batch, "time", what), value_col)
         self._stats.dropped_measures += batch.num_rows - len(keep)
         if not len(keep):
@@ -447,6 +482,9 @@ class TraceEncoder:
             self._async.range_end = max(self._range.begin_ns, min(self._range.end_ns, data_end))
         for data, sizes in self._async.close():
             out += self._add(data, sizes)
+        out += self._flush_logs()
+        for part in self._measure_canon.flush():
+            out += self._measure_batch(part)
         out += self._chunker.flush()
         self._finished = True
         return out
@@ -483,10 +521,8 @@ class TraceEncoder:
                 ok &= ~np.asarray(pc.is_null(col).to_numpy(zero_copy_only=False), dtype=bool)
         return np.flatnonzero(ok)
 
-    def _stream_uuids(self, streams: pa.DictionaryArray | None, n: int) -> npt.NDArray[np.uint64]:
+    def _stream_uuids(self, streams: pa.DictionaryArray) -> npt.NDArray[np.uint64]:
         """Track uuid per row: the thread track of the row's stream, else the process track."""
-        if streams is None:
-            return np.full(n, self._proc_uuid, dtype=np.uint64)
         per_value = [
             self._track_of[v].uuid if v in self._track_of else self._proc_uuid
             for v in streams.dictionary.to_pylist()
@@ -538,6 +574,10 @@ def _check_async_columns(batch: pa.RecordBatch) -> None:
         string_column(batch, name, what)
 
 
+#: Canonical order of log entries and measures (worker.engine.canonical): by time, ties by every
+#: column the engine reads, so the bytes do not depend on the server's batching or order of ties.
+LOG_ORDER: tuple[str, ...] = ("time", "stream_id", "level", "target", "msg")
+MEASURE_ORDER: tuple[str, ...] = ("time", "target", "name", "unit", "value")
 #: Log text bytes encoded at once (bounds the temporary buffers with very long messages).
 _LOG_TEXT_BYTES = 4 << 20
 
