@@ -22,7 +22,7 @@ from worker.engine.canonical import ASYNC_ORDER, THREAD_ORDER, Canonicalizer
 from worker.engine.chunks import Chunker
 from worker.engine.counters import counter_descriptor, counter_rows
 from worker.engine.inputs import column, int_column, string_column, time_column
-from worker.engine.interning import Interner, StringIds
+from worker.engine.interning import Interner
 from worker.engine.logs import LogBatch, clean_bodies, is_text, log_rows, priorities
 from worker.engine.lookback import Lookback
 from worker.engine.rows import CUT_BEGIN, CUT_END, marked_slice_rows
@@ -113,8 +113,8 @@ class TraceEncoder:
         self._logs = logs
         self._metrics = metrics
         self._next_body_iid = 1
-        self._counter_keys = (StringIds(), StringIds())
-        self._counter_uuid: dict[int, int] = {}
+        self._measure_strings: dict[int, str] = {}
+        self._counter_uuid: dict[tuple[int, int], int] = {}
         self._log_canon = Canonicalizer(LOG_ORDER, "log_entries")
         self._measure_canon = Canonicalizer(MEASURE_ORDER, "measures")
         self._span_types = SpanTypes(span_types)
@@ -401,9 +401,32 @@ class TraceEncoder:
         if self._current is not None:
             out += self.end_thread(self._current)
         out += self._flush_logs()
-        for part in self._measure_canon.push(batch):
+        hashed = pa.record_batch(
+            {
+                "time": column(batch, "time", what),
+                **{
+                    name: self._hashed(string_column(batch, name, what))
+                    for name in ("target", "name", "unit")
+                },
+                "value": value_col,
+            }
+        )
+        for part in self._measure_canon.push(hashed):
             out += self._measure_batch(part)
         return out
+
+    def _hashed(self, col: pa.DictionaryArray) -> pa.Array:
+        """A low-cardinality string column as int64 hashes of its values (remembered, to turn back).
+
+        Canonical order then sorts ties by these integers instead of materialising the strings."""
+        values = [v if v is not None else "" for v in col.dictionary.to_pylist()]
+        hashes = [_signed_hash(v) for v in values]
+        for h, v in zip(hashes, values, strict=True):
+            self._measure_strings.setdefault(h, v)
+        table = np.array([*hashes, _NULL_HASH], dtype=np.int64)
+        self._measure_strings.setdefault(_NULL_HASH, "")
+        idx = col.indices.fill_null(len(values)).to_numpy(zero_copy_only=False)
+        return pa.array(table[idx], pa.int64())
 
     def _flush_logs(self) -> list[bytes]:
         out: list[bytes] = []
@@ -416,29 +439,34 @@ class TraceEncoder:
         what = "measures"
         out: list[bytes] = []
         time, _ = time_column(batch, "time", what, -1)
-        targets = string_column(batch, "target", what)
-        names = string_column(batch, "name", what)
         value_col = column(batch, "value", what)
         keep = self._in_range(time, column(batch, "time", what), value_col)
         self._stats.dropped_measures += batch.num_rows - len(keep)
         if not len(keep):
             return out
         value = value_col.cast(pa.float64()).fill_null(0.0).to_numpy(zero_copy_only=False)
-        tid, nid = self._counter_keys[0].map(targets)[keep], self._counter_keys[1].map(names)[keep]
-        index, uniques = _pair_index(tid, nid)
+        t_hash, n_hash, u_hash = (
+            batch.column(name).to_numpy(zero_copy_only=False)[keep] for name in ("target", "name", "unit")
+        )
+        t_enc = pc.dictionary_encode(pa.array(t_hash))
+        n_enc = pc.dictionary_encode(pa.array(n_hash))
+        t_keys, n_keys = t_enc.dictionary.to_pylist(), n_enc.dictionary.to_pylist()
+        index, uniques = _pair_index(
+            t_enc.indices.to_numpy(zero_copy_only=False).astype(np.uint64),
+            n_enc.indices.to_numpy(zero_copy_only=False).astype(np.uint64),
+        )
         first = np.full(len(uniques), len(index), dtype=np.int64)
         np.minimum.at(first, index, np.arange(len(index)))  # the earliest row of each pair
-        unit_ids = StringIds()
-        units_at = unit_ids.map(string_column(batch.take(pa.array(keep[first])), "unit", what))
         track = np.empty(len(uniques), dtype=np.uint64)
+        strings = self._measure_strings
         for i, key in enumerate(uniques.tolist()):  # once per distinct (target, name) of the batch
-            uuid = self._counter_uuid.get(key)
+            pair = (t_keys[key >> 32], n_keys[key & 0xFFFFFFFF])
+            uuid = self._counter_uuid.get(pair)
             if uuid is None:
-                target = self._counter_keys[0].values[(key >> 32) - 1]
-                name = self._counter_keys[1].values[(key & 0xFFFFFFFF) - 1]
-                unit = unit_ids.values[int(units_at[i]) - 1]
+                target, name = strings[pair[0]], strings[pair[1]]
+                unit = strings[int(u_hash[first[i]])]
                 uuid = xxh64(f"{target}\0{name}".encode(), seed=self._proc_uuid)
-                self._counter_uuid[key] = uuid
+                self._counter_uuid[pair] = uuid
                 desc = counter_descriptor(uuid, self._proc_uuid, name=name, target=target, unit=unit)
                 out += self._packet(descriptor_packet(desc))
                 self._stats.counter_tracks += 1
@@ -574,6 +602,13 @@ def _check_async_columns(batch: pa.RecordBatch) -> None:
         string_column(batch, name, what)
 
 
+def _signed_hash(value: str) -> int:
+    """xxh64 of a string as a signed 64-bit int."""
+    h = xxh64(value.encode())
+    return h - (1 << 64) if h >= 1 << 63 else h
+
+
+_NULL_HASH = _signed_hash("")
 #: Canonical order of log entries and measures (worker.engine.canonical): by time, ties by every
 #: column the engine reads, so the bytes do not depend on the server's batching or order of ties.
 LOG_ORDER: tuple[str, ...] = ("time", "stream_id", "level", "target", "msg")

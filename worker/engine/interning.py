@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from worker.engine.wire import field_bytes, field_varint
 
-__all__ = ["Interner", "StringIds"]
+__all__ = ["Interner"]
 
 U64 = npt.NDArray[np.uint64]
 #: Interned entries per InternedData packet, so one packet stays well under a chunk.
@@ -88,23 +88,6 @@ class _Table:
                     ids[i] = known
         out: U64 = ids[idx]
         return out
-
-
-class StringIds:
-    """Strings to small ids (1, 2, ... in order of first appearance), column at a time; nothing is
-    written to the trace. Used to key counter tracks by (target, name)."""
-
-    def __init__(self) -> None:
-        self.values: list[str] = []
-        self._table = _Table(self._add)
-
-    def map(self, col: pa.DictionaryArray) -> U64:
-        """The id of each row's value (nulls read as "")."""
-        return self._table.map(col)
-
-    def _add(self, value: str) -> int:
-        self.values.append(value)
-        return len(self.values)
 
 
 class Interner:
