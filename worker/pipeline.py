@@ -312,7 +312,8 @@ async def _view(run: _Run, phase: str, batches: AsyncIterator[pa.RecordBatch]) -
     method = run.encoder.add_log_entries if phase == "log_entries" else run.encoder.add_measures
     try:
         async for batch in batches:
-            for chunk in await run.call(method, batch, rows=batch.num_rows):
+            rows = batch.num_rows + run.encoder.pending_view_rows()
+            for chunk in await run.call(method, batch, rows=rows, batch=batch):
                 yield chunk
             await run.after_batch()
     finally:

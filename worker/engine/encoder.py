@@ -253,6 +253,10 @@ class TraceEncoder:
         canon = self._async_canon if stream_id is None else self._thread_canon.get(stream_id)
         return canon.pending_rows if canon is not None else 0
 
+    def pending_view_rows(self) -> int:
+        """Log entries and measures taken but not yet encoded (held for canonical order)."""
+        return self._log_canon.pending_rows + self._measure_canon.pending_rows
+
     def add_async_events(self, batch: pa.RecordBatch) -> list[bytes]:
         """Take a batch of the process's async span events (time order).
 
