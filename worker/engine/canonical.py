@@ -137,7 +137,8 @@ class Canonicalizer:
             self._pending = table.to_batches()
             return []
         ordered = self._sort_ties(table.slice(0, safe), starts[starts < safe], safe)
-        rest = table.slice(take)
+        # What stays: the sorted rows not handed on, then the run that may continue.
+        rest = pa.concat_tables([ordered.slice(take), table.slice(safe)])
         self._pending = [rest.combine_chunks().to_batches()[0]] if rest.num_rows else []
         self._count = rest.num_rows
         head = ordered.slice(0, take)
