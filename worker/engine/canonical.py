@@ -58,11 +58,14 @@ ASYNC_ORDER: tuple[str, ...] = (
 
 
 def _normal(col: pa.Array) -> pa.Array:
-    """One type per kind of column, so batches with other encodings concatenate: times and integers
-    as int64 (bits kept), strings plain utf8 (dictionaries decoded)."""
+    """One type per kind of column, so the batches of one stream concatenate: times and integers as
+    int64 (bits kept), strings as utf8 or dictionaries of utf8 with int32 keys (dictionaries are kept:
+    decoding them would cost more than the rest of the engine)."""
     t = col.type
     if pa.types.is_dictionary(t):
-        return col.cast(pa.string())
+        if t.index_type == pa.int32() and t.value_type == pa.string():
+            return col
+        return col.cast(pa.dictionary(pa.int32(), pa.string()))
     if pa.types.is_timestamp(t):
         if t.unit != "ns":
             col = col.cast(pa.timestamp("ns", t.tz))
@@ -72,6 +75,12 @@ def _normal(col: pa.Array) -> pa.Array:
     if pa.types.is_large_string(t) or pa.types.is_string_view(t):
         return col.cast(pa.string())
     return col
+
+
+def _decoded(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """``batch`` with its dictionary columns as plain utf8."""
+    cols = [c.cast(pa.string()) if pa.types.is_dictionary(c.type) else c for c in batch.columns]
+    return pa.RecordBatch.from_arrays(cols, names=batch.schema.names)
 
 
 class Canonicalizer:
@@ -126,7 +135,11 @@ class Canonicalizer:
         return self._emit(final=True)
 
     def _emit(self, *, final: bool) -> list[pa.RecordBatch]:
-        table = pa.Table.from_batches(self._pending).combine_chunks()
+        try:
+            table = pa.Table.from_batches(self._pending).combine_chunks()
+        except (pa.ArrowInvalid, pa.ArrowTypeError, NotImplementedError):
+            # Dictionaries that cannot be unified (nulls in a dictionary) or mixed encodings: decode.
+            table = pa.Table.from_batches([_decoded(b) for b in self._pending]).combine_chunks()
         n = table.num_rows
         key = self._key(table)
         starts = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1])))
@@ -137,7 +150,8 @@ class Canonicalizer:
             self._pending = table.to_batches()
             return []
         ordered = self._sort_ties(table.slice(0, safe), starts[starts < safe], safe)
-        rest = table.slice(take)
+        # What stays: the sorted rows not handed on, then the run that may continue.
+        rest = pa.concat_tables([ordered.slice(take), table.slice(safe)])
         self._pending = [rest.combine_chunks().to_batches()[0]] if rest.num_rows else []
         self._count = rest.num_rows
         head = ordered.slice(0, take)
@@ -164,6 +178,8 @@ class Canonicalizer:
         keys: dict[str, pa.Array] = {"__run": pa.array(run_of[tied])}
         for name in self._order[1:]:
             col = sub.column(name)
+            if pa.types.is_dictionary(col.type):
+                col = col.cast(pa.string())
             keys[name] = pc.utf8_lower(col) if name in self._fold else col
         sort_table = pa.table(keys)
         sort_keys = [(name, "ascending", "at_end") for name in sort_table.column_names]
