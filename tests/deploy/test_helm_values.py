@@ -59,6 +59,21 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ),
     ("user in the redis url", {"config": {"redisUrl": "redis://app@redis:6379"}}, "/config/redisUrl"),
     (
+        "password in the redis url's query",
+        {"config": {"redisUrl": "redis://redis:6379/0?password=pw"}},
+        "/config/redisUrl",
+    ),
+    (
+        "user in the redis url's query, any case",
+        {"config": {"redisUrl": "rediss://redis:6380/0?ssl_cert_reqs=none&UserName=app"}},
+        "/config/redisUrl",
+    ),
+    (
+        "extraEnv repeats the http port",
+        {"extraEnv": [{"name": "TRACE_WORKER_HTTP_PORT", "value": "9999"}]},
+        "/extraEnv/0/name",
+    ),
+    (
         "extra repeats the http port",
         {"config": {"extra": {"TRACE_WORKER_HTTP_PORT": 9999}}},
         "propertyName 'TRACE_WORKER_HTTP_PORT'",
@@ -105,11 +120,14 @@ def test_schema_accepts_the_shipped_values(values: dict[str, Any]) -> None:
         "rediss://r.data.svc:6380",
         "redis://[::1]:6379/2",
         "redis://r:6379?db=3",
+        "rediss://r:6380/0?ssl_cert_reqs=none",
+        "redis://r:6379/0?client_name=passwordless",
     ],
 )
 def test_schema_accepts_redis_urls_without_credentials(url: str) -> None:
     with load_chart() as chart:
         chart.validate_schema({"config": {"redisUrl": url}})
+    assert render({"config": {"redisUrl": url}}).one("ConfigMap")["data"]["TRACE_WORKER_REDIS_URL"] == url
 
 
 def _schema() -> dict[str, Any]:
@@ -159,7 +177,7 @@ def test_readme_lists_every_value() -> None:
     assert sorted(listed - set(paths)) == []  # and nothing that no longer exists
 
 
-def test_config_extra_refuses_exactly_the_settings_the_chart_renders(tmp_path: Path) -> None:
+def test_config_extra_and_extra_env_refuse_exactly_the_settings_the_chart_renders(tmp_path: Path) -> None:
     everything = {
         "flightsql": {"tlsCa": {"secretName": "mm-ca"}},
         "s3": {"endpoint": "http://minio:9000", "region": "eu-west-1", "allowHttp": True},
@@ -172,13 +190,20 @@ def test_config_extra_refuses_exactly_the_settings_the_chart_renders(tmp_path: P
     }
     m = render(everything)
     rendered = set(m.one("ConfigMap")["data"]) | set(m.env())
-    refused = set(_schema()["properties"]["config"]["properties"]["extra"]["propertyNames"]["not"]["enum"])
+    schema = _schema()["properties"]
+    refused = set(schema["config"]["properties"]["extra"]["propertyNames"]["not"]["enum"])
     assert refused == rendered
+    refused_env = set(schema["extraEnv"]["items"]["properties"]["name"]["not"]["enum"])
+    assert refused_env == rendered
     with load_chart() as chart:
         for name in sorted(rendered):
             with pytest.raises(helm.HelmValuesError, match=f"invalid propertyName '{name}'"):
                 chart.validate_schema({"config": {"extra": {name: "1"}}})
+            with pytest.raises(helm.HelmValuesError, match="/extraEnv/0/name"):
+                chart.validate_schema({"extraEnv": [{"name": name, "value": "1"}]})
         chart.validate_schema({"config": {"extra": {"TRACE_WORKER_FLIGHTSQL_CONCURRENCY": "8"}}})
+    extra_env = [{"name": "TRACE_WORKER_FLIGHTSQL_CONCURRENCY", "value": "8"}, {"name": "TZ", "value": "UTC"}]
+    assert {"TRACE_WORKER_FLIGHTSQL_CONCURRENCY", "TZ"} <= set(render({"extraEnv": extra_env}).env())
     # The template refuses them too (for installs that skip the schema): the chart without its schema.
     unchecked = tmp_path / "trace-worker"
     shutil.copytree(CHART, unchecked)
@@ -187,5 +212,8 @@ def test_config_extra_refuses_exactly_the_settings_the_chart_renders(tmp_path: P
     try:
         with pytest.raises(helm.HelmRenderError, match=r"config\.extra must not set TRACE_WORKER_HTTP_PORT"):
             chart.render({"config": {"extra": {"TRACE_WORKER_HTTP_PORT": 9999}}}, name="tw")
+        port = [{"name": "TRACE_WORKER_HTTP_PORT", "value": "9999"}]
+        with pytest.raises(helm.HelmRenderError, match=r"extraEnv must not set TRACE_WORKER_HTTP_PORT"):
+            chart.render({"extraEnv": port}, name="tw")
     finally:
         chart.close()
