@@ -3,7 +3,8 @@
 - :func:`worker_shutdown_after_drain_s`: how long ``Service.stop`` may still wait after the drain
   timeout (the bounded waits for cancelled jobs' clean-up and for shielded writes);
 - :func:`worker_readyz_worst_case_s`: how long ``GET /readyz`` may take with every dependency hung
-  (each probe bounded by ``PROBE_TIMEOUT_S``, run one after the other).
+  (the probes run at once, each bounded by ``PROBE_TIMEOUT_S``; a caller waits at most that plus a
+  little for their answer).
 
 Read with ``ast`` rather than copied, so a change in the worker fails the deployment tests instead of
 silently outgrowing the chart's and compose's margins.
@@ -15,7 +16,7 @@ import ast
 import inspect
 import textwrap
 
-from worker.service import app, health
+from worker.service import app, health, readiness
 from worker.service.runtime import Runtime
 
 __all__ = ["worker_readyz_worst_case_s", "worker_shutdown_after_drain_s"]
@@ -60,14 +61,23 @@ def worker_shutdown_after_drain_s() -> float:
 
 
 def worker_readyz_worst_case_s() -> float:
-    """Seconds ``GET /readyz`` may take when every dependency hangs."""
-    readyz = _function(textwrap.dedent(inspect.getsource(health.HealthServer)), "_readyz")
-    checks = [
-        node.value
-        for node in ast.walk(readyz)
-        if isinstance(node, ast.AnnAssign)
-        and ast.unparse(node.target) == "checks"
-        and isinstance(node.value, ast.Dict)
+    """Seconds ``GET /readyz`` may take when every dependency hangs: the bound of a caller's wait in
+    ``Readiness.failures`` (``asyncio.timeout(self._timeout + <slack>)``), with the probe timeout the
+    health server gives ``Readiness``."""
+    init = _function(textwrap.dedent(inspect.getsource(health.HealthServer)), "__init__")
+    built = [n for n in ast.walk(init) if isinstance(n, ast.Call) and ast.unparse(n.func) == "Readiness"]
+    assert len(built) == 1, "HealthServer builds no single Readiness: update worker_bounds.py"
+    given = next((k.value for k in built[0].keywords if k.arg == "timeout_s"), None)
+    default = inspect.signature(readiness.Readiness).parameters["timeout_s"].default
+    timeout = float(default) if given is None else _seconds(given)
+    failures = _function(textwrap.dedent(inspect.getsource(readiness.Readiness)), "failures")
+    waits = [
+        n.args[0]
+        for n in ast.walk(failures)
+        if isinstance(n, ast.Call) and ast.unparse(n.func) == "asyncio.timeout" and len(n.args) == 1
     ]
-    assert len(checks) == 1, "_readyz no longer builds a dict `checks`: update tests/deploy/worker_bounds.py"
-    return len(checks[0].keys) * health.PROBE_TIMEOUT_S
+    assert len(waits) == 1, "Readiness.failures has no single bounded wait: update worker_bounds.py"
+    wait = waits[0]
+    assert isinstance(wait, ast.BinOp) and isinstance(wait.op, ast.Add), ast.unparse(wait)
+    assert ast.unparse(wait.left) == "self._timeout", ast.unparse(wait)
+    return timeout + _seconds(wait.right)
