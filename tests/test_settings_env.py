@@ -106,3 +106,19 @@ def test_a_command_runs_next_to_a_foreign_dotenv(tmp_path: Path, redis_server: R
     (tmp_path / ".env").write_text(FOREIGN)
     done = run_cli(tmp_path, "jobs", TRACE_WORKER_REDIS_URL=redis_server.url)
     assert (done.returncode, done.stdout.strip()) == (0, "no jobs yet"), done.stderr
+
+
+def test_run_reports_an_unknown_redis_url_argument_without_the_password(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    # redis-py passes unknown query arguments to its connections: `PASSWORD` (not `password`) failed
+    # there, as a traceback, once the worker connected.
+    url = f"redis://127.0.0.1:{redis_server.port}/0?PASSWORD=hunter2-secret"
+    done = run_cli(tmp_path, "run", TRACE_WORKER_REDIS_URL=url, TRACE_WORKER_HTTP_PORT="0")
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "hunter2-secret" not in done.stderr + done.stdout
+    assert done.stderr.splitlines() == [
+        "trace-worker run: bad setting TRACE_WORKER_REDIS_URL: unknown query argument 'PASSWORD' "
+        "(redis-py reads e.g. db, password, ssl_cert_reqs; names are case-sensitive)"
+    ]

@@ -12,6 +12,7 @@ reports a misspelt ``TRACE_WORKER_*`` name and every invalid value by variable n
 from __future__ import annotations
 
 import difflib
+import inspect
 import os
 import socket
 from functools import lru_cache
@@ -163,6 +164,14 @@ class Settings(BaseSettings):
     #: The Perfetto UI the page opens traces in (postMessage target origin).
     gateway_perfetto_origin: str = Field("https://ui.perfetto.dev", pattern=r"^https?://[^/\s]+$")
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_arguments(cls, value: str) -> str:
+        problem = _redis_url_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
     @field_validator("flightsql_url")
     @classmethod
     def _flight_scheme(cls, value: str) -> str:
@@ -195,6 +204,32 @@ class Settings(BaseSettings):
     def consumer_name(self) -> str:
         """This process's consumer name in the group."""
         return self.worker_consumer or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _redis_url_problem(url: str) -> str | None:
+    """Why redis-py cannot connect with ``url`` (it hands unknown query arguments to its connections,
+    which fail with a TypeError only when connecting), or None. Never quotes the URL: it may hold a
+    password."""
+    from redis.asyncio.connection import Connection, ConnectionPool, parse_url  # noqa: PLC0415 (--help stays light)
+
+    try:
+        options = parse_url(url)
+    except ValueError as exc:
+        return str(exc)
+    connection: type = options.pop("connection_class", Connection)
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    accepted: set[str] = set()
+    for owner in (ConnectionPool, *connection.__mro__):
+        if "__init__" in vars(owner):
+            params = inspect.signature(vars(owner)["__init__"]).parameters.values()
+            accepted |= {p.name for p in params if p.kind in named and p.name != "self"}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        return (
+            f"unknown query argument{'s' * (len(unknown) > 1)} {', '.join(map(repr, unknown))} "
+            "(redis-py reads e.g. db, password, ssl_cert_reqs; names are case-sensitive)"
+        )
+    return None
 
 
 class SettingsError(ValueError):
