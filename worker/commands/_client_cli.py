@@ -135,7 +135,7 @@ class ProgressLine:
     """Live job progress on stderr: phase, spans, bytes, percent, elapsed.
 
     On a terminal one line is rewritten in place (at most 10 times a second); otherwise a line is
-    printed for each status change and at most every 2 seconds for progress.
+    printed for each status change, for each new phase, and at most every 2 seconds within a phase.
     """
 
     def __init__(self, stream: TextIO | None = None, *, enabled: bool = True) -> None:
@@ -147,6 +147,7 @@ class ProgressLine:
         self._width = 0
         self._state = "waiting"
         self._attempt = 0
+        self._phase: tuple[int, str] = (0, "")
 
     def __call__(self, event: StatusEvent | ProgressEvent) -> None:
         if not self._enabled:
@@ -156,7 +157,8 @@ class ProgressLine:
             self._state, self._attempt = event.state.value, event.attempt
             self._emit(self._status_line(event), force=True)
             return
-        if now < self._next:
+        new_phase, self._phase = (event.attempt, event.phase) != self._phase, (event.attempt, event.phase)
+        if now < self._next and not (new_phase and not self._tty):
             return
         self._next = now + (0.1 if self._tty else 2.0)
         bar_width = 20

@@ -91,7 +91,8 @@ def register(subparsers: Any) -> None:
 
 
 class ProgressDisplay:
-    """Progress on a stream: one rewritten line on a terminal, periodic lines otherwise."""
+    """Progress on a stream: one rewritten line on a terminal; otherwise (a pipe, a log file) a line
+    for each phase and at most every ``interval_s`` (2 s) within one."""
 
     def __init__(self, stream: TextIO, *, interval_s: float | None = None) -> None:
         self._stream = stream
@@ -99,11 +100,13 @@ class ProgressDisplay:
         self._interval = interval_s if interval_s is not None else (0.1 if self._tty else 2.0)
         self._next = 0.0
         self._width = 0
+        self._phase = ""
 
     def __call__(self, progress: Progress) -> None:
         now = time.monotonic()
         final = progress.phase == "done"
-        if now < self._next and not final and progress.phase != "start":
+        new_phase, self._phase = progress.phase != self._phase, progress.phase
+        if now < self._next and not final and not new_phase:
             return
         self._next = now + self._interval
         line = (
