@@ -66,12 +66,27 @@ def test_progress_on_a_pipe_prints_periodic_lines() -> None:
     out = io.StringIO()
     display = ProgressDisplay(out, interval_s=3600.0)
     display(_progress("start", 0))
-    display(_progress("thread_spans", 10))  # within the interval: skipped
+    display(_progress("thread_spans", 10))  # a new phase: shown
+    display(_progress("thread_spans", 20))  # same phase within the interval: skipped
     display(_progress("done", 30))  # the final line always shows
     lines = out.getvalue().splitlines()
-    assert len(lines) == 2
-    assert lines[0].startswith("start") and lines[1].startswith("done")
+    assert [line.split()[0] for line in lines] == ["start", "thread_spans", "done"]
+    assert "spans 20" not in out.getvalue()
     assert "\r" not in out.getvalue()
+
+
+def test_progress_on_a_pipe_prints_every_phase() -> None:
+    out = io.StringIO()
+    display = ProgressDisplay(out, interval_s=3600.0)
+    for phase in ("start", "thread_spans", "thread_spans", "async_spans", "finishing", "done"):
+        display(_progress(phase, 10))
+    assert [line.split()[0] for line in out.getvalue().splitlines()] == [
+        "start",
+        "thread_spans",
+        "async_spans",
+        "finishing",
+        "done",
+    ]
 
 
 def test_process_table() -> None:

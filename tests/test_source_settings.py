@@ -28,6 +28,7 @@ ROWS: list[tuple[str, str, str, Any, bool]] = [
     ("flightsql_tls_skip_verify", "true", "tls_skip_verify", True, True),
     ("flightsql_preserve_dictionary", "false", "preserve_dictionary", False, False),
     ("flightsql_concurrency", "7", "concurrency", 7, False),
+    ("flightsql_max_threads", "123", "max_threads", 123, False),
     ("flightsql_batch_timeout_s", "2", "batch_timeout_s", 2.0, False),
     ("flightsql_batch_timeout_s", "0", "batch_timeout_s", None, False),  # 0: no limit
 ]

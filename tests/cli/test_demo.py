@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def demo_env(tmp_path: Path, redis_url: str | None = None, path: str | None = None) -> dict[str, str]:
     """No TRACE_WORKER_* but the Redis URL when given; the demo's temporary folders under tmp_path."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRACE_WORKER_")}
-    env.update({"PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path / "tmp")})
+    env.update({"PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path / "tmp"), "PYTHONFAULTHANDLER": "1"})
     if redis_url is not None:
         env["TRACE_WORKER_REDIS_URL"] = redis_url
     if path is not None:
@@ -126,7 +126,13 @@ async def test_interrupt_stops_everything(tmp_path: Path, sig: signal.Signals, c
             while not (line := (await proc.stderr.readline()).decode()).startswith("job "):
                 assert line, "demo exited before submitting its job"
         proc.send_signal(sig)  # Ctrl-C, or a service manager's stop (to the demo only, not its children)
-        _, err = await asyncio.wait_for(proc.communicate(), 120)
+        try:
+            _, err = await asyncio.wait_for(proc.communicate(), 120)
+        except TimeoutError:
+            # Where it hangs: PYTHONFAULTHANDLER makes SIGABRT dump every thread's stack to stderr.
+            proc.send_signal(signal.SIGABRT)
+            rest = await asyncio.wait_for(proc.stderr.read(), 60)
+            pytest.fail(f"demo still running 120 s after {sig.name}:\n{rest.decode(errors='replace')}")
         # Checked before the block kills the demo's process group: the demo itself stopped them all.
         assert processes_using(tmp_path) == []
     assert proc.returncode == code, err.decode()

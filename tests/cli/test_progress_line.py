@@ -46,6 +46,16 @@ def test_on_a_pipe_status_lines_always_progress_rate_limited() -> None:
     assert len(lines) == 2 and "10.0%" in lines[1]
 
 
+def test_on_a_pipe_every_phase_gets_a_line() -> None:
+    out = io.StringIO()
+    line = ProgressLine(out)
+    line(StatusEvent(job_id="j", state=JobState.RUNNING, attempt=1))
+    for phase in ("start", "threads", "threads", "async", "finishing"):  # all within 2 s
+        line(ProgressEvent(job_id="j", attempt=1, phase=phase, spans=5, bytes=9, percent=1.0))
+    phases = [text.split("%")[1].split()[0] for text in out.getvalue().splitlines()[1:]]
+    assert phases == ["start", "threads", "async", "finishing"]  # not stuck at the first one
+
+
 def test_disabled_prints_nothing() -> None:
     out = io.StringIO()
     ProgressLine(out, enabled=False)(progress(10.0, 10))

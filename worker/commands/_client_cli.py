@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO, TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -97,15 +98,25 @@ async def _guarded(body: Callable[[], Awaitable[T]]) -> T:
 
 
 def parse_time(text: str) -> datetime:
-    """RFC 3339 with an offset (``2026-11-26T10:00:00Z``, ``...+01:00``, fractions allowed).
+    """RFC 3339 with an offset (``2026-11-26T10:00:00Z``, ``...+01:00``, fractions allowed), or
+    integer epoch nanoseconds as `generate` takes them (the request carries microseconds: finer
+    digits are dropped).
 
     Raises:
         UsageError: not such a time.
     """
+    if re.fullmatch(r"\d+", text.strip()):
+        seconds, nanos = divmod(int(text.strip()), 1_000_000_000)
+        try:
+            return datetime.fromtimestamp(seconds, UTC) + timedelta(microseconds=nanos // 1000)
+        except (OverflowError, OSError, ValueError) as exc:
+            raise UsageError(f"epoch nanoseconds out of range: {text!r}") from exc
     try:
         stamp = datetime.fromisoformat(text.strip())
     except ValueError as exc:
-        raise UsageError(f"not an RFC 3339 time (e.g. 2026-11-26T10:00:00Z): {text!r}") from exc
+        raise UsageError(
+            f"not an RFC 3339 time (e.g. 2026-11-26T10:00:00Z) or epoch nanoseconds: {text!r}"
+        ) from exc
     if stamp.utcoffset() is None:
         raise UsageError(f"times need an offset, e.g. 2026-11-26T10:00:00Z: {text!r}")
     return stamp
@@ -124,7 +135,7 @@ class ProgressLine:
     """Live job progress on stderr: phase, spans, bytes, percent, elapsed.
 
     On a terminal one line is rewritten in place (at most 10 times a second); otherwise a line is
-    printed for each status change and at most every 2 seconds for progress.
+    printed for each status change, for each new phase, and at most every 2 seconds within a phase.
     """
 
     def __init__(self, stream: TextIO | None = None, *, enabled: bool = True) -> None:
@@ -136,6 +147,7 @@ class ProgressLine:
         self._width = 0
         self._state = "waiting"
         self._attempt = 0
+        self._phase: tuple[int, str] = (0, "")
 
     def __call__(self, event: StatusEvent | ProgressEvent) -> None:
         if not self._enabled:
@@ -145,7 +157,8 @@ class ProgressLine:
             self._state, self._attempt = event.state.value, event.attempt
             self._emit(self._status_line(event), force=True)
             return
-        if now < self._next:
+        new_phase, self._phase = (event.attempt, event.phase) != self._phase, (event.attempt, event.phase)
+        if now < self._next and not (new_phase and not self._tty):
             return
         self._next = now + (0.1 if self._tty else 2.0)
         bar_width = 20

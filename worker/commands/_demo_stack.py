@@ -24,6 +24,7 @@ SOURCE_TUNING = (
     "flightsql_preserve_dictionary",
     "flightsql_concurrency",
     "flightsql_batch_timeout_s",
+    "flightsql_max_threads",
 )
 
 _UUID_LINE = re.compile(r"^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\s")

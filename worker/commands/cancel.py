@@ -1,4 +1,4 @@
-"""`trace-worker cancel JOB_ID`: ask the worker to stop a job (it ends ``cancelled``).
+"""`trace-worker cancel JOB_ID`: ask the worker to stop a job (it ends `cancelled`).
 
 Sets the job's cancel key; the worker stops within one batch. A job that already ended is left
 alone (exit status 1). With ``--wait`` the command returns once the job has ended.
@@ -21,7 +21,9 @@ def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "cancel", help="cancel a job", description=__doc__.split("\n\n")[0] if __doc__ else None
     )
-    parser.add_argument("job_id", metavar="JOB_ID")
+    parser.add_argument(
+        "job_id", metavar="JOB_ID", help="the job's id (printed by `trace-worker request`, or its --job-id)"
+    )
     parser.add_argument("--wait", type=float, metavar="S", help="wait up to S seconds for the job to end")
     add_redis_args(parser)
     parser.set_defaults(handler=run)

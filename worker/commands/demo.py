@@ -59,7 +59,9 @@ def register(subparsers: Any) -> None:
         default="small",
         help="sample process kind (default: small, ~10k spans)",
     )
-    parser.add_argument("--timeout", type=float, default=600.0, metavar="S", help="give up after S seconds")
+    parser.add_argument(
+        "--timeout", type=float, default=600.0, metavar="S", help="give up after S seconds (default 600)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress display")
     parser.add_argument(
         "--redis-url",

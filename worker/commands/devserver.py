@@ -76,7 +76,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="omit async_events.hash, as Micromegas before 0.22",
     )
-    p.add_argument("--block-rows", type=int, default=65_536, help="rows per generated thread-span block")
+    p.add_argument(
+        "--block-rows", type=int, default=65_536, help="rows per generated thread-span block (default 65536)"
+    )
     p.set_defaults(handler=_run)
 
 

@@ -1,4 +1,4 @@
-"""``trace-worker gateway``: the HTTP API and web page over trace jobs (docs/GATEWAY.md).
+"""`trace-worker gateway`: the HTTP API and web page over trace jobs (docs/GATEWAY.md).
 
 Reads Redis, Flight SQL and the key prefix from the same ``TRACE_WORKER_*`` settings as the worker,
 plus ``TRACE_WORKER_GATEWAY_*`` (address, token, CORS origins, limits). Prints

@@ -24,6 +24,7 @@ from typing import Any, TextIO
 from contracts.request import SpanTypes
 from worker.cli import UsageError
 from worker.commands._flightsql_args import add_connection_args, config_from_args
+from worker.commands._process_arg import add_process_id_args, process_id_of
 from worker.errors import TraceWorkerError
 from worker.pipeline import Progress, TraceSpec, generate_trace
 from worker.settings import get_settings
@@ -63,7 +64,7 @@ def register(subparsers: Any) -> None:
         help="write one process's Perfetto trace to a file (no Redis)",
         description="Query the Flight SQL service and write the Perfetto trace of one process.",
     )
-    parser.add_argument("--process-id", required=True, metavar="ID", help="the process's UUID")
+    add_process_id_args(parser)
     parser.add_argument(
         "--begin",
         metavar="T",
@@ -92,7 +93,8 @@ def register(subparsers: Any) -> None:
 
 
 class ProgressDisplay:
-    """Progress on a stream: one rewritten line on a terminal, periodic lines otherwise."""
+    """Progress on a stream: one rewritten line on a terminal; otherwise (a pipe, a log file) a line
+    for each phase and at most every ``interval_s`` (2 s) within one."""
 
     def __init__(self, stream: TextIO, *, interval_s: float | None = None) -> None:
         self._stream = stream
@@ -100,11 +102,13 @@ class ProgressDisplay:
         self._interval = interval_s if interval_s is not None else (0.1 if self._tty else 2.0)
         self._next = 0.0
         self._width = 0
+        self._phase = ""
 
     def __call__(self, progress: Progress) -> None:
         now = time.monotonic()
         final = progress.phase == "done"
-        if now < self._next and not final and progress.phase != "start":
+        new_phase, self._phase = progress.phase != self._phase, progress.phase
+        if now < self._next and not final and not new_phase:
             return
         self._next = now + self._interval
         line = (
@@ -158,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= lookback_s <= 7 * 24 * 3600:
         raise UsageError("--async-lookback must be from 0 to 604800 seconds")
     spec = TraceSpec(
-        process_id=args.process_id,
+        process_id=process_id_of(args),
         begin_ns=parse_time(args.begin) if args.begin else None,
         end_ns=parse_time(args.end) if args.end else None,
         span_types=SpanTypes(args.span_types),

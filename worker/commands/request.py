@@ -30,6 +30,7 @@ from worker.commands._client_cli import (
     parse_time,
     run_client,
 )
+from worker.commands._process_arg import add_process_id_args, process_id_of
 from worker.commands._terminal import safe
 
 __all__ = ["register"]
@@ -46,11 +47,13 @@ def register(subparsers: Any) -> None:
         epilog="exit status: 0 succeeded, 1 failed or Redis unreachable, 2 usage error, 3 cancelled, "
         "4 dead, 5 timed out waiting",
     )
+    add_process_id_args(parser)
     parser.add_argument(
-        "process_id", metavar="PROCESS_ID", help="the process's UUID (see `trace-worker processes`)"
+        "--begin", metavar="T", help="RFC 3339 with offset, or epoch ns (default: the process's first time)"
     )
-    parser.add_argument("--begin", metavar="T", help="RFC 3339 with offset (default: process start)")
-    parser.add_argument("--end", metavar="T", help="RFC 3339 with offset (default: process end)")
+    parser.add_argument(
+        "--end", metavar="T", help="RFC 3339 with offset, or epoch ns (default: the process's last time)"
+    )
     parser.add_argument(
         "--span-types", choices=[t.value for t in SpanTypes], default="both", help="default: both"
     )
@@ -63,7 +66,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--blob-only", action="store_true", help="no chunks on Redis; fetch from the blob store"
     )
-    parser.add_argument("--timeout", type=float, metavar="S", help="give up waiting after S seconds")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        metavar="S",
+        help="give up waiting after S seconds (default: wait until the job ends)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress display")
     add_redis_args(parser)
     parser.set_defaults(handler=run)
@@ -79,7 +87,7 @@ def build_request(args: argparse.Namespace) -> TraceRequest:
         labels[key] = value
     try:
         return TraceRequest(
-            process_id=args.process_id,
+            process_id=process_id_of(args),
             begin=parse_time(args.begin) if args.begin else None,
             end=parse_time(args.end) if args.end else None,
             span_types=SpanTypes(args.span_types),

@@ -1,7 +1,7 @@
-"""``trace-worker run``: the worker service (settings from TRACE_WORKER_* variables; flags override).
+"""`trace-worker run`: the worker service (settings from TRACE_WORKER_* variables; flags override).
 
-Consumes trace requests from ``<prefix>:requests`` until SIGTERM or SIGINT, then drains: running
-jobs get ``drain_timeout_s`` to finish, the rest are released for another worker to reclaim.
+Consumes trace requests from <prefix>:requests until SIGTERM or SIGINT, then drains: running jobs
+get TRACE_WORKER_DRAIN_TIMEOUT_S to finish, the rest are released for another worker to reclaim.
 """
 
 from __future__ import annotations
@@ -19,18 +19,47 @@ from worker.sinks.blob import blob_store_from_settings
 
 __all__ = ["register"]
 
+SETTINGS_EPILOG = """\
+connections (environment or .env; every setting: docs/CONFIGURATION.md):
+  TRACE_WORKER_REDIS_URL        Redis of the requests and jobs (default redis://127.0.0.1:6379/0)
+  TRACE_WORKER_KEY_PREFIX       prefix of every key and stream (default traces)
+  TRACE_WORKER_FLIGHTSQL_URL    Flight SQL service, Micromegas (default grpc://127.0.0.1:50051)
+  TRACE_WORKER_FLIGHTSQL_TOKEN  its bearer token (TLS: TRACE_WORKER_FLIGHTSQL_TLS_CA)
+  TRACE_WORKER_BLOB_URL         where traces go: file:///dir or s3://bucket/prefix (default ./traces)
+  TRACE_WORKER_BLOB_S3_*        S3 endpoint, region and credentials
+"""
+
 
 def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "run",
         help="run the worker service (consume trace requests from Redis)",
         description=__doc__,
+        epilog=SETTINGS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--concurrency", type=int, help="jobs at once (TRACE_WORKER_WORKER_CONCURRENCY)")
-    parser.add_argument("--consumer", help="consumer name in the group (default <hostname>-<pid>)")
-    parser.add_argument("--http-host", help="address of /livez /readyz /metrics (empty: no HTTP)")
-    parser.add_argument("--http-port", type=int, help="port of the HTTP endpoints (0: any free port)")
-    parser.add_argument("--log-format", choices=("text", "json"), help="log lines as text or JSON")
+    parser.add_argument(
+        "--concurrency", type=int, help="jobs at once (default: TRACE_WORKER_WORKER_CONCURRENCY or 4)"
+    )
+    parser.add_argument(
+        "--consumer",
+        help="consumer name in the group (default: TRACE_WORKER_WORKER_CONSUMER or <hostname>-<pid>)",
+    )
+    parser.add_argument(
+        "--http-host",
+        help="address of /livez /readyz /metrics; empty: no HTTP "
+        "(default: TRACE_WORKER_HTTP_HOST or 127.0.0.1)",
+    )
+    parser.add_argument(
+        "--http-port",
+        type=int,
+        help="port of the HTTP endpoints; 0: any free port (default: TRACE_WORKER_HTTP_PORT or 8080)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        help="log lines as text or JSON (default: TRACE_WORKER_LOG_FORMAT or text)",
+    )
     parser.set_defaults(handler=run)
 
 

@@ -22,7 +22,9 @@ def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "status", help="show a job's latest state", description=__doc__.split("\n\n")[0] if __doc__ else None
     )
-    parser.add_argument("job_id", metavar="JOB_ID")
+    parser.add_argument(
+        "job_id", metavar="JOB_ID", help="the job's id (printed by `trace-worker request`, or its --job-id)"
+    )
     parser.add_argument("--json", action="store_true", help="the status as one JSON object")
     add_redis_args(parser)
     parser.set_defaults(handler=run)
