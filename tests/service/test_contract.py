@@ -155,7 +155,11 @@ async def test_cancel_of_unknown_or_ended_jobs_is_reported_and_leaves_nothing(
         assert ack.outcome == CancelOutcome.ALREADY_ENDED
         assert await redis.hget(KEYS.state("later"), "state") == b"succeeded"
         leftovers = [k async for k in redis.scan_iter(match="t:job:{later}:*")]
-        assert sorted(leftovers) == [KEYS.state("later").encode()]
+        assert sorted(leftovers) == sorted(
+            k.encode() for k in (KEYS.state("later"), KEYS.status_stream("later"))
+        )
+        for key in leftovers:  # and every key the job has expires
+            assert await redis.ttl(key) > 0
         # an invalid cancel is dead-lettered
         await redis.xadd(KEYS.cancels, {"job_id": "bad id!"})
         await wait_until(lambda: _dead_count(redis, 1), what="invalid cancel dead-lettered")
