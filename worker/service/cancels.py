@@ -6,10 +6,11 @@ cancel is handled at once even when every slot is busy. Outcomes (a ``cancel`` e
 stream, ``cancel_id`` = the cancel entry's id):
 
 - ``request_id`` attached to the running job: that request is answered ``cancelled`` at once and
-  leaves the job (``detached``); the job stops when no request is left (``cancelled``).
+  leaves the job (``detached``); when it is the last one, the job stops instead (``cancelled``) and
+  the request is answered ``cancelled`` once the job has ended.
 - ``request_id`` not picked up yet (still on the request stream): it is answered ``cancelled``
   when a worker picks it up, without running (``pending``).
-- no ``request_id``: every attached request is answered ``cancelled`` and the job stops.
+- no ``request_id``: the job stops; every attached request is answered ``cancelled`` once it has.
 - otherwise ``not_found`` or ``already_ended``: nothing changes, and nothing is left behind that
   could end a later run (cancels name requests; a later run has new request ids).
 """
@@ -41,13 +42,23 @@ _RECLAIM_IDLE_MS = 10_000
 
 # KEYS: requesters, detached, cancelled. ARGV: request id ('' = every request), request still
 # waiting on the request stream ('1'/'0'), ttl s.
+# A job that no request wants any more gets the field STOP in its requesters hash: the running
+# worker stops it and answers every request still in the hash ``cancelled`` when the job has ended
+# (so an answer ``cancelled`` means the job no longer runs, and a resubmission starts afresh).
 _CANCEL = """
+local stop = ':stop'
 if ARGV[1] ~= '' then
   local labels = redis.call('HGET', KEYS[1], ARGV[1])
   if labels then
+    local others = redis.call('HLEN', KEYS[1]) - 1
+    if redis.call('HEXISTS', KEYS[1], stop) == 1 then others = others - 1 end
+    if others <= 0 then
+      redis.call('HSET', KEYS[1], stop, '1')
+      return {'stopping', '0'}
+    end
     redis.call('HDEL', KEYS[1], ARGV[1])
     redis.call('SADD', KEYS[2], ARGV[1])
-    return {'detached', tostring(redis.call('HLEN', KEYS[1])), ARGV[1], labels}
+    return {'detached', tostring(others), ARGV[1], labels}
   end
   if ARGV[2] == '1' then
     redis.call('SADD', KEYS[3], ARGV[1])
@@ -56,13 +67,9 @@ if ARGV[1] ~= '' then
   end
   return {'none', '0'}
 end
-local all = redis.call('HGETALL', KEYS[1])
-if #all == 0 then return {'none', '0'} end
-for i = 1, #all, 2 do redis.call('SADD', KEYS[2], all[i]) end
-redis.call('DEL', KEYS[1])
-local out = {'detached', '0'}
-for i = 1, #all do out[#out + 1] = all[i] end
-return out
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'none', '0'} end
+redis.call('HSET', KEYS[1], stop, '1')
+return {'stopping', '0'}
 """
 
 
@@ -98,13 +105,11 @@ async def handle_cancel(rt: Runtime, cancel_id: str, fields: dict[Any, Any]) -> 
     state: Any = await rt.redis.hmget(keys.state(job_id), ["state", "attempt"])
     current = _text(state[0]) if state[0] is not None else None
     attempt = int(_text(state[1])) if state[1] is not None else 0
-    if kind == "detached":
-        outcome = CancelOutcome.CANCELLED if left == 0 else CancelOutcome.DETACHED
-        detail = (
-            "the job stops: no request wants it any more"
-            if left == 0
-            else f"the job goes on for {left} other request(s)"
-        )
+    if kind == "stopping":
+        outcome = CancelOutcome.CANCELLED
+        detail = "the job stops: no request wants it any more (answered cancelled when it has ended)"
+    elif kind == "detached":
+        outcome, detail = CancelOutcome.DETACHED, f"the job goes on for {left} other request(s)"
     elif kind == "pending":
         outcome, detail = CancelOutcome.PENDING, "the request will be answered cancelled when picked up"
     elif current is not None and JobState(current).terminal:

@@ -20,6 +20,7 @@ from contracts.events import StatusEvent, parse_entry, utcnow
 from contracts.keys import Keys
 from contracts.states import JobState
 from worker.service.answers import answer, queue_answer, queue_state
+from worker.service.lease import STOP_FIELD
 from worker.service.redis_io import retry_redis
 from worker.service.runtime import Runtime
 from worker.sinks.reply_stream import queue_entry
@@ -133,6 +134,8 @@ def _decode_requesters(raw: Mapping[Any, Any]) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
     for key, value in raw.items():
         entry = key.decode() if isinstance(key, bytes) else str(key)
+        if entry == STOP_FIELD:
+            continue
         try:
             labels = json.loads(value)
         except ValueError:
@@ -144,19 +147,19 @@ def _decode_requesters(raw: Mapping[Any, Any]) -> dict[str, dict[str, str]]:
 def _terminal(
     rt: Runtime, pipe: Pipeline, status: StatusEvent, requesters: dict[str, dict[str, str]]
 ) -> None:
-    """The job's end: one answer per attached request (its own request_id and labels), or one
-    job-level entry when no request is attached any more; the state hash; expiry; lock released."""
+    """The job's end: one answer per attached request (its own request_id and labels), plus a
+    job-level entry (no request_id) when the job was cancelled or no request is attached any
+    more; the state hash; expiry; lock released."""
     keys = rt.keys
     job_id = status.job_id
     job_stream, state_key = keys.job(job_id), keys.state(job_id)
     ttl = rt.settings.job_ttl_s
-    if requesters:
-        for entry, labels in sorted(requesters.items()):
-            queue_answer(rt, pipe, status.model_copy(update={"request_id": entry, "labels": labels}))
-    elif status.state == JobState.CANCELLED:
-        # Every request was answered when it was cancelled: this entry answers none.
+    for entry, labels in sorted(requesters.items()):
+        queue_answer(rt, pipe, status.model_copy(update={"request_id": entry, "labels": labels}))
+    if status.state == JobState.CANCELLED:
+        # The job's own end (a follower of the job, not of a request, stops here): answers no request.
         queue_answer(rt, pipe, status.model_copy(update={"request_id": None}))
-    else:
+    elif not requesters:
         queue_answer(rt, pipe, status)
     queue_state(rt, pipe, status)
     pipe.expire(job_stream, ttl)

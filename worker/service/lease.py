@@ -13,7 +13,10 @@ from typing import Any, Literal
 
 from worker.service.runtime import Runtime
 
-__all__ = ["Claim", "Lease"]
+__all__ = ["STOP_FIELD", "Claim", "Lease"]
+
+#: Field of the requesters hash that asks the running worker to stop the job (no request wants it).
+STOP_FIELD = ":stop"
 
 # KEYS: lock, state, requesters, detached, cancelled.
 # ARGV: "<consumer>/<entry>", lease ms, entry id, labels JSON, fingerprint, max age ms (-1: any).
@@ -146,8 +149,13 @@ class Lease:
         return Claim("done")
 
     async def wanted(self) -> bool:
-        """Whether any request still wants the job (its requesters hash is not empty)."""
-        return bool(await self._rt.redis.exists(self.requesters_key))
+        """Whether any request still wants the job: its requesters hash exists and holds no stop
+        mark (a cancel of the last request, or of the whole job)."""
+        async with self._rt.redis.pipeline(transaction=False) as pipe:
+            pipe.exists(self.requesters_key)
+            pipe.hexists(self.requesters_key, STOP_FIELD)
+            exists, stopping = await pipe.execute()
+        return bool(exists) and not stopping
 
     async def next_attempt(self) -> int | None:
         """Move the held lease to a new attempt number; None when the lease was lost."""
