@@ -44,7 +44,7 @@ DERIVED_PREFIX = "t-"
 #: How old (seconds) a succeeded answer to an open-ended request (no `end`) may be to be reused.
 DEFAULT_OPEN_MAX_AGE_S = 60
 
-#: str.isprintable() as a JSON Schema pattern, nearly: no C0/C1 controls, bidi or zero-width format characters.
+#: str.isprintable() as a JSON Schema pattern, nearly: no C0/C1 controls, bidi or zero-width formats.
 _PRINTABLE_SCHEMA_PATTERN = (
     "^[^\\u0000-\\u001f\\u007f-\\u009f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]*$"
 )
