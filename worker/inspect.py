@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
+import numpy.typing as npt
 from google.protobuf.message import DecodeError
 
 from worker.perfetto_pb import pb
@@ -174,16 +175,27 @@ class _Sequence:
     clock: int | None = None
 
 
+#: Track events replayed together: the memory held is proportional to this, not to the file.
+BATCH_EVENTS = 1 << 19
+
+
 @dataclass
 class _Events:
-    """Every track event, compact (about 25 bytes each): one set of arrays, not objects per track."""
+    """Track events not yet replayed, compact (about 25 bytes each): one set of arrays, not objects."""
 
-    track: array[int] = field(default_factory=lambda: array("l"))  # index into _Inspector.uuids
+    track: array[int] = field(default_factory=lambda: array("q"))  # index into _Inspector.uuids
     ts: array[int] = field(default_factory=lambda: array("q"))
     pos: array[int] = field(default_factory=lambda: array("q"))
-    kind: array[int] = field(default_factory=lambda: array("b"))
-    name: array[int] = field(default_factory=lambda: array("l"))
-    cat: array[int] = field(default_factory=lambda: array("l"))
+    kind: array[int] = field(default_factory=lambda: array("q"))
+    name: array[int] = field(default_factory=lambda: array("q"))
+    cat: array[int] = field(default_factory=lambda: array("q"))
+
+    def columns(self) -> list[I64]:
+        return [np.frombuffer(getattr(self, f), dtype=np.int64) for f in _COLUMNS]
+
+
+_COLUMNS = ("track", "ts", "pos", "kind", "name", "cat")
+I64 = npt.NDArray[np.int64]
 
 
 class _Inspector:
@@ -195,6 +207,13 @@ class _Inspector:
         self.track_index: dict[int, int] = {}
         self.uuids: list[int] = []
         self.strings: dict[str, int] = {"": 0}
+        self.counts: I64 = np.zeros(0, np.int64)  # slices per track index
+        self.first_ts: int | None = None
+        self.last_ts: int | None = None
+        # Replay state carried between batches: open BEGINs (at most the open slices) and ENDs seen
+        # with nothing open, kept one batch in case their BEGIN is written later (lane roots).
+        self.carried: list[I64] = [np.zeros(0, np.int64) for _ in _COLUMNS]
+        self.carried_age = np.zeros(0, np.int64)
         self.realtime_used = False
         self.realtime_snapshot = False
         self.interned_total = {"event_names": 0, "event_categories": 0, "source_locations": 0}
@@ -298,6 +317,8 @@ class _Inspector:
         ev.kind.append(te.type if te.type in (_BEGIN, _END, _INSTANT) else 0)
         ev.name.append(name)
         ev.cat.append(cat)
+        if len(ev.ts) >= BATCH_EVENTS:
+            self.replay_batch()
 
     def _iids(self, index: int, te: pb.TrackEvent, seq: _Sequence) -> tuple[int, int]:
         name = cat = 0
@@ -326,71 +347,106 @@ class _Inspector:
 
     def finish(self) -> InspectReport:
         rep = self.report
-        counts = self._replay({v: k for k, v in self.strings.items()})
-        if len(self.events.ts):
-            ts = np.frombuffer(self.events.ts, dtype=np.int64)
-            rep.first_ts, rep.last_ts = int(ts.min()), int(ts.max())
+        self.replay_batch(final=True)
+        rep.first_ts, rep.last_ts = self.first_ts, self.last_ts
         for t, uuid in enumerate(self.uuids):
             if uuid not in self.tracks:
                 rep.add("undeclared_track", f"events on undeclared track {uuid}")
                 self.tracks[uuid] = TrackSummary(uuid=uuid, name="", kind="undeclared")
-            self.tracks[uuid].slices = int(counts[t])
+            self.tracks[uuid].slices = int(self.counts[t]) if t < len(self.counts) else 0
         if self.realtime_used and not self.realtime_snapshot:
             rep.add("realtime_without_snapshot", "REALTIME timestamps but no ClockSnapshot declares REALTIME")
         rep.tracks = list(self.tracks.values())
         rep.interned = dict(self.interned_total)
         return rep
 
-    def _replay(self, names: dict[int, str]) -> list[int]:
-        """Replay each track as Perfetto does; returns slice counts per track index, records defects.
+    def replay_batch(self, *, final: bool = False) -> None:
+        """Replay the pending events with the carried open slices, as Perfetto does, columnar.
 
-        Events are sorted by (track, timestamp, file position); an END closes the most recent open slice
-        of its track and must match its name and category when it has them.
+        Per track, events are sorted by (timestamp, file position); an END closes the most recent open
+        slice of its track and must match its name and category when it has them. Slices still open
+        are carried to the next batch (and reported ``unterminated`` at the end); an END with nothing
+        open is carried one batch, then reported ``unmatched_end``.
         """
-        rep = self.report
-        ev = self.events
-        counts = [0] * len(self.uuids)
-        if not len(ev.ts):
-            return counts
-        track = np.frombuffer(ev.track, dtype=np.dtype(f"i{ev.track.itemsize}"))
-        ts = np.frombuffer(ev.ts, dtype=np.int64)
-        order = np.lexsort((np.frombuffer(ev.pos, dtype=np.int64), ts, track))
-        kinds, name, cat, pos = ev.kind, ev.name, ev.cat, ev.pos
-        stack: list[int] = []
-        current = -1
-        for i in order.tolist():
-            t = ev.track[i]
-            if t != current:
-                self._unterminated(current, stack, names)
-                stack = []
-                current = t
-            kind = kinds[i]
-            if kind == _BEGIN:
-                stack.append(i)
-                counts[t] += 1
-            elif kind == _INSTANT:
-                counts[t] += 1
-            elif kind == _END:
-                if not stack:
-                    message = f"track {self.uuids[t]}: END at {ts[i]} with no open slice"
-                    rep.add("unmatched_end", message, pos[i])
-                    continue
-                top = stack.pop()
-                if (name[i] and name[i] != name[top]) or (cat[i] and cat[i] != cat[top]):
-                    rep.add(
-                        "misnested_end",
-                        f"track {self.uuids[t]}: END {names[name[i]]!r} at {ts[i]} closes "
-                        f"{names[name[top]]!r} begun at {ts[top]} (partial overlap)",
-                        pos[i],
-                    )
-        self._unterminated(current, stack, names)
-        return counts
+        fresh = self.events.columns()
+        self.events = _Events()
+        if len(fresh[1]):
+            lo, hi = int(fresh[1].min()), int(fresh[1].max())
+            self.first_ts = lo if self.first_ts is None else min(lo, self.first_ts)
+            self.last_ts = hi if self.last_ts is None else max(hi, self.last_ts)
+        n_carried = len(self.carried[0])
+        cols = [np.concatenate([c, f]) for c, f in zip(self.carried, fresh, strict=True)]
+        age = np.concatenate([self.carried_age + 1, np.zeros(len(fresh[0]), np.int64)])
+        if not len(cols[0]):
+            return
+        track, ts, pos, kind, name, cat = cols
+        order = np.lexsort((pos, ts, track))
+        track, ts, pos, kind, name, cat = (c[order] for c in cols)
+        age = age[order]
+        is_new = order >= n_carried
+        begin, end = kind == _BEGIN, kind == _END
+        counted = is_new & (begin | (kind == _INSTANT))
+        add = np.bincount(track[counted], minlength=len(self.uuids))
+        self.counts = np.concatenate([self.counts, np.zeros(len(add) - len(self.counts), np.int64)]) + add
+        unmatched, level = _depths(track, begin, end)
+        # Matching: per (track, level), events alternate BEGIN, END; an END's BEGIN precedes it.
+        idx = np.flatnonzero(begin | (end & ~unmatched))
+        g = idx[np.lexsort((idx, level[idx], track[idx]))]
+        j_end = np.flatnonzero(end[g])
+        b_of, e_of = g[j_end - 1], g[j_end]
+        wrong = ((name[e_of] != 0) & (name[e_of] != name[b_of])) | ((cat[e_of] != 0) & (cat[e_of] != cat[b_of]))
+        names = self.names()
+        for b, e in zip(b_of[wrong].tolist(), e_of[wrong].tolist(), strict=True):
+            self.report.add(
+                "misnested_end",
+                f"track {self.uuids[track[e]]}: END {names[name[e]]!r} at {ts[e]} closes "
+                f"{names[name[b]]!r} begun at {ts[b]} (partial overlap)",
+                int(pos[e]),
+            )
+        still_open = begin.copy()
+        still_open[b_of] = False
+        report_unmatched = unmatched & ((age >= 1) | final)
+        for i in np.flatnonzero(report_unmatched).tolist():
+            message = f"track {self.uuids[track[i]]}: END at {ts[i]} with no open slice"
+            self.report.add("unmatched_end", message, int(pos[i]))
+        if final:
+            for i in np.flatnonzero(still_open).tolist():
+                message = f"track {self.uuids[track[i]]}: {names[name[i]]!r} begun at {ts[i]} never ends"
+                self.report.add("unterminated", message, int(pos[i]))
+            keep = np.zeros(len(track), np.bool_)
+        else:
+            keep = still_open | (unmatched & ~report_unmatched)
+        self.carried = [c[keep] for c in (track, ts, pos, kind, name, cat)]
+        self.carried_age = np.where(begin[keep], 0, age[keep])
 
-    def _unterminated(self, t: int, stack: list[int], names: dict[int, str]) -> None:
-        ev = self.events
-        for i in stack:
-            message = f"track {self.uuids[t]}: {names[ev.name[i]]!r} begun at {ev.ts[i]} never ends"
-            self.report.add("unterminated", message, ev.pos[i])
+    def names(self) -> dict[int, str]:
+        return {v: k for k, v in self.strings.items()}
+
+
+def _depths(track: I64, begin: npt.NDArray[np.bool_], end: npt.NDArray[np.bool_]) -> tuple[Any, I64]:
+    """For events sorted by track: (END with nothing open, nesting level of each BEGIN/matched END).
+
+    An END with nothing open is ignored, so the depth is the running sum of +1/-1 clamped at 0 per
+    track: depth = sum - min(0, running minimum of the sum).
+    """
+    n = len(track)
+    delta = begin.astype(np.int64) - end.astype(np.int64)
+    newseg = np.ones(n, np.bool_)
+    newseg[1:] = track[1:] != track[:-1]
+    seg = np.cumsum(newseg) - 1
+    csum = np.cumsum(delta)
+    starts = np.flatnonzero(newseg)
+    csum -= (csum - delta)[starts][seg]
+    big = 2 * n + 2
+    running_min = seg * big - np.maximum.accumulate(seg * big - csum)
+    depth = csum - np.minimum(running_min, 0)
+    before = np.empty(n, np.int64)
+    before[0] = 0
+    before[1:] = depth[:-1]
+    before[newseg] = 0
+    unmatched = end & (before == 0)
+    level = np.where(begin, depth, before)
+    return unmatched, level
 
 
 def _open(stack: contextlib.ExitStack, source: str | Path | BinaryIO) -> BinaryIO:
