@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 from google.protobuf.message import DecodeError
 
+from worker import inspect_columns as cols
 from worker.perfetto_pb import pb
 
 __all__ = ["Defect", "InspectReport", "TrackSummary", "inspect_trace"]
@@ -119,50 +120,79 @@ def _varint(buf: bytes | bytearray, pos: int) -> tuple[int, int]:
             raise _Malformed("varint longer than 10 bytes")
 
 
-def iter_packets(stream: BinaryIO, block: int = 1 << 20) -> Iterator[tuple[int, bytes]]:
-    """(file offset, packet bytes) for each ``Trace.packet``; other top-level fields are skipped.
+def frame(buf: bytes, base: int) -> tuple[list[int], list[int], int, str | None]:
+    """Packet bodies in ``buf`` (offset ``base`` in the file).
+
+    Returns (body starts, body lengths, bytes used, framing error or None). Top-level fields other than
+    ``Trace.packet`` are skipped; a field cut off at the end of ``buf`` is left for the next block.
+    """
+    starts: list[int] = []
+    lens: list[int] = []
+    add_start, add_len = starts.append, lens.append
+    n = len(buf)
+    pos = 0
+    while pos < n:
+        if buf[pos] == 0x0A and pos + 1 < n:
+            length = buf[pos + 1]
+            if length < 0x80:
+                if pos + 2 + length > n:
+                    break
+                add_start(pos + 2)
+                add_len(length)
+                pos += 2 + length
+                continue
+        try:
+            start = pos
+            key, pos = _varint(buf, pos)
+            wire = key & 7
+            if wire == 2:
+                length, pos = _varint(buf, pos)
+                if pos + length > n:
+                    raise IndexError
+                if key >> 3 == 1:
+                    add_start(pos)
+                    add_len(length)
+                pos += length
+            elif wire == 0:
+                _, pos = _varint(buf, pos)
+            elif wire in (1, 5):
+                pos += 8 if wire == 1 else 4
+                if pos > n:
+                    raise IndexError
+            else:
+                return starts, lens, start, f"wire type {wire} at offset {base + start}"
+        except (IndexError, _Malformed):
+            pos = start
+            break
+    return starts, lens, pos, None
+
+
+def iter_blocks(stream: BinaryIO, block: int = 4 << 20) -> Iterator[tuple[bytes, int, list[int], list[int]]]:
+    """(block bytes, file offset of the block, body starts, body lengths), reading ``block`` at a time.
 
     Raises:
-        _Malformed: on a framing error (bad wire type, truncated field).
+        _Malformed: on a framing error (bad wire type, truncated field); every packet before it was
+            yielded.
     """
-    buf = bytearray()
-    base = 0  # file offset of buf[0]
-    eof = False
+    buf = b""
+    base = 0
     while True:
-        pos = 0
-        while True:
-            try:
-                start = pos
-                key, pos = _varint(buf, pos)
-                wire = key & 7
-                if wire == 2:
-                    length, pos = _varint(buf, pos)
-                    if pos + length > len(buf):
-                        raise IndexError
-                    if key >> 3 == 1:
-                        yield base + start, bytes(buf[pos : pos + length])
-                    pos += length
-                elif wire == 0:
-                    _, pos = _varint(buf, pos)
-                elif wire in (1, 5):
-                    pos += 8 if wire == 1 else 4
-                    if pos > len(buf):
-                        raise IndexError
-                else:
-                    raise _Malformed(f"wire type {wire} at offset {base + start}")
-            except IndexError:
-                pos = start
-                break
-        del buf[:pos]
-        base += pos
+        data = stream.read(block)
+        eof = not data
+        buf += data
+        starts, lens, used, error = frame(buf, base)
+        if error is not None:
+            if starts:
+                yield buf, base, starts, lens
+            raise _Malformed(error)
+        if starts:
+            yield buf, base, starts, lens
+        buf = buf[used:]
+        base += used
         if eof:
             if buf:
                 raise _Malformed(f"truncated field at offset {base} ({len(buf)} bytes left)")
             return
-        data = stream.read(max(block, len(buf)))
-        if not data:
-            eof = True
-        buf += data
 
 
 @dataclass
@@ -207,6 +237,7 @@ class _Inspector:
         self.track_index: dict[int, int] = {}
         self.uuids: list[int] = []
         self.strings: dict[str, int] = {"": 0}
+        self.templates: dict[int, list[cols.Template]] = {}
         self.counts: I64 = np.zeros(0, np.int64)  # slices per track index
         self.first_ts: int | None = None
         self.last_ts: int | None = None
@@ -224,6 +255,157 @@ class _Inspector:
         if sid is None:
             sid = self.strings[value] = len(self.strings)
         return sid
+
+    def block(self, buf: bytes, starts: list[int], lens: list[int]) -> None:
+        """Check the packets of one block (bodies at ``starts`` in ``buf``), in file order."""
+        first = self.report.packets
+        self.report.packets += len(starts)
+        arr = np.frombuffer(buf, np.uint8)
+        start_a = np.asarray(starts, np.int64)
+        len_a = np.asarray(lens, np.int64)
+        fast = np.zeros(len(starts), np.bool_)
+        decoded: list[cols.Decoded] = []
+        for length in np.unique(len_a).tolist():
+            rows = np.flatnonzero(len_a == length)
+            templates = self.templates.setdefault(length, [])
+            tries = 0
+            while len(rows):
+                hit = None
+                for tpl in templates:
+                    ok = cols.matches(arr, start_a[rows], tpl)
+                    if ok.any():
+                        hit = tpl, ok
+                        break
+                if hit is None:
+                    if tries >= 4 or len(templates) >= 16:
+                        break
+                    tries += 1
+                    r = int(rows[0])
+                    new = cols.build_template(buf[starts[r] : starts[r] + lens[r]])
+                    if new is None:
+                        rows = rows[1:]
+                        continue
+                    templates.append(new)
+                    continue
+                tpl, ok = hit
+                got = rows[ok]
+                decoded.append(cols.decode_group(arr, start_a[got], got, tpl))
+                fast[got] = True
+                rows = rows[~ok]
+        slow = np.flatnonzero(~fast).tolist()
+        parsed: list[tuple[int, pb.TracePacket | None]] = []
+        for r in slow:
+            try:
+                parsed.append((r, pb.TracePacket.FromString(buf[starts[r] : starts[r] + lens[r]])))
+            except DecodeError as exc:
+                self.report.add("malformed", f"packet at offset {starts[r]} does not decode: {exc}", first + r)
+                parsed.append((r, None))
+        # Sequence state changes only at packets the protobuf path decodes: the fast packets between two
+        # such packets are checked together against the state in force.
+        done = 0
+        for r, packet in parsed:
+            if packet is not None and _changes_state(packet):
+                self._fast(decoded, done, r, first)
+                done = r
+            if packet is not None:
+                self.packet(first + r, packet)
+        self._fast(decoded, done, len(starts), first)
+
+    def _fast(self, decoded: list[cols.Decoded], lo: int, hi: int, first: int) -> None:
+        """Check the columnar-decoded packets with block rows in [lo, hi)."""
+        for d in decoded:
+            a, b = np.searchsorted(d.rows, [lo, hi]).tolist()
+            if a < b:
+                self._fast_group(d, a, b, first)
+
+    def _fast_group(self, d: cols.Decoded, a: int, b: int, first: int) -> None:
+        rep = self.report
+        n = b - a
+        rows = d.rows[a:b] + first
+        sc = {k: v[a:b] for k, v in d.scalars.items()}
+        rep.track_events += n
+        flags = sc.get("flags")
+        seq_col = sc.get("seq")
+        name = np.zeros(n, np.int64)
+        cat = np.zeros(n, np.int64)
+        if seq_col is None:
+            for i in rows.tolist():
+                rep.add("no_sequence_id", "packet has no trusted_packet_sequence_id", i)
+        else:
+            for seq_id in np.unique(seq_col).tolist():
+                sel = np.flatnonzero(seq_col == seq_id)
+                seq = self.sequences.setdefault(seq_id, _Sequence())
+                if flags is not None and not seq.cleared:
+                    for i in rows[sel[(flags[sel] & 2) != 0]].tolist():
+                        rep.add("state_not_cleared", "SEQ_NEEDS_INCREMENTAL_STATE before a CLEARED packet", i)
+                clock = sc["clock"][sel] if "clock" in sc else None
+                if (clock is not None and (clock == _REALTIME).any()) or (clock is None and seq.clock == _REALTIME):
+                    self.realtime_used = True
+                self._fast_iids(d, a, sel, seq, rows, name, cat)
+        track = sc.get("track")
+        if track is None:
+            for i in rows.tolist():
+                rep.add("undeclared_track", "track event without track_uuid", i)
+            track = np.zeros(n, np.uint64)
+        uniq, inverse = np.unique(track, return_inverse=True)
+        index = np.empty(len(uniq), np.int64)
+        for k, uuid in enumerate(uniq.tolist()):
+            t = self.track_index.get(uuid)
+            if t is None:
+                t = self.track_index[uuid] = len(self.uuids)
+                self.uuids.append(uuid)
+            index[k] = t
+        kind = sc["type"].astype(np.int64) if "type" in sc else np.zeros(n, np.int64)
+        kind[(kind != _BEGIN) & (kind != _END) & (kind != _INSTANT)] = 0
+        ts = sc["ts"] if "ts" in sc else np.zeros(n, np.uint64)
+        ts = np.minimum(ts, np.uint64((1 << 63) - 1)).astype(np.int64)
+        ev = self.events
+        for arr_, col in zip(
+            (ev.track, ev.ts, ev.pos, ev.kind, ev.name, ev.cat),
+            (index[inverse.reshape(-1)], ts, rows, kind, name, cat),
+            strict=True,
+        ):
+            arr_.frombytes(np.ascontiguousarray(col, np.int64).tobytes())
+        if len(ev.ts) >= BATCH_EVENTS:
+            self.replay_batch()
+
+    def _fast_iids(
+        self, d: cols.Decoded, a: int, sel: I64, seq: _Sequence, rows: I64, name: I64, cat: I64
+    ) -> None:
+        """Resolve and check the iids of rows ``sel`` (of one sequence) like ``_iids``."""
+        missing = np.zeros(len(sel), np.bool_)
+        if "name" in d.scalars:
+            found, ids = _lookup(seq.names, d.scalars["name"][a:][sel])
+            name[sel] = ids
+            missing |= ~found
+        first_cat = np.zeros(len(sel), np.int64)
+        for col in d.cats:
+            found, ids = _lookup(seq.categories, col[a:][sel])
+            first_cat = np.where(first_cat == 0, ids, first_cat)
+            missing |= ~found
+        cat[sel] = first_cat
+        if "loc" in d.scalars:
+            missing |= ~_lookup(dict.fromkeys(seq.locations, 0), d.scalars["loc"][a:][sel])[0]
+        for ann in d.anns:
+            if ann is not None:
+                missing |= ~_lookup(dict.fromkeys(seq.annotation_names, 0), ann[a:][sel])[0]
+        for k in np.flatnonzero(missing).tolist():
+            r = int(sel[k])
+            parts = []
+            if "name" in d.scalars and int(d.scalars["name"][a + r]) not in seq.names:
+                parts.append(f"name {int(d.scalars['name'][a + r])}")
+            parts += [f"category {int(c[a + r])}" for c in d.cats if int(c[a + r]) not in seq.categories]
+            if "loc" in d.scalars and int(d.scalars["loc"][a + r]) not in seq.locations:
+                parts.append(f"source location {int(d.scalars['loc'][a + r])}")
+            parts += [
+                f"debug annotation name {int(x[a + r])}"
+                for x in d.anns
+                if x is not None and int(x[a + r]) not in seq.annotation_names
+            ]
+            state = "" if seq.cleared else " (sequence never CLEARED)"
+            self.report.add(
+                "iid_undefined", f"iids used before definition: {', '.join(parts)}{state}", int(rows[r])
+            )
 
     def packet(self, index: int, packet: pb.TracePacket) -> None:
         rep = self.report
@@ -423,6 +605,30 @@ class _Inspector:
         return {v: k for k, v in self.strings.items()}
 
 
+def _changes_state(packet: pb.TracePacket) -> bool:
+    """Whether a packet changes its sequence's incremental state (so later packets see other state)."""
+    return bool(
+        packet.HasField("interned_data")
+        or packet.sequence_flags & _CLEARED
+        or packet.incremental_state_cleared
+        or packet.previous_packet_dropped
+        or packet.HasField("trace_packet_defaults")
+    )
+
+
+def _lookup(table: dict[int, int], keys: npt.NDArray[np.uint64]) -> tuple[npt.NDArray[np.bool_], I64]:
+    """(found, value) of each key in ``table`` (value 0 where not found), columnar."""
+    if not table:
+        return np.zeros(len(keys), np.bool_), np.zeros(len(keys), np.int64)
+    k = np.fromiter(table.keys(), np.uint64, len(table))
+    v = np.fromiter(table.values(), np.int64, len(table))
+    order = np.argsort(k)
+    k, v = k[order], v[order]
+    at = np.minimum(np.searchsorted(k, keys), len(k) - 1)
+    found = k[at] == keys
+    return found, np.where(found, v[at], 0)
+
+
 def _depths(track: I64, begin: npt.NDArray[np.bool_], end: npt.NDArray[np.bool_]) -> tuple[Any, I64]:
     """For events sorted by track: (END with nothing open, nesting level of each BEGIN/matched END).
 
@@ -455,6 +661,8 @@ def _open(stack: contextlib.ExitStack, source: str | Path | BinaryIO) -> BinaryI
     return source
 
 
+#: Bytes read and decoded at a time.
+BLOCK = 4 << 20
 #: Bytes between two progress reports.
 PROGRESS_EVERY = 32 << 20
 
@@ -476,18 +684,13 @@ def inspect_trace(
         rep = inspector.report
         next_report = progress_every
         try:
-            for index, (offset, raw) in enumerate(iter_packets(stream)):
-                rep.packets += 1
-                rep.bytes = offset + len(raw)
+            for buf, base, starts, lens in iter_blocks(stream, min(BLOCK, max(progress_every // 2, 1))):
+                inspector.block(buf, starts, lens)
+                rep.bytes = base + starts[-1] + lens[-1]
                 if progress is not None and rep.bytes >= next_report:
                     progress(rep.bytes)
-                    next_report = rep.bytes + progress_every
-                try:
-                    packet = pb.TracePacket.FromString(raw)
-                except DecodeError as exc:
-                    rep.add("malformed", f"packet at offset {offset} does not decode: {exc}", index)
-                    continue
-                inspector.packet(index, packet)
+                    while next_report <= rep.bytes:
+                        next_report += progress_every
         except _Malformed as exc:
             rep.add("malformed", str(exc))
         with contextlib.suppress(OSError, ValueError):
