@@ -298,7 +298,8 @@ class _Inspector:
             try:
                 parsed.append((r, pb.TracePacket.FromString(buf[starts[r] : starts[r] + lens[r]])))
             except DecodeError as exc:
-                self.report.add("malformed", f"packet at offset {starts[r]} does not decode: {exc}", first + r)
+                message = f"packet at offset {starts[r]} does not decode: {exc}"
+                self.report.add("malformed", message, first + r)
                 parsed.append((r, None))
         # Sequence state changes only at packets the protobuf path decodes: the fast packets between two
         # such packets are checked together against the state in force.
@@ -310,6 +311,9 @@ class _Inspector:
             if packet is not None:
                 self.packet(first + r, packet)
         self._fast(decoded, done, len(starts), first)
+        # Only between blocks: a batch must hold every event of a stretch of the file.
+        if len(self.events.ts) >= BATCH_EVENTS:
+            self.replay_batch()
 
     def _fast(self, decoded: list[cols.Decoded], lo: int, hi: int, first: int) -> None:
         """Check the columnar-decoded packets with block rows in [lo, hi)."""
@@ -338,10 +342,11 @@ class _Inspector:
                 if flags is not None and not seq.cleared:
                     for i in rows[sel[(flags[sel] & 2) != 0]].tolist():
                         rep.add("state_not_cleared", "SEQ_NEEDS_INCREMENTAL_STATE before a CLEARED packet", i)
-                clock = sc["clock"][sel] if "clock" in sc else None
-                if (clock is not None and (clock == _REALTIME).any()) or (clock is None and seq.clock == _REALTIME):
+                if "clock" not in sc and seq.clock == _REALTIME:
                     self.realtime_used = True
-                self._fast_iids(d, a, sel, seq, rows, name, cat)
+                self._fast_iids(d, a, sel, seq, rows=rows, out=(name, cat))
+        if "clock" in sc and (sc["clock"] == _REALTIME).any():
+            self.realtime_used = True
         track = sc.get("track")
         if track is None:
             for i in rows.tolist():
@@ -366,13 +371,15 @@ class _Inspector:
             strict=True,
         ):
             arr_.frombytes(np.ascontiguousarray(col, np.int64).tobytes())
-        if len(ev.ts) >= BATCH_EVENTS:
-            self.replay_batch()
 
     def _fast_iids(
-        self, d: cols.Decoded, a: int, sel: I64, seq: _Sequence, rows: I64, name: I64, cat: I64
+        self, d: cols.Decoded, a: int, sel: I64, seq: _Sequence, *, rows: I64, out: tuple[I64, I64]
     ) -> None:
-        """Resolve and check the iids of rows ``sel`` (of one sequence) like ``_iids``."""
+        """Resolve and check the iids of rows ``sel`` (of one sequence) like ``_iids``.
+
+        Writes the name and category string ids into ``out`` (two arrays over the group's rows).
+        """
+        name, cat = out
         missing = np.zeros(len(sel), np.bool_)
         if "name" in d.scalars:
             found, ids = _lookup(seq.names, d.scalars["name"][a:][sel])
@@ -499,8 +506,6 @@ class _Inspector:
         ev.kind.append(te.type if te.type in (_BEGIN, _END, _INSTANT) else 0)
         ev.name.append(name)
         ev.cat.append(cat)
-        if len(ev.ts) >= BATCH_EVENTS:
-            self.replay_batch()
 
     def _iids(self, index: int, te: pb.TrackEvent, seq: _Sequence) -> tuple[int, int]:
         name = cat = 0
@@ -576,7 +581,8 @@ class _Inspector:
         g = idx[np.lexsort((idx, level[idx], track[idx]))]
         j_end = np.flatnonzero(end[g])
         b_of, e_of = g[j_end - 1], g[j_end]
-        wrong = ((name[e_of] != 0) & (name[e_of] != name[b_of])) | ((cat[e_of] != 0) & (cat[e_of] != cat[b_of]))
+        wrong = (name[e_of] != 0) & (name[e_of] != name[b_of])
+        wrong |= (cat[e_of] != 0) & (cat[e_of] != cat[b_of])
         names = self.names()
         for b, e in zip(b_of[wrong].tolist(), e_of[wrong].tolist(), strict=True):
             self.report.add(
