@@ -120,7 +120,74 @@ def _varint(buf: bytes | bytearray, pos: int) -> tuple[int, int]:
             raise _Malformed("varint longer than 10 bytes")
 
 
-def frame(buf: bytes, base: int) -> tuple[list[int], list[int], int, str | None]:
+def frame_fast(buf: bytes, pos: int) -> tuple[I64, I64, int]:
+    """Frame the run of ``Trace.packet`` fields with a one- or two-byte length from ``pos``, columnar.
+
+    Every position holding 0x0A followed by a short length is a candidate whose successor is known; the
+    candidates reachable from ``pos`` are found by pointer doubling (marking distances < 2^k in round k).
+    Returns (body starts, body lengths, end of the run): the run stops at the first field of another
+    shape or at one cut off by the end of ``buf``.
+    """
+    b = np.frombuffer(buf, np.uint8)
+    n = len(b)
+    cand = np.flatnonzero(b[pos : n - 2] == 0x0A) + pos
+    one, two = b[cand + 1].astype(np.int64), b[cand + 2].astype(np.int64)
+    short = one < 0x80
+    keep = short | (two < 0x80)
+    cand, one, two, short = cand[keep], one[keep], two[keep], short[keep]
+    if not len(cand) or cand[0] != pos:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), pos
+    header = np.where(short, 2, 3)
+    nxt_pos = cand + header + np.where(short, one, (one & 0x7F) | (two << 7))
+    at = np.searchsorted(cand, nxt_pos)
+    found = (at < len(cand)) & (cand[np.minimum(at, len(cand) - 1)] == nxt_pos)
+    stop = len(cand)  # sentinel: the chain leaves the candidates
+    jump = np.where(found, at, stop)
+    jump = np.append(jump, stop)
+    mark = np.zeros(len(cand) + 1, np.bool_)
+    mark[0] = True
+    span = 1
+    while span <= len(cand):
+        mark[jump[mark]] = True
+        jump = jump[jump]
+        span *= 2
+    chain = np.flatnonzero(mark[:-1])
+    starts, ends, head = cand[chain], nxt_pos[chain], header[chain]
+    ok = ends <= n  # only the last can be cut off by the end of the block
+    starts, ends, head = starts[ok], ends[ok], head[ok]
+    if not len(starts):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), pos
+    return starts + head, ends - starts - head, int(ends[-1])
+
+
+def frame_block(buf: bytes, base: int) -> tuple[I64, I64, int, str | None]:
+    """Like ``frame``, with runs of small packets framed columnar (``frame_fast``)."""
+    parts_s: list[I64] = []
+    parts_l: list[I64] = []
+    pos = 0
+    while pos < len(buf):
+        starts, lens, end = frame_fast(buf, pos)
+        if len(starts):
+            parts_s.append(starts)
+            parts_l.append(lens)
+            pos = end
+            continue
+        one_s, one_l, used, error = frame(buf, base, pos, max_fields=64)
+        parts_s.append(np.asarray(one_s, np.int64))
+        parts_l.append(np.asarray(one_l, np.int64))
+        if error is not None or used == pos:
+            return _cat(parts_s), _cat(parts_l), used, error
+        pos = used
+    return _cat(parts_s), _cat(parts_l), pos, None
+
+
+def _cat(parts: list[I64]) -> I64:
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def frame(
+    buf: bytes, base: int, pos: int = 0, max_fields: int | None = None
+) -> tuple[list[int], list[int], int, str | None]:
     """Packet bodies in ``buf`` (offset ``base`` in the file).
 
     Returns (body starts, body lengths, bytes used, framing error or None). Top-level fields other than
@@ -130,8 +197,9 @@ def frame(buf: bytes, base: int) -> tuple[list[int], list[int], int, str | None]
     lens: list[int] = []
     add_start, add_len = starts.append, lens.append
     n = len(buf)
-    pos = 0
-    while pos < n:
+    fields = 0
+    while pos < n and (max_fields is None or fields < max_fields):
+        fields += 1
         if buf[pos] == 0x0A and pos + 1 < n:
             length = buf[pos + 1]
             if length < 0x80:
@@ -167,7 +235,7 @@ def frame(buf: bytes, base: int) -> tuple[list[int], list[int], int, str | None]
     return starts, lens, pos, None
 
 
-def iter_blocks(stream: BinaryIO, block: int = 4 << 20) -> Iterator[tuple[bytes, int, list[int], list[int]]]:
+def iter_blocks(stream: BinaryIO, block: int = 4 << 20) -> Iterator[tuple[bytes, int, I64, I64]]:
     """(block bytes, file offset of the block, body starts, body lengths), reading ``block`` at a time.
 
     Raises:
@@ -180,12 +248,12 @@ def iter_blocks(stream: BinaryIO, block: int = 4 << 20) -> Iterator[tuple[bytes,
         data = stream.read(block)
         eof = not data
         buf += data
-        starts, lens, used, error = frame(buf, base)
+        starts, lens, used, error = frame_block(buf, base)
         if error is not None:
-            if starts:
+            if len(starts):
                 yield buf, base, starts, lens
             raise _Malformed(error)
-        if starts:
+        if len(starts):
             yield buf, base, starts, lens
         buf = buf[used:]
         base += used
@@ -256,10 +324,11 @@ class _Inspector:
             sid = self.strings[value] = len(self.strings)
         return sid
 
-    def block(self, buf: bytes, starts: list[int], lens: list[int]) -> None:
+    def block(self, buf: bytes, starts_a: I64, lens_a: I64) -> None:
         """Check the packets of one block (bodies at ``starts`` in ``buf``), in file order."""
         first = self.report.packets
-        self.report.packets += len(starts)
+        self.report.packets += len(starts_a)
+        starts, lens = starts_a.tolist(), lens_a.tolist()
         arr = np.frombuffer(buf, np.uint8)
         start_a = np.asarray(starts, np.int64)
         len_a = np.asarray(lens, np.int64)
@@ -692,7 +761,7 @@ def inspect_trace(
         try:
             for buf, base, starts, lens in iter_blocks(stream, min(BLOCK, max(progress_every // 2, 1))):
                 inspector.block(buf, starts, lens)
-                rep.bytes = base + starts[-1] + lens[-1]
+                rep.bytes = base + int(starts[-1]) + int(lens[-1])
                 if progress is not None and rep.bytes >= next_report:
                     progress(rep.bytes)
                     while next_report <= rep.bytes:
