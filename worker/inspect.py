@@ -758,18 +758,20 @@ def inspect_trace(
         inspector = _Inspector()
         rep = inspector.report
         next_report = progress_every
+        reported = -1
         try:
             for buf, base, starts, lens in iter_blocks(stream, min(BLOCK, max(progress_every // 2, 1))):
                 inspector.block(buf, starts, lens)
                 rep.bytes = base + int(starts[-1]) + int(lens[-1])
                 if progress is not None and rep.bytes >= next_report:
                     progress(rep.bytes)
+                    reported = rep.bytes
                     while next_report <= rep.bytes:
                         next_report += progress_every
         except _Malformed as exc:
             rep.add("malformed", str(exc))
         with contextlib.suppress(OSError, ValueError):
             rep.bytes = stream.tell()
-        if progress is not None:
+        if progress is not None and rep.bytes != reported:
             progress(rep.bytes)
         return inspector.finish()

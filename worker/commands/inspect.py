@@ -56,7 +56,7 @@ def progress_printer(path: Path) -> Callable[[int], None] | None:
         return None
 
     def show(done: int) -> None:
-        tail = ", replaying tracks" if done >= total else ""
+        tail = ", done" if done >= total else ""
         print(
             f"inspect: decoded {done / 1e6:,.0f} of {total / 1e6:,.0f} MB{tail}", file=sys.stderr, flush=True
         )
