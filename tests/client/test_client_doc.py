@@ -18,6 +18,7 @@ from worker.devserver import DevServer
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "CLIENT.md"
 REDIS = "redis://127.0.0.1:6379/0"
+BLOBS = "/var/lib/trace-worker/blobs"
 FLIGHT = "grpc://127.0.0.1:50051"
 
 
@@ -80,7 +81,10 @@ async def test_the_examples_run(
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     submit, watch, blocking, processes = (
-        code.replace(REDIS, redis_server.url).replace(FLIGHT, devserver.url) for code in examples()
+        code.replace(REDIS, redis_server.url)
+        .replace(FLIGHT, devserver.url)
+        .replace(BLOBS, str(tmp_path / "blobs"))
+        for code in examples()
     )
 
     out = await _run(submit, run_dir)
@@ -99,8 +103,10 @@ async def test_the_examples_run(
     out = await _run(blocking, run_dir)
     size, sha = re.findall(r"blob-only.pftrace (\d+) bytes sha256 (\w+)", out)[0]
     assert _sha256(run_dir / "blob-only.pftrace") == sha
-    events = out.splitlines()[1:]  # the run: running, progress, succeeded (all attempt 1)
-    assert events[0] == events[-1] == "status 1" and set(events) <= {"status 1", "progress 1"}
+    # the request's pickup ack (queued, attempt 0), then the run: running, progress, succeeded (attempt 1)
+    events = out.splitlines()[1:]
+    assert events[0] == "status 0" and events[1] == events[-1] == "status 1", events
+    assert set(events[1:]) <= {"status 1", "progress 1"}, events
 
     out = await _run(processes, run_dir)
     assert {line.split()[0] for line in out.splitlines()} == {p.process_id for p in devserver.lake.processes}
