@@ -51,7 +51,9 @@ async def test_followers_joining_at_random_times_over_a_large_job_all_verify(
         assert (status.chunks or 0) > 100  # really many entries
     assert len(seen) == 2
     for events in seen:
-        assert isinstance(events[0], StatusEvent) and events[0].state == JobState.RUNNING  # from the start
+        # from the start: the request's pickup ack, then the run
+        states = [e.state for e in events if isinstance(e, StatusEvent)]
+        assert states[:2] == [JobState.QUEUED, JobState.RUNNING], states
         assert isinstance(events[-1], StatusEvent) and events[-1].state == JobState.SUCCEEDED
 
 
@@ -69,7 +71,8 @@ async def test_two_sequential_events_calls_on_a_job_with_duplicates_yield_everyt
     for _ in range(2):
         runs.append([event async for event in client.job("dups").events(timeout=60)])
     assert runs[0] == runs[1]
-    assert runs[0][0].type == "status" and runs[0][0].state == JobState.RUNNING
+    states = [e.state for e in runs[0] if isinstance(e, StatusEvent)]
+    assert states[:2] == [JobState.QUEUED, JobState.RUNNING], states  # pickup ack, then the run
     assert isinstance(runs[0][-1], StatusEvent) and runs[0][-1].state == JobState.SUCCEEDED
     assert any(isinstance(e, ProgressEvent) for e in runs[0])
 

@@ -119,6 +119,10 @@ def test_bad_input_gets_4xx_with_a_clear_message(stack: Stack) -> None:
         400,
         "invalid_request",
     )
+    for early in ("0001-01-01T00:00:00+14:00", "0500-01-01T00:00:00Z", "9999-12-31T23:59:59Z"):
+        assert "between 1970" in _error(
+            http.get(f"/api/processes/{pid}/logs", params={"begin": early}), 400, "invalid_request"
+        )
     assert "limit" in _error(http.get("/api/processes", params={"limit": 0}), 422, "invalid_request")
     assert "process_id" in _error(
         http.post("/api/traces", json={"process_id": "nope"}), 422, "invalid_request"

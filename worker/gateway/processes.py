@@ -22,6 +22,7 @@ _ERRORS: dict[int | str, dict[str, object]] = {
     503: {"model": ErrorOut, "description": "Flight SQL service unreachable (code source_unavailable)"},
 }
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NS_LIMIT = datetime(2262, 4, 11, tzinfo=UTC)
 
 
 def _rt(request: Request) -> GatewayRuntime:
@@ -90,6 +91,8 @@ def _ns(value: datetime | None, name: str) -> int | None:
         return None
     if value.utcoffset() is None:
         raise InvalidRequest(f"{name} needs an offset, e.g. 2026-11-26T10:00:00Z")
+    if not _EPOCH <= value < _NS_LIMIT:  # what int64 nanoseconds since 1970 can hold
+        raise InvalidRequest(f"{name} must be between 1970-01-01T00:00:00Z and 2262-04-11T00:00:00Z")
     return (value - _EPOCH) // timedelta(microseconds=1) * 1000
 
 

@@ -107,7 +107,8 @@ async def submit(request: Request, response: Response, body: TraceRequest) -> Jo
     response.headers["Location"] = links.self
     return JobAccepted(
         job_id=handle.job_id,
-        state=status.state.value if status is not None else SUBMITTED,
+        # A terminal state here is an earlier run's: this request is answered after a worker picks it up.
+        state=SUBMITTED if status is None else "queued" if status.state.terminal else status.state.value,
         request=json.loads(body.to_json()),
         links=links,
     )
