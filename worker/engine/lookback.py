@@ -59,7 +59,10 @@ class Lookback:
             return
         rows = pa.Table.from_batches([batch])
         table = rows if self._open is None else pa.concat_tables([self._open, rows])
-        kind = pc.utf8_lower(table.column("event_type")).to_numpy(zero_copy_only=False)
+        event_type = table.column("event_type")
+        if pa.types.is_dictionary(event_type.type):  # the source may keep string columns dictionary-encoded
+            event_type = event_type.cast(pa.string())
+        kind = pc.utf8_lower(event_type).to_numpy(zero_copy_only=False)
         sid = table.column("span_id").fill_null(0).to_numpy()
         pos = np.arange(table.num_rows)
         is_end = kind == "end"
