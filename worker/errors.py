@@ -14,6 +14,7 @@
         ├── SourceUnavailable   SOURCE_UNAVAILABLE
         ├── SourceBroken        SOURCE_BROKEN
         └── BlobStoreError      BLOB_STORE_ERROR
+            └── BlobStoreRefused BLOB_STORE_ERROR, permanent (permission, missing bucket, not a folder)
 
 Foreign exceptions (ADBC, Flight, obstore, redis) are translated at the edge that calls them,
 with ``raise ... from exc``.
@@ -26,6 +27,7 @@ from contracts.errors import ErrorCode
 __all__ = [
     "BadSourceData",
     "BlobStoreError",
+    "BlobStoreRefused",
     "EmptyRange",
     "InvalidRequest",
     "PermanentError",
@@ -101,3 +103,15 @@ class SourceBroken(RetryableError):
 
 class BlobStoreError(RetryableError):
     code = ErrorCode.BLOB_STORE_ERROR
+
+
+class BlobStoreRefused(BlobStoreError):
+    """The store refuses writes for good (permission denied, missing bucket, read-only file system,
+    a file where a folder should be): the job fails at once, as a retry would fail the same way.
+
+    Same wire code as :class:`BlobStoreError`; the status says ``retryable=false``.
+    """
+
+    @property
+    def retryable(self) -> bool:
+        return False

@@ -20,9 +20,10 @@ from contracts.errors import ErrorCode
 from contracts.events import StatusEvent
 from contracts.request import TraceRequest
 from contracts.states import JobState
-from worker.errors import PermanentError, RetryableError, TraceWorkerError
+from worker.errors import BlobStoreRefused, PermanentError, RetryableError, TraceWorkerError
 from worker.service.emit import Emitter
 from worker.service.finish import finish, mark_running, reply_duplicate
+from worker.service.inflight import record
 from worker.service.lease import Lease
 from worker.service.logs import JobLog
 from worker.service.ports import BlobWriterLike, StopRequested
@@ -53,6 +54,8 @@ async def run_job(rt: Runtime, entry_id: str, request: TraceRequest) -> None:
     job_id = request.effective_job_id()
     jlog = JobLog(log, {"job_id": job_id, "entry_id": entry_id})
     lease = Lease(rt, job_id, entry_id)
+    # Before the lease: a job this entry starts stays findable even if the entry is trimmed away.
+    await retry_redis(lambda: record(rt, entry_id, job_id), what="in-flight record")
     claim = await retry_redis(lease.begin, what="lease", give_up_after_s=rt.settings.lease_s)
     if claim.kind == "locked" and claim.holder_entry == entry_id:
         jlog.info("entry is held by a live lease (%s); leaving it to its holder", claim.holder)
@@ -86,6 +89,8 @@ class _Job:
         self.stop_reason: Literal["cancel", "lease"] | None = None
         self.stopped = asyncio.Event()
         self.current: asyncio.Task[StatusEvent] | None = None
+        #: Reply streams of this delivery's attempts, in order (their chunk ids).
+        self.replies: list[ReplyStream] = []
         self.log = JobLog(log, {"job_id": job_id, "entry_id": entry_id, "attempt": lease.attempt})
 
     # -- the delivery
@@ -94,7 +99,11 @@ class _Job:
         try:
             status = await self._attempts()
             written = status is not None and await finish(
-                self.rt, entry_id=self.entry_id, status=status, lock_value=self.lease.value
+                self.rt,
+                entry_id=self.entry_id,
+                status=status,
+                lock_value=self.lease.value,
+                drop_chunks=self._failed_chunks(status),
             )
             if status is not None and written:
                 self.rt.metrics.jobs.labels(status.state.value).inc()
@@ -133,6 +142,12 @@ class _Job:
             self.log.extra = {**(self.log.extra or {}), "attempt": attempt}
             delay = min(delay * 2, settings.retry_backoff_max_s)
         raise AssertionError("unreachable: the last retry returns")
+
+    def _failed_chunks(self, status: StatusEvent) -> list[bytes | str]:
+        """Entry ids of the chunks of this delivery's attempts that did not succeed (a failed job:
+        all of them): deleted with the terminal status, so they hold no Redis memory after it."""
+        replies = self.replies[:-1] if status.state == JobState.SUCCEEDED else self.replies
+        return [i for reply in replies for i in reply.chunk_ids]
 
     async def _release(self) -> None:
         try:
@@ -203,11 +218,12 @@ class _Job:
             }
         )
 
-    def _failed(self, code: ErrorCode, message: str) -> StatusEvent:
+    def _failed(self, code: ErrorCode, message: str, *, retryable: bool | None = None) -> StatusEvent:
         # Messages may quote the Flight SQL service or the blob store: bounded, as every entry is.
         if len(message) > MAX_MESSAGE:
             message = message[: MAX_MESSAGE - 1] + "…"
-        return self._status(JobState.FAILED, error_code=code, message=message, retryable=code.retryable)
+        again = code.retryable if retryable is None else retryable
+        return self._status(JobState.FAILED, error_code=code, message=message, retryable=again)
 
     async def _attempt(self) -> StatusEvent | _Transient | None:
         """Run one attempt; the terminal status, a transient failure, or None when the lease was lost."""
@@ -236,6 +252,9 @@ class _Job:
             status = await self._stopped_outcome()
         except PermanentError as exc:
             status = self._failed(exc.code, str(exc) or exc.code.value)
+        except BlobStoreRefused as exc:
+            # The store refuses writes for good: no retry (a retry would compute the trace again).
+            status = self._failed(exc.code, str(exc) or exc.code.value, retryable=False)
         except RetryableError as exc:
             return _Transient(self._failed(exc.code, str(exc) or exc.code.value))
         except _JobTimeout:
@@ -271,6 +290,7 @@ class _Job:
         writer = await rt.store.open_writer(key)
         committed = False
         reply = ReplyStream(rt.redis, rt.keys, self.job_id, self.lease.attempt)
+        self.replies.append(reply)
         pump = ProgressPump(reply, self.job_id, self.lease.attempt, request.labels,
                             rt.settings.progress_interval_s)  # fmt: skip
         try:
