@@ -9,7 +9,7 @@ lost its lease writes nothing, so a job never shows two terminal states from two
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from redis.asyncio.client import Pipeline
@@ -22,7 +22,13 @@ from worker.service.redis_io import retry_redis
 from worker.service.runtime import Runtime
 from worker.sinks.reply_stream import queue_entry
 
-__all__ = ["ack", "finish", "mark_running", "reply_duplicate"]
+__all__ = ["ack", "finish", "inflight_key", "mark_running", "reply_duplicate"]
+
+
+def inflight_key(keys: Keys) -> str:
+    """``<prefix>:inflight``: request entry id -> job id of entries being worked on (worker-internal;
+    :mod:`worker.service.inflight`). The acknowledging MULTI removes the entry's record."""
+    return f"{keys.prefix}:inflight"
 
 
 def _state_mapping(status: StatusEvent) -> dict[str, str | bytes]:
@@ -55,6 +61,7 @@ async def finish(
     status: StatusEvent | None,
     lock_value: str | None,
     dead: Mapping[str, str | bytes] | None = None,
+    drop_chunks: Sequence[bytes | str] = (),
 ) -> bool:
     """End a delivery: terminal status (when allowed), dead letter (if given), XACK. Shielded.
 
@@ -66,11 +73,13 @@ async def finish(
             status is written only if nobody holds the lock and the job has not succeeded (its
             attempt number is then the job's current one).
         dead: fields of a dead-letter entry to add to ``<prefix>:dead``.
+        drop_chunks: job-stream entry ids to XDEL with the status (chunks of attempts that did not
+            succeed).
 
     Returns:
         Whether the status was written.
     """
-    return await rt.shielded(_finish(rt, entry_id, status, lock_value, dead))
+    return await rt.shielded(_finish(rt, entry_id, status, lock_value, dead, drop_chunks=drop_chunks))
 
 
 async def _finish(
@@ -79,6 +88,8 @@ async def _finish(
     status: StatusEvent | None,
     lock_value: str | None,
     dead: Mapping[str, str | bytes] | None,
+    *,
+    drop_chunks: Sequence[bytes | str] = (),
 ) -> bool:
     keys = rt.keys
 
@@ -106,6 +117,8 @@ async def _finish(
                 pipe.multi()  # type: ignore[no-untyped-call]
                 if allowed:
                     _terminal(rt, pipe, event)
+                    if drop_chunks:
+                        pipe.xdel(keys.job(event.job_id), *drop_chunks)
                 _queue_ack_and_dead(rt, pipe, entry_id, dead)
                 await pipe.execute()
                 return allowed
@@ -132,7 +145,8 @@ def _terminal(rt: Runtime, pipe: Pipeline, status: StatusEvent) -> None:
     pipe.delete(state_key)
     pipe.hset(state_key, mapping=fields)
     pipe.xadd(keys.events, fields, maxlen=rt.settings.events_maxlen, approximate=True)
-    pipe.expire(job_stream, ttl)
+    # Chunk bytes are what costs memory: they go sooner than the statuses (`:status`, `:state`).
+    pipe.expire(job_stream, min(rt.settings.chunk_ttl_s, ttl))
     pipe.expire(keys.status_stream(status.job_id), ttl)
     pipe.expire(state_key, ttl)
     pipe.delete(keys.lock(status.job_id))
@@ -156,6 +170,7 @@ def _ack_and_delete(pipe: Pipeline, keys: Keys, entry_id: str) -> None:
     dead-lettered) would otherwise stay on the request stream for ever, growing Redis's memory."""
     pipe.xack(keys.requests, keys.group, entry_id)
     pipe.xdel(keys.requests, entry_id)
+    pipe.hdel(inflight_key(keys), entry_id)
 
 
 async def _ack_and_dead(rt: Runtime, entry_id: str, dead: Mapping[str, str | bytes] | None) -> None:
@@ -194,6 +209,12 @@ async def reply_duplicate(rt: Runtime, entry_id: str, job_id: str, labels: dict[
         fields: Any = event.to_fields()
         async with rt.redis.pipeline(transaction=True) as pipe:
             queue_entry(pipe, keys, job_id, fields)
+            if state.terminal:
+                # The XADDs recreate a stream that had expired (chunks gone, blob kept): give it
+                # its TTL back, without extending one still running.
+                ttl = rt.settings.job_ttl_s
+                pipe.expire(keys.job(job_id), min(rt.settings.chunk_ttl_s, ttl), nx=True)
+                pipe.expire(keys.status_stream(job_id), ttl, nx=True)
             _ack_and_delete(pipe, keys, entry_id)
             await pipe.execute()
 
