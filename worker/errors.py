@@ -14,7 +14,7 @@
         ├── SourceUnavailable   SOURCE_UNAVAILABLE
         ├── SourceBroken        SOURCE_BROKEN
         └── BlobStoreError      BLOB_STORE_ERROR
-            └── BlobStoreRefused BLOB_STORE_ERROR, permanent (permission, missing bucket, not a folder)
+            └── BlobStoreRefused BLOB_STORE_ERROR, not retried by the worker (permission, no bucket...)
 
 Foreign exceptions (ADBC, Flight, obstore, redis) are translated at the edge that calls them,
 with ``raise ... from exc``.
@@ -107,11 +107,7 @@ class BlobStoreError(RetryableError):
 
 class BlobStoreRefused(BlobStoreError):
     """The store refuses writes for good (permission denied, missing bucket, read-only file system,
-    a file where a folder should be): the job fails at once, as a retry would fail the same way.
-
-    Same wire code as :class:`BlobStoreError`; the status says ``retryable=false``.
+    a file where a folder should be): the worker fails the job at once instead of retrying (each
+    retry would compute the trace again to fail the same way). Same wire code, still
+    ``retryable``: a resubmission succeeds once the store is fixed.
     """
-
-    @property
-    def retryable(self) -> bool:
-        return False

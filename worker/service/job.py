@@ -218,12 +218,11 @@ class _Job:
             }
         )
 
-    def _failed(self, code: ErrorCode, message: str, *, retryable: bool | None = None) -> StatusEvent:
+    def _failed(self, code: ErrorCode, message: str) -> StatusEvent:
         # Messages may quote the Flight SQL service or the blob store: bounded, as every entry is.
         if len(message) > MAX_MESSAGE:
             message = message[: MAX_MESSAGE - 1] + "…"
-        again = code.retryable if retryable is None else retryable
-        return self._status(JobState.FAILED, error_code=code, message=message, retryable=again)
+        return self._status(JobState.FAILED, error_code=code, message=message, retryable=code.retryable)
 
     async def _attempt(self) -> StatusEvent | _Transient | None:
         """Run one attempt; the terminal status, a transient failure, or None when the lease was lost."""
@@ -254,7 +253,7 @@ class _Job:
             status = self._failed(exc.code, str(exc) or exc.code.value)
         except BlobStoreRefused as exc:
             # The store refuses writes for good: no retry (a retry would compute the trace again).
-            status = self._failed(exc.code, str(exc) or exc.code.value, retryable=False)
+            status = self._failed(exc.code, str(exc) or exc.code.value)
         except RetryableError as exc:
             return _Transient(self._failed(exc.code, str(exc) or exc.code.value))
         except _JobTimeout:

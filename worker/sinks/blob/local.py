@@ -94,8 +94,11 @@ class LocalBlobStore(ObstoreBlobStore):
         """A real small write and delete (``os.access`` says yes to root even on a read-only mount).
 
         Raises:
+            BlobStoreError: the root folder is gone.
             BlobStoreRefused: the root is not a folder, or refuses the write (permission, read-only).
         """
-        if self.root.exists() and not self.root.is_dir():
-            raise BlobStoreRefused(f"blob folder {self.root} is not a folder")
+        if not self.root.exists():
+            raise BlobStoreError(f"blob folder {self.root} is missing or not writable (it is gone)")
+        if not self.root.is_dir():
+            raise BlobStoreRefused(f"blob folder {self.root} is missing or not writable (not a folder)")
         await super().ping()
