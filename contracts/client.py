@@ -24,6 +24,8 @@ import contextlib
 import os
 import re
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -45,7 +47,7 @@ from contracts.client_errors import (
     TraceIntegrityError,
     WaitTimeout,
 )
-from contracts.events import ChunkEvent, Event, ProgressEvent, StatusEvent, parse_entry
+from contracts.events import CancelEvent, ChunkEvent, Event, ProgressEvent, StatusEvent, parse_entry
 from contracts.keys import DEFAULT_PREFIX, Keys
 from contracts.request import JOB_ID_PATTERN, MAX_REQUEST_BYTES, TraceRequest
 from contracts.states import JobState
@@ -80,11 +82,13 @@ class TraceClient:
         reconnect_timeout_s: how long the reader keeps retrying an unreachable Redis before every
             follower gets :class:`ConnectionLost`.
         block_ms: longest single ``XREAD BLOCK`` (new followers interrupt it with CLIENT UNBLOCK).
-        cancel_ttl_s: lifetime of a cancel key.
+        cancel_ttl_s: unused since cancels are entries on ``<prefix>:cancels`` (kept for callers).
         client_name: CLIENT SETNAME of the connections (the reader's gets ``-reader`` appended),
             so an operator can tell them apart in CLIENT LIST.
         max_buffered_bytes: most bytes of received entries waiting for their followers, all jobs
             together (bounds the client's memory whatever the number of jobs).
+        file_root: the local-folder blob store's folder, when blob-only traces may be read from
+            ``file://`` URLs; without it a ``file://`` result is refused.
 
     Every error is a :class:`ClientError` (see :mod:`contracts.client_errors`).
     """
@@ -100,8 +104,11 @@ class TraceClient:
         cancel_ttl_s: int = 24 * 3600,
         client_name: str = "trace-client",
         max_buffered_bytes: int = 32 * 1024 * 1024,
+        file_root: str | os.PathLike[str] | None = None,
     ) -> None:
         self.keys = Keys(prefix)
+        #: Local folder whose file:// trace URLs this client may read (a local-folder blob store).
+        self.file_root = os.path.realpath(file_root) if file_root is not None else None
         self.redis_url = redis_url
         self.cancel_ttl_s = cancel_ttl_s
         self.client_name = client_name
@@ -137,6 +144,13 @@ class TraceClient:
         await self._mux.aclose()
         await self.redis.aclose()
         await self.redis.connection_pool.disconnect()
+
+    def allows_file(self, url: str) -> bool:
+        """Whether a file:// URL from a status lies under :attr:`file_root` (never otherwise)."""
+        if self.file_root is None:
+            return False
+        path = os.path.realpath(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
+        return os.path.commonpath([path, self.file_root]) == self.file_root
 
     async def ping(self) -> None:
         """Raise :class:`ConnectionLost` unless Redis answers."""
@@ -242,6 +256,8 @@ class JobHandle:
         self.request = request
         self.request_id = request_id
         self._run = run
+        #: Whether the worker named our request in an answer (it follows PROTOCOL v1.1 §2).
+        self._named = False
 
     def __repr__(self) -> str:
         return f"JobHandle({self.job_id!r})"
@@ -289,8 +305,25 @@ class JobHandle:
             async for event in follow:
                 if isinstance(event, StatusEvent | ProgressEvent):
                     yield event
-                if isinstance(event, StatusEvent) and event.state.terminal:
+                if self._ends(event):
                     return
+
+    def _ends(self, event: Event) -> bool:
+        """Whether ``event`` ends this handle: the terminal status answering its own request
+        (PROTOCOL §2); for a handle from :meth:`TraceClient.job`, the job's end (a request that
+        was cancelled alone did not end the job)."""
+        if not isinstance(event, StatusEvent):
+            return False
+        if event.request_id is not None and event.request_id == self.request_id:
+            self._named = True
+        if not event.state.terminal:
+            return False
+        if self.request_id is not None:
+            if event.request_id == self.request_id:
+                return True
+            # A v1 worker names no request (it never answers ours): its terminal status is the answer.
+            return event.request_id is None and not self._named
+        return not (event.state == JobState.CANCELLED and event.request_id is not None)
 
     async def wait(self, timeout: float | None = None) -> StatusEvent:  # noqa: ASYNC109 - API of the brief
         """The terminal status (whatever the outcome).
@@ -301,7 +334,7 @@ class JobHandle:
         """
         async with contextlib.aclosing(self.events(timeout=timeout)) as events:
             async for event in events:
-                if isinstance(event, StatusEvent) and event.state.terminal:
+                if isinstance(event, StatusEvent) and self._ends(event):
                     return event
         raise ClientError(f"job stream {self.client.keys.job(self.job_id)} ended without a terminal status")
 
@@ -371,22 +404,54 @@ class JobHandle:
                 await chunks.accept(event, sink)
                 del event  # hold no chunk while waiting for the next entry (memory x jobs)
                 continue
+            if isinstance(event, CancelEvent):
+                continue
             if on_event is not None:
                 on_event(event)
             if not isinstance(event, StatusEvent):
                 continue
             if event.state == JobState.RUNNING and event.attempt > chunks.attempt:
                 await chunks.restart(event.attempt, sink)
-            if not event.state.terminal:
+            if not self._ends(event):
                 continue
             if event.state != JobState.SUCCEEDED:
                 raise JobFailed(event)
+            if event.size is None or event.sha256 is None:
+                raise TraceIntegrityError(
+                    f"job {self.job_id}: the succeeded status carries no size or sha256; refusing an "
+                    "unverifiable result"
+                )
             if chunks.complete_for(event.attempt):
                 sink.verify(event.size, event.sha256)
                 return event
+            if event.chunks and event.start_id is not None:
+                # The answered attempt's chunks are earlier on the stream (e.g. a duplicate's answer).
+                await chunks.restart(event.attempt, sink)
+                await self._reread(event, chunks, sink)
+                if chunks.complete_for(event.attempt):
+                    sink.verify(event.size, event.sha256)
+                    return event
             # Blob-only (or chunks incomplete): take the object from its fetchable URL.
             return await self._from_blob(event, sink)
         raise ClientError(f"job stream {self.client.keys.job(self.job_id)} ended without a terminal status")
+
+    async def _reread(self, status: StatusEvent, chunks: _ChunkState, sink: TraceSink) -> None:
+        """Chunks of ``status.attempt`` from ``status.start_id`` on (XRANGE in bounded pages)."""
+        key = self.client.keys.job(self.job_id)
+        start = status.start_id or "0"
+        while not chunks.last:
+            async with redis_errors(f"reading job {self.job_id}"):
+                page: Any = await self.client.redis.xrange(key, min=start, max="+", count=8)
+            if not page:
+                return
+            for entry_id, fields in page:
+                start = "(" + _text(entry_id)
+                with contextlib.suppress(ValueError):
+                    event = parse_entry(fields)
+                    if isinstance(event, ChunkEvent) and event.attempt == status.attempt:
+                        await chunks.accept(event, sink)
+                        if chunks.last:
+                            return
 
     async def _chunks_expired(self) -> StatusEvent | None:
         """The succeeded status when the job's stream (its chunks) has expired while its status
@@ -400,6 +465,11 @@ class JobHandle:
     async def _from_blob(self, event: StatusEvent, sink: TraceSink) -> StatusEvent:
         """Fetch a succeeded job's object from its ``url`` (or file:// ``uri``), verifying size and sha256."""
         source = event.url or (event.uri if event.uri and event.uri.startswith("file://") else None)
+        if source is not None and source.startswith("file://") and not self.client.allows_file(source):
+            raise TraceIntegrityError(
+                f"job {self.job_id} points at a local file ({source}); this client reads local "
+                "files only under its file_root"
+            )
         if source is None:
             raise TraceIntegrityError(
                 f"job {self.job_id} succeeded but its chunks are gone (blob-only, or expired) and it has "
@@ -410,12 +480,37 @@ class JobHandle:
         sink.verify(event.size, event.sha256)
         return event
 
-    async def cancel(self) -> None:
-        """Ask the worker to stop the job (``SET <job>:cancel 1 EX ttl``); it ends ``cancelled``."""
+    async def cancel(self, timeout: float = 10.0) -> CancelEvent | None:  # noqa: ASYNC109
+        """Cancel this handle's request (or, on a handle from :meth:`TraceClient.job`, the job for
+        every request): XADD ``job_id`` [``request_id``] on ``<prefix>:cancels`` (PROTOCOL §5) and
+        wait up to ``timeout`` for the worker's answer. A shared job goes on while other requests
+        want it.
+
+        Returns:
+            The worker's answer (``outcome``: cancelled, detached, pending, not_found,
+            already_ended), or None when no worker answered within ``timeout``.
+        """
+        redis, keys = self.client.redis, self.client.keys
+        fields = {"job_id": self.job_id}
+        if self.request_id is not None:
+            fields["request_id"] = self.request_id
         async with redis_errors(f"cancelling job {self.job_id}"):
-            await self.client.redis.set(
-                self.client.keys.cancel(self.job_id), "1", ex=self.client.cancel_ttl_s
-            )
+            newest: Any = await redis.xrevrange(keys.job(self.job_id), count=1)
+            last = _text(newest[0][0]) if newest else "0-0"
+            cancel_id = _text(await redis.xadd(keys.cancels, fields))  # type: ignore[arg-type]
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            while (left := deadline - loop.time()) > 0:
+                block = max(1, int(min(left, 1.0) * 1000))
+                reply: Any = await redis.xread({keys.job(self.job_id): last}, count=50, block=block)
+                for _key, entries in reply or []:
+                    for entry_id, entry in entries:
+                        last = _text(entry_id)
+                        with contextlib.suppress(ValueError):
+                            event = parse_entry(entry)
+                            if isinstance(event, CancelEvent) and event.cancel_id == cancel_id:
+                                return event
+        return None
 
     async def state(self) -> StatusEvent | None:
         """The job's latest status (the state hash); ``queued`` while a request for it waits on the

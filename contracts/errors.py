@@ -12,6 +12,8 @@ class ErrorCode(StrEnum):
 
     #: The request entry is not valid JSON or breaks the request schema.
     INVALID_REQUEST = "invalid_request"
+    #: The job id is taken by a different request (running or succeeded); choose another job id.
+    JOB_ID_CONFLICT = "job_id_conflict"
     #: The analytics service does not know the process.
     PROCESS_NOT_FOUND = "process_not_found"
     #: The process has no spans of the requested types in the requested range.

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -22,7 +23,21 @@ from pydantic import BaseModel, ConfigDict, Field
 from contracts.errors import ErrorCode
 from contracts.states import JobState
 
-__all__ = ["ChunkEvent", "Event", "ProgressEvent", "StatusEvent", "parse_entry", "utcnow"]
+__all__ = [
+    "REQUEST_ID_PATTERN",
+    "CancelEvent",
+    "CancelOutcome",
+    "ChunkEvent",
+    "Event",
+    "ProgressEvent",
+    "StatusEvent",
+    "parse_entry",
+    "utcnow",
+]
+
+#: A Redis stream entry id (``<ms>-<seq>``): request ids and stream positions.
+REQUEST_ID_PATTERN = r"^[0-9]{1,20}-[0-9]{1,20}$"
+_EntryId = Annotated[str, Field(pattern=REQUEST_ID_PATTERN)]
 
 
 def utcnow() -> datetime:
@@ -70,6 +85,9 @@ class StatusEvent(_Event):
     lease_s: float | None = None
     #: Seconds between heartbeats (lease renewals) of a live worker.
     heartbeat_s: float | None = None
+    #: The request entry (id on <prefix>:requests) this status answers; absent on job-level
+    #: entries that answer no request in particular. Added in v1.1.
+    request_id: _EntryId | None = None
     # -- succeeded
     #: Where the trace object is (file:// or s3:// URI).
     uri: str | None = None
@@ -81,6 +99,11 @@ class StatusEvent(_Event):
     packets: int | None = None
     chunks: int | None = None
     duration_s: float | None = None
+    #: Job-stream entry id of the answered attempt's ``running`` status: its chunks follow it.
+    start_id: _EntryId | None = None
+    #: The range the trace covers, resolved when the attempt started (epoch ns).
+    begin_ns: int | None = None
+    end_ns: int | None = None
     # -- failed / dead
     error_code: ErrorCode | None = None
     #: What went wrong, in words a person can act on.
@@ -119,14 +142,48 @@ class ChunkEvent(_Event):
     last: bool = False
 
 
-Event = StatusEvent | ProgressEvent | ChunkEvent
+class CancelOutcome(StrEnum):
+    """What a cancel entry did."""
 
-_TYPES: dict[str, type[_Event]] = {"status": StatusEvent, "progress": ProgressEvent, "chunk": ChunkEvent}
+    #: The job stops (no request wants it any more).
+    CANCELLED = "cancelled"
+    #: The named request left the job; the job goes on for the other requests attached to it.
+    DETACHED = "detached"
+    #: The named request was not picked up yet; it will be answered ``cancelled`` without running.
+    PENDING = "pending"
+    #: No running job by that id, or the named request is not attached to it.
+    NOT_FOUND = "not_found"
+    #: The job (or the named request) already ended; nothing was changed.
+    ALREADY_ENDED = "already_ended"
+
+
+class CancelEvent(_Event):
+    """The answer to an entry on ``<prefix>:cancels``, written on the job stream. Added in v1.1."""
+
+    type: Literal["cancel"] = "cancel"
+    #: The cancel entry's id on <prefix>:cancels.
+    cancel_id: _EntryId
+    #: The request the cancel named, if it named one.
+    request_id: _EntryId | None = None
+    outcome: CancelOutcome
+    time: datetime = Field(default_factory=utcnow)
+    detail: str | None = None
+
+
+Event = StatusEvent | ProgressEvent | ChunkEvent | CancelEvent
+
+_TYPES: dict[str, type[_Event]] = {
+    "status": StatusEvent,
+    "progress": ProgressEvent,
+    "chunk": ChunkEvent,
+    "cancel": CancelEvent,
+}
 _JSON_FIELDS = frozenset({"labels"})
 
 
 def parse_entry(fields: Mapping[str, str | bytes] | Mapping[bytes, bytes] | Mapping[Any, Any]) -> Event:
-    """Typed event from a stream entry's field map (keys/values as str or bytes).
+    """Typed event from a stream entry's (or the state hash's) field map (keys/values as str or
+    bytes). Unknown fields are ignored.
 
     Raises:
         ValueError: unknown ``type`` or invalid fields.
@@ -143,6 +200,7 @@ def parse_entry(fields: Mapping[str, str | bytes] | Mapping[bytes, bytes] | Mapp
     cls = _TYPES.get(str(kind))
     if cls is None:
         raise ValueError(f"unknown event type {kind!r}")
-    event = cls.model_validate(norm)
-    assert isinstance(event, StatusEvent | ProgressEvent | ChunkEvent)
+    # Fields a newer contract adds (or the state hash's own fields) are ignored, never an error.
+    event = cls.model_validate({k: v for k, v in norm.items() if k in cls.model_fields})
+    assert isinstance(event, StatusEvent | ProgressEvent | ChunkEvent | CancelEvent)
     return event

@@ -31,6 +31,11 @@ class Keys:
         return f"{self.prefix}:requests"
 
     @property
+    def cancels(self) -> str:
+        """Stream of cancel entries (``job_id``, optional ``request_id``), read by the workers."""
+        return f"{self.prefix}:cancels"
+
+    @property
     def group(self) -> str:
         """Consumer group of the workers on the request stream."""
         return f"{self.prefix}:workers"
@@ -61,9 +66,17 @@ class Keys:
         """Hash with the job's latest state, for one-call polling."""
         return f"{self.job(job_id)}:state"
 
-    def cancel(self, job_id: str) -> str:
-        """Set this key (any value, with a TTL) to cancel the job."""
-        return f"{self.job(job_id)}:cancel"
+    def requesters(self, job_id: str) -> str:
+        """Worker-owned hash: request id -> labels JSON of every request attached to the running job."""
+        return f"{self.job(job_id)}:requesters"
+
+    def detached(self, job_id: str) -> str:
+        """Worker-owned set: request ids cancelled while the job ran (never re-attached)."""
+        return f"{self.job(job_id)}:detached"
+
+    def cancelled(self, job_id: str) -> str:
+        """Worker-owned set: request ids cancelled before a worker picked them up."""
+        return f"{self.job(job_id)}:cancelled"
 
     def lock(self, job_id: str) -> str:
         """Worker-internal: which delivery currently owns the job."""

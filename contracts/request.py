@@ -9,16 +9,17 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator, model_validator
 
 __all__ = [
+    "DEFAULT_OPEN_MAX_AGE_S",
+    "DERIVED_PREFIX",
     "JOB_ID_PATTERN",
     "MAX_LABELS",
     "MAX_LABEL_KEY",
@@ -37,6 +38,17 @@ MAX_LABEL_KEY = 64
 MAX_LABEL_VALUE = 256
 #: Largest `request` field accepted, in bytes of UTF-8 JSON.
 MAX_REQUEST_BYTES = 16 * 1024
+
+#: Prefix of derived job ids; an explicit job id with this prefix must equal the derived one.
+DERIVED_PREFIX = "t-"
+#: How old (seconds) a succeeded answer to an open-ended request (no `end`) may be to be reused.
+DEFAULT_OPEN_MAX_AGE_S = 60
+
+#: str.isprintable() as a JSON Schema pattern, nearly: no C0/C1 controls, bidi or zero-width formats.
+_PRINTABLE_SCHEMA_PATTERN = (
+    "^[^\\u0000-\\u001f\\u007f-\\u009f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]*$"
+)
+_UUID_SCHEMA_PATTERN = "^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$"
 
 _LABEL_KEY = re.compile(r"[A-Za-z0-9._:/-]{1,64}")
 
@@ -80,7 +92,7 @@ class TraceRequest(BaseModel):
     #: Protocol version of the request.
     v: Literal[1] = 1
     #: Micromegas process id (a UUID; normalised to lower case).
-    process_id: str
+    process_id: Annotated[str, Field(json_schema_extra={"pattern": _UUID_SCHEMA_PATTERN})]
     #: Start of the range (RFC 3339 with an offset). Default: the process's first recorded time.
     begin: datetime | None = None
     #: End of the range (RFC 3339 with an offset). Default: the process's last recorded time.
@@ -90,13 +102,28 @@ class TraceRequest(BaseModel):
     #: Idempotency key. Default: derived from the request, so identical requests share a job.
     job_id: Annotated[str, Field(pattern=JOB_ID_PATTERN)] | None = None
     #: Publish the trace bytes as chunk entries on the job stream (false: blob only).
-    chunks: bool = True
+    chunks: StrictBool = True
     #: Small string map echoed in every event of the job (requested_by, channel, ...).
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        json_schema_extra={
+            "maxProperties": MAX_LABELS,
+            "propertyNames": {"pattern": f"^{_LABEL_KEY.pattern}$"},
+            "additionalProperties": {
+                "type": "string",
+                "maxLength": MAX_LABEL_VALUE,
+                "pattern": _PRINTABLE_SCHEMA_PATTERN,
+            },
+        },
+    )
+    #: Reuse a succeeded job only if its attempt started at most this many seconds ago (0: always a
+    #: fresh run). Default: DEFAULT_OPEN_MAX_AGE_S without `end`, unlimited with `end`. Added in v1.1;
+    #: not part of the job id.
+    max_age_s: Annotated[StrictInt, Field(ge=0, le=365 * 24 * 3600)] | None = None
     #: Add the process's log entries as Perfetto log messages (additive; default false).
-    logs: bool = False
+    logs: StrictBool = False
     #: Add the process's measures as Perfetto counter tracks (additive; default false).
-    metrics: bool = False
+    metrics: StrictBool = False
 
     @field_validator("process_id")
     @classmethod
@@ -131,22 +158,55 @@ class TraceRequest(BaseModel):
     def _range(self) -> TraceRequest:
         if self.begin is not None and self.end is not None and self.begin >= self.end:
             raise ValueError("begin must be before end")
+        if self.job_id is not None and self.job_id.startswith(DERIVED_PREFIX):
+            derived = self.derived_job_id()
+            if self.job_id != derived:
+                raise ValueError(
+                    f"job ids starting with {DERIVED_PREFIX!r} are derived ids; this request's is {derived}"
+                )
         return self
+
+    def canonical(self) -> bytes:
+        """The canonical byte string of what the trace depends on (docs/PROTOCOL.md, "Job ids")::
+
+            {"begin": B, "chunks": K, "end": E, "process_id": "P", "span_types": "S"}
+
+        B/E: integer epoch nanoseconds (whole microseconds x 1000) or ``null``; K: ``true``/``false``;
+        P: lower-case UUID; S: thread/async/both. The additive flags ``logs`` and ``metrics`` appear,
+        as ``"logs": true, "metrics": true, `` after E, only when set. Test vectors:
+        ``contracts/job_id_vectors.json``.
+        """
+        return (
+            f'{{"begin": {_num(self.begin_ns)}, "chunks": {"true" if self.chunks else "false"}, '
+            f'"end": {_num(self.end_ns)}, {_additive_canonical(self)}"process_id": "{self.process_id}", '
+            f'"span_types": "{self.span_types.value}"}}'
+        ).encode()
+
+    def fingerprint(self) -> str:
+        """sha256 hex of :meth:`canonical`: a duplicate must have the job's fingerprint."""
+        return hashlib.sha256(self.canonical()).hexdigest()
+
+    def derived_job_id(self) -> str:
+        """``t-`` + the first 32 hex digits of :meth:`fingerprint`."""
+        return DERIVED_PREFIX + self.fingerprint()[:32]
 
     def effective_job_id(self) -> str:
         """The job id: the given one, or one derived from what the trace depends on."""
         if self.job_id is not None:
             return self.job_id
-        key = {
-            "process_id": self.process_id,
-            "begin": self.begin_ns,
-            "end": self.end_ns,
-            "span_types": self.span_types.value,
-            "chunks": self.chunks,
-        }
-        key.update(_additive_key_fields(self))
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
-        return f"t-{digest[:32]}"
+        return self.derived_job_id()
+
+    @property
+    def open_ended(self) -> bool:
+        """No ``end``: the end is resolved when a worker starts the job ("up to now")."""
+        return self.end is None
+
+    @property
+    def effective_max_age_s(self) -> int | None:
+        """How old a reused answer may be (None: any age)."""
+        if self.max_age_s is not None:
+            return self.max_age_s
+        return DEFAULT_OPEN_MAX_AGE_S if self.open_ended else None
 
     @property
     def begin_ns(self) -> int | None:
@@ -180,11 +240,21 @@ def _additive_key_fields(request: TraceRequest) -> dict[str, bool]:
     return {name: True for name in _ADDITIVE_FLAGS if getattr(request, name)}
 
 
+def _additive_canonical(request: TraceRequest) -> str:
+    """The set additive flags in canonical form (``"logs": true, "metrics": true, ``), in key order;
+    empty when none is set, so requests without them keep their v1 ids."""
+    return "".join(f'"{name}": true, ' for name in sorted(_additive_key_fields(request)))
+
+
 def _unset_additive_fields(request: TraceRequest) -> set[str]:
     return {name for name in _ADDITIVE_FLAGS if not getattr(request, name)}
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _num(value: int | None) -> str:
+    return "null" if value is None else str(value)
 
 
 def _ns(value: datetime | None) -> int | None:

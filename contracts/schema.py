@@ -6,8 +6,9 @@ Regenerate the files after changing a model (a test fails while they are stale):
 
 Chunk ``data`` is raw bytes on the wire (not base64); the schema marks it ``format: binary``.
 Every value on a stream entry is a Redis string: numbers and booleans are written as their text
-(``"3"``, ``"true"``) and ``labels`` as a JSON object in text; the schemas describe the typed
-values that :func:`contracts.events.parse_entry` produces.
+(``"3"``, ``"true"``) and ``labels`` as a JSON object in text; these schemas describe the typed
+values that :func:`contracts.events.parse_entry` produces, and ``schemas/wire/`` (from
+:mod:`contracts.wire_schema`) the strings as sent.
 """
 
 from __future__ import annotations
@@ -19,11 +20,14 @@ from typing import Any
 
 from contracts.events import ChunkEvent, ProgressEvent, StatusEvent
 from contracts.request import TraceRequest
+from contracts.wire_schema import wire_schemas
 
-__all__ = ["SCHEMA_DIR", "render", "schemas", "write"]
+__all__ = ["SCHEMA_DIR", "WIRE_DIR", "render", "schemas", "write"]
 
 #: Where the schema files live (shipped with the package).
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
+#: The wire-form schemas (every value a string, as sent): contracts.wire_schema.
+WIRE_DIR = SCHEMA_DIR / "wire"
 
 _DEAD_LETTER: dict[str, Any] = {
     "title": "DeadLetterEntry",
@@ -76,13 +80,14 @@ def render(schema: dict[str, Any]) -> str:
 
 
 def write(directory: Path = SCHEMA_DIR) -> list[Path]:
-    """Write every schema file; returns their paths."""
-    directory.mkdir(parents=True, exist_ok=True)
+    """Write every schema file (typed ones, and the wire forms under ``wire/``); returns their paths."""
     paths = []
-    for stem, schema in schemas().items():
-        path = directory / f"{stem}.json"
-        path.write_text(render(schema))
-        paths.append(path)
+    for folder, found in ((directory, schemas()), (directory / "wire", wire_schemas())):
+        folder.mkdir(parents=True, exist_ok=True)
+        for stem, schema in found.items():
+            path = folder / f"{stem}.json"
+            path.write_text(render(schema))
+            paths.append(path)
     return paths
 
 

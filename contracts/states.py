@@ -18,7 +18,7 @@ class JobState(StrEnum):
     SUCCEEDED = "succeeded"
     #: Ended with an error; `error_code`, `message` and `retryable` say why.
     FAILED = "failed"
-    #: Stopped on request (the job's cancel key).
+    #: Stopped on request (an entry on <prefix>:cancels), or a request that left the job.
     CANCELLED = "cancelled"
     #: Given up after too many deliveries; the original entry is on the dead-letter stream.
     DEAD = "dead"

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import pytest
 from pydantic import ValidationError
 
 import contracts
 from contracts import ChunkEvent, ErrorCode, JobState, Keys, StatusEvent, TraceRequest, parse_entry
+from contracts.request import DEFAULT_OPEN_MAX_AGE_S
+from contracts.vectors import VECTORS_FILE
+from contracts.vectors import render as render_vectors
 
 PID = "34d7c06d-3163-4111-863e-c5fc09d22d51"
 
@@ -32,9 +38,17 @@ def test_exported_members() -> None:
 
 def test_keys_share_a_cluster_hash_tag() -> None:
     k = Keys("p")
-    tagged = [k.job("a.b"), k.state("a.b"), k.cancel("a.b"), k.lock("a.b")]
+    tagged = [
+        k.job("a.b"),
+        k.state("a.b"),
+        k.lock("a.b"),
+        k.requesters("a.b"),
+        k.detached("a.b"),
+        k.cancelled("a.b"),
+    ]
     assert all("{a.b}" in key for key in tagged)
     assert k.requests == "p:requests" and k.events == "p:events" and k.dead == "p:dead"
+    assert k.cancels == "p:cancels"
 
 
 def test_request_normalises_and_derives_stable_job_ids() -> None:
@@ -112,3 +126,48 @@ def test_request_times_in_exact_epoch_nanoseconds() -> None:
     assert r.begin_ns == 1_767_225_599_999_999_000
     assert r.end_ns == 1_767_225_600_000_000_000
     assert TraceRequest(process_id=PID).begin_ns is None
+
+
+def test_job_id_vectors_file_is_current_and_every_vector_holds() -> None:
+    """contracts/job_id_vectors.json: what clients in other languages check themselves against."""
+    assert VECTORS_FILE.read_text() == render_vectors(), "run: python -m contracts.vectors"
+    data = json.loads(VECTORS_FILE.read_text())
+    assert len(data["vectors"]) >= 10
+    for vector in data["vectors"]:
+        request = TraceRequest.model_validate_json(vector["request"])
+        canonical = vector["canonical"].encode()
+        assert request.canonical() == canonical
+        assert hashlib.sha256(canonical).hexdigest() == vector["fingerprint"] == request.fingerprint()
+        assert request.effective_job_id() == vector["job_id"]
+        if request.job_id is None:
+            assert vector["job_id"] == "t-" + vector["fingerprint"][:32]
+
+
+def test_derived_ids_cannot_be_claimed_by_other_requests() -> None:
+    mine = TraceRequest(process_id=PID)
+    assert (
+        TraceRequest(process_id=PID, job_id=mine.effective_job_id()).effective_job_id()
+        == mine.effective_job_id()
+    )
+    with pytest.raises(ValidationError, match="derived"):
+        TraceRequest(process_id=PID, span_types="thread", job_id=mine.effective_job_id())
+
+
+def test_request_booleans_and_max_age_are_strict() -> None:
+    with pytest.raises(ValidationError):
+        TraceRequest.model_validate_json(f'{{"process_id": "{PID}", "chunks": "yes"}}')
+    with pytest.raises(ValidationError):
+        TraceRequest.model_validate_json(f'{{"process_id": "{PID}", "max_age_s": "5"}}')
+    with pytest.raises(ValidationError):
+        TraceRequest.model_validate_json(f'{{"process_id": "{PID}", "max_age_s": -1}}')
+    assert TraceRequest(process_id=PID).effective_max_age_s == DEFAULT_OPEN_MAX_AGE_S
+    closed = TraceRequest(process_id=PID, begin="2026-01-01T09:00:00Z", end="2026-01-01T10:00:00Z")
+    assert closed.effective_max_age_s is None
+    assert closed.model_copy(update={"max_age_s": 5}).effective_max_age_s == 5
+
+
+def test_readers_ignore_fields_they_do_not_know() -> None:
+    """A newer contract may add fields (and the state hash has its own): old readers go on."""
+    fields = {**StatusEvent(job_id="j", state=JobState.RUNNING).to_fields(), "started_ms": "1", "novel": "x"}
+    event = parse_entry(fields)
+    assert isinstance(event, StatusEvent) and event.state == JobState.RUNNING

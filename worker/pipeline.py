@@ -86,6 +86,9 @@ class Progress:
     percent: float
     #: TracePackets encoded so far (final once ``phase`` is "done").
     packets: int = 0
+    #: The range the trace covers (epoch ns), resolved from the process when the generation began.
+    begin_ns: int | None = None
+    end_ns: int | None = None
 
 
 def life_begin(process: ProcessInfo) -> int | None:
@@ -119,15 +122,17 @@ def resolve_range(spec: TraceSpec, process: ProcessInfo) -> TimeRange:
 class _Run:
     """State of one generation: the encoder, counters, limits and callbacks."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - one private call site
         self,
         spec: TraceSpec,
         encoder: TraceEncoder,
         threads_total: int,
         on_progress: Callable[[Progress], None] | None,
         should_stop: Callable[[], Awaitable[bool]] | None,
+        time_range: TimeRange,
     ) -> None:
         self.spec = spec
+        self.time_range = time_range
         self.encoder = encoder
         self.threads_total = threads_total
         self.threads_done = 0
@@ -161,6 +166,8 @@ class _Run:
                 self.threads_total,
                 percent,
                 int(self.encoder.stats.packets),
+                self.time_range.begin_ns,
+                self.time_range.end_ns,
             )
         )
 
@@ -250,7 +257,7 @@ async def generate_trace(
         metrics=spec.metrics,
     )
     span_threads = threads if spec.span_types.thread else []
-    run = _Run(spec, encoder, len(span_threads), on_progress, should_stop)
+    run = _Run(spec, encoder, len(span_threads), on_progress, should_stop, time_range)
     run.report("start")
     # The header goes out before the first span query answers: requesters see the trace start.
     for chunk in encoder.start() + encoder.flush():

@@ -20,6 +20,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from contracts import JobState, Keys, TraceRequest
+from contracts.events import CancelEvent, CancelOutcome
 from tests.client.scripted import PID, ScriptedWorker
 from tests.support.processes import track
 from tests.support.redis_server import RedisServer, free_port
@@ -187,7 +188,8 @@ async def test_request_blob_only_fetches_the_object(
     redis_server: RedisServer, scripted: ScriptedWorker, tmp_path: Path
 ) -> None:
     data = random.Random(2).randbytes(100_000)
-    blob = tmp_path / "store.pftrace"
+    blob = tmp_path / "traces" / "store.pftrace"  # under the settings' local blob folder
+    blob.parent.mkdir()
     blob.write_bytes(data)
     proc = await start_cli(
         "request",
@@ -256,9 +258,21 @@ async def test_cancel(redis_server: RedisServer, scripted: ScriptedWorker, tmp_p
     await scripted.status("cx", JobState.RUNNING, 1)
     proc = await start_cli("cancel", "cx", "--wait", "30", cwd=tmp_path, redis_url=redis_server.url)
     assert proc.stdout is not None
-    first = await asyncio.wait_for(proc.stdout.readline(), WAIT_S)  # printed once the key is set
-    assert first.decode().strip() == "cancel requested for cx (was running)"
-    assert await scripted.redis.get("t:job:{cx}:cancel") == b"1"
+    # the scripted worker answers the cancel entry as a worker does (PROTOCOL §5)
+    got: Any = None
+    for _ in range(60):  # the command starts slowly on a busy machine
+        got = await scripted.redis.xread({"t:cancels": "0"}, block=2000)
+        if got:
+            break
+    cancel_id, fields = got[0][1][0]
+    assert fields == {b"job_id": b"cx"}  # a job-level cancel: every request of the job
+    ack = CancelEvent(
+        job_id="cx", cancel_id=cancel_id.decode(), outcome=CancelOutcome.CANCELLED, detail="stops"
+    )
+    ack_fields: Any = ack.to_fields()
+    await scripted.redis.xadd("t:job:{cx}", ack_fields)
+    first = await asyncio.wait_for(proc.stdout.readline(), WAIT_S)
+    assert first.decode().strip() == "cancel cancelled for cx (stops)"
     await scripted.status("cx", JobState.CANCELLED, 1)
     result = await finish(proc)
     assert result.code == 0, result.err
@@ -315,3 +329,20 @@ async def test_redis_unreachable(tmp_path: Path, command: list[str]) -> None:
     assert result.code == 1
     assert "127.0.0.1" in result.err and ("cannot reach Redis" in result.err or "Redis failed" in result.err)
     no_traceback(result)
+
+
+async def test_request_says_when_no_worker_consumes_the_prefix(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    args = ("request", PID, "--job-id", "lonely", "--timeout", "8", "--quiet")
+    result = await cli(*args, cwd=tmp_path, redis_url=redis_server.url)
+    assert result.code == 5
+    assert "not picked up after 5 s: no worker has ever consumed prefix 't'" in result.err
+    redis = aioredis.Redis.from_url(redis_server.url)
+    try:
+        await redis.xgroup_create("t:requests", "t:workers", id="0", mkstream=True)
+        result = await cli(*args, cwd=tmp_path, redis_url=redis_server.url)
+    finally:
+        await redis.aclose()
+    assert result.code == 5
+    assert "no worker is consuming prefix 't' (0 consumer(s) of t:workers" in result.err

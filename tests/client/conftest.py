@@ -4,6 +4,7 @@ development Flight SQL server for tests against real worker processes."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -27,8 +28,8 @@ def devserver() -> Iterator[DevServer]:
 
 
 @pytest.fixture
-async def client(redis_server: RedisServer) -> AsyncIterator[TraceClient]:
-    async with TraceClient(redis_server.url, "t", reconnect_timeout_s=20) as c:
+async def client(redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[TraceClient]:
+    async with TraceClient(redis_server.url, "t", reconnect_timeout_s=20, file_root=tmp_path) as c:
         yield c
 
 

@@ -23,8 +23,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-async def client(redis_server: RedisServer) -> AsyncIterator[TraceClient]:
-    async with TraceClient(redis_server.url, "t", max_connections=8, reconnect_timeout_s=60) as c:
+async def client(redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[TraceClient]:
+    async with TraceClient(
+        redis_server.url, "t", max_connections=8, reconnect_timeout_s=60, file_root=tmp_path
+    ) as c:
         yield c
 
 

@@ -214,7 +214,9 @@ def wait_for_answer(  # noqa: PLR0917 - the entry and where to look
             for row_id, fields in rows:
                 last = row_id
                 event = parse_entry(fields)
-                if isinstance(event, StatusEvent) and (event.state.terminal or event.detail):
+                if not isinstance(event, StatusEvent) or event.request_id != entry_id:
+                    continue  # answers name their request (PROTOCOL §2)
+                if event.state.terminal or "duplicate" in (event.detail or ""):
                     if event.state.terminal and event.state.value == "failed":
                         assert event.error_code and event.message, event
                     return event.state.value

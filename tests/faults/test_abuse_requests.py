@@ -23,7 +23,7 @@ from tests.support.worker_process import Spawn, worker_env
 from worker.devserver import DevServer
 
 KEYS = Keys("t")
-_JOB_KEY = re.compile(r"^t:job:\{(?P<job>.*)\}(:state|:lock|:cancel)?$", re.DOTALL)
+_JOB_KEY = re.compile(r"^t:job:\{(?P<job>.*)\}(:state|:lock|:requesters|:detached|:cancelled)?$", re.DOTALL)
 _VALID_JOB = re.compile(JOB_ID_PATTERN)
 
 

@@ -210,7 +210,7 @@ async def test_livez_answers_and_cancel_stops_a_job_during_a_flood(
         for _ in range(5):
             async with asyncio.timeout(10):
                 assert await _get(service.http.port, "/livez") == 200
-        await redis.set(Keys("t").cancel("flood"), "1")
+        await redis.xadd(Keys("t").cancels, {"job_id": "flood"})
         final = await reader.terminal(within=60)
         assert final.state == JobState.CANCELLED
         assert final.spans is None

@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 
 from contracts import Keys, StatusEvent, TraceRequest, parse_entry
 from contracts.events import ChunkEvent, Event
+from tests.support.wire import validate_entry
 from worker.service.ports import ProgressLike, StopRequested
 from worker.settings import Settings
 
@@ -114,6 +115,8 @@ class JobReader:
         self.stream = keys.job(job_id)
         self.last = "0-0"
         self.events: list[Event] = []
+        #: Entry ids of ``events``, in order.
+        self.ids: list[str] = []
 
     async def read_until(self, pred: Callable[[Event], bool], within: float = 60.0) -> Event:
         for event in self.events:
@@ -131,8 +134,10 @@ class JobReader:
             for _, entries in reply or []:
                 for entry_id, fields in entries:
                     self.last = entry_id.decode()
+                    validate_entry("job_stream_entry", fields)  # every entry read is a published shape
                     event = parse_entry(fields)
                     self.events.append(event)
+                    self.ids.append(self.last)
                     if pred(event):
                         return event
 
@@ -181,3 +186,30 @@ async def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached within {within}s")
         await asyncio.sleep(0.02)
+
+
+async def validate_redis(redis: Redis, keys: Keys) -> int:
+    """Validate every entry of the events and dead-letter streams, every job stream and every state
+    hash under ``keys`` against the published wire schemas; returns how many were checked."""
+    checked = 0
+    for stream, name in (
+        (keys.events, "status_entry"),
+        (keys.dead, "dead_letter"),
+        (keys.requests, "request_entry"),
+    ):
+        entries: Any = await redis.xrange(stream)
+        for _, fields in entries:
+            if name != "request_entry" or b"request" in fields:
+                validate_entry(name, fields)
+                checked += 1
+    async for key in redis.scan_iter(match=f"{keys.prefix}:job:*"):
+        kind: Any = await redis.type(key)
+        if kind == b"stream":
+            stream_entries: Any = await redis.xrange(key)
+            for _, fields in stream_entries:
+                validate_entry("job_stream_entry", fields)
+                checked += 1
+        elif key.endswith(b":state"):
+            validate_entry("job_state_hash", await redis.hgetall(key))
+            checked += 1
+    return checked

@@ -11,6 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from contracts import Keys, TraceRequest
+from contracts.schema import WIRE_DIR
 from tests.service.support import PID, JobReader, ScriptedGenerator, fast_settings, submit
 from tests.support.redis_server import RedisServer
 from worker.errors import SourceUnavailable
@@ -150,7 +151,21 @@ async def test_asyncapi_document(service: Service) -> None:
     channels = json.dumps(doc["channels"])
     assert "t:requests" in channels and "t:workers" in channels
     assert "t:events" in channels and "t:dead" in channels and "t:job:" in channels
-    assert "StatusEvent" in json.dumps(doc["components"])
+    messages = doc["components"]["messages"]
+    assert "correlation_id" not in body.decode()  # no invented header
+    request = messages["requests:SubscribeMessage"]["payload"]
+    assert request["required"] == ["request"] and request["properties"]["request"]["contentSchema"]
+    assert messages["dead letters:Message"]["payload"]["required"] == [
+        "entry_id",
+        "deliveries",
+        "reason",
+        "error_code",
+    ]
+    assert messages["job stream:Message"]["correlationId"]["location"] == "$message.payload#/request_id"
+    assert len(messages["job stream:Message"]["payload"]["oneOf"]) == 4
+    assert doc["channels"]["job stream"]["parameters"]["job_id"]
+    assert doc["channels"]["job state"]["address"] == "t:job:{job_id}:state"
+    assert doc["channels"]["cancels"]["address"] == "t:cancels"
 
 
 async def test_lost_group_fails_liveness(redis_server: RedisServer, service: Service) -> None:
@@ -164,3 +179,14 @@ async def test_lost_group_fails_liveness(redis_server: RedisServer, service: Ser
         await service.rt.fatal.wait()
     status, body = await _get(_port(service), "/livez")
     assert status == 503 and b"stopped consuming" in body
+
+
+async def test_wire_schemas_are_served(service: Service) -> None:
+    status, body = await _get(_port(service), "/schemas/")
+    names = json.loads(body)["schemas"]
+    assert status == 200 and "status_entry.json" in names and "request_entry.json" in names
+    for name in names:
+        status, body = await _get(_port(service), f"/schemas/{name}")
+        assert status == 200 and body == (WIRE_DIR / name).read_bytes()
+    status, _ = await _get(_port(service), "/schemas/../settings.json")
+    assert status == 404

@@ -40,7 +40,7 @@ async def test_whole_job_chunks_equal_blob(redis_server: RedisServer, redis: Red
     gen = ScriptedGenerator(chunks=4)
     # Sent before any worker exists: the group is created at 0, so it is still delivered.
     req = TraceRequest(process_id=PID, labels={"requested_by": "test"})
-    await submit(redis, KEYS, req)
+    entry = await submit(redis, KEYS, req)
     async with Harness(redis_server.url, gen) as h:
         reader = JobReader(redis, KEYS, req.effective_job_id())
         final = await reader.terminal()
@@ -54,7 +54,10 @@ async def test_whole_job_chunks_equal_blob(redis_server: RedisServer, redis: Red
         assert final.chunks == 4 and final.spans == 40
         assert final.uri == f"memory:///{PID}/{req.effective_job_id()}.pftrace"
         statuses = [s.state for s in reader.statuses()]
-        assert statuses == [JobState.RUNNING, JobState.SUCCEEDED]
+        assert statuses == [JobState.QUEUED, JobState.RUNNING, JobState.SUCCEEDED]
+        # every answer names the request entry it answers
+        assert {s.request_id for s in reader.statuses()} == {entry}
+        assert final.start_id is not None and final.start_id == _running_entry_id(reader)
         assert any(isinstance(e, ProgressEvent) for e in reader.events)
         state: Any = await redis.hgetall(KEYS.state(req.effective_job_id()))
         assert state[b"state"] == b"succeeded" and state[b"sha256"] == final.sha256.encode()
@@ -65,7 +68,7 @@ async def test_whole_job_chunks_equal_blob(redis_server: RedisServer, redis: Red
         pending: Any = await redis.xpending(KEYS.requests, KEYS.group)
         assert pending["pending"] == 0
         events: Any = await redis.xrange(KEYS.events)
-        assert [e[1][b"state"] for e in events] == [b"running", b"succeeded"]
+        assert [e[1][b"state"] for e in events] == [b"queued", b"running", b"succeeded"]
         assert h.store.open_writers == 0
 
 
@@ -91,7 +94,9 @@ async def test_duplicates_start_no_work_and_failed_jobs_can_be_resubmitted(
         await submit(redis, KEYS, req)
         await reader.read_until(lambda e: e.type == "chunk")
         await submit(redis, KEYS, req)  # while running
-        dup = await reader.read_until(lambda e: isinstance(e, StatusEvent) and e.detail is not None)
+        dup = await reader.read_until(
+            lambda e: isinstance(e, StatusEvent) and "duplicate" in (e.detail or "")
+        )
         assert (
             isinstance(dup, StatusEvent)
             and dup.state == JobState.RUNNING
@@ -104,6 +109,11 @@ async def test_duplicates_start_no_work_and_failed_jobs_can_be_resubmitted(
         dup2 = await reader.read_until(
             lambda e: isinstance(e, StatusEvent) and e.state == JobState.SUCCEEDED and e.detail is not None
         )
+        first = next(s for s in reader.statuses() if s.state == JobState.SUCCEEDED)
+        assert isinstance(dup2, StatusEvent) and dup2.request_id != first.request_id
+        # a duplicate's answer carries every field of the job's outcome
+        for name in ("uri", "size", "sha256", "spans", "chunks", "duration_s", "start_id", "attempt"):
+            assert getattr(dup2, name) == getattr(first, name), name
         assert isinstance(dup2, StatusEvent) and dup2.sha256 is not None
         assert gen.calls == 1
         await wait_until(lambda: _pending_is(redis, 0), what="all entries acknowledged")
@@ -119,6 +129,12 @@ async def test_duplicates_start_no_work_and_failed_jobs_can_be_resubmitted(
         await submit(redis, KEYS, req2)
         ok = await reader2.read_until(lambda e: isinstance(e, StatusEvent) and e.state == JobState.SUCCEEDED)
         assert ok.attempt == 2
+
+
+def _running_entry_id(reader: JobReader) -> str:
+    return next(
+        i for i, e in zip(reader.ids, reader.events, strict=True) if getattr(e, "state", None) == "running"
+    )
 
 
 async def _pending_is(redis: Redis, n: int) -> bool:
@@ -170,10 +186,13 @@ async def test_cancel_stops_the_job(redis_server: RedisServer, redis: Redis) -> 
         reader = JobReader(redis, KEYS, "cx")
         await submit(redis, KEYS, TraceRequest(process_id=PID, job_id="cx"))
         await reader.read_until(lambda e: e.type == "chunk")
-        await redis.set(KEYS.cancel("cx"), "1", ex=600)
+        await redis.xadd(KEYS.cancels, {"job_id": "cx"})
         final = await reader.terminal()
-        assert final.state == JobState.CANCELLED
-        assert not await redis.exists(KEYS.cancel("cx"))
+        assert final.state == JobState.CANCELLED and final.request_id is not None
+        await reader.read_until(
+            lambda e: isinstance(e, StatusEvent) and e.state.terminal and e.request_id is None
+        )
+        await wait_until(lambda: _no_active(h), what="job ended")
         assert h.store.objects == {} and h.store.open_writers == 0
         events: Any = await redis.xrange(KEYS.events)
         assert events[-1][1][b"state"] == b"cancelled"
@@ -269,7 +288,7 @@ async def test_lost_lease_stops_the_attempt_without_a_status(redis_server: Redis
         await redis.set(KEYS.lock("stolen"), "other/1-1/9", px=60_000)  # another worker took it
         await wait_until(lambda: _lease_lost(h), what="lease loss noticed")
         await wait_until(lambda: _no_active(h), what="attempt stopped")
-        assert [s.state for s in reader.statuses()] == [JobState.RUNNING]
+        assert [s.state for s in reader.statuses()] == [JobState.QUEUED, JobState.RUNNING]
         assert h.store.open_writers == 0 and h.store.objects == {}
         assert not await _pending_is(redis, 0)  # left for the new owner
 

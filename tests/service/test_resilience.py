@@ -222,7 +222,7 @@ async def test_graceful_shutdown_drains_or_releases(redis_server: RedisServer, r
     await reader.read_until(lambda e: e.type == "chunk")
     await service.stop()
     assert not await redis.exists(KEYS.lock("released"))
-    assert [s.state for s in reader.statuses()] == [JobState.RUNNING]
+    assert [s.state for s in reader.statuses()] == [JobState.QUEUED, JobState.RUNNING]
     gen2 = ScriptedGenerator(chunks=2)
     other = Service(fast_settings(redis_server.url), generator=gen2, store=MemoryBlobStore(), consumer="b")
     await other.start()
@@ -256,7 +256,7 @@ async def test_cancel_stops_a_job_stuck_in_a_query(
             await reader.read_until(lambda e: e.type == "chunk")
             os.kill(dev.proc.pid, signal.SIGSTOP)  # the server stops answering mid-job
             try:
-                await redis.set(KEYS.cancel("stuck"), "1", ex=600)
+                await redis.xadd(KEYS.cancels, {"job_id": "stuck"})
                 final = await reader.terminal(within=120)
                 assert final.state == JobState.CANCELLED
                 assert _traces(tmp_path) == []

@@ -69,10 +69,12 @@ def open_client(args: argparse.Namespace) -> TraceClient:
     settings = load_settings()
     url = args.redis_url or settings.redis_url
     prefix = args.prefix or settings.key_prefix
+    # Blob-only traces from a local-folder store are read only from the settings' blob folder.
+    file_root = settings.blob_url.removeprefix("file://") if settings.blob_url.startswith("file://") else None
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise UsageError(f"not a Redis URL (redis://host:port/db): {url!r}")
     try:
-        return TraceClient(url, prefix or DEFAULT_PREFIX, reconnect_timeout_s=30)
+        return TraceClient(url, prefix or DEFAULT_PREFIX, reconnect_timeout_s=30, file_root=file_root)
     except ValueError as exc:
         raise UsageError(f"bad Redis URL {url!r}: {exc}") from exc
 

@@ -1,7 +1,9 @@
-"""`trace-worker cancel JOB_ID`: ask the worker to stop a job (it ends `cancelled`).
+"""`trace-worker cancel JOB_ID`: stop a job for every request attached to it, or detach one request.
 
-Sets the job's cancel key; the worker stops within one batch. A job that already ended is left
-alone (exit status 1). With ``--wait`` the command returns once the job has ended.
+Adds an entry on ``<prefix>:cancels`` (docs/PROTOCOL.md §5) and prints the worker's answer. With
+``--request-id`` only that request leaves the job (it goes on while other requests want it). A job
+that already ended or is unknown is reported (exit status 1) and nothing is left behind. With
+``--wait`` the command returns once the job has ended.
 """
 
 from __future__ import annotations
@@ -10,10 +12,14 @@ import argparse
 import sys
 from typing import Any
 
+from contracts.events import CancelOutcome
 from contracts.states import JobState
 from worker.commands._client_cli import EXIT_CODES, EXIT_TIMEOUT, add_redis_args, open_client, run_client
 
 __all__ = ["register"]
+
+#: How long to wait for a worker to answer the cancel entry.
+ANSWER_TIMEOUT_S = 10.0
 
 
 def register(subparsers: Any) -> None:
@@ -24,6 +30,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "job_id", metavar="JOB_ID", help="the job's id (printed by `trace-worker request`, or its --job-id)"
     )
+    parser.add_argument("--request-id", metavar="ID", help="detach only this request (the id XADD returned)")
     parser.add_argument("--wait", type=float, metavar="S", help="wait up to S seconds for the job to end")
     add_redis_args(parser)
     parser.set_defaults(handler=run)
@@ -35,20 +42,29 @@ def run(args: argparse.Namespace) -> int:
     async def body() -> int:
         async with open_client(args) as client:
             job = client.job(args.job_id)
+            job.request_id = args.request_id
             current = await job.state()
-            if current is not None and current.state.terminal:
+            if current is not None and current.state.terminal and args.request_id is None:
                 print(
                     f"trace-worker cancel: job {args.job_id} already ended {current.state.value}",
                     file=sys.stderr,
                 )
                 return 1
-            await job.cancel()
-            if current is None:
-                print(f"cancel requested for {args.job_id} (no state yet: the job has not been picked up)")
-            else:
-                print(f"cancel requested for {args.job_id} (was {current.state.value})")
-            if args.wait is None:
+            answer = await job.cancel(timeout=ANSWER_TIMEOUT_S)
+            if answer is None:
+                print(
+                    f"trace-worker cancel: no worker answered within {ANSWER_TIMEOUT_S:g} s "
+                    f"(is a worker running with prefix {client.keys.prefix!r}?)",
+                    file=sys.stderr,
+                )
+                return 1
+            if answer.outcome in (CancelOutcome.NOT_FOUND, CancelOutcome.ALREADY_ENDED):
+                print(f"trace-worker cancel: job {args.job_id}: {answer.detail}", file=sys.stderr)
+                return 1
+            print(f"cancel {answer.outcome.value} for {args.job_id} ({answer.detail})")
+            if args.wait is None or answer.outcome != CancelOutcome.CANCELLED:
                 return 0
+            job.request_id = None
             try:
                 final = await job.wait(args.wait)
             except TimeoutError:

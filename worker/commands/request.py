@@ -10,13 +10,16 @@ prints the job id, path and size. Exit status: 0 succeeded, 1 failed (or Redis u
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from redis.exceptions import ResponseError
 
-from contracts.client import JobFailed
+from contracts.client import JobFailed, TraceClient
+from contracts.events import ProgressEvent, StatusEvent
 from contracts.request import SpanTypes, TraceRequest
 from contracts.states import JobState
 from worker.cli import UsageError
@@ -122,8 +125,16 @@ def run(args: argparse.Namespace) -> int:
                 return 0
             print(f"job {job.job_id}", file=sys.stderr)
             display = ProgressLine(enabled=not args.quiet)
+            picked = asyncio.Event()
+
+            def on_event(event: StatusEvent | ProgressEvent) -> None:
+                if not isinstance(event, StatusEvent) or event.request_id in (job.request_id, None):
+                    picked.set()
+                display(event)
+
+            watchdog = asyncio.create_task(_warn_unpicked(client, picked))
             try:
-                status = await job.download(output, timeout=args.timeout, on_event=display)
+                status = await job.download(output, timeout=args.timeout, on_event=on_event)
             except JobFailed as exc:
                 display.close()
                 _report_failure(exc)
@@ -136,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
                 return EXIT_TIMEOUT
+            finally:
+                watchdog.cancel()
             display.close()
         path = output.resolve()  # noqa: ASYNC240 - one syscall after the download
         size = status.size if status.size is not None else path.stat().st_size
@@ -148,6 +161,51 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_CODES[JobState.SUCCEEDED]
 
     return run_client("request", body)
+
+
+#: How long a request may wait for its pickup acknowledgement before the command says why.
+PICKUP_WARNING_S = 5.0
+
+
+async def _warn_unpicked(client: TraceClient, picked: asyncio.Event) -> None:
+    """After PICKUP_WARNING_S without an answer, say whether any worker consumes the prefix."""
+    try:
+        async with asyncio.timeout(PICKUP_WARNING_S):
+            await picked.wait()
+        return
+    except TimeoutError:
+        pass
+    print(f"trace-worker request: {await pickup_diagnosis(client)}", file=sys.stderr)
+
+
+async def pickup_diagnosis(client: TraceClient) -> str:
+    """Why a request on ``<prefix>:requests`` is not picked up (docs/PROTOCOL.md §2.2)."""
+    keys = client.keys
+    waited = f"not picked up after {PICKUP_WARNING_S:g} s"
+    try:
+        groups: Any = await client.redis.xinfo_groups(keys.requests)
+    except ResponseError:
+        groups = []
+    group = next((g for g in groups if _text(g.get("name")) == keys.group), None)
+    if group is None:
+        return (
+            f"{waited}: no worker has ever consumed prefix {keys.prefix!r} (no group {keys.group} on "
+            f"{keys.requests}); start `trace-worker run` or check --prefix"
+        )
+    consumers: Any = await client.redis.xinfo_consumers(keys.requests, keys.group)
+    active = [c for c in consumers if int(c.get("idle", 0)) < 60_000]
+    if not active:
+        return (
+            f"{waited}: no worker is consuming prefix {keys.prefix!r} ({len(consumers)} consumer(s) of "
+            f"{keys.group}, none active in the last minute); the request waits for one"
+        )
+    lag = group.get("lag")
+    ahead = f"{lag} request(s) ahead" if lag is not None else "requests ahead"
+    return f"{waited}: {len(active)} worker(s) on prefix {keys.prefix!r} are busy; {ahead}, still waiting"
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _report_failure(exc: JobFailed) -> None:

@@ -164,7 +164,7 @@ class TraceEncoder:
             return []
         self._started = True
         out = self._packet(clock_packet(self._range))
-        out += self._packet(process_descriptor(self._process))
+        out += self._packet(process_descriptor(self._process, self._range))
         if self._span_types.thread or self._logs:
             pid = pid_of(self._proc_uuid)
             for track in self._tracks:

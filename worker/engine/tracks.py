@@ -94,7 +94,10 @@ def descriptor_packet(desc: bytes) -> bytes:
     return _descriptor(desc)
 
 
-def process_descriptor(process: ProcessInfo) -> bytes:
+def process_descriptor(process: ProcessInfo, time_range: TimeRange | None = None) -> bytes:
+    """The process track. Its labels carry the process's identity and, with ``time_range``, the
+    range the trace covers (``trace_begin_ns=``/``trace_end_ns=``, epoch ns: for an open-ended
+    request, the end resolved when the job started)."""
     uuid = process_uuid(process)
     labels = [
         f"{key}={value}"
@@ -109,6 +112,8 @@ def process_descriptor(process: ProcessInfo) -> bytes:
         if value
     ]
     labels += [f"{k}={v}" for k, v in sorted(process.properties.items())]
+    if time_range is not None:
+        labels += [f"trace_begin_ns={time_range.begin_ns}", f"trace_end_ns={time_range.end_ns}"]
     proc = field_varint(1, pid_of(uuid)) + field_bytes(6, process.exe)
     if process.start_time_ns is not None:
         proc += field_varint(7, process.start_time_ns)

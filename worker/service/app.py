@@ -14,6 +14,7 @@ reclaims them after the lease).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
@@ -25,6 +26,8 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from worker import __version__
+from worker.service.asyncapi import wire_document
+from worker.service.cancels import CancelLoop
 from worker.service.handler import build_dispatcher, document_replies, subscribe
 from worker.service.health import HealthServer
 from worker.service.logs import mask_url
@@ -86,9 +89,12 @@ def build_app(rt: Runtime) -> tuple[FastStream, RedisBroker, Reclaimer]:
     keys = rt.keys
 
     async def create_group() -> None:
-        await retry_redis(
-            lambda: ensure_group(rt.redis, keys.requests, keys.group), what="group create", give_up_after_s=30
-        )
+        for stream in (keys.requests, keys.cancels):
+
+            async def create(name: str = stream) -> None:
+                await ensure_group(rt.redis, name, keys.group)
+
+            await retry_redis(create, what="group create", give_up_after_s=30)
 
     app = FastStream(
         broker, specification=spec, on_startup=[create_group], logger=logging.getLogger("worker.faststream")
@@ -140,6 +146,7 @@ class Service:
         )
         self.app, self.broker, self.reclaimer = build_app(self.rt)
         self._asyncapi: str | None = None
+        self.cancels = CancelLoop(self.rt)
         self.http: HealthServer | None = None
         if settings.http_host:
             self.http = HealthServer(self.rt, self.asyncapi_json, settings.http_host, settings.http_port)
@@ -148,7 +155,8 @@ class Service:
         """The AsyncAPI document (JSON text). Static for the process, so built once (building it
         takes tens of milliseconds on the event loop) and served from memory after."""
         if self._asyncapi is None:
-            self._asyncapi = self.app.schema.to_specification().to_json()
+            doc = json.loads(self.app.schema.to_specification().to_json())
+            self._asyncapi = json.dumps(wire_document(doc, self.rt.keys))
         return self._asyncapi
 
     async def start(self) -> None:
@@ -163,6 +171,7 @@ class Service:
         )
         await self.app.start()
         self.reclaimer.start()
+        self.cancels.start()
         if self.http is not None:
             await self.http.start()
 
@@ -171,6 +180,7 @@ class Service:
         rt = self.rt
         rt.stopping.set()
         await self.reclaimer.stop()
+        await self.cancels.stop()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + rt.settings.drain_timeout_s
         await self.app.stop()  # waits up to drain_timeout_s for subscriber jobs, then cancels them

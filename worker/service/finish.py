@@ -9,49 +9,48 @@ lost its lease writes nothing, so a job never shows two terminal states from two
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
-from contracts.events import StatusEvent
+from contracts.events import StatusEvent, parse_entry, utcnow
 from contracts.keys import Keys
 from contracts.states import JobState
+from worker.service.answers import answer, inflight_key, queue_answer, queue_state
+from worker.service.lease import STOP_FIELD
 from worker.service.redis_io import retry_redis
 from worker.service.runtime import Runtime
 from worker.sinks.reply_stream import queue_entry
 
-__all__ = ["ack", "finish", "inflight_key", "mark_running", "reply_duplicate"]
+__all__ = ["ack", "answer_invalid", "finish", "inflight_key", "mark_running", "reply_duplicate"]
 
 
-def inflight_key(keys: Keys) -> str:
-    """``<prefix>:inflight``: request entry id -> job id of entries being worked on (worker-internal;
-    :mod:`worker.service.inflight`). The acknowledging MULTI removes the entry's record."""
-    return f"{keys.prefix}:inflight"
+async def mark_running(rt: Runtime, status: StatusEvent) -> str:
+    """Start of an attempt: ``status running`` with its number, state hash, event; keys kept alive.
 
-
-def _state_mapping(status: StatusEvent) -> dict[str, str | bytes]:
-    return status.to_fields()
-
-
-async def mark_running(rt: Runtime, status: StatusEvent) -> None:
-    """Start of an attempt: ``status running`` with its number, state hash, event; keys kept alive."""
+    Returns:
+        The job-stream id of the running entry (where the attempt's chunks start: ``start_id``).
+    """
     keys = rt.keys
-    job_stream, state_key = keys.job(status.job_id), keys.state(status.job_id)
+    job_stream = keys.job(status.job_id)
 
-    async def write() -> None:
+    async def write() -> str:
         async with rt.redis.pipeline(transaction=True) as pipe:
             fields: Any = status.to_fields()
-            queue_entry(pipe, keys, status.job_id, fields)
-            pipe.delete(state_key)
-            pipe.hset(state_key, mapping=fields)
+            queue_entry(pipe, keys, status.job_id, fields)  # the job stream's id comes first
+            queue_state(rt, pipe, status)
             pipe.xadd(keys.events, fields, maxlen=rt.settings.events_maxlen, approximate=True)
             pipe.persist(job_stream)
             pipe.persist(keys.status_stream(status.job_id))
-            await pipe.execute()
+            pipe.persist(keys.requesters(status.job_id))
+            result = await pipe.execute()
+        entry = result[0]
+        return entry.decode() if isinstance(entry, bytes) else str(entry)
 
-    await retry_redis(write, what="status running", give_up_after_s=rt.settings.lease_s / 2)
+    return await retry_redis(write, what="status running", give_up_after_s=rt.settings.lease_s / 2)
 
 
 async def finish(
@@ -98,9 +97,10 @@ async def _finish(
             await _ack_and_dead(rt, entry_id, dead)
             return False
         lock_key, state_key = keys.lock(status.job_id), keys.state(status.job_id)
+        requesters_key = keys.requesters(status.job_id)
         async with rt.redis.pipeline(transaction=True) as pipe:
             try:
-                await pipe.watch(lock_key, state_key)
+                await pipe.watch(lock_key, state_key, requesters_key)
                 holder = await pipe.get(lock_key)
                 holder_text = holder.decode() if isinstance(holder, bytes) else None
                 event = status
@@ -114,9 +114,10 @@ async def _finish(
                     state = current[0].decode() if isinstance(current[0], bytes) else None
                     allowed = holder is None and state != JobState.SUCCEEDED.value
                     event = status.model_copy(update={"attempt": int(current[1] or 0)})
+                requesters: Any = await pipe.hgetall(requesters_key) if allowed else {}
                 pipe.multi()  # type: ignore[no-untyped-call]
                 if allowed:
-                    _terminal(rt, pipe, event)
+                    _terminal(rt, pipe, event, _decode_requesters(requesters))
                     if drop_chunks:
                         pipe.xdel(keys.job(event.job_id), *drop_chunks)
                 _queue_ack_and_dead(rt, pipe, entry_id, dead)
@@ -136,23 +137,43 @@ class _Retry(Exception):
     """The lock or state changed between WATCH and EXEC: decide again."""
 
 
-def _terminal(rt: Runtime, pipe: Pipeline, status: StatusEvent) -> None:
+def _decode_requesters(raw: Mapping[Any, Any]) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for key, value in raw.items():
+        entry = key.decode() if isinstance(key, bytes) else str(key)
+        if entry == STOP_FIELD:
+            continue
+        try:
+            labels = json.loads(value)
+        except ValueError:
+            labels = {}
+        out[entry] = labels if isinstance(labels, dict) else {}
+    return out
+
+
+def _terminal(
+    rt: Runtime, pipe: Pipeline, status: StatusEvent, requesters: dict[str, dict[str, str]]
+) -> None:
+    """The job's end: one answer per attached request (its own request_id and labels), plus a
+    job-level entry (no request_id) when the job was cancelled or no request is attached any
+    more; the state hash; expiry; lock released."""
     keys = rt.keys
-    job_stream, state_key = keys.job(status.job_id), keys.state(status.job_id)
-    fields: Any = _state_mapping(status)
+    job_id = status.job_id
+    job_stream, state_key = keys.job(job_id), keys.state(job_id)
     ttl = rt.settings.job_ttl_s
-    queue_entry(pipe, keys, status.job_id, fields)
-    pipe.delete(state_key)
-    pipe.hset(state_key, mapping=fields)
-    pipe.xadd(keys.events, fields, maxlen=rt.settings.events_maxlen, approximate=True)
+    for entry, labels in sorted(requesters.items()):
+        queue_answer(rt, pipe, status.model_copy(update={"request_id": entry, "labels": labels}))
+    if status.state == JobState.CANCELLED:
+        # The job's own end (a follower of the job, not of a request, stops here): answers no request.
+        queue_answer(rt, pipe, status.model_copy(update={"request_id": None}))
+    elif not requesters:
+        queue_answer(rt, pipe, status)
+    queue_state(rt, pipe, status)
     # Chunk bytes are what costs memory: they go sooner than the statuses (`:status`, `:state`).
     pipe.expire(job_stream, min(rt.settings.chunk_ttl_s, ttl))
     pipe.expire(keys.status_stream(status.job_id), ttl)
     pipe.expire(state_key, ttl)
-    pipe.delete(keys.lock(status.job_id))
-    if status.state == JobState.CANCELLED:
-        # A resubmission after a cancel must not be cancelled by the same key.
-        pipe.delete(keys.cancel(status.job_id))
+    pipe.delete(keys.lock(job_id), keys.requesters(job_id), keys.detached(job_id))
 
 
 def _queue_ack_and_dead(
@@ -184,42 +205,62 @@ async def ack(rt: Runtime, entry_id: str, dead: Mapping[str, str | bytes] | None
     await rt.shielded(_finish(rt, entry_id, None, None, dead))
 
 
-async def reply_duplicate(rt: Runtime, entry_id: str, job_id: str, labels: dict[str, str]) -> None:
-    """Tell a duplicate request the job's current state on its job stream, then XACK. Starts no work."""
+async def reply_duplicate(rt: Runtime, entry_id: str, job_id: str, labels: dict[str, str], kind: str) -> None:
+    """Answer a request whose job is running (it was attached: its terminal answer comes at the end)
+    or succeeded recently enough (the job's outcome, every field, under this request's id), then
+    XACK. Starts no work."""
+    raw = await retry_redis(lambda: rt.redis.hgetall(rt.keys.state(job_id)), what="duplicate state")
+    current = {
+        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+        for k, v in raw.items()
+    }
+    for name in ("fingerprint", "started_ms", "request_id", "detail", "labels", "time"):
+        current.pop(name, None)
+    current.setdefault("state", JobState.RUNNING.value)
+    current.setdefault("type", "status")
+    current.setdefault("job_id", job_id)
+    state = JobState(current["state"])
+    if kind == "locked":
+        detail = "duplicate request; joined the running job (its answer comes when the job ends)"
+        current = {k: current[k] for k in ("job_id", "attempt", "type", "state") if k in current}
+        current["state"] = JobState.RUNNING.value
+    else:
+        detail = "duplicate request; the job already " + state.value
+    event = parse_entry({**current, "labels": json.dumps(labels)})
+    assert isinstance(event, StatusEvent)
+    event = event.model_copy(update={"request_id": entry_id, "detail": detail, "time": utcnow()})
+    await answer(rt, event, ack=entry_id)
+
+
+async def answer_invalid(
+    rt: Runtime, entry_id: str, status: StatusEvent, dead: Mapping[str, str | bytes] | None
+) -> None:
+    """Answer an invalid request that names a job: its ``failed`` status on the job stream (and
+    events), the dead letter, XACK. The job's state hash is written only when the job has none."""
     keys = rt.keys
+    state_key = keys.state(status.job_id)
 
     async def write() -> None:
-        raw = await rt.redis.hgetall(keys.state(job_id))
-        current = {
-            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-            for k, v in raw.items()
-        }
-        state = JobState(current.get("state", JobState.RUNNING.value))
-        event = StatusEvent(
-            job_id=job_id,
-            attempt=int(current.get("attempt", 0)),
-            state=state,
-            labels=labels,
-            detail="duplicate request; the job is already " + state.value,
-            uri=current.get("uri"),
-            url=current.get("url"),
-            size=_int(current.get("size")),
-            sha256=current.get("sha256"),
-        )
-        fields: Any = event.to_fields()
         async with rt.redis.pipeline(transaction=True) as pipe:
-            queue_entry(pipe, keys, job_id, fields)
-            if state.terminal:
-                # The XADDs recreate a stream that had expired (chunks gone, blob kept): give it
-                # its TTL back, without extending one still running.
-                ttl = rt.settings.job_ttl_s
-                pipe.expire(keys.job(job_id), min(rt.settings.chunk_ttl_s, ttl), nx=True)
-                pipe.expire(keys.status_stream(job_id), ttl, nx=True)
-            _ack_and_delete(pipe, keys, entry_id)
-            await pipe.execute()
+            try:
+                await pipe.watch(state_key)
+                known = await pipe.exists(state_key)
+                pipe.multi()  # type: ignore[no-untyped-call]
+                queue_answer(rt, pipe, status)
+                if not known:
+                    queue_state(rt, pipe, status)
+                    pipe.expire(state_key, rt.settings.job_ttl_s)
+                _queue_ack_and_dead(rt, pipe, entry_id, dead)
+                await pipe.execute()
+            except WatchError:
+                raise _Retry from None
 
-    await rt.shielded(retry_redis(write, what="duplicate reply"))
+    async def loop() -> None:
+        while True:
+            try:
+                await retry_redis(write, what="invalid-request answer")
+                return
+            except _Retry:
+                continue
 
-
-def _int(value: str | None) -> int | None:
-    return int(value) if value is not None else None
+    await rt.shielded(loop())

@@ -8,6 +8,8 @@
   SQL query per ``READY_TTL_S`` however many clients poll, and an answer within ``PROBE_TIMEOUT_S``.
 - ``GET /metrics``: Prometheus text format.
 - ``GET /asyncapi.json``: the AsyncAPI document generated from the FastStream app (built once).
+- ``GET /schemas/``: the names of the wire-form JSON Schemas; ``GET /schemas/<name>.json``: one of
+  them (``contracts/schemas/wire/``, read once at start).
 
 Requests are read with bounds: a request line or header line over :data:`MAX_LINE` bytes, or
 more than :data:`MAX_HEADERS` header lines, get ``400`` and one debug log line (no traceback).
@@ -24,6 +26,7 @@ from collections.abc import Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from contracts.schema import WIRE_DIR
 from worker.service.readiness import PROBE_TIMEOUT_S, Readiness
 from worker.service.runtime import Runtime
 
@@ -60,6 +63,10 @@ class HealthServer:
         self._host = host
         self.port = port
         self._server: asyncio.Server | None = None
+        #: The wire schemas, by URL path (static: read once).
+        self._schemas = {f"/schemas/{p.name}": p.read_bytes() for p in sorted(WIRE_DIR.glob("*.json"))}
+        index = {"schemas": [path.rsplit("/", 1)[1] for path in self._schemas]}
+        self._schemas["/schemas/"] = json.dumps(index).encode()
         self.readiness = Readiness(self._probes())
 
     def _probes(self) -> dict[str, Callable[[], Awaitable[object]]]:
@@ -130,6 +137,8 @@ class HealthServer:
             return 200, CONTENT_TYPE_LATEST, generate_latest(self._rt.metrics.registry)
         if path == "/asyncapi.json":
             return 200, "application/json", self._asyncapi().encode()
+        if path in self._schemas:
+            return 200, "application/schema+json", self._schemas[path]
         return 404, "text/plain", b"not found\n"
 
     def _livez(self) -> tuple[int, str, bytes]:

@@ -4,13 +4,15 @@ Each attempt starts with ``status running`` carrying its number, streams the tra
 writer and (unless ``chunks`` is false) to chunk entries, then commits the blob and finishes
 ``succeeded``. A transient failure ends the attempt and, after an exponential backoff, starts the
 next one (a new number, so readers drop the failed attempt's chunks); permanent failures, the job
-timeout and unexpected exceptions end the job ``failed``. A cancel key ends it ``cancelled``. A lost
+timeout and unexpected exceptions end the job ``failed``. When no request wants the job any more
+(every attached request was cancelled: :mod:`worker.service.cancels`) it ends ``cancelled``. A lost
 lease stops the attempt at once and writes nothing: the job belongs to another worker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -21,10 +23,11 @@ from contracts.events import StatusEvent
 from contracts.request import TraceRequest
 from contracts.states import JobState
 from worker.errors import BlobStoreRefused, PermanentError, RetryableError, TraceWorkerError
+from worker.service.answers import answer
 from worker.service.emit import Emitter
 from worker.service.finish import finish, mark_running, reply_duplicate
 from worker.service.inflight import record
-from worker.service.lease import Lease
+from worker.service.lease import Claim, Lease
 from worker.service.logs import JobLog
 from worker.service.ports import BlobWriterLike, StopRequested
 from worker.service.progress import ProgressPump
@@ -36,7 +39,7 @@ __all__ = ["blob_key", "run_job"]
 
 log = logging.getLogger("worker.service.job")
 
-#: How often a running job looks at its cancel key.
+#: How often a running job looks whether any request still wants it (cancels detach requests).
 CANCEL_POLL_S = 0.2
 #: Longest `message` of a failed status (characters); longer ones are cut.
 MAX_MESSAGE = 2048
@@ -50,20 +53,55 @@ def blob_key(request: TraceRequest, job_id: str) -> str:
 
 
 async def run_job(rt: Runtime, entry_id: str, request: TraceRequest) -> None:
-    """Work on one delivered request entry until its job ends, is a duplicate, or the lease is lost."""
+    """Work on one delivered request entry until its job ends, is a duplicate, or the lease is lost.
+
+    The request is answered ``queued`` at once (the pickup acknowledgement), then ``running``
+    (it started the job, or joined the running one), a duplicate's ``succeeded``, or a refusal.
+    """
     job_id = request.effective_job_id()
     jlog = JobLog(log, {"job_id": job_id, "entry_id": entry_id})
     lease = Lease(rt, job_id, entry_id)
-    # Before the lease: a job this entry starts stays findable even if the entry is trimmed away.
+    # Before anything: a job this entry starts stays findable even if the entry is trimmed away.
     await retry_redis(lambda: record(rt, entry_id, job_id), what="in-flight record")
-    claim = await retry_redis(lease.begin, what="lease", give_up_after_s=rt.settings.lease_s)
+
+    def mine(state: JobState, **fields: object) -> StatusEvent:
+        return StatusEvent.model_validate(
+            {"job_id": job_id, "state": state, "labels": request.labels, "request_id": entry_id, **fields}
+        )
+
+    await answer(rt, mine(JobState.QUEUED, detail=f"picked up by {rt.consumer}"))
+
+    async def begin() -> Claim:
+        return await lease.begin(
+            labels_json=json.dumps(request.labels, sort_keys=True),
+            fingerprint=request.fingerprint(),
+            max_age_s=request.effective_max_age_s,
+        )
+
+    claim = await retry_redis(begin, what="lease", give_up_after_s=rt.settings.lease_s)
     if claim.kind == "locked" and claim.holder_entry == entry_id:
         jlog.info("entry is held by a live lease (%s); leaving it to its holder", claim.holder)
+        return
+    if claim.kind == "cancelled":
+        jlog.info("request cancelled before pickup")
+        await answer(rt, mine(JobState.CANCELLED, detail="cancelled on request before a worker started it"),
+                     ack=entry_id)  # fmt: skip
+        return
+    if claim.kind == "conflict":
+        jlog.info("job id taken by a different request (%s)", claim.holder)
+        message = (
+            f"job id {job_id} belongs to a different request (the job is {claim.holder}); a job id "
+            "names one request (process, range, span types, chunks): choose another job id"
+        )
+        code = ErrorCode.JOB_ID_CONFLICT
+        await answer(
+            rt, mine(JobState.FAILED, error_code=code, message=message, retryable=False), ack=entry_id
+        )
         return
     if claim.kind != "go":
         rt.metrics.duplicates.inc()
         jlog.info("duplicate request (%s)", claim.kind)
-        await reply_duplicate(rt, entry_id, job_id, request.labels)
+        await reply_duplicate(rt, entry_id, job_id, request.labels, claim.kind)
         return
     await _Job(rt, request, job_id, entry_id, lease).run()
 
@@ -91,6 +129,8 @@ class _Job:
         self.current: asyncio.Task[StatusEvent] | None = None
         #: Reply streams of this delivery's attempts, in order (their chunk ids).
         self.replies: list[ReplyStream] = []
+        #: Job-stream id of the current attempt's running entry.
+        self.start_id: str | None = None
         self.log = JobLog(log, {"job_id": job_id, "entry_id": entry_id, "attempt": lease.attempt})
 
     # -- the delivery
@@ -185,15 +225,15 @@ class _Job:
             self.current.cancel()
 
     async def _watch(self) -> None:
-        """Heartbeat (lease renewal) and cancel-key polling for the whole delivery."""
-        settings, redis = self.rt.settings, self.rt.redis
-        cancel_key = self.rt.keys.cancel(self.job_id)
+        """Heartbeat (lease renewal) and polling whether any request still wants the job (a cancel
+        detaches requests; the job stops when none is left)."""
+        settings = self.rt.settings
         next_beat = time.monotonic() + settings.heartbeat_s
         while True:
             await asyncio.sleep(min(CANCEL_POLL_S, settings.heartbeat_s))
             try:
-                if self.stop_reason is None and await redis.exists(cancel_key):
-                    self.log.info("cancel requested")
+                if self.stop_reason is None and not await self.lease.wanted():
+                    self.log.info("cancelled: no request wants the job any more")
                     self._stop("cancel")
                 if time.monotonic() >= next_beat:
                     if not await self.lease.renew():
@@ -214,6 +254,7 @@ class _Job:
                 "attempt": self.lease.attempt,
                 "state": state,
                 "labels": self.request.labels,
+                "request_id": self.entry_id,
                 **fields,
             }
         )
@@ -232,7 +273,7 @@ class _Job:
             running = self._status(
                 JobState.RUNNING, lease_s=rt.settings.lease_s, heartbeat_s=rt.settings.heartbeat_s
             )
-            await mark_running(rt, running)
+            self.start_id = await mark_running(rt, running)
         except TRANSIENT as exc:
             return _Transient(self._failed(ErrorCode.INTERNAL, f"redis unavailable: {exc}"))
         rt.metrics.attempts.inc()
@@ -328,6 +369,9 @@ class _Job:
             packets=pump.packets,
             chunks=reply.seq if request.chunks else 0,
             duration_s=round(duration, 6),
+            start_id=self.start_id,
+            begin_ns=pump.begin_ns,
+            end_ns=pump.end_ns,
         )
 
     async def _stream(self, emitter: Emitter, pump: ProgressPump) -> None:

@@ -13,15 +13,40 @@ from typing import Any, Literal
 
 from worker.service.runtime import Runtime
 
-__all__ = ["Claim", "Lease"]
+__all__ = ["STOP_FIELD", "Claim", "Lease"]
 
-# KEYS: lock, state. ARGV: "<consumer>/<entry>", lease ms.
+#: Field of the requesters hash that asks the running worker to stop the job (no request wants it).
+STOP_FIELD = ":stop"
+
+# KEYS: lock, state, requesters, detached, cancelled.
+# ARGV: "<consumer>/<entry>", lease ms, entry id, labels JSON, fingerprint, max age ms (-1: any).
 _BEGIN = """
+local entry = ARGV[3]
+if redis.call('SREM', KEYS[5], entry) == 1 then return {'cancelled', ''} end
 local cur = redis.call('GET', KEYS[1])
-if cur then return {'locked', cur} end
+local fp = redis.call('HGET', KEYS[2], 'fingerprint')
 local st = redis.call('HGET', KEYS[2], 'state')
-if st == 'succeeded' then return {'done', st} end
+local function attach()
+  if redis.call('SISMEMBER', KEYS[4], entry) == 0 then redis.call('HSET', KEYS[3], entry, ARGV[4]) end
+end
+if cur then
+  if string.find(cur, '/' .. entry .. '/', 1, true) then return {'locked', cur} end
+  if fp and fp ~= ARGV[5] then return {'conflict', 'running'} end
+  attach()
+  return {'locked', cur}
+end
+if fp and fp ~= ARGV[5] and (st == 'succeeded' or st == 'running') then return {'conflict', st} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if st == 'succeeded' then
+  local started = tonumber(redis.call('HGET', KEYS[2], 'started_ms') or '')
+  local max_age = tonumber(ARGV[6])
+  if max_age < 0 or (started and now - started <= max_age) then return {'done', st} end
+end
+if st ~= 'running' then redis.call('DEL', KEYS[3], KEYS[4]) end
+attach()
 local attempt = redis.call('HINCRBY', KEYS[2], 'attempt', 1)
+redis.call('HSET', KEYS[2], 'fingerprint', ARGV[5], 'started_ms', now)
 redis.call('SET', KEYS[1], ARGV[1] .. '/' .. attempt, 'PX', ARGV[2])
 return {'go', tostring(attempt)}
 """
@@ -50,8 +75,11 @@ return 1
 class Claim:
     """Outcome of :meth:`Lease.begin`."""
 
-    #: go: the lease is ours for ``attempt``; locked: ``holder`` runs the job; done: it succeeded.
-    kind: Literal["go", "locked", "done"]
+    #: go: the lease is ours for ``attempt``; locked: ``holder`` runs the job (this request was
+    #: attached to it); done: it succeeded recently enough; conflict: the job id belongs to a
+    #: different request (``holder`` says the job's state); cancelled: the request was cancelled
+    #: before pickup.
+    kind: Literal["go", "locked", "done", "conflict", "cancelled"]
     attempt: int = 0
     holder: str = ""
 
@@ -75,6 +103,7 @@ class Lease:
         self._rt = rt
         self.job_id = job_id
         self.entry_id = entry_id
+        self.requesters_key = rt.keys.requesters(job_id)
         self.lock_key = rt.keys.lock(job_id)
         self.state_key = rt.keys.state(job_id)
         self.owner = f"{rt.consumer}/{entry_id}"
@@ -86,10 +115,25 @@ class Lease:
     def _lease_ms(self) -> int:
         return int(self._rt.settings.lease_s * 1000)
 
-    async def begin(self) -> Claim:
-        """Take the lease and start the next attempt, unless someone holds it or the job succeeded."""
+    async def begin(self, *, labels_json: str, fingerprint: str, max_age_s: int | None) -> Claim:
+        """Take the lease and start the next attempt, unless someone holds it (then this request is
+        attached to the running job), the job succeeded within ``max_age_s``, the job id belongs to
+        a request with another fingerprint, or the request was cancelled before pickup."""
+        keys = self._rt.keys
         raw: Any = await self._rt.redis.eval(
-            _BEGIN, 2, self.lock_key, self.state_key, self.owner, self._lease_ms
+            _BEGIN,
+            5,
+            self.lock_key,
+            self.state_key,
+            self.requesters_key,
+            keys.detached(self.job_id),
+            keys.cancelled(self.job_id),
+            self.owner,
+            self._lease_ms,
+            self.entry_id,
+            labels_json,
+            fingerprint,
+            -1 if max_age_s is None else max_age_s * 1000,
         )
         kind = _text(raw[0])
         if kind == "go":
@@ -98,7 +142,20 @@ class Lease:
             return Claim("go", attempt=self.attempt)
         if kind == "locked":
             return Claim("locked", holder=_text(raw[1]))
+        if kind == "conflict":
+            return Claim("conflict", holder=_text(raw[1]))
+        if kind == "cancelled":
+            return Claim("cancelled")
         return Claim("done")
+
+    async def wanted(self) -> bool:
+        """Whether any request still wants the job: its requesters hash exists and holds no stop
+        mark (a cancel of the last request, or of the whole job)."""
+        async with self._rt.redis.pipeline(transaction=False) as pipe:
+            pipe.exists(self.requesters_key)
+            pipe.hexists(self.requesters_key, STOP_FIELD)
+            exists, stopping = await pipe.execute()
+        return bool(exists) and not stopping
 
     async def next_attempt(self) -> int | None:
         """Move the held lease to a new attempt number; None when the lease was lost."""

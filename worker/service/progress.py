@@ -37,6 +37,9 @@ class ProgressPump:
         #: Totals of the latest report (for the final status).
         self.spans = 0
         self.packets: int | None = None
+        #: The resolved range, when the generator reports it.
+        self.begin_ns: int | None = None
+        self.end_ns: int | None = None
 
     def update(self, progress: ProgressLike) -> None:
         """The generator's callback (synchronous, cheap)."""
@@ -45,6 +48,10 @@ class ProgressPump:
         packets = getattr(progress, "packets", None)
         if isinstance(packets, int):
             self.packets = packets
+        for name in ("begin_ns", "end_ns"):
+            value = getattr(progress, name, None)
+            if isinstance(value, int):
+                setattr(self, name, value)
         if self._task is None and not self._closed:
             self._task = asyncio.create_task(self._run())
         self._wake.set()

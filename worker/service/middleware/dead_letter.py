@@ -34,7 +34,7 @@ from contracts.events import StatusEvent
 from contracts.request import JOB_ID_PATTERN, MAX_LABELS, MAX_REQUEST_BYTES, TraceRequest, label_problem
 from contracts.states import JobState
 from worker.service.delivery import Delivery, Handler, Middleware, pending_info
-from worker.service.finish import ack, finish
+from worker.service.finish import ack, answer_invalid, finish
 from worker.service.redis_io import TRANSIENT
 from worker.service.runtime import Runtime
 
@@ -147,9 +147,16 @@ async def _reject(rt: Runtime, d: Delivery, state: JobState, code: ErrorCode, re
             error_code=code,
             message=_clip(reason, _REASON_MAX),
             retryable=state == JobState.DEAD,
+            request_id=d.entry_id,
         )
         try:
-            written = await finish(rt, entry_id=d.entry_id, status=status, lock_value=None, dead=dead)
+            if state == JobState.FAILED:
+                # Answered on its job's stream, where the requester looks; a job that exists is
+                # left alone (docs/PROTOCOL.md §9).
+                await answer_invalid(rt, d.entry_id, status, dead)
+                written = True
+            else:
+                written = await finish(rt, entry_id=d.entry_id, status=status, lock_value=None, dead=dead)
         except ResponseError as exc:
             # A job key of the wrong type (e.g. a stream where the state hash goes): no status can
             # be written for this job; the dead letter below still answers the entry.

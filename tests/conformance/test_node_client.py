@@ -1,0 +1,87 @@
+"""A Node client written from docs/PROTOCOL.md only (tests/conformance/node/client.mjs) against a real
+worker process, the devserver and a real redis-server: derived job id computed in Node, its own
+answers followed, chunks verified against the status and the blob, cancel then resubmit, a
+duplicate, a malformed request naming an existing job, and a connection dropped mid-stream."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from contracts import TraceRequest
+from contracts.vectors import VECTORS_FILE
+from tests.conformance.conftest import NODE_DIR
+from tests.support.redis_server import RedisServer
+from tests.support.worker_process import Spawn, worker_env
+from worker.devserver import DevServer
+
+
+async def run_node(node: str, *args: str) -> dict[str, Any]:
+    proc = await asyncio.create_subprocess_exec(
+        node, str(NODE_DIR / "client.mjs"), *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 240)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, err.decode()
+    result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    return result
+
+
+async def test_node_computes_every_job_id_vector(node: str) -> None:
+    result = await run_node(node, "vectors", str(VECTORS_FILE))
+    assert result == {"ok": True, "vectors": len(json.loads(VECTORS_FILE.read_text())["vectors"])}
+
+
+async def test_node_client_scenarios(
+    node: str, redis_server: RedisServer, devserver: DevServer, spawn_worker: Spawn, tmp_path: Path
+) -> None:
+    blobs = tmp_path / "blobs"
+    spawn_worker(worker_env(redis_server.url, devserver.url, blobs.as_uri()))
+    pid = devserver.lake.processes[0].process_id
+    url = redis_server.url
+
+    # 1. no job_id: Node derives it; the answer and the chunks verify against status and blob
+    raw = json.dumps({"process_id": pid.upper(), "span_types": "both", "labels": {"who": "node"}})
+    first = await run_node(node, "request", url, "t", raw, str(tmp_path / "a.pftrace"))
+    expected_id = TraceRequest.model_validate_json(raw).effective_job_id()
+    assert first["job_id"] == expected_id and first["state"] == "succeeded" and first["verified"]
+    data = (tmp_path / "a.pftrace").read_bytes()
+    assert data == (blobs / pid / f"{expected_id}.pftrace").read_bytes()
+    assert hashlib.sha256(data).hexdigest() == first["sha256"] and first["labels"] == {"who": "node"}
+    mine = [s for s in first["statuses"] if s["request_id"] == first["request_id"]]
+    assert [s["state"] for s in mine] == ["queued", "running", "succeeded"]
+
+    # 2. a duplicate within max_age_s: answered at once, chunks re-read from start_id
+    dup = await run_node(node, "request", url, "t", raw, str(tmp_path / "b.pftrace"))
+    assert dup["state"] == "succeeded" and dup["attempt"] == first["attempt"] and dup["reread_from"]
+    assert "duplicate" in dup["detail"] and (tmp_path / "b.pftrace").read_bytes() == data
+
+    # 3. cancel its own request, then resubmit: the resubmission is not killed by the cancel
+    large = devserver.lake.processes[1].process_id  # still running when the cancel lands
+    cancel_raw = json.dumps({"process_id": large, "job_id": "node-c", "span_types": "thread"})
+    cancelled = await run_node(node, "request", url, "t", cancel_raw, str(tmp_path / "c.pftrace"), "--cancel")
+    # sent at the pickup ack: the request is either attached already or about to be (PROTOCOL §5)
+    assert cancelled["state"] == "cancelled" and cancelled["cancel_outcome"] in ("cancelled", "pending")
+    cancel_raw = json.dumps({"process_id": pid, "job_id": "node-c", "span_types": "thread"})
+    again = await run_node(node, "request", url, "t", cancel_raw, str(tmp_path / "c.pftrace"))
+    assert again["state"] == "succeeded" and again["verified"]
+
+    # 4. a malformed request naming an existing job is answered on that job's stream
+    bad = json.dumps({"process_id": pid, "job_id": "node-c", "span_types": "all"})
+    refused = await run_node(node, "request", url, "t", bad, str(tmp_path / "d.pftrace"))
+    assert refused["state"] == "failed" and refused["error_code"] == "invalid_request"
+
+    # 5. the reader's connection is killed mid-stream; it resumes from the last id it processed
+    fresh = json.dumps({"process_id": pid, "max_age_s": 0, "chunks": True})
+    resumed = await run_node(
+        node, "request", url, "t", fresh, str(tmp_path / "e.pftrace"), "--drop-after-chunks", "1"
+    )
+    assert resumed["state"] == "succeeded" and resumed["verified"] and resumed["reconnects"] >= 1

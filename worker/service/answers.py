@@ -1,0 +1,109 @@
+"""Answers to one request entry: status entries that carry ``request_id`` (docs/PROTOCOL.md §2).
+
+Every request gets its own answers on its job's stream (copied to ``<prefix>:events``): ``queued``
+at pickup, then ``running`` (or a duplicate's ``running``/``succeeded``), then one terminal status.
+A job-level status (the state hash) is written by :mod:`worker.service.finish`; this module writes
+the per-request ones. The state hash keeps two state-only fields across status writes:
+``fingerprint`` (sha256 of the canonical request that created the job) and ``started_ms`` (Redis
+clock when the current attempt started, the freshness reference of ``max_age_s``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.asyncio.client import Pipeline
+
+from contracts.events import StatusEvent
+from contracts.keys import Keys
+from worker.service.redis_io import retry_redis
+from worker.service.runtime import Runtime
+
+__all__ = ["STATE_ONLY_FIELDS", "answer", "inflight_key", "queue_answer", "queue_entry", "queue_state"]
+
+#: Fields of the state hash that are not status fields; kept when a status replaces the hash.
+STATE_ONLY_FIELDS = ("fingerprint", "started_ms")
+
+# KEYS: job stream, status stream, lock. ARGV: job-stream ttl ms, status-stream ttl ms, then
+# field/value pairs. The entry goes to the job stream and its chunk-less status stream; streams that
+# no running job keeps alive get their TTL (an answer never leaves a key for ever): the job stream
+# chunk_ttl_s (it may be recreated after its chunks expired), the status stream job_ttl_s.
+_ANSWER = """
+local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
+redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
+if redis.call('EXISTS', KEYS[3]) == 0 then
+  for i = 1, 2 do
+    if redis.call('PTTL', KEYS[i]) < 0 then redis.call('PEXPIRE', KEYS[i], ARGV[i]) end
+  end
+end
+return id
+"""
+# KEYS: state. ARGV: field/value pairs. Replaces the status fields, keeps the state-only ones.
+_STATE = """
+local keep = redis.call('HMGET', KEYS[1], 'fingerprint', 'started_ms')
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV))
+if keep[1] then redis.call('HSET', KEYS[1], 'fingerprint', keep[1]) end
+if keep[2] then redis.call('HSET', KEYS[1], 'started_ms', keep[2]) end
+return 1
+"""
+
+
+def inflight_key(keys: Keys) -> str:
+    """``<prefix>:inflight``: request entry id -> job id of entries being worked on (worker-internal;
+    :mod:`worker.service.inflight`). Every MULTI that acknowledges a request entry removes its record."""
+    return f"{keys.prefix}:inflight"
+
+
+def _flat(fields: dict[str, str | bytes]) -> list[str | bytes]:
+    out: list[str | bytes] = []
+    for key, value in fields.items():
+        out += [key, value]
+    return out
+
+
+def queue_entry(rt: Runtime, pipe: Pipeline, job_id: str, fields: dict[str, str | bytes]) -> None:
+    """Queue a status or cancel entry on the job stream and its status stream (like
+    ``worker.sinks.reply_stream.queue_entry``); streams no running job keeps alive get the job TTL."""
+    keys = rt.keys
+    ttl_ms = rt.settings.job_ttl_s * 1000
+    chunk_ttl_ms = min(rt.settings.chunk_ttl_s * 1000, ttl_ms)
+    pipe.eval(
+        _ANSWER,
+        3,
+        keys.job(job_id),
+        keys.status_stream(job_id),
+        keys.lock(job_id),
+        chunk_ttl_ms,
+        ttl_ms,
+        *_flat(fields),
+    )
+
+
+def queue_answer(rt: Runtime, pipe: Pipeline, status: StatusEvent) -> None:
+    """Queue a per-request (or job-level) status entry on the job stream and the events stream."""
+    fields: Any = status.to_fields()
+    queue_entry(rt, pipe, status.job_id, fields)
+    pipe.xadd(rt.keys.events, fields, maxlen=rt.settings.events_maxlen, approximate=True)
+
+
+def queue_state(rt: Runtime, pipe: Pipeline, status: StatusEvent) -> None:
+    """Queue the replacement of the job's state hash by ``status`` (state-only fields kept)."""
+    fields: Any = status.to_fields()
+    pipe.eval(_STATE, 1, rt.keys.state(status.job_id), *_flat(fields))
+
+
+async def answer(rt: Runtime, status: StatusEvent, *, ack: str | None = None) -> None:
+    """Write one answer (shielded, retried through Redis blips); with ``ack``, XACK+XDEL that entry."""
+    keys = rt.keys
+
+    async def write() -> None:
+        async with rt.redis.pipeline(transaction=True) as pipe:
+            queue_answer(rt, pipe, status)
+            if ack is not None:
+                pipe.xack(keys.requests, keys.group, ack)
+                pipe.xdel(keys.requests, ack)
+                pipe.hdel(inflight_key(keys), ack)
+            await pipe.execute()
+
+    await rt.shielded(retry_redis(write, what=f"{status.state.value} answer"))
