@@ -198,7 +198,7 @@ async def run_start(redis: aioredis.Redis, keys: Keys, job_id: str, snap: Snapsh
                 if f.get("type") != "status" or f.get("state") not in _TERMINAL:
                     continue
                 attempt = int(f.get("attempt", 0) or 0)
-                if attempt < current:
+                if 0 < attempt < current:  # attempt 0: an answer to a request that started no attempt
                     return Run(position=before(_text(raw_id)), min_attempt=attempt + 1)
             if len(page) < _PAGE:
                 return Run()

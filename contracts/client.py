@@ -258,6 +258,8 @@ class JobHandle:
         self._run = run
         #: Whether the worker named our request in an answer (it follows PROTOCOL v1.1 §2).
         self._named = False
+        #: Whether an entry of a started attempt (attempt >= 1) was seen.
+        self._ran = False
 
     def __repr__(self) -> str:
         return f"JobHandle({self.job_id!r})"
@@ -316,8 +318,11 @@ class JobHandle:
             return False
         if event.request_id is not None and event.request_id == self.request_id:
             self._named = True
+        self._ran = self._ran or event.attempt > 0
         if not event.state.terminal:
             return False
+        if self.request_id is None and event.request_id is not None and event.attempt == 0 and self._ran:
+            return False  # another request's answer that started no attempt (invalid, conflicting)
         if self.request_id is not None:
             if event.request_id == self.request_id:
                 return True
@@ -570,7 +575,8 @@ class JobHandle:
                     continue  # an entry type from a newer contract version: not for us
                 finally:
                     del fields  # nor its raw fields
-                if event.attempt < min_attempt:
+                mine = self.request_id is not None and getattr(event, "request_id", None) == self.request_id
+                if event.attempt < min_attempt and not mine:
                     continue  # an earlier run's entry in the millisecond where this run starts
                 if isinstance(event, StatusEvent) and not event.state.terminal:
                     if event.attempt < attempt:

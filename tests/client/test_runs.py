@@ -13,11 +13,14 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from contracts import JobState, ProgressEvent, StatusEvent, TraceRequest
 from contracts.client import JobHealth, JobNotFound, TraceClient, WaitTimeout
+from contracts.keys import Keys
 from tests.client.helpers import blob_path, file_sha256
 from tests.client.scripted import PID, ScriptedWorker
 from tests.support.redis_server import RedisServer
@@ -181,3 +184,38 @@ async def test_a_silent_worker_shows_as_stale(
     with pytest.raises(WaitTimeout):  # the history, then nothing for 1 s
         async for _ in client.job("silent").events(idle_timeout=1.0):
             pass
+
+
+async def test_another_requests_refusal_does_not_end_a_finished_job_for_its_followers(
+    client: TraceClient, redis_server: RedisServer, devserver: DevServer, spawn_worker: Spawn, tmp_path: Path
+) -> None:
+    """Any requester can make the worker write an attempt-0 `failed` answer on a job's stream (an
+    invalid request naming the job). A handle on the job must still see the job's own run."""
+    spawn_worker(worker_env(redis_server.url, devserver.url, (tmp_path / "blobs").as_uri()))
+    small = devserver.lake.processes[1].process_id
+    done = await (await client.submit(TraceRequest(process_id=small, job_id="victim"))).wait(120)
+    assert done.state is JobState.SUCCEEDED
+    keys = Keys("t")
+    redis: Any
+    async with aioredis.Redis.from_url(redis_server.url) as redis:
+        last = (await redis.xrevrange(keys.status_stream("victim"), count=1))[0][0]
+        mallory = await redis.xadd(
+            keys.requests, {"request": json.dumps({"process_id": "nope", "job_id": "victim"})}
+        )
+        refusal: dict[Any, Any] = {}
+        while refusal.get(b"request_id") != mallory:  # each XREAD blocks until the worker writes
+            reply = await redis.xread({keys.status_stream("victim"): last}, block=60_000, count=1)
+            assert reply, "the worker never answered the invalid request"
+            last, refusal = reply[0][1][0]
+    assert (refusal[b"state"], refusal[b"attempt"], refusal[b"error_code"]) == (
+        b"failed",
+        b"0",
+        b"invalid_request",
+    )
+
+    async with TraceClient(redis_server.url, "t", file_root=tmp_path) as fresh:
+        job = fresh.job("victim")
+        waited = await job.wait(30)
+        downloaded = await job.download(io.BytesIO(), timeout=30)
+    for status in (waited, downloaded):
+        assert (status.state, status.attempt, status.sha256) == (JobState.SUCCEEDED, 1, done.sha256)
