@@ -33,6 +33,8 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 from selenium.webdriver.support.ui import Select  # noqa: E402
 
+from tests.support import leaks  # noqa: E402
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(
@@ -96,6 +98,7 @@ def browser(tmp_path: Path) -> Iterator[tuple[WebDriver, Path]]:
     options.add_experimental_option(
         "prefs", {"download.default_directory": str(downloads), "download.prompt_for_download": False}
     )
+    before = leaks.pids()
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     try:
         driver.execute_cdp_cmd(
@@ -104,6 +107,9 @@ def browser(tmp_path: Path) -> Iterator[tuple[WebDriver, Path]]:
         yield driver, downloads
     finally:
         driver.quit()
+        # Chromium's crash handler detaches from the browser and leaves on its own schedule (late on a
+        # busy machine); it belongs to this browser, so it goes with it.
+        leaks.kill_all({pid: cmd for pid, cmd in leaks.new_marked(before).items() if "crashpad" in cmd})
 
 
 def _until(what: str, check: Callable[[], T | None], timeout: float = 120.0) -> T:

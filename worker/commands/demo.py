@@ -205,6 +205,11 @@ async def _demo(
             raise
         if named_redis is not None:
             await _forget(named_redis, prefix)
+        # Ctrl-C cancels this task; an await that swallowed that cancellation (one that was itself
+        # cancelling a helper task at that moment) must not let the demo go on to its summary.
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError
 
 
 @dataclass(frozen=True)
