@@ -77,6 +77,9 @@ class Snapshot:
     #: Id of the newest status-stream entry.
     newest_status: str | None
     job_stream_exists: bool
+    #: Whether the newest status-stream entry is an answer to a cancel (a cancel of a job that does not
+    #: exist is answered ``not_found`` on that job's streams; it does not make the job known).
+    newest_is_cancel: bool = False
 
     @property
     def attempt(self) -> int:
@@ -96,12 +99,9 @@ class Snapshot:
 
     @property
     def known(self) -> bool:
-        return (
-            bool(self.state)
-            or self.submitted is not None
-            or self.newest_status is not None
-            or (self.job_stream_exists)
-        )
+        if self.state or self.submitted is not None:
+            return True
+        return not self.newest_is_cancel and (self.newest_status is not None or self.job_stream_exists)
 
     def status(self, job_id: str) -> StatusEvent | None:
         """The job's latest status; ``queued`` while a request waits for a worker; None if unknown."""
@@ -142,7 +142,12 @@ async def snapshot(redis: aioredis.Redis, keys: Keys, job_id: str, *, pending: b
         submitted=submitted,
         newest_status=_text(newest[0][0]) if newest else None,
         job_stream_exists=bool(exists),
+        newest_is_cancel=bool(newest) and _is_cancel_answer(newest[0][1]),
     )
+
+
+def _is_cancel_answer(fields: Any) -> bool:
+    return any(_text(k) == "type" and _text(v) == "cancel" for k, v in (fields or {}).items())
 
 
 async def pending_request(redis: aioredis.Redis, keys: Keys, job_id: str) -> str | None:

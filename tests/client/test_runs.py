@@ -219,3 +219,22 @@ async def test_another_requests_refusal_does_not_end_a_finished_job_for_its_foll
         downloaded = await job.download(io.BytesIO(), timeout=30)
     for status in (waited, downloaded):
         assert (status.state, status.attempt, status.sha256) == (JobState.SUCCEEDED, 1, done.sha256)
+
+
+async def test_a_cancel_of_a_job_that_never_existed_leaves_it_unknown(
+    client: TraceClient, redis_server: RedisServer, devserver: DevServer, spawn_worker: Spawn, tmp_path: Path
+) -> None:
+    """The worker answers such a cancel `not_found` on the job's streams; that answer alone must not
+    make the job known (wait() would then hang instead of raising JobNotFound)."""
+    spawn_worker(worker_env(redis_server.url, devserver.url, (tmp_path / "blobs").as_uri()))
+    keys = Keys("t")
+    redis: Any
+    async with aioredis.Redis.from_url(redis_server.url) as redis:
+        await redis.xadd(keys.cancels, {"job_id": "ghost"})
+        reply = await redis.xread({keys.status_stream("ghost"): "0"}, block=60_000, count=1)
+        assert reply, "the worker never answered the cancel"
+        answer = reply[0][1][0][1]
+    assert (answer[b"type"], answer[b"outcome"]) == (b"cancel", b"not_found")
+    assert await client.job("ghost").state() is None
+    with pytest.raises(JobNotFound):
+        await client.job("ghost").wait(30)
