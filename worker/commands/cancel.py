@@ -9,10 +9,12 @@ that already ended or is unknown is reported (exit status 1) and nothing is left
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from typing import Any
 
-from contracts.events import CancelOutcome
+from contracts.client import JobHandle, WaitTimeout
+from contracts.events import CancelOutcome, StatusEvent
 from contracts.states import JobState
 from worker.commands._client_cli import EXIT_CODES, EXIT_TIMEOUT, add_redis_args, open_client, run_client
 
@@ -51,6 +53,17 @@ def run(args: argparse.Namespace) -> int:
                 )
                 return 1
             answer = await job.cancel(timeout=ANSWER_TIMEOUT_S)
+            if (
+                answer is not None
+                and answer.outcome == CancelOutcome.NOT_FOUND
+                and args.request_id is None
+                and current is not None
+                and current.state == JobState.QUEUED
+            ):
+                # The job's request still waits on the request stream (a job-level cancel names no
+                # request to hold back): cancel the job once a worker has picked it up.
+                await _until_picked_up(job, args.wait or ANSWER_TIMEOUT_S)
+                answer = await job.cancel(timeout=ANSWER_TIMEOUT_S)
             if answer is None:
                 print(
                     f"trace-worker cancel: no worker answered within {ANSWER_TIMEOUT_S:g} s "
@@ -77,3 +90,11 @@ def run(args: argparse.Namespace) -> int:
             return 0 if final.state == JobState.CANCELLED else EXIT_CODES.get(final.state, 1)
 
     return run_client("cancel", body)
+
+
+async def _until_picked_up(job: JobHandle, timeout: float) -> None:  # noqa: ASYNC109
+    """Return once the job has a status other than ``queued`` (or after ``timeout`` seconds)."""
+    with contextlib.suppress(WaitTimeout):
+        async for event in job.events(timeout=timeout):
+            if isinstance(event, StatusEvent) and event.state != JobState.QUEUED:
+                return
