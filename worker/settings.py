@@ -100,7 +100,8 @@ class Settings(BaseSettings):
     reclaim_interval_s: float = Field(5.0, gt=0.05, le=600)
     #: Deliveries of one request entry (crashes, lost leases) before it is dead-lettered.
     max_deliveries: int = Field(5, ge=1, le=100)
-    #: Transient failures retried inside one delivery, each as a new attempt.
+    #: Transient failures retried inside one delivery, each as a new attempt (a Redis outage does
+    #: not count: the next attempt waits for Redis; worker/service/job.py).
     retry_max: int = Field(3, ge=0, le=20)
     #: First retry delay; doubled after each retry, capped at retry_backoff_max_s.
     retry_backoff_s: float = Field(1.0, ge=0, le=600)

@@ -112,6 +112,13 @@ class _Transient:
     """An attempt ended by a transient error; the status to publish if no retry is left."""
 
     status: StatusEvent
+    #: Redis itself was unavailable: not the job's fault, so it does not spend ``retry_max``.
+    redis: bool = False
+
+
+#: Attempts a Redis outage may end in a row before the job fails (each waits for Redis to answer
+#: first): bounds a Redis that answers PING but fails every job command.
+REDIS_OUTAGE_ATTEMPTS = 10
 
 
 class _Job:
@@ -152,27 +159,40 @@ class _Job:
 
     async def _attempts(self) -> StatusEvent | None:
         """Attempts until one ends the job (transient failures retried with backoff, each as a new
-        attempt); the terminal status, or None when the lease was lost."""
+        attempt); the terminal status, or None when the lease was lost.
+
+        A Redis outage does not spend ``retry_max`` (the job did nothing wrong, and a worker's pooled
+        connections can fail once each after Redis comes back): the next attempt waits until Redis
+        answers, up to ``lease_s``, and at most ``REDIS_OUTAGE_ATTEMPTS`` outages in a row are retried."""
         settings = self.rt.settings
         delay = settings.retry_backoff_s
-        for retry in range(settings.retry_max + 1):
+        retries = outages = 0
+        while True:
             outcome = await self._attempt()
             if not isinstance(outcome, _Transient):
                 return outcome
-            if retry == settings.retry_max:
-                return outcome.status
-            self.rt.metrics.retries.inc()
-            self.log.warning(
-                "transient failure (%s); retry %d in %.1fs", outcome.status.message, retry + 1, delay
-            )
-            if await self._sleep_unless_stopped(delay):
+            if outcome.redis and outages < REDIS_OUTAGE_ATTEMPTS:
+                outages += 1
+                self.log.warning("redis unavailable (%s); retrying once it answers", outcome.status.message)
+                await retry_redis(self.rt.redis.ping, what="ping", give_up_after_s=settings.lease_s)
+            else:
+                if retries == settings.retry_max:
+                    return outcome.status
+                retries += 1
+                outages = 0
+                self.rt.metrics.retries.inc()
+                self.log.warning(
+                    "transient failure (%s); retry %d in %.1fs", outcome.status.message, retries, delay
+                )
+                if await self._sleep_unless_stopped(delay):
+                    return await self._stopped_outcome()
+                delay = min(delay * 2, settings.retry_backoff_max_s)
+            if self.stop_reason is not None:
                 return await self._stopped_outcome()
             attempt = await retry_redis(self.lease.next_attempt, what="next attempt")
             if attempt is None:
                 return None
             self.log.extra = {**(self.log.extra or {}), "attempt": attempt}
-            delay = min(delay * 2, settings.retry_backoff_max_s)
-        raise AssertionError("unreachable: the last retry returns")
 
     async def _release(self) -> None:
         try:
@@ -260,7 +280,7 @@ class _Job:
             )
             self.start_id = await mark_running(rt, running)
         except TRANSIENT as exc:
-            return _Transient(self._failed(ErrorCode.INTERNAL, f"redis unavailable: {exc}"))
+            return _Transient(self._failed(ErrorCode.INTERNAL, f"redis unavailable: {exc}"), redis=True)
         rt.metrics.attempts.inc()
         if self.stop_reason is not None:
             return await self._stopped_outcome()
@@ -284,7 +304,7 @@ class _Job:
                 ErrorCode.TIMEOUT, f"the job ran longer than job_timeout_s={rt.settings.job_timeout_s:g}s"
             )
         except TRANSIENT as exc:
-            return _Transient(self._failed(ErrorCode.INTERNAL, f"redis unavailable: {exc}"))
+            return _Transient(self._failed(ErrorCode.INTERNAL, f"redis unavailable: {exc}"), redis=True)
         except TraceWorkerError as exc:
             status = self._failed(exc.code, str(exc))
         except Exception as exc:
