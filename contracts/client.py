@@ -49,6 +49,7 @@ from contracts.client_errors import (
 )
 from contracts.events import CancelEvent, ChunkEvent, Event, ProgressEvent, StatusEvent, parse_entry
 from contracts.keys import DEFAULT_PREFIX, Keys
+from contracts.redis_cancel import honour_cancellation
 from contracts.request import JOB_ID_PATTERN, MAX_REQUEST_BYTES, TraceRequest
 from contracts.states import JobState
 from contracts.urls import mask_url
@@ -121,7 +122,7 @@ class TraceClient:
             )
         except ValueError as exc:
             raise InvalidRequest(f"bad Redis URL {_safe_url(redis_url)}: {exc}") from exc
-        self.redis: aioredis.Redis = aioredis.Redis(connection_pool=pool)
+        self.redis: aioredis.Redis = aioredis.Redis(connection_pool=honour_cancellation(pool))
         self._mux = StreamReader(
             redis_url=redis_url,
             client_name=client_name,
