@@ -106,8 +106,10 @@ class Settings(BaseSettings):
     #: First retry delay; doubled after each retry, capped at retry_backoff_max_s.
     retry_backoff_s: float = Field(1.0, ge=0, le=600)
     retry_backoff_max_s: float = Field(30.0, ge=0, le=3600)
-    #: Lifetime of a job's stream and state hash after the job ends.
+    #: Lifetime of a job's status stream and state hash after the job ends.
     job_ttl_s: int = Field(24 * 3600, ge=1)
+    #: Lifetime of a job's stream (chunk bytes + statuses) after the job ends; at most job_ttl_s.
+    chunk_ttl_s: int = Field(3600, ge=1)
     #: Approximate length the events stream is trimmed to (XADD MAXLEN ~).
     events_maxlen: int = Field(100_000, ge=100)
     #: Approximate length the dead-letter stream is trimmed to (each entry <= ~21 KB: ~210 MB at most).

@@ -15,23 +15,25 @@ from typing import Any
 from redis.asyncio.client import Pipeline
 
 from contracts.events import StatusEvent
+from contracts.keys import Keys
 from worker.service.redis_io import retry_redis
 from worker.service.runtime import Runtime
 
-__all__ = ["STATE_ONLY_FIELDS", "answer", "queue_answer", "queue_entry", "queue_state"]
+__all__ = ["STATE_ONLY_FIELDS", "answer", "inflight_key", "queue_answer", "queue_entry", "queue_state"]
 
 #: Fields of the state hash that are not status fields; kept when a status replaces the hash.
 STATE_ONLY_FIELDS = ("fingerprint", "started_ms")
 
-# KEYS: job stream, status stream, lock. ARGV: ttl ms, then field/value pairs.
-# The entry goes to the job stream and its chunk-less status stream; streams that no running job
-# keeps alive get the job TTL (an answer never leaves a key for ever).
+# KEYS: job stream, status stream, lock. ARGV: job-stream ttl ms, status-stream ttl ms, then
+# field/value pairs. The entry goes to the job stream and its chunk-less status stream; streams that
+# no running job keeps alive get their TTL (an answer never leaves a key for ever): the job stream
+# chunk_ttl_s (it may be recreated after its chunks expired), the status stream job_ttl_s.
 _ANSWER = """
-local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
-redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
+local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
+redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
 if redis.call('EXISTS', KEYS[3]) == 0 then
   for i = 1, 2 do
-    if redis.call('PTTL', KEYS[i]) < 0 then redis.call('PEXPIRE', KEYS[i], ARGV[1]) end
+    if redis.call('PTTL', KEYS[i]) < 0 then redis.call('PEXPIRE', KEYS[i], ARGV[i]) end
   end
 end
 return id
@@ -47,6 +49,12 @@ return 1
 """
 
 
+def inflight_key(keys: Keys) -> str:
+    """``<prefix>:inflight``: request entry id -> job id of entries being worked on (worker-internal;
+    :mod:`worker.service.inflight`). Every MULTI that acknowledges a request entry removes its record."""
+    return f"{keys.prefix}:inflight"
+
+
 def _flat(fields: dict[str, str | bytes]) -> list[str | bytes]:
     out: list[str | bytes] = []
     for key, value in fields.items():
@@ -59,8 +67,16 @@ def queue_entry(rt: Runtime, pipe: Pipeline, job_id: str, fields: dict[str, str 
     ``worker.sinks.reply_stream.queue_entry``); streams no running job keeps alive get the job TTL."""
     keys = rt.keys
     ttl_ms = rt.settings.job_ttl_s * 1000
+    chunk_ttl_ms = min(rt.settings.chunk_ttl_s * 1000, ttl_ms)
     pipe.eval(
-        _ANSWER, 3, keys.job(job_id), keys.status_stream(job_id), keys.lock(job_id), ttl_ms, *_flat(fields)
+        _ANSWER,
+        3,
+        keys.job(job_id),
+        keys.status_stream(job_id),
+        keys.lock(job_id),
+        chunk_ttl_ms,
+        ttl_ms,
+        *_flat(fields),
     )
 
 
@@ -87,6 +103,7 @@ async def answer(rt: Runtime, status: StatusEvent, *, ack: str | None = None) ->
             if ack is not None:
                 pipe.xack(keys.requests, keys.group, ack)
                 pipe.xdel(keys.requests, ack)
+                pipe.hdel(inflight_key(keys), ack)
             await pipe.execute()
 
     await rt.shielded(retry_redis(write, what=f"{status.state.value} answer"))

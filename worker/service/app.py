@@ -25,6 +25,7 @@ from faststream.specification import AsyncAPI
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from contracts.redis_cancel import honour_cancellation
 from worker import __version__
 from worker.service.asyncapi import wire_document
 from worker.service.cancels import CancelLoop
@@ -51,7 +52,8 @@ _DESCRIPTION = (
 
 
 def redis_client(settings: Settings) -> Redis:
-    """The raw client for replies, leases and reclaim (bytes in, bytes out)."""
+    """The raw client for replies, leases and reclaim (bytes in, bytes out); a cancelled job task
+    never carries on past a command (:func:`contracts.redis_cancel.honour_cancellation`)."""
     password = settings.redis_password.get_secret_value() if settings.redis_password else None
     client: Redis = Redis.from_url(
         settings.redis_url,
@@ -61,6 +63,7 @@ def redis_client(settings: Settings) -> Redis:
         socket_timeout=30,
         health_check_interval=10,
     )
+    honour_cancellation(client.connection_pool)
     return client
 
 

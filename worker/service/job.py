@@ -22,10 +22,11 @@ from contracts.errors import ErrorCode
 from contracts.events import StatusEvent
 from contracts.request import TraceRequest
 from contracts.states import JobState
-from worker.errors import PermanentError, RetryableError, TraceWorkerError
+from worker.errors import BlobStoreRefused, PermanentError, RetryableError, TraceWorkerError
 from worker.service.answers import answer
 from worker.service.emit import Emitter
 from worker.service.finish import finish, mark_running, reply_duplicate
+from worker.service.inflight import record
 from worker.service.lease import Claim, Lease
 from worker.service.logs import JobLog
 from worker.service.ports import BlobWriterLike, StopRequested
@@ -60,6 +61,8 @@ async def run_job(rt: Runtime, entry_id: str, request: TraceRequest) -> None:
     job_id = request.effective_job_id()
     jlog = JobLog(log, {"job_id": job_id, "entry_id": entry_id})
     lease = Lease(rt, job_id, entry_id)
+    # Before anything: a job this entry starts stays findable even if the entry is trimmed away.
+    await retry_redis(lambda: record(rt, entry_id, job_id), what="in-flight record")
 
     def mine(state: JobState, **fields: object) -> StatusEvent:
         return StatusEvent.model_validate(
@@ -131,6 +134,8 @@ class _Job:
         self.stop_reason: Literal["cancel", "lease"] | None = None
         self.stopped = asyncio.Event()
         self.current: asyncio.Task[StatusEvent] | None = None
+        #: Reply streams of this delivery's attempts, in order (their chunk ids).
+        self.replies: list[ReplyStream] = []
         #: Job-stream id of the current attempt's running entry.
         self.start_id: str | None = None
         self.log = JobLog(log, {"job_id": job_id, "entry_id": entry_id, "attempt": lease.attempt})
@@ -141,7 +146,11 @@ class _Job:
         try:
             status = await self._attempts()
             written = status is not None and await finish(
-                self.rt, entry_id=self.entry_id, status=status, lock_value=self.lease.value
+                self.rt,
+                entry_id=self.entry_id,
+                status=status,
+                lock_value=self.lease.value,
+                drop_chunks=self._failed_chunks(status),
             )
             if status is not None and written:
                 self.rt.metrics.jobs.labels(status.state.value).inc()
@@ -193,6 +202,12 @@ class _Job:
             if attempt is None:
                 return None
             self.log.extra = {**(self.log.extra or {}), "attempt": attempt}
+
+    def _failed_chunks(self, status: StatusEvent) -> list[bytes | str]:
+        """Entry ids of the chunks of this delivery's attempts that did not succeed (a failed job:
+        all of them): deleted with the terminal status, so they hold no Redis memory after it."""
+        replies = self.replies[:-1] if status.state == JobState.SUCCEEDED else self.replies
+        return [i for reply in replies for i in reply.chunk_ids]
 
     async def _release(self) -> None:
         try:
@@ -297,6 +312,9 @@ class _Job:
             status = await self._stopped_outcome()
         except PermanentError as exc:
             status = self._failed(exc.code, str(exc) or exc.code.value)
+        except BlobStoreRefused as exc:
+            # The store refuses writes for good: no retry (a retry would compute the trace again).
+            status = self._failed(exc.code, str(exc) or exc.code.value)
         except RetryableError as exc:
             return _Transient(self._failed(exc.code, str(exc) or exc.code.value))
         except _JobTimeout:
@@ -332,6 +350,7 @@ class _Job:
         writer = await rt.store.open_writer(key)
         committed = False
         reply = ReplyStream(rt.redis, rt.keys, self.job_id, self.lease.attempt)
+        self.replies.append(reply)
         pump = ProgressPump(reply, self.job_id, self.lease.attempt, request.labels,
                             rt.settings.progress_interval_s)  # fmt: skip
         try:
