@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -51,6 +52,7 @@ DEFAULT_CHUNK_SIZE = 1024 * 1024 - 4096
 _SUB_BATCH = 1 << 16
 I64 = npt.NDArray[np.int64]
 U8 = npt.NDArray[np.uint8]
+_T = TypeVar("_T", bound=np.generic)
 
 
 @dataclass
@@ -115,6 +117,8 @@ class TraceEncoder:
         self._next_body_iid = 1
         self._measure_strings: dict[int, str] = {}
         self._counter_uuid: dict[tuple[int, int], int] = {}
+        #: The hashes in _measure_strings, sorted (see _pairs).
+        self._known = np.zeros(0, dtype=np.int64)
         self._log_canon = Canonicalizer(LOG_ORDER, "log_entries")
         self._measure_canon = Canonicalizer(MEASURE_ORDER, "measures")
         self._span_types = SpanTypes(span_types)
@@ -429,8 +433,8 @@ class TraceEncoder:
             self._measure_strings.setdefault(h, v)
         table = np.array([*hashes, _NULL_HASH], dtype=np.int64)
         self._measure_strings.setdefault(_NULL_HASH, "")
-        idx = col.indices.fill_null(len(values)).to_numpy(zero_copy_only=False)
-        return pa.array(table[idx], pa.int64())
+        indices = col.indices.fill_null(len(values)) if col.indices.null_count else col.indices
+        return pa.array(table[indices.to_numpy(zero_copy_only=False)], pa.int64())
 
     def _flush_logs(self) -> list[bytes]:
         out: list[bytes] = []
@@ -448,44 +452,69 @@ class TraceEncoder:
         self._stats.dropped_measures += batch.num_rows - len(keep)
         if not len(keep):
             return out
-        value = value_col.cast(pa.float64()).fill_null(0.0).to_numpy(zero_copy_only=False)
+        every = len(keep) == batch.num_rows
+
+        def kept(a: npt.NDArray[_T]) -> npt.NDArray[_T]:
+            return a if every else a[keep]
+
+        if value_col.type != pa.float64():
+            value_col = value_col.cast(pa.float64())
+        if value_col.null_count:
+            value_col = value_col.fill_null(0.0)
+        ts = kept(time)
+        values = kept(value_col.to_numpy(zero_copy_only=False))
         t_hash, n_hash, u_hash = (
-            batch.column(name).to_numpy(zero_copy_only=False)[keep] for name in ("target", "name", "unit")
+            kept(batch.column(name).to_numpy(zero_copy_only=False)) for name in ("target", "name", "unit")
         )
-        t_enc = pc.dictionary_encode(pa.array(t_hash))
-        n_enc = pc.dictionary_encode(pa.array(n_hash))
-        t_keys, n_keys = t_enc.dictionary.to_pylist(), n_enc.dictionary.to_pylist()
-        index, uniques = _pair_index(
-            t_enc.indices.to_numpy(zero_copy_only=False).astype(np.uint64),
-            n_enc.indices.to_numpy(zero_copy_only=False).astype(np.uint64),
-        )
-        first = np.full(len(uniques), len(index), dtype=np.int64)
-        np.minimum.at(first, index, np.arange(len(index)))  # the earliest row of each pair
-        track = np.empty(len(uniques), dtype=np.uint64)
-        strings = self._measure_strings
-        for i, key in enumerate(uniques.tolist()):  # once per distinct (target, name) of the batch
-            pair = (t_keys[key >> 32], n_keys[key & 0xFFFFFFFF])
-            uuid = self._counter_uuid.get(pair)
+        index, pairs = self._pairs(t_hash, n_hash)
+        track = np.empty(len(pairs), dtype=np.uint64)
+        for i, (t, n) in enumerate(pairs):  # once per distinct (target, name) of the batch
+            uuid = self._counter_uuid.get((t, n))
             if uuid is None:
-                target, name = strings[pair[0]], strings[pair[1]]
-                unit = strings[int(u_hash[first[i]])]
+                strings = self._measure_strings
+                target, name = strings[t], strings[n]
+                unit = strings[int(u_hash[int(np.argmax(index == i))])]  # the pair's first row
                 uuid = xxh64(f"{target}\0{name}".encode(), seed=self._proc_uuid)
-                self._counter_uuid[pair] = uuid
+                self._counter_uuid[(t, n)] = uuid
                 desc = counter_descriptor(uuid, self._proc_uuid, name=name, target=target, unit=unit)
                 out += self._packet(descriptor_packet(desc))
                 self._stats.counter_tracks += 1
             track[i] = uuid
-        ts = time[keep]
-        values = value[keep]
         if len(ts) > 1 and not bool(np.all(ts[1:] >= ts[:-1])):
             order = np.argsort(ts, kind="stable")
             ts, index, values = ts[order], index[order], values[order]
         for lo in range(0, len(ts), _SUB_BATCH):
             part = slice(lo, lo + _SUB_BATCH)
             rows = counter_rows(ts[part], index[part], track, values[part])
-            out += self._add(rows.tobytes(), rows.shape[1])
+            out += self._add(rows.reshape(-1).data, rows.shape[1])  # no copy until the chunk is joined
         self._stats.measures += len(ts)
         return out
+
+    def _pairs(self, t_hash: I64, n_hash: I64) -> tuple[I64, list[tuple[int, int]]]:
+        """Distinct (target, name) hash pairs of a batch, in order of their hashes, and each row's
+        position among them.
+
+        Every hash came through :meth:`_hashed`, so each is found in the sorted table of known
+        hashes; its position there is a small code, and a pair of codes one dense index.
+        """
+        if len(self._known) != len(self._measure_strings):
+            self._known = np.array(sorted(self._measure_strings), dtype=np.int64)
+        known = self._known
+        k = len(known)
+        dense = np.searchsorted(known, t_hash) * k + np.searchsorted(known, n_hash)
+        if k * k > 1 << 22:  # very many distinct strings: hash the dense indices instead
+            encoded = pc.dictionary_encode(pa.array(dense))
+            index = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+            present = encoded.dictionary.to_numpy()
+            pairs = [(int(known[d // k]), int(known[d % k])) for d in present.tolist()]
+            return index, pairs
+        seen = np.zeros(k * k, dtype=bool)
+        seen[dense] = True
+        present = np.flatnonzero(seen)
+        position = np.zeros(k * k, dtype=np.int64)
+        position[present] = np.arange(len(present))
+        pairs = [(int(known[d // k]), int(known[d % k])) for d in present.tolist()]
+        return position[dense], pairs
 
     def flush(self) -> list[bytes]:
         """Cut the partly filled chunk now (e.g. so requesters see the header early).
@@ -538,7 +567,7 @@ class TraceEncoder:
         self._stats.bytes += len(packet)
         return self._chunker.add(packet)
 
-    def _add(self, data: bytes, sizes: npt.NDArray[np.int64] | int) -> list[bytes]:
+    def _add(self, data: bytes | memoryview, sizes: npt.NDArray[np.int64] | int) -> list[bytes]:
         if not data:
             return []
         self._stats.packets += len(data) // sizes if isinstance(sizes, int) else len(sizes)
@@ -644,26 +673,3 @@ def _log_parts(entries: LogBatch) -> list[LogBatch]:
         )
         lo = hi
     return parts
-
-
-def _pair_index(
-    a: npt.NDArray[np.uint64], b: npt.NDArray[np.uint64]
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint64]]:
-    """Distinct (a, b) pairs as keys ``a << 32 | b`` and each row's position among them.
-
-    Ids are small (distinct strings), so a dense table does it in linear time; a hash otherwise.
-    """
-    width = int(b.max()) + 1 if len(b) else 1
-    span = (int(a.max()) + 1 if len(a) else 1) * width
-    if span <= 1 << 22:
-        dense = a.astype(np.int64) * width + b.astype(np.int64)
-        seen = np.zeros(span, dtype=bool)
-        seen[dense] = True
-        present = np.flatnonzero(seen)
-        position = np.zeros(span, dtype=np.int64)
-        position[present] = np.arange(len(present))
-        keys = ((present // width).astype(np.uint64) << np.uint64(32)) | (present % width).astype(np.uint64)
-        return position[dense], keys
-    encoded = pc.dictionary_encode(pa.array((a << np.uint64(32)) | b, type=pa.uint64()))
-    index = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    return index, encoded.dictionary.to_numpy()
