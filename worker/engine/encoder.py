@@ -30,10 +30,12 @@ from worker.engine.rows import CUT_BEGIN, CUT_END, marked_slice_rows
 from worker.engine.span_rows import parent_annotation_packet
 from worker.engine.thread_spans import Events, ThreadState
 from worker.engine.tracks import (
+    ThreadTrack,
     async_group_uuid,
     clock_packet,
     descriptor_packet,
     group_descriptor,
+    log_track,
     pid_of,
     process_descriptor,
     process_uuid,
@@ -129,6 +131,9 @@ class TraceEncoder:
         self._proc_uuid = process_uuid(process)
         self._tracks = thread_tracks(threads)
         self._track_of = {t.stream_id: t for t in self._tracks}
+        #: Tracks of log streams that are not threads (see tracks.log_track), by stream id.
+        self._log_tracks: dict[str, ThreadTrack] = {}
+        self._used_tids = {t.tid for t in self._tracks}
         self._threads: dict[str, ThreadState] = {}
         self._current: str | None = None
         reserved = [0, self._proc_uuid, async_group_uuid(self._proc_uuid)] + [t.uuid for t in self._tracks]
@@ -330,9 +335,11 @@ class TraceEncoder:
         """Encode a batch of the process's log entries as log messages (see ``worker.engine.logs``).
 
         Columns: ``time``, ``level``, ``msg``, ``target`` and ``stream_id``: an entry of a thread's
-        stream goes on that thread's track, any other on the process track. Rows are put in canonical
-        order first (:data:`LOG_ORDER`), so the bytes do not depend on the server's batching or order
-        of ties. Entries without a time or outside the range are dropped (``stats.dropped_logs``).
+        stream goes on that thread's track, any other on a thread track of its stream's own
+        (``tracks.log_track``: Perfetto lists log messages in its log panel only from threads).
+        Rows are put in canonical order first (:data:`LOG_ORDER`), so the bytes do not depend on
+        the server's batching or order of ties. Entries without a time or outside the range are
+        dropped (``stats.dropped_logs``).
         """
         out = self.start()
         what = "log_entries"
@@ -365,7 +372,8 @@ class TraceEncoder:
         self._stats.dropped_logs += batch.num_rows - len(keep)
         if not len(keep):
             return out
-        uuid = self._stream_uuids(streams)
+        uuid, tracks = self._stream_uuids(streams, keep)
+        out += tracks
         name = self._interner.names(targets)
         loc = self._interner.locations(targets, np.zeros(batch.num_rows, dtype=np.int64))
         out += self._interned()
@@ -375,7 +383,7 @@ class TraceEncoder:
             body = body.take(pa.array(keep))
         entries = LogBatch(
             ts=time[keep],
-            uuid=uuid[keep],
+            uuid=uuid,
             name=name[keep],
             loc=loc[keep],
             prio=priorities(level[keep]),
@@ -582,16 +590,35 @@ class TraceEncoder:
                 ok &= ~np.asarray(pc.is_null(col).to_numpy(zero_copy_only=False), dtype=bool)
         return np.flatnonzero(ok)
 
-    def _stream_uuids(self, streams: pa.DictionaryArray) -> npt.NDArray[np.uint64]:
-        """Track uuid per row: the thread track of the row's stream, else the process track."""
-        per_value = [
-            self._track_of[v].uuid if v in self._track_of else self._proc_uuid
-            for v in streams.dictionary.to_pylist()
-        ]
-        table = np.array([*per_value, self._proc_uuid], dtype=np.uint64)
-        idx = streams.indices.fill_null(len(per_value)).to_numpy(zero_copy_only=False)
-        out: npt.NDArray[np.uint64] = table[idx]
-        return out
+    def _stream_uuids(
+        self, streams: pa.DictionaryArray, keep: I64
+    ) -> tuple[npt.NDArray[np.uint64], list[bytes]]:
+        """Track uuid of each kept row: its stream's thread track, else the stream's log track
+        (null = ""), described here, in order of first appearance, when first met."""
+        values = ["" if v is None else v for v in streams.dictionary.to_pylist()] + [""]
+        indices = streams.indices
+        idx = (indices.fill_null(len(values) - 1) if indices.null_count else indices).to_numpy(
+            zero_copy_only=False
+        )
+        idx = idx[keep]
+        out: list[bytes] = []
+        if any(v not in self._track_of and v not in self._log_tracks for v in values):
+            first = np.full(len(values), len(idx), dtype=np.int64)
+            np.minimum.at(first, idx, np.arange(len(idx), dtype=np.int64))
+            pid = pid_of(self._proc_uuid)
+            for i in sorted(range(len(values)), key=lambda i: int(first[i])):
+                v = values[i]
+                if first[i] == len(idx) or v in self._track_of or v in self._log_tracks:
+                    continue
+                track = log_track(v, self._used_tids)
+                self._log_tracks[v] = track
+                out += self._packet(thread_descriptor(track, pid))
+        table = np.array(
+            [(self._track_of.get(v) or self._log_tracks.get(v) or _NO_TRACK).uuid for v in values],
+            dtype=np.uint64,
+        )
+        uuids: npt.NDArray[np.uint64] = table[idx]
+        return uuids, out
 
     def _events(self, events: Events, uuid: int) -> list[bytes]:
         if not len(events.ts):
@@ -642,6 +669,8 @@ def _signed_hash(value: str) -> int:
 
 
 _NULL_HASH = _signed_hash("")
+#: Stands for a stream none of whose entries is kept (its uuid is never written).
+_NO_TRACK = ThreadTrack("", 0, 0, "")
 #: Canonical order of log entries and measures (worker.engine.canonical): by time, ties by every
 #: column the engine reads, so the bytes do not depend on the server's batching or order of ties.
 LOG_ORDER: tuple[str, ...] = ("time", "stream_id", "level", "target", "msg")

@@ -8,7 +8,7 @@ Each entry becomes one TracePacket that carries its own interned body and an ins
       50 01 68 02                           sequence 1, SEQ_NEEDS_INCREMENTAL_STATE
       5A TE                                 track_event (TE < 128)
         48 03                               type = TYPE_INSTANT
-        58 uuid(10)                         track_uuid: the logging thread's track, else the process's
+        58 uuid(10)                         track_uuid: the logging thread's, else its log stream's
         50 name(Wn)                         name_iid: the entry's target
         AA 01 LM                            log_message
           08 loc(Wl)                        source_location_iid: SourceLocation{file_name = target}
