@@ -156,9 +156,8 @@ def _put(m: U8, col: int, values: npt.NDArray[np.integer], width: int) -> None:
     m[:, col + width - 1] &= 0x7F
 
 
-def log_rows(batch: LogBatch, first_body_iid: int) -> tuple[memoryview, I64]:
-    """Framed packets of a batch (body iids ``first_body_iid`` on), back to back in one Arrow buffer
-    (not copied), and each packet's length."""
+def log_rows(batch: LogBatch, first_body_iid: int) -> tuple[bytes, I64]:
+    """Framed packets of a batch (body iids ``first_body_iid`` on) and each packet's length."""
     n = len(batch.ts)
     blen = pc.binary_length(batch.body).to_numpy(zero_copy_only=False).astype(np.int64)
     iids = np.arange(first_body_iid, first_body_iid + n, dtype=np.uint64)
@@ -221,9 +220,10 @@ def log_rows(batch: LogBatch, first_body_iid: int) -> tuple[memoryview, I64]:
     _put(m, c_b, blen, vb)
     sizes = h + blen
     # Each packet = its header row + its text, joined row by row in C++; the joined values are
-    # back to back in the result's data buffer, which is the output.
+    # back to back in the result's data buffer, which is the output. Copied out: holding the Arrow
+    # buffer until its chunk is joined costs more (fresh pages for the next batch) than the copy.
     heads = pa.FixedSizeBinaryArray.from_buffers(pa.binary(h), n, [None, pa.py_buffer(m)]).cast(pa.binary())
     joined = pc.binary_join_element_wise(heads, batch.body.cast(pa.binary()), b"")
     _, offsets_buf, data_buf = joined.buffers()
     bounds = np.frombuffer(offsets_buf, dtype=np.int32, count=n + 1, offset=joined.offset * 4)
-    return memoryview(data_buf)[int(bounds[0]) : int(bounds[-1])], sizes
+    return data_buf[int(bounds[0]) : int(bounds[-1])].to_pybytes(), sizes
