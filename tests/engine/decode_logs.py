@@ -2,7 +2,10 @@
 
 Independent of the engine: interned tables are rebuilt packet by packet (an interned entry in a
 packet is visible to that packet's event, as in Perfetto), and every use of an unknown iid is a
-problem.
+problem. A log message reaches Perfetto's log table (SQL ``android_logs``, the UI's log panel) only
+from an event on a thread's track (its importer needs the thread: "LogMessage without thread
+association" otherwise), so one on any other track is a problem too; the table's row gets the
+thread's pid and tid, and the tag ``file_name:line_number`` of the interned source location.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ class Log:
     body: str
     tag: str
     name: str
+    pid: int = 0
+    tid: int = 0
 
 
 @dataclass
@@ -48,7 +53,7 @@ def decode_logs(data: bytes) -> LogsAndCounters:
             for n in data_.event_names:
                 names[n.iid] = n.name
             for s in data_.source_locations:
-                locs[s.iid] = s.file_name
+                locs[s.iid] = f"{s.file_name}:{s.line_number}"
             for b in data_.log_message_body:
                 if b.iid in bodies:
                     problems.append(f"packet {index}: body iid {b.iid} redefined")
@@ -67,6 +72,12 @@ def decode_logs(data: bytes) -> LogsAndCounters:
             for iid, table in ((lm.body_iid, bodies), (lm.source_location_iid, locs), (te.name_iid, names)):
                 if iid not in table:
                     problems.append(f"packet {index}: iid {iid} used before definition")
+            desc = descriptors.get(te.track_uuid)
+            if desc is None or not desc.HasField("thread"):
+                problems.append(
+                    f"packet {index}: log message on a track without a thread (not in the log table)"
+                )
+                continue
             logs.append(
                 Log(
                     packet.timestamp,
@@ -75,6 +86,8 @@ def decode_logs(data: bytes) -> LogsAndCounters:
                     bodies.get(lm.body_iid, "?"),
                     locs.get(lm.source_location_iid, "?"),
                     names.get(te.name_iid, "?"),
+                    desc.thread.pid,
+                    desc.thread.tid,
                 )
             )
         elif te.type == pb.TrackEvent.TYPE_COUNTER:

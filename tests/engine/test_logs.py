@@ -15,7 +15,7 @@ from tests.engine.decode import decode
 from tests.engine.decode_logs import decode_logs
 from worker.engine import TraceEncoder
 from worker.engine.logs import MAX_BODY_CHARS, TRUNCATION_MARK
-from worker.engine.tracks import process_uuid, thread_tracks
+from worker.engine.tracks import pid_of, process_uuid, thread_tracks, xxh64
 from worker.errors import BadSourceData
 from worker.perfetto_pb import pb
 
@@ -110,12 +110,22 @@ def test_every_entry_in_range_once_with_time_priority_text_and_track() -> None:
     got = decode_logs(data)
     assert got.problems == []
     assert decode(data).problems == []
+    # Entries of streams that are not threads get a thread of their own per stream (Perfetto's
+    # log panel lists only messages of threads), declared as one of the process's threads.
+    log_uuid = {s: xxh64(s.encode()) for s in ("log-stream", "other")}
     expected = {
-        (times[i], [7, 6, 5, 4, 3, 2][i], msgs[i], THREAD_UUID.get(streams[i], PROC_UUID)) for i in range(5)
+        (times[i], [7, 6, 5, 4, 3, 2][i], msgs[i], THREAD_UUID.get(streams[i]) or log_uuid[streams[i]])
+        for i in range(5)
     }
     assert len(got.logs) == 5
     assert {(g.ts, g.prio, g.body, g.track) for g in got.logs} == expected
-    assert {g.tag for g in got.logs} == {"app::net"} and {g.name for g in got.logs} == {"app::net"}
+    assert {g.tag for g in got.logs} == {"app::net:0"} and {g.name for g in got.logs} == {"app::net"}
+    assert {g.pid for g in got.logs} == {pid_of(PROC_UUID)}
+    threads = {d.uuid: d.thread for d in got.descriptors.values() if d.HasField("thread")}
+    assert len({t.tid for t in threads.values()}) == len(threads) == len(THREADS) + 2
+    for stream, uuid in log_uuid.items():
+        assert threads[uuid].thread_name == f"log stream {stream}"
+        assert threads[uuid].tid >= 1 << 31 and threads[uuid].pid == pid_of(PROC_UUID)
 
 
 def test_unknown_levels_are_info_and_logs_are_off_by_default() -> None:
@@ -250,3 +260,35 @@ def test_same_bytes_whatever_the_batching_and_the_order_of_ties() -> None:
     shuffled = np.lexsort((rng.random(n), np.array(times)))
     assert run(shuffled, [7, 1500, 2999]) == base
     assert decode_logs(base).problems == []
+
+
+def test_log_stream_tracks_follow_first_appearance_whatever_the_dictionary() -> None:
+    times = [2_000_000, 2_000_001, 2_000_002, 2_000_003]
+    streams = ["s-late", None, "s-late", "s-early"]
+
+    def run(dictionary: list[str]) -> bytes:
+        # The same rows with the stream column's dictionary in another order (as another server might).
+        idx = pa.array([None if s is None else dictionary.index(s) for s in streams], pa.int32())
+        batch = log_batch(times, [4] * 4, ["a", "b", "c", "d"])
+        stream_col = pa.DictionaryArray.from_arrays(idx, pa.array(dictionary))
+        return encode_all([batch.set_column(1, "stream_id", stream_col)])
+
+    data = run(["s-late", "s-early", "unused"])
+    assert run(["unused", "s-early", "s-late"]) == data
+    got = decode_logs(data)
+    assert got.problems == []
+    threads = [
+        d for d in got.descriptors.values() if d.HasField("thread") and d.uuid not in THREAD_UUID.values()
+    ]
+    # Declared when first met, in row order; a null stream id is the stream "", no track for "unused".
+    assert [d.thread.thread_name for d in threads] == [
+        "log stream s-late",
+        "log stream",
+        "log stream s-early",
+    ]
+    assert [g.track for g in sorted(got.logs)] == [
+        xxh64(b"s-late"),
+        xxh64(b""),
+        xxh64(b"s-late"),
+        xxh64(b"s-early"),
+    ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -103,6 +103,18 @@ def test_log_entries_newest_first_filtered(stack: Stack) -> None:
     ).json()["items"]
     assert len(window) >= 40 and all(logs[-1]["time"] <= e["time"] <= logs[0]["time"] for e in window)
     assert [e["time"] for e in window[:40]] == times
+
+
+def test_log_entries_of_a_quiet_range_are_an_empty_list(stack: Stack) -> None:
+    process = stack.lake.processes[0]
+    start = datetime.fromtimestamp(process.begin_ns / 1e9, tz=UTC)
+    quiet = {
+        "begin": (start - timedelta(hours=2)).isoformat(),
+        "end": (start - timedelta(hours=1)).isoformat(),
+    }
+    answer = stack.http.get(f"/api/processes/{process.process_id}/logs", params=quiet)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["items"] == []
 
 
 def test_bad_input_gets_4xx_with_a_clear_message(stack: Stack) -> None:

@@ -14,7 +14,10 @@ Each statement gets its own ``SessionContext`` (cheap: the metadata tables are s
    the header range first.
 
 In both paths the header range (``query_range_begin``/``_end``) is pushed into the generator,
-which skips whole blocks outside it; DataFusion then applies the statement's own WHERE.
+which skips whole blocks outside it; DataFusion then applies the statement's own WHERE. A view with
+no row in the range is served by a prebuilt zero-row provider (a pyarrow dataset without fragments
+has zero partitions, and DataFusion refuses to plan a sort over it), so such statements answer
+zero rows with the view's columns.
 """
 
 from __future__ import annotations
@@ -107,6 +110,9 @@ class QueryEngine:
             "log_entries": log_entries_schema(schema_options),
             "measures": measures_schema(schema_options),
         }
+        #: Zero-row providers, built here: DataFusion cannot plan a sort over a dataset without
+        #: fragments (what an empty view gives), and no provider can be built inside the UDTF.
+        self._empty = {view: _empty_provider(schema) for view, schema in self._schemas.items()}
 
     # -- view_instance -------------------------------------------------------------------------
 
@@ -128,7 +134,9 @@ class QueryEngine:
         }[view]
         return gen(self.lake, instance, self.options, begin, end)
 
-    def _context(self, provide: Callable[[str, str], pa.Table], headers: RequestHeaders) -> SessionContext:
+    def _context(
+        self, provide: Callable[[str, str], pa.Table | Table], headers: RequestHeaders
+    ) -> SessionContext:
         ctx = SessionContext(SessionConfig().with_information_schema(False))
         for name in ("processes", "streams", "blocks"):
             ctx.register_record_batches(name, [getattr(self.tables, name).to_batches()])
@@ -141,7 +149,8 @@ class QueryEngine:
                 raise ValueError("view_instance takes two string literals: (view_set_name, instance_id)")
             self._check(v, i, headers)
             # A Table over a pyarrow dataset: the only provider safe to build inside a UDTF.
-            return Table(ds.dataset(provide(v, i)))
+            provided = provide(v, i)
+            return provided if isinstance(provided, Table) else Table(ds.dataset(provided))
 
         ctx.register_udtf(view_instance)
         return ctx
@@ -236,6 +245,8 @@ class QueryEngine:
         for block in self._rows(view, instance, headers):
             if left is not None and left <= 0:
                 return
+            if block.num_rows == 0:  # nothing to project, filter or sort (and see self._empty)
+                continue
             current[:] = [pa.Table.from_batches([block])]
             reader = pa.RecordBatchReader.from_stream(self._sql(ctx, sql, params))
             for produced in reader:
@@ -251,8 +262,9 @@ class QueryEngine:
     def _whole(
         self, sql: str, params: dict[str, Any] | None, headers: RequestHeaders, wire: pa.Schema
     ) -> Iterator[pa.RecordBatch]:
-        def materialise(view: str, instance: str) -> pa.Table:
-            return pa.Table.from_batches(list(self._rows(view, instance, headers)), self._schemas[view])
+        def materialise(view: str, instance: str) -> pa.Table | Table:
+            table = pa.Table.from_batches(list(self._rows(view, instance, headers)), self._schemas[view])
+            return table if table.num_rows else self._empty[view]
 
         df = self._sql(self._context(materialise, headers), sql, params)
         left = headers.limit
@@ -264,6 +276,11 @@ class QueryEngine:
                 yield _conform(batch, wire)
             if left is not None and left <= 0:
                 return
+
+
+def _empty_provider(schema: pa.Schema) -> Table:
+    """A provider of no rows with ``schema`` that DataFusion plans like any table (one partition)."""
+    return SessionContext().from_arrow(schema.empty_table()).into_view()
 
 
 _PYERR = re.compile(r"PyErr \{ type: <class '\w+'>, value: \w+\((['\"])(.*?)\1\)")

@@ -83,6 +83,14 @@ def _decoded(batch: pa.RecordBatch) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(cols, names=batch.schema.names)
 
 
+def _one_batch(table: pa.Table) -> pa.RecordBatch:
+    """The rows of ``table`` as one batch (zero-copy when they lie in one chunk)."""
+    batches = table.to_batches()
+    if len(batches) == 1:
+        return batches[0]
+    return table.combine_chunks().to_batches()[0]
+
+
 class Canonicalizer:
     """Re-cuts one sorted stream of rows into canonical batches (see the module doc).
 
@@ -136,10 +144,15 @@ class Canonicalizer:
 
     def _emit(self, *, final: bool) -> list[pa.RecordBatch]:
         try:
-            table = pa.Table.from_batches(self._pending).combine_chunks()
+            return self._emit_from(self._pending, final=final)
         except (pa.ArrowInvalid, pa.ArrowTypeError, NotImplementedError):
             # Dictionaries that cannot be unified (nulls in a dictionary) or mixed encodings: decode.
-            table = pa.Table.from_batches([_decoded(b) for b in self._pending]).combine_chunks()
+            return self._emit_from([_decoded(b) for b in self._pending], final=final)
+
+    def _emit_from(self, pending: list[pa.RecordBatch], *, final: bool) -> list[pa.RecordBatch]:
+        """The canonical batches now complete. Batches are sliced, not copied: only an output batch
+        that spans two input batches, and the rows of runs that need sorting, are copied."""
+        table = pa.Table.from_batches(pending)
         n = table.num_rows
         key = self._key(table)
         starts = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1])))
@@ -150,14 +163,12 @@ class Canonicalizer:
             self._pending = table.to_batches()
             return []
         ordered = self._sort_ties(table.slice(0, safe), starts[starts < safe], safe)
+        out = [_one_batch(ordered.slice(lo, self._rows)) for lo in range(0, take, self._rows)]
         # What stays: the sorted rows not handed on, then the run that may continue.
-        rest = pa.concat_tables([ordered.slice(take), table.slice(safe)])
-        self._pending = [rest.combine_chunks().to_batches()[0]] if rest.num_rows else []
-        self._count = rest.num_rows
-        head = ordered.slice(0, take)
-        return [
-            head.slice(lo, self._rows).combine_chunks().to_batches()[0] for lo in range(0, take, self._rows)
-        ]
+        rest = [*ordered.slice(take).to_batches(), *table.slice(safe).to_batches()]
+        self._pending = [b for b in rest if b.num_rows]
+        self._count = n - take
+        return out
 
     def _key(self, table: pa.Table) -> npt.NDArray[np.int64]:
         col = table.column(0)
@@ -168,6 +179,8 @@ class Canonicalizer:
 
     def _sort_ties(self, table: pa.Table, starts: npt.NDArray[np.int64], n: int) -> pa.Table:
         """``table`` with each run of equal keys sorted by the tie-break columns."""
+        if len(starts) == n:  # every run is one row: nothing to sort
+            return table
         lengths = np.diff(np.append(starts, n))
         tied_runs = lengths > 1
         if not tied_runs.any():

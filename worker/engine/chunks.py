@@ -25,11 +25,11 @@ class Chunker:
         self.chunks = 0
         self.bytes = 0
 
-    def add(self, data: bytes, sizes: npt.NDArray[np.int64] | int | None = None) -> list[bytes]:
+    def add(self, data: bytes | memoryview, sizes: npt.NDArray[np.int64] | int | None = None) -> list[bytes]:
         """Add packets; return the chunks that became complete.
 
         Args:
-            data: whole packets, back to back.
+            data: whole packets, back to back (a flat byte buffer; held until its chunk is joined).
             sizes: each packet's length (array), one length for all (int), or None for one packet.
         """
         total = len(data)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -29,10 +30,12 @@ from worker.engine.rows import CUT_BEGIN, CUT_END, marked_slice_rows
 from worker.engine.span_rows import parent_annotation_packet
 from worker.engine.thread_spans import Events, ThreadState
 from worker.engine.tracks import (
+    ThreadTrack,
     async_group_uuid,
     clock_packet,
     descriptor_packet,
     group_descriptor,
+    log_track,
     pid_of,
     process_descriptor,
     process_uuid,
@@ -51,6 +54,7 @@ DEFAULT_CHUNK_SIZE = 1024 * 1024 - 4096
 _SUB_BATCH = 1 << 16
 I64 = npt.NDArray[np.int64]
 U8 = npt.NDArray[np.uint8]
+_T = TypeVar("_T", bound=np.generic)
 
 
 @dataclass
@@ -115,6 +119,8 @@ class TraceEncoder:
         self._next_body_iid = 1
         self._measure_strings: dict[int, str] = {}
         self._counter_uuid: dict[tuple[int, int], int] = {}
+        #: The hashes in _measure_strings, sorted (see _pairs).
+        self._known = np.zeros(0, dtype=np.int64)
         self._log_canon = Canonicalizer(LOG_ORDER, "log_entries")
         self._measure_canon = Canonicalizer(MEASURE_ORDER, "measures")
         self._span_types = SpanTypes(span_types)
@@ -125,6 +131,9 @@ class TraceEncoder:
         self._proc_uuid = process_uuid(process)
         self._tracks = thread_tracks(threads)
         self._track_of = {t.stream_id: t for t in self._tracks}
+        #: Tracks of log streams that are not threads (see tracks.log_track), by stream id.
+        self._log_tracks: dict[str, ThreadTrack] = {}
+        self._used_tids = {t.tid for t in self._tracks}
         self._threads: dict[str, ThreadState] = {}
         self._current: str | None = None
         reserved = [0, self._proc_uuid, async_group_uuid(self._proc_uuid)] + [t.uuid for t in self._tracks]
@@ -326,9 +335,11 @@ class TraceEncoder:
         """Encode a batch of the process's log entries as log messages (see ``worker.engine.logs``).
 
         Columns: ``time``, ``level``, ``msg``, ``target`` and ``stream_id``: an entry of a thread's
-        stream goes on that thread's track, any other on the process track. Rows are put in canonical
-        order first (:data:`LOG_ORDER`), so the bytes do not depend on the server's batching or order
-        of ties. Entries without a time or outside the range are dropped (``stats.dropped_logs``).
+        stream goes on that thread's track, any other on a thread track of its stream's own
+        (``tracks.log_track``: Perfetto lists log messages in its log panel only from threads).
+        Rows are put in canonical order first (:data:`LOG_ORDER`), so the bytes do not depend on
+        the server's batching or order of ties. Entries without a time or outside the range are
+        dropped (``stats.dropped_logs``).
         """
         out = self.start()
         what = "log_entries"
@@ -361,7 +372,8 @@ class TraceEncoder:
         self._stats.dropped_logs += batch.num_rows - len(keep)
         if not len(keep):
             return out
-        uuid = self._stream_uuids(streams)
+        uuid, tracks = self._stream_uuids(streams, keep)
+        out += tracks
         name = self._interner.names(targets)
         loc = self._interner.locations(targets, np.zeros(batch.num_rows, dtype=np.int64))
         out += self._interned()
@@ -371,7 +383,7 @@ class TraceEncoder:
             body = body.take(pa.array(keep))
         entries = LogBatch(
             ts=time[keep],
-            uuid=uuid[keep],
+            uuid=uuid,
             name=name[keep],
             loc=loc[keep],
             prio=priorities(level[keep]),
@@ -429,8 +441,8 @@ class TraceEncoder:
             self._measure_strings.setdefault(h, v)
         table = np.array([*hashes, _NULL_HASH], dtype=np.int64)
         self._measure_strings.setdefault(_NULL_HASH, "")
-        idx = col.indices.fill_null(len(values)).to_numpy(zero_copy_only=False)
-        return pa.array(table[idx], pa.int64())
+        indices = col.indices.fill_null(len(values)) if col.indices.null_count else col.indices
+        return pa.array(table[indices.to_numpy(zero_copy_only=False)], pa.int64())
 
     def _flush_logs(self) -> list[bytes]:
         out: list[bytes] = []
@@ -448,44 +460,69 @@ class TraceEncoder:
         self._stats.dropped_measures += batch.num_rows - len(keep)
         if not len(keep):
             return out
-        value = value_col.cast(pa.float64()).fill_null(0.0).to_numpy(zero_copy_only=False)
+        every = len(keep) == batch.num_rows
+
+        def kept(a: npt.NDArray[_T]) -> npt.NDArray[_T]:
+            return a if every else a[keep]
+
+        if value_col.type != pa.float64():
+            value_col = value_col.cast(pa.float64())
+        if value_col.null_count:
+            value_col = value_col.fill_null(0.0)
+        ts = kept(time)
+        values = kept(value_col.to_numpy(zero_copy_only=False))
         t_hash, n_hash, u_hash = (
-            batch.column(name).to_numpy(zero_copy_only=False)[keep] for name in ("target", "name", "unit")
+            kept(batch.column(name).to_numpy(zero_copy_only=False)) for name in ("target", "name", "unit")
         )
-        t_enc = pc.dictionary_encode(pa.array(t_hash))
-        n_enc = pc.dictionary_encode(pa.array(n_hash))
-        t_keys, n_keys = t_enc.dictionary.to_pylist(), n_enc.dictionary.to_pylist()
-        index, uniques = _pair_index(
-            t_enc.indices.to_numpy(zero_copy_only=False).astype(np.uint64),
-            n_enc.indices.to_numpy(zero_copy_only=False).astype(np.uint64),
-        )
-        first = np.full(len(uniques), len(index), dtype=np.int64)
-        np.minimum.at(first, index, np.arange(len(index)))  # the earliest row of each pair
-        track = np.empty(len(uniques), dtype=np.uint64)
-        strings = self._measure_strings
-        for i, key in enumerate(uniques.tolist()):  # once per distinct (target, name) of the batch
-            pair = (t_keys[key >> 32], n_keys[key & 0xFFFFFFFF])
-            uuid = self._counter_uuid.get(pair)
+        index, pairs = self._pairs(t_hash, n_hash)
+        track = np.empty(len(pairs), dtype=np.uint64)
+        for i, (t, n) in enumerate(pairs):  # once per distinct (target, name) of the batch
+            uuid = self._counter_uuid.get((t, n))
             if uuid is None:
-                target, name = strings[pair[0]], strings[pair[1]]
-                unit = strings[int(u_hash[first[i]])]
+                strings = self._measure_strings
+                target, name = strings[t], strings[n]
+                unit = strings[int(u_hash[int(np.argmax(index == i))])]  # the pair's first row
                 uuid = xxh64(f"{target}\0{name}".encode(), seed=self._proc_uuid)
-                self._counter_uuid[pair] = uuid
+                self._counter_uuid[(t, n)] = uuid
                 desc = counter_descriptor(uuid, self._proc_uuid, name=name, target=target, unit=unit)
                 out += self._packet(descriptor_packet(desc))
                 self._stats.counter_tracks += 1
             track[i] = uuid
-        ts = time[keep]
-        values = value[keep]
         if len(ts) > 1 and not bool(np.all(ts[1:] >= ts[:-1])):
             order = np.argsort(ts, kind="stable")
             ts, index, values = ts[order], index[order], values[order]
         for lo in range(0, len(ts), _SUB_BATCH):
             part = slice(lo, lo + _SUB_BATCH)
             rows = counter_rows(ts[part], index[part], track, values[part])
-            out += self._add(rows.tobytes(), rows.shape[1])
+            out += self._add(rows.reshape(-1).data, rows.shape[1])  # no copy until the chunk is joined
         self._stats.measures += len(ts)
         return out
+
+    def _pairs(self, t_hash: I64, n_hash: I64) -> tuple[I64, list[tuple[int, int]]]:
+        """Distinct (target, name) hash pairs of a batch, in order of their hashes, and each row's
+        position among them.
+
+        Every hash came through :meth:`_hashed`, so each is found in the sorted table of known
+        hashes; its position there is a small code, and a pair of codes one dense index.
+        """
+        if len(self._known) != len(self._measure_strings):
+            self._known = np.array(sorted(self._measure_strings), dtype=np.int64)
+        known = self._known
+        k = len(known)
+        dense = np.searchsorted(known, t_hash) * k + np.searchsorted(known, n_hash)
+        if k * k > 1 << 22:  # very many distinct strings: hash the dense indices instead
+            encoded = pc.dictionary_encode(pa.array(dense))
+            index = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+            present = encoded.dictionary.to_numpy()
+            pairs = [(int(known[d // k]), int(known[d % k])) for d in present.tolist()]
+            return index, pairs
+        seen = np.zeros(k * k, dtype=bool)
+        seen[dense] = True
+        present = np.flatnonzero(seen)
+        position = np.zeros(k * k, dtype=np.int64)
+        position[present] = np.arange(len(present))
+        pairs = [(int(known[d // k]), int(known[d % k])) for d in present.tolist()]
+        return position[dense], pairs
 
     def flush(self) -> list[bytes]:
         """Cut the partly filled chunk now (e.g. so requesters see the header early).
@@ -538,7 +575,7 @@ class TraceEncoder:
         self._stats.bytes += len(packet)
         return self._chunker.add(packet)
 
-    def _add(self, data: bytes, sizes: npt.NDArray[np.int64] | int) -> list[bytes]:
+    def _add(self, data: bytes | memoryview, sizes: npt.NDArray[np.int64] | int) -> list[bytes]:
         if not data:
             return []
         self._stats.packets += len(data) // sizes if isinstance(sizes, int) else len(sizes)
@@ -553,16 +590,35 @@ class TraceEncoder:
                 ok &= ~np.asarray(pc.is_null(col).to_numpy(zero_copy_only=False), dtype=bool)
         return np.flatnonzero(ok)
 
-    def _stream_uuids(self, streams: pa.DictionaryArray) -> npt.NDArray[np.uint64]:
-        """Track uuid per row: the thread track of the row's stream, else the process track."""
-        per_value = [
-            self._track_of[v].uuid if v in self._track_of else self._proc_uuid
-            for v in streams.dictionary.to_pylist()
-        ]
-        table = np.array([*per_value, self._proc_uuid], dtype=np.uint64)
-        idx = streams.indices.fill_null(len(per_value)).to_numpy(zero_copy_only=False)
-        out: npt.NDArray[np.uint64] = table[idx]
-        return out
+    def _stream_uuids(
+        self, streams: pa.DictionaryArray, keep: I64
+    ) -> tuple[npt.NDArray[np.uint64], list[bytes]]:
+        """Track uuid of each kept row: its stream's thread track, else the stream's log track
+        (null = ""), described here, in order of first appearance, when first met."""
+        values = ["" if v is None else v for v in streams.dictionary.to_pylist()] + [""]
+        indices = streams.indices
+        idx = (indices.fill_null(len(values) - 1) if indices.null_count else indices).to_numpy(
+            zero_copy_only=False
+        )
+        idx = idx[keep]
+        out: list[bytes] = []
+        if any(v not in self._track_of and v not in self._log_tracks for v in values):
+            first = np.full(len(values), len(idx), dtype=np.int64)
+            np.minimum.at(first, idx, np.arange(len(idx), dtype=np.int64))
+            pid = pid_of(self._proc_uuid)
+            for i in sorted(range(len(values)), key=lambda i: int(first[i])):
+                v = values[i]
+                if first[i] == len(idx) or v in self._track_of or v in self._log_tracks:
+                    continue
+                track = log_track(v, self._used_tids)
+                self._log_tracks[v] = track
+                out += self._packet(thread_descriptor(track, pid))
+        table = np.array(
+            [(self._track_of.get(v) or self._log_tracks.get(v) or _NO_TRACK).uuid for v in values],
+            dtype=np.uint64,
+        )
+        uuids: npt.NDArray[np.uint64] = table[idx]
+        return uuids, out
 
     def _events(self, events: Events, uuid: int) -> list[bytes]:
         if not len(events.ts):
@@ -613,6 +669,8 @@ def _signed_hash(value: str) -> int:
 
 
 _NULL_HASH = _signed_hash("")
+#: Stands for a stream none of whose entries is kept (its uuid is never written).
+_NO_TRACK = ThreadTrack("", 0, 0, "")
 #: Canonical order of log entries and measures (worker.engine.canonical): by time, ties by every
 #: column the engine reads, so the bytes do not depend on the server's batching or order of ties.
 LOG_ORDER: tuple[str, ...] = ("time", "stream_id", "level", "target", "msg")
@@ -644,26 +702,3 @@ def _log_parts(entries: LogBatch) -> list[LogBatch]:
         )
         lo = hi
     return parts
-
-
-def _pair_index(
-    a: npt.NDArray[np.uint64], b: npt.NDArray[np.uint64]
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint64]]:
-    """Distinct (a, b) pairs as keys ``a << 32 | b`` and each row's position among them.
-
-    Ids are small (distinct strings), so a dense table does it in linear time; a hash otherwise.
-    """
-    width = int(b.max()) + 1 if len(b) else 1
-    span = (int(a.max()) + 1 if len(a) else 1) * width
-    if span <= 1 << 22:
-        dense = a.astype(np.int64) * width + b.astype(np.int64)
-        seen = np.zeros(span, dtype=bool)
-        seen[dense] = True
-        present = np.flatnonzero(seen)
-        position = np.zeros(span, dtype=np.int64)
-        position[present] = np.arange(len(present))
-        keys = ((present // width).astype(np.uint64) << np.uint64(32)) | (present % width).astype(np.uint64)
-        return position[dense], keys
-    encoded = pc.dictionary_encode(pa.array((a << np.uint64(32)) | b, type=pa.uint64()))
-    index = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    return index, encoded.dictionary.to_numpy()

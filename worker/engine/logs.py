@@ -8,7 +8,7 @@ Each entry becomes one TracePacket that carries its own interned body and an ins
       50 01 68 02                           sequence 1, SEQ_NEEDS_INCREMENTAL_STATE
       5A TE                                 track_event (TE < 128)
         48 03                               type = TYPE_INSTANT
-        58 uuid(10)                         track_uuid: the logging thread's track, else the process's
+        58 uuid(10)                         track_uuid: the logging thread's, else its log stream's
         50 name(Wn)                         name_iid: the entry's target
         AA 01 LM                            log_message
           08 loc(Wl)                        source_location_iid: SourceLocation{file_name = target}
@@ -205,8 +205,7 @@ def log_rows(batch: LogBatch, first_body_iid: int) -> tuple[bytes, I64]:
         row = np.zeros((1, 10), dtype=np.uint8)
         put_varint64(row, 0, batch.uuid[:1], 10)
         tpl[c_uuid : c_uuid + 10] = row[0]
-    m = np.empty((n, h), dtype=np.uint8)
-    m[:] = tpl
+    m = np.tile(tpl, (n, 1))  # ~2x faster than assigning the template to an empty matrix
     _put(m, 1, p_len, vp)
     put_varint64(m, c_ts, batch.ts.astype(np.uint64), 9)
     if not one_track:
@@ -221,7 +220,8 @@ def log_rows(batch: LogBatch, first_body_iid: int) -> tuple[bytes, I64]:
     _put(m, c_b, blen, vb)
     sizes = h + blen
     # Each packet = its header row + its text, joined row by row in C++; the joined values are
-    # back to back in the result's data buffer, which is the output.
+    # back to back in the result's data buffer, which is the output. Copied out: holding the Arrow
+    # buffer until its chunk is joined costs more (fresh pages for the next batch) than the copy.
     heads = pa.FixedSizeBinaryArray.from_buffers(pa.binary(h), n, [None, pa.py_buffer(m)]).cast(pa.binary())
     joined = pc.binary_join_element_wise(heads, batch.body.cast(pa.binary()), b"")
     _, offsets_buf, data_buf = joined.buffers()

@@ -27,6 +27,7 @@ __all__ = [
     "clock_packet",
     "descriptor_packet",
     "group_descriptor",
+    "log_track",
     "pid_of",
     "process_descriptor",
     "process_uuid",
@@ -161,6 +162,27 @@ def thread_tracks(threads: Sequence[ThreadInfo]) -> list[ThreadTrack]:
         used.add(tid)
         tracks.append(ThreadTrack(thread.stream_id, uuid, tid, _display_name(thread)))
     return tracks
+
+
+#: Name of a log stream's track: "log stream <stream id>" (its own thread, see log_track).
+LOG_TRACK_NAME = "log stream"
+
+
+def log_track(stream_id: str, used_tids: set[int]) -> ThreadTrack:
+    """The track of log entries from a stream that is not one of the process's threads.
+
+    A thread of its own (uuid = xxh64(stream_id), as a thread track; synthetic tid as in
+    :func:`thread_tracks`, probing past ``used_tids``, to which it is added), because Perfetto's
+    importer puts a ``log_message`` into its log table (the UI's log panel) only for an event on a
+    thread's track: on a process track it drops it ("LogMessage without thread association").
+    """
+    uuid = xxh64(stream_id.encode())
+    tid = (1 << 31) + uuid % (1 << 30)
+    while tid in used_tids:
+        tid += 1
+    used_tids.add(tid)
+    name = f"{LOG_TRACK_NAME} {stream_id}" if stream_id else LOG_TRACK_NAME
+    return ThreadTrack(stream_id, uuid, tid, name)
 
 
 def thread_descriptor(track: ThreadTrack, pid: int) -> bytes:

@@ -90,10 +90,21 @@ def _spread56(v: U64) -> U64:
     return y
 
 
+def _u64_column(matrix: U8, col: int) -> npt.NDArray[np.uint64]:
+    """Bytes ``col .. col+7`` of every row of a C-contiguous uint8 matrix as one little-endian
+    uint64 per row (a structured view: one 8-byte store per row instead of eight byte stores)."""
+    if not matrix.flags.c_contiguous or matrix.ndim != 2:
+        raise ValueError("put_varint64 needs a C-contiguous 2-D uint8 matrix")
+    width = matrix.shape[1]
+    field = np.dtype({"names": ["v"], "formats": ["<u8"], "offsets": [col], "itemsize": width})
+    out: npt.NDArray[np.uint64] = matrix.view(field)["v"][:, 0]
+    return out
+
+
 def put_varint64(matrix: U8, col: int, values: U64, width: int) -> None:
     """Padded varint of 9 (values < 2**63) or 10 bytes (any uint64) via an 8-byte bit spread."""
     low = _spread56(values)
-    matrix[:, col : col + 8] = low.astype("<u8", copy=False).view(np.uint8).reshape(-1, 8)
+    _u64_column(matrix, col)[:] = low
     if width == 9:
         matrix[:, col + 8] = (values >> np.uint64(56)) & np.uint64(0x7F)
     elif width == 10:
