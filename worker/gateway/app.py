@@ -40,18 +40,10 @@ __all__ = ["create_app"]
 PROBE_TIMEOUT_S = 3.0
 
 
-def _redis_url(settings: Settings) -> str:
-    """The Redis URL with TRACE_WORKER_REDIS_PASSWORD put in when the URL has none."""
-    url = settings.redis_url
-    if settings.redis_password is not None and "@" not in url:
-        scheme, _, rest = url.partition("://")
-        url = f"{scheme}://:{settings.redis_password.get_secret_value()}@{rest}"
-    return url
-
-
 def build_runtime(settings: Settings) -> GatewayRuntime:
     """The client library, the Flight SQL source and the catalog for these settings."""
-    client = TraceClient(_redis_url(settings), settings.key_prefix, client_name="trace-gateway")
+    url = settings.redis_url_with_credentials()
+    client = TraceClient(url, settings.key_prefix, client_name="trace-gateway")
     source = FlightSqlSource(FlightSqlConfig.from_settings(settings))
     return GatewayRuntime(
         settings=settings,
