@@ -3,10 +3,12 @@
 A private redis-server, the devserver (a ``typical`` process: ~100k thread spans) and the worker
 service in this process, with a local blob folder. For each kind, ``--n`` requests are sent one
 kind at a time; once all are answered, the growth of the keys' ``MEMORY USAGE`` and of the blob
-folder is divided by ``--n``. What remains is what stays until ``job_ttl_s`` (job streams and state
-hashes), ``events_maxlen`` / ``dead_maxlen`` (events and dead letters) or for ever (blobs).
+folder is divided by ``--n``. What remains is what stays until ``chunk_ttl_s`` (job streams, with
+the chunks), ``job_ttl_s`` (status streams and state hashes), ``events_maxlen`` / ``dead_maxlen``
+(events and dead letters) or for ever (blobs). Last, the keys of one chunks-on job are measured
+again once its job stream has expired (``--chunk-ttl-s``, default 60 s here).
 
-    .venv/bin/python -m bench.cost_per_request [--n 10]
+    .venv/bin/python -m bench.cost_per_request [--n 10] [--chunk-ttl-s 60]
 """
 
 from __future__ import annotations
@@ -70,7 +72,32 @@ async def _measure(
     return (await _used(redis) - before) / n, (_disk(blobs) - disk) / n
 
 
-async def main(n: int) -> None:
+async def _job_keys(redis: Redis, job_id: str) -> int:
+    """Bytes held by one job's keys (job stream, status stream, state hash)."""
+    total = 0
+    for key in (KEYS.job(job_id), KEYS.status_stream(job_id), KEYS.state(job_id)):
+        usage: Any = await redis.memory_usage(key, samples=0)
+        total += int(usage or 0)
+    return total
+
+
+async def _job_keys_each(redis: Redis, n: int) -> float:
+    """Mean bytes of the chunks-on jobs' keys."""
+    return sum([await _job_keys(redis, f"on-{i}") for i in range(n)]) / n
+
+
+async def _after_chunk_ttl(redis: Redis, n: int) -> float:
+    """Mean bytes of the chunks-on jobs' keys once their job streams (the chunks) expired."""
+    jobs = [f"on-{i}" for i in range(n)]
+    deadline = time.monotonic() + 600
+    while any([await redis.exists(KEYS.job(j)) for j in jobs]):
+        if time.monotonic() > deadline:
+            raise TimeoutError("job streams did not expire within 600 s")
+        await asyncio.sleep(0.2)
+    return await _job_keys_each(redis, n)
+
+
+async def main(n: int, chunk_ttl_s: int) -> None:
     root = Path(tempfile.mkdtemp(prefix="tw-cost-"))
     redis_server = RedisServer().start()
     try:
@@ -83,6 +110,7 @@ async def main(n: int) -> None:
                 flightsql_url=dev.url,
                 blob_url=f"file://{root}",
                 http_host="",
+                chunk_ttl_s=chunk_ttl_s,
             )
             service = Service(
                 settings, generator=PipelineGenerator(settings), store=blob_store_from_settings(settings)
@@ -110,9 +138,14 @@ async def main(n: int) -> None:
                     },
                 }
                 print(f"{'kind':<34} {'redis B/request':>16} {'blob B/request':>15}")
+                live = 0.0
                 for name, entry in kinds.items():
                     mem, disk = await _measure(redis, root, n, entry)
                     print(f"{name:<34} {mem:>16,.0f} {disk:>15,.0f}")
+                    if name == "valid, chunks on":
+                        live = await _job_keys_each(redis, n)
+                kept = await _after_chunk_ttl(redis, n)
+                print(f"one chunks-on job's keys: {live:,.0f} B live, {kept:,.0f} B after chunk_ttl_s")
             finally:
                 await service.stop()
                 await redis.aclose()
@@ -124,4 +157,6 @@ async def main(n: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=10, help="requests per kind (default 10)")
-    asyncio.run(main(parser.parse_args().n))
+    parser.add_argument("--chunk-ttl-s", type=int, default=60, help="the worker's chunk_ttl_s (default 60)")
+    args = parser.parse_args()
+    asyncio.run(main(args.n, args.chunk_ttl_s))

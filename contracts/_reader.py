@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from contracts.client_errors import ClientError, ConnectionLost
+from contracts.redis_cancel import honour_cancellation
 
 __all__ = ["StreamReader", "Subscription"]
 
@@ -131,8 +132,8 @@ class StreamReader:
     async def aclose(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Not suppress(CancelledError): that would also swallow a cancellation of our caller.
+            await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         if self._conn is not None:
             await self._conn.aclose()
@@ -143,7 +144,7 @@ class StreamReader:
         if self._conn is None:
             name = f"{self._client_name}-reader"
             pool = aioredis.ConnectionPool.from_url(self._redis_url, max_connections=1, client_name=name)
-            self._conn = aioredis.Redis(connection_pool=pool)
+            self._conn = aioredis.Redis(connection_pool=honour_cancellation(pool))
         return self._conn
 
     def _streams(self) -> dict[str, str]:

@@ -49,6 +49,7 @@ from contracts.client_errors import (
 )
 from contracts.events import CancelEvent, ChunkEvent, Event, ProgressEvent, StatusEvent, parse_entry
 from contracts.keys import DEFAULT_PREFIX, Keys
+from contracts.redis_cancel import honour_cancellation
 from contracts.request import JOB_ID_PATTERN, MAX_REQUEST_BYTES, TraceRequest
 from contracts.states import JobState
 from contracts.urls import mask_url
@@ -121,7 +122,7 @@ class TraceClient:
             )
         except ValueError as exc:
             raise InvalidRequest(f"bad Redis URL {_safe_url(redis_url)}: {exc}") from exc
-        self.redis: aioredis.Redis = aioredis.Redis(connection_pool=pool)
+        self.redis: aioredis.Redis = aioredis.Redis(connection_pool=honour_cancellation(pool))
         self._mux = StreamReader(
             redis_url=redis_url,
             client_name=client_name,
@@ -387,6 +388,11 @@ class JobHandle:
 
     async def _receive(self, sink: TraceSink, on_event: EventCallback | None) -> StatusEvent:
         run = await self._resolve()
+        kept = await self._chunks_expired()
+        if kept is not None:
+            if on_event is not None:
+                on_event(kept)
+            return await self._from_blob(kept, sink)
         chunks = _ChunkState()
         follow = self._follow(self.client.keys.job(self.job_id), run.position, run.min_attempt)
         async with contextlib.aclosing(follow):
@@ -432,21 +438,7 @@ class JobHandle:
                     sink.verify(event.size, event.sha256)
                     return event
             # Blob-only (or chunks incomplete): take the object from its fetchable URL.
-            source = event.url or (event.uri if event.uri and event.uri.startswith("file://") else None)
-            if source is not None and source.startswith("file://") and not self.client.allows_file(source):
-                raise TraceIntegrityError(
-                    f"job {self.job_id} points at a local file ({source}); this client reads local "
-                    "files only under its file_root"
-                )
-            if source is None:
-                raise TraceIntegrityError(
-                    f"job {self.job_id} succeeded but published no chunks and no fetchable url "
-                    f"(object at {event.uri}); read it from the blob store"
-                )
-            await sink.reset()
-            await fetch_url(source, sink)
-            sink.verify(event.size, event.sha256)
-            return event
+            return await self._from_blob(event, sink)
         raise ClientError(f"job stream {self.client.keys.job(self.job_id)} ended without a terminal status")
 
     async def _reread(self, status: StatusEvent, chunks: _ChunkState, sink: TraceSink) -> None:
@@ -466,6 +458,33 @@ class JobHandle:
                         await chunks.accept(event, sink)
                         if chunks.last:
                             return
+
+    async def _chunks_expired(self) -> StatusEvent | None:
+        """The succeeded status when the job's stream (its chunks) has expired while its status
+        (``:state``, ``:status``, kept ``job_ttl_s``) says succeeded and no new run is pending:
+        the trace is then read from the blob. None otherwise (follow the job stream)."""
+        snap = await snapshot(self.client.redis, self.client.keys, self.job_id)
+        if snap.current != JobState.SUCCEEDED or snap.job_stream_exists or snap.submitted is not None:
+            return None
+        return snap.status(self.job_id)
+
+    async def _from_blob(self, event: StatusEvent, sink: TraceSink) -> StatusEvent:
+        """Fetch a succeeded job's object from its ``url`` (or file:// ``uri``), verifying size and sha256."""
+        source = event.url or (event.uri if event.uri and event.uri.startswith("file://") else None)
+        if source is not None and source.startswith("file://") and not self.client.allows_file(source):
+            raise TraceIntegrityError(
+                f"job {self.job_id} points at a local file ({source}); this client reads local "
+                "files only under its file_root"
+            )
+        if source is None:
+            raise TraceIntegrityError(
+                f"job {self.job_id} succeeded but its chunks are gone (blob-only, or expired) and it has "
+                f"no fetchable url (object at {event.uri}); read it from the blob store"
+            )
+        await sink.reset()
+        await fetch_url(source, sink)
+        sink.verify(event.size, event.sha256)
+        return event
 
     async def cancel(self, timeout: float = 10.0) -> CancelEvent | None:  # noqa: ASYNC109
         """Cancel this handle's request (or, on a handle from :meth:`TraceClient.job`, the job for

@@ -57,7 +57,9 @@ class Keys:
     def status_stream(self, job_id: str) -> str:
         """Per-job stream of the status and progress entries only (no chunks): the job stream
         without its bytes, for followers that want to know how a job goes but not its trace.
-        Added in contract v1.1; same entries, same order, same expiry as on the job stream."""
+        Added in contract v1.1; same entries, same order as on the job stream, but kept as long as
+        the state hash (``job_ttl_s``) while the job stream, holding the chunk bytes, expires sooner
+        (``chunk_ttl_s``)."""
         return f"{self.job(job_id)}:status"
 
     def state(self, job_id: str) -> str:

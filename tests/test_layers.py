@@ -51,7 +51,7 @@ IO_LIBS = ("redis", "faststream", "adbc_driver_flightsql", "adbc_driver_manager"
 
 
 #: The client library's modules: the only part of contracts that may talk to Redis.
-CLIENT_MODULES = frozenset({"client.py", "_reader.py", "_runs.py"})
+CLIENT_MODULES = frozenset({"client.py", "_reader.py", "_runs.py", "redis_cancel.py"})
 
 
 def test_contracts_stand_alone() -> None:

@@ -14,6 +14,7 @@
         ├── SourceUnavailable   SOURCE_UNAVAILABLE
         ├── SourceBroken        SOURCE_BROKEN
         └── BlobStoreError      BLOB_STORE_ERROR
+            └── BlobStoreRefused BLOB_STORE_ERROR, not retried by the worker (permission, no bucket...)
 
 Foreign exceptions (ADBC, Flight, obstore, redis) are translated at the edge that calls them,
 with ``raise ... from exc``.
@@ -26,6 +27,7 @@ from contracts.errors import ErrorCode
 __all__ = [
     "BadSourceData",
     "BlobStoreError",
+    "BlobStoreRefused",
     "EmptyRange",
     "InvalidRequest",
     "PermanentError",
@@ -101,3 +103,11 @@ class SourceBroken(RetryableError):
 
 class BlobStoreError(RetryableError):
     code = ErrorCode.BLOB_STORE_ERROR
+
+
+class BlobStoreRefused(BlobStoreError):
+    """The store refuses writes for good (permission denied, missing bucket, read-only file system,
+    a file where a folder should be): the worker fails the job at once instead of retrying (each
+    retry would compute the trace again to fail the same way). Same wire code, still
+    ``retryable``: a resubmission succeeds once the store is fixed.
+    """

@@ -111,13 +111,16 @@ class Settings(BaseSettings):
     reclaim_interval_s: float = Field(5.0, gt=0.05, le=600)
     #: Deliveries of one request entry (crashes, lost leases) before it is dead-lettered.
     max_deliveries: int = Field(5, ge=1, le=100)
-    #: Transient failures retried inside one delivery, each as a new attempt.
+    #: Transient failures retried inside one delivery, each as a new attempt (a Redis outage does
+    #: not count: the next attempt waits for Redis; worker/service/job.py).
     retry_max: int = Field(3, ge=0, le=20)
     #: First retry delay; doubled after each retry, capped at retry_backoff_max_s.
     retry_backoff_s: float = Field(1.0, ge=0, le=600)
     retry_backoff_max_s: float = Field(30.0, ge=0, le=3600)
-    #: Lifetime of a job's stream and state hash after the job ends.
+    #: Lifetime of a job's status stream and state hash after the job ends.
     job_ttl_s: int = Field(24 * 3600, ge=1)
+    #: Lifetime of a job's stream (chunk bytes + statuses) after the job ends; at most job_ttl_s.
+    chunk_ttl_s: int = Field(3600, ge=1)
     #: Approximate length the events stream is trimmed to (XADD MAXLEN ~).
     events_maxlen: int = Field(100_000, ge=100)
     #: Approximate length the dead-letter stream is trimmed to (each entry <= ~21 KB: ~210 MB at most).

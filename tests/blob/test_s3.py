@@ -8,7 +8,7 @@ import pytest
 
 from tests.support.redis_server import free_port
 from tests.support.s3 import MotoS3, S3Bucket
-from worker.errors import BlobStoreError
+from worker.errors import BlobStoreError, BlobStoreRefused
 from worker.sinks.blob import blob_store_from_url
 from worker.sinks.blob.s3 import S3BlobStore, parse_s3_url
 
@@ -17,10 +17,11 @@ async def test_missing_bucket_is_a_clear_error(moto_s3: MotoS3) -> None:
     store = blob_store_from_url("s3://no-such-bucket/p", **moto_s3.options())
     with pytest.raises(BlobStoreError, match="bucket 'no-such-bucket' does not exist") as info:
         await store.ping()
-    assert info.value.retryable
+    # permanent: a job fails at once rather than computing its trace again per retry
+    assert isinstance(info.value, BlobStoreRefused)
     writer = await store.open_writer("p1/j.pftrace")
     await writer.write(b"x" * 1000)
-    with pytest.raises(BlobStoreError, match="bucket 'no-such-bucket' does not exist"):
+    with pytest.raises(BlobStoreRefused, match="bucket 'no-such-bucket' does not exist"):
         await writer.commit()
 
 

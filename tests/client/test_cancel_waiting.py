@@ -109,8 +109,9 @@ async def test_a_cancel_without_request_id_cancels_the_waiting_requests_at_picku
         assert not await redis.exists(KEYS.cancelled("held"))  # the holds were used up
         left: Any = await redis.xrange(KEYS.requests)
         assert not {first, second} & {i.decode() for i, _ in left}
-        for key in (KEYS.job("held"), KEYS.status_stream("held"), KEYS.state("held")):
+        for key in (KEYS.status_stream("held"), KEYS.state("held")):
             assert await redis.ttl(key) > 3600  # the job's TTL, not a short one
+        assert await redis.ttl(KEYS.job("held")) > 600  # chunk_ttl_s (1 h), not a short one either
 
         # a later request runs: the cancel named the requests that waited then
         proxy.set_mode("pass")
@@ -142,5 +143,5 @@ async def test_a_cancel_of_a_job_that_never_existed_leaves_only_short_lived_stre
     entry = await submit(redis, KEYS, TraceRequest(process_id=small, job_id="ghost"))
     final = await JobReader(redis, KEYS, "ghost").read_until(_answer_to(entry), within=120)
     assert isinstance(final, StatusEvent) and final.state == JobState.SUCCEEDED
-    for key in keys:
-        assert await redis.ttl(key) > 3600
+    assert await redis.ttl(KEYS.status_stream("ghost")) > 3600  # job_ttl_s
+    assert await redis.ttl(KEYS.job("ghost")) > 600  # chunk_ttl_s (1 h)

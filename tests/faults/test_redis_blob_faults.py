@@ -91,20 +91,26 @@ async def test_redis_unreachable_for_a_while(
     procs = _procs(mixed_devserver)
     with ChaosProxy(("127.0.0.1", redis_server.port)) as proxy:
         url = f"redis://127.0.0.1:{proxy.port}/0"
-        worker = spawn_worker(worker_env(url, mixed_devserver.url, blobs.as_uri(), **_fast()))
+        # No retries: a Redis outage is not the job's failure and must not spend them.
+        env = worker_env(url, mixed_devserver.url, blobs.as_uri(), **_fast(TRACE_WORKER_RETRY_MAX="0"))
+        worker = spawn_worker(env)
         first = TraceRequest(process_id=procs["typical"], job_id="through-outage")
         reader = JobReader(redis, KEYS, first.effective_job_id())
         await submit(redis, KEYS, first)
         await reader.read_until(lambda e: e.type == "chunk", within=120)
         proxy.set_refusing(True)
         accepted = proxy.accepted
-        deadline = time.monotonic() + 20
-        while proxy.accepted < accepted + 3:  # the worker tried to reconnect (and was refused) 3 times
-            assert time.monotonic() < deadline, "the worker never tried to reconnect"
+        log = tmp_path / "worker-w-0.log"
+        deadline = time.monotonic() + 120
+        # Unreachable until the worker tried to reconnect (and was refused) 3 times and the job's
+        # attempt itself failed on it ("redis unavailable: ..." is that attempt's failure).
+        while proxy.accepted < accepted + 3 or "redis unavailable: " not in log.read_text(errors="replace"):
+            assert time.monotonic() < deadline, "the worker never noticed the outage"
             await asyncio.sleep(0.05)
         proxy.set_refusing(False)
         final = await reader.terminal(within=120)
         succeeded_bytes(final, reader, blobs, first)
+        assert final.attempt >= 2  # the outage cost attempts, not the job its (zero) retries
         after, after_reader = await run_job(
             redis, TraceRequest(process_id=procs["small"], job_id="after-outage")
         )

@@ -221,9 +221,8 @@ class DemoStack:
         self.kill_all()
         for fut in waits:
             await fut
-        for task in self._drains:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        # The drains end with their child's stdout; a cancellation of this task still gets through.
+        await asyncio.gather(*self._drains, return_exceptions=True)
 
     def kill_all(self) -> None:
         """Last resort when the event loop is going away (a second Ctrl-C)."""

@@ -236,11 +236,11 @@ async def _request(  # noqa: PLR0917 - private helper
         finally:
             display.close()
             for fut in (download, death):
-                if not fut.done():
-                    fut.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await fut
-        if not download.done() or download.cancelled():
+                fut.cancel()
+            # Wait until the download has stopped (its .part file removed), and let a Ctrl-C that
+            # cancelled this task through (never suppress(CancelledError) here: that swallows it).
+            await asyncio.gather(download, death, return_exceptions=True)
+        if download.cancelled():
             name = death.result()
             _say(f"trace-worker demo: the {name} stopped unexpectedly: {stack.log_tail(name)}")
             return 1, None

@@ -191,8 +191,8 @@ async def _sse(rt: GatewayRuntime, handle: JobHandle, first: dict[str, Any] | No
         finally:
             if pending is not None and not pending.done():
                 pending.cancel()
-                with contextlib.suppress(BaseException):
-                    await pending
+                # Not suppress(BaseException): a cancellation of this response must get through.
+                await asyncio.gather(pending, return_exceptions=True)
             await source.aclose()
 
 

@@ -24,6 +24,7 @@ from faststream.specification import AsyncAPI
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from contracts.redis_cancel import honour_cancellation
 from worker import __version__
 from worker.service.asyncapi import wire_document
 from worker.service.cancels import CancelLoop
@@ -50,7 +51,8 @@ _DESCRIPTION = (
 
 
 def redis_client(settings: Settings) -> Redis:
-    """The raw client for replies, leases and reclaim (bytes in, bytes out)."""
+    """The raw client for replies, leases and reclaim (bytes in, bytes out); a cancelled job task
+    never carries on past a command (:func:`contracts.redis_cancel.honour_cancellation`)."""
     client: Redis = Redis.from_url(
         settings.redis_url_with_credentials(),
         decode_responses=False,
@@ -58,6 +60,7 @@ def redis_client(settings: Settings) -> Redis:
         socket_timeout=30,
         health_check_interval=10,
     )
+    honour_cancellation(client.connection_pool)
     return client
 
 

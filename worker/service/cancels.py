@@ -35,7 +35,7 @@ from contracts._runs import job_requests
 from contracts.events import REQUEST_ID_PATTERN, CancelEvent, CancelOutcome, StatusEvent
 from contracts.request import JOB_ID_PATTERN
 from contracts.states import JobState
-from worker.service.answers import queue_answer, queue_entry, queue_state
+from worker.service.answers import inflight_key, queue_answer, queue_entry, queue_state
 from worker.service.lease import HELD_PREFIX, STOP_FIELD
 from worker.service.redis_io import TRANSIENT, retry_redis
 from worker.service.runtime import Runtime
@@ -204,6 +204,7 @@ async def answer_held(rt: Runtime, entry_id: str, status: StatusEvent, *, ends_j
                     pipe.expire(state_key, rt.settings.job_ttl_s)
                 pipe.xack(keys.requests, keys.group, entry_id)
                 pipe.xdel(keys.requests, entry_id)
+                pipe.hdel(inflight_key(keys), entry_id)
                 await pipe.execute()
                 return True
             except WatchError:

@@ -10,7 +10,7 @@ lost its lease writes nothing, so a job never shows two terminal states from two
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from redis.asyncio.client import Pipeline
@@ -19,13 +19,13 @@ from redis.exceptions import WatchError
 from contracts.events import StatusEvent, parse_entry, utcnow
 from contracts.keys import Keys
 from contracts.states import JobState
-from worker.service.answers import answer, queue_answer, queue_state
+from worker.service.answers import answer, inflight_key, queue_answer, queue_state
 from worker.service.lease import STOP_FIELD
 from worker.service.redis_io import retry_redis
 from worker.service.runtime import Runtime
 from worker.sinks.reply_stream import queue_entry
 
-__all__ = ["ack", "answer_invalid", "finish", "mark_running", "reply_duplicate"]
+__all__ = ["ack", "answer_invalid", "finish", "inflight_key", "mark_running", "reply_duplicate"]
 
 
 async def mark_running(rt: Runtime, status: StatusEvent) -> str:
@@ -60,6 +60,7 @@ async def finish(
     status: StatusEvent | None,
     lock_value: str | None,
     dead: Mapping[str, str | bytes] | None = None,
+    drop_chunks: Sequence[bytes | str] = (),
 ) -> bool:
     """End a delivery: terminal status (when allowed), dead letter (if given), XACK. Shielded.
 
@@ -71,11 +72,13 @@ async def finish(
             status is written only if nobody holds the lock and the job has not succeeded (its
             attempt number is then the job's current one).
         dead: fields of a dead-letter entry to add to ``<prefix>:dead``.
+        drop_chunks: job-stream entry ids to XDEL with the status (chunks of attempts that did not
+            succeed).
 
     Returns:
         Whether the status was written.
     """
-    return await rt.shielded(_finish(rt, entry_id, status, lock_value, dead))
+    return await rt.shielded(_finish(rt, entry_id, status, lock_value, dead, drop_chunks=drop_chunks))
 
 
 async def _finish(
@@ -84,6 +87,8 @@ async def _finish(
     status: StatusEvent | None,
     lock_value: str | None,
     dead: Mapping[str, str | bytes] | None,
+    *,
+    drop_chunks: Sequence[bytes | str] = (),
 ) -> bool:
     keys = rt.keys
 
@@ -113,6 +118,8 @@ async def _finish(
                 pipe.multi()  # type: ignore[no-untyped-call]
                 if allowed:
                     _terminal(rt, pipe, event, _decode_requesters(requesters))
+                    if drop_chunks:
+                        pipe.xdel(keys.job(event.job_id), *drop_chunks)
                 _queue_ack_and_dead(rt, pipe, entry_id, dead)
                 await pipe.execute()
                 return allowed
@@ -162,7 +169,8 @@ def _terminal(
     elif not requesters:
         queue_answer(rt, pipe, status)
     queue_state(rt, pipe, status)
-    pipe.expire(job_stream, ttl)
+    # Chunk bytes are what costs memory: they go sooner than the statuses (`:status`, `:state`).
+    pipe.expire(job_stream, min(rt.settings.chunk_ttl_s, ttl))
     pipe.expire(keys.status_stream(status.job_id), ttl)
     pipe.expire(state_key, ttl)
     pipe.delete(keys.lock(job_id), keys.requesters(job_id), keys.detached(job_id))
@@ -183,6 +191,7 @@ def _ack_and_delete(pipe: Pipeline, keys: Keys, entry_id: str) -> None:
     dead-lettered) would otherwise stay on the request stream for ever, growing Redis's memory."""
     pipe.xack(keys.requests, keys.group, entry_id)
     pipe.xdel(keys.requests, entry_id)
+    pipe.hdel(inflight_key(keys), entry_id)
 
 
 async def _ack_and_dead(rt: Runtime, entry_id: str, dead: Mapping[str, str | bytes] | None) -> None:

@@ -2,7 +2,8 @@
 
 - ``GET /livez``: 200 while the event loop runs and the reclaim loop has ticked recently
   (a wedged loop or a dead consume loop answers 503 or not at all).
-- ``GET /readyz``: 200 when Redis and the Flight SQL service answer; 503 with the reason otherwise.
+- ``GET /readyz``: 200 when Redis and the Flight SQL service answer and the blob store accepts a
+  small write (``.readyz-*``, written and deleted); 503 with the reason otherwise.
   The probes are cached and single-flight (:mod:`worker.service.readiness`): at most one Flight
   SQL query per ``READY_TTL_S`` however many clients poll, and an answer within ``PROBE_TIMEOUT_S``.
 - ``GET /metrics``: Prometheus text format.
@@ -78,7 +79,10 @@ class HealthServer:
         async def flightsql() -> None:
             await rt.generator.ping()  # looked up per call: the generator may be swapped
 
-        return {"redis": redis, "flightsql": flightsql}
+        async def blob() -> None:
+            await rt.store.ping()  # a small write + delete: the store must accept the trace
+
+        return {"redis": redis, "flightsql": flightsql, "blob": blob}
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, self._host, self.port, limit=MAX_LINE)

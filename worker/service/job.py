@@ -22,11 +22,12 @@ from contracts.errors import ErrorCode
 from contracts.events import StatusEvent
 from contracts.request import TraceRequest
 from contracts.states import JobState
-from worker.errors import PermanentError, RetryableError, TraceWorkerError
+from worker.errors import BlobStoreRefused, PermanentError, RetryableError, TraceWorkerError
 from worker.service.answers import answer
 from worker.service.cancels import answer_held
 from worker.service.emit import Emitter
 from worker.service.finish import finish, mark_running, reply_duplicate
+from worker.service.inflight import record
 from worker.service.lease import Claim, Lease
 from worker.service.logs import JobLog
 from worker.service.ports import BlobWriterLike, StopRequested
@@ -61,6 +62,8 @@ async def run_job(rt: Runtime, entry_id: str, request: TraceRequest) -> None:
     job_id = request.effective_job_id()
     jlog = JobLog(log, {"job_id": job_id, "entry_id": entry_id})
     lease = Lease(rt, job_id, entry_id)
+    # Before anything: a job this entry starts stays findable even if the entry is trimmed away.
+    await retry_redis(lambda: record(rt, entry_id, job_id), what="in-flight record")
 
     def mine(state: JobState, **fields: object) -> StatusEvent:
         return StatusEvent.model_validate(
@@ -113,6 +116,13 @@ class _Transient:
     """An attempt ended by a transient error; the status to publish if no retry is left."""
 
     status: StatusEvent
+    #: Redis itself was unavailable: not the job's fault, so it does not spend ``retry_max``.
+    redis: bool = False
+
+
+#: Attempts a Redis outage may end in a row before the job fails (each waits for Redis to answer
+#: first): bounds a Redis that answers PING but fails every job command.
+REDIS_OUTAGE_ATTEMPTS = 10
 
 
 class _Job:
@@ -125,6 +135,8 @@ class _Job:
         self.stop_reason: Literal["cancel", "lease"] | None = None
         self.stopped = asyncio.Event()
         self.current: asyncio.Task[StatusEvent] | None = None
+        #: Reply streams of this delivery's attempts, in order (their chunk ids).
+        self.replies: list[ReplyStream] = []
         #: Job-stream id of the current attempt's running entry.
         self.start_id: str | None = None
         self.log = JobLog(log, {"job_id": job_id, "entry_id": entry_id, "attempt": lease.attempt})
@@ -135,7 +147,11 @@ class _Job:
         try:
             status = await self._attempts()
             written = status is not None and await finish(
-                self.rt, entry_id=self.entry_id, status=status, lock_value=self.lease.value
+                self.rt,
+                entry_id=self.entry_id,
+                status=status,
+                lock_value=self.lease.value,
+                drop_chunks=self._failed_chunks(status),
             )
             if status is not None and written:
                 self.rt.metrics.jobs.labels(status.state.value).inc()
@@ -153,27 +169,46 @@ class _Job:
 
     async def _attempts(self) -> StatusEvent | None:
         """Attempts until one ends the job (transient failures retried with backoff, each as a new
-        attempt); the terminal status, or None when the lease was lost."""
+        attempt); the terminal status, or None when the lease was lost.
+
+        A Redis outage does not spend ``retry_max`` (the job did nothing wrong, and a worker's pooled
+        connections can fail once each after Redis comes back): the next attempt waits until Redis
+        answers, up to ``lease_s``, and at most ``REDIS_OUTAGE_ATTEMPTS`` outages in a row are retried."""
         settings = self.rt.settings
         delay = settings.retry_backoff_s
-        for retry in range(settings.retry_max + 1):
+        retries = outages = 0
+        while True:
             outcome = await self._attempt()
             if not isinstance(outcome, _Transient):
                 return outcome
-            if retry == settings.retry_max:
-                return outcome.status
-            self.rt.metrics.retries.inc()
-            self.log.warning(
-                "transient failure (%s); retry %d in %.1fs", outcome.status.message, retry + 1, delay
-            )
-            if await self._sleep_unless_stopped(delay):
+            if outcome.redis and outages < REDIS_OUTAGE_ATTEMPTS:
+                outages += 1
+                self.log.warning("redis unavailable (%s); retrying once it answers", outcome.status.message)
+                await retry_redis(self.rt.redis.ping, what="ping", give_up_after_s=settings.lease_s)
+            else:
+                if retries == settings.retry_max:
+                    return outcome.status
+                retries += 1
+                outages = 0
+                self.rt.metrics.retries.inc()
+                self.log.warning(
+                    "transient failure (%s); retry %d in %.1fs", outcome.status.message, retries, delay
+                )
+                if await self._sleep_unless_stopped(delay):
+                    return await self._stopped_outcome()
+                delay = min(delay * 2, settings.retry_backoff_max_s)
+            if self.stop_reason is not None:
                 return await self._stopped_outcome()
             attempt = await retry_redis(self.lease.next_attempt, what="next attempt")
             if attempt is None:
                 return None
             self.log.extra = {**(self.log.extra or {}), "attempt": attempt}
-            delay = min(delay * 2, settings.retry_backoff_max_s)
-        raise AssertionError("unreachable: the last retry returns")
+
+    def _failed_chunks(self, status: StatusEvent) -> list[bytes | str]:
+        """Entry ids of the chunks of this delivery's attempts that did not succeed (a failed job:
+        all of them): deleted with the terminal status, so they hold no Redis memory after it."""
+        replies = self.replies[:-1] if status.state == JobState.SUCCEEDED else self.replies
+        return [i for reply in replies for i in reply.chunk_ids]
 
     async def _release(self) -> None:
         try:
@@ -261,7 +296,7 @@ class _Job:
             )
             self.start_id = await mark_running(rt, running)
         except TRANSIENT as exc:
-            return _Transient(self._failed(ErrorCode.INTERNAL, f"redis unavailable: {exc}"))
+            return _Transient(self._failed(ErrorCode.INTERNAL, f"redis unavailable: {exc}"), redis=True)
         rt.metrics.attempts.inc()
         if self.stop_reason is not None:
             return await self._stopped_outcome()
@@ -278,6 +313,9 @@ class _Job:
             status = await self._stopped_outcome()
         except PermanentError as exc:
             status = self._failed(exc.code, str(exc) or exc.code.value)
+        except BlobStoreRefused as exc:
+            # The store refuses writes for good: no retry (a retry would compute the trace again).
+            status = self._failed(exc.code, str(exc) or exc.code.value)
         except RetryableError as exc:
             return _Transient(self._failed(exc.code, str(exc) or exc.code.value))
         except _JobTimeout:
@@ -285,7 +323,7 @@ class _Job:
                 ErrorCode.TIMEOUT, f"the job ran longer than job_timeout_s={rt.settings.job_timeout_s:g}s"
             )
         except TRANSIENT as exc:
-            return _Transient(self._failed(ErrorCode.INTERNAL, f"redis unavailable: {exc}"))
+            return _Transient(self._failed(ErrorCode.INTERNAL, f"redis unavailable: {exc}"), redis=True)
         except TraceWorkerError as exc:
             status = self._failed(exc.code, str(exc))
         except Exception as exc:
@@ -313,6 +351,7 @@ class _Job:
         writer = await rt.store.open_writer(key)
         committed = False
         reply = ReplyStream(rt.redis, rt.keys, self.job_id, self.lease.attempt)
+        self.replies.append(reply)
         pump = ProgressPump(reply, self.job_id, self.lease.attempt, request.labels,
                             rt.settings.progress_interval_s)  # fmt: skip
         try:

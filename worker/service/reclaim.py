@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 from worker.service.delivery import Delivery, Dispatcher
+from worker.service.inflight import sweep
 from worker.service.redis_io import TRANSIENT
 from worker.service.runtime import Runtime
 
@@ -142,6 +143,8 @@ class Reclaimer:
                 break
         self._cursor = start
         rt.metrics.lag.set(oldest / 1000)
+        # Entries deleted while their worker was dead (XCLAIM drops them silently): end their jobs.
+        await sweep(rt)
         if taken:
             log.info("reclaimed %d stranded entr%s", taken, "y" if taken == 1 else "ies")
         return taken

@@ -52,13 +52,15 @@ class ReplyStream:
         #: Chunks written so far, and their total size (the next chunk's offset).
         self.seq = 0
         self.offset = 0
+        #: Entry ids of the chunks written so far (removed when this attempt does not succeed).
+        self.chunk_ids: list[bytes | str] = []
 
     async def chunk(self, data: bytes, *, last: bool) -> None:
         """XADD the next chunk; awaited so a slow Redis slows the producer down (bounded memory)."""
         event = ChunkEvent(
             job_id=self.job_id, attempt=self.attempt, seq=self.seq, offset=self.offset, data=data, last=last
         )
-        await self._xadd(event.to_fields())
+        self.chunk_ids.append(await self._xadd(event.to_fields()))
         self.seq += 1
         self.offset += len(data)
 
@@ -75,6 +77,7 @@ class ReplyStream:
             queue_entry(pipe, self._keys, self.job_id, fields)
             await pipe.execute()
 
-    async def _xadd(self, fields: dict[str, str | bytes]) -> None:
+    async def _xadd(self, fields: dict[str, str | bytes]) -> bytes | str:
         mapping: Any = fields
-        await self._redis.xadd(self.stream, mapping)
+        entry_id: bytes | str = await self._redis.xadd(self.stream, mapping)
+        return entry_id

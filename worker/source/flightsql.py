@@ -343,7 +343,10 @@ class FlightSqlSource:
         if timeout is None:
             return await asyncio.wrap_future(running)
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(running), timeout)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can drop a cancellation of this
+            # task that arrives as the read completes (cpython#86296).
+            async with asyncio.timeout(timeout):
+                return await asyncio.wrap_future(running)
         except TimeoutError:
             raise SourceBroken(
                 f"the Flight SQL service sent nothing for {timeout:g} s while reading {what}"

@@ -13,8 +13,11 @@ Every obstore exception is translated into :class:`worker.errors.BlobStoreError`
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager, suppress
 from types import TracebackType
@@ -23,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import obstore
 from obstore.exceptions import NotFoundError, PermissionDeniedError, UnauthenticatedError
 
-from worker.errors import BlobStoreError
+from worker.errors import BlobStoreError, BlobStoreRefused
 from worker.sinks.blob.base import META_SUFFIX, BlobInfo, BlobNotFound, validate_key
 
 if TYPE_CHECKING:
@@ -42,6 +45,36 @@ _READ_PIECE = 1024 * 1024
 
 class _Aborted(Exception):
     """Handed to obstore's writer ``__aexit__`` to make it abort rather than complete."""
+
+
+#: Errors that no retry cures: the store refuses writes until someone changes its configuration.
+_REFUSED_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EROFS, errno.EISDIR})
+#: The same, as obstore/S3 spell them in messages (obstore wraps io::Error and S3 codes in text).
+_REFUSED_TEXT = (
+    "NoSuchBucket",
+    "AccessDenied",
+    "Permission denied",
+    "Not a directory",
+    "Read-only file system",
+    "Is a directory",
+    *(f"os error {n})" for n in sorted(_REFUSED_ERRNOS)),
+)
+#: Name start of the small objects readiness writes and deletes at the top of the store (never a trace key).
+PROBE_PREFIX = ".readyz"
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps) is a permanent refusal of the store."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, PermissionDeniedError | UnauthenticatedError | PermissionError):
+            return True
+        if isinstance(seen, OSError) and seen.errno in _REFUSED_ERRNOS:
+            return True
+        if any(marker in str(seen) for marker in _REFUSED_TEXT):
+            return True
+        seen = seen.__cause__
+    return False
 
 
 def _first_line(exc: BaseException, limit: int = 300) -> str:
@@ -97,14 +130,15 @@ class ObstoreBlobStore:
             raise
         except Exception as exc:
             what = f"{action} {self._location(key) if key else self._where()}"
+            kind = BlobStoreRefused if _refused(exc) else BlobStoreError
             explained = self._explain(exc)
             if explained is not None:
-                raise BlobStoreError(f"{what}: {explained}") from exc
-            if isinstance(exc, NotFoundError | FileNotFoundError):
+                raise kind(f"{what}: {explained}") from exc
+            if isinstance(exc, NotFoundError | FileNotFoundError) and kind is BlobStoreError:
                 raise BlobNotFound(f"{what}: no such object") from exc
             if isinstance(exc, PermissionDeniedError | UnauthenticatedError | PermissionError):
-                raise BlobStoreError(f"{what}: access denied ({_first_line(exc)})") from exc
-            raise BlobStoreError(f"{what} failed: {_first_line(exc)}") from exc
+                raise kind(f"{what}: access denied ({_first_line(exc)})") from exc
+            raise kind(f"{what} failed: {_first_line(exc)}") from exc
 
     # -- BlobStore
     async def open_writer(self, key: str) -> _Writer:
@@ -157,9 +191,18 @@ class ObstoreBlobStore:
                 pass
 
     async def ping(self) -> None:
-        with self._errors("list"):
-            async for _batch in obstore.list(self._store, chunk_size=1):
-                break
+        """Write and delete a small object ``.readyz-<pid>-<uuid>`` at the top of the store (it must
+        accept a write, not merely answer a listing). Callers rate-limit it (``worker.service.readiness``).
+
+        Raises:
+            BlobStoreRefused: the store refuses writes (permission, missing bucket, not a folder).
+            BlobStoreError: any other failure.
+        """
+        name = f"{PROBE_PREFIX}-{os.getpid()}-{uuid.uuid4().hex}"
+        with self._errors("write a probe object to", None):
+            await obstore.put_async(self._store, name, b"ready")
+        with self._errors("delete the probe object from", None):
+            await obstore.delete_async(self._store, name)
 
     async def aclose(self) -> None:
         """Nothing to release: obstore's HTTP client is dropped with the store."""

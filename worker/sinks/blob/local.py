@@ -21,7 +21,7 @@ from pathlib import Path
 
 from obstore.store import LocalStore
 
-from worker.errors import BlobStoreError
+from worker.errors import BlobStoreError, BlobStoreRefused
 from worker.sinks.blob._obstore import DEFAULT_MAX_CONCURRENCY, DEFAULT_PART_SIZE, ObstoreBlobStore
 
 __all__ = ["LocalBlobStore", "parse_file_url"]
@@ -91,6 +91,14 @@ class LocalBlobStore(ObstoreBlobStore):
         return self.uri(key)
 
     async def ping(self) -> None:
-        if not self.root.is_dir() or not os.access(self.root, os.W_OK | os.X_OK):
-            raise BlobStoreError(f"blob folder {self.root} is missing or not writable")
+        """A real small write and delete (``os.access`` says yes to root even on a read-only mount).
+
+        Raises:
+            BlobStoreError: the root folder is gone.
+            BlobStoreRefused: the root is not a folder, or refuses the write (permission, read-only).
+        """
+        if not self.root.exists():
+            raise BlobStoreError(f"blob folder {self.root} is missing or not writable (it is gone)")
+        if not self.root.is_dir():
+            raise BlobStoreRefused(f"blob folder {self.root} is missing or not writable (not a folder)")
         await super().ping()
