@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -28,7 +28,16 @@ from contracts.keys import Keys
 from contracts.request import TraceRequest
 from contracts.states import TERMINAL_STATES, JobState
 
-__all__ = ["Run", "Snapshot", "id_order", "redis_errors", "run_start", "snapshot"]
+__all__ = [
+    "Run",
+    "Snapshot",
+    "id_order",
+    "job_requests",
+    "redis_errors",
+    "request_job_id",
+    "run_start",
+    "snapshot",
+]
 
 #: States after which a resubmitted request starts a new run on the same job stream.
 RERUN_STATES = frozenset({JobState.FAILED, JobState.CANCELLED, JobState.DEAD})
@@ -153,23 +162,35 @@ def _is_cancel_answer(fields: Any) -> bool:
 async def pending_request(redis: aioredis.Redis, keys: Keys, job_id: str) -> str | None:
     """Entry id of the newest request for ``job_id`` still on the request stream (workers delete
     a request entry once they have answered it), looking at most at :data:`MAX_REQUEST_SCAN`."""
-    last, seen = "+", 0
-    async with redis_errors("reading the request stream"):
-        while seen < MAX_REQUEST_SCAN:
-            page: Any = await redis.xrevrange(keys.requests, max=last, min="-", count=_PAGE)
-            for raw_id, fields in page:
-                raw = (fields or {}).get(b"request", (fields or {}).get("request"))
-                if raw is not None and _request_job(raw) == job_id:
-                    return _text(raw_id)
-            seen += len(page)
-            if len(page) < _PAGE:
-                return None
-            last = "(" + _text(page[-1][0])
+    async with (
+        redis_errors("reading the request stream"),
+        contextlib.aclosing(job_requests(redis, keys, job_id)) as found,
+    ):
+        async for entry_id in found:
+            return entry_id
     return None
 
 
-def _request_job(raw: Any) -> str | None:
-    """The job id of a request entry's JSON (None when it is not a valid request)."""
+async def job_requests(redis: aioredis.Redis, keys: Keys, job_id: str) -> AsyncGenerator[str, None]:
+    """Entry ids of the requests for ``job_id`` on the request stream, newest first, among its
+    newest :data:`MAX_REQUEST_SCAN` entries (pages of 200 XREVRANGE). Redis errors pass through
+    unchanged (redis-py's own)."""
+    last, seen = "+", 0
+    while seen < MAX_REQUEST_SCAN:
+        page: Any = await redis.xrevrange(keys.requests, max=last, min="-", count=_PAGE)
+        for raw_id, fields in page:
+            raw = (fields or {}).get(b"request", (fields or {}).get("request"))
+            if raw is not None and request_job_id(raw) == job_id:
+                yield _text(raw_id)
+        seen += len(page)
+        if len(page) < _PAGE:
+            return
+        last = "(" + _text(page[-1][0])
+
+
+def request_job_id(raw: str | bytes) -> str | None:
+    """The job id of a request entry's ``request`` JSON: its ``job_id``, or the id derived from
+    it (:meth:`TraceRequest.effective_job_id`); None when it is not a valid request."""
     try:
         fields = json.loads(raw)
         explicit = fields.get("job_id") if isinstance(fields, dict) else None

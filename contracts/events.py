@@ -143,15 +143,24 @@ class ChunkEvent(_Event):
 
 
 class CancelOutcome(StrEnum):
-    """What a cancel entry did."""
+    """What a cancel entry did (PROTOCOL §5). cancelled: the job stops (no request wants it any
+    more); its requests are answered cancelled once it has ended. detached: the named request left
+    a job that goes on for others. pending: the named request, or without request_id every request
+    for a job that does not run, still waits for a worker: it is answered cancelled at pickup without
+    running, and without request_id the job then ends cancelled. not_found: no such job or request
+    (job streams this answer creates expire after 60 s). already_ended: the job had ended (without
+    request_id: it succeeded, or ended with no request waiting); nothing changed."""
 
     #: The job stops (no request wants it any more).
     CANCELLED = "cancelled"
     #: The named request left the job; the job goes on for the other requests attached to it.
     DETACHED = "detached"
-    #: The named request was not picked up yet; it will be answered ``cancelled`` without running.
+    #: The named request (without ``request_id``: every request for the job, when none runs) was
+    #: not picked up yet; it will be answered ``cancelled`` at pickup without running (without
+    #: ``request_id``, the job then ends ``cancelled``, attempt unchanged).
     PENDING = "pending"
-    #: No running job by that id, or the named request is not attached to it.
+    #: No running job by that id and no request for it waiting, or the named request is not
+    #: attached to it. Job streams this answer creates expire after 60 s.
     NOT_FOUND = "not_found"
     #: The job (or the named request) already ended; nothing was changed.
     ALREADY_ENDED = "already_ended"

@@ -18,6 +18,7 @@ import socket
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -25,7 +26,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contracts.keys import DEFAULT_PREFIX
 
-__all__ = ["ENV_PREFIX", "OTHER_NAMES", "Settings", "SettingsError", "get_settings", "load_settings"]
+__all__ = [
+    "ENV_PREFIX",
+    "OTHER_NAMES",
+    "Settings",
+    "SettingsError",
+    "get_settings",
+    "load_settings",
+    "redis_url_problem",
+]
 
 ENV_PREFIX = "TRACE_WORKER_"
 #: TRACE_WORKER_* names that are not settings: read by tools (devserver token, scripts/dev's venv,
@@ -54,6 +63,8 @@ class Settings(BaseSettings):
     #: Redis URL (redis://, rediss:// for TLS; a password goes in the URL or TRACE_WORKER_REDIS_PASSWORD).
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_password: SecretStr | None = None
+    #: Redis ACL user name (Redis 6+), when it is not in the URL; used with TRACE_WORKER_REDIS_PASSWORD.
+    redis_username: str | None = Field(None, min_length=1, pattern=r"^[^\s]+$")
     #: Prefix of every key and stream the worker touches.
     key_prefix: str = Field(DEFAULT_PREFIX, pattern=_PREFIX_RE)
 
@@ -170,7 +181,7 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_arguments(cls, value: str) -> str:
-        problem = _redis_url_problem(value)
+        problem = redis_url_problem(value)
         if problem is not None:
             raise ValueError(problem)
         return value
@@ -198,6 +209,26 @@ class Settings(BaseSettings):
             )
         return self
 
+    def redis_url_with_credentials(self, url: str | None = None) -> str:
+        """``url`` (default ``redis_url``) with ``redis_username`` and ``redis_password`` put in
+        (percent-encoded) where the URL has no user name or password of its own: what the worker,
+        the gateway and the command-line client connect with. Holds the password: never log it."""
+        url = url or self.redis_url
+        parts = urlsplit(url)
+        add_user = self.redis_username is not None and not parts.username
+        add_password = self.redis_password is not None and not parts.password
+        if not (add_user or add_password):
+            return url
+        user = quote(self.redis_username or "", safe="") if add_user else (parts.username or "")
+        password = (
+            quote(self.redis_password.get_secret_value(), safe="")
+            if add_password and self.redis_password is not None
+            else parts.password
+        )
+        where = parts.netloc.rpartition("@")[2]
+        login = user + ("" if password is None else ":" + password)
+        return urlunsplit(parts._replace(netloc=f"{login}@{where}"))
+
     @property
     def gateway_cors_origin_list(self) -> list[str]:
         """``gateway_cors_origins`` split on commas, blanks dropped."""
@@ -209,7 +240,7 @@ class Settings(BaseSettings):
         return self.worker_consumer or f"{socket.gethostname()}-{os.getpid()}"
 
 
-def _redis_url_problem(url: str) -> str | None:
+def redis_url_problem(url: str) -> str | None:
     """Why redis-py cannot connect with ``url`` (it hands unknown query arguments to its connections,
     which fail with a TypeError only when connecting), or None. Never quotes the URL: it may hold a
     password."""

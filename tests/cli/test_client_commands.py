@@ -311,6 +311,13 @@ async def test_jobs(redis_server: RedisServer, scripted: ScriptedWorker, tmp_pat
         (["request", PID, "-o", "missing/dir/x.pftrace"], 2, "no such directory"),
         (["request", PID, "--redis-url", "http://127.0.0.1:1/"], 2, "not a Redis URL"),
         (["status", "j", "--redis-url", "localhost:6379"], 2, "not a Redis URL"),
+        # the setting's own check: redis-py would pass `PASSWORD` to its connections and fail there
+        (
+            ["jobs", "--redis-url", "redis://127.0.0.1:1/0?PASSWORD=hunter2-secret"],
+            2,
+            "bad --redis-url: unknown query argument 'PASSWORD' (redis-py reads e.g. db, password",
+        ),
+        (["jobs", "--redis-url", "redis://127.0.0.1:1/0?db=x"], 2, "bad --redis-url: "),
     ],
 )
 async def test_user_errors_are_one_line(
@@ -319,6 +326,7 @@ async def test_user_errors_are_one_line(
     result = await cli(*args, cwd=tmp_path, redis_url=redis_server.url)
     assert result.code == code, result.err
     assert message in result.err
+    assert "hunter2" not in result.err + result.out
     no_traceback(result)
 
 

@@ -3,12 +3,15 @@ the devserver and a real redis-server: what a user sees."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 
-from tests.cli.test_client_commands import cli
+from tests.cli.test_client_commands import WAIT_S, cli, finish, start_cli
+from tests.client.test_cancel_waiting import stuck_worker
 from tests.support.devserver import start_devserver
 from tests.support.redis_server import RedisServer
 from tests.support.worker_process import Spawn, worker_env
@@ -72,3 +75,32 @@ async def test_cancel_a_running_job_from_the_command_line(
     assert "job c-1 ended cancelled" in cancelled.out
     status = await cli("status", "c-1", cwd=tmp_path, redis_url=redis_server.url)
     assert "state      cancelled" in status.out
+
+
+async def test_cancel_a_job_still_waiting_for_a_worker(
+    redis: aioredis.Redis,
+    redis_server: RedisServer,
+    devserver: DevServer,
+    spawn_worker: Spawn,
+    tmp_path: Path,
+) -> None:
+    """The request waits on the request stream (the worker's only slot is stuck): the cancel is
+    answered ``pending`` at once and the job ends cancelled when a worker picks it up."""
+    small = devserver.lake.processes[0].process_id
+    url = redis_server.url
+    async with stuck_worker(redis, devserver, spawn_worker, url, tmp_path / "blobs"):
+        submitted = await cli("request", small, "--job-id", "q-1", "--no-wait", cwd=tmp_path, redis_url=url)
+        assert submitted.out.strip() == "q-1", submitted.err
+        proc = await start_cli("cancel", "q-1", "--wait", "120", cwd=tmp_path, redis_url=url)
+        assert proc.stdout is not None
+        first = (await asyncio.wait_for(proc.stdout.readline(), WAIT_S)).decode()
+        assert first.startswith("cancel pending for q-1 (1 waiting request(s) will be answered cancelled")
+        status = await cli("status", "q-1", cwd=tmp_path, redis_url=url)
+        assert "state      queued" in status.out  # still waiting: nothing ran
+        freed = await cli("cancel", "blocker", cwd=tmp_path, redis_url=url)
+        assert freed.code == 0 and freed.out.startswith("cancel cancelled for blocker"), freed.err
+        result = await finish(proc)
+    assert result.code == 0, result.err
+    assert "job q-1 ended cancelled" in result.out
+    status = await cli("status", "q-1", cwd=tmp_path, redis_url=url)
+    assert "state      cancelled" in status.out and "attempt    0" in status.out

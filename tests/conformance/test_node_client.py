@@ -1,7 +1,8 @@
 """A Node client written from docs/PROTOCOL.md only (tests/conformance/node/client.mjs) against a real
 worker process, the devserver and a real redis-server: derived job id computed in Node, its own
 answers followed, chunks verified against the status and the blob, cancel then resubmit, a
-duplicate, a malformed request naming an existing job, and a connection dropped mid-stream."""
+duplicate, a malformed request naming an existing job, a connection dropped mid-stream, and cancels
+of a job whose request still waits for a worker and of a job that never existed."""
 
 from __future__ import annotations
 
@@ -11,9 +12,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from contracts import TraceRequest
+import redis.asyncio as aioredis
+
+from contracts import Keys, TraceRequest
+from contracts.events import CancelEvent, CancelOutcome
 from contracts.vectors import VECTORS_FILE
+from tests.client.test_cancel_waiting import cancel, stuck_worker
 from tests.conformance.conftest import NODE_DIR
+from tests.service.support import JobReader, submit
 from tests.support.redis_server import RedisServer
 from tests.support.worker_process import Spawn, worker_env
 from worker.devserver import DevServer
@@ -85,3 +91,30 @@ async def test_node_client_scenarios(
         node, "request", url, "t", fresh, str(tmp_path / "e.pftrace"), "--drop-after-chunks", "1"
     )
     assert resumed["state"] == "succeeded" and resumed["verified"] and resumed["reconnects"] >= 1
+
+
+async def test_node_cancels_a_waiting_job_and_an_unknown_one(  # noqa: PLR0917 - fixtures
+    node: str,
+    redis: aioredis.Redis,
+    redis_server: RedisServer,
+    devserver: DevServer,
+    spawn_worker: Spawn,
+    tmp_path: Path,
+) -> None:
+    keys, url = Keys("t"), redis_server.url
+    small = devserver.lake.processes[0].process_id
+    async with stuck_worker(redis, devserver, spawn_worker, url, tmp_path / "blobs"):
+        entry = await submit(redis, keys, TraceRequest(process_id=small, job_id="node-q"))
+        waiting = asyncio.create_task(run_node(node, "cancel", url, "t", "node-q", "--until-ended"))
+        answer = await JobReader(redis, keys, "node-q").read_until(lambda e: isinstance(e, CancelEvent), 120)
+        assert isinstance(answer, CancelEvent) and answer.outcome == CancelOutcome.PENDING
+        assert (await cancel(redis, "blocker")).outcome == CancelOutcome.CANCELLED  # frees the slot
+        report = await waiting
+    assert (report["outcome"], report["request_id"], report["job_state"]) == ("pending", None, "cancelled")
+    assert report["answered"] == [
+        {"request_id": entry, "state": "queued"},
+        {"request_id": entry, "state": "cancelled"},
+    ]
+    assert report["job_attempt"] == 0 and report["ttl"] > 600  # the job stream's own TTL, not 60 s
+    ghost = await run_node(node, "cancel", url, "t", "node-ghost")
+    assert ghost["outcome"] == "not_found" and 0 < ghost["ttl"] <= 60

@@ -342,6 +342,21 @@ def test_keda_production_reads_tls_db_and_password_from_the_settings() -> None:
     ]
 
 
+def test_a_redis_acl_user_reaches_the_worker_the_gateway_and_keda() -> None:
+    values = production_values()
+    values["config"]["redisUsername"] = "trace-worker"
+    values["gateway"] = {"enabled": True}
+    m = render(values)
+    assert m.one("ConfigMap")["data"]["TRACE_WORKER_REDIS_USERNAME"] == "trace-worker"
+    for deployment in m.all("Deployment"):  # the worker's and the gateway's read that ConfigMap
+        env_from = deployment["spec"]["template"]["spec"]["containers"][0]["envFrom"]
+        assert {"configMapRef": {"name": m.one("ConfigMap")["metadata"]["name"]}} in env_from
+    assert len(m.all("Deployment")) == 2
+    for trigger in m.one("ScaledObject")["spec"]["triggers"]:  # KEDA signs in as the same user
+        assert trigger["metadata"]["username"] == "trace-worker"
+    assert "TRACE_WORKER_REDIS_USERNAME" not in json.dumps(render(production_values()).all("ConfigMap"))
+
+
 @pytest.mark.parametrize(("metric", "field"), [("streamLength", "streamLength"), ("lag", "lagCount")])
 def test_keda_metric_choice(metric: str, field: str) -> None:
     m = render({"config": S3, "autoscaling": {"enabled": True, "keda": {"metric": metric, "target": 7}}})

@@ -78,6 +78,12 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         {"config": {"extra": {"TRACE_WORKER_HTTP_PORT": 9999}}},
         "propertyName 'TRACE_WORKER_HTTP_PORT'",
     ),
+    ("blank in the redis user name", {"config": {"redisUsername": "app worker"}}, "/config/redisUsername"),
+    (
+        "extra repeats the redis user name",
+        {"config": {"extra": {"TRACE_WORKER_REDIS_USERNAME": "app"}}},
+        "propertyName 'TRACE_WORKER_REDIS_USERNAME'",
+    ),
     (
         "extra carries a credential",
         {"config": {"extra": {"TRACE_WORKER_REDIS_PASSWORD": "x"}}},
@@ -179,6 +185,7 @@ def test_readme_lists_every_value() -> None:
 
 def test_config_extra_and_extra_env_refuse_exactly_the_settings_the_chart_renders(tmp_path: Path) -> None:
     everything = {
+        "config": {"redisUsername": "app"},
         "flightsql": {"tlsCa": {"secretName": "mm-ca"}},
         "s3": {"endpoint": "http://minio:9000", "region": "eu-west-1", "allowHttp": True},
         "secret": {

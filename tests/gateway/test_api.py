@@ -32,6 +32,15 @@ def _sse(response: httpx.Response) -> Iterator[tuple[str, dict[str, Any]]]:
             data += line[5:].strip()
 
 
+JSON = {"content-type": "application/json"}
+
+
+def _chunks(data: bytes, size: int = 8192) -> Iterator[bytes]:
+    """A request body httpx sends with chunked transfer encoding (no Content-Length)."""
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
 def _error(response: httpx.Response, status: int, code: str) -> str:
     assert response.status_code == status, response.text
     body = response.json()["error"]
@@ -152,6 +161,10 @@ def test_bad_input_gets_4xx_with_a_clear_message(stack: Stack) -> None:
     )
     huge = {"process_id": pid, "labels": {"k": "v" * 200_000}}
     assert "limited to" in _error(http.post("/api/traces", json=huge), 413, "request_too_large")
+    # without Content-Length (chunked transfer encoding): refused while it is read, 413 all the same
+    chunked = http.post("/api/traces", content=_chunks(json.dumps(huge).encode()), headers=JSON)
+    assert "transfer-encoding" in chunked.request.headers and "content-length" not in chunked.request.headers
+    assert "limited to" in _error(chunked, 413, "request_too_large")
     assert _error(http.get("/api/traces/no-such-job"), 404, "job_not_found")
     assert "job id" in _error(http.get("/api/traces/bad%20id!"), 404, "job_not_found")
     assert _error(http.get("/api/traces/no-such-job/events"), 404, "job_not_found")
@@ -190,10 +203,11 @@ def test_trace_job_end_to_end(stack: Stack) -> None:
     assert int(trace.headers["content-length"]) == len(trace.content) == status["size"]
     assert trace.headers["etag"] == f'"{status["sha256"]}"'
     assert f'filename="{job_id}.pftrace"' in trace.headers["content-disposition"]
-    assert (
-        http.get(f"/api/traces/{job_id}/trace", headers={"If-None-Match": trace.headers["etag"]}).status_code
-        == 304
-    )
+    etag = trace.headers["etag"]
+    for none_match in (etag, f"W/{etag}", f'"other", W/{etag}', "*"):
+        cached = http.get(f"/api/traces/{job_id}/trace", headers={"If-None-Match": none_match})
+        assert (cached.status_code, cached.headers["etag"], cached.content) == (304, etag, b""), none_match
+    assert http.get(f"/api/traces/{job_id}/trace", headers={"If-None-Match": 'W/"other"'}).status_code == 200
 
     recent = http.get("/api/traces").json()["items"]
     assert job_id in [j["job_id"] for j in recent]
@@ -267,6 +281,12 @@ def test_token_cors_stream_limit_and_readiness(stack: Stack) -> None:
     }
     with run_gateway(env) as gw, httpx.Client(base_url=gw.url, timeout=60) as http:
         assert "Bearer" in _error(http.get("/api/processes"), 401, "unauthorized")
+        # the token is checked before the body is read: not parsed, validated or even size-checked
+        for body in (b"{not json", b'{"process_id": "nope"}', b"x" * 200_000):
+            refused = http.post("/api/traces", content=body, headers=JSON)
+            assert _error(refused, 401, "unauthorized") and refused.headers["www-authenticate"] == "Bearer"
+        refused = http.post("/api/traces", content=_chunks(b"x" * 200_000), headers=JSON)
+        assert _error(refused, 401, "unauthorized")
         assert _error(
             http.get("/api/processes", headers={"Authorization": "Bearer wrong"}), 401, "unauthorized"
         )
@@ -280,6 +300,7 @@ def test_token_cors_stream_limit_and_readiness(stack: Stack) -> None:
         assert allowed.headers.get("access-control-allow-origin") == origin
         other = http.options("/api/traces", headers={**preflight, "Origin": "https://evil.example"})
         assert other.headers.get("access-control-allow-origin") is None
+        assert "https://evil.example" in _error(other, 400, "cors_refused")  # JSON like every error
 
         pid = stack.lake.processes[0].process_id
         job = http.post("/api/traces", json={"process_id": pid, "job_id": "held"}, headers=auth).json()
@@ -289,6 +310,10 @@ def test_token_cors_stream_limit_and_readiness(stack: Stack) -> None:
             assert first.status_code == 200
             lines = first.iter_lines()  # kept: a dropped iterator closes the response
             assert next(lines) == "retry: 3000"  # the stream is open and counted
+            # nothing is on the job's stream while its request waits: the stream says so at once
+            assert [next(lines), next(lines)] == ["", "event: status"]
+            first_status = json.loads(next(lines).removeprefix("data:"))
+            assert (first_status["job_id"], first_status["state"]) == ("held", "queued")
             second = http.get("/api/traces/held/events", headers=auth)
             assert "limit 1" in _error(second, 429, "too_many_streams")
             assert second.headers["retry-after"] == "2"

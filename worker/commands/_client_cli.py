@@ -20,9 +20,10 @@ from contracts.client_errors import ClientError
 from contracts.events import ProgressEvent, StatusEvent
 from contracts.keys import DEFAULT_PREFIX
 from contracts.states import JobState
+from contracts.urls import mask_url
 from worker.cli import UsageError
 from worker.commands._terminal import safe
-from worker.settings import load_settings
+from worker.settings import load_settings, redis_url_problem
 
 __all__ = [
     "EXIT_CODES",
@@ -72,11 +73,18 @@ def open_client(args: argparse.Namespace) -> TraceClient:
     # Blob-only traces from a local-folder store are read only from the settings' blob folder.
     file_root = settings.blob_url.removeprefix("file://") if settings.blob_url.startswith("file://") else None
     if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise UsageError(f"not a Redis URL (redis://host:port/db): {url!r}")
+        raise UsageError(f"not a Redis URL (redis://host:port/db): {mask_url(url)!r}")
+    if args.redis_url and (problem := redis_url_problem(args.redis_url)) is not None:
+        raise UsageError(f"bad --redis-url: {problem}")  # the setting's own check, in the same words
     try:
-        return TraceClient(url, prefix or DEFAULT_PREFIX, reconnect_timeout_s=30, file_root=file_root)
+        return TraceClient(
+            settings.redis_url_with_credentials(url),
+            prefix or DEFAULT_PREFIX,
+            reconnect_timeout_s=30,
+            file_root=file_root,
+        )
     except ValueError as exc:
-        raise UsageError(f"bad Redis URL {url!r}: {exc}") from exc
+        raise UsageError(f"bad Redis URL {mask_url(url)!r}: {exc}") from exc
 
 
 def run_client(command: str, body: Callable[[], Awaitable[int]]) -> int:

@@ -2,18 +2,19 @@
 
 Adds an entry on ``<prefix>:cancels`` (docs/PROTOCOL.md §5) and prints the worker's answer. With
 ``--request-id`` only that request leaves the job (it goes on while other requests want it). A job
-that already ended or is unknown is reported (exit status 1) and nothing is left behind. With
-``--wait`` the command returns once the job has ended.
+whose requests still wait for a worker is cancelled when a worker picks them up (answer
+``pending``). A job that already ended or is unknown is reported (exit status 1) and nothing is
+left behind. With ``--wait`` the command returns once the job has ended.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import asyncio
 import sys
 from typing import Any
 
-from contracts.client import JobHandle, WaitTimeout
+from contracts.client import TraceClient
 from contracts.events import CancelOutcome, StatusEvent
 from contracts.states import JobState
 from worker.commands._client_cli import EXIT_CODES, EXIT_TIMEOUT, add_redis_args, open_client, run_client
@@ -47,23 +48,13 @@ def run(args: argparse.Namespace) -> int:
             job.request_id = args.request_id
             current = await job.state()
             if current is not None and current.state.terminal and args.request_id is None:
+                # The worker would answer already_ended: nothing runs and no request waits.
                 print(
                     f"trace-worker cancel: job {args.job_id} already ended {current.state.value}",
                     file=sys.stderr,
                 )
                 return 1
             answer = await job.cancel(timeout=ANSWER_TIMEOUT_S)
-            if (
-                answer is not None
-                and answer.outcome == CancelOutcome.NOT_FOUND
-                and args.request_id is None
-                and current is not None
-                and current.state == JobState.QUEUED
-            ):
-                # The job's request still waits on the request stream (a job-level cancel names no
-                # request to hold back): cancel the job once a worker has picked it up.
-                await _until_picked_up(job, args.wait or ANSWER_TIMEOUT_S)
-                answer = await job.cancel(timeout=ANSWER_TIMEOUT_S)
             if answer is None:
                 print(
                     f"trace-worker cancel: no worker answered within {ANSWER_TIMEOUT_S:g} s "
@@ -75,14 +66,15 @@ def run(args: argparse.Namespace) -> int:
                 print(f"trace-worker cancel: job {args.job_id}: {answer.detail}", file=sys.stderr)
                 return 1
             print(f"cancel {answer.outcome.value} for {args.job_id} ({answer.detail})")
-            if args.wait is None or answer.outcome != CancelOutcome.CANCELLED:
+            ends_job = answer.outcome == CancelOutcome.CANCELLED or (
+                answer.outcome == CancelOutcome.PENDING and args.request_id is None
+            )
+            if args.wait is None or not ends_job:
                 return 0
-            job.request_id = None
-            try:
-                final = await job.wait(args.wait)
-            except TimeoutError:
+            final = await _until_ended(client, args.job_id, args.wait)
+            if final is None:
                 print(
-                    f"trace-worker cancel: job {args.job_id} still running after {args.wait:g} s",
+                    f"trace-worker cancel: job {args.job_id} has not ended after {args.wait:g} s",
                     file=sys.stderr,
                 )
                 return EXIT_TIMEOUT
@@ -92,9 +84,21 @@ def run(args: argparse.Namespace) -> int:
     return run_client("cancel", body)
 
 
-async def _until_picked_up(job: JobHandle, timeout: float) -> None:  # noqa: ASYNC109
-    """Return once the job has a status other than ``queued`` (or after ``timeout`` seconds)."""
-    with contextlib.suppress(WaitTimeout):
-        async for event in job.events(timeout=timeout):
-            if isinstance(event, StatusEvent) and event.state != JobState.QUEUED:
-                return
+async def _until_ended(client: TraceClient, job_id: str, timeout: float) -> StatusEvent | None:  # noqa: ASYNC109
+    """The job's status once it is terminal (its state hash, with no request for it waiting), or
+    None after ``timeout`` seconds; woken by each new entry of the job's status stream."""
+    redis, key = client.redis, client.keys.status_stream(job_id)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    newest: Any = await redis.xrevrange(key, count=1)
+    last = newest[0][0] if newest else "0-0"
+    while True:
+        current = await client.job(job_id).state()
+        if current is not None and current.state.terminal:
+            return current
+        left = deadline - loop.time()
+        if left <= 0:
+            return None
+        reply: Any = await redis.xread({key: last}, count=100, block=max(1, int(min(left, 1.0) * 1000)))
+        for _key, entries in reply or []:
+            last = entries[-1][0]

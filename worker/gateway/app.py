@@ -10,22 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contracts.client import TraceClient
 from worker import __version__
 from worker.gateway import processes, traces
-from worker.gateway.errors import ApiError, error_body, install_handlers
+from worker.gateway.errors import error_body, install_handlers
 from worker.gateway.runtime import GatewayRuntime, Handles
 from worker.settings import Settings
 from worker.source.catalog import Catalog
@@ -38,18 +40,10 @@ __all__ = ["create_app"]
 PROBE_TIMEOUT_S = 3.0
 
 
-def _redis_url(settings: Settings) -> str:
-    """The Redis URL with TRACE_WORKER_REDIS_PASSWORD put in when the URL has none."""
-    url = settings.redis_url
-    if settings.redis_password is not None and "@" not in url:
-        scheme, _, rest = url.partition("://")
-        url = f"{scheme}://:{settings.redis_password.get_secret_value()}@{rest}"
-    return url
-
-
 def build_runtime(settings: Settings) -> GatewayRuntime:
     """The client library, the Flight SQL source and the catalog for these settings."""
-    client = TraceClient(_redis_url(settings), settings.key_prefix, client_name="trace-gateway")
+    url = settings.redis_url_with_credentials()
+    client = TraceClient(url, settings.key_prefix, client_name="trace-gateway")
     source = FlightSqlSource(FlightSqlConfig.from_settings(settings))
     return GatewayRuntime(
         settings=settings,
@@ -82,7 +76,7 @@ class BodyLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.limit:
-                raise _TooLarge
+                raise _TooLarge(self.limit)
             return message
 
         try:
@@ -95,31 +89,63 @@ class BodyLimit:
         await JSONResponse(body, 413)({"type": "http"}, _no_receive, send)
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(StarletteHTTPException):
+    """Raised by the counting ``receive``: an HTTPException, so that FastAPI's body parser re-raises
+    it (any other exception there becomes 400 "error parsing the body"); answered 413 either way."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request bodies are limited to {limit} bytes")
 
 
 async def _no_receive() -> Message:
     return {"type": "http.disconnect"}
 
 
-def _auth(settings: Settings) -> Callable[[Request], Awaitable[None]]:
-    token = settings.gateway_token.get_secret_value().encode() if settings.gateway_token else None
+class TokenCheck:
+    """ASGI middleware: ``/api`` calls need ``Authorization: Bearer <token>`` when a token is set.
 
-    async def check(request: Request) -> None:
-        if token is None:
+    Runs before routing, so an unauthenticated request gets 401 before its body is read, parsed or
+    validated (and before any size check). CORS preflights (answered by the CORS middleware
+    outside this one) need no token.
+    """
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.token = token.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not _is_api(scope["path"]) or self._valid(scope):
+            await self.app(scope, receive, send)
             return
-        given = request.headers.get("authorization", "")
-        scheme, _, value = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token):
-            raise ApiError(
-                401,
-                "unauthorized",
-                "this gateway needs Authorization: Bearer <token> (TRACE_WORKER_GATEWAY_TOKEN)",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+        body = error_body(
+            "unauthorized", "this gateway needs Authorization: Bearer <token> (TRACE_WORKER_GATEWAY_TOKEN)"
+        )
+        await JSONResponse(body, 401, headers={"WWW-Authenticate": "Bearer"})(scope, _no_receive, send)
 
-    return check
+    def _valid(self, scope: Scope) -> bool:
+        given = dict(scope["headers"]).get(b"authorization", b"")
+        scheme, _, value = given.partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(value.strip(), self.token)
+
+
+def _is_api(path: str) -> bool:
+    return path == "/api" or path.startswith("/api/")
+
+
+class JsonCors(CORSMiddleware):
+    """Starlette's CORS middleware whose refused preflights answer like every other error:
+    ``{"error": {"code": "cors_refused", ...}}`` (status 400, CORS headers kept)."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code != 400:
+            return response
+        reason = bytes(response.body).decode(errors="replace")
+        message = (
+            f"{reason} (origin {request_headers.get('origin')!r}; allowed: TRACE_WORKER_GATEWAY_CORS_ORIGINS)"
+        )
+        headers = {k: v for k, v in response.headers.items() if k not in ("content-length", "content-type")}
+        return JSONResponse(error_body("cors_refused", message), 400, headers=headers)
 
 
 def create_app(settings: Settings, runtime: GatewayRuntime | None = None) -> FastAPI:
@@ -143,20 +169,22 @@ def create_app(settings: Settings, runtime: GatewayRuntime | None = None) -> Fas
         lifespan=lifespan,
     )
     install_handlers(app)
-    auth = [Depends(_auth(settings))]
-    app.include_router(processes.router, dependencies=auth)
-    app.include_router(traces.router, dependencies=auth)
+    app.include_router(processes.router)
+    app.include_router(traces.router)
     _ops(app, settings)
     _page(app, settings)
+    # Outermost last: counting, CORS (answers preflights), the token, then the body limit.
+    app.add_middleware(BodyLimit, limit=settings.gateway_max_body_bytes)
+    if settings.gateway_token is not None:
+        app.add_middleware(TokenCheck, token=settings.gateway_token.get_secret_value())
     if settings.gateway_cors_origin_list:
         app.add_middleware(
-            CORSMiddleware,
+            JsonCors,
             allow_origins=settings.gateway_cors_origin_list,
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
             expose_headers=["ETag", "Content-Disposition", "Content-Length", "Location"],
         )
-    app.add_middleware(BodyLimit, limit=settings.gateway_max_body_bytes)
     app.add_middleware(CountRequests)
     return app
 

@@ -21,6 +21,7 @@ __all__ = ["GATEWAY_CODES", "ApiError", "error_body", "install_handlers", "statu
 
 #: Codes only the gateway uses, with their HTTP status.
 GATEWAY_CODES: dict[str, int] = {
+    "cors_refused": 400,
     "unauthorized": 401,
     "not_found": 404,
     "job_not_found": 404,
@@ -104,5 +105,7 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request")
+        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(
+            exc.status_code, "invalid_request"
+        )
         return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=exc.headers)

@@ -143,12 +143,19 @@ async def state(request: Request, job_id: str) -> dict[str, Any]:
 async def events(request: Request, job_id: str) -> StreamingResponse:
     """``text/event-stream``: one ``status`` or ``progress`` event per entry of the job's stream
     (``data`` is the entry as JSON), from the job's start to its terminal status; then the stream
-    ends. A broken Redis connection ends it with an ``error`` event."""
+    ends. A job whose request still waits for a worker starts with a ``status`` event of its state
+    now (``queued``, or ``submitted`` when Redis knows nothing yet), as ``GET /api/traces/{job_id}``
+    gives it. A broken Redis connection ends it with an ``error`` event."""
     rt = _rt(request)
-    handle, _ = await _known(rt, job_id)
+    handle, status = await _known(rt, job_id)
     rt.check_capacity()
+    first = None
+    if status is None:
+        first = {"job_id": job_id, "attempt": 0, "type": "status", "state": SUBMITTED}
+    elif status.state == JobState.QUEUED:
+        first = status.model_dump(mode="json", exclude_none=True)
     return StreamingResponse(
-        _sse(rt, handle),
+        _sse(rt, handle, first),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
@@ -158,9 +165,11 @@ def _frame(kind: str, data: dict[str, Any]) -> bytes:
     return f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
-async def _sse(rt: GatewayRuntime, handle: JobHandle) -> AsyncIterator[bytes]:
+async def _sse(rt: GatewayRuntime, handle: JobHandle, first: dict[str, Any] | None) -> AsyncIterator[bytes]:
     with rt.stream_slot():
         yield b"retry: 3000\n\n"
+        if first is not None:  # nothing is on the job's stream yet while its request waits
+            yield _frame("status", first)
         source = handle.events()
         try:
             pending: asyncio.Task[StatusEvent | ProgressEvent] | None = None
@@ -204,7 +213,7 @@ async def _sse(rt: GatewayRuntime, handle: JobHandle) -> AsyncIterator[bytes]:
 async def trace(request: Request, job_id: str) -> Response:
     """The trace file of a succeeded job: ``Content-Length`` = size, ``ETag`` = its sha256 (verified
     before the first byte is sent), ``Content-Disposition: attachment; filename=<job>.pftrace``.
-    ``If-None-Match`` with that ETag answers 304."""
+    ``If-None-Match`` naming that ETag (weak ``W/"..."`` too, or ``*``) answers 304."""
     rt = _rt(request)
     handle, status = await _known(rt, job_id)
     if status is None or not status.state.terminal:
@@ -218,7 +227,7 @@ async def trace(request: Request, job_id: str) -> Response:
             f"job {job_id} ended {status.state.value}: {status.message or status.detail or ''}".rstrip(": "),
         )
     etag = f'"{status.sha256}"'
-    if request.headers.get("if-none-match") == etag:
+    if _none_match(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers={"ETag": etag})
     rt.check_capacity()
     with rt.stream_slot():
@@ -231,6 +240,14 @@ async def trace(request: Request, job_id: str) -> Response:
         headers={"ETag": etag, "Cache-Control": "private, max-age=0"},
         background=BackgroundTask(_remove, path),
     )
+
+
+def _none_match(header: str | None, etag: str) -> bool:
+    """Whether ``If-None-Match`` names ``etag``: a list of entity tags or ``*``, compared weakly
+    (RFC 9110 §13.1.2: ``W/"x"`` matches ``"x"``)."""
+    if header is None:
+        return False
+    return any(tag.strip() == "*" or tag.strip().removeprefix("W/") == etag for tag in header.split(","))
 
 
 async def _fetch(rt: GatewayRuntime, handle: JobHandle) -> Path:

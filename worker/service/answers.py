@@ -24,16 +24,28 @@ __all__ = ["STATE_ONLY_FIELDS", "answer", "inflight_key", "queue_answer", "queue
 #: Fields of the state hash that are not status fields; kept when a status replaces the hash.
 STATE_ONLY_FIELDS = ("fingerprint", "started_ms")
 
-# KEYS: job stream, status stream, lock. ARGV: job-stream ttl ms, status-stream ttl ms, then
-# field/value pairs. The entry goes to the job stream and its chunk-less status stream; streams that
-# no running job keeps alive get their TTL (an answer never leaves a key for ever): the job stream
-# chunk_ttl_s (it may be recreated after its chunks expired), the status stream job_ttl_s.
+# KEYS: job stream, status stream, lock, state. ARGV: job-stream ttl ms, status-stream ttl ms, ttl ms
+# of a stream a short-lived answer creates ('' for an answer to a request), then field/value pairs.
+# The entry goes to the job stream and its chunk-less status stream. Streams that no running job
+# keeps alive get their TTL (the job stream chunk_ttl_s: it may be recreated after its chunks
+# expired; the status stream job_ttl_s) when they have none; an answer to a request also extends them
+# to it when the job is unknown (no state hash: e.g. streams that hold only a short-lived
+# ``not_found`` cancel answer). A short-lived answer gives a stream it creates ARGV[3] (at most its
+# TTL) and extends nothing. No answer leaves a key for ever.
 _ANSWER = """
-local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
-redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
+local fresh = {redis.call('EXISTS', KEYS[1]) == 0, redis.call('EXISTS', KEYS[2]) == 0}
+local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))
+redis.call('XADD', KEYS[2], '*', unpack(ARGV, 4))
 if redis.call('EXISTS', KEYS[3]) == 0 then
+  local short = ARGV[3] ~= ''
+  local extend = not short and redis.call('EXISTS', KEYS[4]) == 0
   for i = 1, 2 do
-    if redis.call('PTTL', KEYS[i]) < 0 then redis.call('PEXPIRE', KEYS[i], ARGV[i]) end
+    local ttl, left = tonumber(ARGV[i]), redis.call('PTTL', KEYS[i])
+    if fresh[i] and short then
+      redis.call('PEXPIRE', KEYS[i], math.min(tonumber(ARGV[3]), ttl))
+    elseif left < 0 or (extend and left < ttl) then
+      redis.call('PEXPIRE', KEYS[i], ttl)
+    end
   end
 end
 return id
@@ -62,22 +74,27 @@ def _flat(fields: dict[str, str | bytes]) -> list[str | bytes]:
     return out
 
 
-def queue_entry(rt: Runtime, pipe: Pipeline, job_id: str, fields: dict[str, str | bytes]) -> None:
+def queue_entry(
+    rt: Runtime, pipe: Pipeline, job_id: str, fields: dict[str, str | bytes], *, new_ttl_s: int | None = None
+) -> None:
     """Queue a status or cancel entry on the job stream and its status stream (like
-    ``worker.sinks.reply_stream.queue_entry``); streams no running job keeps alive get the job TTL."""
+    ``worker.sinks.reply_stream.queue_entry``); streams no running job keeps alive get their TTL
+    (``chunk_ttl_s`` for the job stream, ``job_ttl_s`` for the status stream).
+
+    Args:
+        new_ttl_s: for an answer that must not keep the job's streams alive (a cancel that changed
+            nothing): TTL (s) of a stream this entry creates; it extends no TTL. A later answer to
+            a request of the job extends such a stream to its TTL.
+    """
     keys = rt.keys
     ttl_ms = rt.settings.job_ttl_s * 1000
     chunk_ttl_ms = min(rt.settings.chunk_ttl_s * 1000, ttl_ms)
+    new_ttl_ms = "" if new_ttl_s is None else new_ttl_s * 1000
+    stream, status_stream = keys.job(job_id), keys.status_stream(job_id)
     pipe.eval(
-        _ANSWER,
-        3,
-        keys.job(job_id),
-        keys.status_stream(job_id),
-        keys.lock(job_id),
-        chunk_ttl_ms,
-        ttl_ms,
-        *_flat(fields),
-    )
+        _ANSWER, 4, stream, status_stream, keys.lock(job_id), keys.state(job_id), chunk_ttl_ms, ttl_ms,
+        new_ttl_ms, *_flat(fields),
+    )  # fmt: skip
 
 
 def queue_answer(rt: Runtime, pipe: Pipeline, status: StatusEvent) -> None:

@@ -17,7 +17,6 @@ import asyncio
 import json
 import logging
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from faststream import FastStream
 from faststream.redis import RedisBroker
@@ -54,10 +53,8 @@ _DESCRIPTION = (
 def redis_client(settings: Settings) -> Redis:
     """The raw client for replies, leases and reclaim (bytes in, bytes out); a cancelled job task
     never carries on past a command (:func:`contracts.redis_cancel.honour_cancellation`)."""
-    password = settings.redis_password.get_secret_value() if settings.redis_password else None
     client: Redis = Redis.from_url(
-        settings.redis_url,
-        password=password,
+        settings.redis_url_with_credentials(),
         decode_responses=False,
         socket_connect_timeout=5,
         socket_timeout=30,
@@ -80,7 +77,7 @@ def build_app(rt: Runtime) -> tuple[FastStream, RedisBroker, Reclaimer]:
     """The FastStream app (subscriber + AsyncAPI document) and the reclaim loop for a runtime."""
     settings = rt.settings
     broker = RedisBroker(
-        _url_with_password(settings),
+        settings.redis_url_with_credentials(),  # FastStream takes the credentials in the URL
         graceful_timeout=settings.drain_timeout_s,
         log_level=logging.DEBUG,  # per-message lines from FastStream; ours carry the job context
         logger=logging.getLogger("worker.faststream"),  # our handlers and format, not FastStream's stdout
@@ -103,18 +100,6 @@ def build_app(rt: Runtime) -> tuple[FastStream, RedisBroker, Reclaimer]:
         broker, specification=spec, on_startup=[create_group], logger=logging.getLogger("worker.faststream")
     )
     return app, broker, Reclaimer(rt, dispatcher)
-
-
-def _url_with_password(settings: Settings) -> str:
-    """The Redis URL with TRACE_WORKER_REDIS_PASSWORD in it (FastStream takes credentials in the URL)."""
-    if settings.redis_password is None:
-        return settings.redis_url
-    parts = urlsplit(settings.redis_url)
-    user = unquote(parts.username or "")
-    secret = quote(settings.redis_password.get_secret_value(), safe="")
-    host = parts.hostname or "127.0.0.1"
-    netloc = f"{quote(user, safe='')}:{secret}@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class Service:

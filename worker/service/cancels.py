@@ -10,9 +10,14 @@ stream, ``cancel_id`` = the cancel entry's id):
   the request is answered ``cancelled`` once the job has ended.
 - ``request_id`` not picked up yet (still on the request stream): it is answered ``cancelled``
   when a worker picks it up, without running (``pending``).
-- no ``request_id``: the job stops; every attached request is answered ``cancelled`` once it has.
+- no ``request_id``, the job runs: it stops; every attached request is answered ``cancelled`` once
+  it has (``cancelled``).
+- no ``request_id``, no run, requests for the job wait on the request stream (and the job did not
+  succeed): each is answered ``cancelled`` when a worker picks it up, without running, and the last
+  one picked up ends the job ``cancelled`` (state hash and a job-level status) (``pending``).
 - otherwise ``not_found`` or ``already_ended``: nothing changes, and nothing is left behind that
-  could end a later run (cancels name requests; a later run has new request ids).
+  could end a later run (cancels name requests; a later run has new request ids). Job streams
+  this answer creates expire after :data:`ANSWER_ONLY_TTL_S`.
 """
 
 from __future__ import annotations
@@ -24,14 +29,18 @@ import logging
 import re
 from typing import Any
 
+from redis.exceptions import WatchError
+
+from contracts._runs import job_requests
 from contracts.events import REQUEST_ID_PATTERN, CancelEvent, CancelOutcome, StatusEvent
 from contracts.request import JOB_ID_PATTERN
 from contracts.states import JobState
-from worker.service.answers import queue_answer, queue_entry
+from worker.service.answers import inflight_key, queue_answer, queue_entry, queue_state
+from worker.service.lease import HELD_PREFIX, STOP_FIELD
 from worker.service.redis_io import TRANSIENT, retry_redis
 from worker.service.runtime import Runtime
 
-__all__ = ["CancelLoop", "handle_cancel"]
+__all__ = ["ANSWER_ONLY_TTL_S", "CancelLoop", "answer_held", "handle_cancel"]
 
 log = logging.getLogger("worker.service.cancels")
 
@@ -40,13 +49,21 @@ _ENTRY_ID = re.compile(REQUEST_ID_PATTERN)
 #: A cancel entry left pending this long by a dead worker is taken over.
 _RECLAIM_IDLE_MS = 10_000
 
-# KEYS: requesters, detached, cancelled. ARGV: request id ('' = every request), request still
-# waiting on the request stream ('1'/'0'), ttl s.
+#: TTL (s) of job streams that a ``not_found``/``already_ended`` answer creates (the job has none):
+#: long enough for the requester to read the answer, short enough to leave nothing behind.
+ANSWER_ONLY_TTL_S = 60
+
+# KEYS: requesters, detached, cancelled, state. ARGV: request id ('' = the whole job), ttl s, then
+# the ids of the job's requests still waiting on the request stream (the named one, or all of them).
 # A job that no request wants any more gets the field STOP in its requesters hash: the running
 # worker stops it and answers every request still in the hash ``cancelled`` when the job has ended
 # (so an answer ``cancelled`` means the job no longer runs, and a resubmission starts afresh).
-_CANCEL = """
-local stop = ':stop'
+# Waiting requests go to the cancelled set: answered ``cancelled`` at pickup, without running;
+# those of a cancel without request_id carry HELD (the last one picked up ends the job).
+_CANCEL = (
+    f"local stop, held = '{STOP_FIELD}', '{HELD_PREFIX}'"
+    + """
+local waiting = #ARGV - 2
 if ARGV[1] ~= '' then
   local labels = redis.call('HGET', KEYS[1], ARGV[1])
   if labels then
@@ -60,17 +77,23 @@ if ARGV[1] ~= '' then
     redis.call('SADD', KEYS[2], ARGV[1])
     return {'detached', tostring(others), ARGV[1], labels}
   end
-  if ARGV[2] == '1' then
+  if waiting > 0 then
     redis.call('SADD', KEYS[3], ARGV[1])
-    redis.call('EXPIRE', KEYS[3], ARGV[3])
-    return {'pending', '0'}
+    redis.call('EXPIRE', KEYS[3], ARGV[2])
+    return {'pending', '1'}
   end
   return {'none', '0'}
 end
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'none', '0'} end
-redis.call('HSET', KEYS[1], stop, '1')
-return {'stopping', '0'}
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], stop, '1')
+  return {'stopping', '0'}
+end
+if waiting == 0 or redis.call('HGET', KEYS[4], 'state') == 'succeeded' then return {'none', '0'} end
+for i = 3, #ARGV do redis.call('SADD', KEYS[3], held .. ARGV[i]) end
+redis.call('EXPIRE', KEYS[3], ARGV[2])
+return {'pending', tostring(waiting)}
 """
+)
 
 
 def _text(value: Any) -> str:
@@ -85,19 +108,22 @@ async def handle_cancel(rt: Runtime, cancel_id: str, fields: dict[Any, Any]) -> 
     job_id, request_id = norm.get("job_id", ""), norm.get("request_id") or ""
     if not _JOB_ID.fullmatch(job_id) or (request_id and not _ENTRY_ID.fullmatch(request_id)):
         return None
-    waiting = False
     if request_id:
         found: Any = await rt.redis.xrange(keys.requests, request_id, request_id, count=1)
-        waiting = bool(found)
+        waiting = [request_id] if found else []
+    else:
+        async with contextlib.aclosing(job_requests(rt.redis, keys, job_id)) as scan:
+            waiting = [entry async for entry in scan]
     raw: Any = await rt.redis.eval(
         _CANCEL,
-        3,
+        4,
         keys.requesters(job_id),
         keys.detached(job_id),
         keys.cancelled(job_id),
+        keys.state(job_id),
         request_id,
-        "1" if waiting else "0",
         rt.settings.job_ttl_s,
+        *waiting,
     )
     kind, left = _text(raw[0]), int(_text(raw[1]))
     pairs = [_text(x) for x in raw[2:]]
@@ -110,8 +136,14 @@ async def handle_cancel(rt: Runtime, cancel_id: str, fields: dict[Any, Any]) -> 
         detail = "the job stops: no request wants it any more (answered cancelled when it has ended)"
     elif kind == "detached":
         outcome, detail = CancelOutcome.DETACHED, f"the job goes on for {left} other request(s)"
-    elif kind == "pending":
+    elif kind == "pending" and request_id:
         outcome, detail = CancelOutcome.PENDING, "the request will be answered cancelled when picked up"
+    elif kind == "pending":
+        outcome = CancelOutcome.PENDING
+        detail = (
+            f"{left} waiting request(s) will be answered cancelled when picked up, without running; "
+            "the job then ends cancelled"
+        )
     elif current is not None and JobState(current).terminal:
         outcome, detail = CancelOutcome.ALREADY_ENDED, f"the job already ended {current}"
     else:
@@ -124,6 +156,9 @@ async def handle_cancel(rt: Runtime, cancel_id: str, fields: dict[Any, Any]) -> 
     ack = CancelEvent(job_id=job_id, attempt=attempt, cancel_id=cancel_id, request_id=request_id or None,
                       outcome=outcome, detail=detail)  # fmt: skip
 
+    # An answer to a cancel that changed nothing must not keep a job's streams alive for a day.
+    short = ANSWER_ONLY_TTL_S if outcome in (CancelOutcome.NOT_FOUND, CancelOutcome.ALREADY_ENDED) else None
+
     async def write() -> None:
         async with rt.redis.pipeline(transaction=True) as pipe:
             for entry, labels_json in sorted(detached.items()):
@@ -131,7 +166,7 @@ async def handle_cancel(rt: Runtime, cancel_id: str, fields: dict[Any, Any]) -> 
                 status = StatusEvent(job_id=job_id, attempt=attempt, state=JobState.CANCELLED, labels=labels,
                                      request_id=entry, detail="cancelled on request")  # fmt: skip
                 queue_answer(rt, pipe, status)
-            queue_entry(rt, pipe, job_id, ack.to_fields())
+            queue_entry(rt, pipe, job_id, ack.to_fields(), new_ttl_s=short)
             pipe.xack(keys.cancels, keys.group, cancel_id)
             pipe.xdel(keys.cancels, cancel_id)
             await pipe.execute()
@@ -140,6 +175,46 @@ async def handle_cancel(rt: Runtime, cancel_id: str, fields: dict[Any, Any]) -> 
     log.info("cancel %s of job %s: %s", cancel_id, job_id, outcome.value,
              extra={"job_id": job_id, "entry_id": cancel_id})  # fmt: skip
     return ack
+
+
+async def answer_held(rt: Runtime, entry_id: str, status: StatusEvent, *, ends_job: bool) -> None:
+    """Answer a request cancelled before pickup (``status``: its ``cancelled``) and XACK+XDEL it;
+    with ``ends_job`` (the last request a cancel without request_id held back), the job also ends
+    ``cancelled`` (job-level status and state hash, attempt unchanged) unless a run holds its lease
+    or it is ``running``/``succeeded`` (another request ran it meanwhile). Shielded, retried."""
+    keys = rt.keys
+    job_id = status.job_id
+    lock, state_key = keys.lock(job_id), keys.state(job_id)
+
+    async def write() -> bool:
+        async with rt.redis.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(lock, state_key)
+                held: Any = await pipe.exists(lock)
+                state: Any = await pipe.hmget(state_key, ["state", "attempt"])
+                pipe.multi()  # type: ignore[no-untyped-call]
+                queue_answer(rt, pipe, status)
+                current = _text(state[0]) if state[0] is not None else None
+                if ends_job and not held and current not in (JobState.RUNNING, JobState.SUCCEEDED):
+                    attempt = int(_text(state[1])) if state[1] is not None else 0
+                    job = StatusEvent(job_id=job_id, attempt=attempt, state=JobState.CANCELLED,
+                                      detail="cancelled on request before a worker started it")  # fmt: skip
+                    queue_answer(rt, pipe, job)
+                    queue_state(rt, pipe, job)
+                    pipe.expire(state_key, rt.settings.job_ttl_s)
+                pipe.xack(keys.requests, keys.group, entry_id)
+                pipe.xdel(keys.requests, entry_id)
+                pipe.hdel(inflight_key(keys), entry_id)
+                await pipe.execute()
+                return True
+            except WatchError:
+                return False
+
+    async def loop() -> None:
+        while not await retry_redis(write, what="cancelled-at-pickup answer"):
+            pass
+
+    await rt.shielded(loop())
 
 
 def _labels(raw: str) -> dict[str, str]:

@@ -24,6 +24,7 @@ from contracts.request import TraceRequest
 from contracts.states import JobState
 from worker.errors import BlobStoreRefused, PermanentError, RetryableError, TraceWorkerError
 from worker.service.answers import answer
+from worker.service.cancels import answer_held
 from worker.service.emit import Emitter
 from worker.service.finish import finish, mark_running, reply_duplicate
 from worker.service.inflight import record
@@ -84,8 +85,8 @@ async def run_job(rt: Runtime, entry_id: str, request: TraceRequest) -> None:
         return
     if claim.kind == "cancelled":
         jlog.info("request cancelled before pickup")
-        await answer(rt, mine(JobState.CANCELLED, detail="cancelled on request before a worker started it"),
-                     ack=entry_id)  # fmt: skip
+        cancelled = mine(JobState.CANCELLED, detail="cancelled on request before a worker started it")
+        await answer_held(rt, entry_id, cancelled, ends_job=claim.ends_job)
         return
     if claim.kind == "conflict":
         jlog.info("job id taken by a different request (%s)", claim.holder)

@@ -13,16 +13,28 @@ from typing import Any, Literal
 
 from worker.service.runtime import Runtime
 
-__all__ = ["STOP_FIELD", "Claim", "Lease"]
+__all__ = ["HELD_PREFIX", "STOP_FIELD", "Claim", "Lease"]
 
 #: Field of the requesters hash that asks the running worker to stop the job (no request wants it).
 STOP_FIELD = ":stop"
 
+#: Prefix of a member of the cancelled set that a cancel without request_id added: the request is
+#: answered ``cancelled`` at pickup, and the last such request picked up ends the job ``cancelled``.
+HELD_PREFIX = "job/"
+
 # KEYS: lock, state, requesters, detached, cancelled.
 # ARGV: "<consumer>/<entry>", lease ms, entry id, labels JSON, fingerprint, max age ms (-1: any).
-_BEGIN = """
+_BEGIN = (
+    f"local HELD = '{HELD_PREFIX}'"
+    + """
 local entry = ARGV[3]
 if redis.call('SREM', KEYS[5], entry) == 1 then return {'cancelled', ''} end
+if redis.call('SREM', KEYS[5], HELD .. entry) == 1 then
+  for _, held in ipairs(redis.call('SMEMBERS', KEYS[5])) do
+    if string.sub(held, 1, #HELD) == HELD then return {'cancelled', ''} end
+  end
+  return {'cancelled', 'job'}
+end
 local cur = redis.call('GET', KEYS[1])
 local fp = redis.call('HGET', KEYS[2], 'fingerprint')
 local st = redis.call('HGET', KEYS[2], 'state')
@@ -50,6 +62,7 @@ redis.call('HSET', KEYS[2], 'fingerprint', ARGV[5], 'started_ms', now)
 redis.call('SET', KEYS[1], ARGV[1] .. '/' .. attempt, 'PX', ARGV[2])
 return {'go', tostring(attempt)}
 """
+)
 # KEYS: lock, state. ARGV: current value, "<consumer>/<entry>", lease ms.
 _NEXT = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -82,6 +95,9 @@ class Claim:
     kind: Literal["go", "locked", "done", "conflict", "cancelled"]
     attempt: int = 0
     holder: str = ""
+    #: cancelled by a cancel without request_id, and the last such request picked up: the job
+    #: itself ends ``cancelled`` (unless another run holds it or it succeeded meanwhile).
+    ends_job: bool = False
 
     @property
     def holder_entry(self) -> str:
@@ -145,7 +161,7 @@ class Lease:
         if kind == "conflict":
             return Claim("conflict", holder=_text(raw[1]))
         if kind == "cancelled":
-            return Claim("cancelled")
+            return Claim("cancelled", ends_job=_text(raw[1]) == "job")
         return Claim("done")
 
     async def wanted(self) -> bool:

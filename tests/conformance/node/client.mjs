@@ -2,6 +2,7 @@
 //
 //   node client.mjs vectors <job_id_vectors.json>
 //   node client.mjs request <redis-url> <prefix> <request-json> <out-file> [--cancel] [--drop-after-chunks N]
+//   node client.mjs cancel <redis-url> <prefix> <job-id> [<request-id>] [--until-ended]
 //
 // `request` follows PROTOCOL.md §2: derive the job id (§1 "Job ids"), note the stream's newest id,
 // XADD the request, read the job stream from there, keep chunks of the current attempt, stop at the
@@ -178,6 +179,41 @@ async function request(url, prefix, rawJson, outFile, opts) {
   }
 }
 
+// ---- PROTOCOL.md §5: XADD a cancel entry, read its answer (a `cancel` entry with our cancel_id) on
+// the job stream from the stream's newest id; with --until-ended, go on to the job's own terminal
+// status (one without request_id), noting the answers to requests on the way.
+async function cancel(url, prefix, job, requestId, opts) {
+  const stream = `${prefix}:job:{${job}}`;
+  const cmd = connect(url);
+  try {
+    const newest = await cmd.xrevrangeBuffer(stream, "+", "-", "COUNT", 1);
+    let last = newest.length ? newest[0][0].toString() : "0-0";
+    const fields = ["job_id", job, ...(requestId ? ["request_id", requestId] : [])];
+    const report = { cancel_id: await cmd.xadd(`${prefix}:cancels`, "*", ...fields), answered: [] };
+    for (;;) {
+      const reply = await cmd.xreadBuffer("COUNT", 100, "BLOCK", 5000, "STREAMS", stream, last);
+      for (const [rawId, flat] of reply ? reply[0][1] : []) {
+        last = rawId.toString();
+        const e = toMap(flat);
+        if (e.type === "cancel" && e.cancel_id === report.cancel_id) {
+          report.outcome = e.outcome;
+          report.detail = e.detail ?? null;
+          report.request_id = e.request_id ?? null;
+          report.ttl = await cmd.ttl(stream); // the answer's stream expires (a short TTL when nothing changed)
+        } else if (report.outcome && e.type === "status" && e.request_id !== undefined) {
+          report.answered.push({ request_id: e.request_id, state: e.state });
+        } else if (report.outcome && e.type === "status" && TERMINAL.has(e.state)) {
+          report.job_state = e.state;
+          report.job_attempt = Number(e.attempt);
+        }
+      }
+      if (report.outcome && (!opts.untilEnded || report.job_state)) return report;
+    }
+  } finally {
+    cmd.disconnect();
+  }
+}
+
 async function main() {
   const [cmd, ...args] = process.argv.slice(2);
   if (cmd === "vectors") {
@@ -203,7 +239,16 @@ async function main() {
     console.log(JSON.stringify(await request(url, prefix, raw, out, opts)));
     return;
   }
-  console.error("usage: client.mjs vectors FILE | request URL PREFIX JSON OUT [--cancel] [--drop-after-chunks N]");
+  if (cmd === "cancel") {
+    const flags = args.filter((a) => a.startsWith("--"));
+    const [url, prefix, job, requestId] = args.filter((a) => !a.startsWith("--"));
+    console.log(JSON.stringify(await cancel(url, prefix, job, requestId, { untilEnded: flags.includes("--until-ended") })));
+    return;
+  }
+  console.error(
+    "usage: client.mjs vectors FILE | request URL PREFIX JSON OUT [--cancel] [--drop-after-chunks N]" +
+      " | cancel URL PREFIX JOB_ID [REQUEST_ID] [--until-ended]",
+  );
   process.exit(2);
 }
 
