@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -224,7 +225,9 @@ def incremental_header(base: int, unit: int = 1) -> list[pb.TracePacket]:
     return [first, desc, clocks(base, unit=unit)]
 
 
-def deltas(times: list[int], kinds: list[int], names: list[int], start: int) -> list[pb.TracePacket]:
+def deltas(
+    times: Sequence[int], kinds: Sequence[int], names: Sequence[int], start: int
+) -> list[pb.TracePacket]:
     out, last = [], start
     for t, k, n in zip(times, kinds, names, strict=True):
         out.append(event(t - last, k, n))
