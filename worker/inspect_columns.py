@@ -362,8 +362,9 @@ def decode_block(buf: bytes, starts: I64, lens: I64, templates: Templates | None
     has = {name: np.zeros(n, dtype=bool) for name in ("ts", "seq")}
     ev_parts: list[Events] = []
     rest = np.arange(n)
+    w8 = words(buf)
     if templates is not None:
-        groups, done = templates.match(buf, starts, lens)
+        groups, done = templates.match(buf, w8, starts, lens)
         for g in groups:
             events, sc = _template_events(g)
             ev_parts.append(events)
@@ -373,7 +374,6 @@ def decode_block(buf: bytes, starts: I64, lens: I64, templates: Templates | None
                     if name in has:
                         has[name][g.rows] = True
         rest = np.flatnonzero(~done)
-    w8 = words(buf)
     k = len(rest)
     pf = walk(w8, starts[rest], starts[rest] + lens[rest])
     code, cnt = _classify(pf, k, _PACKET_LUT)

@@ -36,9 +36,9 @@ _ANN_SKIP = {(2, 0), (3, 0), (4, 0), (5, 1), (6, 2), (7, 0), (17, 0), (9, 2)}
 @dataclass
 class Template:
     length: int
-    check_off: I64
-    check_mask: U8
-    check_val: U8
+    check_off: I64  # 8-byte words checked: offset in the body, mask, value
+    check_mask: U64
+    check_val: U64
     scalars: dict[str, tuple[int, int]] = field(default_factory=dict)  # column -> (offset, varint length)
     cats: list[tuple[int, int]] = field(default_factory=list)
     anns: list[tuple[int, int] | None] = field(default_factory=list)  # name_iid varint, None if absent
@@ -149,31 +149,62 @@ def build_template(body: bytes) -> Template | None:
             return None
     except _NoTemplate:
         return None
-    off = np.array([c[0] for c in checks], np.int64)
+    # The checked bytes as 8-byte words: (offset, mask, value) covering every check.
+    by_off = {o: (m, v) for o, m, v in checks}
+    word_off, word_mask, word_val = [], [], []
+    pending = sorted(by_off)
+    while pending:
+        o = pending[0]
+        mask = val = 0
+        for i in range(8):
+            if o + i in by_off:
+                m, v = by_off[o + i]
+                mask |= m << (8 * i)
+                val |= v << (8 * i)
+        word_off.append(o)
+        word_mask.append(mask)
+        word_val.append(val)
+        pending = [p for p in pending if p >= o + 8]
     return Template(
         len(body),
-        off,
-        np.array([c[1] for c in checks], np.uint8),
-        np.array([c[2] for c in checks], np.uint8),
+        np.array(word_off, np.int64),
+        np.array(word_mask, np.uint64),
+        np.array(word_val, np.uint64),
         scalars,
         cats,
         anns,
     )
 
 
-def matches(buf: U8, starts: I64, tpl: Template) -> npt.NDArray[np.bool_]:
-    """Which packet bodies (at ``starts`` in ``buf``, all of the template's length) fit ``tpl``."""
-    got = buf[starts[:, None] + tpl.check_off[None, :]]
-    ok: npt.NDArray[np.bool_] = ((got & tpl.check_mask) == tpl.check_val).all(axis=1)
+def matches(w8: U64, starts: I64, tpl: Template) -> npt.NDArray[np.bool_]:
+    """Which packet bodies (at ``starts``, all of the template's length) fit ``tpl`` (``w8``: the block as
+    ``inspect_columns.words``)."""
+    ok = np.ones(len(starts), dtype=bool)
+    for off, mask, val in zip(tpl.check_off.tolist(), tpl.check_mask, tpl.check_val, strict=True):
+        ok &= (w8[starts + off] & mask) == val
     return ok
 
 
-def read_varint(buf: U8, starts: I64, offset: int, length: int) -> U64:
+_GROUPS = [
+    (np.uint64(0x007F007F007F007F), np.uint64(0x7F007F007F007F00), np.uint64(1)),
+    (np.uint64(0x00003FFF00003FFF), np.uint64(0x3FFF00003FFF0000), np.uint64(2)),
+    (np.uint64(0x000000000FFFFFFF), np.uint64(0x0FFFFFFF00000000), np.uint64(4)),
+]
+
+
+def _seven_bit_groups(w: U64, nbytes: int) -> U64:
+    """The value of the first ``nbytes`` (<= 8) varint bytes of each word (7 bits each, little-endian)."""
+    v = w & np.uint64(((1 << (8 * nbytes)) - 1) & 0x7F7F7F7F7F7F7F7F)
+    for lo, hi, shift in _GROUPS:
+        v = (v & lo) | ((v & hi) >> shift)
+    return v
+
+
+def read_varint(w8: U64, starts: I64, offset: int, length: int) -> U64:
     """The varints of ``length`` bytes at ``starts + offset`` (already checked to be well formed)."""
-    value = np.zeros(len(starts), np.uint64)
-    for i in range(length):
-        byte = (buf[starts + offset + i] & 0x7F).astype(np.uint64)
-        value |= byte << np.uint64(7 * i)
+    value = _seven_bit_groups(w8[starts + offset], min(length, 8))
+    if length > 8:
+        value |= _seven_bit_groups(w8[starts + offset + 8], length - 8) << np.uint64(56)
     return value
 
 
@@ -187,11 +218,11 @@ class Decoded:
     anns: list[U64 | None]
 
 
-def decode_group(buf: U8, starts: I64, rows: I64, tpl: Template) -> Decoded:
+def decode_group(w8: U64, starts: I64, rows: I64, tpl: Template) -> Decoded:
     """Decode the packets ``rows`` (bodies at ``starts``) that match ``tpl``."""
-    scalars = {name: read_varint(buf, starts, off, n) for name, (off, n) in tpl.scalars.items()}
-    cats = [read_varint(buf, starts, off, n) for off, n in tpl.cats]
-    anns = [None if a is None else read_varint(buf, starts, a[0], a[1]) for a in tpl.anns]
+    scalars = {name: read_varint(w8, starts, off, n) for name, (off, n) in tpl.scalars.items()}
+    cats = [read_varint(w8, starts, off, n) for off, n in tpl.cats]
+    anns = [None if a is None else read_varint(w8, starts, a[0], a[1]) for a in tpl.anns]
     return Decoded(rows, scalars, cats, anns)
 
 
@@ -208,9 +239,12 @@ class Templates:
     def __init__(self) -> None:
         self.by_length: dict[int, list[Template]] = {}
 
-    def match(self, buf: bytes, starts: I64, lens: I64) -> tuple[list[Decoded], npt.NDArray[np.bool_]]:
-        """Decode the packets that fit a template: (decoded groups, which packets were decoded)."""
-        arr = np.frombuffer(buf, np.uint8)
+    def match(
+        self, buf: bytes, w8: U64, starts: I64, lens: I64
+    ) -> tuple[list[Decoded], npt.NDArray[np.bool_]]:
+        """Decode the packets that fit a template: (decoded groups, which packets were decoded).
+
+        ``w8``: ``buf`` as ``inspect_columns.words``."""
         done = np.zeros(len(starts), dtype=bool)
         decoded: list[Decoded] = []
         small = np.bincount(np.minimum(lens, 4096))
@@ -224,7 +258,7 @@ class Templates:
             while len(rows):
                 hit = None
                 for k, tpl in enumerate(templates):
-                    ok = matches(arr, starts[rows], tpl)
+                    ok = matches(w8, starts[rows], tpl)
                     if ok.any():
                         hit = tpl, ok
                         if k:  # keep the useful ones first
@@ -244,7 +278,7 @@ class Templates:
                     continue
                 tpl, ok = hit
                 got = rows[ok]
-                decoded.append(decode_group(arr, starts[got], got, tpl))
+                decoded.append(decode_group(w8, starts[got], got, tpl))
                 done[got] = True
                 rows = rows[~ok]
         return decoded, done
