@@ -807,7 +807,9 @@ class _Inspector:
         unmatched, level = _depths(track, begin, end)
         # Matching: per (track, level), events alternate BEGIN, END; an END's BEGIN precedes it.
         idx = np.flatnonzero(begin | (end & ~unmatched))
-        g = idx[np.lexsort((idx, level[idx], track[idx]))]
+        # Events are sorted by track: one stable sort on (track run, level) keeps file order within.
+        run = np.cumsum(np.concatenate([[True], track[1:] != track[:-1]])) - 1
+        g = idx[np.argsort(run[idx] * (int(level.max(initial=0)) + 1) + level[idx], kind="stable")]
         j_end = np.flatnonzero(end[g])
         b_of, e_of = g[j_end - 1], g[j_end]
         wrong = (name[e_of] != 0) & (name[e_of] != name[b_of])
