@@ -44,6 +44,7 @@ __all__ = ["AsyncBatch", "AsyncState", "splitmix64"]
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
 U8 = npt.NDArray[np.uint8]
+B = npt.NDArray[np.bool_]
 _ORPHAN = np.uint64(0x6F727068616E2121)
 #: Whole packets and their sizes (an array, or one int when all are equal).
 _Block = tuple[bytes, npt.NDArray[np.int64] | int]
@@ -128,6 +129,10 @@ class AsyncState:
     window: int = 1 << 16
     held: list[AsyncBatch] = field(default_factory=list)
     held_rows: int = 0
+    #: Packets of flow-linked children that begin at their parent's very begin, held until the parent's
+    #: BEGIN is written (see ``_defer``): by the key of that parent, with the keys of the children in them.
+    held_for: dict[int, list[tuple[_Block, list[int]]]] = field(default_factory=dict)
+    waiting: set[int] = field(default_factory=set)  # keys of the spans whose packets are held
 
     def _uuids(self, sid: I64, seq: I64, extra: np.uint64 | None = None) -> U64:
         """Track uuids from span ids and the events' positions in the whole input (unique per span)."""
@@ -268,7 +273,12 @@ class AsyncState:
         # timestamps a child's END precedes its parent's (placed children begin strictly after their
         # parent and after their earlier siblings ended, so no other tie on a track depends on file order).
         roots = np.flatnonzero(new & ~placed)
-        closers = np.flatnonzero(closed)
+        defer = self._defer(closed, begin_t, key, (parent, parent_key, term))
+        if defer.any():
+            self._hold(
+                np.flatnonzero(defer), cols, end=end_t, keys=(key, parent_key), flows=(flow_parent, flow_id)
+            )
+        closers = np.flatnonzero(closed & ~defer)
         ends_at = np.zeros(n, dtype=bool)
         ends_at[cpos[closers]] = True
         closer_at = np.zeros(n, dtype=np.int64)
@@ -310,7 +320,63 @@ class AsyncState:
         self.parent_key, self.parent_sid, self.term = parent_key[still], parent_sid[still], term[still]
         self.kids_end, self.marked = kids_end[still], marked[still]
         data, sizes = assemble(groups)
-        return [(data, sizes)] if data else []
+        out: list[_Block] = [(data, sizes)] if data else []
+        return out + self._release(key[closers]) if self.held_for else out
+
+    def _defer(self, closed: npt.NDArray[np.bool_], begin: I64, key: U64, links: tuple[I64, U64, U64]) -> B:
+        """Which spans closing now wait for their parent's BEGIN: linked to it by a flow and beginning at
+        the parent's very begin (or whose parent waits itself).
+
+        Perfetto reads events in (timestamp, file position) order and the first event carrying a flow id
+        is the flow's source: at equal timestamps the parent's BEGIN (``flow_ids``) must come before the
+        child's (``terminating_flow_ids``) in the file. A BEGIN is written only when its span closes, and
+        BEGINs are grouped by layout, so such a child's packets are held and written right after its
+        parent's BEGIN (``_release``), in this window or a later one.
+        """
+        parent, parent_key, term = links
+        n = len(closed)
+        linked = (term != 0) & closed
+        if not linked.any():
+            return np.zeros(n, dtype=bool)
+        by_key = np.argsort(key)
+        at = np.minimum(np.searchsorted(key[by_key], parent_key), n - 1)
+        par = np.where(parent >= 0, parent, np.where(key[by_key][at] == parent_key, by_key[at], -1))
+        tie = (par >= 0) & (begin == begin[np.maximum(par, 0)])
+        if self.waiting:
+            tie |= np.isin(parent_key, np.fromiter(self.waiting, np.uint64, len(self.waiting)))
+        defer: B = linked & tie
+        return defer
+
+    def _hold(
+        self, idx: I64, cols: _Open, *, end: I64, keys: tuple[U64, U64], flows: tuple[I64, U64]
+    ) -> None:
+        """Hold the packets (BEGIN with its flows, then END) of the spans ``idx`` (lane roots linked to
+        their parent), per parent key."""
+        key, parent_key = keys
+        ann = cols.parent_sid != 0
+        for owner in np.unique(parent_key[idx]).tolist():
+            sel = idx[parent_key[idx] == owner]
+            groups = self._begins(sel, cols, ann=ann, flow_parent=flows[0], flow_id=flows[1])
+            c = cols
+            groups.append(
+                slice_rows(
+                    end[sel], SLICE_END, c.track[sel], name=c.name[sel], cat=c.cat[sel], loc=c.loc[sel]
+                )
+            )
+            kids = key[sel].tolist()
+            self.held_for.setdefault(int(owner), []).append((assemble(groups), kids))
+            self.waiting.update(kids)
+
+    def _release(self, written: U64) -> list[_Block]:
+        """Held packets of the children of spans whose BEGINs are now written (and of their children)."""
+        out: list[_Block] = []
+        todo = [k for k in written.tolist() if k in self.held_for]
+        while todo:
+            for block, kids in self.held_for.pop(todo.pop(0), []):
+                out.append(block)
+                self.waiting.difference_update(kids)
+                todo += [k for k in kids if k in self.held_for]
+        return out
 
     @staticmethod
     def _begins(
@@ -397,10 +463,12 @@ class AsyncState:
         groups.append(ends)
         self.spans += k
         self.cut += k
+        written = self.key
         self.sid = self.begin = self.parent_sid = self.kids_end = _e_i64()
         self.marked = np.zeros(0, dtype=bool)
         self.key = self.track = self.name = self.cat = self.loc = _e_u64()
         self.parent_key = self.term = self.flow_id = _e_u64()
         self.flow_parent = _e_i64()
         data, sizes = assemble(groups)
-        return [*out, (data, sizes)]
+        released = self._release(written) if self.held_for else []
+        return [*out, (data, sizes), *released]
