@@ -116,6 +116,7 @@ class AsyncState:
     kids_end: I64 = field(default_factory=_e_i64)
     marked: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))
     flow_parent: I64 = field(default_factory=_e_i64)  # flows owed by open spans: index of the span
+    parent_idx: I64 = field(default_factory=_e_i64)  # index of the parent when it is open too, else -1
     flow_id: U64 = field(default_factory=_e_u64)
     spans: int = 0
     cut: int = 0
@@ -234,6 +235,8 @@ class AsyncState:
         end_t[closed] = np.maximum(time[cpos[closed]], begin_t[closed])
         self.clamped += int((time[cpos[closed]] < begin_t[closed]).sum())
         parent = np.where(parent_at[op] >= 0, index_of[np.maximum(parent_at[op], 0)], -1)
+        par_all = parent.copy()  # new spans' parents, and carried spans' open parents
+        par_all[:p] = self.parent_idx
         key = np.zeros(k_open, dtype=np.uint64)
         key[:p] = self.key
         key[p:] = self._uuids(sid[op[p:]], seq[op[p:]])
@@ -273,7 +276,7 @@ class AsyncState:
         # timestamps a child's END precedes its parent's (placed children begin strictly after their
         # parent and after their earlier siblings ended, so no other tie on a track depends on file order).
         roots = np.flatnonzero(new & ~placed)
-        defer = self._defer(closed, begin_t, key, (parent, parent_key, term))
+        defer = self._defer(closed, begin_t, (par_all, parent_key, term))
         if defer.any():
             self._hold(
                 np.flatnonzero(defer), cols, end=end_t, keys=(key, parent_key), flows=(flow_parent, flow_id)
@@ -296,22 +299,19 @@ class AsyncState:
         c = closers_by_end
         groups.append(slice_rows(end_t[c], SLICE_END, track[c], name=names[c], cat=cats[c], loc=locs[c]))
         groups.append(o_end)
-        self.spans += len(closers) + len(orphans)
+        self.spans += int(np.count_nonzero(closed)) + len(orphans)  # held ones included
         self.cut += len(orphans)
 
         # Carry the spans still open, their children's latest end and the flows they still owe.
         still = np.flatnonzero(~closed)
-        kid_closed = closers[parent_key[closers] != 0]
-        still_key = key[still]
-        if len(still) and len(kid_closed):
-            by_key = np.argsort(still_key)
-            at = np.searchsorted(still_key[by_key], parent_key[kid_closed])
-            at_c = np.minimum(at, len(still) - 1)
-            hit = still_key[by_key][at_c] == parent_key[kid_closed]
-            target = still[by_key[at_c[hit]]]
-            np.maximum.at(kids_end, target, end_t[kid_closed[hit]])
+        # (held ones included: a parent's later children are placed after all its earlier ones ended)
+        kid_closed = np.flatnonzero(closed & (par_all >= 0))
+        kid_closed = kid_closed[~closed[par_all[kid_closed]]]
+        if len(kid_closed):
+            np.maximum.at(kids_end, par_all[kid_closed], end_t[kid_closed])
         carried_index = np.full(k_open, -1, dtype=np.int64)
         carried_index[still] = np.arange(len(still))
+        self.parent_idx = np.where(par_all[still] >= 0, carried_index[np.maximum(par_all[still], 0)], -1)
         owed_by = carried_index[flow_parent]
         owed = owed_by >= 0
         self.flow_parent, self.flow_id = owed_by[owed], flow_id[owed]
@@ -323,28 +323,27 @@ class AsyncState:
         out: list[_Block] = [(data, sizes)] if data else []
         return out + self._release(key[closers]) if self.held_for else out
 
-    def _defer(self, closed: npt.NDArray[np.bool_], begin: I64, key: U64, links: tuple[I64, U64, U64]) -> B:
+    def _defer(self, closed: B, begin: I64, links: tuple[I64, U64, U64]) -> B:
         """Which spans closing now wait for their parent's BEGIN: linked to it by a flow and beginning at
-        the parent's very begin (or whose parent waits itself).
+        the parent's very begin, or whose parent waits itself.
 
         Perfetto reads events in (timestamp, file position) order and the first event carrying a flow id
         is the flow's source: at equal timestamps the parent's BEGIN (``flow_ids``) must come before the
         child's (``terminating_flow_ids``) in the file. A BEGIN is written only when its span closes, and
         BEGINs are grouped by layout, so such a child's packets are held and written right after its
-        parent's BEGIN (``_release``), in this window or a later one.
+        parent's BEGIN (``_release``), in this window or a later one. ``links``: per span, the index of
+        its parent when open in this window (else -1), the parent's key, the flow id from the parent.
         """
         parent, parent_key, term = links
-        n = len(closed)
         linked = (term != 0) & closed
         if not linked.any():
-            return np.zeros(n, dtype=bool)
-        by_key = np.argsort(key)
-        at = np.minimum(np.searchsorted(key[by_key], parent_key), n - 1)
-        par = np.where(parent >= 0, parent, np.where(key[by_key][at] == parent_key, by_key[at], -1))
-        tie = (par >= 0) & (begin == begin[np.maximum(par, 0)])
-        if self.waiting:
-            tie |= np.isin(parent_key, np.fromiter(self.waiting, np.uint64, len(self.waiting)))
-        defer: B = linked & tie
+            return np.zeros(len(closed), dtype=bool)
+        has = parent >= 0
+        defer: B = linked & has & (begin == begin[np.maximum(parent, 0)])
+        if self.waiting:  # parents closed in an earlier window whose packets are still held
+            cand = np.flatnonzero(linked & ~has)
+            held = [k in self.waiting for k in parent_key[cand].tolist()]
+            defer[cand[np.array(held, dtype=bool)]] = True
         return defer
 
     def _hold(
@@ -468,6 +467,7 @@ class AsyncState:
         self.marked = np.zeros(0, dtype=bool)
         self.key = self.track = self.name = self.cat = self.loc = _e_u64()
         self.parent_key = self.term = self.flow_id = _e_u64()
+        self.parent_idx = _e_i64()
         self.flow_parent = _e_i64()
         data, sizes = assemble(groups)
         released = self._release(written) if self.held_for else []
