@@ -239,3 +239,22 @@ def test_a_long_parent_across_batches_keeps_its_children_and_flows() -> None:
     check_import(data, model(events))
     root = next(s for s in decoded.slices if s.name == "root")
     assert root.cut == "end" and len(root.flows) > 5
+
+
+def test_children_beginning_with_their_parent_follow_its_begin_in_the_file() -> None:
+    # Perfetto reads equal timestamps in file order and a flow starts at the first event carrying its id:
+    # a linked child beginning at its parent's very begin must come after the parent's BEGIN, whether it
+    # ends in an earlier window than its parent, in the same one, or is still open at the end.
+    t = RANGE.begin_ns + 5
+    events = [AsyncEvent(t, "begin", 1, name="parent")]
+    events += [AsyncEvent(t, "begin", i, 1, name=f"child{i}") for i in range(2, 6)]
+    events += [AsyncEvent(t, "begin", 6, 5, name="grandchild")]  # a tie under a tie
+    events += [AsyncEvent(t + 1, "end", 2, name="child2"), AsyncEvent(t + 3, "end", 6, name="grandchild")]
+    events += [AsyncEvent(t + 2, "end", 1, name="parent"), AsyncEvent(t + 4, "end", 3, name="child3")]
+    # Both still open at the end (written last, together): parent 7 and its tie child 8.
+    events += [AsyncEvent(t, "begin", 7, name="open-parent"), AsyncEvent(t, "begin", 8, 7, name="open-child")]
+    events.sort(key=lambda e: e.time)
+    for window in (1, 2, 3, 50):
+        data = run_windowed([async_batch(events)], window)
+        check_lanes(decode(data), model(events))
+        check_import(data, model(events))

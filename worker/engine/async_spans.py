@@ -454,7 +454,20 @@ class AsyncState:
         )
         self.cut -= int(np.count_nonzero(self.marked))  # already counted when their begin was cut
         ann = self.parent_sid != 0
-        groups = self._begins(idx, cols, ann=ann, flow_parent=self.flow_parent, flow_id=self.flow_id)
+        # A flow-linked child beginning at its open parent's very begin goes after it (see ``_defer``):
+        # BEGINs by levels of such ties.
+        par = self.parent_idx
+        tie = (self.term != 0) & (par >= 0) & (self.begin == self.begin[np.maximum(par, 0)])
+        level = np.zeros(k, dtype=np.int64)
+        while True:
+            deeper = tie & (level <= level[np.maximum(par, 0)])
+            if not deeper.any():
+                break
+            level[deeper] = level[par[deeper]] + 1
+        groups = []
+        for lv in range(int(level.max()) + 1):
+            at = idx[level == lv]
+            groups += self._begins(at, cols, ann=ann, flow_parent=self.flow_parent, flow_id=self.flow_id)
         ts = np.maximum(self.begin, self.range_end)
         ends = slice_rows(
             ts, SLICE_END, self.track, name=self.name, cat=self.cat, loc=self.loc, annotation=CUT_END
