@@ -24,6 +24,7 @@ data generations beyond event names (the engine and inspect tests check those).
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -66,6 +67,32 @@ class _Row:
     stack: list[int] = field(default_factory=list)  # open slice indexes
 
 
+@dataclass
+class _Set:
+    """The rows of one merge set (Perfetto's track compressor, with the uuid as cookie)."""
+
+    rows: list[_Row] = field(default_factory=list)
+    by_cookie: dict[int, int] = field(default_factory=dict)
+    free: list[int] = field(default_factory=list)  # heap of rows that had no open slice (lazy)
+
+    def row_for(self, cookie: int) -> int:
+        """The row holding ``cookie``, else the first row with no open slice (adopting it), else a new one."""
+        at = self.by_cookie.get(cookie)
+        if at is not None:
+            return at
+        while self.free and self.rows[self.free[0]].open_count:
+            heapq.heappop(self.free)  # busy again since it was freed
+        if self.free:
+            at = heapq.heappop(self.free)
+            del self.by_cookie[self.rows[at].cookie]
+            self.rows[at].cookie = cookie
+        else:
+            at = len(self.rows)
+            self.rows.append(_Row(cookie))
+        self.by_cookie[cookie] = at
+        return at
+
+
 def import_trace(data: bytes) -> Imported:
     """Import ``data`` (a serialized Trace) by the rules above."""
     trace = pb.Trace.FromString(data)
@@ -103,7 +130,7 @@ def import_trace(data: bytes) -> Imported:
     events.sort(key=lambda e: (e[0], e[1]))
 
     out = Imported()
-    sets: dict[object, list[_Row]] = {}
+    sets: dict[object, _Set] = {}
     pending: dict[int, int] = {}  # flow id -> slice it leaves from
     for ts, _, te, name in events:
         uuid = te.track_uuid
@@ -114,16 +141,10 @@ def import_trace(data: bytes) -> Imported:
         plain = not desc.HasField("process") and not desc.HasField("thread")
         merged = plain and desc.sibling_merge_behavior != _NONE
         key: object = ("merged", desc.parent_uuid, desc.name) if merged else ("track", uuid)
-        rows = sets.setdefault(key, [])
-        at = next((i for i, r in enumerate(rows) if r.cookie == uuid), None)
-        if at is None:
-            at = next((i for i, r in enumerate(rows) if r.open_count == 0), None)
-            if at is None:
-                rows.append(_Row(uuid))
-                out.rows[key] += 1
-                at = len(rows) - 1
-            rows[at].cookie = uuid
-        row = rows[at]
+        group = sets.setdefault(key, _Set())
+        at = group.row_for(uuid)
+        out.rows[key] = len(group.rows)
+        row = group.rows[at]
         if te.type == _BEGIN:
             row.open_count += 1
             index = len(out.slices)
@@ -141,6 +162,8 @@ def import_trace(data: bytes) -> Imported:
                     out.stats["flow_end_without_start"] += 1
         else:
             row.open_count = max(0, row.open_count - 1)
+            if row.open_count == 0:
+                heapq.heappush(group.free, at)
             if not row.stack:
                 out.stats["end_without_begin"] += 1
                 continue
