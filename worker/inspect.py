@@ -579,7 +579,8 @@ class _Inspector:
         if not n:
             return
         rep = self.report
-        at = np.searchsorted(rows, row)  # position of each event's packet among rows
+        # Position of each event's packet among rows (rows is a run of packets unless some were skipped).
+        at = row - rows[0] if rows[-1] - rows[0] == len(rows) - 1 else np.searchsorted(rows, row)
         rep.track_events += n
         i_tab, i_val = ev.iid_table[i_sel], ev.iid[i_sel]
         i_seq = seq[at[i_ev]]
