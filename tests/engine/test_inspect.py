@@ -292,3 +292,40 @@ def test_many_incremental_events_decode_columnar_like_absolute_ones(tmp_path: Pa
         report = inspect_trace(path)
         assert report.ok, report.defects
         assert report.slices == 3000 and (report.first_ts, report.last_ts) == (times[0], times[-1])
+
+
+class _NoTemplates:
+    """Stands in for inspect_templates.Templates: every packet goes to the columnar walk."""
+
+    def match(
+        self, buf: bytes, w8: object, starts: np.ndarray, lens: np.ndarray
+    ) -> tuple[list[object], np.ndarray]:
+        return [], np.zeros(len(starts), dtype=bool)
+
+
+def test_the_walk_alone_gives_the_templates_report(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Thread spans, async lanes with flows, parent annotations and cut marks: decoded by templates
+    # first, then by the walk alone, the reports must match field for field.
+    thread = [
+        (
+            "stream-a",
+            thread_batch(
+                [
+                    Span(RANGE.begin_ns + 2 * i, RANGE.begin_ns + 2 * i + 1, 0, f"s{i % 7}")
+                    for i in range(3000)
+                ]
+            ),
+        )
+    ]
+    events = [
+        AsyncEvent(RANGE.begin_ns + i, "begin", i, max(0, i - 3), name=f"a{i % 5}") for i in range(1, 2000)
+    ]
+    events += [AsyncEvent(RANGE.begin_ns + 2500 - i, "end", i, name=f"a{i % 5}") for i in range(1, 2000, 2)]
+    data = b"".join(
+        encode(PROCESS, THREADS, thread, [async_batch(events)], span_types=SpanTypes.BOTH, time_range=RANGE)
+    )
+    with_templates = inspect_trace(io.BytesIO(data)).to_dict()
+    monkeypatch.setattr("worker.inspect.Templates", _NoTemplates)
+    walked = inspect_trace(io.BytesIO(data)).to_dict()
+    assert walked == with_templates
+    assert with_templates["ok"] and with_templates["slices"] == 3000 + 1999
