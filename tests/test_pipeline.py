@@ -13,6 +13,7 @@ import pytest
 
 from contracts.request import SpanTypes
 from tests.engine.decode import decode
+from tests.engine.perfetto_import import import_trace
 from tests.engine.test_async_lanes import peak
 from tests.support.devserver import expected_async_events, expected_thread_spans, small_lake, start_devserver
 from worker.devserver import DevServer, Lake, LakeProcess
@@ -99,7 +100,8 @@ async def test_every_thread_span_lands_exactly_once(server: DevServer, lake: Lak
 async def test_async_lanes_over_the_wire(server: DevServer, lake: Lake) -> None:
     """Lanes on a devserver trace: strictly nested tracks, rows within peak concurrency, parents shown."""
     p = lake.processes[0]
-    decoded = decode(await _trace(server, TraceSpec(p.process_id, p.begin_ns, p.end_ns, SpanTypes.ASYNC)))
+    data = await _trace(server, TraceSpec(p.process_id, p.begin_ns, p.end_ns, SpanTypes.ASYNC))
+    decoded = decode(data)
     assert decoded.problems == []
     tracks: dict[int, list[tuple[int, int]]] = {}
     for s in decoded.slices:
@@ -118,6 +120,14 @@ async def test_async_lanes_over_the_wire(server: DevServer, lake: Lake) -> None:
     flows = {f for s in decoded.slices for f in s.flows}
     linked = [s for s in decoded.slices if s.term_flows]
     assert linked and all(s.term_flows[0] in flows and s.parent_span for s in linked)
+    # As Perfetto's importer reads it (tests/engine/perfetto_import.py): no stat, every flow from a slice
+    # to a slice, and the merged async rows within the peak number of spans open at once.
+    imported = import_trace(data)
+    assert not imported.stats and imported.dangling_flows == 0, imported.stats
+    assert len(imported.flows) == len(linked) and len(imported.slices) == len(decoded.slices)
+    assert imported.rows[
+        ("merged", next(iter(decoded.descriptors[t].parent_uuid for t in tracks)), "async")
+    ] <= peak([(s.begin, s.end) for s in decoded.slices])
 
 
 async def test_async_spans(server: DevServer, lake: Lake) -> None:

@@ -23,7 +23,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +33,8 @@ import numpy.typing as npt
 from google.protobuf.message import DecodeError
 
 from worker import inspect_columns as cols
+from worker.inspect_clocks import ClockError, Clocks
+from worker.inspect_templates import Templates
 from worker.perfetto_pb import pb
 
 __all__ = ["Defect", "InspectReport", "TrackSummary", "inspect_trace"]
@@ -42,7 +43,6 @@ __all__ = ["Defect", "InspectReport", "TrackSummary", "inspect_trace"]
 MAX_EXAMPLES = 20
 _CLEARED = 1
 _NEEDS = 2
-_REALTIME = 1
 _BEGIN = pb.TrackEvent.TYPE_SLICE_BEGIN
 _END = pb.TrackEvent.TYPE_SLICE_END
 _INSTANT = pb.TrackEvent.TYPE_INSTANT
@@ -93,6 +93,14 @@ class InspectReport:
         self.defect_counts[kind] = count + 1
         if count < MAX_EXAMPLES:
             self.defects.append(Defect(kind, message, packet))
+
+    def add_many(self, kind: str, packets: npt.NDArray[np.int64], message: Callable[[int], str]) -> None:
+        """One defect per packet index in ``packets``; ``message(k)`` (k: position in ``packets``) is only
+        called for the examples kept."""
+        count = self.defect_counts.get(kind, 0)
+        self.defect_counts[kind] = count + len(packets)
+        for k in range(max(0, min(len(packets), MAX_EXAMPLES - count))):
+            self.defects.append(Defect(kind, message(k), int(packets[k])))
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -263,58 +271,132 @@ def iter_blocks(stream: BinaryIO, block: int = 4 << 20) -> Iterator[tuple[bytes,
             return
 
 
+class _Lookup:
+    """iid -> value of one interned table, for arrays of iids (dense when the iids are small)."""
+
+    def __init__(self, table: dict[int, int]) -> None:
+        keys = np.fromiter(table.keys(), np.uint64, len(table))
+        values = np.fromiter(table.values(), np.int64, len(table))
+        self.dense: I64 | None = None
+        if not len(keys) or int(keys.max()) < 1 << 20:
+            size = int(keys.max()) + 1 if len(keys) else 0
+            self.dense = np.full(size + 1, -1, dtype=np.int64)  # last slot: every iid past the table
+            self.dense[keys.astype(np.int64)] = values
+        else:
+            order = np.argsort(keys)
+            self.keys, self.values = keys[order], values[order]
+
+    def __call__(self, iids: U64) -> tuple[npt.NDArray[np.bool_], I64]:
+        """(found, value or -1) per iid."""
+        if self.dense is not None:
+            got = self.dense[np.minimum(iids, np.uint64(len(self.dense) - 1)).astype(np.int64)]
+        else:
+            at = np.minimum(np.searchsorted(self.keys, iids), len(self.keys) - 1)
+            got = np.where(self.keys[at] == iids, self.values[at], -1)
+        return got >= 0, got
+
+
 @dataclass
 class _Sequence:
-    cleared: bool = False
-    names: dict[int, int] = field(default_factory=dict)
-    categories: dict[int, int] = field(default_factory=dict)
-    locations: set[int] = field(default_factory=set)
-    annotation_names: set[int] = field(default_factory=set)
-    clock: int | None = None
+    """One sequence's incremental state (one generation: a CLEARED packet starts a new one)."""
 
+    cleared: bool = False  # valid: CLEARED seen and no packet loss since
+    tables: tuple[dict[int, int], ...] = field(default_factory=lambda: ({}, {}, {}, {}))  # by iid table
+    clock: int = 0  # TracePacketDefaults.timestamp_clock_id (0: none)
+    default_track: int | None = None  # TracePacketDefaults.track_event_defaults.track_uuid
+    lookups: dict[int, _Lookup] = field(default_factory=dict)
+    dense: I64 | None = None  # (tables, max iid + 2): value or -1, when every iid is small
+
+    def lookup(self, table: int) -> _Lookup:
+        got = self.lookups.get(table)
+        if got is None:
+            got = self.lookups[table] = _Lookup(self.tables[table])
+        return got
+
+    def find(self, table: I64, iid: U64) -> tuple[npt.NDArray[np.bool_], I64]:
+        """(defined, value or -1) of each (table, iid), in one gather when the iids are small."""
+        if self.dense is None and all(not t or max(t) < 1 << 16 for t in self.tables):
+            size = max((max(t) for t in self.tables if t), default=0) + 2
+            self.dense = np.full((len(self.tables), size), -1, dtype=np.int64)
+            for k, t in enumerate(self.tables):
+                if t:
+                    self.dense[k, np.fromiter(t.keys(), np.int64, len(t))] = np.fromiter(
+                        t.values(), np.int64, len(t)
+                    )
+        if self.dense is not None:
+            got = self.dense[table, np.minimum(iid, np.uint64(self.dense.shape[1] - 1)).astype(np.int64)]
+            return got >= 0, got
+        found = np.zeros(len(iid), dtype=bool)
+        value = np.full(len(iid), -1, dtype=np.int64)
+        for k in range(len(self.tables)):
+            m = table == k
+            if m.any():
+                found[m], value[m] = self.lookup(k)(iid[m])
+        return found, value
+
+
+_TABLE_WORDS = {cols.NAME: "name", cols.CATEGORY: "category", cols.LOCATION: "source location"}
+_TABLE_WORDS[cols.ANNOTATION] = "debug annotation name"
 
 #: Track events replayed together: the memory held is proportional to this, not to the file.
 BATCH_EVENTS = 1 << 19
-
-
-@dataclass
-class _Events:
-    """Track events not yet replayed, compact (about 25 bytes each): one set of arrays, not objects."""
-
-    track: array[int] = field(default_factory=lambda: array("q"))  # index into _Inspector.uuids
-    ts: array[int] = field(default_factory=lambda: array("q"))
-    pos: array[int] = field(default_factory=lambda: array("q"))
-    kind: array[int] = field(default_factory=lambda: array("q"))
-    name: array[int] = field(default_factory=lambda: array("q"))
-    cat: array[int] = field(default_factory=lambda: array("q"))
-
-    def columns(self) -> list[I64]:
-        return [np.frombuffer(getattr(self, f), dtype=np.int64) for f in _COLUMNS]
-
-
 _COLUMNS = ("track", "ts", "pos", "kind", "name", "cat")
 I64 = npt.NDArray[np.int64]
+U64 = npt.NDArray[np.uint64]
+
+
+class _SortedSet:
+    """A growing set of uint64 kept sorted (insertions in bulk), with a counter per member."""
+
+    def __init__(self) -> None:
+        self.keys = np.zeros(0, dtype=np.uint64)
+        self.counts = np.zeros(0, dtype=np.int64)
+
+    def add(self, values: U64, *, distinct: bool = False) -> U64:
+        """Insert ``values`` (``distinct``: already sorted and distinct); returns the new ones."""
+        uniq = values if distinct else np.unique(values)
+        at = np.searchsorted(self.keys, uniq)
+        present = at < len(self.keys)
+        present[present] = self.keys[at[present]] == uniq[present]
+        new = uniq[~present]
+        if len(new):
+            self.keys = np.insert(self.keys, at[~present], new)
+            self.counts = np.insert(self.counts, at[~present], 0)
+        return new
+
+    def count(self, members: U64, counts: I64) -> None:
+        """Add ``counts`` to the counters of ``members`` (distinct, all already in the set)."""
+        if len(members):
+            self.counts[np.searchsorted(self.keys, members)] += counts
+
+    def counts_of(self, values: U64) -> I64:
+        """The counter of each of ``values`` (0 for non-members)."""
+        if not len(self.keys):
+            return np.zeros(len(values), dtype=np.int64)
+        at = np.minimum(np.searchsorted(self.keys, values), len(self.keys) - 1)
+        return np.where(self.keys[at] == values, self.counts[at], 0)
 
 
 class _Inspector:
     def __init__(self) -> None:
         self.report = InspectReport()
         self.sequences: dict[int, _Sequence] = {}
-        self.tracks: dict[int, TrackSummary] = {}
-        self.events = _Events()
-        self.track_index: dict[int, int] = {}
-        self.uuids: list[int] = []
+        self.clocks = Clocks()
+        self.templates = Templates()
         self.strings: dict[str, int] = {"": 0}
-        self.templates: dict[int, list[cols.Template]] = {}
-        self.counts: I64 = np.zeros(0, np.int64)  # slices per track index
+        # Tracks as declared, first descriptor of each uuid wins, in file order.
+        self.declared = _SortedSet()
+        self.track_parts: list[tuple[U64, list[TrackSummary | None], I64, U64, npt.NDArray[np.bool_]]] = []
+        self.event_tracks = _SortedSet()  # every track with events, and its slice count
+        self.pending: list[list[npt.NDArray[Any]]] = []
+        self.pending_n = 0
         self.first_ts: int | None = None
         self.last_ts: int | None = None
         # Replay state carried between batches: open BEGINs (at most the open slices) and ENDs seen
         # with nothing open, kept one batch in case their BEGIN is written later (lane roots).
-        self.carried: list[I64] = [np.zeros(0, np.int64) for _ in _COLUMNS]
+        self.carried: list[npt.NDArray[Any]] = [np.zeros(0, np.uint64)] + [np.zeros(0, np.int64)] * 5
         self.carried_age = np.zeros(0, np.int64)
-        self.realtime_used = False
-        self.realtime_snapshot = False
+        self.unresolved: set[tuple[int, int]] = set()
         self.interned_total = {"event_names": 0, "event_categories": 0, "source_locations": 0}
         self.interned_total["debug_annotation_names"] = 0
 
@@ -324,218 +406,286 @@ class _Inspector:
             sid = self.strings[value] = len(self.strings)
         return sid
 
-    def block(self, buf: bytes, starts_a: I64, lens_a: I64) -> None:
-        """Check the packets of one block (bodies at ``starts`` in ``buf``), in file order."""
+    def block(self, buf: bytes, starts: I64, lens: I64) -> None:
+        """Check the packets of one block (bodies at ``starts`` in ``buf``), in file order.
+
+        Packets are decoded columnar (``inspect_columns``); the few the columnar path leaves go through
+        the protobuf classes. Sequence and clock state change only at such packets: the packets between
+        two of them are checked together (``_segment``) against the state in force.
+        """
         first = self.report.packets
-        self.report.packets += len(starts_a)
-        starts, lens = starts_a.tolist(), lens_a.tolist()
-        arr = np.frombuffer(buf, np.uint8)
-        start_a = np.asarray(starts, np.int64)
-        len_a = np.asarray(lens, np.int64)
-        fast = np.zeros(len(starts), np.bool_)
-        decoded: list[cols.Decoded] = []
-        for length in np.unique(len_a).tolist():
-            rows = np.flatnonzero(len_a == length)
-            templates = self.templates.setdefault(length, [])
-            tries = 0
-            while len(rows):
-                hit = None
-                for tpl in templates:
-                    ok = cols.matches(arr, start_a[rows], tpl)
-                    if ok.any():
-                        hit = tpl, ok
-                        break
-                if hit is None:
-                    if tries >= 4 or len(templates) >= 16:
-                        break
-                    tries += 1
-                    r = int(rows[0])
-                    new = cols.build_template(buf[starts[r] : starts[r] + lens[r]])
-                    if new is None:
-                        rows = rows[1:]
-                        continue
-                    templates.append(new)
-                    continue
-                tpl, ok = hit
-                got = rows[ok]
-                decoded.append(cols.decode_group(arr, start_a[got], got, tpl))
-                fast[got] = True
-                rows = rows[~ok]
-        slow = np.flatnonzero(~fast).tolist()
-        parsed: list[tuple[int, pb.TracePacket | None]] = []
-        for r in slow:
+        self.report.packets += len(starts)
+        blk = cols.decode_block(buf, starts, lens, self.templates)
+        dead = np.zeros(len(starts), dtype=bool)
+        snapshot = np.zeros(len(starts), dtype=bool)
+        parsed: dict[int, pb.TracePacket] = {}
+        boundaries: list[int] = []
+        for r in blk.slow.tolist():
+            s, n = int(starts[r]), int(lens[r])
             try:
-                parsed.append((r, pb.TracePacket.FromString(buf[starts[r] : starts[r] + lens[r]])))
+                packet = pb.TracePacket.FromString(buf[s : s + n])
             except DecodeError as exc:
-                message = f"packet at offset {starts[r]} does not decode: {exc}"
-                self.report.add("malformed", message, first + r)
-                parsed.append((r, None))
-        # Sequence state changes only at packets the protobuf path decodes: the fast packets between two
-        # such packets are checked together against the state in force.
-        done = 0
-        for r, packet in parsed:
-            if packet is not None and _changes_state(packet):
-                self._fast(decoded, done, r, first)
-                done = r
-            if packet is not None:
-                self.packet(first + r, packet)
-        self._fast(decoded, done, len(starts), first)
+                self.report.add("malformed", f"packet at offset {s} does not decode: {exc}", first + r)
+                dead[r] = True
+                continue
+            parsed[r] = packet
+            blk.has_ts[r] = packet.HasField("timestamp")
+            blk.ts[r] = packet.timestamp
+            blk.has_seq[r] = packet.HasField("trusted_packet_sequence_id")
+            blk.seq[r] = packet.trusted_packet_sequence_id
+            blk.flags[r] = packet.sequence_flags
+            blk.clock[r] = packet.timestamp_clock_id
+            snapshot[r] = packet.HasField("clock_snapshot")
+            if _changes_state(packet):
+                boundaries.append(r)
+        self._tracks(blk.descriptors, parsed)
+        lo = 0
+        for r in [*boundaries, len(starts)]:
+            self._segment(blk, parsed, skip=dead | snapshot, snapshot=snapshot, span=(lo, r), first=first)
+            if r < len(starts):
+                self._state(first + r, parsed[r])
+            lo = r
         # Only between blocks: a batch must hold every event of a stretch of the file.
-        if len(self.events.ts) >= BATCH_EVENTS:
+        if self.pending_n >= BATCH_EVENTS:
             self.replay_batch()
 
-    def _fast(self, decoded: list[cols.Decoded], lo: int, hi: int, first: int) -> None:
-        """Check the columnar-decoded packets with block rows in [lo, hi)."""
-        for d in decoded:
-            a, b = np.searchsorted(d.rows, [lo, hi]).tolist()
-            if a < b:
-                self._fast_group(d, a, b, first)
-
-    def _fast_group(self, d: cols.Decoded, a: int, b: int, first: int) -> None:
-        rep = self.report
-        n = b - a
-        rows = d.rows[a:b] + first
-        sc = {k: v[a:b] for k, v in d.scalars.items()}
-        rep.track_events += n
-        flags = sc.get("flags")
-        seq_col = sc.get("seq")
-        name = np.zeros(n, np.int64)
-        cat = np.zeros(n, np.int64)
-        if seq_col is None:
-            for i in rows.tolist():
-                rep.add("no_sequence_id", "packet has no trusted_packet_sequence_id", i)
-        else:
-            for seq_id in np.unique(seq_col).tolist():
-                sel = np.flatnonzero(seq_col == seq_id)
-                seq = self.sequences.setdefault(seq_id, _Sequence())
-                if flags is not None and not seq.cleared:
-                    for i in rows[sel[(flags[sel] & 2) != 0]].tolist():
-                        rep.add("state_not_cleared", "SEQ_NEEDS_INCREMENTAL_STATE before a CLEARED packet", i)
-                if "clock" not in sc and seq.clock == _REALTIME:
-                    self.realtime_used = True
-                self._fast_iids(d, a, sel, seq, rows=rows, out=(name, cat))
-        if "clock" in sc and (sc["clock"] == _REALTIME).any():
-            self.realtime_used = True
-        track = sc.get("track")
-        if track is None:
-            for i in rows.tolist():
-                rep.add("undeclared_track", "track event without track_uuid", i)
-            track = np.zeros(n, np.uint64)
-        uniq, inverse = np.unique(track, return_inverse=True)
-        index = np.empty(len(uniq), np.int64)
-        for k, uuid in enumerate(uniq.tolist()):
-            t = self.track_index.get(uuid)
-            if t is None:
-                t = self.track_index[uuid] = len(self.uuids)
-                self.uuids.append(uuid)
-            index[k] = t
-        kind = sc["type"].astype(np.int64) if "type" in sc else np.zeros(n, np.int64)
-        kind[(kind != _BEGIN) & (kind != _END) & (kind != _INSTANT)] = 0
-        ts = sc["ts"] if "ts" in sc else np.zeros(n, np.uint64)
-        ts = np.minimum(ts, np.uint64((1 << 63) - 1)).astype(np.int64)
-        ev = self.events
-        for arr_, col in zip(
-            (ev.track, ev.ts, ev.pos, ev.kind, ev.name, ev.cat),
-            (index[inverse.reshape(-1)], ts, rows, kind, name, cat),
-            strict=True,
-        ):
-            arr_.frombytes(np.ascontiguousarray(col, np.int64).tobytes())
-
-    def _fast_iids(
-        self, d: cols.Decoded, a: int, sel: I64, seq: _Sequence, *, rows: I64, out: tuple[I64, I64]
-    ) -> None:
-        """Resolve and check the iids of rows ``sel`` (of one sequence) like ``_iids``.
-
-        Writes the name and category string ids into ``out`` (two arrays over the group's rows).
-        """
-        name, cat = out
-        missing = np.zeros(len(sel), np.bool_)
-        if "name" in d.scalars:
-            found, ids = _lookup(seq.names, d.scalars["name"][a:][sel])
-            name[sel] = ids
-            missing |= ~found
-        first_cat = np.zeros(len(sel), np.int64)
-        for col in d.cats:
-            found, ids = _lookup(seq.categories, col[a:][sel])
-            first_cat = np.where(first_cat == 0, ids, first_cat)
-            missing |= ~found
-        cat[sel] = first_cat
-        if "loc" in d.scalars:
-            missing |= ~_lookup(dict.fromkeys(seq.locations, 0), d.scalars["loc"][a:][sel])[0]
-        for ann in d.anns:
-            if ann is not None:
-                missing |= ~_lookup(dict.fromkeys(seq.annotation_names, 0), ann[a:][sel])[0]
-        for k in np.flatnonzero(missing).tolist():
-            r = int(sel[k])
-            parts = []
-            if "name" in d.scalars and int(d.scalars["name"][a + r]) not in seq.names:
-                parts.append(f"name {int(d.scalars['name'][a + r])}")
-            parts += [f"category {int(c[a + r])}" for c in d.cats if int(c[a + r]) not in seq.categories]
-            if "loc" in d.scalars and int(d.scalars["loc"][a + r]) not in seq.locations:
-                parts.append(f"source location {int(d.scalars['loc'][a + r])}")
-            parts += [
-                f"debug annotation name {int(x[a + r])}"
-                for x in d.anns
-                if x is not None and int(x[a + r]) not in seq.annotation_names
-            ]
-            state = "" if seq.cleared else " (sequence never CLEARED)"
-            self.report.add(
-                "iid_undefined", f"iids used before definition: {', '.join(parts)}{state}", int(rows[r])
+    def _tracks(self, d: cols.Descriptors, parsed: dict[int, pb.TracePacket]) -> None:
+        """Record the tracks the block declares (the first descriptor of a uuid wins)."""
+        rows = [r for r, p in parsed.items() if p.WhichOneof("data") == "track_descriptor"]
+        summaries: list[TrackSummary | None] = [None] * len(d.row)
+        slow = [self._descriptor(parsed[r].track_descriptor) for r in rows]
+        row = np.concatenate([d.row, np.asarray(rows, dtype=np.int64)])
+        uuid = np.concatenate([d.uuid, np.array([t.uuid for t in slow], dtype=np.uint64)])
+        name = np.concatenate(
+            [np.array([self._string_id(s) for s in d.name], dtype=np.int64), np.zeros(len(rows), np.int64)]
+        )
+        parent = np.concatenate([d.parent, np.zeros(len(rows), np.uint64)])
+        has_parent = np.concatenate([d.has_parent, np.zeros(len(rows), bool)])
+        summaries += slow
+        if not len(row):
+            return
+        order = np.argsort(row, kind="stable")
+        uuid = uuid[order]
+        _, first = np.unique(uuid, return_index=True)
+        first = np.sort(first)
+        new = self.declared.add(uuid[first])
+        keep = first[np.isin(uuid[first], new)]
+        if len(keep):
+            picked = order[keep]
+            self.track_parts.append(
+                (
+                    uuid[keep],
+                    [summaries[i] for i in picked.tolist()],
+                    name[picked],
+                    parent[picked],
+                    has_parent[picked],
+                )
             )
 
-    def packet(self, index: int, packet: pb.TracePacket) -> None:
+    def _segment(
+        self,
+        blk: cols.Block,
+        parsed: dict[int, pb.TracePacket],
+        *,
+        skip: npt.NDArray[np.bool_],
+        snapshot: npt.NDArray[np.bool_],
+        span: tuple[int, int],
+        first: int,
+    ) -> None:
+        """Check the block's packets ``span`` = [lo, hi): one sequence and clock state holds for all.
+
+        ``skip``: packets that do not decode and ClockSnapshot packets (Perfetto reads nothing else of
+        those, and does not timestamp them).
+        """
+        lo, hi = span
         rep = self.report
+        rows = np.arange(lo, hi)
+        no_seq = ~blk.has_seq[lo:hi] & ~skip[lo:hi] | (~blk.has_seq[lo:hi] & snapshot[lo:hi])
+        if no_seq.any():
+            rep.add_many(
+                "no_sequence_id", first + rows[no_seq], lambda _: "packet has no trusted_packet_sequence_id"
+            )
+        rows = rows[~skip[lo:hi]]
+        if not len(rows):
+            return
+        has_seq = blk.has_seq[rows]
+        seq = np.where(has_seq, blk.seq[rows], 0).astype(np.int64)
+        valid = np.zeros(len(rows), dtype=bool)
+        default_clock = np.zeros(len(rows), dtype=np.int64)
+        states: dict[int, _Sequence] = {}
+        for s in _distinct(seq):
+            st = states[s] = self.sequences.setdefault(s, _Sequence())
+            at = seq == s
+            valid[at] = st.cleared
+            default_clock[at] = st.clock
+        needs = ((blk.flags[rows] & np.uint64(_NEEDS)) != 0) & ~valid
+        if needs.any():
+            message = "SEQ_NEEDS_INCREMENTAL_STATE before a CLEARED packet"
+            rep.add_many("state_not_cleared", first + rows[needs], lambda _: message)
+        # Perfetto skips those packets: no timestamp, no event (their iids are still checked below).
+        live = ~needs
+        clock = np.where(blk.clock[rows] != 0, blk.clock[rows].astype(np.int64), default_clock)
+        got = self.clocks.resolve(seq[live], clock[live], blk.ts[rows][live], blk.has_ts[rows][live])
+        ts = np.zeros(len(rows), dtype=np.int64)
+        usable = np.zeros(len(rows), dtype=bool)
+        ts[live], usable[live] = got.ts, got.ok
+        for key, at_ in got.unresolved:
+            if key not in self.unresolved:
+                self.unresolved.add(key)
+                where = f" of sequence {key[0]}" if key[0] else ""
+                rep.add(
+                    "clock_unresolved",
+                    f"timestamps on clock {key[1]}{where} that no ClockSnapshot read so far relates to the "
+                    f"trace clock {self.clocks.trace_clock[1]}: Perfetto drops those packets",
+                    int(first + rows[live][at_]),
+                )
+        negative = usable & (ts < 0)
+        if negative.any():
+            message = "negative trace time: Perfetto drops the event"
+            rep.add_many("invalid_timestamp", first + rows[negative], lambda _: message)
+            usable &= ~negative
+        self._events(blk, rows, seq, times=(ts, usable), states=states, first=first)
+        for r in sorted(k for k in parsed if lo <= k < hi and not skip[k]):
+            packet = parsed[r]
+            if packet.HasField("track_event"):
+                k = int(np.searchsorted(rows, r))
+                state = states[int(seq[k])] if has_seq[k] else None
+                self._event(first + r, packet, state, int(ts[k]), bool(usable[k]))
+
+    def _events(
+        self,
+        blk: cols.Block,
+        rows: I64,
+        seq: I64,
+        *,
+        times: tuple[I64, npt.NDArray[np.bool_]],
+        states: dict[int, _Sequence],
+        first: int,
+    ) -> None:
+        """Check and keep the columnar-decoded track events among ``rows`` (``times``: trace time per row,
+        and whether Perfetto keeps the packet)."""
+        ts, usable = times
+        ev = blk.events
+        sel: Any = slice(None)
+        i_sel: Any = slice(None)
+        i_ev = ev.iid_event
+        if len(ev.row) and (rows[0] > ev.row.min() or rows[-1] < ev.row.max()):  # several segments
+            in_seg = (ev.row >= rows[0]) & (ev.row <= rows[-1])
+            sel = np.flatnonzero(in_seg)
+            i_sel = np.flatnonzero(in_seg[ev.iid_event])
+            i_ev = (np.cumsum(in_seg) - 1)[ev.iid_event[i_sel]]
+        row = ev.row[sel]
+        n = len(row)
+        if not n:
+            return
+        rep = self.report
+        # Position of each event's packet among rows (rows is a run of packets unless some were skipped).
+        at = row - rows[0] if rows[-1] - rows[0] == len(rows) - 1 else np.searchsorted(rows, row)
+        rep.track_events += n
+        i_tab, i_val = ev.iid_table[i_sel], ev.iid[i_sel]
+        i_seq = seq[at[i_ev]]
+        found = np.zeros(len(i_ev), dtype=bool)
+        value = np.full(len(i_ev), -1, dtype=np.int64)
+        for s in _distinct(i_seq):
+            m: Any = slice(None) if len(states) == 1 else i_seq == s
+            found[m], value[m] = states[s].find(i_tab[m], i_val[m])
+        missing = np.flatnonzero(~found)
+        if len(missing):
+            bad_events = np.unique(i_ev[missing])
+
+            def message(k: int) -> str:
+                e = int(bad_events[k])
+                sel = missing[i_ev[missing] == e]
+                parts = ", ".join(f"{_TABLE_WORDS[int(i_tab[j])]} {int(i_val[j])}" for j in sel.tolist())
+                st = states[int(seq[at[e]])]
+                return (
+                    f"iids used before definition: {parts}{'' if st.cleared else ' (sequence never CLEARED)'}"
+                )
+
+            rep.add_many("iid_undefined", first + rows[at[bad_events]], message)
+        name = np.zeros(n, dtype=np.int64)
+        cat = np.zeros(n, dtype=np.int64)
+        is_name = found & (i_tab == cols.NAME)
+        name[i_ev[is_name]] = value[is_name]
+        is_cat = found & (i_tab == cols.CATEGORY)
+        # The first category: iids are listed per table in field order, so the first hit per event wins.
+        ev_cat, first_at = np.unique(i_ev[is_cat], return_index=True)
+        cat[ev_cat] = value[np.flatnonzero(is_cat)[first_at]]
+        track = ev.track[sel].copy()
+        no_track = ~ev.has_track[sel]
+        if no_track.any():
+            for k in np.flatnonzero(no_track).tolist():
+                st = states[int(seq[at[k]])]
+                if st.default_track is not None:
+                    track[k] = st.default_track
+                    no_track[k] = False
+            if no_track.any():
+                rep.add_many(
+                    "undeclared_track", first + rows[at[no_track]], lambda _: "track event without track_uuid"
+                )
+        kind = ev.type[sel]
+        kind = np.where((kind == _BEGIN) | (kind == _END) | (kind == _INSTANT), kind, 0)
+        keep = usable[at]
+        self._keep(track[keep], ts[at][keep], (first + rows[at])[keep], kind[keep], name[keep], cat[keep])
+
+    def _keep(self, track: U64, *columns: I64) -> None:
+        """Queue events for the replay: track uuid, then ts, pos, kind, name and cat columns."""
+        if len(track):
+            self.pending.append([track, *columns])
+            self.pending_n += len(track)
+
+    def _state(self, index: int, packet: pb.TracePacket) -> None:
+        """Apply the sequence and clock state changes of one packet (before its own timestamp and event)."""
         seq: _Sequence | None = None
+        seq_id = packet.trusted_packet_sequence_id
         if packet.HasField("trusted_packet_sequence_id"):
-            seq = self.sequences.setdefault(packet.trusted_packet_sequence_id, _Sequence())
-        else:
-            rep.add("no_sequence_id", "packet has no trusted_packet_sequence_id", index)
-        flags = packet.sequence_flags
-        if seq is not None and (flags & _CLEARED or packet.incremental_state_cleared):
-            clock = seq.clock
-            self.sequences[packet.trusted_packet_sequence_id] = seq = _Sequence(cleared=True, clock=clock)
-        if seq is not None and packet.previous_packet_dropped:
+            seq = self.sequences.setdefault(seq_id, _Sequence())
+        if seq is not None and (packet.sequence_flags & _CLEARED or packet.incremental_state_cleared):
+            seq = self.sequences[seq_id] = _Sequence(cleared=True)
+        elif seq is not None and packet.previous_packet_dropped:
             seq.cleared = False
-        if seq is not None and flags & _NEEDS and not seq.cleared:
-            rep.add("state_not_cleared", "SEQ_NEEDS_INCREMENTAL_STATE before a CLEARED packet", index)
         if packet.HasField("trace_packet_defaults") and seq is not None:
             defaults = packet.trace_packet_defaults
-            seq.clock = defaults.timestamp_clock_id if defaults.HasField("timestamp_clock_id") else None
+            seq.clock = defaults.timestamp_clock_id
+            te = defaults.track_event_defaults
+            has = defaults.HasField("track_event_defaults") and te.HasField("track_uuid")
+            seq.default_track = te.track_uuid if has else None
         if packet.HasField("interned_data"):
             self._interned(index, packet.interned_data, seq)
-        data = packet.WhichOneof("data")
-        if data == "track_event":
-            self._event(index, packet, seq)
-        elif data == "track_descriptor":
-            self._descriptor(packet.track_descriptor)
-        elif data == "clock_snapshot" and any(c.clock_id == _REALTIME for c in packet.clock_snapshot.clocks):
-            self.realtime_snapshot = True
+        if packet.HasField("clock_snapshot"):
+            snap = packet.clock_snapshot
+            clocks = [(c.clock_id, c.timestamp, c.unit_multiplier_ns, c.is_incremental) for c in snap.clocks]
+            try:
+                self.clocks.snapshot(seq_id, clocks, snap.primary_trace_clock or None)
+            except ClockError as exc:
+                self.report.add("bad_clock_snapshot", str(exc), index)
 
     def _interned(self, index: int, data: pb.InternedData, seq: _Sequence | None) -> None:
         if seq is None or not seq.cleared:
             self.report.add("state_not_cleared", "interned data before a CLEARED packet", index)
             return
+        names, categories, locations, annotations = seq.tables
         for n in data.event_names:
-            seq.names[n.iid] = self._string_id(n.name)
+            names[n.iid] = self._string_id(n.name)
         for c in data.event_categories:
-            seq.categories[c.iid] = self._string_id(c.name)
-        seq.locations.update(s.iid for s in data.source_locations)
-        seq.annotation_names.update(a.iid for a in data.debug_annotation_names)
+            categories[c.iid] = self._string_id(c.name)
+        locations.update((s.iid, 0) for s in data.source_locations)
+        annotations.update((a.iid, 0) for a in data.debug_annotation_names)
+        seq.lookups.clear()
+        seq.dense = None
         self.interned_total["event_names"] += len(data.event_names)
         self.interned_total["event_categories"] += len(data.event_categories)
         self.interned_total["source_locations"] += len(data.source_locations)
         self.interned_total["debug_annotation_names"] += len(data.debug_annotation_names)
 
-    def _descriptor(self, desc: pb.TrackDescriptor) -> None:
-        if desc.uuid in self.tracks:
-            return
+    def _descriptor(self, desc: pb.TrackDescriptor) -> TrackSummary:
         if desc.HasField("process"):
             kind, name = "process", desc.process.process_name or desc.name
         elif desc.HasField("thread"):
             kind, name = "thread", desc.thread.thread_name or desc.name
         else:
             kind, name = "track", desc.name or desc.static_name
-        self.tracks[desc.uuid] = TrackSummary(
+        return TrackSummary(
             uuid=desc.uuid,
             name=name,
             kind=kind,
@@ -544,16 +694,13 @@ class _Inspector:
             tid=desc.thread.tid if kind == "thread" else None,
         )
 
-    def _event(self, index: int, packet: pb.TracePacket, seq: _Sequence | None) -> None:
+    def _event(
+        self, index: int, packet: pb.TracePacket, seq: _Sequence | None, ts: int, usable: bool
+    ) -> None:
+        """A track event the protobuf path decoded (``ts``: its trace time, ``usable``: Perfetto keeps it)."""
         rep = self.report
         te = packet.track_event
         rep.track_events += 1
-        clock = packet.timestamp_clock_id if packet.HasField("timestamp_clock_id") else None
-        if clock is None and seq is not None:
-            clock = seq.clock
-        if clock == _REALTIME:
-            self.realtime_used = True
-        ts = packet.timestamp
         name = cat = 0
         if seq is not None:
             name, cat = self._iids(index, te, seq)
@@ -563,36 +710,33 @@ class _Inspector:
             cat = self._string_id(te.categories[0])
         track = te.track_uuid
         if not te.HasField("track_uuid"):
-            rep.add("undeclared_track", "track event without track_uuid", index)
-        ev = self.events
-        t = self.track_index.get(track)
-        if t is None:
-            t = self.track_index[track] = len(self.uuids)
-            self.uuids.append(track)
-        ev.track.append(t)
-        ev.ts.append(min(ts, (1 << 63) - 1))
-        ev.pos.append(index)
-        ev.kind.append(te.type if te.type in (_BEGIN, _END, _INSTANT) else 0)
-        ev.name.append(name)
-        ev.cat.append(cat)
+            if seq is not None and seq.default_track is not None:
+                track = seq.default_track
+            else:
+                rep.add("undeclared_track", "track event without track_uuid", index)
+        if usable:
+            kind = te.type if te.type in (_BEGIN, _END, _INSTANT) else 0
+            one = [np.array([v], dtype=np.int64) for v in (ts, index, kind, name, cat)]
+            self._keep(np.array([track], dtype=np.uint64), *one)
 
     def _iids(self, index: int, te: pb.TrackEvent, seq: _Sequence) -> tuple[int, int]:
+        names, categories, locations, annotations = seq.tables
         name = cat = 0
         missing = []
         if te.HasField("name_iid"):
-            if te.name_iid in seq.names:
-                name = seq.names[te.name_iid]
+            if te.name_iid in names:
+                name = names[te.name_iid]
             else:
                 missing.append(f"name {te.name_iid}")
         for iid in te.category_iids:
-            if iid in seq.categories:
-                cat = cat or seq.categories[iid]
+            if iid in categories:
+                cat = cat or categories[iid]
             else:
                 missing.append(f"category {iid}")
-        if te.HasField("source_location_iid") and te.source_location_iid not in seq.locations:
+        if te.HasField("source_location_iid") and te.source_location_iid not in locations:
             missing.append(f"source location {te.source_location_iid}")
         for ann in te.debug_annotations:
-            if ann.HasField("name_iid") and ann.name_iid not in seq.annotation_names:
+            if ann.HasField("name_iid") and ann.name_iid not in annotations:
                 missing.append(f"debug annotation name {ann.name_iid}")
         if missing:
             state = "" if seq.cleared else " (sequence never CLEARED)"
@@ -605,14 +749,27 @@ class _Inspector:
         rep = self.report
         self.replay_batch(final=True)
         rep.first_ts, rep.last_ts = self.first_ts, self.last_ts
-        for t, uuid in enumerate(self.uuids):
-            if uuid not in self.tracks:
-                rep.add("undeclared_track", f"events on undeclared track {uuid}")
-                self.tracks[uuid] = TrackSummary(uuid=uuid, name="", kind="undeclared")
-            self.tracks[uuid].slices = int(self.counts[t]) if t < len(self.counts) else 0
-        if self.realtime_used and not self.realtime_snapshot:
-            rep.add("realtime_without_snapshot", "REALTIME timestamps but no ClockSnapshot declares REALTIME")
-        rep.tracks = list(self.tracks.values())
+        names = self.names()
+        tracks: list[TrackSummary] = []
+        for uuid, summaries, name, parent, has_parent in self.track_parts:
+            for k, (u, given) in enumerate(zip(uuid.tolist(), summaries, strict=True)):
+                s = given
+                if s is None:
+                    s = TrackSummary(
+                        uuid=u,
+                        name=names[int(name[k])],
+                        kind="track",
+                        parent=int(parent[k]) if has_parent[k] else None,
+                    )
+                tracks.append(s)
+        undeclared = self.event_tracks.keys[~np.isin(self.event_tracks.keys, self.declared.keys)]
+        for u in undeclared.tolist():
+            rep.add("undeclared_track", f"events on undeclared track {u}")
+            tracks.append(TrackSummary(uuid=u, name="", kind="undeclared"))
+        slices = self.event_tracks.counts_of(np.array([t.uuid for t in tracks], dtype=np.uint64))
+        for t, count in zip(tracks, slices.tolist(), strict=True):
+            t.slices = count
+        rep.tracks = tracks
         rep.interned = dict(self.interned_total)
         return rep
 
@@ -624,30 +781,36 @@ class _Inspector:
         are carried to the next batch (and reported ``unterminated`` at the end); an END with nothing
         open is carried one batch, then reported ``unmatched_end``.
         """
-        fresh = self.events.columns()
-        self.events = _Events()
+        fresh = [np.concatenate(c) for c in zip(*self.pending, strict=True)] if self.pending else None
+        self.pending, self.pending_n = [], 0
+        if fresh is None:
+            fresh = [c[:0] for c in self.carried]
         if len(fresh[1]):
             lo, hi = int(fresh[1].min()), int(fresh[1].max())
             self.first_ts = lo if self.first_ts is None else min(lo, self.first_ts)
             self.last_ts = hi if self.last_ts is None else max(hi, self.last_ts)
         n_carried = len(self.carried[0])
-        cols = [np.concatenate([c, f]) for c, f in zip(self.carried, fresh, strict=True)]
+        columns = [np.concatenate([c, f]) for c, f in zip(self.carried, fresh, strict=True)]
         age = np.concatenate([self.carried_age + 1, np.zeros(len(fresh[0]), np.int64)])
-        if not len(cols[0]):
+        if not len(columns[0]):
             return
-        track, ts, pos, kind, name, cat = cols
+        track, ts, pos, kind, name, cat = columns
         order = np.lexsort((pos, ts, track))
-        track, ts, pos, kind, name, cat = (c[order] for c in cols)
+        track, ts, pos, kind, name, cat = (c[order] for c in columns)
         age = age[order]
         is_new = order >= n_carried
         begin, end = kind == _BEGIN, kind == _END
         counted = is_new & (begin | (kind == _INSTANT))
-        add = np.bincount(track[counted], minlength=len(self.uuids))
-        self.counts = np.concatenate([self.counts, np.zeros(len(add) - len(self.counts), np.int64)]) + add
+        starts = np.flatnonzero(np.concatenate([[True], track[1:] != track[:-1]]))
+        self.event_tracks.add(track[starts], distinct=True)
+        per_track = np.add.reduceat(counted.astype(np.int64), starts)
+        self.event_tracks.count(track[starts], per_track)
         unmatched, level = _depths(track, begin, end)
         # Matching: per (track, level), events alternate BEGIN, END; an END's BEGIN precedes it.
         idx = np.flatnonzero(begin | (end & ~unmatched))
-        g = idx[np.lexsort((idx, level[idx], track[idx]))]
+        # Events are sorted by track: one stable sort on (track run, level) keeps file order within.
+        run = np.cumsum(np.concatenate([[True], track[1:] != track[:-1]])) - 1
+        g = idx[np.argsort(run[idx] * (int(level.max(initial=0)) + 1) + level[idx], kind="stable")]
         j_end = np.flatnonzero(end[g])
         b_of, e_of = g[j_end - 1], g[j_end]
         wrong = (name[e_of] != 0) & (name[e_of] != name[b_of])
@@ -656,7 +819,7 @@ class _Inspector:
         for b, e in zip(b_of[wrong].tolist(), e_of[wrong].tolist(), strict=True):
             self.report.add(
                 "misnested_end",
-                f"track {self.uuids[track[e]]}: END {names[name[e]]!r} at {ts[e]} closes "
+                f"track {int(track[e])}: END {names[name[e]]!r} at {ts[e]} closes "
                 f"{names[name[b]]!r} begun at {ts[b]} (partial overlap)",
                 int(pos[e]),
             )
@@ -664,11 +827,11 @@ class _Inspector:
         still_open[b_of] = False
         report_unmatched = unmatched & ((age >= 1) | final)
         for i in np.flatnonzero(report_unmatched).tolist():
-            message = f"track {self.uuids[track[i]]}: END at {ts[i]} with no open slice"
+            message = f"track {int(track[i])}: END at {ts[i]} with no open slice"
             self.report.add("unmatched_end", message, int(pos[i]))
         if final:
             for i in np.flatnonzero(still_open).tolist():
-                message = f"track {self.uuids[track[i]]}: {names[name[i]]!r} begun at {ts[i]} never ends"
+                message = f"track {int(track[i])}: {names[name[i]]!r} begun at {ts[i]} never ends"
                 self.report.add("unterminated", message, int(pos[i]))
             keep = np.zeros(len(track), np.bool_)
         else:
@@ -680,28 +843,25 @@ class _Inspector:
         return {v: k for k, v in self.strings.items()}
 
 
+def _distinct(values: I64) -> list[int]:
+    """The distinct values (usually one: a trace is mostly one sequence)."""
+    if not len(values):
+        return []
+    if (values == values[0]).all():
+        return [int(values[0])]
+    return [int(v) for v in np.unique(values).tolist()]
+
+
 def _changes_state(packet: pb.TracePacket) -> bool:
-    """Whether a packet changes its sequence's incremental state (so later packets see other state)."""
+    """Whether a packet changes its sequence's or the clocks' state (so later packets see other state)."""
     return bool(
         packet.HasField("interned_data")
         or packet.sequence_flags & _CLEARED
         or packet.incremental_state_cleared
         or packet.previous_packet_dropped
         or packet.HasField("trace_packet_defaults")
+        or packet.HasField("clock_snapshot")
     )
-
-
-def _lookup(table: dict[int, int], keys: npt.NDArray[np.uint64]) -> tuple[npt.NDArray[np.bool_], I64]:
-    """(found, value) of each key in ``table`` (value 0 where not found), columnar."""
-    if not table:
-        return np.zeros(len(keys), np.bool_), np.zeros(len(keys), np.int64)
-    k = np.fromiter(table.keys(), np.uint64, len(table))
-    v = np.fromiter(table.values(), np.int64, len(table))
-    order = np.argsort(k)
-    k, v = k[order], v[order]
-    at = np.minimum(np.searchsorted(k, keys), len(k) - 1)
-    found = k[at] == keys
-    return found, np.where(found, v[at], 0)
 
 
 def _depths(track: I64, begin: npt.NDArray[np.bool_], end: npt.NDArray[np.bool_]) -> tuple[Any, I64]:

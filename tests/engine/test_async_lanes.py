@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from contracts.request import SpanTypes
 from tests.engine.data import PROCESS, RANGE, THREADS, AsyncEvent, async_batch, split
 from tests.engine.decode import Decoded, Slice, decode
+from tests.engine.perfetto_import import import_trace
 from tests.engine.test_async_spans import GROUP_UUID, run
 from worker.engine import TraceEncoder
 from worker.inspect import inspect_trace
@@ -119,6 +120,27 @@ def check_lanes(decoded: Decoded, want: dict[str, Want]) -> None:
             assert len(s.term_flows) == 1 and flows_from[s.term_flows[0]] == w.parent
 
 
+def check_import(data: bytes, want: dict[str, Want]) -> None:
+    """The trace as Perfetto's importer reads it (tests/engine/perfetto_import.py): no stat, every span
+    one slice, async rows after track merging within peak concurrency + maximum depth, every child under
+    its parent on its row or linked from it by a flow."""
+    imported = import_trace(data)
+    assert not imported.stats and imported.dangling_flows == 0, imported.stats
+    by_name = {s.name: k for k, s in enumerate(imported.slices)}
+    assert len(by_name) == len(imported.slices) == len(want)
+    assert {n: (imported.slices[k].begin, imported.slices[k].end) for n, k in by_name.items()} == {
+        n: (w.begin, w.end) for n, w in want.items()
+    }
+    rows = imported.rows[("merged", GROUP_UUID, "async")]
+    assert set(imported.rows) <= {("merged", GROUP_UUID, "async")}
+    assert rows <= peak([(w.begin, w.end) for w in want.values()]) + max_depth(want)
+    flows = set(imported.flows)
+    for name, w in want.items():
+        if w.parent is not None:
+            child, parent = by_name[name], by_name[w.parent]
+            assert imported.slices[child].parent == parent or (parent, child) in flows, name
+
+
 def layout(decoded: Decoded) -> list[tuple[object, ...]]:
     return sorted(
         (s.track, s.begin, s.end, s.name, s.flows, s.term_flows, s.parent_span, s.under)
@@ -160,6 +182,7 @@ def test_lanes_are_exact_nested_and_linked(events: list[AsyncEvent], cuts: list[
     batch = async_batch(events)
     data = run_windowed(split(batch, cuts), window)
     check_lanes(decode(data), model(events))
+    check_import(data, model(events))
     assert inspect_trace(io.BytesIO(data)).ok
     # The layout depends on the rows and the window, not on the caller's batching (interned data
     # packets still go before each input batch, so only the slices and their links are compared).
@@ -187,7 +210,9 @@ def test_children_nest_under_their_parent_and_the_rest_get_flows() -> None:
     ]
     want = model(events)
     for window in (3, 5, 9):  # a span still open at the end of its window is a lane root
-        check_lanes(decode(run_windowed([async_batch(events, "plain")], window)), want)
+        data = run_windowed([async_batch(events, "plain")], window)
+        check_lanes(decode(data), want)
+        check_import(data, want)
     decoded = decode(run(split(async_batch(events, "plain"), [3, 7])))
     check_lanes(decoded, want)
     s = {x.name: x for x in decoded.slices}
@@ -208,7 +233,28 @@ def test_a_long_parent_across_batches_keeps_its_children_and_flows() -> None:
         if not i % 3:
             events.append(AsyncEvent(t + 1000 + i, "end", i, name=f"c{i}"))  # overlap the rest
     events.sort(key=lambda e: e.time)
-    decoded = decode(run_windowed([async_batch(events)], 7))
+    data = run_windowed([async_batch(events)], 7)
+    decoded = decode(data)
     check_lanes(decoded, model(events))
+    check_import(data, model(events))
     root = next(s for s in decoded.slices if s.name == "root")
     assert root.cut == "end" and len(root.flows) > 5
+
+
+def test_children_beginning_with_their_parent_follow_its_begin_in_the_file() -> None:
+    # Perfetto reads equal timestamps in file order and a flow starts at the first event carrying its id:
+    # a linked child beginning at its parent's very begin must come after the parent's BEGIN, whether it
+    # ends in an earlier window than its parent, in the same one, or is still open at the end.
+    t = RANGE.begin_ns + 5
+    events = [AsyncEvent(t, "begin", 1, name="parent")]
+    events += [AsyncEvent(t, "begin", i, 1, name=f"child{i}") for i in range(2, 6)]
+    events += [AsyncEvent(t, "begin", 6, 5, name="grandchild")]  # a tie under a tie
+    events += [AsyncEvent(t + 1, "end", 2, name="child2"), AsyncEvent(t + 3, "end", 6, name="grandchild")]
+    events += [AsyncEvent(t + 2, "end", 1, name="parent"), AsyncEvent(t + 4, "end", 3, name="child3")]
+    # Both still open at the end (written last, together): parent 7 and its tie child 8.
+    events += [AsyncEvent(t, "begin", 7, name="open-parent"), AsyncEvent(t, "begin", 8, 7, name="open-child")]
+    events.sort(key=lambda e: e.time)
+    for window in (1, 2, 3, 50):
+        data = run_windowed([async_batch(events)], window)
+        check_lanes(decode(data), model(events))
+        check_import(data, model(events))

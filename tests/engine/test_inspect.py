@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from contracts.request import SpanTypes
@@ -129,9 +131,9 @@ def test_events_on_an_undeclared_track() -> None:
     assert kinds([*header(), event(1, B, 1, track=7), event(2, E, 1, track=7)]) == {"undeclared_track": 1}
 
 
-def test_realtime_without_snapshot() -> None:
+def test_realtime_without_snapshot_is_an_unresolved_clock() -> None:
     got = kinds([*header(), event(1, B, 1, clock=1), event(2, E, 1, clock=1)])
-    assert got == {"realtime_without_snapshot": 1}
+    assert got == {"clock_unresolved": 1}  # reported once; Perfetto drops both events
 
 
 def test_malformed_packets_and_framing() -> None:
@@ -198,3 +200,132 @@ def test_small_blocks_and_batches_give_the_same_report(monkeypatch: pytest.Monke
     assert inspect_trace(io.BytesIO(bad), progress=lambda _: None, progress_every=40).defect_counts == {
         "misnested_end": 2
     }
+
+
+# Incremental timestamps (Perfetto's rules, shared/reference/perfetto.md §8): a sequence-scoped clock
+# declared incremental in a ClockSnapshot; each packet's timestamp is a delta from the clock's last value.
+INC = 64
+
+
+def clocks(base: int, *, unit: int = 1, boot: int | None = None) -> pb.TracePacket:
+    snap = pb.ClockSnapshot(
+        clocks=[
+            pb.ClockSnapshot.Clock(clock_id=6, timestamp=base * unit if boot is None else boot),
+            pb.ClockSnapshot.Clock(
+                clock_id=INC, timestamp=base, is_incremental=True, unit_multiplier_ns=unit
+            ),
+        ]
+    )
+    return packet(flags=0, clock_snapshot=snap)
+
+
+def incremental_header(base: int, unit: int = 1) -> list[pb.TracePacket]:
+    first, desc = header()
+    first.trace_packet_defaults.timestamp_clock_id = INC
+    return [first, desc, clocks(base, unit=unit)]
+
+
+def deltas(
+    times: Sequence[int], kinds: Sequence[int], names: Sequence[int], start: int
+) -> list[pb.TracePacket]:
+    out, last = [], start
+    for t, k, n in zip(times, kinds, names, strict=True):
+        out.append(event(t - last, k, n))
+        last = t
+    return out
+
+
+def test_incremental_timestamps_are_resolved_before_the_replay() -> None:
+    times, kinds_, names = [100, 200, 300, 400], [B, B, E, E], [1, 2, 1, 2]
+    # Deltas from the snapshot's value: B a@100, B b@200, E a@300, E b@400 is a partial overlap.
+    report = inspect_trace(
+        io.BytesIO(trace_bytes([*incremental_header(0), *deltas(times, kinds_, names, 0)]))
+    )
+    assert report.defect_counts == {"misnested_end": 2}
+    assert (report.first_ts, report.last_ts) == (100, 400)
+    # The same deltas read as absolute times (1, 2, ...) would nest: the clock is what makes the overlap.
+    nested = deltas([100, 200, 300, 400], [B, B, E, E], [1, 2, 2, 1], 0)
+    report = inspect_trace(io.BytesIO(trace_bytes([*incremental_header(0), *nested])))
+    assert report.ok and report.slices == 2 and (report.first_ts, report.last_ts) == (100, 400)
+
+
+def test_unit_multiplier_snapshot_reset_and_cleared_defaults() -> None:
+    base = 1_000_000
+    packets = [*incremental_header(base, unit=1000)]  # microsecond deltas from base µs
+    packets += [event(5, B, 1), event(5, E, 1)]  # 5 µs and 10 µs after base
+    assert inspect_trace(io.BytesIO(trace_bytes(packets))).first_ts == base * 1000 + 5000
+    # A new snapshot sets the clock's value again: the next delta counts from it.
+    later = [*packets, clocks(2 * base, unit=1000), event(1, B, 2), event(1, E, 2)]
+    report = inspect_trace(io.BytesIO(trace_bytes(later)))
+    assert report.ok and report.slices == 2 and report.last_ts == 2 * base * 1000 + 2000
+    # CLEARED drops the packet defaults: later timestamps are absolute (trace clock) again.
+    cleared = [
+        *later,
+        packet(flags=3, interned_data=header()[0].interned_data),
+        event(7, B, 1),
+        event(9, E, 1),
+    ]
+    report = inspect_trace(io.BytesIO(trace_bytes(cleared)))
+    assert report.ok and report.slices == 3 and report.first_ts == 7
+
+
+def test_incremental_clock_without_snapshot_is_unresolved() -> None:
+    first, desc = header()
+    first.trace_packet_defaults.timestamp_clock_id = INC
+    got = kinds([first, desc, event(1, B, 1), event(1, E, 1)])
+    assert got == {"clock_unresolved": 1}  # Perfetto drops both events: no slice, no unterminated
+
+
+def test_many_incremental_events_decode_columnar_like_absolute_ones(tmp_path: Path) -> None:
+    # Deltas of every varint width (1-5 bytes) in one sequence: the columnar paths (templates and the
+    # walk) must give what the same events with absolute times give.
+    rng = np.random.default_rng(7)
+    gaps = rng.integers(0, 1 << 35, size=6000) >> rng.integers(0, 35, size=6000)
+    times = (np.cumsum(gaps) + 1_700_000_000_000_000_000).tolist()
+    kinds_ = [B, E] * (len(times) // 2)
+    names = [1 + (i // 2) % 2 for i in range(len(times))]
+    absolute = [*header(), *(event(t, k, n) for t, k, n in zip(times, kinds_, names, strict=True))]
+    incremental = [*incremental_header(times[0]), *deltas(times, kinds_, names, times[0])]
+    for packets in (absolute, incremental):
+        path = tmp_path / "t.pftrace"
+        path.write_bytes(trace_bytes(packets))
+        report = inspect_trace(path)
+        assert report.ok, report.defects
+        assert report.slices == 3000 and (report.first_ts, report.last_ts) == (times[0], times[-1])
+
+
+class _NoTemplates:
+    """Stands in for inspect_templates.Templates: every packet goes to the columnar walk."""
+
+    def match(
+        self, buf: bytes, w8: object, starts: np.ndarray, lens: np.ndarray
+    ) -> tuple[list[object], np.ndarray]:
+        return [], np.zeros(len(starts), dtype=bool)
+
+
+def test_the_walk_alone_gives_the_templates_report(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Thread spans, async lanes with flows, parent annotations and cut marks: decoded by templates
+    # first, then by the walk alone, the reports must match field for field.
+    thread = [
+        (
+            "stream-a",
+            thread_batch(
+                [
+                    Span(RANGE.begin_ns + 2 * i, RANGE.begin_ns + 2 * i + 1, 0, f"s{i % 7}")
+                    for i in range(3000)
+                ]
+            ),
+        )
+    ]
+    events = [
+        AsyncEvent(RANGE.begin_ns + i, "begin", i, max(0, i - 3), name=f"a{i % 5}") for i in range(1, 2000)
+    ]
+    events += [AsyncEvent(RANGE.begin_ns + 2500 - i, "end", i, name=f"a{i % 5}") for i in range(1, 2000, 2)]
+    data = b"".join(
+        encode(PROCESS, THREADS, thread, [async_batch(events)], span_types=SpanTypes.BOTH, time_range=RANGE)
+    )
+    with_templates = inspect_trace(io.BytesIO(data)).to_dict()
+    monkeypatch.setattr("worker.inspect.Templates", _NoTemplates)
+    walked = inspect_trace(io.BytesIO(data)).to_dict()
+    assert walked == with_templates
+    assert with_templates["ok"] and with_templates["slices"] == 3000 + 1999

@@ -44,6 +44,7 @@ __all__ = ["AsyncBatch", "AsyncState", "splitmix64"]
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
 U8 = npt.NDArray[np.uint8]
+B = npt.NDArray[np.bool_]
 _ORPHAN = np.uint64(0x6F727068616E2121)
 #: Whole packets and their sizes (an array, or one int when all are equal).
 _Block = tuple[bytes, npt.NDArray[np.int64] | int]
@@ -115,6 +116,7 @@ class AsyncState:
     kids_end: I64 = field(default_factory=_e_i64)
     marked: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))
     flow_parent: I64 = field(default_factory=_e_i64)  # flows owed by open spans: index of the span
+    parent_idx: I64 = field(default_factory=_e_i64)  # index of the parent when it is open too, else -1
     flow_id: U64 = field(default_factory=_e_u64)
     spans: int = 0
     cut: int = 0
@@ -128,6 +130,10 @@ class AsyncState:
     window: int = 1 << 16
     held: list[AsyncBatch] = field(default_factory=list)
     held_rows: int = 0
+    #: Packets of flow-linked children that begin at their parent's very begin, held until the parent's
+    #: BEGIN is written (see ``_defer``): by the key of that parent, with the keys of the children in them.
+    held_for: dict[int, list[tuple[_Block, list[int]]]] = field(default_factory=dict)
+    waiting: set[int] = field(default_factory=set)  # keys of the spans whose packets are held
 
     def _uuids(self, sid: I64, seq: I64, extra: np.uint64 | None = None) -> U64:
         """Track uuids from span ids and the events' positions in the whole input (unique per span)."""
@@ -229,6 +235,8 @@ class AsyncState:
         end_t[closed] = np.maximum(time[cpos[closed]], begin_t[closed])
         self.clamped += int((time[cpos[closed]] < begin_t[closed]).sum())
         parent = np.where(parent_at[op] >= 0, index_of[np.maximum(parent_at[op], 0)], -1)
+        par_all = parent.copy()  # new spans' parents, and carried spans' open parents
+        par_all[:p] = self.parent_idx
         key = np.zeros(k_open, dtype=np.uint64)
         key[:p] = self.key
         key[p:] = self._uuids(sid[op[p:]], seq[op[p:]])
@@ -268,7 +276,12 @@ class AsyncState:
         # timestamps a child's END precedes its parent's (placed children begin strictly after their
         # parent and after their earlier siblings ended, so no other tie on a track depends on file order).
         roots = np.flatnonzero(new & ~placed)
-        closers = np.flatnonzero(closed)
+        defer = self._defer(closed, begin_t, (par_all, parent_key, term))
+        if defer.any():
+            self._hold(
+                np.flatnonzero(defer), cols, end=end_t, keys=(key, parent_key), flows=(flow_parent, flow_id)
+            )
+        closers = np.flatnonzero(closed & ~defer)
         ends_at = np.zeros(n, dtype=bool)
         ends_at[cpos[closers]] = True
         closer_at = np.zeros(n, dtype=np.int64)
@@ -286,22 +299,19 @@ class AsyncState:
         c = closers_by_end
         groups.append(slice_rows(end_t[c], SLICE_END, track[c], name=names[c], cat=cats[c], loc=locs[c]))
         groups.append(o_end)
-        self.spans += len(closers) + len(orphans)
+        self.spans += int(np.count_nonzero(closed)) + len(orphans)  # held ones included
         self.cut += len(orphans)
 
         # Carry the spans still open, their children's latest end and the flows they still owe.
         still = np.flatnonzero(~closed)
-        kid_closed = closers[parent_key[closers] != 0]
-        still_key = key[still]
-        if len(still) and len(kid_closed):
-            by_key = np.argsort(still_key)
-            at = np.searchsorted(still_key[by_key], parent_key[kid_closed])
-            at_c = np.minimum(at, len(still) - 1)
-            hit = still_key[by_key][at_c] == parent_key[kid_closed]
-            target = still[by_key[at_c[hit]]]
-            np.maximum.at(kids_end, target, end_t[kid_closed[hit]])
+        # (held ones included: a parent's later children are placed after all its earlier ones ended)
+        kid_closed = np.flatnonzero(closed & (par_all >= 0))
+        kid_closed = kid_closed[~closed[par_all[kid_closed]]]
+        if len(kid_closed):
+            np.maximum.at(kids_end, par_all[kid_closed], end_t[kid_closed])
         carried_index = np.full(k_open, -1, dtype=np.int64)
         carried_index[still] = np.arange(len(still))
+        self.parent_idx = np.where(par_all[still] >= 0, carried_index[np.maximum(par_all[still], 0)], -1)
         owed_by = carried_index[flow_parent]
         owed = owed_by >= 0
         self.flow_parent, self.flow_id = owed_by[owed], flow_id[owed]
@@ -310,7 +320,62 @@ class AsyncState:
         self.parent_key, self.parent_sid, self.term = parent_key[still], parent_sid[still], term[still]
         self.kids_end, self.marked = kids_end[still], marked[still]
         data, sizes = assemble(groups)
-        return [(data, sizes)] if data else []
+        out: list[_Block] = [(data, sizes)] if data else []
+        return out + self._release(key[closers]) if self.held_for else out
+
+    def _defer(self, closed: B, begin: I64, links: tuple[I64, U64, U64]) -> B:
+        """Which spans closing now wait for their parent's BEGIN: linked to it by a flow and beginning at
+        the parent's very begin, or whose parent waits itself.
+
+        Perfetto reads events in (timestamp, file position) order and the first event carrying a flow id
+        is the flow's source: at equal timestamps the parent's BEGIN (``flow_ids``) must come before the
+        child's (``terminating_flow_ids``) in the file. A BEGIN is written only when its span closes, and
+        BEGINs are grouped by layout, so such a child's packets are held and written right after its
+        parent's BEGIN (``_release``), in this window or a later one. ``links``: per span, the index of
+        its parent when open in this window (else -1), the parent's key, the flow id from the parent.
+        """
+        parent, parent_key, term = links
+        linked = (term != 0) & closed
+        if not linked.any():
+            return np.zeros(len(closed), dtype=bool)
+        has = parent >= 0
+        defer: B = linked & has & (begin == begin[np.maximum(parent, 0)])
+        if self.waiting:  # parents closed in an earlier window whose packets are still held
+            cand = np.flatnonzero(linked & ~has)
+            held = [k in self.waiting for k in parent_key[cand].tolist()]
+            defer[cand[np.array(held, dtype=bool)]] = True
+        return defer
+
+    def _hold(
+        self, idx: I64, cols: _Open, *, end: I64, keys: tuple[U64, U64], flows: tuple[I64, U64]
+    ) -> None:
+        """Hold the packets (BEGIN with its flows, then END) of the spans ``idx`` (lane roots linked to
+        their parent), per parent key."""
+        key, parent_key = keys
+        ann = cols.parent_sid != 0
+        for owner in np.unique(parent_key[idx]).tolist():
+            sel = idx[parent_key[idx] == owner]
+            groups = self._begins(sel, cols, ann=ann, flow_parent=flows[0], flow_id=flows[1])
+            c = cols
+            groups.append(
+                slice_rows(
+                    end[sel], SLICE_END, c.track[sel], name=c.name[sel], cat=c.cat[sel], loc=c.loc[sel]
+                )
+            )
+            kids = key[sel].tolist()
+            self.held_for.setdefault(int(owner), []).append((assemble(groups), kids))
+            self.waiting.update(kids)
+
+    def _release(self, written: U64) -> list[_Block]:
+        """Held packets of the children of spans whose BEGINs are now written (and of their children)."""
+        out: list[_Block] = []
+        todo = [k for k in written.tolist() if k in self.held_for]
+        while todo:
+            for block, kids in self.held_for.pop(todo.pop(0), []):
+                out.append(block)
+                self.waiting.difference_update(kids)
+                todo += [k for k in kids if k in self.held_for]
+        return out
 
     @staticmethod
     def _begins(
@@ -389,7 +454,20 @@ class AsyncState:
         )
         self.cut -= int(np.count_nonzero(self.marked))  # already counted when their begin was cut
         ann = self.parent_sid != 0
-        groups = self._begins(idx, cols, ann=ann, flow_parent=self.flow_parent, flow_id=self.flow_id)
+        # A flow-linked child beginning at its open parent's very begin goes after it (see ``_defer``):
+        # BEGINs by levels of such ties.
+        par = self.parent_idx
+        tie = (self.term != 0) & (par >= 0) & (self.begin == self.begin[np.maximum(par, 0)])
+        level = np.zeros(k, dtype=np.int64)
+        while True:
+            deeper = tie & (level <= level[np.maximum(par, 0)])
+            if not deeper.any():
+                break
+            level[deeper] = level[par[deeper]] + 1
+        groups = []
+        for lv in range(int(level.max()) + 1):
+            at = idx[level == lv]
+            groups += self._begins(at, cols, ann=ann, flow_parent=self.flow_parent, flow_id=self.flow_id)
         ts = np.maximum(self.begin, self.range_end)
         ends = slice_rows(
             ts, SLICE_END, self.track, name=self.name, cat=self.cat, loc=self.loc, annotation=CUT_END
@@ -397,10 +475,13 @@ class AsyncState:
         groups.append(ends)
         self.spans += k
         self.cut += k
+        written = self.key
         self.sid = self.begin = self.parent_sid = self.kids_end = _e_i64()
         self.marked = np.zeros(0, dtype=bool)
         self.key = self.track = self.name = self.cat = self.loc = _e_u64()
         self.parent_key = self.term = self.flow_id = _e_u64()
+        self.parent_idx = _e_i64()
         self.flow_parent = _e_i64()
         data, sizes = assemble(groups)
-        return [*out, (data, sizes)]
+        released = self._release(written) if self.held_for else []
+        return [*out, (data, sizes), *released]
