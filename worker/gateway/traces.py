@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 from starlette.background import BackgroundTask
 
 from contracts.client import ClientError, JobFailed, JobHandle, TraceIntegrityError
-from contracts.events import ProgressEvent, StatusEvent
+from contracts.events import CancelOutcome, ProgressEvent, StatusEvent
 from contracts.request import TraceRequest
 from contracts.states import JobState
 from worker.gateway.errors import ApiError
@@ -292,12 +292,26 @@ def _remove(path: Path) -> None:
     summary="Cancel a job",
 )
 async def cancel(request: Request, job_id: str) -> dict[str, Any]:
-    """Ask the workers to stop the job; it ends ``cancelled`` (follow its events to see it)."""
-    handle, status = await _known(_rt(request), job_id)
+    """Cancel this gateway's request for the job (or, for a job submitted elsewhere, the job).
+
+    ``outcome`` is the worker's answer (PROTOCOL §5; null when none came within 10 s):
+    ``cancelled`` (the job stops and ends ``cancelled``), ``pending`` (answered ``cancelled`` when
+    picked up), ``detached`` (other requests want the job: it goes on for them, and this
+    gateway's routes then report the job's own state and end, e.g. ``succeeded``), ``not_found``
+    or ``already_ended``."""
+    rt = _rt(request)
+    handle, status = await _known(rt, job_id)
     if status is not None and status.state.terminal:
         raise ApiError(409, "job_finished", f"job {job_id} already ended {status.state.value}")
     try:
-        await handle.cancel()
-    except (RedisError, OSError) as exc:
+        ack = await handle.cancel()
+    except (ClientError, RedisError, OSError) as exc:
         raise _redis_down(exc) from exc
-    return {"job_id": job_id, "cancel_requested": True, "links": job_links(job_id).model_dump()}
+    if ack is not None and ack.outcome == CancelOutcome.DETACHED:
+        rt.handles.detach(job_id)
+    return {
+        "job_id": job_id,
+        "cancel_requested": True,
+        "outcome": ack.outcome.value if ack is not None else None,
+        "links": job_links(job_id).model_dump(),
+    }
