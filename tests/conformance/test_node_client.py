@@ -44,7 +44,8 @@ async def run_node(node: str, *args: str) -> dict[str, Any]:
 
 async def test_node_computes_every_job_id_vector(node: str) -> None:
     result = await run_node(node, "vectors", str(VECTORS_FILE))
-    assert result == {"ok": True, "vectors": len(json.loads(VECTORS_FILE.read_text())["vectors"])}
+    data = json.loads(VECTORS_FILE.read_text())
+    assert result == {"ok": True, "vectors": len(data["vectors"]), "rejected": len(data["rejected_times"])}
 
 
 async def test_node_client_scenarios(

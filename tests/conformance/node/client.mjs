@@ -20,7 +20,7 @@ import Redis from "ioredis";
 const TERMINAL = new Set(["succeeded", "failed", "cancelled", "dead"]);
 
 // ---- PROTOCOL.md §1 "Job ids"
-const TIME = /^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d+))?([Zz]|[+-]\d{2}:?\d{2})$/;
+const TIME = /^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})$/;
 
 export function epochNs(text) {
   const m = TIME.exec(text);
@@ -29,7 +29,7 @@ export function epochNs(text) {
   let ms = Date.UTC(+y, +mo - 1, +d, +h, +mi, +s);
   if (off !== "Z" && off !== "z") {
     const sign = off[0] === "-" ? -1 : 1;
-    const digits = off.slice(1).replace(":", "");
+    const digits = off.slice(1, 3) + off.slice(4, 6);
     ms -= sign * (Number(digits.slice(0, 2)) * 60 + Number(digits.slice(2, 4))) * 60000;
   }
   const micros = BigInt((frac + "000000").slice(0, 6)); // digits after the sixth are dropped
@@ -266,7 +266,13 @@ async function main() {
       }
       ok += 1;
     }
-    console.log(JSON.stringify({ ok: true, vectors: ok }));
+    const { rejected_times: rejected = [] } = JSON.parse(readFileSync(args[0], "utf8"));
+    for (const t of rejected) {
+      let refused = false;
+      try { epochNs(t); } catch { refused = true; }
+      if (!refused) { console.log(JSON.stringify({ ok: false, accepted: t })); process.exit(1); }
+    }
+    console.log(JSON.stringify({ ok: true, vectors: ok, rejected: rejected.length }));
     return;
   }
   if (cmd === "request") {
