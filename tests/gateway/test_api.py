@@ -287,6 +287,43 @@ def _wait_status(redis: Redis, stream: str, pred: Any, within: float = 120.0) ->
     raise AssertionError(f"no matching status on {stream} within {within}s")
 
 
+def _frames(response: httpx.Response) -> list[dict[str, str]]:
+    """Every SSE frame as its raw fields (id, event, data), comments and retry left out."""
+    frames, current = [], {}
+    for line in response.iter_lines():
+        if line == "":
+            if current:
+                frames.append(current)
+            current = {}
+        elif not line.startswith((":", "retry:")):
+            name, _, value = line.partition(":")
+            current[name] = value.strip()
+    return frames
+
+
+def test_sse_ends_so_that_eventsource_does_not_replay(stack: Stack) -> None:
+    """After the terminal event a frame ``id: end`` (no data); an EventSource reconnecting with
+    that Last-Event-ID gets 204, which stops it (no replay for ever)."""
+    small = stack.lake.processes[0]
+    job = stack.http.post("/api/traces", json={"process_id": small.process_id, "span_types": "async"}).json()
+    with stack.http.stream("GET", job["links"]["events"]) as events:
+        frames = _frames(events)
+    assert frames[-1] == {"id": "end"} and json.loads(frames[-2]["data"])["state"] == "succeeded"
+    assert not any("id" in f for f in frames[:-1])
+    done = stack.http.get(job["links"]["events"], headers={"Last-Event-ID": "end"})
+    assert done.status_code == 204 and done.content == b""
+
+
+def test_synthetic_queued_event_carries_the_labels(stack: Stack) -> None:
+    env = {**stack.env, "TRACE_WORKER_KEY_PREFIX": "no-worker-q"}  # nothing consumes: stays queued
+    with run_gateway(env) as gw, httpx.Client(base_url=gw.url, timeout=60) as http:
+        body = {"process_id": stack.lake.processes[0].process_id, "labels": {"who": "sse"}}
+        job = http.post("/api/traces", json=body).json()
+        with http.stream("GET", job["links"]["events"]) as events:
+            kind, data = next(_sse(events))
+        assert (kind, data["state"], data["labels"]) == ("status", "queued", {"who": "sse"})
+
+
 def test_operations_endpoints(stack: Stack) -> None:
     http = stack.http
     assert http.get("/livez").status_code == 200
