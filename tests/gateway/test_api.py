@@ -289,7 +289,8 @@ def _wait_status(redis: Redis, stream: str, pred: Any, within: float = 120.0) ->
 
 def _frames(response: httpx.Response) -> list[dict[str, str]]:
     """Every SSE frame as its raw fields (id, event, data), comments and retry left out."""
-    frames, current = [], {}
+    frames: list[dict[str, str]] = []
+    current: dict[str, str] = {}
     for line in response.iter_lines():
         if line == "":
             if current:

@@ -255,7 +255,8 @@ async def test_an_invalid_request_without_job_id_is_answered_on_its_derived_stre
         dead: Any = []
         async with asyncio.timeout(60):  # the dead letter names the request id as entry_id
             while not any(f.get(b"entry_id") == entry.encode() for _, f in dead):
-                _, dead = (await redis.xread({KEYS.dead: "0-0"}, block=2000, count=100) or [(None, [])])[0]
+                reply: Any = await redis.xread({KEYS.dead: "0-0"}, block=2000, count=100)
+                dead = reply[0][1] if reply else []
         assert await validate_redis(redis, KEYS) > 5
 
 

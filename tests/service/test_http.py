@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from jsonschema import Draft202012Validator
@@ -184,9 +185,10 @@ async def test_asyncapi_status_stream_describes_real_entries(
     try:
         await submit(redis, KEYS, TraceRequest(process_id=PID, job_id="as1"))
         await JobReader(redis, KEYS, "as1").terminal()
-        cancel_id = (await redis.xadd(KEYS.cancels, {"job_id": "as1"})).decode()
+        raw_id: Any = await redis.xadd(KEYS.cancels, {"job_id": "as1"})
+        cancel_id = raw_id.decode()
         await JobReader(redis, KEYS, "as1").read_until(lambda e: getattr(e, "cancel_id", None) == cancel_id)
-        entries = await redis.xrange(KEYS.status_stream("as1"))
+        entries: Any = await redis.xrange(KEYS.status_stream("as1"))
     finally:
         await redis.aclose()
     types = []
