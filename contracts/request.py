@@ -25,6 +25,7 @@ __all__ = [
     "MAX_LABEL_KEY",
     "MAX_LABEL_VALUE",
     "MAX_REQUEST_BYTES",
+    "RFC3339",
     "SpanTypes",
     "TraceRequest",
     "label_problem",
@@ -51,6 +52,12 @@ _PRINTABLE_SCHEMA_PATTERN = (
 _UUID_SCHEMA_PATTERN = "^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$"
 
 _LABEL_KEY = re.compile(r"[A-Za-z0-9._:/-]{1,64}")
+#: The accepted spelling of ``begin``/``end``: RFC 3339 ``date-time`` (section 5.6), seconds
+#: required, ``.`` before a fraction, ``Z`` or a ``+HH:MM``/``-HH:MM`` offset; ``T``/``Z`` in either case.
+_RFC3339_SCHEMA_PATTERN = (
+    "^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+)
+RFC3339 = re.compile(_RFC3339_SCHEMA_PATTERN)
 
 
 def label_problem(key: object, value: object) -> str | None:
@@ -94,9 +101,9 @@ class TraceRequest(BaseModel):
     #: Micromegas process id (a UUID; normalised to lower case).
     process_id: Annotated[str, Field(json_schema_extra={"pattern": _UUID_SCHEMA_PATTERN})]
     #: Start of the range (RFC 3339 with an offset). Default: the process's first recorded time.
-    begin: datetime | None = None
+    begin: Annotated[datetime | None, Field(json_schema_extra={"pattern": _RFC3339_SCHEMA_PATTERN})] = None
     #: End of the range (RFC 3339 with an offset). Default: the process's last recorded time.
-    end: datetime | None = None
+    end: Annotated[datetime | None, Field(json_schema_extra={"pattern": _RFC3339_SCHEMA_PATTERN})] = None
     #: thread, async or both.
     span_types: SpanTypes = SpanTypes.BOTH
     #: Idempotency key. Default: derived from the request, so identical requests share a job.
@@ -135,6 +142,18 @@ class TraceRequest(BaseModel):
         if len(value) != 36:
             raise ValueError("process_id must be a UUID in the 8-4-4-4-12 form")
         return str(parsed)
+
+    @field_validator("begin", "end", mode="before")
+    @classmethod
+    def _rfc3339(cls, value: object) -> object:
+        if isinstance(value, str) and not RFC3339.fullmatch(value):
+            raise ValueError(
+                "times are RFC 3339: YYYY-MM-DDTHH:MM:SS[.fraction] then Z or +HH:MM/-HH:MM, "
+                f"e.g. 2026-11-26T10:00:00Z (got {value[:40]!r})"
+            )
+        if value is not None and not isinstance(value, (str, datetime)):
+            raise ValueError("times are RFC 3339 strings, e.g. 2026-11-26T10:00:00Z")
+        return value
 
     @field_validator("begin", "end")
     @classmethod

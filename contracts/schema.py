@@ -40,12 +40,13 @@ _DEAD_LETTER: dict[str, Any] = {
         "entry_id": {"type": "string", "description": "Id of the original entry on <prefix>:requests."},
         "deliveries": {"type": "integer", "minimum": 1, "description": "Times it was delivered."},
         "reason": {"type": "string", "description": "Why, in words a person can act on."},
-        "error_code": {"type": "string", "enum": ["invalid_request", "too_many_deliveries"]},
+        "error_code": {"type": "string", "enum": ["invalid_request", "too_many_deliveries", "internal"]},
+        "truncated": {"type": "string", "description": "Original fields cut to bound the entry."},
         "job_id": {"type": "string", "description": "The job, when it could be known."},
     },
     "patternProperties": {"^orig:": {"type": "string", "format": "binary"}},
     "required": ["entry_id", "deliveries", "reason", "error_code"],
-    "additionalProperties": False,
+    "additionalProperties": True,
 }
 
 _STATE = {

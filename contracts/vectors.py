@@ -1,8 +1,9 @@
 """Test vectors of the derived job id (``contracts/job_id_vectors.json``), for clients in any language.
 
 Each vector is a request as sent (the ``request`` field's JSON text), the canonical byte string it
-hashes to (docs/PROTOCOL.md, "Job ids") and the resulting job id. Regenerate after a change (a test
-fails while the file is stale)::
+hashes to (docs/PROTOCOL.md, "Job ids") and the resulting job id; ``rejected_times`` lists time
+spellings that are not RFC 3339 (refused by the worker: no id is derived from them). Regenerate
+after a change (a test fails while the file is stale)::
 
     python -m contracts.vectors
 """
@@ -15,7 +16,7 @@ from typing import Any
 
 from contracts.request import TraceRequest
 
-__all__ = ["CASES", "VECTORS_FILE", "render", "vectors"]
+__all__ = ["CASES", "REJECTED_TIMES", "VECTORS_FILE", "render", "vectors"]
 
 #: Where the vectors live (shipped with the package).
 VECTORS_FILE = Path(__file__).resolve().parent / "job_id_vectors.json"
@@ -62,6 +63,18 @@ CASES: list[tuple[str, str]] = [
 ]
 
 
+#: Spellings of ``begin``/``end`` that are not RFC 3339 and that the worker refuses
+#: (``invalid_request``): a client must not derive an id from them.
+REJECTED_TIMES: list[str] = [
+    "2026-11-01T00:00:00+0100",
+    "2026-11-01T00:00Z",
+    "2026-11-01T00:00:00,5Z",
+    "2026-11-01 00:00:00Z",
+    "2026-11-01T00:00:00",
+    "20261101T000000Z",
+]
+
+
 def vectors() -> list[dict[str, Any]]:
     """Every vector: ``note``, ``request`` (JSON text), ``canonical`` (text), ``fingerprint``, ``job_id``."""
     out = []
@@ -81,7 +94,7 @@ def vectors() -> list[dict[str, Any]]:
 
 def render() -> str:
     """The file text (stable formatting)."""
-    return json.dumps({"version": 1, "vectors": vectors()}, indent=2) + "\n"
+    return json.dumps({"version": 1, "vectors": vectors(), "rejected_times": REJECTED_TIMES}, indent=2) + "\n"
 
 
 if __name__ == "__main__":

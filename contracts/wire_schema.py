@@ -5,7 +5,9 @@ produces; these (``contracts/schemas/wire/*.json``) describe the field maps a cl
 Redis client: integers as decimal text, booleans ``true``/``false``, times RFC 3339, ``labels`` a
 JSON object in text, chunk ``data`` raw bytes (a validator sees it as a string of any content).
 They are derived from the models, so they cannot drift from what the worker writes; the worker
-serves them at ``GET /schemas/<name>.json``. Regenerate with ``python -m contracts.schema``.
+serves them at ``GET /schemas/<name>.json``. Schemas of entries the worker writes allow properties
+they do not list (readers ignore unknown fields; later versions may add some); those of entries
+requesters write (request, cancel) do not. Regenerate with ``python -m contracts.schema``.
 """
 
 from __future__ import annotations
@@ -81,7 +83,8 @@ def _entry(model: type[BaseModel], title: str, description: str) -> dict[str, An
         "type": "object",
         "properties": props,
         "required": required,
-        "additionalProperties": False,
+        # Readers must ignore fields they do not know (PROTOCOL §2.1): later versions may add some.
+        "additionalProperties": True,
     }
 
 
@@ -165,12 +168,19 @@ def wire_schemas() -> dict[str, dict[str, Any]]:
                 "entry_id": {"type": "string", "pattern": REQUEST_ID_PATTERN},
                 "deliveries": {"type": "string", "pattern": r"^[1-9][0-9]*$"},
                 "reason": {"type": "string"},
-                "error_code": {"type": "string", "enum": ["invalid_request", "too_many_deliveries"]},
+                "error_code": {
+                    "type": "string",
+                    "enum": ["invalid_request", "too_many_deliveries", "internal"],
+                },
                 "job_id": {"type": "string", "pattern": JOB_ID_PATTERN},
+                "truncated": {
+                    "type": "string",
+                    "description": "original fields cut to bound the entry: name=original length, ...",
+                },
             },
             "patternProperties": {"^orig:": {"type": "string"}},
             "required": ["entry_id", "deliveries", "reason", "error_code"],
-            "additionalProperties": False,
+            "additionalProperties": True,
         },
     }
     for stem, schema in out.items():

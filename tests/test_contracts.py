@@ -141,6 +141,11 @@ def test_job_id_vectors_file_is_current_and_every_vector_holds() -> None:
         assert request.effective_job_id() == vector["job_id"]
         if request.job_id is None:
             assert vector["job_id"] == "t-" + vector["fingerprint"][:32]
+    for spelling in data["rejected_times"]:  # not RFC 3339: refused, with a message saying the form
+        with pytest.raises(ValidationError, match="RFC 3339"):
+            TraceRequest.from_json(json.dumps({"process_id": PID, "begin": spelling}))
+    with pytest.raises(ValidationError, match="RFC 3339 strings"):
+        TraceRequest.from_json(json.dumps({"process_id": PID, "end": 1700000000}))
 
 
 def test_derived_ids_cannot_be_claimed_by_other_requests() -> None:

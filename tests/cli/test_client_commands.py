@@ -354,3 +354,20 @@ async def test_request_says_when_no_worker_consumes_the_prefix(
         await redis.aclose()
     assert result.code == 5
     assert "no worker is consuming prefix 't' (0 consumer(s) of t:workers" in result.err
+
+
+async def test_request_says_how_many_wait_when_workers_are_busy(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """An active consumer that picks nothing up (busy): the count is of requests not delivered,
+    the command's own included."""
+    args = ("request", PID, "--job-id", "busy", "--timeout", "8", "--quiet")
+    redis = aioredis.Redis.from_url(redis_server.url)
+    try:
+        await redis.xgroup_create("t:requests", "t:workers", id="$", mkstream=True)
+        await redis.xgroup_createconsumer("t:requests", "t:workers", "busy-worker")  # idle 0: active
+        result = await cli(*args, cwd=tmp_path, redis_url=redis_server.url)
+    finally:
+        await redis.aclose()
+    assert result.code == 5
+    assert "1 worker(s) on prefix 't' are busy; 1 request(s) not picked up yet, yours included" in result.err

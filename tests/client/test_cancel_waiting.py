@@ -145,3 +145,34 @@ async def test_a_cancel_of_a_job_that_never_existed_leaves_only_short_lived_stre
     assert isinstance(final, StatusEvent) and final.state == JobState.SUCCEEDED
     assert await redis.ttl(KEYS.status_stream("ghost")) > 3600  # job_ttl_s
     assert await redis.ttl(KEYS.job("ghost")) > 600  # chunk_ttl_s (1 h)
+
+
+async def test_a_cancel_naming_another_jobs_waiting_request_is_not_found(
+    redis: aioredis.Redis,
+    redis_server: RedisServer,
+    devserver: DevServer,
+    spawn_worker: Spawn,
+    tmp_path: Path,
+) -> None:
+    """A request_id must name a request for the cancel's job: R4 waits for w-2, a cancel of
+    ``ghost-1`` (no such job) or of the running ``blocker`` naming R4 changes nothing."""
+    blobs = tmp_path / "blobs"
+    small = devserver.lake.processes[0].process_id
+    async with stuck_worker(redis, devserver, spawn_worker, redis_server.url, blobs) as proxy:
+        r4 = await submit(redis, KEYS, TraceRequest(process_id=small, job_id="w-2"))
+        ghost = await cancel(redis, "ghost-1", r4)
+        assert (ghost.outcome, ghost.request_id) == (CancelOutcome.NOT_FOUND, r4), ghost
+        keys = sorted([k async for k in redis.scan_iter(match="t:job:{ghost-1}*")])
+        assert keys == sorted([KEYS.job("ghost-1").encode(), KEYS.status_stream("ghost-1").encode()])
+        for key in keys:
+            assert 0 < await redis.ttl(key) <= 60
+        running = await cancel(redis, "blocker", r4)  # running job, request of another job
+        assert running.outcome == CancelOutcome.NOT_FOUND, running
+        assert not await redis.exists(KEYS.cancelled("blocker"))
+        state: Any = await redis.hget(KEYS.state("blocker"), "state")
+        assert state == b"running"
+
+        proxy.set_mode("pass")
+        assert (await cancel(redis, "blocker")).outcome == CancelOutcome.CANCELLED
+        final = await JobReader(redis, KEYS, "w-2").read_until(_answer_to(r4), within=120)
+        assert isinstance(final, StatusEvent) and final.state == JobState.SUCCEEDED, final  # R4 ran

@@ -14,12 +14,13 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from contracts import Keys, TraceRequest
-from contracts.events import CancelEvent, CancelOutcome
+from contracts import JobState, Keys, StatusEvent, TraceRequest
+from contracts.events import CancelEvent, CancelOutcome, ChunkEvent
 from contracts.vectors import VECTORS_FILE
 from tests.client.test_cancel_waiting import cancel, stuck_worker
 from tests.conformance.conftest import NODE_DIR
 from tests.service.support import JobReader, submit
+from tests.support.chaos import ChaosProxy
 from tests.support.redis_server import RedisServer
 from tests.support.worker_process import Spawn, worker_env
 from worker.devserver import DevServer
@@ -43,7 +44,8 @@ async def run_node(node: str, *args: str) -> dict[str, Any]:
 
 async def test_node_computes_every_job_id_vector(node: str) -> None:
     result = await run_node(node, "vectors", str(VECTORS_FILE))
-    assert result == {"ok": True, "vectors": len(json.loads(VECTORS_FILE.read_text())["vectors"])}
+    data = json.loads(VECTORS_FILE.read_text())
+    assert result == {"ok": True, "vectors": len(data["vectors"]), "rejected": len(data["rejected_times"])}
 
 
 async def test_node_client_scenarios(
@@ -118,3 +120,53 @@ async def test_node_cancels_a_waiting_job_and_an_unknown_one(  # noqa: PLR0917 -
     assert report["job_attempt"] == 0 and report["ttl"] > 600  # the job stream's own TTL, not 60 s
     ghost = await run_node(node, "cancel", url, "t", "node-ghost")
     assert ghost["outcome"] == "not_found" and 0 < ghost["ttl"] <= 60
+
+
+async def test_node_joins_a_running_job_mid_stream_and_falls_back_to_the_blob(  # noqa: PLR0917 - fixtures
+    node: str,
+    redis: aioredis.Redis,
+    redis_server: RedisServer,
+    devserver: DevServer,
+    spawn_worker: Spawn,
+    tmp_path: Path,
+) -> None:
+    """§2 read literally: a request joining a job whose stream already holds chunks of the running
+    attempt reads them from start_id; a duplicate after the job stream expired is answered without
+    chunks/start_id and the client takes the blob (§4)."""
+    keys, url, blobs = Keys("t"), redis_server.url, tmp_path / "blobs"
+    large = devserver.lake.processes[1].process_id
+    request = TraceRequest(process_id=large, job_id="node-join", span_types="thread")
+    raw = request.model_dump_json(exclude_none=True)
+    with ChaosProxy(("127.0.0.1", devserver.port)) as proxy:
+        spawn_worker(worker_env(url, f"grpc://127.0.0.1:{proxy.port}", blobs.as_uri()))
+        entry = await submit(redis, keys, request)
+        reader = JobReader(redis, keys, "node-join")
+        await reader.read_until(lambda e: isinstance(e, ChunkEvent), within=120)
+        proxy.set_mode("stall")  # the job holds: the Node client joins with chunks already on the stream
+        joining = asyncio.create_task(
+            run_node(node, "request", url, "t", raw, str(tmp_path / "j.pftrace"), "--file-root", str(blobs))
+        )
+        joined = await reader.read_until(
+            lambda e: isinstance(e, StatusEvent) and "joined" in (e.detail or ""), within=120
+        )
+        assert isinstance(joined, StatusEvent) and joined.state == JobState.RUNNING
+        assert joined.request_id != entry
+        proxy.set_mode("pass")
+        report = await joining
+    first = await reader.read_until(
+        lambda e: isinstance(e, StatusEvent) and e.request_id == entry and e.state.terminal, 120
+    )
+    assert isinstance(first, StatusEvent) and first.state == JobState.SUCCEEDED
+    assert report["state"] == "succeeded" and report["verified"] and report["sha256"] == first.sha256
+    assert report["reread_from"] == first.start_id and report["joined_mid_stream"]["seq"] > 0
+    data = (tmp_path / "j.pftrace").read_bytes()
+    assert data == (blobs / large / "node-join.pftrace").read_bytes()
+
+    # the job stream expires (chunk_ttl_s) while the status says succeeded: a duplicate is answered
+    # without chunks and start_id, and the client takes the blob
+    await redis.delete(keys.job("node-join"))
+    out = str(tmp_path / "k.pftrace")
+    dup = await run_node(node, "request", url, "t", raw, out, "--file-root", str(blobs))
+    assert dup["state"] == "succeeded" and dup["verified"] and dup["fetched"] == "file", dup
+    assert (dup["start_id"], dup["chunks"]) == (None, "0") and "expired" in dup["detail"]
+    assert (tmp_path / "k.pftrace").read_bytes() == data

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pyarrow.compute as pc
+from redis import Redis
 
 from tests.gateway.conftest import Stack
 from tests.support.devserver import expected_async_events
@@ -243,6 +245,84 @@ def test_cancel_a_running_job(stack: Stack) -> None:
             last = (kind, data)
     assert cancelled and last[0] == "status" and last[1]["state"] == "cancelled"
     assert _error(stack.http.get(f"/api/traces/{job_id}/trace"), 409, "cancelled")
+
+
+def test_cancel_of_a_shared_job_detaches_the_gateway_request(stack: Stack) -> None:
+    """Another client wants the job too: DELETE detaches only the gateway's request (outcome
+    ``detached``), and every route then reports the job's own end: succeeded, with its trace."""
+    large = stack.lake.processes[2]
+    body = {"process_id": large.process_id, "span_types": "thread", "job_id": "gw-shared"}
+    stream = "t:job:{gw-shared}"
+    redis = Redis.from_url(stack.redis.url)
+    try:
+        other: Any = redis.xadd("t:requests", {"request": json.dumps(body | {"labels": {"who": "other"}})})
+        _wait_status(redis, stream, lambda f: f.get(b"request_id") == other and f[b"state"] == b"running")
+        accepted = stack.http.post("/api/traces", json=body)
+        assert accepted.status_code == 202, accepted.text
+        _wait_status(redis, stream, lambda f: b"joined" in f.get(b"detail", b""))
+        answer = stack.http.delete("/api/traces/gw-shared")
+        assert answer.status_code == 202 and answer.json()["outcome"] == "detached", answer.text
+        with stack.http.stream("GET", "/api/traces/gw-shared/events") as events:
+            states = [data["state"] for kind, data in _sse(events) if kind == "status"]
+        assert states[-1] == "succeeded", states
+        status = stack.http.get("/api/traces/gw-shared").json()
+        assert status["state"] == "succeeded"
+        trace = stack.http.get("/api/traces/gw-shared/trace")
+        assert trace.status_code == 200, trace.text
+        assert hashlib.sha256(trace.content).hexdigest() == status["sha256"]
+    finally:
+        redis.close()
+
+
+def _wait_status(redis: Redis, stream: str, pred: Any, within: float = 120.0) -> None:
+    """XREAD BLOCK the job stream from its start until a status entry matches ``pred`` (raw fields)."""
+    last, deadline = "0-0", time.monotonic() + within
+    while time.monotonic() < deadline:
+        reply: Any = redis.xread({stream: last}, block=1000, count=100)
+        for _key, entries in reply or []:
+            for entry_id, fields in entries:
+                last = entry_id.decode()
+                if fields.get(b"type") == b"status" and pred(fields):
+                    return
+    raise AssertionError(f"no matching status on {stream} within {within}s")
+
+
+def _frames(response: httpx.Response) -> list[dict[str, str]]:
+    """Every SSE frame as its raw fields (id, event, data), comments and retry left out."""
+    frames: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    for line in response.iter_lines():
+        if line == "":
+            if current:
+                frames.append(current)
+            current = {}
+        elif not line.startswith((":", "retry:")):
+            name, _, value = line.partition(":")
+            current[name] = value.strip()
+    return frames
+
+
+def test_sse_ends_so_that_eventsource_does_not_replay(stack: Stack) -> None:
+    """After the terminal event a frame ``id: end`` (no data); an EventSource reconnecting with
+    that Last-Event-ID gets 204, which stops it (no replay for ever)."""
+    small = stack.lake.processes[0]
+    job = stack.http.post("/api/traces", json={"process_id": small.process_id, "span_types": "async"}).json()
+    with stack.http.stream("GET", job["links"]["events"]) as events:
+        frames = _frames(events)
+    assert frames[-1] == {"id": "end"} and json.loads(frames[-2]["data"])["state"] == "succeeded"
+    assert not any("id" in f for f in frames[:-1])
+    done = stack.http.get(job["links"]["events"], headers={"Last-Event-ID": "end"})
+    assert done.status_code == 204 and done.content == b""
+
+
+def test_synthetic_queued_event_carries_the_labels(stack: Stack) -> None:
+    env = {**stack.env, "TRACE_WORKER_KEY_PREFIX": "no-worker-q"}  # nothing consumes: stays queued
+    with run_gateway(env) as gw, httpx.Client(base_url=gw.url, timeout=60) as http:
+        body = {"process_id": stack.lake.processes[0].process_id, "labels": {"who": "sse"}}
+        job = http.post("/api/traces", json=body).json()
+        with http.stream("GET", job["links"]["events"]) as events:
+            kind, data = next(_sse(events))
+        assert (kind, data["state"], data["labels"]) == ("status", "queued", {"who": "sse"})
 
 
 def test_operations_endpoints(stack: Stack) -> None:

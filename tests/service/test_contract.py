@@ -232,6 +232,34 @@ async def test_an_invalid_request_naming_a_job_is_answered_on_its_stream(
         assert await validate_redis(redis, KEYS) > 5
 
 
+async def test_an_invalid_request_without_job_id_is_answered_on_its_derived_stream(
+    redis_server: RedisServer, redis: Redis
+) -> None:
+    """Fields outside the derived id (labels, v, max_age_s) that fail validation do not hide the
+    job: the answer is on the derived job's stream. A bad id field (span_types) leaves only the
+    dead letter, whose entry_id is the request id."""
+    async with Harness(redis_server.url, ScriptedGenerator(chunks=2)):
+        derived = TraceRequest(process_id=PID).effective_job_id()
+        reader = JobReader(redis, KEYS, derived)
+        for extra, field in (
+            ({"labels": {"a": 1}}, "labels"),
+            ({"v": "1"}, "v"),
+            ({"max_age_s": 1.5}, "max_age_s"),
+        ):
+            entry = await submit(redis, KEYS, json.dumps({"process_id": PID} | extra))
+            answer = await reader.read_until(answer_to(entry))
+            assert isinstance(answer, StatusEvent) and answer.state == JobState.FAILED, answer
+            assert answer.error_code == ErrorCode.INVALID_REQUEST and field in (answer.message or "")
+        assert not await redis.exists(KEYS.lock(derived))  # nothing ran
+        entry = await submit(redis, KEYS, json.dumps({"process_id": PID, "span_types": "BOTH"}))
+        dead: Any = []
+        async with asyncio.timeout(60):  # the dead letter names the request id as entry_id
+            while not any(f.get(b"entry_id") == entry.encode() for _, f in dead):
+                reply: Any = await redis.xread({KEYS.dead: "0-0"}, block=2000, count=100)
+                dead = reply[0][1] if reply else []
+        assert await validate_redis(redis, KEYS) > 5
+
+
 async def test_open_ended_requests_are_reused_only_within_max_age(
     redis_server: RedisServer, redis: Redis
 ) -> None:

@@ -6,14 +6,17 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
+from jsonschema import Draft202012Validator
 from redis.asyncio import Redis
 
 from contracts import Keys, TraceRequest
 from contracts.schema import WIRE_DIR
 from tests.service.support import PID, JobReader, ScriptedGenerator, fast_settings, submit
 from tests.support.redis_server import RedisServer
+from tests.support.wire import as_strings
 from worker.errors import SourceUnavailable
 from worker.service.app import Service
 from worker.service.health import MAX_LINE, PROBE_TIMEOUT_S
@@ -166,6 +169,36 @@ async def test_asyncapi_document(service: Service) -> None:
     assert doc["channels"]["job stream"]["parameters"]["job_id"]
     assert doc["channels"]["job state"]["address"] == "t:job:{job_id}:state"
     assert doc["channels"]["cancels"]["address"] == "t:cancels"
+
+
+async def test_asyncapi_status_stream_describes_real_entries(
+    redis_server: RedisServer, service: Service
+) -> None:
+    """Every entry of a real ``:status`` stream (statuses, progress, a cancel answer) validates
+    against the AsyncAPI payload of the job status stream channel, whose address has a parameter."""
+    doc = json.loads((await _get(_port(service), "/asyncapi.json"))[1])
+    channel = doc["channels"]["job status stream"]
+    assert channel["address"] == "t:job:{job_id}:status" and channel["parameters"]["job_id"]
+    payload = doc["components"]["messages"]["job status stream:Message"]["payload"]
+    validator = Draft202012Validator(payload)
+    redis = Redis.from_url(redis_server.url)
+    try:
+        await submit(redis, KEYS, TraceRequest(process_id=PID, job_id="as1"))
+        await JobReader(redis, KEYS, "as1").terminal()
+        raw_id: Any = await redis.xadd(KEYS.cancels, {"job_id": "as1"})
+        cancel_id = raw_id.decode()
+        await JobReader(redis, KEYS, "as1").read_until(lambda e: getattr(e, "cancel_id", None) == cancel_id)
+        entries: Any = await redis.xrange(KEYS.status_stream("as1"))
+    finally:
+        await redis.aclose()
+    types = []
+    for _entry_id, fields in entries:
+        text = as_strings(fields)
+        assert not [e.message for e in validator.iter_errors(text)], text
+        types.append(text["type"])
+    assert {"status", "progress", "cancel"} <= set(types)
+    broken = as_strings(entries[0][1]) | {"attempt": "x"}
+    assert not validator.is_valid(broken)  # the payload does check the fields
 
 
 async def test_lost_group_fails_liveness(redis_server: RedisServer, service: Service) -> None:

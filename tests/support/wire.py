@@ -19,19 +19,25 @@ from contracts.schema import WIRE_DIR
 __all__ = ["as_strings", "validate_entry"]
 
 
+def _strict(path: Any) -> dict[str, Any]:
+    """A published schema, with unlisted fields refused: the published ones allow them (readers
+    ignore unknown fields), but every field the worker writes must be documented, so the suite
+    validates against this stricter form."""
+    schema: dict[str, Any] = json.loads(path.read_text())
+    if schema.get("additionalProperties") is True:
+        schema["additionalProperties"] = False
+    return schema
+
+
 @cache
 def _registry() -> Registry[Any]:
-    resources = []
-    for path in WIRE_DIR.glob("*.json"):
-        schema = json.loads(path.read_text())
-        resources.append((path.name, Resource.from_contents(schema)))
+    resources = [(path.name, Resource.from_contents(_strict(path))) for path in WIRE_DIR.glob("*.json")]
     return Registry().with_resources(resources)
 
 
 @cache
 def _validator(name: str) -> Draft202012Validator:
-    schema = json.loads((WIRE_DIR / f"{name}.json").read_text())
-    return Draft202012Validator(schema, registry=_registry())
+    return Draft202012Validator(_strict(WIRE_DIR / f"{name}.json"), registry=_registry())
 
 
 def as_strings(fields: Mapping[Any, Any]) -> dict[str, str]:

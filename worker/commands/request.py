@@ -200,7 +200,8 @@ async def pickup_diagnosis(client: TraceClient) -> str:
             f"{keys.group}, none active in the last minute); the request waits for one"
         )
     lag = group.get("lag")
-    ahead = f"{lag} request(s) ahead" if lag is not None else "requests ahead"
+    # lag: entries not yet delivered to the group, this one (and any sent after it) included
+    ahead = f"{lag} request(s) not picked up yet, yours included" if lag is not None else "requests queued"
     return f"{waited}: {len(active)} worker(s) on prefix {keys.prefix!r} are busy; {ahead}, still waiting"
 
 

@@ -63,6 +63,12 @@ class Handles:
     def submitted_here(self, job_id: str) -> bool:
         return job_id in self._known
 
+    def detach(self, job_id: str) -> None:
+        """This gateway's request left the job (a ``detached`` cancel): from now on the job is
+        followed as a job (its own state and end), not as this gateway's request."""
+        if job_id in self._known:
+            self._known[job_id] = self._client.job(job_id)
+
     def get(self, job_id: str) -> JobHandle:
         return self._known.get(job_id) or self._client.job(job_id)
 

@@ -15,13 +15,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 from redis.exceptions import RedisError
 from starlette.background import BackgroundTask
 
 from contracts.client import ClientError, JobFailed, JobHandle, TraceIntegrityError
-from contracts.events import ProgressEvent, StatusEvent
+from contracts.events import CancelOutcome, ProgressEvent, StatusEvent
 from contracts.request import TraceRequest
 from contracts.states import JobState
 from worker.gateway.errors import ApiError
@@ -137,28 +137,49 @@ async def state(request: Request, job_id: str) -> dict[str, Any]:
 
 @router.get(
     "/{job_id}/events",
-    responses={**_JOB_ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "event stream"}},
+    responses={
+        **_JOB_ERRORS,
+        200: {"content": {"text/event-stream": {}}, "description": "event stream"},
+        204: {"description": "a reconnect with Last-Event-ID: end (the job's events were all sent)"},
+    },
     summary="Server-Sent Events of a job until it ends",
 )
-async def events(request: Request, job_id: str) -> StreamingResponse:
+async def events(
+    request: Request, job_id: str, last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None
+) -> Response:
     """``text/event-stream``: one ``status`` or ``progress`` event per entry of the job's stream
     (``data`` is the entry as JSON), from the job's start to its terminal status; then the stream
     ends. A job whose request still waits for a worker starts with a ``status`` event of its state
-    now (``queued``, or ``submitted`` when Redis knows nothing yet), as ``GET /api/traces/{job_id}``
-    gives it. A broken Redis connection ends it with an ``error`` event."""
+    now (``queued``, or ``submitted`` when Redis knows nothing yet; with the request's labels when
+    this gateway submitted it), as ``GET /api/traces/{job_id}`` gives it. A broken Redis connection
+    ends it with an ``error`` event.
+
+    After the terminal event a frame ``id: end`` (no data: not an event) follows. An EventSource
+    reconnects whenever a stream ends; its reconnect then carries ``Last-Event-ID: end`` and is
+    answered 204, which stops it (no replay for ever). A reconnect after a cut mid-way (no
+    ``Last-Event-ID``) gets the job's events from the start again."""
+    if last_event_id is not None and last_event_id.strip() == _END_ID:
+        return Response(status_code=204)
     rt = _rt(request)
     handle, status = await _known(rt, job_id)
     rt.check_capacity()
     first = None
+    labels = handle.request.labels if handle.request is not None else None
     if status is None:
         first = {"job_id": job_id, "attempt": 0, "type": "status", "state": SUBMITTED}
     elif status.state == JobState.QUEUED:
         first = status.model_dump(mode="json", exclude_none=True)
+    if first is not None and labels:
+        first["labels"] = labels
     return StreamingResponse(
         _sse(rt, handle, first),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
+
+
+#: The ``id:`` of the frame after a job's last event: a reconnect naming it gets 204 (no replay).
+_END_ID = "end"
 
 
 def _frame(kind: str, data: dict[str, Any]) -> bytes:
@@ -184,6 +205,7 @@ async def _sse(rt: GatewayRuntime, handle: JobHandle, first: dict[str, Any] | No
                 try:
                     event = task.result()
                 except StopAsyncIteration:
+                    yield f"id: {_END_ID}\n\n".encode()  # no data: not an event, sets lastEventId
                     return
                 yield _frame(event.type, event.model_dump(mode="json", exclude_none=True))
         except (ClientError, RedisError, OSError) as exc:
@@ -292,12 +314,26 @@ def _remove(path: Path) -> None:
     summary="Cancel a job",
 )
 async def cancel(request: Request, job_id: str) -> dict[str, Any]:
-    """Ask the workers to stop the job; it ends ``cancelled`` (follow its events to see it)."""
-    handle, status = await _known(_rt(request), job_id)
+    """Cancel this gateway's request for the job (or, for a job submitted elsewhere, the job).
+
+    ``outcome`` is the worker's answer (PROTOCOL §5; null when none came within 10 s):
+    ``cancelled`` (the job stops and ends ``cancelled``), ``pending`` (answered ``cancelled`` when
+    picked up), ``detached`` (other requests want the job: it goes on for them, and this
+    gateway's routes then report the job's own state and end, e.g. ``succeeded``), ``not_found``
+    or ``already_ended``."""
+    rt = _rt(request)
+    handle, status = await _known(rt, job_id)
     if status is not None and status.state.terminal:
         raise ApiError(409, "job_finished", f"job {job_id} already ended {status.state.value}")
     try:
-        await handle.cancel()
-    except (RedisError, OSError) as exc:
+        ack = await handle.cancel()
+    except (ClientError, RedisError, OSError) as exc:
         raise _redis_down(exc) from exc
-    return {"job_id": job_id, "cancel_requested": True, "links": job_links(job_id).model_dump()}
+    if ack is not None and ack.outcome == CancelOutcome.DETACHED:
+        rt.handles.detach(job_id)
+    return {
+        "job_id": job_id,
+        "cancel_requested": True,
+        "outcome": ack.outcome.value if ack is not None else None,
+        "links": job_links(job_id).model_dump(),
+    }

@@ -5,7 +5,8 @@ neither our raw field maps nor our correlation: its request payload is empty, th
 payload is ``{}``, it invents a ``correlation_id`` header, and the job stream's address has no
 parameter. :func:`wire_document` replaces the payloads with the wire-form schemas
 (``contracts/schemas/wire/``), correlates answers by their ``request_id`` field, gives the job
-stream address its ``job_id`` parameter, and adds the cancels stream and the state hash.
+stream and job status stream addresses their ``job_id`` parameter, and adds the cancels stream and
+the state hash.
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ def wire_document(doc: dict[str, Any], keys: Keys) -> dict[str, Any]:
                 for n in ("status_entry", "progress_entry", "chunk_entry", "cancel_answer_entry")
             ]
         },
+        "job status stream:Message": {
+            "oneOf": [_schema(n, schemas) for n in ("status_entry", "progress_entry", "cancel_answer_entry")]
+        },
         "events:Message": _schema("status_entry", schemas),
         "dead letters:Message": _schema("dead_letter", schemas),
         "cancels:Message": _schema("cancel_entry", schemas),
@@ -62,7 +66,7 @@ def wire_document(doc: dict[str, Any], keys: Keys) -> dict[str, Any]:
         message = messages.setdefault(name, {"title": name})
         message.pop("correlationId", None)
         message["payload"] = payload
-        if name in ("job stream:Message", "events:Message"):
+        if name in ("job stream:Message", "job status stream:Message", "events:Message"):
             message["correlationId"] = dict(_CORRELATION)
     for message in messages.values():  # FastStream's invented header
         if str(message.get("correlationId", {}).get("location", "")).startswith("$message.header"):
@@ -77,6 +81,15 @@ def wire_document(doc: dict[str, Any], keys: Keys) -> dict[str, Any]:
             )
         }
     }
+    status = doc["channels"]["job status stream"]
+    status["address"] = f"{keys.prefix}:job:{{job_id}}:status"
+    status["description"] = (
+        "The job stream without its chunks: its status, progress and cancel entries, same order "
+        "(written in the same transaction); expires job_ttl_s after the job ends."
+    )
+    status["parameters"] = job["parameters"]
+    for channel in (job, status):  # FastStream doubles the braces in the binding too
+        channel.get("bindings", {}).get("redis", {})["channel"] = channel["address"]
     _channel(doc, "cancels", keys.cancels, "Cancel entries: job_id and optional request_id (PROTOCOL §5).")
     _channel(
         doc,
@@ -95,6 +108,11 @@ def wire_document(doc: dict[str, Any], keys: Keys) -> dict[str, Any]:
         "channel": {"$ref": "#/channels/job%20state"},
         "messages": [{"$ref": "#/channels/job%20state/messages/Message"}],
     }
-    for stale in ("EmptyPayload", "job stream:Message:Payload", "dead letters:Message:Payload"):
+    stale_payloads = (
+        "job stream:Message:Payload",
+        "job status stream:Message:Payload",
+        "dead letters:Message:Payload",
+    )
+    for stale in ("EmptyPayload", *stale_payloads):
         doc["components"].get("schemas", {}).pop(stale, None)
     return doc

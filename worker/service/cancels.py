@@ -8,7 +8,8 @@ stream, ``cancel_id`` = the cancel entry's id):
 - ``request_id`` attached to the running job: that request is answered ``cancelled`` at once and
   leaves the job (``detached``); when it is the last one, the job stops instead (``cancelled``) and
   the request is answered ``cancelled`` once the job has ended.
-- ``request_id`` not picked up yet (still on the request stream): it is answered ``cancelled``
+- ``request_id`` of a request for this job not picked up yet (still on the request stream; its own or
+  derived job id is checked): it is answered ``cancelled``
   when a worker picks it up, without running (``pending``).
 - no ``request_id``, the job runs: it stops; every attached request is answered ``cancelled`` once
   it has (``cancelled``).
@@ -31,7 +32,7 @@ from typing import Any
 
 from redis.exceptions import WatchError
 
-from contracts._runs import job_requests
+from contracts._runs import job_requests, request_job_id
 from contracts.events import REQUEST_ID_PATTERN, CancelEvent, CancelOutcome, StatusEvent
 from contracts.request import JOB_ID_PATTERN
 from contracts.states import JobState
@@ -110,7 +111,9 @@ async def handle_cancel(rt: Runtime, cancel_id: str, fields: dict[Any, Any]) -> 
         return None
     if request_id:
         found: Any = await rt.redis.xrange(keys.requests, request_id, request_id, count=1)
-        waiting = [request_id] if found else []
+        # Only a request for THIS job may be held back: a request_id naming another job's waiting
+        # request (or any other entry) is not attached here, whatever the job's state.
+        waiting = [request_id] if found and _entry_job_id(found[0][1]) == job_id else []
     else:
         async with contextlib.aclosing(job_requests(rt.redis, keys, job_id)) as scan:
             waiting = [entry async for entry in scan]
@@ -215,6 +218,13 @@ async def answer_held(rt: Runtime, entry_id: str, status: StatusEvent, *, ends_j
             pass
 
     await rt.shielded(loop())
+
+
+def _entry_job_id(fields: Any) -> str | None:
+    """The effective job id of a request-stream entry (its ``job_id`` or the derived one); None
+    when the entry holds no valid request."""
+    raw = (fields or {}).get(b"request", (fields or {}).get("request"))
+    return request_job_id(raw) if raw is not None else None
 
 
 def _labels(raw: str) -> dict[str, str]:

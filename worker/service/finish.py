@@ -226,10 +226,26 @@ async def reply_duplicate(rt: Runtime, entry_id: str, job_id: str, labels: dict[
         current["state"] = JobState.RUNNING.value
     else:
         detail = "duplicate request; the job already " + state.value
+        if state == JobState.SUCCEEDED and not await _chunks_kept(rt, job_id, current.get("start_id")):
+            # The job stream (chunk_ttl_s) expired before the status (job_ttl_s): no start_id into
+            # a stream that is gone; chunks 0 says "nothing to read here, fetch url".
+            current.pop("start_id", None)
+            current["chunks"] = "0"
+            detail += "; its chunks expired: fetch the trace from url"
     event = parse_entry({**current, "labels": json.dumps(labels)})
     assert isinstance(event, StatusEvent)
     event = event.model_copy(update={"request_id": entry_id, "detail": detail, "time": utcnow()})
     await answer(rt, event, ack=entry_id)
+
+
+async def _chunks_kept(rt: Runtime, job_id: str, start_id: str | None) -> bool:
+    """Whether the succeeded attempt's chunks are still on the job stream: its ``running`` entry
+    (``start_id``) is (or, without ``start_id``, the stream exists)."""
+    key = rt.keys.job(job_id)
+    if start_id:
+        found: Any = await retry_redis(lambda: rt.redis.xrange(key, start_id, start_id, count=1), what="run")
+        return bool(found)
+    return bool(await retry_redis(lambda: rt.redis.exists(key), what="chunks"))
 
 
 async def answer_invalid(

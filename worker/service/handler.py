@@ -14,7 +14,7 @@ from faststream import AckPolicy
 from faststream.redis import RedisBroker, StreamSub
 from faststream.redis.annotations import RedisStreamMessage
 
-from contracts.events import ChunkEvent, ProgressEvent, StatusEvent
+from contracts.events import CancelEvent, ChunkEvent, ProgressEvent, StatusEvent
 from contracts.request import TraceRequest
 from worker.service.delivery import Delivery, Dispatcher
 from worker.service.job import run_job
@@ -63,8 +63,8 @@ def document_replies(broker: RedisBroker, rt: Runtime) -> None:
     broker.publisher(
         stream=keys.status_stream("{job_id}"),
         title="job status stream",
-        description="The job stream's status and progress entries (no chunks), same order; expires with it.",
-        schema=StatusEvent | ProgressEvent,
+        description="The job stream's status, progress and cancel entries (no chunks), same order.",
+        schema=StatusEvent | ProgressEvent | CancelEvent,
     )
     broker.publisher(
         stream=keys.events,

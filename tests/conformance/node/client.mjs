@@ -2,20 +2,25 @@
 //
 //   node client.mjs vectors <job_id_vectors.json>
 //   node client.mjs request <redis-url> <prefix> <request-json> <out-file> [--cancel] [--drop-after-chunks N]
+//                                                                        [--file-root DIR]
 //   node client.mjs cancel <redis-url> <prefix> <job-id> [<request-id>] [--until-ended]
 //
 // `request` follows PROTOCOL.md §2: derive the job id (§1 "Job ids"), note the stream's newest id,
 // XADD the request, read the job stream from there, keep chunks of the current attempt, stop at the
 // terminal status that carries our request id, re-read the answered attempt's chunks from
-// `start_id` when needed, verify size and sha256, write the file. It prints one JSON object.
+// `start_id` when needed (or, when the answer has no chunks or they are gone, fetch `url`; a
+// file:// `uri` only under --file-root), verify size and sha256, write the file. It prints one
+// JSON object.
 import { createHash } from "node:crypto";
 import { readFileSync, writeFileSync } from "node:fs";
+import { resolve, sep } from "node:path";
+import { fileURLToPath } from "node:url";
 import Redis from "ioredis";
 
 const TERMINAL = new Set(["succeeded", "failed", "cancelled", "dead"]);
 
 // ---- PROTOCOL.md §1 "Job ids"
-const TIME = /^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d+))?([Zz]|[+-]\d{2}:?\d{2})$/;
+const TIME = /^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})$/;
 
 export function epochNs(text) {
   const m = TIME.exec(text);
@@ -24,7 +29,7 @@ export function epochNs(text) {
   let ms = Date.UTC(+y, +mo - 1, +d, +h, +mi, +s);
   if (off !== "Z" && off !== "z") {
     const sign = off[0] === "-" ? -1 : 1;
-    const digits = off.slice(1).replace(":", "");
+    const digits = off.slice(1, 3) + off.slice(4, 6);
     ms -= sign * (Number(digits.slice(0, 2)) * 60 + Number(digits.slice(2, 4))) * 60000;
   }
   const micros = BigInt((frac + "000000").slice(0, 6)); // digits after the sixth are dropped
@@ -76,7 +81,8 @@ async function request(url, prefix, rawJson, outFile, opts) {
     let last = newest.length ? newest[0][0].toString() : "0-0";
     const requestId = await cmd.xadd(`${prefix}:requests`, "*", "request", rawJson);
     report.request_id = requestId;
-    let attempt = 0;
+    let attempt = null; // §2 step 4: the attempt being collected; none until a `running` is seen
+    let collecting = false;
     let chunks = [];
     let nextSeq = 0;
     let bytes = 0;
@@ -107,16 +113,20 @@ async function request(url, prefix, rawJson, outFile, opts) {
         seen.push(e.type);
         if (e.type === "status") {
           report.statuses.push({ state: e.state, request_id: e.request_id ?? null, attempt: Number(e.attempt), detail: e.detail ?? null });
-          if (e.state === "running" && Number(e.attempt) > attempt) {
-            attempt = Number(e.attempt); chunks = []; nextSeq = 0; bytes = 0;
+          if (e.state === "running" && (attempt === null || Number(e.attempt) > attempt)) {
+            attempt = Number(e.attempt); chunks = []; nextSeq = 0; bytes = 0; collecting = true;
           }
           if (e.request_id === requestId && opts.cancel && !cancelSent && (e.state === "running" || e.state === "queued")) {
             cancelSent = true;
             report.cancel_id = await cmd.xadd(`${prefix}:cancels`, "*", "job_id", job, "request_id", requestId);
           }
           if (e.request_id === requestId && TERMINAL.has(e.state)) { answer = e; break; }
-        } else if (e.type === "chunk" && Number(e.attempt) === attempt) {
-          if (Number(e.seq) !== nextSeq || Number(e.offset) !== bytes) throw new Error(`chunk seq ${e.seq} offset ${e.offset}; expected ${nextSeq}/${bytes}`);
+        } else if (e.type === "chunk" && collecting && Number(e.attempt) === attempt) {
+          if (Number(e.seq) !== nextSeq || Number(e.offset) !== bytes) {
+            // joined after the attempt's first chunks: step 5 reads them from start_id
+            collecting = false; chunks = []; report.joined_mid_stream = { seq: Number(e.seq) };
+            continue;
+          }
           chunks.push(e.data); nextSeq += 1; bytes += e.data.length; chunksSeen += 1;
           if (e.last === "true") chunks.complete = true;
           if (opts.dropAfterChunks && chunksSeen === opts.dropAfterChunks) {
@@ -143,27 +153,14 @@ async function request(url, prefix, rawJson, outFile, opts) {
     report.error_code = answer.error_code ?? null;
     report.labels = JSON.parse(answer.labels ?? "{}");
     report.detail = answer.detail ?? null;
+    report.start_id = answer.start_id ?? null;
+    report.chunks = answer.chunks ?? null;
     if (answer.state !== "succeeded") return report;
     // §4: refuse unverifiable results
     if (answer.size === undefined || answer.sha256 === undefined) throw new Error("succeeded without size/sha256");
-    if (!(chunks.complete && attempt === Number(answer.attempt))) {
-      // §2 step 5: the answered attempt's chunks are earlier on the stream (e.g. a duplicate's answer)
-      chunks = []; nextSeq = 0; bytes = 0; report.reread_from = answer.start_id;
-      let from = answer.start_id;
-      for (;;) {
-        const page = await cmd.xrangeBuffer(stream, from, "+", "COUNT", 8);
-        if (!page.length) throw new Error("chunks missing after start_id");
-        let done = false;
-        for (const [rawId, flat] of page) {
-          from = "(" + rawId.toString();
-          const e = toMap(flat);
-          if (e.type !== "chunk" || Number(e.attempt) !== Number(answer.attempt)) continue;
-          if (Number(e.seq) !== nextSeq || Number(e.offset) !== bytes) throw new Error("chunk order");
-          chunks.push(e.data); nextSeq += 1; bytes += e.data.length;
-          if (e.last === "true") { done = true; break; }
-        }
-        if (done) break;
-      }
+    if (!(collecting && chunks.complete && attempt === Number(answer.attempt))) {
+      chunks = await rereadChunks(cmd, stream, answer, report);
+      if (chunks === null) chunks = [await fetchBlob(answer, opts.fileRoot, report)];
     }
     const data = Buffer.concat(chunks);
     const sha = createHash("sha256").update(data).digest("hex");
@@ -177,6 +174,47 @@ async function request(url, prefix, rawJson, outFile, opts) {
     cmd.disconnect();
     reader.disconnect();
   }
+}
+
+// §2 step 5: the answered attempt's chunks from `start_id` (the attempt's `running` entry) on, in
+// pages of 8; null when the answer names none (`chunks` 0 or no `start_id`) or they are gone (the
+// job stream expired): then the blob is the way (§4).
+async function rereadChunks(cmd, stream, answer, report) {
+  if (!answer.start_id || Number(answer.chunks ?? 0) === 0) return null;
+  const chunks = [];
+  let nextSeq = 0, bytes = 0, from = answer.start_id;
+  report.reread_from = answer.start_id;
+  for (;;) {
+    const page = await cmd.xrangeBuffer(stream, from, "+", "COUNT", 8);
+    if (!page.length) return null; // chunks missing after start_id: expired
+    for (const [rawId, flat] of page) {
+      if (from === answer.start_id && rawId.toString() !== answer.start_id) return null; // its running entry is gone
+      from = "(" + rawId.toString();
+      const e = toMap(flat);
+      if (e.type !== "chunk" || Number(e.attempt) !== Number(answer.attempt)) continue;
+      if (Number(e.seq) !== nextSeq || Number(e.offset) !== bytes) throw new Error("chunk order");
+      chunks.push(e.data); nextSeq += 1; bytes += e.data.length;
+      if (e.last === "true") return chunks;
+    }
+  }
+}
+
+// §4: the object from `url` (http(s)), or a file:// `url`/`uri` only under a blob folder we know.
+async function fetchBlob(answer, fileRoot, report) {
+  if (answer.url && !answer.url.startsWith("file://")) {
+    report.fetched = "url";
+    const res = await fetch(answer.url);
+    if (!res.ok) throw new Error(`GET url: HTTP ${res.status}`);
+    return Buffer.from(await res.arrayBuffer());
+  }
+  const file = [answer.url, answer.uri].find((u) => u?.startsWith("file://"));
+  if (file && fileRoot) {
+    const path = fileURLToPath(file);
+    if (!path.startsWith(resolve(fileRoot) + sep)) throw new Error(`file uri outside the blob folder: ${path}`);
+    report.fetched = "file";
+    return readFileSync(path);
+  }
+  throw new Error(`no chunks and no fetchable url (object at ${answer.uri})`);
 }
 
 // ---- PROTOCOL.md §5: XADD a cancel entry, read its answer (a `cancel` entry with our cancel_id) on
@@ -228,7 +266,13 @@ async function main() {
       }
       ok += 1;
     }
-    console.log(JSON.stringify({ ok: true, vectors: ok }));
+    const { rejected_times: rejected = [] } = JSON.parse(readFileSync(args[0], "utf8"));
+    for (const t of rejected) {
+      let refused = false;
+      try { epochNs(t); } catch { refused = true; }
+      if (!refused) { console.log(JSON.stringify({ ok: false, accepted: t })); process.exit(1); }
+    }
+    console.log(JSON.stringify({ ok: true, vectors: ok, rejected: rejected.length }));
     return;
   }
   if (cmd === "request") {
@@ -236,6 +280,8 @@ async function main() {
     const opts = { cancel: rest.includes("--cancel") };
     const i = rest.indexOf("--drop-after-chunks");
     if (i >= 0) opts.dropAfterChunks = Number(rest[i + 1]);
+    const r = rest.indexOf("--file-root");
+    if (r >= 0) opts.fileRoot = rest[r + 1];
     console.log(JSON.stringify(await request(url, prefix, raw, out, opts)));
     return;
   }
@@ -246,7 +292,7 @@ async function main() {
     return;
   }
   console.error(
-    "usage: client.mjs vectors FILE | request URL PREFIX JSON OUT [--cancel] [--drop-after-chunks N]" +
+    "usage: client.mjs vectors FILE | request URL PREFIX JSON OUT [--cancel] [--drop-after-chunks N] [--file-root DIR]" +
       " | cancel URL PREFIX JOB_ID [REQUEST_ID] [--until-ended]",
   );
   process.exit(2);

@@ -104,6 +104,10 @@ def dead_entry(d: Delivery, reason: str, code: ErrorCode, job_id: str | None) ->
     return out
 
 
+#: The request fields the derived job id depends on (:meth:`TraceRequest.canonical`).
+_ID_FIELDS = ("process_id", "begin", "end", "span_types", "chunks", "logs", "metrics")
+
+
 def _salvage(raw: bytes | None) -> tuple[str | None, dict[str, str]]:
     """Job id and valid labels from an invalid request, where they can be known. Never raises."""
     if raw is None or len(raw) > _SALVAGE_MAX:
@@ -122,8 +126,13 @@ def _salvage(raw: bytes | None) -> tuple[str | None, dict[str, str]]:
         good_labels = {k: v for k, v in labels.items() if label_problem(k, v) is None}
     if isinstance(job_id, str) and _JOB_ID.fullmatch(job_id):  # match: `$` passes a final \n
         return job_id, good_labels
+    if job_id is not None:
+        return None, good_labels  # a bad explicit job_id names no job
     try:
-        return TraceRequest.model_validate(obj).effective_job_id(), good_labels
+        # Only the fields the derived id depends on (PROTOCOL §1): a bad label, `v` or `max_age_s`
+        # does not hide the job the requester follows.
+        ids = {k: obj[k] for k in _ID_FIELDS if k in obj}
+        return TraceRequest.model_validate(ids).effective_job_id(), good_labels
     except (ValidationError, ValueError, RecursionError):
         return None, good_labels
 
