@@ -167,11 +167,12 @@ def test_page_search_generate_download_open(
         def done() -> bool:
             # State and bar read in one script, so they are of the same moment (two reads could see
             # the bar before a status event and the state after it).
-            state, value = driver.execute_script(
+            shown, value = driver.execute_script(
                 "return [document.getElementById('job-state').textContent,"
                 " document.getElementById('progress-bar').value]"
             )
             seen.append(float(value or 0))
+            state = str(shown)
             assert state not in ("failed", "dead", "cancelled"), driver.find_element(
                 By.ID, "progress-text"
             ).text
