@@ -16,6 +16,7 @@ from tests.engine.decode_logs import decode_logs
 from tests.support.devserver import small_lake, start_devserver
 from worker.devserver import DevServer, Lake, log_entries, measures
 from worker.devserver.schemas import SchemaOptions
+from worker.engine.counters import counter_name
 from worker.errors import TraceTooLarge
 from worker.pipeline import Progress, TraceSpec, generate_trace
 from worker.source import FlightSqlConfig, FlightSqlSource
@@ -62,9 +63,10 @@ def _expected_logs(lake: Lake, pid: str, begin: int, end: int) -> Counter[tuple[
 def _expected_measures(lake: Lake, pid: str, begin: int, end: int) -> Counter[tuple[str, str, int, float]]:
     out: Counter[tuple[str, str, int, float]] = Counter()
     for batch in measures(lake, pid, PLAIN, begin, end):
-        cols = [batch.column(c).to_pylist() for c in ("name", "unit", "value")]
+        target, name, unit, value = (batch.column(c).to_pylist() for c in ("target", "name", "unit", "value"))
         t = batch.column("time").cast(pa.int64()).to_pylist()
-        out.update(zip(cols[0], cols[1], t, cols[2], strict=True))
+        shown = [counter_name(tg, n) for tg, n in zip(target, name, strict=True)]
+        out.update(zip(shown, unit, t, value, strict=True))
     return out
 
 

@@ -1,5 +1,6 @@
-"""Awkward log texts and bad columns over the real Flight SQL wire (scripted devserver answers):
-the trace is never broken, texts come out as docs/TRACE_FORMAT.md says, bad columns fail clearly."""
+"""Awkward log texts, measure values and bad columns over the real Flight SQL wire (scripted devserver
+answers): the trace is never broken, texts and values come out as docs/TRACE_FORMAT.md says, bad
+columns fail clearly."""
 
 from __future__ import annotations
 
@@ -33,10 +34,23 @@ def _logs(begin: int, msg: pa.Array) -> pa.RecordBatch:
     )
 
 
+def _measures(begin: int, value: pa.Array) -> pa.RecordBatch:
+    n = len(value)
+    return pa.record_batch(
+        {
+            "time": pa.array([begin + i for i in range(n)], pa.int64()).cast(TS),
+            "target": pa.array(["app"] * n),
+            "name": pa.array(["allocated"] * n),
+            "unit": pa.array(["bytes"] * n),
+            "value": value,
+        }
+    )
+
+
 async def _run(lake_process_id: str, server_url: str, begin: int, end: int) -> bytes:
     source = FlightSqlSource(FlightSqlConfig(server_url, concurrency=1))
     try:
-        spec = TraceSpec(lake_process_id, begin, end, SpanTypes.ASYNC, logs=True)
+        spec = TraceSpec(lake_process_id, begin, end, SpanTypes.ASYNC, logs=True, metrics=True)
         return b"".join([c async for c in generate_trace(source, spec)])
     finally:
         await source.aclose()
@@ -61,3 +75,22 @@ async def test_a_msg_column_of_numbers_fails_clearly() -> None:
         script.log_entries = [_logs(p.begin_ns + 10, pa.array([1, 2], pa.int64()))]
         with pytest.raises(BadSourceData, match="'msg'"):
             await _run(p.process_id, server.url, p.begin_ns, p.end_ns)
+
+
+@pytest.mark.parametrize("value_type", [pa.int64(), pa.uint64()])
+async def test_integer_measures_beyond_double_precision_arrive_as_the_nearest_double(
+    value_type: pa.DataType,
+) -> None:
+    # Perfetto counter values are doubles: a value above 2**53 is written as the nearest double
+    # (docs/TRACE_FORMAT.md, "Logs and metrics"), never a failed job.
+    lake = small_lake(seed=4)
+    p = lake.processes[0]
+    values = [2**53 + 1, 2**62 + 3, 5] if value_type == pa.int64() else [2**53 + 1, 2**64 - 1, 5]
+    with scripted_spans_server(lake) as (server, script):
+        script.measures = [_measures(p.begin_ns + 10, pa.array(values, value_type))]
+        data = await _run(p.process_id, server.url, p.begin_ns, p.end_ns)
+    got = decode_logs(data)
+    assert got.problems == []
+    ((uuid, points),) = got.counters.items()
+    assert got.descriptors[uuid].name == "allocated (app)"
+    assert points == [(p.begin_ns + 10 + i, float(v)) for i, v in enumerate(values)]

@@ -196,14 +196,19 @@ def test_measures_become_one_counter_track_per_target_and_name_in_time_order() -
         assert desc.parent_uuid == PROC_UUID
         assert [t for t, _ in points] == sorted(t for t, _ in points)
         by_name[(desc.name, desc.counter.unit_name, int(desc.counter.unit))] = points
+    # The same metric under two targets: two tracks, told apart by their names.
     assert set(by_name) == {
-        ("mem", "bytes", pb.CounterDescriptor.UNIT_SIZE_BYTES),
-        ("fps", "count", pb.CounterDescriptor.UNIT_COUNT),
-        ("mem", "ns", pb.CounterDescriptor.UNIT_TIME_NS),
+        ("mem (app)", "bytes", pb.CounterDescriptor.UNIT_SIZE_BYTES),
+        ("fps (app)", "count", pb.CounterDescriptor.UNIT_COUNT),
+        ("mem (other)", "ns", pb.CounterDescriptor.UNIT_TIME_NS),
     }
-    assert by_name[("mem", "bytes", 3)] == [(RANGE.begin_ns, 1.5), (4_000_000, -2.25), (5_000_000, 1e300)]
-    assert by_name[("fps", "count", 2)] == [(3_000_000, 60.0)]
-    (nan,) = by_name[("mem", "ns", 1)]
+    assert by_name[("mem (app)", "bytes", 3)] == [
+        (RANGE.begin_ns, 1.5),
+        (4_000_000, -2.25),
+        (5_000_000, 1e300),
+    ]
+    assert by_name[("fps (app)", "count", 2)] == [(3_000_000, 60.0)]
+    (nan,) = by_name[("mem (other)", "ns", 1)]
     assert nan[0] == 7_000_000 and np.isnan(nan[1])
 
 
@@ -292,3 +297,78 @@ def test_log_stream_tracks_follow_first_appearance_whatever_the_dictionary() -> 
         xxh64(b"s-late"),
         xxh64(b"s-early"),
     ]
+
+
+def _measures(
+    targets: list[str | None], names: list[str | None], values: pa.Array, begin: int = 2_000_000
+) -> pa.RecordBatch:
+    n = len(targets)
+    return pa.record_batch(
+        {
+            "time": pa.array([begin + i for i in range(n)], pa.int64()).cast(TS),
+            "target": pa.array(targets, pa.string()).dictionary_encode(),
+            "name": pa.array(names, pa.string()).dictionary_encode(),
+            "unit": pa.array(["count"] * n).dictionary_encode(),
+            "value": values,
+        }
+    )
+
+
+def test_pairs_that_join_to_the_same_text_get_their_own_tracks() -> None:
+    # Joined by NUL, ("a\0b", "c") and ("a", "b\0c") are the same bytes; the uuid must tell them apart.
+    # A null target or name is the empty text: ("", "x") and (null, "x") are one track.
+    batch = _measures(["a\0b", "a", "", None], ["c", "b\0c", "x", "x"], pa.array([1.0, 2.0, 3.0, 4.0]))
+    data = encode_all(measures=[batch])
+    got = decode_logs(data)
+    assert got.problems == []
+    by_name = {got.descriptors[u].name: points for u, points in got.counters.items()}
+    assert by_name == {
+        "c (a\u2400b)": [(2_000_000, 1.0)],
+        "b\u2400c (a)": [(2_000_001, 2.0)],
+        "x": [(2_000_002, 3.0), (2_000_003, 4.0)],
+    }
+    described = [
+        p.track_descriptor for p in pb.Trace.FromString(data).packet if p.track_descriptor.HasField("counter")
+    ]
+    assert len(described) == len({d.uuid for d in described}) == 3
+    assert {d.description for d in described} >= {
+        "Micromegas measure 'c' of target 'a\\x00b', unit 'count'",
+        "Micromegas measure 'b\\x00c' of target 'a', unit 'count'",
+    }
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        pa.array([2**53 + 1, -(2**63), 2**63 - 1, 7], pa.int64()),
+        pa.array([2**53 + 1, 2**64 - 1, 0, 7], pa.uint64()),
+    ],
+)
+def test_integer_values_beyond_double_precision_become_the_nearest_double(values: pa.Array) -> None:
+    # Perfetto counters are doubles: the nearest double, not a failed job; batches of floats after
+    # batches of integers are one stream of the same counter.
+    ints = _measures(["app"] * 4, ["big"] * 4, values)
+    floats = _measures(["app"] * 2, ["big"] * 2, pa.array([0.5, 1.5], pa.float32()), begin=3_000_000)
+    got = decode_logs(encode_all(measures=[ints, floats]))
+    assert got.problems == []
+    ((_, points),) = got.counters.items()
+    assert [v for _, v in points] == [float(v) for v in values.to_pylist()] + [0.5, 1.5]
+
+
+def test_a_null_and_an_empty_stream_id_are_one_log_stream_track() -> None:
+    def batch(times: list[int], streams: list[str | None]) -> pa.RecordBatch:
+        stream_col = pa.array(streams, pa.string()).dictionary_encode()
+        return log_batch(times, [4] * len(times), ["m"] * len(times)).set_column(1, "stream_id", stream_col)
+
+    data = encode_all(
+        [batch([2_000_000, 2_000_001], ["", None]), batch([3_000_000], [None]), batch([4_000_000], [""])]
+    )
+    got = decode_logs(data)
+    assert got.problems == []
+    described = [
+        p.track_descriptor.uuid
+        for p in pb.Trace.FromString(data).packet
+        if p.HasField("track_descriptor") and p.track_descriptor.thread.thread_name == "log stream"
+    ]
+    assert described == [xxh64(b"")]
+    assert [g.track for g in got.logs] == [xxh64(b"")] * 4

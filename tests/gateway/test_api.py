@@ -13,6 +13,7 @@ import httpx
 import pyarrow.compute as pc
 from redis import Redis
 
+from tests.engine.decode_logs import decode_logs
 from tests.gateway.conftest import Stack
 from tests.support.devserver import expected_async_events
 from tests.support.gateway_process import run_gateway
@@ -227,6 +228,20 @@ def test_downloaded_trace_decodes(stack: Stack, tmp_path: Any) -> None:
     report = inspect_trace(path)
     assert report.ok, report
     assert report.slices == small.thread_span_count  # every thread span of the lake, as the stats said
+
+
+def test_logs_and_metrics_reach_the_trace(stack: Stack) -> None:
+    small = stack.lake.processes[0]
+    body = {"process_id": small.process_id, "span_types": "async", "logs": True, "metrics": True}
+    job = stack.http.post("/api/traces", json=body).json()
+    assert job["request"]["logs"] is True and job["request"]["metrics"] is True
+    with stack.http.stream("GET", job["links"]["events"]) as events:
+        states = [data["state"] for kind, data in _sse(events) if kind == "status"]
+    assert states[-1] == "succeeded"
+    got = decode_logs(stack.http.get(job["links"]["trace"]).content)
+    assert got.problems == []
+    assert len(got.logs) == small.log_entry_count > 0
+    assert sum(len(v) for v in got.counters.values()) == small.measure_count > 0
 
 
 def test_cancel_a_running_job(stack: Stack) -> None:

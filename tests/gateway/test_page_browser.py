@@ -1,5 +1,6 @@
 """The page in a real headless browser (Debian's chromium + chromedriver, driven by Selenium; nothing is
-downloaded at run time): search, details, generate a trace, watch progress reach done, download the
+downloaded at run time): search, details, generate a trace with log lines and metrics ticked, watch
+progress reach done, download the
 file (sha256 checked), open it in a stand-in Perfetto UI over the documented postMessage protocol,
 and save a screenshot.
 
@@ -21,6 +22,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from tests.engine.decode_logs import decode_logs
 from tests.gateway.conftest import Stack
 from tests.support.gateway_process import run_gateway
 
@@ -157,12 +159,20 @@ def test_page_search_generate_download_open(
         _until("log lines", lambda: len(driver.find_elements(By.CSS_SELECTOR, log_cells)) > 10)
 
         Select(driver.find_element(By.ID, "span-types")).select_by_value("both")
+        driver.find_element(By.ID, "with-logs").click()
+        driver.find_element(By.ID, "with-metrics").click()
         driver.find_element(By.ID, "generate").click()
         seen: list[float] = []
 
         def done() -> bool:
-            seen.append(float(driver.find_element(By.ID, "progress-bar").get_attribute("value") or 0))
-            state = driver.find_element(By.ID, "job-state").text
+            # State and bar read in one script, so they are of the same moment (two reads could see
+            # the bar before a status event and the state after it).
+            shown, value = driver.execute_script(
+                "return [document.getElementById('job-state').textContent,"
+                " document.getElementById('progress-bar').value]"
+            )
+            seen.append(float(value or 0))
+            state = str(shown)
             assert state not in ("failed", "dead", "cancelled"), driver.find_element(
                 By.ID, "progress-text"
             ).text
@@ -180,6 +190,11 @@ def test_page_search_generate_download_open(
         _until("the download", lambda: target.exists() and not list(downloads.glob("*.crdownload")))
         data = target.read_bytes()
         assert len(data) == status["size"] and hashlib.sha256(data).hexdigest() == status["sha256"]
+        # The ticked boxes reached the request: every log entry and measure of the process is in it.
+        got = decode_logs(data)
+        assert got.problems == []
+        assert len(got.logs) == small.log_entry_count > 0
+        assert sum(len(v) for v in got.counters.values()) == small.measure_count > 0
         assert "verified" in driver.find_element(By.ID, "sha-check").text
         _until(
             "the recent jobs list",

@@ -2,7 +2,11 @@
 
 One counter track per (target, name) under the process track, created the first time the pair is
 seen: a TrackDescriptor ``{uuid, parent_uuid = process, name, description, counter {unit, unit_name}}``.
-Track uuid: ``xxh64(target + "\\0" + name, seed = process uuid)``. Each measure is one packet, 41 bytes::
+Track uuid (:func:`counter_uuid`): xxh64 of the UTF-8 target's byte length (8 bytes, little endian),
+the target, then the name, seed = process uuid: length-prefixed, so no two (target, name) pairs share
+the hashed bytes, whatever characters (NUL included) they hold. Track name (:func:`counter_name`):
+``name (target)``, or ``name`` alone when the target is empty, so the same metric under two targets
+shows as two distinguishable tracks. Each measure is one packet, 41 bytes::
 
     0A 27                                   Trace.packet
       40 ts(9)                              timestamp (epoch ns)
@@ -21,9 +25,17 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from worker.engine.tracks import xxh64
 from worker.engine.wire import _spread56, field_bytes, field_varint, put_varint64
 
-__all__ = ["COUNTER_PACKET_SIZE", "counter_descriptor", "counter_rows", "counter_unit"]
+__all__ = [
+    "COUNTER_PACKET_SIZE",
+    "counter_descriptor",
+    "counter_name",
+    "counter_rows",
+    "counter_unit",
+    "counter_uuid",
+]
 
 U8 = npt.NDArray[np.uint8]
 U64 = npt.NDArray[np.uint64]
@@ -61,8 +73,27 @@ def counter_unit(unit: str) -> int:
     return _UNITS.get(unit.strip().lower(), 0)
 
 
+def counter_uuid(process_uuid: int, target: str, name: str) -> int:
+    """Track uuid (unsigned 64-bit) of the counter track of (``target``, ``name``) under a process.
+
+    xxh64(len(target) as 8 bytes little endian + target + name, seed = ``process_uuid``), lengths and
+    texts in UTF-8 bytes: the prefix makes the hashed bytes differ for any two distinct pairs (a
+    separator would not: ("a\\0b", "c") and ("a", "b\\0c") joined by NUL are the same bytes).
+    """
+    t = target.encode()
+    return xxh64(len(t).to_bytes(8, "little") + t + name.encode(), seed=process_uuid)
+
+
+def counter_name(target: str, name: str) -> str:
+    """The track name shown in the UI: ``name (target)``, or ``name`` when the target is empty.
+
+    NUL characters show as U+2400 (as in log bodies); the uuid still tells such pairs apart."""
+    shown = f"{name} ({target})" if target else name
+    return shown.replace("\0", "\u2400")
+
+
 def counter_descriptor(uuid: int, parent: int, *, name: str, target: str, unit: str) -> bytes:
-    """The TrackDescriptor body (not framed) of one counter track."""
+    """The TrackDescriptor body (not framed) of one counter track (named by :func:`counter_name`)."""
     counter = field_bytes(6, unit) if unit else b""
     code = counter_unit(unit)
     if code:
@@ -70,7 +101,7 @@ def counter_descriptor(uuid: int, parent: int, *, name: str, target: str, unit: 
     return (
         field_varint(1, uuid)
         + field_varint(5, parent)
-        + field_bytes(2, name)
+        + field_bytes(2, counter_name(target, name))
         + field_bytes(14, f"Micromegas measure {name!r} of target {target!r}, unit {unit!r}")
         + field_bytes(8, counter)
     )

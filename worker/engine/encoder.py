@@ -21,7 +21,7 @@ from contracts.request import SpanTypes
 from worker.engine.async_spans import AsyncBatch, AsyncState
 from worker.engine.canonical import ASYNC_ORDER, THREAD_ORDER, Canonicalizer
 from worker.engine.chunks import Chunker
-from worker.engine.counters import counter_descriptor, counter_rows
+from worker.engine.counters import counter_descriptor, counter_rows, counter_uuid
 from worker.engine.inputs import column, int_column, string_column, time_column
 from worker.engine.interning import Interner
 from worker.engine.logs import LogBatch, clean_bodies, is_text, log_rows, priorities
@@ -399,7 +399,8 @@ class TraceEncoder:
     def add_measures(self, batch: pa.RecordBatch) -> list[bytes]:
         """Encode a batch of the process's measures as counter values (see ``worker.engine.counters``).
 
-        Columns: ``time``, ``target``, ``name``, ``unit``, ``value`` (float). A counter track per
+        Columns: ``time``, ``target``, ``name``, ``unit``, ``value`` (a float or an integer, written
+        as the nearest double, see docs/TRACE_FORMAT.md). A counter track per
         (target, name) is described before its first value. Rows are put in canonical order first
         (:data:`MEASURE_ORDER`). Rows without a time or value, or
         outside the range, are dropped and counted in ``stats.dropped_measures``.
@@ -417,6 +418,12 @@ class TraceEncoder:
         if self._current is not None:
             out += self.end_thread(self._current)
         out += self._flush_logs()
+        if value_col.type != pa.float64():
+            # Counter values are doubles in Perfetto: an integer beyond +-2**53 (int64 or uint64)
+            # becomes the nearest double (unchecked cast), as the counter would show it anyway,
+            # rather than failing the job. Cast before canonical order, so batches of integer and
+            # float values sort and concatenate as one stream.
+            value_col = value_col.cast(pa.float64(), safe=False)
         hashed = pa.record_batch(
             {
                 "time": column(batch, "time", what),
@@ -465,8 +472,6 @@ class TraceEncoder:
         def kept(a: npt.NDArray[_T]) -> npt.NDArray[_T]:
             return a if every else a[keep]
 
-        if value_col.type != pa.float64():
-            value_col = value_col.cast(pa.float64())
         if value_col.null_count:
             value_col = value_col.fill_null(0.0)
         ts = kept(time)
@@ -482,7 +487,7 @@ class TraceEncoder:
                 strings = self._measure_strings
                 target, name = strings[t], strings[n]
                 unit = strings[int(u_hash[int(np.argmax(index == i))])]  # the pair's first row
-                uuid = xxh64(f"{target}\0{name}".encode(), seed=self._proc_uuid)
+                uuid = counter_uuid(self._proc_uuid, target, name)
                 self._counter_uuid[(t, n)] = uuid
                 desc = counter_descriptor(uuid, self._proc_uuid, name=name, target=target, unit=unit)
                 out += self._packet(descriptor_packet(desc))

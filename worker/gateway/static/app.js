@@ -116,6 +116,9 @@ async function generate(event) {
   const request = { process_id: state.process, span_types: $("#span-types").value, labels: { requested_by: "web" } };
   if ($("#begin").value.trim()) request.begin = $("#begin").value.trim();
   if ($("#end").value.trim()) request.end = $("#end").value.trim();
+  // Sent only when ticked: false is the default, and a request without them keeps its job id.
+  if ($("#with-logs").checked) request.logs = true;
+  if ($("#with-metrics").checked) request.metrics = true;
   $("#generate").disabled = true;
   try {
     const accepted = await api("/api/traces", { method: "POST", body: JSON.stringify(request), headers: { "Content-Type": "application/json" } });
