@@ -472,9 +472,11 @@ class JobHandle:
         """Fetch a succeeded job's object from its ``url`` (or file:// ``uri``), verifying size and sha256."""
         source = event.url or (event.uri if event.uri and event.uri.startswith("file://") else None)
         if source is not None and source.startswith("file://") and not self.client.allows_file(source):
+            root = self.client.file_root or "none set"
             raise TraceIntegrityError(
-                f"job {self.job_id} points at a local file ({source}); this client reads local "
-                "files only under its file_root"
+                f"job {self.job_id}'s chunks are gone and its trace is a local file ({source}) outside "
+                f"this client's file_root ({root}); give the client the worker's blob folder as "
+                "file_root (trace-worker commands: set TRACE_WORKER_BLOB_URL=file://<that folder>)"
             )
         if source is None:
             raise TraceIntegrityError(

@@ -83,8 +83,13 @@ def _chosen(argv: Sequence[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(full=_chosen(argv))
-    args = parser.parse_args(argv)
+    try:
+        # Importing the command's module takes a moment: a Ctrl-C then is no programming error.
+        parser = build_parser(full=_chosen(argv))
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        print("trace-worker: interrupted", file=sys.stderr)
+        return 130
     try:
         status: int = args.handler(args)
     except UsageError as exc:

@@ -1,5 +1,6 @@
 """`trace-worker demo` through its real entry point: with no Redis running, with the settings' Redis,
-without a redis-server binary, and interrupted with Ctrl-C (SIGINT). Nothing may be left running."""
+without a redis-server binary, and stopped by SIGINT, SIGTERM or SIGHUP (also with SIGINT ignored, and
+a second signal during the teardown). Nothing may be left running, nor any key in a named Redis."""
 
 from __future__ import annotations
 
@@ -40,12 +41,33 @@ pytestmark = pytest.mark.timeout(600)
 Demo = AbstractAsyncContextManager[asyncio.subprocess.Process]
 
 
-def start_demo(tmp_path: Path, env: dict[str, str], *args: str) -> Demo:
+#: Starts the demo with SIGINT ignored, as a non-interactive shell starts ``trace-worker demo &``
+#: (exec keeps an ignored disposition).
+SIGINT_IGNORED = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "os.execv(sys.executable, [sys.executable, '-m', 'worker', 'demo', *sys.argv[1:]])"
+)
+
+
+def start_demo(tmp_path: Path, env: dict[str, str], *args: str, sigint_ignored: bool = False) -> Demo:
     """The demo in its own process group, killed with everything it started when the block ends."""
+    start = ("-c", SIGINT_IGNORED) if sigint_ignored else ("-m", "worker", "demo")
     return running(
-        sys.executable, "-m", "worker", "demo", *args,
+        sys.executable, *start, *args,
         cwd=tmp_path, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
+
+
+async def read_until(stream: asyncio.StreamReader | None, want: str, collected: list[str]) -> None:
+    """Read lines (into ``collected``) until one contains ``want``; the demo's readiness signals."""
+    assert stream is not None
+    async with asyncio.timeout(DEMO_S):
+        while True:
+            line = (await stream.readline()).decode()
+            assert line, f"demo exited before printing {want!r}: {''.join(collected)[-3000:]}"
+            collected.append(line)
+            if want in line:
+                return
 
 
 def processes_using(tmp_path: Path) -> list[str]:
@@ -118,27 +140,70 @@ async def test_demo_without_redis_server_binary_says_how_to_install_first(tmp_pa
     assert processes_using(tmp_path) == [] and list((tmp_path / "tmp").iterdir()) == []
 
 
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-async def test_interrupt_stops_everything(tmp_path: Path, sig: signal.Signals, code: int) -> None:
-    async with start_demo(tmp_path, demo_env(tmp_path), "--process", "large", "-o", "big.pftrace") as proc:
+@pytest.mark.parametrize(
+    ("sigs", "code", "sigint_ignored"),
+    [
+        ((signal.SIGINT,), 130, False),
+        ((signal.SIGTERM,), 143, False),
+        ((signal.SIGHUP,), 129, False),  # the terminal was closed
+        # started with `&` from a script: SIGINT stays ignored, SIGTERM still stops everything
+        ((signal.SIGINT, signal.SIGTERM), 143, True),
+    ],
+    ids=["sigint", "sigterm", "sighup", "sigint-ignored-then-sigterm"],
+)
+async def test_interrupt_stops_everything(
+    tmp_path: Path, sigs: tuple[signal.Signals, ...], code: int, sigint_ignored: bool
+) -> None:
+    args = ("--process", "large", "-o", "big.pftrace")
+    async with start_demo(tmp_path, demo_env(tmp_path), *args, sigint_ignored=sigint_ignored) as proc:
         assert proc.stderr is not None
         async with asyncio.timeout(DEMO_S):  # readiness: the demo says when its job is submitted
             while not (line := (await proc.stderr.readline()).decode()).startswith("job "):
                 assert line, "demo exited before submitting its job"
-        proc.send_signal(sig)  # Ctrl-C, or a service manager's stop (to the demo only, not its children)
+        for sig in sigs:  # to the demo only, not its children (a service manager's stop)
+            proc.send_signal(sig)
         try:
             _, err = await asyncio.wait_for(proc.communicate(), 120)
         except TimeoutError:
             # Where it hangs: PYTHONFAULTHANDLER makes SIGABRT dump every thread's stack to stderr.
             proc.send_signal(signal.SIGABRT)
             rest = await asyncio.wait_for(proc.stderr.read(), 60)
-            pytest.fail(f"demo still running 120 s after {sig.name}:\n{rest.decode(errors='replace')}")
+            pytest.fail(f"demo still running 120 s after {sigs}:\n{rest.decode(errors='replace')}")
         # Checked before the block kills the demo's process group: the demo itself stopped them all.
         assert processes_using(tmp_path) == []
     assert proc.returncode == code, err.decode()
     assert "stopping the services" in err.decode() and "Traceback" not in err.decode()
     assert not (tmp_path / "big.pftrace").exists() and not (tmp_path / "big.pftrace.part").exists()
     assert list((tmp_path / "tmp").iterdir()) == []  # work folder removed
+
+
+@pytest.mark.parametrize("when", ["second-sigint-while-stopping", "sigterm-after-succeeded"])
+async def test_a_named_redis_keeps_no_demo_key_however_it_is_stopped(
+    redis_server: RedisServer, tmp_path: Path, when: str
+) -> None:
+    env = demo_env(tmp_path, redis_server.url)
+    seen: list[str] = []
+    async with start_demo(tmp_path, env, "-o", "n.pftrace") as proc:
+        if when == "second-sigint-while-stopping":
+            await read_until(proc.stderr, "job ", seen)
+            proc.send_signal(signal.SIGINT)
+            await read_until(proc.stderr, "stopping the services", seen)
+            proc.send_signal(signal.SIGINT)  # impatient: the teardown must still remove the keys
+            codes: tuple[int, ...] = (130,)
+        else:
+            await read_until(proc.stderr, "succeeded", seen)
+            proc.send_signal(signal.SIGTERM)  # lands while the services stop (or, late, after)
+            codes = (143, 0)
+        _, err = await asyncio.wait_for(proc.communicate(), 120)
+        assert processes_using(tmp_path) == []
+    assert proc.returncode in codes, "".join(seen) + err.decode()
+    assert "Traceback" not in err.decode()
+    redis = aioredis.Redis.from_url(redis_server.url)
+    try:
+        assert await redis.keys("*") == []  # no tw-demo-* key left in the user's Redis
+    finally:
+        await redis.aclose()
+    assert list((tmp_path / "tmp").iterdir()) == []
 
 
 async def test_demo_with_the_gateway_serves_the_page_until_ctrl_c(

@@ -70,6 +70,11 @@ def test_request_takes_epoch_nanoseconds_as_generate_does() -> None:
     assert "epoch ns" in command_parser("request").format_help()
 
 
+def test_request_help_says_what_to_set_to_read_a_local_blob() -> None:
+    text = " ".join(command_parser("request").format_help().split())
+    assert "chunk_ttl_s" in text and "TRACE_WORKER_BLOB_URL=file://<that folder>" in text
+
+
 def test_devserver_doc_states_the_default_processes_of_its_help() -> None:
     default = command_parser("devserver").get_default("processes")
     doc = (ROOT / "docs" / "DEVSERVER.md").read_text().splitlines()

@@ -76,3 +76,26 @@ def test_every_command_has_its_own_help(name: str, capsys: pytest.CaptureFixture
         main([name, "--help"])
     assert exit_.value.code == 0
     assert capsys.readouterr().out.startswith(f"usage: trace-worker {name}")
+
+
+#: A real Ctrl-C (SIGINT to itself) while the command's module is being imported.
+_CTRL_C_WHILE_IMPORTING = """
+import importlib, signal, sys
+import worker.cli
+
+def import_module(name):
+    signal.raise_signal(signal.SIGINT)
+    return importlib.import_module(name)
+
+worker.cli.importlib = type("Importlib", (), {"import_module": staticmethod(import_module)})
+sys.exit(worker.cli.main(["demo"]))
+"""
+
+
+def test_ctrl_c_during_start_up_exits_130_without_a_traceback() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _CTRL_C_WHILE_IMPORTING],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.strip() == "trace-worker: interrupted"

@@ -9,10 +9,11 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 
 from contracts import JobState, Keys, TraceRequest
-from contracts.client import TraceClient
+from contracts.client import TraceClient, TraceIntegrityError
 from tests.service.support import PID, JobReader, ScriptedGenerator, fast_settings, submit, wait_until
 from tests.support.redis_server import RedisServer
 from worker.service.app import Service
@@ -48,6 +49,10 @@ async def test_chunks_expire_before_statuses(redis_server: RedisServer, redis: R
             assert status.state == JobState.SUCCEEDED
             assert out.read_bytes() == expected
             assert hashlib.sha256(expected).hexdigest() == status.sha256
+        # without the blob folder the error says what to set (the command line's setting too)
+        async with TraceClient(redis_server.url, prefix="t") as client:
+            with pytest.raises(TraceIntegrityError, match=r"TRACE_WORKER_BLOB_URL=file://<that folder>"):
+                await client.job("short-chunks").download(tmp_path / "no-root.pftrace", timeout=60)
 
         # a duplicate request is answered (not rerun) with where the blob is
         await submit(redis, KEYS, req)

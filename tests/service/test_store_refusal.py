@@ -1,5 +1,6 @@
-"""A blob store that refuses writes (issue 10 item 5): /readyz says so, a job fails at once (no
-retries computing the trace again), and the chunks of attempts that did not succeed are removed.
+"""A blob store that refuses writes (issue 10 item 5): /readyz says so, a job fails at once, before
+its trace is computed (no retries computing it again), and the chunks of attempts that did not
+succeed are removed.
 
 Tests run as root, so ``chmod`` cannot make a folder unwritable: the folder is made immutable
 (``chattr +i``: EPERM even for root, while ``os.access`` still says writable), or, on a file system
@@ -62,8 +63,10 @@ async def _started(url: str, store: BlobStore, gen: ScriptedGenerator) -> Servic
 
 async def _fails_at_once(redis: Redis, gen: ScriptedGenerator, job_id: str) -> None:
     req = TraceRequest(process_id=PID, job_id=job_id)
+    calls = gen.calls
     await submit(redis, KEYS, req)
     final = await JobReader(redis, KEYS, job_id).terminal()
+    assert gen.calls == calls  # the store was checked before the trace was computed
     assert final.state == JobState.FAILED and final.error_code == ErrorCode.BLOB_STORE_ERROR, final
     assert final.retryable is True, final  # resubmitting succeeds once the store is fixed
     assert final.attempt == 1, final  # one attempt: a refused write is not retried

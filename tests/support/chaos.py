@@ -29,8 +29,9 @@ import redis
 __all__ = ["ChaosProxy", "Mode", "blob_leftovers", "scan_keys"]
 
 #: pass: forward as fast as possible; stall: hold every byte (connections stay open); trickle:
-#: forward towards the client at ``trickle_bps`` bytes per second.
-Mode = Literal["pass", "stall", "trickle"]
+#: forward towards the client at ``trickle_bps`` bytes per second; mute: forward to the server, hold
+#: every byte towards the client (the server did the command, its reply has not come back yet).
+Mode = Literal["pass", "stall", "trickle", "mute"]
 
 _POLL_S = 0.05
 _BUF = 64 * 1024
@@ -144,7 +145,7 @@ class ChaosProxy:
         pending = b""
         try:
             while not self._stop.is_set() and not conn.closed:
-                if self.mode == "stall":
+                if self.mode == "stall" or (downstream and self.mode == "mute"):
                     time.sleep(_POLL_S)  # holding bytes is the fault being injected
                     continue
                 if not pending:
@@ -155,6 +156,8 @@ class ChaosProxy:
                     if not data:
                         break
                     pending = data
+                if downstream and self.mode == "mute":
+                    continue  # muted while reading: the bytes are held (the loop's top waits)
                 if downstream and self.mode == "trickle":
                     step = max(1, self.trickle_bps // 20)
                     piece, pending = pending[:step], pending[step:]

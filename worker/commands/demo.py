@@ -6,8 +6,11 @@ Starts a private redis-server (unless a Redis is named with --redis-url or TRACE
 then its keys go under a private prefix, removed afterwards), the development Flight SQL server with
 a small lake and a worker (subprocesses on free loopback ports); requests the trace of a sample
 process through the client library, shows progress, writes the file, stops every service and prints
-a summary. Ctrl-C (SIGINT) and SIGTERM stop everything it started and remove its work folder; the
-services' logs are kept only when something fails.
+a summary. Ctrl-C (SIGINT), SIGTERM and SIGHUP (terminal closed) stop everything it started, remove
+its keys from a named Redis and its work folder, and exit 128 + the signal's number (130, 143, 129); a
+second signal while it stops the services kills them at once. A SIGINT or SIGHUP that was ignored when
+the demo started (``cmd &`` in a script, ``nohup``) stays ignored. The services' logs are kept only
+when something fails.
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
@@ -41,6 +45,7 @@ from worker.settings import Settings, load_settings
 __all__ = ["register"]
 
 PROCESS_KINDS = ("small", "typical", "large", "wide")
+_T = TypeVar("_T")
 
 
 def register(subparsers: Any) -> None:
@@ -86,27 +91,102 @@ def run(args: argparse.Namespace) -> int:
     redis_url = _named_redis(args, settings)
     if redis_url is None and shutil.which("redis-server") is None:
         raise UsageError(NO_REDIS_SERVER)
-    workdir = Path(tempfile.mkdtemp(prefix="trace-worker-demo-"))
-    ok = False
-    terminated: list[int] = []
-    with _sigterm_as_interrupt(terminated):
+    stops = _Stops()
+    with stops.installed():
+        workdir = Path(tempfile.mkdtemp(prefix="trace-worker-demo-"))
+        ok = False
         try:
-            code, summary = asyncio.run(_demo(args, settings, redis_url, output, workdir))
+            code, summary = stops.run(_demo(args, settings, redis_url, output, workdir, stops))
             ok = code == 0
             if summary is not None:
                 _print_summary(summary)
             return code
         except (KeyboardInterrupt, UsageError):
             ok = True  # everything was stopped; nothing to look at
-            if terminated:
-                _say("trace-worker demo: terminated")
-                return 128 + signal.SIGTERM
+            if stops.seen:
+                first = stops.seen[0]
+                _say(f"trace-worker demo: {STOP_WORDS.get(first, 'stopped')}")
+                return 128 + first
             raise
         finally:
             if ok or not _has_logs(workdir):
                 shutil.rmtree(workdir, ignore_errors=True)
             else:
                 _say(f"trace-worker demo: service logs kept in {workdir}")
+
+
+#: The signals that stop the demo, and what it says when one did.
+STOP_WORDS: dict[int, str] = {
+    signal.SIGINT: "interrupted",
+    signal.SIGTERM: "terminated",
+    signal.SIGHUP: "hangup (terminal closed)",
+}
+#: Longest wait to remove the demo's keys from a named Redis when it stops.
+FORGET_TIMEOUT_S = 10.0
+
+
+class _Stops:
+    """SIGINT (Ctrl-C), SIGTERM and SIGHUP while the demo runs, all handled alike.
+
+    The first one cancels the demo's task: its teardown stops every service (SIGTERM, SIGKILL after
+    ``STOP_TIMEOUT_S``), removes its keys from a named Redis (at most ``FORGET_TIMEOUT_S``) and then
+    the demo exits ``128 + signal``. A later one while that runs SIGKILLs the services at once
+    (:attr:`on_repeat`) but never cancels the teardown, so the keys are still removed. Outside the
+    event loop (the summary, the trace's inspection) a signal raises KeyboardInterrupt.
+
+    Python installs its KeyboardInterrupt handler only when SIGINT is not inherited as ignored, and
+    asyncio only then cancels the main task on SIGINT: so every signal here gets this handler, not a
+    re-raised SIGINT. A SIGINT or SIGHUP inherited as ignored (``cmd &`` in a non-interactive shell,
+    ``nohup cmd``) stays ignored, as for other Unix tools; SIGTERM is always handled.
+    """
+
+    def __init__(self) -> None:
+        #: Signals received, in order.
+        self.seen: list[int] = []
+        #: Called (in the event loop) on every signal after the first while the demo task runs.
+        self.on_repeat: Callable[[], None] | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        """This handler for the stop signals not ignored (SIGTERM always), the previous ones after."""
+        previous: dict[int, Any] = {}
+        for sig in STOP_WORDS:
+            if sig != signal.SIGTERM and signal.getsignal(sig) is signal.SIG_IGN:
+                continue
+            previous[sig] = signal.signal(sig, self._on_signal)
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def run(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        """Run ``coro`` as the task the first stop signal cancels; KeyboardInterrupt when one did."""
+        with asyncio.Runner() as runner:
+            self._loop = runner.get_loop()
+            self._task = self._loop.create_task(coro)
+            try:
+                result: _T = self._loop.run_until_complete(self._task)
+                return result
+            except asyncio.CancelledError:
+                if self.seen:
+                    raise KeyboardInterrupt from None
+                raise
+            finally:
+                self._task = None
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self.seen.append(signum)
+        task, loop = self._task, self._loop
+        if task is None or task.done() or loop is None:
+            raise KeyboardInterrupt
+        if len(self.seen) == 1:
+            task.cancel()
+            loop.call_soon_threadsafe(lambda: None)  # wake the loop if it waits in select()
+        elif self.on_repeat is not None:
+            loop.call_soon_threadsafe(self.on_repeat)
 
 
 NO_REDIS_SERVER = (
@@ -127,28 +207,14 @@ def _named_redis(args: argparse.Namespace, settings: Settings) -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt(seen: list[int]) -> Iterator[None]:
-    """While the demo runs, SIGTERM does what Ctrl-C does (stop every service, remove the work
-    folder and the partial file), instead of killing this process and orphaning its services."""
-
-    def on_term(signum: int, _frame: object) -> None:
-        seen.append(signum)
-        signal.raise_signal(signal.SIGINT)  # asyncio.run cancels the demo; outside it: KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, on_term)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _has_logs(workdir: Path) -> bool:
     return any(p.is_file() and p.stat().st_size > 0 for p in workdir.glob("*.log"))
 
 
 def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+    # After SIGHUP the terminal may be gone (EIO): the teardown goes on regardless.
+    with contextlib.suppress(OSError):
+        print(text, file=sys.stderr, flush=True)
 
 
 def source_tuning(settings: Settings) -> dict[str, str]:
@@ -156,11 +222,17 @@ def source_tuning(settings: Settings) -> dict[str, str]:
     return {f"TRACE_WORKER_{name.upper()}": str(getattr(settings, name)) for name in SOURCE_TUNING}
 
 
-async def _demo(
-    args: argparse.Namespace, settings: Settings, named_redis: str | None, output: Path, workdir: Path
+async def _demo(  # noqa: PLR0917 - private helper
+    args: argparse.Namespace,
+    settings: Settings,
+    named_redis: str | None,
+    output: Path,
+    workdir: Path,
+    stops: _Stops,
 ) -> tuple[int, _Summary | None]:
     """Start the services, run the job, stop every service; (exit status, what to print)."""
     stack = DemoStack(workdir)
+    stops.on_repeat = stack.kill_all  # a second signal while stopping: no more waiting for them
     prefix = f"tw-demo-{secrets.token_hex(4)}"
     redis_url = named_redis
     try:
@@ -200,11 +272,15 @@ async def _demo(
     finally:
         try:
             await stack.aclose()
-        except BaseException:
+        except asyncio.CancelledError:
+            # Stopped while stopping the services (a signal after the job ended): kill them now.
             stack.kill_all()
+            await stack.aclose()
             raise
-        if named_redis is not None:
-            await _forget(named_redis, prefix)
+        finally:
+            # Whatever ended the demo: its keys never outlive it in the user's Redis.
+            if named_redis is not None:
+                await _forget(named_redis, prefix)
         # Ctrl-C cancels this task; an await that swallowed that cancellation (one that was itself
         # cancelling a helper task at that moment) must not let the demo go on to its summary.
         task = asyncio.current_task()
@@ -234,7 +310,8 @@ async def _request(  # noqa: PLR0917 - private helper
         try:
             await asyncio.wait({download, death}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            display.close()
+            with contextlib.suppress(OSError):  # a closed terminal (SIGHUP) must not stop the teardown
+                display.close()
             for fut in (download, death):
                 fut.cancel()
             # Wait until the download has stopped (its .part file removed), and let a Ctrl-C that
@@ -298,9 +375,9 @@ async def _reachable(url: str) -> bool:
 
 
 async def _forget(redis_url: str, prefix: str) -> None:
-    """Remove the demo's keys from a shared Redis."""
-    with contextlib.suppress(RedisError, OSError):
-        async with TraceClient(redis_url, prefix) as client:
+    """Remove the demo's keys from a shared Redis (at most ``FORGET_TIMEOUT_S``; errors ignored)."""
+    with contextlib.suppress(RedisError, OSError, TimeoutError):
+        async with asyncio.timeout(FORGET_TIMEOUT_S), TraceClient(redis_url, prefix) as client:
             keys = [key async for key in client.redis.scan_iter(match=f"{prefix}:*", count=500)]
             if keys:
                 await client.redis.delete(*keys)

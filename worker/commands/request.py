@@ -47,8 +47,11 @@ def register(subparsers: Any) -> None:
         "request",
         help="request a trace from the workers and write it to a file",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
-        epilog="exit status: 0 succeeded, 1 failed or Redis unreachable, 2 usage error, 3 cancelled, "
-        "4 dead, 5 timed out waiting",
+        epilog="the trace is read from its chunks on Redis while they last (chunk_ttl_s after the job); "
+        "after that, or with --blob-only, from the blob store: the status's presigned url, or, for a "
+        "local-folder store (file://), the worker's blob folder, which this command reads only when "
+        "TRACE_WORKER_BLOB_URL=file://<that folder> is set here too. exit status: 0 succeeded, 1 failed "
+        "or Redis unreachable, 2 usage error, 3 cancelled, 4 dead, 5 timed out waiting",
     )
     add_process_id_args(parser)
     parser.add_argument(

@@ -13,7 +13,11 @@ import asyncio
 from worker.service.ports import BlobWriterLike
 from worker.sinks.reply_stream import ReplyStream
 
-__all__ = ["Emitter"]
+__all__ = ["ABORT_WAIT_S", "Emitter"]
+
+#: Longest wait in :meth:`Emitter.abort` for a chunk write in flight (above the Redis client's 30 s
+#: socket timeout, so an XADD that Redis answers is always waited for).
+ABORT_WAIT_S = 45.0
 
 
 class Emitter:
@@ -31,6 +35,8 @@ class Emitter:
         self._reply = reply
         self._chunks = chunks
         self._queue: asyncio.Queue[tuple[bytes, bool] | None] = asyncio.Queue(maxsize=depth)
+        self._aborted = False
+        self._writing = False
         self._task = asyncio.create_task(self._drain())
         #: Chunks written (entries published, or counted when chunks are off).
         self.count = 0
@@ -45,10 +51,20 @@ class Emitter:
         await self._task
 
     async def abort(self) -> None:
-        """Stop writing (queued chunks are dropped)."""
-        if not self._task.done():
+        """Stop writing: queued chunks are dropped, but a chunk being written is let finish (at most
+        ``ABORT_WAIT_S``), so that its entry, once in Redis, is in the reply stream's ``chunk_ids``
+        and removed with the attempt's other chunks. Cancelling the XADD instead would leave an
+        entry Redis had written but whose id never came back. Raises nothing from the writes."""
+        self._aborted = True
+        if not self._task.done() and not self._writing:
+            self._task.cancel()  # waiting for the next chunk: nothing in flight
+        try:
+            if not self._task.done():
+                await asyncio.wait({self._task}, timeout=ABORT_WAIT_S)
+        finally:
+            # Past the wait (or this task cancelled: shutdown) the write is cancelled after all.
             self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+            await asyncio.gather(self._task, return_exceptions=True)
 
     async def _put(self, item: tuple[bytes, bool] | None) -> None:
         if self._task.done():
@@ -63,9 +79,13 @@ class Emitter:
             raise RuntimeError("chunk writer stopped")
 
     async def _drain(self) -> None:
-        while (item := await self._queue.get()) is not None:
+        while not self._aborted and (item := await self._queue.get()) is not None and not self._aborted:
             data, last = item
-            await self._write(data, last)
+            self._writing = True
+            try:
+                await self._write(data, last)
+            finally:
+                self._writing = False
 
     async def _write(self, data: bytes, last: bool) -> None:
         jobs = []

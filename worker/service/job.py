@@ -46,6 +46,8 @@ CANCEL_POLL_S = 0.2
 MAX_MESSAGE = 2048
 #: How long a cancelled job's generator may take to notice ``should_stop`` before it is cancelled.
 CANCEL_GRACE_S = 2.0
+#: Bound of the blob store check before an attempt computes its trace.
+STORE_CHECK_TIMEOUT_S = 10.0
 
 
 def blob_key(request: TraceRequest, job_id: str) -> str:
@@ -348,6 +350,7 @@ class _Job:
         """Generate, stream and store the trace; the succeeded status."""
         rt, request = self.rt, self.request
         key = blob_key(request, self.job_id)
+        await _store_accepts_writes(rt)
         writer = await rt.store.open_writer(key)
         committed = False
         reply = ReplyStream(rt.redis, rt.keys, self.job_id, self.lease.attempt)
@@ -418,6 +421,24 @@ class _Job:
         if not first:
             await emitter.put(prev or b"", last=True)
         await emitter.close()
+
+
+async def _store_accepts_writes(rt: Runtime) -> None:
+    """Before computing a trace: the blob store's readiness probe (a small write + delete, what
+    ``/readyz`` checks). A store refusing writes (permission, missing bucket) fails the job now, not
+    after the whole trace was computed; any other answer (slow, transient) lets the attempt go on and
+    meet it at the write.
+
+    Raises:
+        BlobStoreRefused: the store refuses writes.
+    """
+    try:
+        async with asyncio.timeout(STORE_CHECK_TIMEOUT_S):
+            await rt.store.ping()
+    except BlobStoreRefused:
+        raise
+    except Exception as exc:
+        log.debug("blob store check before the attempt: %s", exc)
 
 
 async def _abort(writer: BlobWriterLike) -> None:
