@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Literal
 
@@ -48,6 +49,10 @@ MAX_MESSAGE = 2048
 CANCEL_GRACE_S = 2.0
 #: Bound of the blob store check before an attempt computes its trace.
 STORE_CHECK_TIMEOUT_S = 10.0
+#: A store that accepted a write this recently is not probed again (small jobs would pay two store
+#: round trips each, which on S3 is most of their time).
+STORE_CHECK_EVERY_S = 5.0
+_store_ok_at: weakref.WeakKeyDictionary[object, float] = weakref.WeakKeyDictionary()
 
 
 def blob_key(request: TraceRequest, job_id: str) -> str:
@@ -427,14 +432,18 @@ async def _store_accepts_writes(rt: Runtime) -> None:
     """Before computing a trace: the blob store's readiness probe (a small write + delete, what
     ``/readyz`` checks). A store refusing writes (permission, missing bucket) fails the job now, not
     after the whole trace was computed; any other answer (slow, transient) lets the attempt go on and
-    meet it at the write.
+    meet it at the write. A store that passed the check within ``STORE_CHECK_EVERY_S`` is not probed.
 
     Raises:
         BlobStoreRefused: the store refuses writes.
     """
+    last = _store_ok_at.get(rt.store)
+    if last is not None and time.monotonic() - last < STORE_CHECK_EVERY_S:
+        return
     try:
         async with asyncio.timeout(STORE_CHECK_TIMEOUT_S):
             await rt.store.ping()
+        _store_ok_at[rt.store] = time.monotonic()
     except BlobStoreRefused:
         raise
     except Exception as exc:
