@@ -10,10 +10,18 @@ way Perfetto's trace processor reads it:
 - every iid a track event uses is defined earlier in the same sequence and generation
   (``iid_undefined``);
 - track events only on tracks some descriptor declares (``undeclared_track``);
-- REALTIME timestamps only with a ClockSnapshot that has REALTIME (``realtime_without_snapshot``);
+- REALTIME timestamps only with a ClockSnapshot that has REALTIME (``realtime_without_snapshot``), and a
+  sequence-scoped clock (64-127) only after a ClockSnapshot of that sequence declared it
+  (``unknown_clock``);
 - per track, events sorted by (timestamp, file position) and an END closing the most recent open slice:
   an END whose name/category differs from that slice (a partial overlap, ``misnested_end``), an END with
   nothing open (``unmatched_end``), slices never closed (``unterminated``).
+
+Timestamps are resolved as Perfetto does: a packet's clock is its ``timestamp_clock_id`` or its
+sequence's ``trace_packet_defaults``; an incremental clock adds each value to its running value (set by
+every ClockSnapshot holding it), in file order; a clock is mapped onto BOOTTIME (the trace clock)
+through the latest snapshot holding both. A track event without ``track_uuid`` is on its sequence's
+``track_event_defaults.track_uuid``.
 
 Example:
     >>> report = inspect_trace("trace.pftrace")  # doctest: +SKIP
@@ -43,6 +51,7 @@ MAX_EXAMPLES = 20
 _CLEARED = 1
 _NEEDS = 2
 _REALTIME = 1
+_BOOTTIME = 6
 _BEGIN = pb.TrackEvent.TYPE_SLICE_BEGIN
 _END = pb.TrackEvent.TYPE_SLICE_END
 _INSTANT = pb.TrackEvent.TYPE_INSTANT
@@ -271,6 +280,7 @@ class _Sequence:
     locations: set[int] = field(default_factory=set)
     annotation_names: set[int] = field(default_factory=set)
     clock: int | None = None
+    track: int | None = None  # track_event_defaults.track_uuid
 
 
 #: Track events replayed together: the memory held is proportional to this, not to the file.
@@ -317,6 +327,11 @@ class _Inspector:
         self.realtime_snapshot = False
         self.interned_total = {"event_names": 0, "event_categories": 0, "source_locations": 0}
         self.interned_total["debug_annotation_names"] = 0
+        # Clocks: (sequence or 0, clock id) -> incremental?, running value, (value, BOOTTIME) at the
+        # latest snapshot holding both.
+        self.incremental: dict[tuple[int, int], bool] = {}
+        self.running: dict[tuple[int, int], int] = {}
+        self.to_boot: dict[tuple[int, int], tuple[int, int]] = {}
 
     def _string_id(self, value: str) -> int:
         sid = self.strings.get(value)
@@ -386,12 +401,63 @@ class _Inspector:
 
     def _fast(self, decoded: list[cols.Decoded], lo: int, hi: int, first: int) -> None:
         """Check the columnar-decoded packets with block rows in [lo, hi)."""
+        spans = []
         for d in decoded:
             a, b = np.searchsorted(d.rows, [lo, hi]).tolist()
             if a < b:
-                self._fast_group(d, a, b, first)
+                spans.append((d, a, b))
+        if not spans:
+            return
+        stamps = self._fast_times(spans, first)
+        for (d, a, b), ts in zip(spans, stamps, strict=True):
+            self._fast_group(d, a, b, first, ts)
 
-    def _fast_group(self, d: cols.Decoded, a: int, b: int, first: int) -> None:
+    def _fast_times(self, spans: list[tuple[cols.Decoded, int, int]], first: int) -> list[I64]:
+        """Trace times of the rows of ``spans`` (all between two state changes), resolved in file order."""
+        rows, raw, clock, seq = [], [], [], []
+        for d, a, b in spans:
+            n = b - a
+            sc = d.scalars
+            rows.append(d.rows[a:b])
+            raw.append(sc["ts"][a:b] if "ts" in sc else np.zeros(n, np.uint64))
+            seq_col = sc["seq"][a:b].astype(np.int64) if "seq" in sc else np.full(n, -1, np.int64)
+            own = sc["clock"][a:b].astype(np.int64) if "clock" in sc else np.zeros(n, np.int64)
+            default = np.zeros(n, np.int64)
+            for seq_id in np.unique(seq_col).tolist():
+                state = self.sequences.get(seq_id)
+                if state is not None and state.clock:
+                    default[seq_col == seq_id] = state.clock
+            clock.append(np.where(own != 0, own, default))
+            seq.append(seq_col)
+        all_rows, all_clock, all_seq = np.concatenate(rows), np.concatenate(clock), np.concatenate(seq)
+        value = np.concatenate(raw)
+        out = np.minimum(value, np.uint64((1 << 63) - 1)).astype(np.int64)
+        order = np.argsort(all_rows, kind="stable")
+        scoped = (all_clock >= 64) & (all_clock < 128)
+        key_seq = np.where(scoped, all_seq, 0)
+        pairs = np.unique(np.stack([key_seq, all_clock], axis=1), axis=0).tolist()
+        for k_seq, k_clock in pairs:
+            if k_clock in (0, _BOOTTIME):
+                continue
+            key = (int(k_seq), int(k_clock))
+            sel = order[(key_seq[order] == k_seq) & (all_clock[order] == k_clock)]
+            if key not in self.to_boot and key not in self.incremental:
+                if k_clock != _REALTIME:
+                    for i in (all_rows[sel] + first).tolist()[:MAX_EXAMPLES]:
+                        self.report.add("unknown_clock", f"timestamp on clock {k_clock}, which no snapshot declares", i)
+                continue
+            if self.incremental.get(key):
+                total = self.running.get(key, 0) + np.cumsum(value[sel].astype(np.int64))
+                if len(total):
+                    self.running[key] = int(total[-1])
+                out[sel] = total
+            if key in self.to_boot:
+                clock_at, boot_at = self.to_boot[key]
+                out[sel] = out[sel] + (boot_at - clock_at)
+        sizes = np.cumsum([len(r) for r in rows])[:-1]
+        return np.split(out, sizes)
+
+    def _fast_group(self, d: cols.Decoded, a: int, b: int, first: int, ts: I64) -> None:
         rep = self.report
         n = b - a
         rows = d.rows[a:b] + first
@@ -418,9 +484,17 @@ class _Inspector:
             self.realtime_used = True
         track = sc.get("track")
         if track is None:
-            for i in rows.tolist():
-                rep.add("undeclared_track", "track event without track_uuid", i)
             track = np.zeros(n, np.uint64)
+            defaulted = np.zeros(n, np.bool_)
+            if seq_col is not None:
+                for seq_id in np.unique(seq_col).tolist():
+                    state = self.sequences.get(seq_id)
+                    if state is not None and state.track is not None:
+                        hit = seq_col == seq_id
+                        track[hit] = state.track
+                        defaulted |= hit
+            for i in rows[~defaulted].tolist():
+                rep.add("undeclared_track", "track event without track_uuid", i)
         uniq, inverse = np.unique(track, return_inverse=True)
         index = np.empty(len(uniq), np.int64)
         for k, uuid in enumerate(uniq.tolist()):
@@ -431,8 +505,6 @@ class _Inspector:
             index[k] = t
         kind = sc["type"].astype(np.int64) if "type" in sc else np.zeros(n, np.int64)
         kind[(kind != _BEGIN) & (kind != _END) & (kind != _INSTANT)] = 0
-        ts = sc["ts"] if "ts" in sc else np.zeros(n, np.uint64)
-        ts = np.minimum(ts, np.uint64((1 << 63) - 1)).astype(np.int64)
         ev = self.events
         for arr_, col in zip(
             (ev.track, ev.ts, ev.pos, ev.kind, ev.name, ev.cat),
@@ -501,6 +573,8 @@ class _Inspector:
         if packet.HasField("trace_packet_defaults") and seq is not None:
             defaults = packet.trace_packet_defaults
             seq.clock = defaults.timestamp_clock_id if defaults.HasField("timestamp_clock_id") else None
+            ted = defaults.track_event_defaults
+            seq.track = ted.track_uuid if defaults.HasField("track_event_defaults") and ted.HasField("track_uuid") else None
         if packet.HasField("interned_data"):
             self._interned(index, packet.interned_data, seq)
         data = packet.WhichOneof("data")
@@ -508,8 +582,40 @@ class _Inspector:
             self._event(index, packet, seq)
         elif data == "track_descriptor":
             self._descriptor(packet.track_descriptor)
-        elif data == "clock_snapshot" and any(c.clock_id == _REALTIME for c in packet.clock_snapshot.clocks):
-            self.realtime_snapshot = True
+        elif data == "clock_snapshot":
+            self._snapshot(packet.trusted_packet_sequence_id, packet.clock_snapshot)
+
+    def _snapshot(self, seq_id: int, snapshot: pb.ClockSnapshot) -> None:
+        values = {_clock_key(seq_id, c.clock_id): c for c in snapshot.clocks}
+        boot = values.get((0, _BOOTTIME))
+        for key, c in values.items():
+            if key == (0, _REALTIME):
+                self.realtime_snapshot = True
+            self.incremental[key] = c.is_incremental
+            if c.is_incremental:
+                self.running[key] = c.timestamp
+            if boot is not None:
+                self.to_boot[key] = (c.timestamp, boot.timestamp)
+
+    def _time(self, index: int, packet: pb.TracePacket, seq: _Sequence | None) -> int:
+        """A packet's trace time (see the module docstring)."""
+        clock = packet.timestamp_clock_id
+        if not clock and seq is not None and seq.clock:
+            clock = seq.clock
+        raw = min(packet.timestamp, (1 << 63) - 1)
+        if not clock or clock == _BOOTTIME:
+            return raw
+        key = _clock_key(packet.trusted_packet_sequence_id, clock)
+        if key not in self.to_boot and key not in self.incremental:
+            if clock != _REALTIME:
+                self.report.add("unknown_clock", f"timestamp on clock {clock}, which no snapshot declares", index)
+            return raw
+        if self.incremental.get(key):
+            raw = self.running[key] = self.running.get(key, 0) + packet.timestamp
+        if key in self.to_boot:
+            clock_at, boot_at = self.to_boot[key]
+            raw += boot_at - clock_at
+        return raw
 
     def _interned(self, index: int, data: pb.InternedData, seq: _Sequence | None) -> None:
         if seq is None or not seq.cleared:
@@ -553,7 +659,7 @@ class _Inspector:
             clock = seq.clock
         if clock == _REALTIME:
             self.realtime_used = True
-        ts = packet.timestamp
+        ts = self._time(index, packet, seq)
         name = cat = 0
         if seq is not None:
             name, cat = self._iids(index, te, seq)
@@ -563,7 +669,10 @@ class _Inspector:
             cat = self._string_id(te.categories[0])
         track = te.track_uuid
         if not te.HasField("track_uuid"):
-            rep.add("undeclared_track", "track event without track_uuid", index)
+            if seq is not None and seq.track is not None:
+                track = seq.track
+            else:
+                rep.add("undeclared_track", "track event without track_uuid", index)
         ev = self.events
         t = self.track_index.get(track)
         if t is None:
@@ -688,7 +797,13 @@ def _changes_state(packet: pb.TracePacket) -> bool:
         or packet.incremental_state_cleared
         or packet.previous_packet_dropped
         or packet.HasField("trace_packet_defaults")
+        or packet.HasField("clock_snapshot")
     )
+
+
+def _clock_key(seq_id: int, clock: int) -> tuple[int, int]:
+    """Clocks 64-127 belong to their sequence; the others are global."""
+    return (seq_id if 64 <= clock < 128 else 0, clock)
 
 
 def _lookup(table: dict[int, int], keys: npt.NDArray[np.uint64]) -> tuple[npt.NDArray[np.bool_], I64]:

@@ -15,45 +15,95 @@ other span is a lane root with a track of its own under the "Async spans" group,
 parent by a flow, with its ``parent_span_id`` as a debug annotation. A span's BEGIN is written when it
 closes (so it lists the flows to all its children), in the window where it closes.
 
-Span keys: ``splitmix64(splitmix64(span_id ^ salt) ^ n)`` where salt = the process uuid and n = the
-position of the span's first event in the whole input (``^ ORPHAN`` for a span cut at its begin): unique
-per span even when span ids are reused, independent of batching, and re-hashed away from 0 and the
-process/thread/group uuids. A lane root's track uuid and the flow id from its parent are its key.
+Span keys: a counter from 1 over the trace, in the order spans open in the canonical input (the spans
+opened in a window, then its ends without a begin), skipping the process/thread/group uuids: unique per
+span even when span ids are reused, independent of batching, and small (short varints). A lane root's
+track uuid and the flow id from its parent are its key.
+
+File order per window: the descriptors, then the BEGINs and then the ENDs, each run after a clock reset
+and stably sorted by time (``_Parts``), so timestamps are small deltas (``packing``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
 from worker.engine.lanes import NONE, Openers, place
-from worker.engine.rows import (
-    CUT_BEGIN,
-    CUT_END,
-    SLICE_BEGIN,
-    SLICE_END,
-    descriptor_rows,
-    slice_rows,
-)
-from worker.engine.span_rows import assemble, event_rows
+from worker.engine.packing import Times, pack, packet_matrix, reset_packet, times
+from worker.engine.rows import CUT_BEGIN, CUT_END, SLICE_BEGIN, SLICE_END, descriptor_matrix
+from worker.engine.span_rows import event_matrix
+from worker.engine.wire import varint_width
 
-__all__ = ["AsyncBatch", "AsyncState", "splitmix64"]
+__all__ = ["AsyncBatch", "AsyncState"]
 
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
 U8 = npt.NDArray[np.uint8]
-_ORPHAN = np.uint64(0x6F727068616E2121)
 #: Whole packets and their sizes (an array, or one int when all are equal).
 _Block = tuple[bytes, npt.NDArray[np.int64] | int]
 
 
-def splitmix64(x: U64) -> U64:
-    z = x + np.uint64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
+Build = Callable[[Times], tuple[U8, I64]]
+
+
+class _Parts:
+    """The packets of one output block: descriptors, then a reset and the BEGINs, then a reset and the
+    ENDs, each run stably sorted by time (what Perfetto's sorter does anyway, ties kept in file order),
+    so its timestamps are small deltas on the incremental clock (``packing``)."""
+
+    def __init__(self) -> None:
+        self.desc: list[tuple[U8, I64]] = []
+        self.runs: tuple[list[tuple[I64, Build]], list[tuple[I64, Build]]] = ([], [])
+
+    def add_desc(self, m: U8, lengths: I64) -> None:
+        if len(m):
+            self.desc.append((m, lengths))
+
+    def add_begin(self, ts: I64, build: Build) -> None:
+        if len(ts):
+            self.runs[0].append((ts, build))
+
+    def add_end(self, ts: I64, build: Build) -> None:
+        if len(ts):
+            self.runs[1].append((ts, build))
+
+    def assemble(self, t0: int, reset: tuple[U8, I64]) -> tuple[bytes, I64]:
+        """The block's packets back to back, and their sizes."""
+        mats: list[U8] = []
+        lens: list[I64] = []
+        where: list[I64 | None] = []
+        pos = 0
+        for m, length in self.desc:
+            mats.append(m)
+            lens.append(length)
+            where.append(np.arange(pos, pos + len(m)))
+            pos += len(m)
+        for run in self.runs:
+            if not run:
+                continue
+            mats.append(reset[0])
+            lens.append(reset[1])
+            where.append(np.array([pos]))
+            pos += 1
+            ts = np.concatenate([r[0] for r in run])
+            order = np.argsort(ts, kind="stable")
+            rank = np.empty(len(ts), dtype=np.int64)
+            rank[order] = np.arange(len(ts))
+            t = times(ts[order], t0)
+            at = 0
+            for part_ts, build in run:
+                r = rank[at : at + len(part_ts)]
+                m, length = build(t.take(r))
+                mats.append(m)
+                lens.append(length)
+                where.append(pos + r)
+                at += len(part_ts)
+            pos += len(ts)
+        return pack(mats, lens, where)
 
 
 @dataclass
@@ -128,18 +178,21 @@ class AsyncState:
     window: int = 1 << 16
     held: list[AsyncBatch] = field(default_factory=list)
     held_rows: int = 0
+    #: Where the incremental clock restarts (the trace's clock snapshot time, the range begin).
+    t0: int = 0
+    next_key: int = 1
 
-    def _uuids(self, sid: I64, seq: I64, extra: np.uint64 | None = None) -> U64:
-        """Track uuids from span ids and the events' positions in the whole input (unique per span)."""
-        x = sid.view(np.uint64) ^ np.uint64(self.salt)
-        if extra is not None:
-            x = x ^ extra
-        u = splitmix64(splitmix64(x) ^ seq.view(np.uint64))
-        bad = (u == 0) | np.isin(u, self.reserved)
-        while bad.any():
-            u[bad] = splitmix64(u[bad] ^ _ORPHAN)
-            bad = (u == 0) | np.isin(u, self.reserved)
-        return u
+    def __post_init__(self) -> None:
+        self.reset = packet_matrix(reset_packet(self.t0))
+
+    def _new_keys(self, k: int) -> U64:
+        """``k`` fresh span keys (track uuids and flow ids): the next values of a per-trace counter from 1,
+        skipping the reserved (process, thread, group) uuids."""
+        out = np.arange(self.next_key, self.next_key + k + len(self.reserved), dtype=np.uint64)
+        out = out[~np.isin(out, self.reserved)][:k]
+        if k:
+            self.next_key = int(out[-1]) + 1
+        return out
 
     def add(self, ev: AsyncBatch) -> list[_Block]:
         """Packets of every full window of events so far: blocks of (bytes, packet sizes)."""
@@ -231,7 +284,7 @@ class AsyncState:
         parent = np.where(parent_at[op] >= 0, index_of[np.maximum(parent_at[op], 0)], -1)
         key = np.zeros(k_open, dtype=np.uint64)
         key[:p] = self.key
-        key[p:] = self._uuids(sid[op[p:]], seq[op[p:]])
+        key[p:] = self._new_keys(k_open - p)
         parent_key = np.zeros(k_open, dtype=np.uint64)
         parent_key[:p] = self.parent_key
         has_parent = parent >= 0
@@ -275,17 +328,13 @@ class AsyncState:
         closer_at[cpos[closers]] = closers
         closers_by_end = closer_at[ends_at]
         orphans = np.sort(order[orphan_s])
-        o_desc, o_begin, o_end = self._orphans(orphans, sid=sid, seq=seq, time=time, ev=ev, p=p)
-        groups = [
-            descriptor_rows(track[roots], np.full(len(roots), self.group_uuid, dtype=np.uint64)),
-            o_desc,
-        ]
+        parts = _Parts()
+        parts.add_desc(*descriptor_matrix(track[roots], self.group_uuid))
         ann = ~placed & (parent_sid != 0)
-        groups += self._begins(closers, cols, ann=ann, flow_parent=flow_parent, flow_id=flow_id)
-        groups.append(o_begin)
+        self._begins(parts, closers, cols, ann=ann, flow_parent=flow_parent, flow_id=flow_id)
         c = closers_by_end
-        groups.append(slice_rows(end_t[c], SLICE_END, track[c], name=names[c], cat=cats[c], loc=locs[c]))
-        groups.append(o_end)
+        parts.add_end(end_t[c], lambda t: event_matrix(t, SLICE_END, uuid=track[c]))
+        self._orphans(parts, orphans, time=time, ev=ev, p=p)
         self.spans += len(closers) + len(orphans)
         self.cut += len(orphans)
 
@@ -309,19 +358,19 @@ class AsyncState:
         self.name, self.cat, self.loc = names[still], cats[still], locs[still]
         self.parent_key, self.parent_sid, self.term = parent_key[still], parent_sid[still], term[still]
         self.kids_end, self.marked = kids_end[still], marked[still]
-        data, sizes = assemble(groups)
+        data, sizes = parts.assemble(self.t0, self.reset)
         return [(data, sizes)] if data else []
 
     @staticmethod
     def _begins(
-        idx: I64, c: _Open, *, ann: npt.NDArray[np.bool_], flow_parent: I64, flow_id: U64
-    ) -> list[U8]:
+        parts: _Parts, idx: I64, c: _Open, *, ann: npt.NDArray[np.bool_], flow_parent: I64, flow_id: U64
+    ) -> None:
         """BEGIN rows of spans ``idx``, each with the flows to its children, grouped by layout.
 
         ``flow_parent`` is the index (into the columns of ``c``) of the span owing each flow.
         """
         if not len(idx):
-            return []
+            return
         nflows = np.zeros(len(idx), dtype=np.int64)
         pair_slot = np.zeros(0, dtype=np.int64)
         pair_flow = np.zeros(0, dtype=np.uint64)
@@ -338,43 +387,44 @@ class AsyncState:
         has_term = c.term[idx] != 0
         has_ann = ann[idx]
         layout = nflows * 8 + c.marked[idx] * 4 + has_term * 2 + has_ann
-        groups: list[U8] = []
+        widths = tuple(varint_width(int(col[idx].max())) for col in (c.name, c.cat, c.loc))
         for code in np.unique(layout).tolist():
             sel = np.flatnonzero(layout == code)
             rows_i = idx[sel]
             k, cut_on, term_on, ann_on = code >> 3, bool(code & 4), bool(code & 2), bool(code & 1)
-            flows = None
-            if k:
-                flows = pair_flow[layout[pair_slot] == code].reshape(len(sel), k)
-            rows = event_rows(
-                c.begin[rows_i],
-                SLICE_BEGIN,
-                c.track[rows_i],
-                name=c.name[rows_i],
-                cat=c.cat[rows_i],
-                loc=c.loc[rows_i],
-                flows=flows,
-                term=c.term[rows_i] if term_on else None,
-                parent_span=c.parent_sid[rows_i] if ann_on else None,
-                cut=CUT_BEGIN if cut_on else 0,
-            )
-            groups.append(rows)
-        return groups
+            flows = pair_flow[layout[pair_slot] == code].reshape(len(sel), k) if k else None
 
-    def _orphans(
-        self, pos: I64, *, sid: I64, seq: I64, time: I64, ev: AsyncBatch, p: int
-    ) -> tuple[U8, U8, U8]:
+            def build(t: Times, r: I64 = rows_i, f: U64 | None = flows, cut: bool = cut_on,
+                      tm: bool = term_on, an: bool = ann_on) -> tuple[U8, I64]:  # fmt: skip
+                return event_matrix(
+                    t,
+                    SLICE_BEGIN,
+                    uuid=c.track[r],
+                    name=c.name[r],
+                    cat=c.cat[r],
+                    loc=c.loc[r],
+                    widths=widths,  # type: ignore[arg-type]
+                    flows=f,
+                    term=c.term[r] if tm else None,
+                    parent_span=c.parent_sid[r] if an else None,
+                    cut=CUT_BEGIN if cut else 0,
+                )
+
+            parts.add_begin(c.begin[rows_i], build)
+
+    def _orphans(self, parts: _Parts, pos: I64, *, time: I64, ev: AsyncBatch, p: int) -> None:
         """Descriptors, cut BEGINs at the range begin and ENDs of the ends without a begin (own tracks)."""
         if not len(pos):
-            none = np.zeros((0, 0), dtype=np.uint8)
-            return none, none, none
-        uuid = self._uuids(sid[pos], seq[pos], _ORPHAN)
-        desc = descriptor_rows(uuid, np.full(len(pos), self.group_uuid, dtype=np.uint64))
+            return
+        uuid = self._new_keys(len(pos))
+        parts.add_desc(*descriptor_matrix(uuid, self.group_uuid))
         begin_ts = np.minimum(self.range_begin, time[pos])
         name, cat, loc = ev.name[pos - p], ev.cat[pos - p], ev.loc[pos - p]
-        begin = slice_rows(begin_ts, SLICE_BEGIN, uuid, name=name, cat=cat, loc=loc, annotation=CUT_BEGIN)
-        end = slice_rows(time[pos], SLICE_END, uuid, name=name, cat=cat, loc=loc)
-        return desc, begin, end
+        parts.add_begin(
+            begin_ts,
+            lambda t: event_matrix(t, SLICE_BEGIN, uuid=uuid, name=name, cat=cat, loc=loc, cut=CUT_BEGIN),
+        )
+        parts.add_end(time[pos], lambda t: event_matrix(t, SLICE_END, uuid=uuid))
 
     def close(self) -> list[_Block]:
         """The last (partial) window, then BEGINs (with their flows) and cut ENDs (at the range end) of
@@ -389,12 +439,11 @@ class AsyncState:
         )
         self.cut -= int(np.count_nonzero(self.marked))  # already counted when their begin was cut
         ann = self.parent_sid != 0
-        groups = self._begins(idx, cols, ann=ann, flow_parent=self.flow_parent, flow_id=self.flow_id)
+        parts = _Parts()
+        self._begins(parts, idx, cols, ann=ann, flow_parent=self.flow_parent, flow_id=self.flow_id)
         ts = np.maximum(self.begin, self.range_end)
-        ends = slice_rows(
-            ts, SLICE_END, self.track, name=self.name, cat=self.cat, loc=self.loc, annotation=CUT_END
-        )
-        groups.append(ends)
+        track = self.track
+        parts.add_end(ts, lambda t: event_matrix(t, SLICE_END, uuid=track, cut=CUT_END))
         self.spans += k
         self.cut += k
         self.sid = self.begin = self.parent_sid = self.kids_end = _e_i64()
@@ -402,5 +451,5 @@ class AsyncState:
         self.key = self.track = self.name = self.cat = self.loc = _e_u64()
         self.parent_key = self.term = self.flow_id = _e_u64()
         self.flow_parent = _e_i64()
-        data, sizes = assemble(groups)
+        data, sizes = parts.assemble(self.t0, self.reset)
         return [*out, (data, sizes)]
