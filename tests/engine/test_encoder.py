@@ -59,8 +59,18 @@ def test_first_packet_clears_state_and_declares_the_clock() -> None:
     assert clocks == {pb.BUILTIN_CLOCK_BOOTTIME: RANGE.begin_ns, pb.BUILTIN_CLOCK_REALTIME: RANGE.begin_ns}
     assert first.trace_packet_defaults.timestamp_clock_id == pb.BUILTIN_CLOCK_REALTIME
     for packet in decoded.packets[1:]:
-        assert packet.trusted_packet_sequence_id == 1 and packet.sequence_flags == 2
+        # Slice events and lane descriptors omit NEEDS_INCREMENTAL_STATE (state is valid from every
+        # prefix's first packet; a descriptor uses none).
+        lane = packet.HasField("track_descriptor") and packet.track_descriptor.name == "async"
+        flags = 0 if packet.HasField("track_event") or lane else 2
+        assert packet.trusted_packet_sequence_id == 1 and packet.sequence_flags == flags
         assert not packet.first_packet_on_sequence
+    resets = [p for p in decoded.packets if p.HasField("clock_snapshot")][1:]
+    assert resets  # every block of events starts with a reset of the incremental clock
+    for reset in resets:
+        snapshot = [(c.clock_id, c.timestamp, c.is_incremental) for c in reset.clock_snapshot.clocks]
+        assert snapshot == [(pb.BUILTIN_CLOCK_BOOTTIME, RANGE.begin_ns, False), (64, RANGE.begin_ns, True)]
+        assert reset.trace_packet_defaults.timestamp_clock_id == 64
     process = decoded.packets[1].track_descriptor
     assert process.uuid == 15903503398903116617 and process.process.pid == -1210682551
     assert process.process.process_name == PROCESS.exe

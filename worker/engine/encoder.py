@@ -133,7 +133,10 @@ class TraceEncoder:
         #: Whether the sequence's defaults are REALTIME (absolute timestamps, as after the clock packet)
         #: rather than the incremental clock of the span blocks.
         self._realtime = True
-        self._resets: dict[int, bytes] = {}
+        #: The thread track whose events the incremental clock currently times (None: a reset is due
+        #: before the next thread events), and the clock's running value.
+        self._run: int | None = None
+        self._base = self._t0
         reserved = [0, self._proc_uuid, async_group_uuid(self._proc_uuid)] + [t.uuid for t in self._tracks]
         self._async = AsyncState(
             salt=self._proc_uuid,
@@ -575,13 +578,16 @@ class TraceEncoder:
         return out
 
     def _events(self, events: Events, uuid: int) -> list[bytes]:
-        """A block of a thread's events: a reset of the incremental clock naming the thread's track as
-        the default one, then the events (``packing``, ``rows``)."""
+        """A thread's events on its sequence-default track, timed on the incremental clock (``packing``).
+
+        A reset packet (naming the thread's track as the default one) starts each run of one thread's
+        events; the run goes on across its batches, so sub-batching does not change the bytes."""
         if not len(events.ts):
             return []
-        reset = self._resets.get(uuid)
-        if reset is None:
-            reset = self._resets[uuid] = reset_packet(self._t0, uuid)
+        out: list[bytes] = []
+        if self._run != uuid:
+            out += self._packet(reset_packet(self._t0, uuid))
+            self._run, self._base = uuid, self._t0
         data, sizes = thread_event_rows(
             events.ts,
             events.kind,
@@ -589,15 +595,17 @@ class TraceEncoder:
             cat=events.cat,
             loc=events.loc,
             marks=events.mark,
-            t0=self._t0,
+            t0=self._base,
         )
+        self._base = max(self._base, int(events.ts.max()))
         self._realtime = False
-        return self._packet(reset) + self._add(data, sizes)
+        return out + self._add(data, sizes)
 
     def _timed(self, data: bytes, sizes: npt.NDArray[np.int64] | int) -> list[bytes]:
         """Packets on the incremental clock (they start with their own reset packet)."""
         if data:
             self._realtime = False
+            self._run = None
         return self._add(data, sizes)
 
     def _absolute(self) -> list[bytes]:
@@ -605,6 +613,7 @@ class TraceEncoder:
         if self._realtime:
             return []
         self._realtime = True
+        self._run = None
         return self._packet(realtime_defaults_packet())
 
 
