@@ -195,7 +195,7 @@ def decode(data: bytes) -> Decoded:
             cut = ""
             parent_span = None
             for ann in te.debug_annotations:
-                if ann.name == "trace_worker_cut":
+                if (ann.name or ann_names.get(ann.name_iid)) == "trace_worker_cut":
                     cut = ann.string_value
                 if ann_names.get(ann.name_iid) == "parent_span_id":
                     parent_span = ann.int_value

@@ -27,7 +27,7 @@ from worker.engine.logs import LogBatch, clean_bodies, is_text, log_rows, priori
 from worker.engine.lookback import Lookback
 from worker.engine.packing import realtime_defaults_packet, reset_packet
 from worker.engine.rows import CUT_BEGIN, CUT_END, thread_event_rows
-from worker.engine.span_rows import parent_annotation_packet
+from worker.engine.span_rows import annotation_names_packet
 from worker.engine.thread_spans import Events, ThreadState
 from worker.engine.tracks import (
     async_group_uuid,
@@ -169,7 +169,7 @@ class TraceEncoder:
     # -- public steps -------------------------------------------------------------------------------
 
     def start(self) -> list[bytes]:
-        """Header packets: clock, process track, thread tracks, async group track."""
+        """Header packets: clock, process track, thread tracks, async group track, annotation names."""
         self._check_open()
         if self._started:
             return []
@@ -182,7 +182,7 @@ class TraceEncoder:
                 out += self._packet(thread_descriptor(track, pid))
         if self._span_types.async_:
             out += self._packet(group_descriptor(self._proc_uuid))
-            out += self._packet(parent_annotation_packet())
+        out += self._packet(annotation_names_packet())
         return out
 
     def add_thread_spans(self, stream_id: str, batch: pa.RecordBatch) -> list[bytes]:

@@ -9,7 +9,7 @@ A slice event packet (W = varint width of the column's largest value in the grou
         [58 uuid(W)]                        track_uuid (async); thread events use the sequence default
         50 name(W) 18 cat(W) 90 02 loc(W)   name_iid, category_iids, source_location_iid (BEGIN only)
         ...                                 flows, parent annotation (``span_rows``)
-        [22 len {52 len name, 32 len value}] debug annotation marking a cut span
+        [22 len {08 02 32 len value}]       debug annotation trace_worker_cut (interned name), "begin"/"end"
       40 delta                              timestamp on the incremental clock (``packing``)
       [40 ts(9) D0 03 01]                   or absolute, timestamp_clock_id = REALTIME
 

@@ -12,7 +12,7 @@ its children drawn on other tracks), one ``terminating_flow_ids`` (the flow from
         [F9 02 id(8)]*k                 flow_ids (fixed64, unpacked), one per child linked by a flow
         [81 03 id(8)]                   terminating_flow_ids (fixed64): the flow from the parent
         [22 len {08 01 20 id(V)}]       debug annotation parent_span_id (interned name), int_value
-        [22 len {52 len "trace_worker_cut" 32 len "begin"|"end"}]
+        [22 len {08 02 32 len "begin"|"end"}] debug annotation trace_worker_cut (interned name)
       40 time                           delta or absolute (``packing``)
 """
 
@@ -34,7 +34,7 @@ __all__ = [
     "SLICE_BEGIN",
     "SLICE_END",
     "event_matrix",
-    "parent_annotation_packet",
+    "annotation_names_packet",
 ]
 
 U8 = npt.NDArray[np.uint8]
@@ -47,16 +47,17 @@ SLICE_END = 2
 NO_CUT = 0
 CUT_BEGIN = 1
 CUT_END = 2
-#: Name of the debug annotation marking a slice whose begin or end was made up at the range edge.
-CUT_ANNOTATION = "trace_worker_cut"
-ANNOTATIONS: dict[int, bytes] = {
-    code: field_bytes(4, field_bytes(10, CUT_ANNOTATION) + field_bytes(6, value))
-    for code, value in ((CUT_BEGIN, "begin"), (CUT_END, "end"))
-}
-#: Debug annotation naming the parent span of a child that is not drawn under it; its name is interned
-#: once (``parent_annotation_packet``) with this iid.
+#: Debug annotation naming the parent span of a child that is not drawn under it, and the one marking a
+#: slice whose begin or end was made up at the range edge; their names are interned once
+#: (``annotation_names_packet``) with these iids.
 PARENT_ANNOTATION = "parent_span_id"
 PARENT_ANNOTATION_IID = 1
+CUT_ANNOTATION = "trace_worker_cut"
+CUT_ANNOTATION_IID = 2
+ANNOTATIONS: dict[int, bytes] = {
+    code: field_bytes(4, field_varint(1, CUT_ANNOTATION_IID) + field_bytes(6, value))
+    for code, value in ((CUT_BEGIN, "begin"), (CUT_END, "end"))
+}
 _ANN_HEAD = field_varint(1, PARENT_ANNOTATION_IID) + bytes([0x20])
 _FLOW_TAG = bytes([0xF9, 0x02])  # field 47, wire type 1 (fixed64)
 _TERM_TAG = bytes([0x81, 0x03])  # field 48, wire type 1 (fixed64)
@@ -137,8 +138,12 @@ def event_matrix(
     return m, put_times(m, start, len(body), t)
 
 
-def parent_annotation_packet() -> bytes:
-    """InternedData packet defining the ``parent_span_id`` debug annotation name (after CLEARED)."""
-    entry = field_varint(1, PARENT_ANNOTATION_IID) + field_bytes(2, PARENT_ANNOTATION)
-    body = field_varint(10, 1) + field_varint(13, 2) + field_bytes(12, field_bytes(3, entry))
+def annotation_names_packet() -> bytes:
+    """InternedData packet defining the debug annotation names ``parent_span_id`` and
+    ``trace_worker_cut`` (after CLEARED)."""
+    entries = b"".join(
+        field_bytes(3, field_varint(1, iid) + field_bytes(2, name))
+        for iid, name in ((PARENT_ANNOTATION_IID, PARENT_ANNOTATION), (CUT_ANNOTATION_IID, CUT_ANNOTATION))
+    )
+    body = field_varint(10, 1) + field_varint(13, 2) + field_bytes(12, entries)
     return field_bytes(1, body)
