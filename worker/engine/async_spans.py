@@ -44,7 +44,7 @@ I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
 U8 = npt.NDArray[np.uint8]
 #: Whole packets and their sizes (an array, or one int when all are equal).
-_Block = tuple[bytes, npt.NDArray[np.int64] | int]
+_Block = tuple[bytes | memoryview, npt.NDArray[np.int64] | int]
 
 
 Build = Callable[[Times], tuple[U8, I64]]
@@ -71,7 +71,7 @@ class _Parts:
         if len(ts):
             self.runs[1].append((ts, build))
 
-    def assemble(self, t0: int, reset: tuple[U8, I64]) -> tuple[bytes, I64]:
+    def assemble(self, t0: int, reset: tuple[U8, I64]) -> tuple[memoryview, I64]:
         """The block's packets back to back, and their sizes."""
         mats: list[U8] = []
         lens: list[I64] = []

@@ -25,7 +25,7 @@ class Chunker:
         self.chunks = 0
         self.bytes = 0
 
-    def add(self, data: bytes, sizes: npt.NDArray[np.int64] | int | None = None) -> list[bytes]:
+    def add(self, data: bytes | memoryview, sizes: npt.NDArray[np.int64] | int | None = None) -> list[bytes]:
         """Add packets; return the chunks that became complete.
 
         Args:

@@ -551,7 +551,7 @@ class TraceEncoder:
         self._stats.bytes += len(packet)
         return self._chunker.add(packet)
 
-    def _add(self, data: bytes, sizes: npt.NDArray[np.int64] | int) -> list[bytes]:
+    def _add(self, data: bytes | memoryview, sizes: npt.NDArray[np.int64] | int) -> list[bytes]:
         if not data:
             return []
         self._stats.packets += len(data) // sizes if isinstance(sizes, int) else len(sizes)
@@ -601,7 +601,7 @@ class TraceEncoder:
         self._realtime = False
         return out + self._add(data, sizes)
 
-    def _timed(self, data: bytes, sizes: npt.NDArray[np.int64] | int) -> list[bytes]:
+    def _timed(self, data: bytes | memoryview, sizes: npt.NDArray[np.int64] | int) -> list[bytes]:
         """Packets on the incremental clock (they start with their own reset packet)."""
         if data:
             self._realtime = False

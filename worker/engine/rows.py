@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from worker.engine.packing import pack, times
+from worker.engine.packing import Times, pack, put_time_slots, times
 from worker.engine.span_rows import (
     ANNOTATIONS,
     CUT_ANNOTATION,
@@ -63,7 +63,7 @@ def thread_event_rows(
     loc: U64,
     marks: npt.NDArray[np.uint8],
     t0: int,
-) -> tuple[bytes, I64]:
+) -> tuple[memoryview, I64]:
     """A thread's slice events (file order) on its sequence-default track, timed after a reset to ``t0``.
 
     Args:
@@ -75,13 +75,16 @@ def thread_event_rows(
     """
     t = times(ts, t0)
     is_begin = kinds == SLICE_BEGIN
-    begin_rows = np.flatnonzero(is_begin)
-    widths = tuple(varint_width(int(c[begin_rows].max())) if len(begin_rows) else 1 for c in (name, cat, loc))
+    # An END holds its span's iids too, so the widths are those of the whole block (a BEGIN of an
+    # earlier block may make one a byte wider than needed: still a valid, padded varint).
+    widths = tuple(varint_width(int(c.max())) if len(c) else 1 for c in (name, cat, loc))
+    if not marks.any() and not t.absolute.any():
+        return _plain_thread_rows(t, kinds, is_begin, name=name, cat=cat, loc=loc, widths=widths)
     mats: list[U8] = []
     lens: list[I64] = []
     where: list[I64 | None] = []
     code = kinds.astype(np.int64) * 4 + marks
-    for value in np.unique(code).tolist():
+    for value in np.flatnonzero(np.bincount(code, minlength=12)).tolist():
         rows = np.flatnonzero(code == value)
         kind, mark = divmod(value, 4)
         if kind == SLICE_BEGIN:
@@ -102,6 +105,45 @@ def thread_event_rows(
     if len(mats) == 1:
         where = [None]
     return pack(mats, lens, where)
+
+
+def _plain_thread_rows(
+    t: Times,
+    kinds: npt.NDArray[np.uint8],
+    is_begin: npt.NDArray[np.bool_],
+    *,
+    name: U64,
+    cat: U64,
+    loc: U64,
+    widths: tuple[int, ...],
+) -> tuple[memoryview, I64]:
+    """The common case (no cut marks, no absolute times) as one matrix: every row starts
+    ``0A len 50 01 5A len 48 type``; a BEGIN goes on with its iids and its time field, an END with
+    its time field at once (written over the iid columns, which it does not use)."""
+    n = len(t.value)
+    wn, wc, wl = widths
+    k = (1 + wn) + (1 + wc) + (2 + wl)
+    width = 8 + k + 10
+    width = max(12, width + (-width % 4))
+    template = np.zeros(width, dtype=np.uint8)
+    template[[0, 2, 3, 4, 6]] = [0x0A, 0x50, 0x01, 0x5A, 0x48]
+    template[8] = 0x50
+    template[9 + wn] = 0x18
+    template[10 + wn + wc : 12 + wn + wc] = [0x90, 0x02]
+    m = np.empty((n, width), dtype=np.uint8)
+    m[:] = template
+    put_varint(m, 9, name, wn)
+    put_varint(m, 10 + wn, cat, wc)
+    put_varint(m, 12 + wn + wc, loc, wl)
+    used = put_time_slots(m, 8 + k, t)
+    ends = np.flatnonzero(~is_begin)
+    m[ends, 8 : 8 + used] = m[ends, 8 + k : 8 + k + used]
+    te_len = np.where(is_begin, 2 + k, 2)
+    packet_len = 4 + te_len + 1 + t.width
+    m[:, 1] = packet_len
+    m[:, 5] = te_len
+    m[:, 7] = kinds
+    return pack([m], [packet_len + 2], [None])
 
 
 _DESC_NAME = field_bytes(2, "async")
