@@ -444,7 +444,7 @@ class JobHandle:
                     f"(object at {event.uri}); read it from the blob store"
                 )
             await sink.reset()
-            await fetch_url(source, sink)
+            await fetch_url(source, sink, gzip=event.encoding == "gzip")
             sink.verify(event.size, event.sha256)
             return event
         raise ClientError(f"job stream {self.client.keys.job(self.job_id)} ended without a terminal status")
