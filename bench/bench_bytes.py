@@ -72,7 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     kinds = tuple(args.processes.split(","))
     lake = Lake(LakeConfig(processes=kinds))
     rows: list[Row] = []
-    with run_devserver_subprocess(["--processes", ",".join(kinds)]) as server, tempfile.TemporaryDirectory() as tmp:
+    with (
+        run_devserver_subprocess(["--processes", ",".join(kinds)]) as server,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         for process in lake.processes:
             for span_types, spans in (
                 ("thread", process.thread_span_count),
@@ -84,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(Row(process.kind, span_types, spans, out.stat().st_size, gz_size, gz_cpu))
                 out.unlink()
         server.terminate()
-    print(f"| process | span types | spans | bytes | bytes/span | gzip -{args.level} bytes/span | ratio | gzip MB/CPU-s |")
+    gz = f"gzip -{args.level}"
+    print(f"| process | span types | spans | bytes | bytes/span | {gz} bytes/span | ratio | {gz} MB/CPU-s |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         rate = r.size / 1e6 / r.gz_cpu_s if r.gz_cpu_s > 0 else float("inf")

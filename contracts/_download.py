@@ -11,12 +11,12 @@ new attempt.
 from __future__ import annotations
 
 import asyncio
-import zlib
 import hashlib
 import inspect
 import os
 import urllib.parse
 import urllib.request
+import zlib
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 

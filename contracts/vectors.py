@@ -55,7 +55,10 @@ CASES: list[tuple[str, str]] = [
         f'{{"process_id": "{_PID}", "metrics": true, "logs": true, "chunks": false}}',
     ),
     ("metrics false: the v1 id", f'{{"process_id": "{_PID}", "metrics": false}}'),
-    ("compress (v1.1): in the string only when given, after chunks", f'{{"process_id": "{_PID}", "compress": "gzip"}}'),
+    (
+        "compress (v1.1): in the string only when given, after chunks",
+        f'{{"process_id": "{_PID}", "compress": "gzip"}}',
+    ),
     (
         "compress none given explicitly: also in the string (absent means the worker's default)",
         f'{{"process_id": "{_PID}", "compress": "none", "logs": true}}',

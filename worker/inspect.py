@@ -444,7 +444,9 @@ class _Inspector:
             if key not in self.to_boot and key not in self.incremental:
                 if k_clock != _REALTIME:
                     for i in (all_rows[sel] + first).tolist()[:MAX_EXAMPLES]:
-                        self.report.add("unknown_clock", f"timestamp on clock {k_clock}, which no snapshot declares", i)
+                        self.report.add(
+                            "unknown_clock", f"timestamp on clock {k_clock}, which no snapshot declares", i
+                        )
                 continue
             if self.incremental.get(key):
                 total = self.running.get(key, 0) + np.cumsum(value[sel].astype(np.int64))
@@ -574,7 +576,11 @@ class _Inspector:
             defaults = packet.trace_packet_defaults
             seq.clock = defaults.timestamp_clock_id if defaults.HasField("timestamp_clock_id") else None
             ted = defaults.track_event_defaults
-            seq.track = ted.track_uuid if defaults.HasField("track_event_defaults") and ted.HasField("track_uuid") else None
+            seq.track = (
+                ted.track_uuid
+                if defaults.HasField("track_event_defaults") and ted.HasField("track_uuid")
+                else None
+            )
         if packet.HasField("interned_data"):
             self._interned(index, packet.interned_data, seq)
         data = packet.WhichOneof("data")
@@ -608,7 +614,9 @@ class _Inspector:
         key = _clock_key(packet.trusted_packet_sequence_id, clock)
         if key not in self.to_boot and key not in self.incremental:
             if clock != _REALTIME:
-                self.report.add("unknown_clock", f"timestamp on clock {clock}, which no snapshot declares", index)
+                self.report.add(
+                    "unknown_clock", f"timestamp on clock {clock}, which no snapshot declares", index
+                )
             return raw
         if self.incremental.get(key):
             raw = self.running[key] = self.running.get(key, 0) + packet.timestamp

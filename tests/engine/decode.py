@@ -62,7 +62,11 @@ class Decoded:
 
     def event_times(self) -> list[int]:
         """Trace times of the track-event packets, in file order."""
-        return [t for p, t in zip(self.packets, self.times, strict=True) if p.HasField("track_event") and t is not None]
+        return [
+            t
+            for p, t in zip(self.packets, self.times, strict=True)
+            if p.HasField("track_event") and t is not None
+        ]
 
     def on_track(self, uuid: int) -> list[Slice]:
         return sorted(s for s in self.slices if s.track == uuid)
@@ -138,8 +142,8 @@ class Clocks:
         if k not in self.to_boot:
             self.problems.append(f"packet {index}: clock {clock} has no snapshot with BOOTTIME")
             return raw
-        value, boot = self.to_boot[k]
-        return boot + raw - value
+        clock_at, boot_at = self.to_boot[k]
+        return boot_at + raw - clock_at
 
     def default_track(self, seq: int) -> int | None:
         d = self.defaults.get(seq)
@@ -200,7 +204,11 @@ def decode(data: bytes) -> Decoded:
                 if ann_names.get(ann.name_iid) == "parent_span_id":
                     parent_span = ann.int_value
             links: Links = (tuple(te.flow_ids), tuple(te.terminating_flow_ids), parent_span, None)
-            track = te.track_uuid if te.HasField("track_uuid") else clocks.default_track(packet.trusted_packet_sequence_id)
+            track = (
+                te.track_uuid
+                if te.HasField("track_uuid")
+                else clocks.default_track(packet.trusted_packet_sequence_id)
+            )
             if track is None:
                 problems.append(f"packet {index}: track event without a track")
                 track = 0
@@ -233,4 +241,6 @@ def decode(data: bytes) -> Decoded:
                 slices.append(Slice(track, b, ts, bname, bcat, bfile, bline, cut_mark, *links_out))
         for b, bname, *_ in stack:
             problems.append(f"track {track}: {bname!r}@{b} never ends")
-    return Decoded(list(trace.packet), sorted(slices), problems + clocks.problems, descriptors, resolved, tracks)
+    return Decoded(
+        list(trace.packet), sorted(slices), problems + clocks.problems, descriptors, resolved, tracks
+    )

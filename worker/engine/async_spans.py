@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import numpy.typing as npt
@@ -118,6 +119,33 @@ class _Open:
     parent_sid: I64
     term: U64
     marked: npt.NDArray[np.bool_]  # the BEGIN is cut (opened before the range)
+
+
+def _begin_matrix(
+    t: Times,
+    *,
+    c: _Open,
+    rows: I64,
+    widths: tuple[int, int, int],
+    flows: U64 | None,
+    term: bool,
+    ann: bool,
+    cut: bool,
+) -> tuple[U8, I64]:
+    """BEGIN packets of spans ``rows`` of one layout (``AsyncState._begins``)."""
+    return event_matrix(
+        t,
+        SLICE_BEGIN,
+        uuid=c.track[rows],
+        name=c.name[rows],
+        cat=c.cat[rows],
+        loc=c.loc[rows],
+        widths=widths,
+        flows=flows,
+        term=c.term[rows] if term else None,
+        parent_span=c.parent_sid[rows] if ann else None,
+        cut=CUT_BEGIN if cut else 0,
+    )
 
 
 @dataclass
@@ -248,7 +276,6 @@ class AsyncState:
         self.dropped += int(dropped_s.sum())
 
         time = np.concatenate((self.begin, np.maximum(ev.time, 0)))
-        seq = np.arange(self.seen - p, self.seen + m, dtype=np.int64)
         self.seen += m
 
         # Parent of each new opener: the parent span's opener open at the child's begin.
@@ -387,29 +414,24 @@ class AsyncState:
         has_term = c.term[idx] != 0
         has_ann = ann[idx]
         layout = nflows * 8 + c.marked[idx] * 4 + has_term * 2 + has_ann
-        widths = tuple(varint_width(int(col[idx].max())) for col in (c.name, c.cat, c.loc))
+        wn, wc, wl = (varint_width(int(col[idx].max())) for col in (c.name, c.cat, c.loc))
+        widths = (wn, wc, wl)
         for code in np.unique(layout).tolist():
             sel = np.flatnonzero(layout == code)
             rows_i = idx[sel]
             k, cut_on, term_on, ann_on = code >> 3, bool(code & 4), bool(code & 2), bool(code & 1)
             flows = pair_flow[layout[pair_slot] == code].reshape(len(sel), k) if k else None
 
-            def build(t: Times, r: I64 = rows_i, f: U64 | None = flows, cut: bool = cut_on,
-                      tm: bool = term_on, an: bool = ann_on) -> tuple[U8, I64]:  # fmt: skip
-                return event_matrix(
-                    t,
-                    SLICE_BEGIN,
-                    uuid=c.track[r],
-                    name=c.name[r],
-                    cat=c.cat[r],
-                    loc=c.loc[r],
-                    widths=widths,  # type: ignore[arg-type]
-                    flows=f,
-                    term=c.term[r] if tm else None,
-                    parent_span=c.parent_sid[r] if an else None,
-                    cut=CUT_BEGIN if cut else 0,
-                )
-
+            build = partial(
+                _begin_matrix,
+                c=c,
+                rows=rows_i,
+                widths=widths,
+                flows=flows,
+                term=term_on,
+                ann=ann_on,
+                cut=cut_on,
+            )
             parts.add_begin(c.begin[rows_i], build)
 
     def _orphans(self, parts: _Parts, pos: I64, *, time: I64, ev: AsyncBatch, p: int) -> None:

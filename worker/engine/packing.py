@@ -47,11 +47,11 @@ __all__ = [
     "Times",
     "pack",
     "packet_matrix",
+    "put_time_slots",
     "put_times",
     "realtime_defaults_packet",
     "reset_packet",
     "row_matrix",
-    "put_time_slots",
     "times",
 ]
 
@@ -97,7 +97,9 @@ def reset_packet(t0: int, track_uuid: int | None = None) -> bytes:
 
 def realtime_defaults_packet() -> bytes:
     """Defaults back to absolute REALTIME timestamps and no default track (before log/counter packets)."""
-    body = field_varint(10, _SEQUENCE_ID) + field_varint(13, _SEQ_NEEDS) + field_bytes(59, field_varint(58, 1))
+    body = (
+        field_varint(10, _SEQUENCE_ID) + field_varint(13, _SEQ_NEEDS) + field_bytes(59, field_varint(58, 1))
+    )
     return field_bytes(1, body)
 
 

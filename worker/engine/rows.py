@@ -38,8 +38,8 @@ from worker.engine.wire import LEN, field_bytes, put_varint, tag, varint_width
 
 __all__ = [
     "ANNOTATIONS",
-    "CUT_ANNOTATION",
     "ASYNC_TRACK_NAME",
+    "CUT_ANNOTATION",
     "CUT_BEGIN",
     "CUT_END",
     "NO_CUT",
@@ -77,7 +77,8 @@ def thread_event_rows(
     is_begin = kinds == SLICE_BEGIN
     # An END holds its span's iids too, so the widths are those of the whole block (a BEGIN of an
     # earlier block may make one a byte wider than needed: still a valid, padded varint).
-    widths = tuple(varint_width(int(c.max())) if len(c) else 1 for c in (name, cat, loc))
+    wn, wc, wl = (varint_width(int(c.max())) if len(c) else 1 for c in (name, cat, loc))
+    widths = (wn, wc, wl)
     if not marks.any() and not t.absolute.any():
         return _plain_thread_rows(t, kinds, is_begin, name=name, cat=cat, loc=loc, widths=widths)
     mats: list[U8] = []
@@ -115,7 +116,7 @@ def _plain_thread_rows(
     name: U64,
     cat: U64,
     loc: U64,
-    widths: tuple[int, ...],
+    widths: tuple[int, int, int],
 ) -> tuple[memoryview, I64]:
     """The common case (no cut marks, no absolute times) as one matrix: every row starts
     ``0A len 50 01 5A len 48 type``; a BEGIN goes on with its iids and its time field, an END with
@@ -182,4 +183,3 @@ def _varint_bytes(value: int) -> bytes:
         value >>= 7
     out.append(value)
     return bytes(out)
-

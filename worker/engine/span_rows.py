@@ -33,8 +33,8 @@ __all__ = [
     "PARENT_ANNOTATION",
     "SLICE_BEGIN",
     "SLICE_END",
-    "event_matrix",
     "annotation_names_packet",
+    "event_matrix",
 ]
 
 U8 = npt.NDArray[np.uint8]
@@ -106,9 +106,13 @@ def event_matrix(
         if widths is None:
             widths = tuple(varint_width(int(c.max()) if n else 1) for c in (name, cat, loc))  # type: ignore[assignment]
         assert widths is not None
-        for tag_bytes, values, w in ((b"\x50", name, widths[0]), (b"\x18", cat, widths[1]), (b"\x90\x02", loc, widths[2])):
+        for tag_bytes, iids, w in (
+            (b"\x50", name, widths[0]),
+            (b"\x18", cat, widths[1]),
+            (b"\x90\x02", loc, widths[2]),
+        ):
             te += tag_bytes
-            cols.append((len(te), values, w))
+            cols.append((len(te), iids, w))
             te += bytes(w)
     fixed: list[tuple[int, U64]] = []
     k = 0 if flows is None else flows.shape[1]
@@ -131,10 +135,10 @@ def event_matrix(
     body = head + bytes(te)
     m, start = row_matrix(body, n)
     base = start + len(head)
-    for off, values, w in cols:
-        put_varint(m, base + off, values, w)
-    for off, values in fixed:
-        m[:, base + off : base + off + 8] = _fixed64(values)
+    for off, column, w in cols:
+        put_varint(m, base + off, column, w)
+    for off, ids in fixed:
+        m[:, base + off : base + off + 8] = _fixed64(ids)
     return m, put_times(m, start, len(body), t)
 
 

@@ -26,9 +26,9 @@ from worker.errors import PermanentError, RetryableError, TraceWorkerError
 from worker.service.answers import answer
 from worker.service.emit import Emitter
 from worker.service.finish import finish, mark_running, reply_duplicate
+from worker.service.gzip_writer import GzipWriter
 from worker.service.lease import Claim, Lease
 from worker.service.logs import JobLog
-from worker.service.gzip_writer import GzipWriter
 from worker.service.ports import BlobWriterLike, StopRequested
 from worker.service.progress import ProgressPump
 from worker.service.redis_io import TRANSIENT, retry_redis
@@ -342,7 +342,9 @@ class _Job:
         spans = pump.spans
         rt.metrics.spans.inc(spans)
         # size and sha256 are those of the trace (the chunks), whether or not the object is compressed.
-        size, sha256 = (writer.size, writer.sha256) if isinstance(writer, GzipWriter) else (info.size, info.sha256)
+        size, sha256 = (
+            (writer.size, writer.sha256) if isinstance(writer, GzipWriter) else (info.size, info.sha256)
+        )
         rt.metrics.trace_bytes.inc(size)
         if duration > 0 and spans:
             rt.metrics.spans_per_second.observe(spans / duration)
