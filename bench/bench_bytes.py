@@ -5,12 +5,12 @@ For each devserver process kind in ``--processes`` (default small, typical, larg
 twice: ``--span-types thread`` and ``--span-types async``. It reports the whole file's bytes divided by
 the process's thread spans (resp. async spans): header, descriptors and interned data included.
 
-Then, per file, gzip at ``--level`` (default: the ``blob_compress_level`` setting, 6, as the worker
+Then, per file, gzip at ``--level`` (default: the ``blob_compress_level`` setting, 1, as the worker
 uses when a request asks for ``compress: "gzip"``): the compressed size, the ratio and the CPU time of
 compressing (``time.process_time`` of this process, one core), as MB of trace per CPU second.
 
     .venv/bin/python -m bench.bench_bytes
-    .venv/bin/python -m bench.bench_bytes --processes small,typical --level 1
+    .venv/bin/python -m bench.bench_bytes --processes small,typical --level 6
 
 Write the machine's load (``uptime``) beside the figures: the devserver shares the machine's cores.
 """
@@ -29,6 +29,7 @@ from pathlib import Path
 
 from tests.support.devserver import run_devserver_subprocess
 from worker.devserver import Lake, LakeConfig
+from worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,7 +68,7 @@ def _gzip(path: Path, level: int) -> tuple[int, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--processes", default="small,typical,large,wide")
-    parser.add_argument("--level", type=int, default=6)
+    parser.add_argument("--level", type=int, default=Settings().blob_compress_level)
     args = parser.parse_args(argv)
     kinds = tuple(args.processes.split(","))
     lake = Lake(LakeConfig(processes=kinds))

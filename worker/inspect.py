@@ -434,9 +434,10 @@ class _Inspector:
         out = np.minimum(value, np.uint64((1 << 63) - 1)).astype(np.int64)
         order = np.argsort(all_rows, kind="stable")
         scoped = (all_clock >= 64) & (all_clock < 128)
-        key_seq = np.where(scoped, all_seq, 0)
-        pairs = np.unique(np.stack([key_seq, all_clock], axis=1), axis=0).tolist()
-        for k_seq, k_clock in pairs:
+        key_seq = np.where(scoped & (all_seq >= 0), all_seq, 0)
+        packed = (key_seq.astype(np.uint64) << np.uint64(32)) | all_clock.astype(np.uint64)
+        for pair in np.unique(packed).tolist():
+            k_seq, k_clock = pair >> 32, pair & 0xFFFFFFFF
             if k_clock in (0, _BOOTTIME):
                 continue
             key = (int(k_seq), int(k_clock))

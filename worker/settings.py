@@ -89,7 +89,7 @@ class Settings(BaseSettings):
     #: How blobs are stored when a request has no `compress`: none, or gzip (<job>.pftrace.gz).
     blob_compress: Literal["none", "gzip"] = "none"
     #: zlib level of gzip blobs (1 fastest .. 9 smallest; bench/bench_bytes.py measures them).
-    blob_compress_level: int = Field(6, ge=1, le=9)
+    blob_compress_level: int = Field(1, ge=1, le=9)
 
     # -- Service (trace-worker run)
     #: Jobs one worker process runs at once.

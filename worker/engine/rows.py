@@ -64,11 +64,13 @@ def thread_event_rows(
     marks: npt.NDArray[np.uint8],
     t0: int,
 ) -> tuple[memoryview, I64]:
-    """A thread's slice events (file order) on its sequence-default track, timed after a reset to ``t0``.
+    """A thread's slice events (file order) on its sequence-default track, as deltas on clock 64.
 
     Args:
         ts: event timestamps (epoch ns), kinds: SLICE_BEGIN / SLICE_END, name/cat/loc: iids per event
             (used on BEGINs), marks: NO_CUT, CUT_BEGIN or CUT_END per event.
+        t0: clock 64's running value before the first event: the reset time, or the latest time
+            the thread's run has written so far.
 
     Returns:
         The packets back to back (reset packet not included), and their sizes.

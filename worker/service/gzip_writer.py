@@ -23,7 +23,7 @@ __all__ = ["GzipWriter"]
 class GzipWriter:
     """Compresses what is written and passes it on to ``inner`` (the store's writer)."""
 
-    def __init__(self, inner: BlobWriterLike, level: int = 6) -> None:
+    def __init__(self, inner: BlobWriterLike, level: int = 1) -> None:
         self._inner = inner
         self._zlib = zlib.compressobj(level, zlib.DEFLATED, 31)
         self._sha = hashlib.sha256()
