@@ -100,8 +100,9 @@ def test_chunks_are_whole_packets_and_concatenate_to_the_single_shot_trace(chunk
             assert len(sizes) == 1
         prefix += chunk
         if i < 40 or i % 101 == 0:  # a sample of prefixes (decoding all is quadratic)
-            problems = decode(prefix).problems  # parses, and interned data / tracks come before use
-            assert not [p for p in problems if "before" in p or "undeclared" in p]
+            problems = decode(prefix).problems  # parses, and interned data / tracks come before use,
+            # ... and every clock a prefix uses is declared in it (times resolve, time of day shows)
+            assert not [p for p in problems if "before" in p or "undeclared" in p or "clock" in p]
 
 
 def test_output_is_deterministic() -> None:
