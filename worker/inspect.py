@@ -618,12 +618,14 @@ class _Inspector:
         cat[ev_cat] = value[np.flatnonzero(is_cat)[first_at]]
         track = ev.track[sel].copy()
         no_track = ~ev.has_track[sel]
-        if no_track.any():
-            for k in np.flatnonzero(no_track).tolist():
-                st = states[int(seq[at[k]])]
-                if st.default_track is not None:
-                    track[k] = st.default_track
-                    no_track[k] = False
+        if no_track.any():  # on the sequence's default track (thread events of our writer), columnar
+            ev_seq = seq[at]
+            for s in _distinct(ev_seq[no_track]):
+                default = states[s].default_track
+                if default is not None:
+                    hit = no_track & (ev_seq == s)
+                    track[hit] = default
+                    no_track[hit] = False
             if no_track.any():
                 rep.add_many(
                     "undeclared_track", first + rows[at[no_track]], lambda _: "track event without track_uuid"
