@@ -16,6 +16,7 @@ import inspect
 import os
 import urllib.parse
 import urllib.request
+import zlib
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -138,10 +139,12 @@ class TraceSink:
             self._part.unlink(missing_ok=True)
 
 
-async def fetch_url(url: str, sink: TraceSink, timeout_s: float = 60.0) -> None:
+async def fetch_url(url: str, sink: TraceSink, timeout_s: float = 60.0, *, gzip: bool = False) -> None:
     """Copy the object at ``url`` (http(s):// signed URL or file:// path) into ``sink``.
 
-    Reads happen in a worker thread (blocking I/O), writes on the caller's loop.
+    Reads happen in a worker thread (blocking I/O), writes on the caller's loop. With ``gzip`` the
+    object is a gzip-compressed trace (status ``encoding: gzip``): the sink gets the plain bytes, so
+    it checks the status's ``size`` and ``sha256`` (those of the plain trace) as for a plain blob.
 
     Raises:
         ClientError: the URL cannot be read.
@@ -156,14 +159,28 @@ async def fetch_url(url: str, sink: TraceSink, timeout_s: float = 60.0) -> None:
             src = await asyncio.to_thread(open, path, "rb")
         else:
             src = await asyncio.to_thread(urllib.request.urlopen, url, timeout=timeout_s)  # scheme checked
-        await _copy(src, sink)
-    except OSError as exc:  # URLError and HTTPError are OSErrors
+        await _copy(src, sink, gzip=gzip)
+    except (OSError, zlib.error) as exc:  # URLError and HTTPError are OSErrors
         raise ClientError(f"cannot fetch the trace from {url.split('?', maxsplit=1)[0]}: {exc}") from exc
     finally:
         if src is not None:
             src.close()
 
 
-async def _copy(src: BinaryIO, sink: TraceSink) -> None:
+async def _copy(src: BinaryIO, sink: TraceSink, *, gzip: bool = False) -> None:
+    plain = zlib.decompressobj(31) if gzip else None
     while piece := await asyncio.to_thread(src.read, _PIECE):
+        if plain is not None:
+            # Bounded output per call, so a small compressed piece cannot balloon in memory.
+            piece = plain.decompress(piece, _PIECE)
+            while piece:
+                await sink.write(piece)
+                piece = plain.decompress(plain.unconsumed_tail, _PIECE)
+            continue
         await sink.write(piece)
+    if plain is not None:
+        rest = plain.flush()
+        if rest:
+            await sink.write(rest)
+        if not plain.eof:
+            raise zlib.error("the gzip stream ends early")

@@ -484,7 +484,7 @@ class JobHandle:
                 f"no fetchable url (object at {event.uri}); read it from the blob store"
             )
         await sink.reset()
-        await fetch_url(source, sink)
+        await fetch_url(source, sink, gzip=event.encoding == "gzip")
         sink.verify(event.size, event.sha256)
         return event
 

@@ -104,6 +104,10 @@ class StatusEvent(_Event):
     #: The range the trace covers, resolved when the attempt started (epoch ns).
     begin_ns: int | None = None
     end_ns: int | None = None
+    #: "gzip" when the blob is stored gzip-compressed (absent: plain). ``size`` and ``sha256`` are
+    #: always those of the plain trace (the chunks); ``stored_size`` is the object's size. v1.1.
+    encoding: Literal["gzip"] | None = None
+    stored_size: int | None = None
     # -- failed / dead
     error_code: ErrorCode | None = None
     #: What went wrong, in words a person can act on.

@@ -131,6 +131,10 @@ class TraceRequest(BaseModel):
     logs: StrictBool = False
     #: Add the process's measures as Perfetto counter tracks (additive; default false).
     metrics: StrictBool = False
+    #: How the blob is stored: "gzip" (compressed; the trace bytes, chunks, size and sha256 are
+    #: unchanged) or "none". Default (absent): the worker's ``blob_compress`` setting. Added in v1.1;
+    #: part of the job id only when given.
+    compress: Literal["none", "gzip"] | None = None
 
     @field_validator("process_id")
     @classmethod
@@ -192,13 +196,15 @@ class TraceRequest(BaseModel):
 
         B/E: integer epoch nanoseconds (whole microseconds x 1000) or ``null``; K: ``true``/``false``;
         P: lower-case UUID; S: thread/async/both. The additive flags ``logs`` and ``metrics`` appear,
-        as ``"logs": true, "metrics": true, `` after E, only when set. Test vectors:
+        as ``"logs": true, "metrics": true, `` after E, only when set; ``compress`` appears, as
+        ``"compress": "gzip", `` after K, only when given. Test vectors:
         ``contracts/job_id_vectors.json``.
         """
+        compress = f'"compress": "{self.compress}", ' if self.compress is not None else ""
         return (
             f'{{"begin": {_num(self.begin_ns)}, "chunks": {"true" if self.chunks else "false"}, '
-            f'"end": {_num(self.end_ns)}, {_additive_canonical(self)}"process_id": "{self.process_id}", '
-            f'"span_types": "{self.span_types.value}"}}'
+            f'{compress}"end": {_num(self.end_ns)}, {_additive_canonical(self)}'
+            f'"process_id": "{self.process_id}", "span_types": "{self.span_types.value}"}}'
         ).encode()
 
     def fingerprint(self) -> str:

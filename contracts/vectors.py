@@ -57,6 +57,14 @@ CASES: list[tuple[str, str]] = [
     ),
     ("metrics false: the v1 id", f'{{"process_id": "{_PID}", "metrics": false}}'),
     (
+        "compress (v1.1): in the string only when given, after chunks",
+        f'{{"process_id": "{_PID}", "compress": "gzip"}}',
+    ),
+    (
+        "compress none given explicitly: also in the string (absent means the worker's default)",
+        f'{{"process_id": "{_PID}", "compress": "none", "logs": true}}',
+    ),
+    (
         "an explicit job id is used as is (the canonical string is still the fingerprint)",
         f'{{"process_id": "{_PID}", "job_id": "alice-42"}}',
     ),

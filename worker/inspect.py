@@ -9,11 +9,16 @@ way Perfetto's trace processor reads it:
   sequence set SEQ_INCREMENTAL_STATE_CLEARED (``state_not_cleared``);
 - every iid a track event uses is defined earlier in the same sequence and generation
   (``iid_undefined``);
-- track events only on tracks some descriptor declares (``undeclared_track``);
-- REALTIME timestamps only with a ClockSnapshot that has REALTIME (``realtime_without_snapshot``);
+- track events only on tracks some descriptor declares (``undeclared_track``); an event without
+  ``track_uuid`` is on its sequence's ``TrackEventDefaults.track_uuid``;
+- timestamps resolved by Perfetto's clock rules (``worker/inspect_clocks.py``): a clock no ClockSnapshot
+  read so far relates to the trace clock (``clock_unresolved``, e.g. REALTIME without a snapshot or an
+  undeclared sequence clock 64-127), a snapshot Perfetto rejects (``bad_clock_snapshot``), a negative
+  trace time (``invalid_timestamp``);
 - per track, events sorted by (timestamp, file position) and an END closing the most recent open slice:
-  an END whose name/category differs from that slice (a partial overlap, ``misnested_end``), an END with
-  nothing open (``unmatched_end``), slices never closed (``unterminated``).
+  an END whose name/category differs from that slice (a partial overlap, ``misnested_end``; an END
+  without a name cannot show it), an END with nothing open (``unmatched_end``), slices never closed
+  (``unterminated``).
 
 Example:
     >>> report = inspect_trace("trace.pftrace")  # doctest: +SKIP
@@ -613,12 +618,14 @@ class _Inspector:
         cat[ev_cat] = value[np.flatnonzero(is_cat)[first_at]]
         track = ev.track[sel].copy()
         no_track = ~ev.has_track[sel]
-        if no_track.any():
-            for k in np.flatnonzero(no_track).tolist():
-                st = states[int(seq[at[k]])]
-                if st.default_track is not None:
-                    track[k] = st.default_track
-                    no_track[k] = False
+        if no_track.any():  # on the sequence's default track (thread events of our writer), columnar
+            ev_seq = seq[at]
+            for s in _distinct(ev_seq[no_track]):
+                default = states[s].default_track
+                if default is not None:
+                    hit = no_track & (ev_seq == s)
+                    track[hit] = default
+                    no_track[hit] = False
             if no_track.any():
                 rep.add_many(
                     "undeclared_track", first + rows[at[no_track]], lambda _: "track event without track_uuid"

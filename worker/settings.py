@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     blob_s3_allow_http: bool = False
     #: Lifetime of the fetchable `url` in succeeded status entries (S3 presigned URLs).
     blob_url_expires_s: int = Field(24 * 3600, ge=60, le=7 * 24 * 3600)
+    #: How blobs are stored when a request has no `compress`: none, or gzip (<job>.pftrace.gz).
+    blob_compress: Literal["none", "gzip"] = "none"
+    #: zlib level of gzip blobs (1 fastest .. 9 smallest; bench/bench_bytes.py measures them).
+    blob_compress_level: int = Field(1, ge=1, le=9)
 
     # -- Service (trace-worker run)
     #: Jobs one worker process runs at once.

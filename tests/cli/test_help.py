@@ -75,6 +75,15 @@ def test_request_help_says_what_to_set_to_read_a_local_blob() -> None:
     assert "chunk_ttl_s" in text and "TRACE_WORKER_BLOB_URL=file://<that folder>" in text
 
 
+def test_request_compress_goes_into_the_request_only_when_given() -> None:
+    parser = build_parser(full=["request"])
+    gz = build_request(parser.parse_args(["request", PID, "--compress", "gzip", "--blob-only"]))
+    assert gz.compress == "gzip" and '"compress":"gzip"' in gz.to_json()
+    plain = build_request(parser.parse_args(["request", PID]))
+    assert plain.compress is None and "compress" not in plain.to_json()
+    assert gz.effective_job_id() != plain.effective_job_id()
+
+
 def test_devserver_doc_states_the_default_processes_of_its_help() -> None:
     default = command_parser("devserver").get_default("processes")
     doc = (ROOT / "docs" / "DEVSERVER.md").read_text().splitlines()

@@ -4,6 +4,7 @@ loopback, a real redis-server, local-folder and moto S3 blob stores."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -157,3 +158,21 @@ async def test_download_survives_a_redis_restart(
             assert data == blob_path(tmp_path / "b", request).read_bytes()
     finally:
         server.close()
+
+
+async def test_gzip_blob_by_worker_default_is_downloaded_plain_and_verified(
+    client: TraceClient, redis_server: RedisServer, devserver: DevServer, spawn_worker: Spawn, tmp_path: Path
+) -> None:
+    blobs = tmp_path / "blobs"
+    env = worker_env(redis_server.url, devserver.url, blobs.as_uri(), TRACE_WORKER_BLOB_COMPRESS="gzip")
+    spawn_worker(env)
+    request = TraceRequest(process_id=devserver.lake.processes[0].process_id, chunks=False, job_id="gz-only")
+    assert "compress" not in request.to_json()  # the worker's setting decides
+    status = await (await client.submit(request)).download(tmp_path / "gz.pftrace", timeout=120)
+    stored = (blobs / request.process_id / "gz-only.pftrace.gz").read_bytes()
+    assert status.encoding == "gzip" and status.uri is not None and status.uri.endswith(".pftrace.gz")
+    assert stored[:2] == b"\x1f\x8b" and status.stored_size == len(stored)
+    data = (tmp_path / "gz.pftrace").read_bytes()  # the client hands over the plain trace
+    assert data == gzip.decompress(stored) and len(data) == status.size
+    assert hashlib.sha256(data).hexdigest() == status.sha256
+    assert len(stored) * 2 < len(data)

@@ -2,7 +2,13 @@
 
 Independent of worker.inspect on purpose (the tests check the engine and inspect separately). Events
 of a track are stably sorted by timestamp (file order breaks ties) and an END closes the most recent
-open slice of its track; an END whose name differs from that slice is recorded as a misnesting.
+open slice of its track; an END that names a slice other than that one is recorded as a misnesting.
+
+Timestamps are resolved as Perfetto's trace processor does (:class:`Clocks`): a packet's clock is its
+``timestamp_clock_id`` or its sequence's ``trace_packet_defaults``; clock ids 64-127 belong to the
+sequence; an incremental clock adds each packet's value to its running value, which a ClockSnapshot
+sets; a clock is mapped to BOOTTIME (the trace clock) through the latest snapshot holding both. An
+event without ``track_uuid`` is on its sequence's default track (``track_event_defaults``).
 """
 
 from __future__ import annotations
@@ -41,6 +47,26 @@ class Decoded:
     slices: list[Slice]
     problems: list[str]
     descriptors: dict[int, pb.TrackDescriptor] = field(default_factory=dict)
+    #: Each packet's trace time (None without a timestamp), resolved through the clocks.
+    times: list[int | None] = field(default_factory=list)
+    #: Each packet's track (``track_uuid`` or the sequence default; None for non-events).
+    tracks: list[int | None] = field(default_factory=list)
+
+    def events_on(self, uuid: int) -> list[tuple[int, int]]:
+        """(type, trace time) of the track events on ``uuid``, in file order."""
+        return [
+            (p.track_event.type, t)
+            for p, t, k in zip(self.packets, self.times, self.tracks, strict=True)
+            if k == uuid and t is not None
+        ]
+
+    def event_times(self) -> list[int]:
+        """Trace times of the track-event packets, in file order."""
+        return [
+            t
+            for p, t in zip(self.packets, self.times, strict=True)
+            if p.HasField("track_event") and t is not None
+        ]
 
     def on_track(self, uuid: int) -> list[Slice]:
         return sorted(s for s in self.slices if s.track == uuid)
@@ -68,6 +94,64 @@ def packet_sizes(data: bytes) -> list[int]:
     return sizes
 
 
+_BOOTTIME = 6
+
+
+class Clocks:
+    """Timestamp resolution (see the module docstring), packet by packet in file order."""
+
+    def __init__(self) -> None:
+        self.incremental: dict[tuple[int, int], bool] = {}
+        self.running: dict[tuple[int, int], int] = {}
+        self.to_boot: dict[tuple[int, int], tuple[int, int]] = {}  # clock -> (clock value, BOOTTIME)
+        self.defaults: dict[int, pb.TracePacketDefaults] = {}
+        self.problems: list[str] = []
+
+    @staticmethod
+    def key(seq: int, clock: int) -> tuple[int, int]:
+        return (seq if 64 <= clock < 128 else 0, clock)
+
+    def packet(self, index: int, packet: pb.TracePacket) -> int | None:
+        """Note the packet's defaults / snapshot; return its trace time (None: it has no timestamp)."""
+        seq = packet.trusted_packet_sequence_id
+        if packet.sequence_flags & 1:
+            self.defaults.pop(seq, None)
+        if packet.HasField("trace_packet_defaults"):
+            self.defaults[seq] = packet.trace_packet_defaults
+        if packet.HasField("clock_snapshot"):
+            values = {self.key(seq, c.clock_id): c for c in packet.clock_snapshot.clocks}
+            boot = values.get((0, _BOOTTIME))
+            for k, c in values.items():
+                self.incremental[k] = c.is_incremental
+                if c.is_incremental:
+                    self.running[k] = c.timestamp
+                if boot is not None:
+                    self.to_boot[k] = (c.timestamp, boot.timestamp)
+            return None
+        if not packet.HasField("timestamp"):
+            return None
+        clock = packet.timestamp_clock_id
+        if not clock and seq in self.defaults:
+            clock = self.defaults[seq].timestamp_clock_id
+        if not clock or clock == _BOOTTIME:
+            return packet.timestamp
+        k = self.key(seq, clock)
+        raw = packet.timestamp
+        if self.incremental.get(k):
+            raw = self.running[k] = self.running[k] + packet.timestamp
+        if k not in self.to_boot:
+            self.problems.append(f"packet {index}: clock {clock} has no snapshot with BOOTTIME")
+            return raw
+        clock_at, boot_at = self.to_boot[k]
+        return boot_at + raw - clock_at
+
+    def default_track(self, seq: int) -> int | None:
+        d = self.defaults.get(seq)
+        if d is not None and d.HasField("track_event_defaults"):
+            return d.track_event_defaults.track_uuid
+        return None
+
+
 def decode(data: bytes) -> Decoded:
     trace = pb.Trace.FromString(data)
     names: dict[int, str] = {}
@@ -78,7 +162,13 @@ def decode(data: bytes) -> Decoded:
     events: dict[int, list[tuple[int, int, int, str, str, str, int, str, Links]]] = defaultdict(list)
     descriptors: dict[int, pb.TrackDescriptor] = {}
     cleared = False
+    clocks = Clocks()
+    resolved: list[int | None] = []
+    tracks: list[int | None] = []
     for index, packet in enumerate(trace.packet):
+        ts = clocks.packet(index, packet)
+        resolved.append(ts)
+        tracks.append(None)
         if not packet.HasField("trusted_packet_sequence_id"):
             problems.append(f"packet {index} has no sequence id")
         if packet.sequence_flags & 1:
@@ -102,21 +192,32 @@ def decode(data: bytes) -> Decoded:
             if te.HasField("log_message") or te.type == pb.TrackEvent.TYPE_COUNTER:
                 continue  # log messages and counters: tests/engine/decode_logs.py
             for iid, table in ((te.name_iid, names), (te.source_location_iid, locs)):
-                if iid not in table:
+                if iid and iid not in table:
                     problems.append(f"packet {index}: iid {iid} used before definition")
             cat = cats.get(te.category_iids[0], "?") if te.category_iids else ""
             file, line = locs.get(te.source_location_iid, ("?", -1))
             cut = ""
             parent_span = None
             for ann in te.debug_annotations:
-                if ann.name == "trace_worker_cut":
+                if (ann.name or ann_names.get(ann.name_iid)) == "trace_worker_cut":
                     cut = ann.string_value
                 if ann_names.get(ann.name_iid) == "parent_span_id":
                     parent_span = ann.int_value
             links: Links = (tuple(te.flow_ids), tuple(te.terminating_flow_ids), parent_span, None)
-            events[te.track_uuid].append(
-                (packet.timestamp, index, te.type, names.get(te.name_iid, "?"), cat, file, line, cut, links)
+            track = (
+                te.track_uuid
+                if te.HasField("track_uuid")
+                else clocks.default_track(packet.trusted_packet_sequence_id)
             )
+            if track is None:
+                problems.append(f"packet {index}: track event without a track")
+                track = 0
+            tracks[-1] = track
+            if ts is None:
+                problems.append(f"packet {index}: track event without a timestamp")
+                ts = 0
+            name = names.get(te.name_iid, "?") if te.HasField("name_iid") else ""
+            events[track].append((ts, index, te.type, name, cat, file, line, cut, links))
     slices: list[Slice] = []
     for track, evs in events.items():
         if track not in descriptors:
@@ -132,7 +233,7 @@ def decode(data: bytes) -> Decoded:
                     problems.append(f"track {track}: END at {ts} (packet {index}) with nothing open")
                     continue
                 b, bname, bcat, bfile, bline, bcut, (flows, term, parent, under) = stack.pop()
-                if name != bname or cat != bcat:
+                if (name and name != bname) or (cat and cat != bcat):
                     problems.append(f"track {track}: END {name!r}@{ts} closes {bname!r}@{b}")
                 marks = {bcut, cut} - {""}
                 cut_mark = "both" if len(marks) == 2 else bcut or cut
@@ -140,4 +241,6 @@ def decode(data: bytes) -> Decoded:
                 slices.append(Slice(track, b, ts, bname, bcat, bfile, bline, cut_mark, *links_out))
         for b, bname, *_ in stack:
             problems.append(f"track {track}: {bname!r}@{b} never ends")
-    return Decoded(list(trace.packet), sorted(slices), problems, descriptors)
+    return Decoded(
+        list(trace.packet), sorted(slices), problems + clocks.problems, descriptors, resolved, tracks
+    )

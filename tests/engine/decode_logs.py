@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from tests.engine.decode import Clocks
 from worker.perfetto_pb import pb
 
 
@@ -45,7 +46,9 @@ def decode_logs(data: bytes) -> LogsAndCounters:
     counters: dict[int, list[tuple[int, float]]] = defaultdict(list)
     descriptors: dict[int, pb.TrackDescriptor] = {}
     problems: list[str] = []
+    clocks = Clocks()
     for index, packet in enumerate(trace.packet):
+        ts = clocks.packet(index, packet)
         if packet.sequence_flags & 1:
             names, locs, bodies = {}, {}, {}
         if packet.HasField("interned_data"):
@@ -63,6 +66,8 @@ def decode_logs(data: bytes) -> LogsAndCounters:
         if not packet.HasField("track_event"):
             continue
         te = packet.track_event
+        if not te.HasField("log_message") and te.type != pb.TrackEvent.TYPE_COUNTER:
+            continue  # slices: tests/engine/decode.py
         if te.track_uuid not in descriptors:
             problems.append(f"packet {index}: event on undeclared track {te.track_uuid}")
         if te.HasField("log_message"):
@@ -80,7 +85,7 @@ def decode_logs(data: bytes) -> LogsAndCounters:
                 continue
             logs.append(
                 Log(
-                    packet.timestamp,
+                    ts if ts is not None else -1,
                     te.track_uuid,
                     lm.prio,
                     bodies.get(lm.body_iid, "?"),
@@ -96,5 +101,5 @@ def decode_logs(data: bytes) -> LogsAndCounters:
             desc = descriptors.get(te.track_uuid)
             if desc is None or not desc.HasField("counter"):
                 problems.append(f"packet {index}: counter value on a track that is not a counter")
-            counters[te.track_uuid].append((packet.timestamp, te.double_counter_value))
-    return LogsAndCounters(logs, dict(counters), descriptors, problems)
+            counters[te.track_uuid].append((ts if ts is not None else -1, te.double_counter_value))
+    return LogsAndCounters(logs, dict(counters), descriptors, problems + clocks.problems)

@@ -59,8 +59,18 @@ def test_first_packet_clears_state_and_declares_the_clock() -> None:
     assert clocks == {pb.BUILTIN_CLOCK_BOOTTIME: RANGE.begin_ns, pb.BUILTIN_CLOCK_REALTIME: RANGE.begin_ns}
     assert first.trace_packet_defaults.timestamp_clock_id == pb.BUILTIN_CLOCK_REALTIME
     for packet in decoded.packets[1:]:
-        assert packet.trusted_packet_sequence_id == 1 and packet.sequence_flags == 2
+        # Slice events and lane descriptors omit NEEDS_INCREMENTAL_STATE (state is valid from every
+        # prefix's first packet; a descriptor uses none).
+        lane = packet.HasField("track_descriptor") and packet.track_descriptor.name == "async"
+        flags = 0 if packet.HasField("track_event") or lane else 2
+        assert packet.trusted_packet_sequence_id == 1 and packet.sequence_flags == flags
         assert not packet.first_packet_on_sequence
+    resets = [p for p in decoded.packets if p.HasField("clock_snapshot")][1:]
+    assert resets  # every block of events starts with a reset of the incremental clock
+    for reset in resets:
+        snapshot = [(c.clock_id, c.timestamp, c.is_incremental) for c in reset.clock_snapshot.clocks]
+        assert snapshot == [(pb.BUILTIN_CLOCK_BOOTTIME, RANGE.begin_ns, False), (64, RANGE.begin_ns, True)]
+        assert reset.trace_packet_defaults.timestamp_clock_id == 64
     process = decoded.packets[1].track_descriptor
     assert process.uuid == 15903503398903116617 and process.process.pid == -1210682551
     assert process.process.process_name == PROCESS.exe
@@ -90,8 +100,9 @@ def test_chunks_are_whole_packets_and_concatenate_to_the_single_shot_trace(chunk
             assert len(sizes) == 1
         prefix += chunk
         if i < 40 or i % 101 == 0:  # a sample of prefixes (decoding all is quadratic)
-            problems = decode(prefix).problems  # parses, and interned data / tracks come before use
-            assert not [p for p in problems if "before" in p or "undeclared" in p]
+            problems = decode(prefix).problems  # parses, and interned data / tracks come before use,
+            # ... and every clock a prefix uses is declared in it (times resolve, time of day shows)
+            assert not [p for p in problems if "before" in p or "undeclared" in p or "clock" in p]
 
 
 def test_output_is_deterministic() -> None:
@@ -147,7 +158,7 @@ def test_tids_are_unique_per_stream(ids: list[str]) -> None:
     assert all(0 < tid < 1 << 63 for tid in tids)
     first_valid: set[str] = set()
     for thread, tid in zip(
-        threads, [p.track_descriptor.thread.tid for p in decoded.packets[2:]], strict=True
+        threads, [p.track_descriptor.thread.tid for p in decoded.packets[2 : 2 + len(ids)]], strict=True
     ):
         if thread.thread_id in ("7", "8") and thread.thread_id not in first_valid:
             assert tid == int(thread.thread_id)  # the first stream with a valid id keeps it
@@ -173,7 +184,7 @@ def test_thread_names_follow_upstream() -> None:
     ]
     enc = TraceEncoder(PROCESS, threads, span_types=SpanTypes.THREAD, time_range=RANGE)
     decoded = decode(b"".join(enc.start() + enc.finish()))
-    names = [p.track_descriptor.thread.thread_name for p in decoded.packets[2:]]
+    names = [p.track_descriptor.thread.thread_name for p in decoded.packets[2:6]]
     assert names == ["main-5", "6", "s3", "w"]
 
 

@@ -82,7 +82,7 @@ def test_random_call_trees_round_trip(spans: list[Span], cuts: list[int], encodi
     assert decoded.on_track(UUID_A) == expected(spans, UUID_A)
     assert inspect_trace(io.BytesIO(data)).ok
     # Every file position keeps timestamps non-decreasing on the track (what Perfetto's sort needs).
-    ts = [p.timestamp for p in decoded.packets if p.HasField("track_event")]
+    ts = decoded.event_times()
     assert ts == sorted(ts)
     # Chunking never changes the bytes, only where they are cut.
     assert run([("stream-a", b) for b in split(batch, cuts)], chunk_size=97) == data
@@ -100,11 +100,7 @@ def test_equal_timestamps_end_before_begin_and_zero_length_nesting() -> None:
     decoded = decode(run([("stream-a", thread_batch(spans))]))
     assert decoded.problems == []
     assert decoded.on_track(UUID_A) == expected(spans, UUID_A)
-    order = [
-        (p.track_event.type, p.timestamp)
-        for p in decoded.packets
-        if p.HasField("track_event") and p.track_event.track_uuid == UUID_A
-    ]
+    order = decoded.events_on(UUID_A)
     b, e = 1, 2
     # Rows tied on begin = 20 are taken shallower first, then shorter first (the order must not depend
     # on how the server orders ties): zero, second, then zero-child, which nests in second.

@@ -4,6 +4,7 @@ a raw Redis client only, as a non-Python requester would."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -127,3 +128,24 @@ async def test_limits_fail_with_clear_codes(
     _, final = await _run_job(settings, redis, TraceRequest(process_id=process.process_id, job_id="long"))
     assert final.state == JobState.FAILED and final.error_code == ErrorCode.RANGE_TOO_LONG
     assert _traces(tmp_path) == []
+
+
+async def test_gzip_blob_keeps_plain_chunks_size_and_sha256(
+    redis_server: RedisServer, redis: Redis, devserver: DevServer, tmp_path: Path
+) -> None:
+    process = devserver.lake.processes[0]
+    settings = _settings(redis_server.url, devserver.url, f"file://{tmp_path}")
+    req = TraceRequest(process_id=process.process_id, compress="gzip")
+    assert req.effective_job_id() != TraceRequest(process_id=process.process_id).effective_job_id()
+    reader, final = await _run_job(settings, redis, req)
+    assert final.state == JobState.SUCCEEDED, final
+    data = reader.trace_bytes(final.attempt)  # chunks stay plain
+    stored = (tmp_path / process.process_id / f"{req.effective_job_id()}.pftrace.gz").read_bytes()
+    assert final.encoding == "gzip" and final.stored_size == len(stored) < len(data)
+    assert gzip.decompress(stored) == data and len(data) == final.size
+    assert hashlib.sha256(data).hexdigest() == final.sha256
+    assert _traces(tmp_path) == []  # no plain object beside it
+    # The same request run again gives the same object (no time or name in the gzip header).
+    _, again = await _run_job(settings, redis, req.model_copy(update={"job_id": "gz-again"}))
+    assert (tmp_path / process.process_id / "gz-again.pftrace.gz").read_bytes() == stored
+    assert again.sha256 == final.sha256

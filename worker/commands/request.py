@@ -73,6 +73,11 @@ def register(subparsers: Any) -> None:
         "--blob-only", action="store_true", help="no chunks on Redis; fetch from the blob store"
     )
     parser.add_argument(
+        "--compress",
+        choices=["gzip", "none"],
+        help="how the blob is stored (default: the worker's setting); the file written here is plain",
+    )
+    parser.add_argument(
         "--timeout",
         type=float,
         metavar="S",
@@ -102,6 +107,7 @@ def build_request(args: argparse.Namespace) -> TraceRequest:
             labels=labels,
             logs=args.logs,
             metrics=args.metrics,
+            compress=args.compress,
         )
     except ValidationError as exc:
         first = exc.errors()[0]

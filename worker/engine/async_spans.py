@@ -13,48 +13,101 @@ than its begin is clamped to the begin.
 Layout (``lanes.place``): a span that surely nests in its open parent goes on the parent's track; any
 other span is a lane root with a track of its own under the "Async spans" group, linked from its open
 parent by a flow, with its ``parent_span_id`` as a debug annotation. A span's BEGIN is written when it
-closes (so it lists the flows to all its children), in the window where it closes.
+closes (so it lists the flows to all its children), in the window where it closes; a flow-linked child
+that begins at its parent's very begin is held and written right after its parent's BEGIN (``_defer``).
 
-Span keys: ``splitmix64(splitmix64(span_id ^ salt) ^ n)`` where salt = the process uuid and n = the
-position of the span's first event in the whole input (``^ ORPHAN`` for a span cut at its begin): unique
-per span even when span ids are reused, independent of batching, and re-hashed away from 0 and the
-process/thread/group uuids. A lane root's track uuid and the flow id from its parent are its key.
+Span keys: a counter from 1 over the trace, in the order spans open in the canonical input (the spans
+opened in a window, then its ends without a begin), skipping the process/thread/group uuids: unique per
+span even when span ids are reused, independent of batching, and small (short varints). A lane root's
+track uuid and the flow id from its parent are its key.
+
+File order per window: the descriptors, then the BEGINs and then the ENDs, each run after a clock reset
+and stably sorted by time (``_Parts``), so timestamps are small deltas (``packing``). Ties keep the order
+the packets were added in, which is how a held child's BEGIN stays after its parent's at an equal time.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from functools import partial
 
 import numpy as np
 import numpy.typing as npt
 
 from worker.engine.lanes import NONE, Openers, place
-from worker.engine.rows import (
-    CUT_BEGIN,
-    CUT_END,
-    SLICE_BEGIN,
-    SLICE_END,
-    descriptor_rows,
-    slice_rows,
-)
-from worker.engine.span_rows import assemble, event_rows
+from worker.engine.packing import Times, pack, packet_matrix, reset_packet, times
+from worker.engine.rows import CUT_BEGIN, CUT_END, SLICE_BEGIN, SLICE_END, descriptor_matrix
+from worker.engine.span_rows import event_matrix
+from worker.engine.wire import varint_width
 
-__all__ = ["AsyncBatch", "AsyncState", "splitmix64"]
+__all__ = ["AsyncBatch", "AsyncState"]
 
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
 U8 = npt.NDArray[np.uint8]
 B = npt.NDArray[np.bool_]
-_ORPHAN = np.uint64(0x6F727068616E2121)
 #: Whole packets and their sizes (an array, or one int when all are equal).
-_Block = tuple[bytes, npt.NDArray[np.int64] | int]
+_Block = tuple[bytes | memoryview, npt.NDArray[np.int64] | int]
 
 
-def splitmix64(x: U64) -> U64:
-    z = x + np.uint64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
+Build = Callable[[Times], tuple[U8, I64]]
+
+
+class _Parts:
+    """The packets of one output block: descriptors, then a reset and the BEGINs, then a reset and the
+    ENDs, each run stably sorted by time (what Perfetto's sorter does anyway, ties kept in file order),
+    so its timestamps are small deltas on the incremental clock (``packing``)."""
+
+    def __init__(self) -> None:
+        self.desc: list[tuple[U8, I64]] = []
+        self.runs: tuple[list[tuple[I64, Build]], list[tuple[I64, Build]]] = ([], [])
+
+    def add_desc(self, m: U8, lengths: I64) -> None:
+        if len(m):
+            self.desc.append((m, lengths))
+
+    def add_begin(self, ts: I64, build: Build) -> None:
+        if len(ts):
+            self.runs[0].append((ts, build))
+
+    def add_end(self, ts: I64, build: Build) -> None:
+        if len(ts):
+            self.runs[1].append((ts, build))
+
+    def assemble(self, t0: int, reset: tuple[U8, I64]) -> tuple[memoryview, I64]:
+        """The block's packets back to back, and their sizes."""
+        mats: list[U8] = []
+        lens: list[I64] = []
+        where: list[I64 | None] = []
+        pos = 0
+        for m, length in self.desc:
+            mats.append(m)
+            lens.append(length)
+            where.append(np.arange(pos, pos + len(m)))
+            pos += len(m)
+        for run in self.runs:
+            if not run:
+                continue
+            mats.append(reset[0])
+            lens.append(reset[1])
+            where.append(np.array([pos]))
+            pos += 1
+            ts = np.concatenate([r[0] for r in run])
+            order = np.argsort(ts, kind="stable")
+            rank = np.empty(len(ts), dtype=np.int64)
+            rank[order] = np.arange(len(ts))
+            t = times(ts[order], t0)
+            at = 0
+            for part_ts, build in run:
+                r = rank[at : at + len(part_ts)]
+                m, length = build(t.take(r))
+                mats.append(m)
+                lens.append(length)
+                where.append(pos + r)
+                at += len(part_ts)
+            pos += len(ts)
+        return pack(mats, lens, where)
 
 
 @dataclass
@@ -69,6 +122,50 @@ class _Open:
     parent_sid: I64
     term: U64
     marked: npt.NDArray[np.bool_]  # the BEGIN is cut (opened before the range)
+
+
+def _begin_matrix(
+    t: Times,
+    *,
+    c: _Open,
+    rows: I64,
+    widths: tuple[int, int, int],
+    flows: U64 | None,
+    term: bool,
+    ann: bool,
+    cut: bool,
+) -> tuple[U8, I64]:
+    """BEGIN packets of spans ``rows`` of one layout (``AsyncState._begins``)."""
+    return event_matrix(
+        t,
+        SLICE_BEGIN,
+        uuid=c.track[rows],
+        name=c.name[rows],
+        cat=c.cat[rows],
+        loc=c.loc[rows],
+        widths=widths,
+        flows=flows,
+        term=c.term[rows] if term else None,
+        parent_span=c.parent_sid[rows] if ann else None,
+        cut=CUT_BEGIN if cut else 0,
+    )
+
+
+@dataclass
+class _Held:
+    """A held flow-linked child (and its siblings held for the same parent): what its BEGINs (with the
+    flows to its own children) and ENDs need, copied out of its window (``AsyncState._hold``)."""
+
+    cols: _Open
+    flow_parent: I64  # index into ``cols`` of the span owing each flow
+    flow_id: U64
+    end: I64
+    kids: list[int]  # the keys of the spans held
+
+
+def _end_matrix(t: Times, *, uuid: U64, cut: int = 0) -> tuple[U8, I64]:
+    """END packets on tracks ``uuid`` (no name: Perfetto closes the track's most recent open slice)."""
+    return event_matrix(t, SLICE_END, uuid=uuid, cut=cut)
 
 
 @dataclass
@@ -130,22 +227,25 @@ class AsyncState:
     window: int = 1 << 16
     held: list[AsyncBatch] = field(default_factory=list)
     held_rows: int = 0
-    #: Packets of flow-linked children that begin at their parent's very begin, held until the parent's
-    #: BEGIN is written (see ``_defer``): by the key of that parent, with the keys of the children in them.
-    held_for: dict[int, list[tuple[_Block, list[int]]]] = field(default_factory=dict)
-    waiting: set[int] = field(default_factory=set)  # keys of the spans whose packets are held
+    #: Flow-linked children that begin at their parent's very begin, held until the parent's BEGIN is
+    #: written (see ``_defer``): by the key of that parent.
+    held_for: dict[int, list[_Held]] = field(default_factory=dict)
+    waiting: set[int] = field(default_factory=set)  # keys of the spans held
+    #: Where the incremental clock restarts (the trace's clock snapshot time, the range begin).
+    t0: int = 0
+    next_key: int = 1
 
-    def _uuids(self, sid: I64, seq: I64, extra: np.uint64 | None = None) -> U64:
-        """Track uuids from span ids and the events' positions in the whole input (unique per span)."""
-        x = sid.view(np.uint64) ^ np.uint64(self.salt)
-        if extra is not None:
-            x = x ^ extra
-        u = splitmix64(splitmix64(x) ^ seq.view(np.uint64))
-        bad = (u == 0) | np.isin(u, self.reserved)
-        while bad.any():
-            u[bad] = splitmix64(u[bad] ^ _ORPHAN)
-            bad = (u == 0) | np.isin(u, self.reserved)
-        return u
+    def __post_init__(self) -> None:
+        self.reset = packet_matrix(reset_packet(self.t0))
+
+    def _new_keys(self, k: int) -> U64:
+        """``k`` fresh span keys (track uuids and flow ids): the next values of a per-trace counter from 1,
+        skipping the reserved (process, thread, group) uuids."""
+        out = np.arange(self.next_key, self.next_key + k + len(self.reserved), dtype=np.uint64)
+        out = out[~np.isin(out, self.reserved)][:k]
+        if k:
+            self.next_key = int(out[-1]) + 1
+        return out
 
     def add(self, ev: AsyncBatch) -> list[_Block]:
         """Packets of every full window of events so far: blocks of (bytes, packet sizes)."""
@@ -201,7 +301,6 @@ class AsyncState:
         self.dropped += int(dropped_s.sum())
 
         time = np.concatenate((self.begin, np.maximum(ev.time, 0)))
-        seq = np.arange(self.seen - p, self.seen + m, dtype=np.int64)
         self.seen += m
 
         # Parent of each new opener: the parent span's opener open at the child's begin.
@@ -239,7 +338,7 @@ class AsyncState:
         par_all[:p] = self.parent_idx
         key = np.zeros(k_open, dtype=np.uint64)
         key[:p] = self.key
-        key[p:] = self._uuids(sid[op[p:]], seq[op[p:]])
+        key[p:] = self._new_keys(k_open - p)
         parent_key = np.zeros(k_open, dtype=np.uint64)
         parent_key[:p] = self.parent_key
         has_parent = parent >= 0
@@ -288,17 +387,15 @@ class AsyncState:
         closer_at[cpos[closers]] = closers
         closers_by_end = closer_at[ends_at]
         orphans = np.sort(order[orphan_s])
-        o_desc, o_begin, o_end = self._orphans(orphans, sid=sid, seq=seq, time=time, ev=ev, p=p)
-        groups = [
-            descriptor_rows(track[roots], np.full(len(roots), self.group_uuid, dtype=np.uint64)),
-            o_desc,
-        ]
+        parts = _Parts()
+        parts.add_desc(*descriptor_matrix(track[roots], self.group_uuid))
         ann = ~placed & (parent_sid != 0)
-        groups += self._begins(closers, cols, ann=ann, flow_parent=flow_parent, flow_id=flow_id)
-        groups.append(o_begin)
+        self._begins(parts, closers, cols, ann=ann, flow_parent=flow_parent, flow_id=flow_id)
         c = closers_by_end
-        groups.append(slice_rows(end_t[c], SLICE_END, track[c], name=names[c], cat=cats[c], loc=locs[c]))
-        groups.append(o_end)
+        parts.add_end(end_t[c], partial(_end_matrix, uuid=track[c]))
+        self._orphans(parts, orphans, time=time, ev=ev, p=p)
+        if self.held_for:  # after the closers' BEGINs: at equal times a stable sort keeps that order
+            self._release(parts, key[closers])
         self.spans += int(np.count_nonzero(closed)) + len(orphans)  # held ones included
         self.cut += len(orphans)
 
@@ -319,9 +416,8 @@ class AsyncState:
         self.name, self.cat, self.loc = names[still], cats[still], locs[still]
         self.parent_key, self.parent_sid, self.term = parent_key[still], parent_sid[still], term[still]
         self.kids_end, self.marked = kids_end[still], marked[still]
-        data, sizes = assemble(groups)
-        out: list[_Block] = [(data, sizes)] if data else []
-        return out + self._release(key[closers]) if self.held_for else out
+        data, sizes = parts.assemble(self.t0, self.reset)
+        return [(data, sizes)] if data else []
 
     def _defer(self, closed: B, begin: I64, links: tuple[I64, U64, U64]) -> B:
         """Which spans closing now wait for their parent's BEGIN: linked to it by a flow and beginning at
@@ -329,10 +425,11 @@ class AsyncState:
 
         Perfetto reads events in (timestamp, file position) order and the first event carrying a flow id
         is the flow's source: at equal timestamps the parent's BEGIN (``flow_ids``) must come before the
-        child's (``terminating_flow_ids``) in the file. A BEGIN is written only when its span closes, and
-        BEGINs are grouped by layout, so such a child's packets are held and written right after its
-        parent's BEGIN (``_release``), in this window or a later one. ``links``: per span, the index of
-        its parent when open in this window (else -1), the parent's key, the flow id from the parent.
+        child's (``terminating_flow_ids``) in the file. A BEGIN is written only when its span closes, so
+        such a child is held and its packets are added to the runs of the window where its parent's BEGIN
+        is written, after that BEGIN (``_release``); the runs' stable sort by time keeps them after it.
+        ``links``: per span, the index of its parent when open in this window (else -1), the parent's key,
+        the flow id from the parent.
         """
         parent, parent_key, term = links
         linked = (term != 0) & closed
@@ -349,44 +446,46 @@ class AsyncState:
     def _hold(
         self, idx: I64, cols: _Open, *, end: I64, keys: tuple[U64, U64], flows: tuple[I64, U64]
     ) -> None:
-        """Hold the packets (BEGIN with its flows, then END) of the spans ``idx`` (lane roots linked to
-        their parent), per parent key."""
+        """Hold the spans ``idx`` (lane roots linked to their parent), per parent key: their columns, the
+        flows they owe and their ends, copied so that the window's columns are not kept."""
         key, parent_key = keys
-        ann = cols.parent_sid != 0
+        flow_parent, flow_id = flows
         for owner in np.unique(parent_key[idx]).tolist():
             sel = idx[parent_key[idx] == owner]
-            groups = self._begins(sel, cols, ann=ann, flow_parent=flows[0], flow_id=flows[1])
-            c = cols
-            groups.append(
-                slice_rows(
-                    end[sel], SLICE_END, c.track[sel], name=c.name[sel], cat=c.cat[sel], loc=c.loc[sel]
-                )
-            )
+            sub = _Open(*(getattr(cols, f.name)[sel] for f in fields(_Open)))
+            slot_of = np.full(len(cols.begin), -1, dtype=np.int64)
+            slot_of[sel] = np.arange(len(sel))
+            slot = slot_of[flow_parent]
+            hit = slot >= 0
             kids = key[sel].tolist()
-            self.held_for.setdefault(int(owner), []).append((assemble(groups), kids))
+            self.held_for.setdefault(int(owner), []).append(
+                _Held(sub, slot[hit], flow_id[hit], end[sel], kids)
+            )
             self.waiting.update(kids)
 
-    def _release(self, written: U64) -> list[_Block]:
-        """Held packets of the children of spans whose BEGINs are now written (and of their children)."""
-        out: list[_Block] = []
+    def _release(self, parts: _Parts, written: U64) -> None:
+        """Add the held children of spans whose BEGINs ``parts`` now holds (and their held children, level
+        after level) to its runs, after those BEGINs."""
         todo = [k for k in written.tolist() if k in self.held_for]
         while todo:
-            for block, kids in self.held_for.pop(todo.pop(0), []):
-                out.append(block)
-                self.waiting.difference_update(kids)
-                todo += [k for k in kids if k in self.held_for]
-        return out
+            for h in self.held_for.pop(todo.pop(0), []):
+                everyone = np.arange(len(h.cols.begin))
+                ann = h.cols.parent_sid != 0
+                self._begins(parts, everyone, h.cols, ann=ann, flow_parent=h.flow_parent, flow_id=h.flow_id)
+                parts.add_end(h.end, partial(_end_matrix, uuid=h.cols.track))
+                self.waiting.difference_update(h.kids)
+                todo += [k for k in h.kids if k in self.held_for]
 
     @staticmethod
     def _begins(
-        idx: I64, c: _Open, *, ann: npt.NDArray[np.bool_], flow_parent: I64, flow_id: U64
-    ) -> list[U8]:
+        parts: _Parts, idx: I64, c: _Open, *, ann: npt.NDArray[np.bool_], flow_parent: I64, flow_id: U64
+    ) -> None:
         """BEGIN rows of spans ``idx``, each with the flows to its children, grouped by layout.
 
         ``flow_parent`` is the index (into the columns of ``c``) of the span owing each flow.
         """
         if not len(idx):
-            return []
+            return
         nflows = np.zeros(len(idx), dtype=np.int64)
         pair_slot = np.zeros(0, dtype=np.int64)
         pair_flow = np.zeros(0, dtype=np.uint64)
@@ -403,43 +502,39 @@ class AsyncState:
         has_term = c.term[idx] != 0
         has_ann = ann[idx]
         layout = nflows * 8 + c.marked[idx] * 4 + has_term * 2 + has_ann
-        groups: list[U8] = []
+        wn, wc, wl = (varint_width(int(col[idx].max())) for col in (c.name, c.cat, c.loc))
+        widths = (wn, wc, wl)
         for code in np.unique(layout).tolist():
             sel = np.flatnonzero(layout == code)
             rows_i = idx[sel]
             k, cut_on, term_on, ann_on = code >> 3, bool(code & 4), bool(code & 2), bool(code & 1)
-            flows = None
-            if k:
-                flows = pair_flow[layout[pair_slot] == code].reshape(len(sel), k)
-            rows = event_rows(
-                c.begin[rows_i],
-                SLICE_BEGIN,
-                c.track[rows_i],
-                name=c.name[rows_i],
-                cat=c.cat[rows_i],
-                loc=c.loc[rows_i],
-                flows=flows,
-                term=c.term[rows_i] if term_on else None,
-                parent_span=c.parent_sid[rows_i] if ann_on else None,
-                cut=CUT_BEGIN if cut_on else 0,
-            )
-            groups.append(rows)
-        return groups
+            flows = pair_flow[layout[pair_slot] == code].reshape(len(sel), k) if k else None
 
-    def _orphans(
-        self, pos: I64, *, sid: I64, seq: I64, time: I64, ev: AsyncBatch, p: int
-    ) -> tuple[U8, U8, U8]:
+            build = partial(
+                _begin_matrix,
+                c=c,
+                rows=rows_i,
+                widths=widths,
+                flows=flows,
+                term=term_on,
+                ann=ann_on,
+                cut=cut_on,
+            )
+            parts.add_begin(c.begin[rows_i], build)
+
+    def _orphans(self, parts: _Parts, pos: I64, *, time: I64, ev: AsyncBatch, p: int) -> None:
         """Descriptors, cut BEGINs at the range begin and ENDs of the ends without a begin (own tracks)."""
         if not len(pos):
-            none = np.zeros((0, 0), dtype=np.uint8)
-            return none, none, none
-        uuid = self._uuids(sid[pos], seq[pos], _ORPHAN)
-        desc = descriptor_rows(uuid, np.full(len(pos), self.group_uuid, dtype=np.uint64))
+            return
+        uuid = self._new_keys(len(pos))
+        parts.add_desc(*descriptor_matrix(uuid, self.group_uuid))
         begin_ts = np.minimum(self.range_begin, time[pos])
         name, cat, loc = ev.name[pos - p], ev.cat[pos - p], ev.loc[pos - p]
-        begin = slice_rows(begin_ts, SLICE_BEGIN, uuid, name=name, cat=cat, loc=loc, annotation=CUT_BEGIN)
-        end = slice_rows(time[pos], SLICE_END, uuid, name=name, cat=cat, loc=loc)
-        return desc, begin, end
+        parts.add_begin(
+            begin_ts,
+            lambda t: event_matrix(t, SLICE_BEGIN, uuid=uuid, name=name, cat=cat, loc=loc, cut=CUT_BEGIN),
+        )
+        parts.add_end(time[pos], partial(_end_matrix, uuid=uuid))
 
     def close(self) -> list[_Block]:
         """The last (partial) window, then BEGINs (with their flows) and cut ENDs (at the range end) of
@@ -455,7 +550,7 @@ class AsyncState:
         self.cut -= int(np.count_nonzero(self.marked))  # already counted when their begin was cut
         ann = self.parent_sid != 0
         # A flow-linked child beginning at its open parent's very begin goes after it (see ``_defer``):
-        # BEGINs by levels of such ties.
+        # BEGINs added by levels of such ties (the run's stable sort keeps that order at equal times).
         par = self.parent_idx
         tie = (self.term != 0) & (par >= 0) & (self.begin == self.begin[np.maximum(par, 0)])
         level = np.zeros(k, dtype=np.int64)
@@ -464,24 +559,21 @@ class AsyncState:
             if not deeper.any():
                 break
             level[deeper] = level[par[deeper]] + 1
-        groups = []
+        parts = _Parts()
         for lv in range(int(level.max()) + 1):
             at = idx[level == lv]
-            groups += self._begins(at, cols, ann=ann, flow_parent=self.flow_parent, flow_id=self.flow_id)
+            self._begins(parts, at, cols, ann=ann, flow_parent=self.flow_parent, flow_id=self.flow_id)
         ts = np.maximum(self.begin, self.range_end)
-        ends = slice_rows(
-            ts, SLICE_END, self.track, name=self.name, cat=self.cat, loc=self.loc, annotation=CUT_END
-        )
-        groups.append(ends)
+        parts.add_end(ts, partial(_end_matrix, uuid=self.track, cut=CUT_END))
+        if self.held_for:
+            self._release(parts, self.key)
         self.spans += k
         self.cut += k
-        written = self.key
         self.sid = self.begin = self.parent_sid = self.kids_end = _e_i64()
         self.marked = np.zeros(0, dtype=bool)
         self.key = self.track = self.name = self.cat = self.loc = _e_u64()
         self.parent_key = self.term = self.flow_id = _e_u64()
         self.parent_idx = _e_i64()
         self.flow_parent = _e_i64()
-        data, sizes = assemble(groups)
-        released = self._release(written) if self.held_for else []
-        return [*out, (data, sizes), *released]
+        data, sizes = parts.assemble(self.t0, self.reset)
+        return [*out, (data, sizes)]

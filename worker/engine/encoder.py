@@ -26,8 +26,9 @@ from worker.engine.inputs import column, int_column, string_column, time_column
 from worker.engine.interning import Interner
 from worker.engine.logs import LogBatch, clean_bodies, is_text, log_rows, priorities
 from worker.engine.lookback import Lookback
-from worker.engine.rows import CUT_BEGIN, CUT_END, marked_slice_rows
-from worker.engine.span_rows import parent_annotation_packet
+from worker.engine.packing import realtime_defaults_packet, reset_packet
+from worker.engine.rows import CUT_BEGIN, CUT_END, thread_event_rows
+from worker.engine.span_rows import annotation_names_packet
 from worker.engine.thread_spans import Events, ThreadState
 from worker.engine.tracks import (
     ThreadTrack,
@@ -136,6 +137,15 @@ class TraceEncoder:
         self._used_tids = {t.tid for t in self._tracks}
         self._threads: dict[str, ThreadState] = {}
         self._current: str | None = None
+        #: Where the incremental clock restarts: the clock packet's snapshot time.
+        self._t0 = max(time_range.begin_ns, 0)
+        #: Whether the sequence's defaults are REALTIME (absolute timestamps, as after the clock packet)
+        #: rather than the incremental clock of the span blocks.
+        self._realtime = True
+        #: The thread track whose events the incremental clock currently times (None: a reset is due
+        #: before the next thread events), and the clock's running value.
+        self._run: int | None = None
+        self._base = self._t0
         reserved = [0, self._proc_uuid, async_group_uuid(self._proc_uuid)] + [t.uuid for t in self._tracks]
         self._async = AsyncState(
             salt=self._proc_uuid,
@@ -143,6 +153,7 @@ class TraceEncoder:
             reserved=np.array(sorted(set(reserved)), dtype=np.uint64),
             range_begin=_data_begin(process, time_range),
             range_end=time_range.end_ns,
+            t0=self._t0,
         )
         self._thread_canon: dict[str, Canonicalizer] = {}
         self._async_canon = Canonicalizer(ASYNC_ORDER, "async_events", fold_case=("event_type",))
@@ -167,7 +178,7 @@ class TraceEncoder:
     # -- public steps -------------------------------------------------------------------------------
 
     def start(self) -> list[bytes]:
-        """Header packets: clock, process track, thread tracks, async group track."""
+        """Header packets: clock, process track, thread tracks, async group track, annotation names."""
         self._check_open()
         if self._started:
             return []
@@ -180,7 +191,7 @@ class TraceEncoder:
                 out += self._packet(thread_descriptor(track, pid))
         if self._span_types.async_:
             out += self._packet(group_descriptor(self._proc_uuid))
-            out += self._packet(parent_annotation_packet())
+        out += self._packet(annotation_names_packet())
         return out
 
     def add_thread_spans(self, stream_id: str, batch: pa.RecordBatch) -> list[bytes]:
@@ -328,7 +339,7 @@ class TraceEncoder:
                 )
             )
             for data, sizes in blocks:
-                out += self._add(data, sizes)
+                out += self._timed(data, sizes)
         return out
 
     def add_log_entries(self, batch: pa.RecordBatch) -> list[bytes]:
@@ -389,6 +400,7 @@ class TraceEncoder:
             prio=priorities(level[keep]),
             body=body,
         )
+        out += self._absolute()
         for part in _log_parts(entries):
             data, sizes = log_rows(part, self._next_body_iid)
             self._next_body_iid += len(part.ts)
@@ -496,6 +508,7 @@ class TraceEncoder:
         if len(ts) > 1 and not bool(np.all(ts[1:] >= ts[:-1])):
             order = np.argsort(ts, kind="stable")
             ts, index, values = ts[order], index[order], values[order]
+        out += self._absolute()
         for lo in range(0, len(ts), _SUB_BATCH):
             part = slice(lo, lo + _SUB_BATCH)
             rows = counter_rows(ts[part], index[part], track, values[part])
@@ -555,7 +568,7 @@ class TraceEncoder:
         if data_end >= 0:
             self._async.range_end = max(self._range.begin_ns, min(self._range.end_ns, data_end))
         for data, sizes in self._async.close():
-            out += self._add(data, sizes)
+            out += self._timed(data, sizes)
         out += self._flush_logs()
         for part in self._measure_canon.flush():
             out += self._measure_batch(part)
@@ -626,12 +639,43 @@ class TraceEncoder:
         return uuids, out
 
     def _events(self, events: Events, uuid: int) -> list[bytes]:
+        """A thread's events on its sequence-default track, timed on the incremental clock (``packing``).
+
+        A reset packet (naming the thread's track as the default one) starts each run of one thread's
+        events; the run goes on across its batches, so sub-batching does not change the bytes."""
         if not len(events.ts):
             return []
-        data, sizes = marked_slice_rows(
-            events.ts, events.kind, uuid, name=events.name, cat=events.cat, loc=events.loc, marks=events.mark
+        out: list[bytes] = []
+        if self._run != uuid:
+            out += self._packet(reset_packet(self._t0, uuid))
+            self._run, self._base = uuid, self._t0
+        data, sizes = thread_event_rows(
+            events.ts,
+            events.kind,
+            name=events.name,
+            cat=events.cat,
+            loc=events.loc,
+            marks=events.mark,
+            t0=self._base,
         )
+        self._base = max(self._base, int(events.ts.max()))
+        self._realtime = False
+        return out + self._add(data, sizes)
+
+    def _timed(self, data: bytes | memoryview, sizes: npt.NDArray[np.int64] | int) -> list[bytes]:
+        """Packets on the incremental clock (they start with their own reset packet)."""
+        if data:
+            self._realtime = False
+            self._run = None
         return self._add(data, sizes)
+
+    def _absolute(self) -> list[bytes]:
+        """The defaults back to REALTIME before packets with absolute timestamps (logs, counters)."""
+        if self._realtime:
+            return []
+        self._realtime = True
+        self._run = None
+        return self._packet(realtime_defaults_packet())
 
 
 def _data_begin(process: ProcessInfo, time_range: TimeRange) -> int:

@@ -1,20 +1,21 @@
-"""Fixed-width packet rows, one numpy row per packet: slice BEGIN/END events and async track descriptors.
+"""Slice event packets and async track descriptors, one matrix row per packet (see ``packing``).
 
-A slice event packet, framed as field 1 of ``Trace`` (W = iid width of the batch, at most 5)::
+A slice event packet (W = varint width of the column's largest value in the group, padded)::
 
     0A len                                  Trace.packet
-      40 ts(9)                              timestamp (epoch ns, < 2**63)
       50 01                                 trusted_packet_sequence_id = 1
-      68 02                                 sequence_flags = SEQ_NEEDS_INCREMENTAL_STATE
       5A len                                track_event
         48 type                             SLICE_BEGIN / SLICE_END
-        58 uuid(10)                         track_uuid
-        50 name(W)                          name_iid (ENDs too, so a misnesting is reported by Perfetto)
-        18 cat(W)                           category_iids
-        90 02 loc(W)                        source_location_iid
-        [22 len {52 len name, 32 len value}] optional debug annotation marking a cut span
+        [58 uuid(W)]                        track_uuid (async); thread events use the sequence default
+        50 name(W) 18 cat(W) 90 02 loc(W)   name_iid, category_iids, source_location_iid (BEGIN only)
+        ...                                 flows, parent annotation (``span_rows``)
+        [22 len {08 02 32 len value}]       debug annotation trace_worker_cut (interned name), "begin"/"end"
+      40 delta                              timestamp on the incremental clock (``packing``)
+      [40 ts(9) D0 03 01]                   or absolute, timestamp_clock_id = REALTIME
 
-Rows of one call share a layout (and so a length): a cut annotation applies to all or none.
+An END carries only its type (and track): Perfetto closes the most recent open slice of the track, and
+the engine only writes strictly nested slices. Event packets do not set SEQ_NEEDS_INCREMENTAL_STATE:
+the sequence's state is valid from the first packet of every prefix of the file (docs/TRACE_FORMAT.md).
 """
 
 from __future__ import annotations
@@ -22,158 +23,165 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from worker.engine.wire import LEN, field_bytes, put_varint, put_varint64, tag, varint_width
+from worker.engine.packing import Times, pack, put_time_slots, times
+from worker.engine.span_rows import (
+    ANNOTATIONS,
+    CUT_ANNOTATION,
+    CUT_BEGIN,
+    CUT_END,
+    NO_CUT,
+    SLICE_BEGIN,
+    SLICE_END,
+    event_matrix,
+)
+from worker.engine.wire import LEN, field_bytes, put_varint, tag, varint_width
 
 __all__ = [
     "ANNOTATIONS",
+    "ASYNC_TRACK_NAME",
+    "CUT_ANNOTATION",
     "CUT_BEGIN",
     "CUT_END",
     "NO_CUT",
     "SLICE_BEGIN",
     "SLICE_END",
-    "descriptor_rows",
-    "marked_slice_rows",
-    "slice_rows",
+    "descriptor_matrix",
+    "thread_event_rows",
 ]
 
-SLICE_BEGIN = 1
-SLICE_END = 2
-
-#: Debug annotation codes for cut async spans.
-NO_CUT = 0
-CUT_BEGIN = 1
-CUT_END = 2
-#: Name of the debug annotation marking a slice whose begin or end was made up at the range edge.
-CUT_ANNOTATION = "trace_worker_cut"
-ANNOTATIONS: dict[int, bytes] = {
-    code: field_bytes(4, field_bytes(10, CUT_ANNOTATION) + field_bytes(6, value))
-    for code, value in ((CUT_BEGIN, "begin"), (CUT_END, "end"))
-}
-
 U8 = npt.NDArray[np.uint8]
-UIntArray = npt.NDArray[np.uint64]
+U64 = npt.NDArray[np.uint64]
+I64 = npt.NDArray[np.int64]
 
 
-def iid_width(*arrays: npt.NDArray[np.uint64]) -> int:
-    top = max((int(a.max()) for a in arrays if len(a)), default=1)
-    return varint_width(top)
-
-
-def slice_rows(
-    ts: npt.NDArray[np.int64] | npt.NDArray[np.uint64],
-    kinds: npt.NDArray[np.uint8] | int,
-    uuid: UIntArray | int,
+def thread_event_rows(
+    ts: I64,
+    kinds: npt.NDArray[np.uint8],
     *,
-    name: UIntArray,
-    cat: UIntArray,
-    loc: UIntArray,
-    annotation: int = NO_CUT,
-) -> U8:
-    """Slice event packets, one row each, all of the same length.
+    name: U64,
+    cat: U64,
+    loc: U64,
+    marks: npt.NDArray[np.uint8],
+    t0: int,
+) -> tuple[memoryview, I64]:
+    """A thread's slice events (file order) on its sequence-default track, as deltas on clock 64.
 
     Args:
-        ts: event timestamps (non-negative epoch ns).
-        kinds: SLICE_BEGIN / SLICE_END per row, or one for all.
-        uuid: track uuid per row, or one for all.
-        name: name iid per row.
-        cat: category iid per row.
-        loc: source-location iid per row.
-        annotation: NO_CUT, or CUT_BEGIN / CUT_END to mark every row's slice as cut.
+        ts: event timestamps (epoch ns), kinds: SLICE_BEGIN / SLICE_END, name/cat/loc: iids per event
+            (used on BEGINs), marks: NO_CUT, CUT_BEGIN or CUT_END per event.
+        t0: clock 64's running value before the first event: the reset time, or the latest time
+            the thread's run has written so far.
+
+    Returns:
+        The packets back to back (reset packet not included), and their sizes.
     """
-    n = len(ts)
-    width = iid_width(name, cat, loc)
-    blob = ANNOTATIONS.get(annotation, b"")
-    te_len = 17 + 3 * width + len(blob)
-    packet_len = 16 + te_len
-    if packet_len > 127:
-        raise ValueError("slice packets must stay under 128 bytes")  # pragma: no cover - W <= 10
-    template = np.zeros(2 + packet_len, dtype=np.uint8)
-    template[:21] = [0x0A, packet_len, 0x40, *([0] * 9), 0x50, 0x01, 0x68, 0x02, 0x5A, te_len, 0x48, 0, 0x58]
-    col = 31
-    for tag_bytes in ((0x50,), (0x18,), (0x90, 0x02)):
-        template[col : col + len(tag_bytes)] = tag_bytes
-        col += len(tag_bytes) + width
-    template[col:] = np.frombuffer(blob, dtype=np.uint8)
-    if isinstance(uuid, int):
-        const = np.zeros((1, 10), dtype=np.uint8)
-        put_varint64(const, 0, np.array([uuid], dtype=np.uint64), 10)
-        template[21:31] = const[0]
-    if isinstance(kinds, int):
-        template[19] = kinds
-    m = np.empty((n, len(template)), dtype=np.uint8)
+    t = times(ts, t0)
+    is_begin = kinds == SLICE_BEGIN
+    # An END holds its span's iids too, so the widths are those of the whole block (a BEGIN of an
+    # earlier block may make one a byte wider than needed: still a valid, padded varint).
+    wn, wc, wl = (varint_width(int(c.max())) if len(c) else 1 for c in (name, cat, loc))
+    widths = (wn, wc, wl)
+    if not marks.any() and not t.absolute.any():
+        return _plain_thread_rows(t, kinds, is_begin, name=name, cat=cat, loc=loc, widths=widths)
+    mats: list[U8] = []
+    lens: list[I64] = []
+    where: list[I64 | None] = []
+    code = kinds.astype(np.int64) * 4 + marks
+    for value in np.flatnonzero(np.bincount(code, minlength=12)).tolist():
+        rows = np.flatnonzero(code == value)
+        kind, mark = divmod(value, 4)
+        if kind == SLICE_BEGIN:
+            m, length = event_matrix(
+                t.take(rows),
+                kind,
+                name=name[rows],
+                cat=cat[rows],
+                loc=loc[rows],
+                widths=widths,
+                cut=mark,
+            )
+        else:
+            m, length = event_matrix(t.take(rows), kind, cut=mark)
+        mats.append(m)
+        lens.append(length)
+        where.append(rows)
+    if len(mats) == 1:
+        where = [None]
+    return pack(mats, lens, where)
+
+
+def _plain_thread_rows(
+    t: Times,
+    kinds: npt.NDArray[np.uint8],
+    is_begin: npt.NDArray[np.bool_],
+    *,
+    name: U64,
+    cat: U64,
+    loc: U64,
+    widths: tuple[int, int, int],
+) -> tuple[memoryview, I64]:
+    """The common case (no cut marks, no absolute times) as one matrix: every row starts
+    ``0A len 50 01 5A len 48 type``; a BEGIN goes on with its iids and its time field, an END with
+    its time field at once (written over the iid columns, which it does not use)."""
+    n = len(t.value)
+    wn, wc, wl = widths
+    k = (1 + wn) + (1 + wc) + (2 + wl)
+    width = 8 + k + 10
+    width = max(12, width + (-width % 4))
+    template = np.zeros(width, dtype=np.uint8)
+    template[[0, 2, 3, 4, 6]] = [0x0A, 0x50, 0x01, 0x5A, 0x48]
+    template[8] = 0x50
+    template[9 + wn] = 0x18
+    template[10 + wn + wc : 12 + wn + wc] = [0x90, 0x02]
+    m = np.empty((n, width), dtype=np.uint8)
     m[:] = template
-    put_varint64(m, 3, ts.astype(np.uint64, copy=False), 9)
-    if not isinstance(kinds, int):
-        m[:, 19] = kinds
-    if not isinstance(uuid, int):
-        put_varint64(m, 21, uuid, 10)
-    put_varint(m, 32, name, width)
-    put_varint(m, 33 + width, cat, width)
-    put_varint(m, 35 + 2 * width, loc, width)
-    return m
+    put_varint(m, 9, name, wn)
+    put_varint(m, 10 + wn, cat, wc)
+    put_varint(m, 12 + wn + wc, loc, wl)
+    used = put_time_slots(m, 8 + k, t)
+    ends = np.flatnonzero(~is_begin)
+    m[ends, 8 : 8 + used] = m[ends, 8 + k : 8 + k + used]
+    te_len = np.where(is_begin, 2 + k, 2)
+    packet_len = 4 + te_len + 1 + t.width
+    m[:, 1] = packet_len
+    m[:, 5] = te_len
+    m[:, 7] = kinds
+    return pack([m], [packet_len + 2], [None])
 
 
 _DESC_NAME = field_bytes(2, "async")
-_DESC_TD_LEN = 11 + 11 + len(_DESC_NAME)
-_DESC_HEAD = bytes([0x50, 0x01, 0x68, 0x02]) + tag(60, LEN) + bytes([_DESC_TD_LEN])
-_DESC_LEN = len(_DESC_HEAD) + _DESC_TD_LEN
 #: Name shared by all per-span async tracks, so Perfetto merges siblings into ~peak-concurrency rows.
 ASYNC_TRACK_NAME = "async"
 
 
-def descriptor_rows(uuid: UIntArray, parent: UIntArray) -> U8:
-    """TrackDescriptor packets {uuid, parent_uuid, name="async"}, one row each (38 bytes)."""
-    n = len(uuid)
-    m = np.empty((n, 2 + _DESC_LEN), dtype=np.uint8)
-    m[:, 0] = 0x0A
-    m[:, 1] = _DESC_LEN
-    head = len(_DESC_HEAD)
-    m[:, 2 : 2 + head] = np.frombuffer(_DESC_HEAD, dtype=np.uint8)
-    col = 2 + head
-    m[:, col] = 0x08
-    put_varint64(m, col + 1, uuid, 10)
-    m[:, col + 11] = 0x28
-    put_varint64(m, col + 12, parent, 10)
-    m[:, col + 22 :] = np.frombuffer(_DESC_NAME, dtype=np.uint8)
-    return m
+def descriptor_matrix(uuid: U64, parent: int) -> tuple[U8, I64]:
+    """TrackDescriptor packets {uuid, parent_uuid, name="async"}, one row each, and their lengths.
 
-
-def marked_slice_rows(
-    ts: npt.NDArray[np.int64],
-    kinds: npt.NDArray[np.uint8] | int,
-    uuid: UIntArray | int,
-    *,
-    name: UIntArray,
-    cat: UIntArray,
-    loc: UIntArray,
-    marks: U8,
-) -> tuple[bytes, npt.NDArray[np.int64] | int]:
-    """Slice event packets where each row may carry its own cut mark.
-
-    Args:
-        marks: per row NO_CUT, CUT_BEGIN or CUT_END (the annotation that row's event carries).
-        (the rest as :func:`slice_rows`)
-
-    Returns:
-        The packets back to back, and their sizes (one int when no row is marked).
+    ``0A len 50 01 E2 03 len {08 uuid(W) 28 parent 12 05 "async"}``: the uuid padded to the width of
+    the largest, the parent (the async group track) written once in the template.
     """
-    if not np.any(marks):
-        rows = slice_rows(ts, kinds, uuid, name=name, cat=cat, loc=loc)
-        return rows.tobytes(), rows.shape[1]
-    base = slice_rows(ts, kinds, uuid, name=name, cat=cat, loc=loc)
-    plain = base.shape[1]
-    wide = max(len(blob) for blob in ANNOTATIONS.values())
-    m = np.zeros((len(ts), plain + wide), dtype=np.uint8)
-    m[:, :plain] = base
-    extra = np.zeros(max(ANNOTATIONS) + 1, dtype=np.int64)
-    blobs = np.zeros((len(extra), wide), dtype=np.uint8)
-    for code, blob in ANNOTATIONS.items():
-        extra[code] = len(blob)
-        blobs[code, : len(blob)] = np.frombuffer(blob, dtype=np.uint8)
-    m[:, plain:] = blobs[marks]
-    add = extra[marks]
-    m[:, 1] += add.astype(np.uint8)  # packet length
-    m[:, 17] += add.astype(np.uint8)  # track_event length
-    lengths = plain + add
-    keep = np.arange(m.shape[1]) < lengths[:, None]
-    return m[keep].tobytes(), lengths
+    n = len(uuid)
+    w = varint_width(int(uuid.max())) if n else 1
+    parent_bytes = bytes([0x28]) + _varint_bytes(parent)
+    td_len = 1 + w + len(parent_bytes) + len(_DESC_NAME)
+    body = bytes([0x50, 0x01]) + tag(60, LEN) + bytes([td_len, 0x08]) + bytes(w) + parent_bytes + _DESC_NAME
+    packet_len = len(body)
+    width = 2 + packet_len
+    width = max(12, width + (-width % 4))
+    m = np.zeros((n, width), dtype=np.uint8)
+    template = np.zeros(width, dtype=np.uint8)
+    template[0] = 0x0A
+    template[1] = packet_len
+    template[2 : 2 + packet_len] = np.frombuffer(body, dtype=np.uint8)
+    m[:] = template
+    put_varint(m, 2 + 6, uuid, w)
+    return m, np.full(n, 2 + packet_len, dtype=np.int64)
+
+
+def _varint_bytes(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)

@@ -3,7 +3,7 @@
 Uuids: process = xxh64(process_id, seed 0) and thread = xxh64(stream_id, seed 0), as upstream, so traces
 stay comparable; pid = low 32 bits of the process uuid (signed), as upstream. The async group track
 keeps upstream's async track uuid, xxh64(b"async_track", seed=process uuid). Per-span async track
-uuids are made in ``async_spans`` with splitmix64 and steered away from these reserved ones.
+uuids are a per-trace counter (``async_spans``) steered away from these reserved ones.
 
 Tids: a thread id that parses as an integer in [1, 2**63) is used as is, unless an earlier thread (in
 the order given) already has it. Otherwise (missing, non-numeric, out of range, or colliding) the tid

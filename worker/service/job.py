@@ -28,6 +28,7 @@ from worker.service.answers import answer
 from worker.service.cancels import answer_held
 from worker.service.emit import Emitter
 from worker.service.finish import finish, mark_running, reply_duplicate
+from worker.service.gzip_writer import GzipWriter
 from worker.service.inflight import record
 from worker.service.lease import Claim, Lease
 from worker.service.logs import JobLog
@@ -55,9 +56,10 @@ STORE_CHECK_EVERY_S = 5.0
 _store_ok_at: weakref.WeakKeyDictionary[object, float] = weakref.WeakKeyDictionary()
 
 
-def blob_key(request: TraceRequest, job_id: str) -> str:
-    """Deterministic object key: a retry or another worker overwrites the same object."""
-    return f"{request.process_id}/{job_id}.pftrace"
+def blob_key(request: TraceRequest, job_id: str, *, gzip: bool = False) -> str:
+    """Deterministic object key: a retry or another worker overwrites the same object
+    (``.pftrace.gz`` when the blob is gzip-compressed)."""
+    return f"{request.process_id}/{job_id}.pftrace" + (".gz" if gzip else "")
 
 
 async def run_job(rt: Runtime, entry_id: str, request: TraceRequest) -> None:
@@ -354,9 +356,11 @@ class _Job:
     async def _produce(self, started: float) -> StatusEvent:
         """Generate, stream and store the trace; the succeeded status."""
         rt, request = self.rt, self.request
-        key = blob_key(request, self.job_id)
+        gzip = (request.compress or rt.settings.blob_compress) == "gzip"
+        key = blob_key(request, self.job_id, gzip=gzip)
         await _store_accepts_writes(rt)
-        writer = await rt.store.open_writer(key)
+        stored = await rt.store.open_writer(key)
+        writer: BlobWriterLike = GzipWriter(stored, rt.settings.blob_compress_level) if gzip else stored
         committed = False
         reply = ReplyStream(rt.redis, rt.keys, self.job_id, self.lease.attempt)
         self.replies.append(reply)
@@ -385,15 +389,21 @@ class _Job:
         duration = time.monotonic() - started
         spans = pump.spans
         rt.metrics.spans.inc(spans)
-        rt.metrics.trace_bytes.inc(info.size)
+        # size and sha256 are those of the trace (the chunks), whether or not the object is compressed.
+        size, sha256 = (
+            (writer.size, writer.sha256) if isinstance(writer, GzipWriter) else (info.size, info.sha256)
+        )
+        rt.metrics.trace_bytes.inc(size)
         if duration > 0 and spans:
             rt.metrics.spans_per_second.observe(spans / duration)
         return self._status(
             JobState.SUCCEEDED,
             uri=info.uri,
             url=url,
-            size=info.size,
-            sha256=info.sha256,
+            size=size,
+            sha256=sha256,
+            encoding="gzip" if gzip else None,
+            stored_size=info.size if gzip else None,
             spans=spans,
             packets=pump.packets,
             chunks=reply.seq if request.chunks else 0,

@@ -40,7 +40,9 @@ export function canonical(req) {
   const num = (t) => (t === undefined || t === null ? "null" : epochNs(t).toString());
   const chunks = req.chunks === undefined ? true : req.chunks;
   return (
-    `{"begin": ${num(req.begin)}, "chunks": ${chunks ? "true" : "false"}, "end": ${num(req.end)}, ` +
+    `{"begin": ${num(req.begin)}, "chunks": ${chunks ? "true" : "false"}, ` +
+    (req.compress !== undefined && req.compress !== null ? `"compress": "${req.compress}", ` : "") +
+    `"end": ${num(req.end)}, ` +
     (req.logs === true ? `"logs": true, ` : "") +
     (req.metrics === true ? `"metrics": true, ` : "") +
     `"process_id": "${req.process_id.toLowerCase()}", "span_types": "${req.span_types ?? "both"}"}`
