@@ -909,16 +909,21 @@ class _Inspector:
         age = age[order]
         is_new = order >= n_carried
         log = kind >= _LOG
-        if log.any():
+        has_log = bool(log.any())
+        if has_log:
             kind = np.where(log, kind - _LOG, kind)
         begin, end = kind == _BEGIN, kind == _END
-        per_event = np.zeros((len(track), 3), np.int64)
-        per_event[:, 0] = is_new & (begin | ((kind == _INSTANT) & ~log))
-        per_event[:, 1] = is_new & log
-        per_event[:, 2] = is_new & (kind == _COUNTER)
+        instant = kind == _INSTANT
         starts = np.flatnonzero(np.concatenate([[True], track[1:] != track[:-1]]))
+        per_track = np.zeros((len(starts), 3), np.int64)
+        per_track[:, 0] = np.add.reduceat(is_new & (begin | (instant & ~log if has_log else instant)), starts)
+        if has_log:
+            per_track[:, 1] = np.add.reduceat(is_new & log, starts)
+        counter = kind == _COUNTER
+        if counter.any():
+            per_track[:, 2] = np.add.reduceat(is_new & counter, starts)
         self.event_tracks.add(track[starts], distinct=True)
-        self.event_tracks.count(track[starts], np.add.reduceat(per_event, starts, axis=0))
+        self.event_tracks.count(track[starts], per_track)
         unmatched, level = _depths(track, begin, end)
         # Matching: per (track, level), events alternate BEGIN, END; an END's BEGIN precedes it.
         idx = np.flatnonzero(begin | (end & ~unmatched))
