@@ -472,6 +472,8 @@ class _Inspector:
         self.interned_total = {"event_names": 0, "event_categories": 0, "source_locations": 0}
         self.interned_total["debug_annotation_names"] = 0
         self.interned_total["log_message_bodies"] = 0
+        self.parsed_rows: list[int] = []  # the block's packets decoded by protobuf, ascending
+        self.body_rows: set[int] = set()  # those that only intern log message bodies (no segment boundary)
 
     def _string_id(self, value: str) -> int:
         sid = self.strings.get(value)
@@ -488,6 +490,7 @@ class _Inspector:
         """
         first = self.report.packets
         self.report.packets += len(starts)
+        self.body_rows = set()
         blk = cols.decode_block(buf, starts, lens, self.templates)
         dead = np.zeros(len(starts), dtype=bool)
         snapshot = np.zeros(len(starts), dtype=bool)
@@ -510,7 +513,11 @@ class _Inspector:
             blk.clock[r] = packet.timestamp_clock_id
             snapshot[r] = packet.HasField("clock_snapshot")
             if _changes_state(packet):
-                boundaries.append(r)
+                if _only_log_bodies(packet):
+                    self.body_rows.add(r)  # applied in file order among the protobuf-path packets
+                else:
+                    boundaries.append(r)
+        self.parsed_rows = list(parsed)
         self._tracks(blk, buf, parsed, first)
         lo = 0
         for r in [*boundaries, len(starts)]:
@@ -642,8 +649,13 @@ class _Inspector:
             rep.add_many("invalid_timestamp", first + rows[negative], lambda _: message)
             usable &= ~negative
         self._events(blk, rows, seq, times=(ts, usable), states=states, first=first)
-        for r in sorted(k for k in parsed if lo <= k < hi and not skip[k]):
+        keys = self.parsed_rows  # parsed's keys, ascending: a bisect, not a scan per segment
+        for r in keys[bisect.bisect_left(keys, lo) : bisect.bisect_left(keys, hi)]:
+            if skip[r]:
+                continue
             packet = parsed[r]
+            if r in self.body_rows:
+                self._state(first + r, packet)
             if packet.HasField("track_event"):
                 k = int(np.searchsorted(rows, r))
                 state = states[int(seq[k])] if has_seq[k] else None
@@ -771,8 +783,9 @@ class _Inspector:
         for b in data.log_message_body:
             seq.bodies.add(b.iid)
         self.interned_total["log_message_bodies"] += len(data.log_message_body)
-        seq.lookups.clear()
-        seq.dense = None
+        if data.event_names or data.event_categories or data.source_locations or data.debug_annotation_names:
+            seq.lookups.clear()
+            seq.dense = None
         self.interned_total["event_names"] += len(data.event_names)
         self.interned_total["event_categories"] += len(data.event_categories)
         self.interned_total["source_locations"] += len(data.source_locations)
@@ -1022,6 +1035,23 @@ def _check_log_and_counter_tracks(rep: InspectReport, tracks: list[TrackSummary]
                 f"{t.counter_values} counter values on {t.kind} track {t.uuid} {t.name!r}, which has no "
                 "CounterDescriptor",
             )
+
+
+def _only_log_bodies(packet: pb.TracePacket) -> bool:
+    """Whether a state-changing packet only interns log message bodies, which only the log messages of
+    protobuf-path packets use: it need not end a segment of columnar checks (our writer's log packets)."""
+    data = packet.interned_data
+    return not (
+        data.event_names
+        or data.event_categories
+        or data.source_locations
+        or data.debug_annotation_names
+        or packet.sequence_flags & _CLEARED
+        or packet.incremental_state_cleared
+        or packet.previous_packet_dropped
+        or packet.HasField("trace_packet_defaults")
+        or packet.HasField("clock_snapshot")
+    )
 
 
 def _changes_state(packet: pb.TracePacket) -> bool:
