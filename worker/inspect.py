@@ -9,8 +9,13 @@ way Perfetto's trace processor reads it:
   sequence set SEQ_INCREMENTAL_STATE_CLEARED (``state_not_cleared``);
 - every iid a track event uses is defined earlier in the same sequence and generation
   (``iid_undefined``);
+- log messages' body and source location iids too (``iid_undefined``);
 - track events only on tracks some descriptor declares (``undeclared_track``); an event without
   ``track_uuid`` is on its sequence's ``TrackEventDefaults.track_uuid``;
+- a uuid described twice only with the same bytes (``conflicting_descriptor``);
+- log messages only on tracks of a thread (``log_without_thread``: Perfetto's importer drops the others,
+  "LogMessage without thread association"), counter values only on counter tracks
+  (``counter_on_non_counter_track``);
 - timestamps resolved by Perfetto's clock rules (``worker/inspect_clocks.py``): a clock no ClockSnapshot
   read so far relates to the trace clock (``clock_unresolved``, e.g. REALTIME without a snapshot or an
   undeclared sequence clock 64-127), a snapshot Perfetto rejects (``bad_clock_snapshot``), a negative
@@ -27,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -51,6 +57,9 @@ _NEEDS = 2
 _BEGIN = pb.TrackEvent.TYPE_SLICE_BEGIN
 _END = pb.TrackEvent.TYPE_SLICE_END
 _INSTANT = pb.TrackEvent.TYPE_INSTANT
+_COUNTER = pb.TrackEvent.TYPE_COUNTER
+#: Added to an event's kind (its type) in the replay when it carries a log message.
+_LOG = 16
 
 
 @dataclass
@@ -64,9 +73,11 @@ class Defect:
 class TrackSummary:
     uuid: int
     name: str
-    kind: str  # "process", "thread" or "track"
+    kind: str  # "process", "thread", "counter", "track" (plain) or "undeclared"
     parent: int | None = None
-    slices: int = 0
+    slices: int = 0  # BEGIN and INSTANT events without a log message
+    logs: int = 0  # events with a log message
+    counter_values: int = 0  # TYPE_COUNTER events
     pid: int | None = None
     tid: int | None = None
 
@@ -93,10 +104,25 @@ class InspectReport:
     def slices(self) -> int:
         return sum(t.slices for t in self.tracks)
 
+    @property
+    def logs(self) -> int:
+        return sum(t.logs for t in self.tracks)
+
+    @property
+    def counter_values(self) -> int:
+        return sum(t.counter_values for t in self.tracks)
+
     def add(self, kind: str, message: str, packet: int | None = None) -> None:
         count = self.defect_counts.get(kind, 0)
         self.defect_counts[kind] = count + 1
         if count < MAX_EXAMPLES:
+            self.defects.append(Defect(kind, message, packet))
+
+    def add_count(self, kind: str, count: int, message: str, packet: int | None = None) -> None:
+        """``count`` defects of one kind with one example message."""
+        seen = self.defect_counts.get(kind, 0)
+        self.defect_counts[kind] = seen + count
+        if seen < MAX_EXAMPLES:
             self.defects.append(Defect(kind, message, packet))
 
     def add_many(self, kind: str, packets: npt.NDArray[np.int64], message: Callable[[int], str]) -> None:
@@ -111,6 +137,8 @@ class InspectReport:
         out = asdict(self)
         out["ok"] = self.ok
         out["slices"] = self.slices
+        out["logs"] = self.logs
+        out["counter_values"] = self.counter_values
         return out
 
 
@@ -301,6 +329,38 @@ class _Lookup:
         return got >= 0, got
 
 
+class _IidRuns:
+    """A set of iids kept as sorted runs of consecutive values (a writer's log bodies: usually one run)."""
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.ends: list[int] = []  # inclusive
+
+    def __len__(self) -> int:
+        return sum(e - s + 1 for s, e in zip(self.starts, self.ends, strict=True))
+
+    def __contains__(self, iid: int) -> bool:
+        i = bisect.bisect_right(self.starts, iid) - 1
+        return i >= 0 and iid <= self.ends[i]
+
+    def add(self, iid: int) -> None:
+        starts, ends = self.starts, self.ends
+        i = bisect.bisect_right(starts, iid) - 1
+        if i >= 0 and iid <= ends[i]:
+            return
+        joins_next = i + 1 < len(starts) and starts[i + 1] == iid + 1
+        if i >= 0 and ends[i] == iid - 1:
+            ends[i] = iid
+            if joins_next:
+                ends[i] = ends.pop(i + 1)
+                starts.pop(i + 1)
+        elif joins_next:
+            starts[i + 1] = iid
+        else:
+            starts.insert(i + 1, iid)
+            ends.insert(i + 1, iid)
+
+
 @dataclass
 class _Sequence:
     """One sequence's incremental state (one generation: a CLEARED packet starts a new one)."""
@@ -309,6 +369,7 @@ class _Sequence:
     tables: tuple[dict[int, int], ...] = field(default_factory=lambda: ({}, {}, {}, {}))  # by iid table
     clock: int = 0  # TracePacketDefaults.timestamp_clock_id (0: none)
     default_track: int | None = None  # TracePacketDefaults.track_event_defaults.track_uuid
+    bodies: _IidRuns = field(default_factory=_IidRuns)  # InternedData.log_message_body iids
     lookups: dict[int, _Lookup] = field(default_factory=dict)
     dense: I64 | None = None  # (tables, max iid + 2): value or -1, when every iid is small
 
@@ -351,11 +412,11 @@ U64 = npt.NDArray[np.uint64]
 
 
 class _SortedSet:
-    """A growing set of uint64 kept sorted (insertions in bulk), with a counter per member."""
+    """A growing set of uint64 kept sorted (insertions in bulk), with ``width`` int64 counters per member."""
 
-    def __init__(self) -> None:
+    def __init__(self, width: int = 1) -> None:
         self.keys = np.zeros(0, dtype=np.uint64)
-        self.counts = np.zeros(0, dtype=np.int64)
+        self.counts = np.zeros((0, width), dtype=np.int64)
 
     def add(self, values: U64, *, distinct: bool = False) -> U64:
         """Insert ``values`` (``distinct``: already sorted and distinct); returns the new ones."""
@@ -366,20 +427,27 @@ class _SortedSet:
         new = uniq[~present]
         if len(new):
             self.keys = np.insert(self.keys, at[~present], new)
-            self.counts = np.insert(self.counts, at[~present], 0)
+            self.counts = np.insert(self.counts, at[~present], 0, axis=0)
         return new
 
     def count(self, members: U64, counts: I64) -> None:
-        """Add ``counts`` to the counters of ``members`` (distinct, all already in the set)."""
+        """Add ``counts`` (shape (len(members), width)) to the counters of ``members`` (distinct, all
+        already in the set)."""
         if len(members):
             self.counts[np.searchsorted(self.keys, members)] += counts
 
-    def counts_of(self, values: U64) -> I64:
-        """The counter of each of ``values`` (0 for non-members)."""
+    def set(self, members: U64, values: I64) -> None:
+        """Set the counters of ``members`` (distinct, all already in the set) to ``values``."""
+        if len(members):
+            self.counts[np.searchsorted(self.keys, members)] = values
+
+    def counts_of(self, values: U64) -> tuple[npt.NDArray[np.bool_], I64]:
+        """(member, counters or 0) of each of ``values``."""
         if not len(self.keys):
-            return np.zeros(len(values), dtype=np.int64)
+            return np.zeros(len(values), dtype=bool), np.zeros((len(values), self.counts.shape[1]), np.int64)
         at = np.minimum(np.searchsorted(self.keys, values), len(self.keys) - 1)
-        return np.where(self.keys[at] == values, self.counts[at], 0)
+        found = self.keys[at] == values
+        return found, np.where(found[:, None], self.counts[at], 0)
 
 
 class _Inspector:
@@ -389,10 +457,14 @@ class _Inspector:
         self.clocks = Clocks()
         self.templates = Templates()
         self.strings: dict[str, int] = {"": 0}
-        # Tracks as declared, first descriptor of each uuid wins, in file order.
-        self.declared = _SortedSet()
-        self.track_parts: list[tuple[U64, list[TrackSummary | None], I64, U64, npt.NDArray[np.bool_]]] = []
-        self.event_tracks = _SortedSet()  # every track with events, and its slice count
+        # Tracks as declared, first descriptor of each uuid wins, in file order; per uuid the
+        # fingerprint of that descriptor's bytes and its packet index.
+        self.declared = _SortedSet(width=2)
+        self.track_parts: list[
+            tuple[U64, list[TrackSummary | None], I64, U64, npt.NDArray[np.bool_], Any]
+        ] = []
+        # Every track with events: its slice, log message and counter value counts.
+        self.event_tracks = _SortedSet(width=3)
         self.pending: list[list[npt.NDArray[Any]]] = []
         self.pending_n = 0
         self.first_ts: int | None = None
@@ -404,6 +476,9 @@ class _Inspector:
         self.unresolved: set[tuple[int, int]] = set()
         self.interned_total = {"event_names": 0, "event_categories": 0, "source_locations": 0}
         self.interned_total["debug_annotation_names"] = 0
+        self.interned_total["log_message_bodies"] = 0
+        self.parsed_rows: list[int] = []  # the block's packets decoded by protobuf, ascending
+        self.body_rows: set[int] = set()  # those that only intern log message bodies (no segment boundary)
 
     def _string_id(self, value: str) -> int:
         sid = self.strings.get(value)
@@ -420,6 +495,7 @@ class _Inspector:
         """
         first = self.report.packets
         self.report.packets += len(starts)
+        self.body_rows = set()
         blk = cols.decode_block(buf, starts, lens, self.templates)
         dead = np.zeros(len(starts), dtype=bool)
         snapshot = np.zeros(len(starts), dtype=bool)
@@ -442,8 +518,12 @@ class _Inspector:
             blk.clock[r] = packet.timestamp_clock_id
             snapshot[r] = packet.HasField("clock_snapshot")
             if _changes_state(packet):
-                boundaries.append(r)
-        self._tracks(blk.descriptors, parsed)
+                if _only_log_bodies(packet):
+                    self.body_rows.add(r)  # applied in file order among the protobuf-path packets
+                else:
+                    boundaries.append(r)
+        self.parsed_rows = list(parsed)
+        self._tracks(blk, buf, parsed, first)
         lo = 0
         for r in [*boundaries, len(starts)]:
             self._segment(blk, parsed, skip=dead | snapshot, snapshot=snapshot, span=(lo, r), first=first)
@@ -454,12 +534,22 @@ class _Inspector:
         if self.pending_n >= BATCH_EVENTS:
             self.replay_batch()
 
-    def _tracks(self, d: cols.Descriptors, parsed: dict[int, pb.TracePacket]) -> None:
-        """Record the tracks the block declares (the first descriptor of a uuid wins)."""
+    def _tracks(self, blk: cols.Block, buf: bytes, parsed: dict[int, pb.TracePacket], first_pkt: int) -> None:
+        """Record the tracks the block declares (the first descriptor of a uuid wins) and report a uuid
+        described again with other bytes (``conflicting_descriptor``)."""
+        d = blk.descriptors
         rows = [r for r, p in parsed.items() if p.WhichOneof("data") == "track_descriptor"]
         summaries: list[TrackSummary | None] = [None] * len(d.row)
         slow = [self._descriptor(parsed[r].track_descriptor) for r in rows]
         row = np.concatenate([d.row, np.asarray(rows, dtype=np.int64)])
+        if not len(row):
+            return
+        fp = _fingerprints(buf, blk.desc_off[row], np.maximum(blk.desc_len[row], 0))
+        for k, r in enumerate(rows):  # descriptors the walk could not frame: their re-encoded bytes
+            if blk.desc_len[r] < 0:
+                raw = parsed[r].track_descriptor.SerializeToString()
+                fp[len(d.row) + k] = _fingerprints(raw, np.zeros(1, np.int64), np.array([len(raw)]))[0]
+        counter = np.concatenate([d.counter, np.zeros(len(rows), bool)])
         uuid = np.concatenate([d.uuid, np.array([t.uuid for t in slow], dtype=np.uint64)])
         name = np.concatenate(
             [np.array([self._string_id(s) for s in d.name], dtype=np.int64), np.zeros(len(rows), np.int64)]
@@ -467,15 +557,28 @@ class _Inspector:
         parent = np.concatenate([d.parent, np.zeros(len(rows), np.uint64)])
         has_parent = np.concatenate([d.has_parent, np.zeros(len(rows), bool)])
         summaries += slow
-        if not len(row):
-            return
         order = np.argsort(row, kind="stable")
-        uuid = uuid[order]
-        _, first = np.unique(uuid, return_index=True)
+        uuid, fp, at = uuid[order], fp[order], row[order] + first_pkt
+        _, first, inverse = np.unique(uuid, return_index=True, return_inverse=True)
+        # The descriptor each one must equal: the earliest of its uuid (earlier blocks, else this one).
+        known, ref = self.declared.counts_of(uuid)
+        ref_fp = np.where(known, ref[:, 0], fp[first][inverse])
+        ref_at = np.where(known, ref[:, 1], at[first][inverse])
+        differ = np.flatnonzero(fp != ref_fp)
+        if len(differ):
+            self.report.add_many(
+                "conflicting_descriptor",
+                at[differ],
+                lambda k: (
+                    f"track {int(uuid[differ[k]])} described again with other content than at packet "
+                    f"{int(ref_at[differ[k]])} (Perfetto keeps one of them)"
+                ),
+            )
         first = np.sort(first)
         new = self.declared.add(uuid[first])
         keep = first[np.isin(uuid[first], new)]
         if len(keep):
+            self.declared.set(uuid[keep], np.stack([fp[keep], at[keep]], axis=1))
             picked = order[keep]
             self.track_parts.append(
                 (
@@ -484,6 +587,7 @@ class _Inspector:
                     name[picked],
                     parent[picked],
                     has_parent[picked],
+                    counter[picked],
                 )
             )
 
@@ -550,8 +654,13 @@ class _Inspector:
             rep.add_many("invalid_timestamp", first + rows[negative], lambda _: message)
             usable &= ~negative
         self._events(blk, rows, seq, times=(ts, usable), states=states, first=first)
-        for r in sorted(k for k in parsed if lo <= k < hi and not skip[k]):
+        keys = self.parsed_rows  # parsed's keys, ascending: a bisect, not a scan per segment
+        for r in keys[bisect.bisect_left(keys, lo) : bisect.bisect_left(keys, hi)]:
+            if skip[r]:
+                continue
             packet = parsed[r]
+            if r in self.body_rows:
+                self._state(first + r, packet)
             if packet.HasField("track_event"):
                 k = int(np.searchsorted(rows, r))
                 state = states[int(seq[k])] if has_seq[k] else None
@@ -631,7 +740,7 @@ class _Inspector:
                     "undeclared_track", first + rows[at[no_track]], lambda _: "track event without track_uuid"
                 )
         kind = ev.type[sel]
-        kind = np.where((kind == _BEGIN) | (kind == _END) | (kind == _INSTANT), kind, 0)
+        kind = np.where((kind == _BEGIN) | (kind == _END) | (kind == _INSTANT) | (kind == _COUNTER), kind, 0)
         keep = usable[at]
         self._keep(track[keep], ts[at][keep], (first + rows[at])[keep], kind[keep], name[keep], cat[keep])
 
@@ -678,8 +787,12 @@ class _Inspector:
             categories[c.iid] = self._string_id(c.name)
         locations.update((s.iid, 0) for s in data.source_locations)
         annotations.update((a.iid, 0) for a in data.debug_annotation_names)
-        seq.lookups.clear()
-        seq.dense = None
+        for b in data.log_message_body:
+            seq.bodies.add(b.iid)
+        self.interned_total["log_message_bodies"] += len(data.log_message_body)
+        if data.event_names or data.event_categories or data.source_locations or data.debug_annotation_names:
+            seq.lookups.clear()
+            seq.dense = None
         self.interned_total["event_names"] += len(data.event_names)
         self.interned_total["event_categories"] += len(data.event_categories)
         self.interned_total["source_locations"] += len(data.source_locations)
@@ -691,7 +804,7 @@ class _Inspector:
         elif desc.HasField("thread"):
             kind, name = "thread", desc.thread.thread_name or desc.name
         else:
-            kind, name = "track", desc.name or desc.static_name
+            kind, name = "counter" if desc.HasField("counter") else "track", desc.name or desc.static_name
         return TrackSummary(
             uuid=desc.uuid,
             name=name,
@@ -722,7 +835,9 @@ class _Inspector:
             else:
                 rep.add("undeclared_track", "track event without track_uuid", index)
         if usable:
-            kind = te.type if te.type in (_BEGIN, _END, _INSTANT) else 0
+            kind = te.type if te.type in (_BEGIN, _END, _INSTANT, _COUNTER) else 0
+            if te.HasField("log_message"):
+                kind += _LOG
             one = [np.array([v], dtype=np.int64) for v in (ts, index, kind, name, cat)]
             self._keep(np.array([track], dtype=np.uint64), *one)
 
@@ -745,6 +860,12 @@ class _Inspector:
         for ann in te.debug_annotations:
             if ann.HasField("name_iid") and ann.name_iid not in annotations:
                 missing.append(f"debug annotation name {ann.name_iid}")
+        if te.HasField("log_message"):
+            lm = te.log_message
+            if lm.HasField("source_location_iid") and lm.source_location_iid not in locations:
+                missing.append(f"log message source location {lm.source_location_iid}")
+            if lm.HasField("body_iid") and lm.body_iid not in seq.bodies:
+                missing.append(f"log message body {lm.body_iid}")
         if missing:
             state = "" if seq.cleared else " (sequence never CLEARED)"
             self.report.add(
@@ -758,14 +879,14 @@ class _Inspector:
         rep.first_ts, rep.last_ts = self.first_ts, self.last_ts
         names = self.names()
         tracks: list[TrackSummary] = []
-        for uuid, summaries, name, parent, has_parent in self.track_parts:
+        for uuid, summaries, name, parent, has_parent, counter in self.track_parts:
             for k, (u, given) in enumerate(zip(uuid.tolist(), summaries, strict=True)):
                 s = given
                 if s is None:
                     s = TrackSummary(
                         uuid=u,
                         name=names[int(name[k])],
-                        kind="track",
+                        kind="counter" if counter[k] else "track",
                         parent=int(parent[k]) if has_parent[k] else None,
                     )
                 tracks.append(s)
@@ -773,9 +894,10 @@ class _Inspector:
         for u in undeclared.tolist():
             rep.add("undeclared_track", f"events on undeclared track {u}")
             tracks.append(TrackSummary(uuid=u, name="", kind="undeclared"))
-        slices = self.event_tracks.counts_of(np.array([t.uuid for t in tracks], dtype=np.uint64))
-        for t, count in zip(tracks, slices.tolist(), strict=True):
-            t.slices = count
+        _, counts = self.event_tracks.counts_of(np.array([t.uuid for t in tracks], dtype=np.uint64))
+        for t, (n_slices, n_logs, n_values) in zip(tracks, counts.tolist(), strict=True):
+            t.slices, t.logs, t.counter_values = n_slices, n_logs, n_values
+        _check_log_and_counter_tracks(rep, tracks)
         rep.tracks = tracks
         rep.interned = dict(self.interned_total)
         return rep
@@ -806,11 +928,21 @@ class _Inspector:
         track, ts, pos, kind, name, cat = (c[order] for c in columns)
         age = age[order]
         is_new = order >= n_carried
+        log = kind >= _LOG
+        has_log = bool(log.any())
+        if has_log:
+            kind = np.where(log, kind - _LOG, kind)
         begin, end = kind == _BEGIN, kind == _END
-        counted = is_new & (begin | (kind == _INSTANT))
+        instant = kind == _INSTANT
         starts = np.flatnonzero(np.concatenate([[True], track[1:] != track[:-1]]))
+        per_track = np.zeros((len(starts), 3), np.int64)
+        per_track[:, 0] = np.add.reduceat(is_new & (begin | (instant & ~log if has_log else instant)), starts)
+        if has_log:
+            per_track[:, 1] = np.add.reduceat(is_new & log, starts)
+        counter = kind == _COUNTER
+        if counter.any():
+            per_track[:, 2] = np.add.reduceat(is_new & counter, starts)
         self.event_tracks.add(track[starts], distinct=True)
-        per_track = np.add.reduceat(counted.astype(np.int64), starts)
         self.event_tracks.count(track[starts], per_track)
         unmatched, level = _depths(track, begin, end)
         # Matching: per (track, level), events alternate BEGIN, END; an END's BEGIN precedes it.
@@ -850,6 +982,26 @@ class _Inspector:
         return {v: k for k, v in self.strings.items()}
 
 
+_FP_MUL = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _fingerprints(buf: bytes, off: I64, ln: I64) -> I64:
+    """A 64-bit fingerprint of each byte string ``buf[off : off + ln]`` (a polynomial hash, columnar;
+    equal bytes give equal fingerprints), as int64."""
+    out = np.zeros(len(off), dtype=np.uint64)
+    nz = np.flatnonzero(ln > 0)
+    if len(nz):
+        lens = ln[nz]
+        total = int(lens.sum())
+        head = np.cumsum(lens) - lens
+        pos = np.arange(total, dtype=np.int64) - np.repeat(head, lens)
+        data = np.frombuffer(buf, np.uint8)[np.repeat(off[nz], lens) + pos].astype(np.uint64)
+        powers = np.cumprod(np.full(int(lens.max()), _FP_MUL, dtype=np.uint64))
+        out[nz] = np.add.reduceat((data + np.uint64(1)) * powers[pos], head)
+    out ^= ln.astype(np.uint64) * np.uint64(0xC2B2AE3D27D4EB4F)
+    return out.view(np.int64)
+
+
 def _distinct(values: I64) -> list[int]:
     """The distinct values (usually one: a trace is mostly one sequence)."""
     if not len(values):
@@ -857,6 +1009,56 @@ def _distinct(values: I64) -> list[int]:
     if (values == values[0]).all():
         return [int(values[0])]
     return [int(v) for v in np.unique(values).tolist()]
+
+
+def _check_log_and_counter_tracks(rep: InspectReport, tracks: list[TrackSummary]) -> None:
+    """Report log messages on tracks without a thread and counter values on tracks that are not counters.
+
+    A track belongs to a thread when it is a thread's track or a plain track under one (Perfetto's
+    importer resolves such child tracks to the thread); a process track ends the search.
+    """
+    by_uuid = {t.uuid: t for t in tracks}
+    for t in tracks:
+        if t.kind == "undeclared":
+            continue  # already reported as undeclared_track
+        if t.logs:
+            at: TrackSummary | None = t
+            for _ in range(64):  # parent chains are short; a cycle ends here
+                if at is None or at.kind in ("thread", "process"):
+                    break
+                at = by_uuid.get(at.parent) if at.parent is not None else None
+            if at is None or at.kind != "thread":
+                rep.add_count(
+                    "log_without_thread",
+                    t.logs,
+                    f"{t.logs} log messages on {t.kind} track {t.uuid} {t.name!r}, which belongs to no "
+                    "thread: Perfetto's importer leaves them out of its log table "
+                    '("LogMessage without thread association")',
+                )
+        if t.counter_values and t.kind != "counter":
+            rep.add_count(
+                "counter_on_non_counter_track",
+                t.counter_values,
+                f"{t.counter_values} counter values on {t.kind} track {t.uuid} {t.name!r}, which has no "
+                "CounterDescriptor",
+            )
+
+
+def _only_log_bodies(packet: pb.TracePacket) -> bool:
+    """Whether a state-changing packet only interns log message bodies, which only the log messages of
+    protobuf-path packets use: it need not end a segment of columnar checks (our writer's log packets)."""
+    data = packet.interned_data
+    return not (
+        data.event_names
+        or data.event_categories
+        or data.source_locations
+        or data.debug_annotation_names
+        or packet.sequence_flags & _CLEARED
+        or packet.incremental_state_cleared
+        or packet.previous_packet_dropped
+        or packet.HasField("trace_packet_defaults")
+        or packet.HasField("clock_snapshot")
+    )
 
 
 def _changes_state(packet: pb.TracePacket) -> bool:

@@ -9,7 +9,8 @@ inside them and the debug annotations inside the track events, and returns colum
 - per packet: timestamp, trusted_packet_sequence_id, sequence_flags, timestamp_clock_id (with presence);
 - per track event (``Events``): type, track_uuid, name_iid, first category iid, source_location_iid,
   and every iid it uses (name, categories, source location, debug annotation names) as a long table;
-- per simple track descriptor (``Descriptors``): uuid, parent_uuid, name.
+- per plain or counter track descriptor (``Descriptors``): uuid, parent_uuid, name, has a counter;
+- per packet, where its TrackDescriptor's bytes are (for every descriptor, to compare repeated ones).
 
 A packet with anything else (interned data, clock snapshots, packet defaults, a CLEARED flag, process or
 thread descriptors, unknown or repeated fields, strings in track events, or bytes the walk cannot read) is
@@ -157,7 +158,8 @@ _PACKET_CODES = {
     _tag(60, 2): _P_DESC,
 }
 #: TrackEvent fields: read (type, track_uuid, name_iid, category_iids, source_location_iid, debug
-#: annotations) or skipped because no check uses them (flows, correlation id, counter values).
+#: annotations) or skipped because only the event type matters to the checks (flows, correlation id,
+#: counter values: a TYPE_COUNTER event is counted as a counter value).
 _E_TYPE, _E_TRACK, _E_NAME, _E_CAT, _E_LOC, _E_ANN, _E_SKIP = range(1, 8)
 _EVENT_CODES = {
     _tag(9, 0): _E_TYPE,
@@ -179,13 +181,14 @@ _A_NAME, _A_SKIP = 1, 2
 _ANN_CODES = {_tag(1, 0): _A_NAME} | {
     _tag(f, w): _A_SKIP for f, w in ((10, 2), (2, 0), (3, 0), (4, 0), (5, 1), (6, 2), (7, 0), (9, 2), (17, 0))
 }
-#: TrackDescriptor fields of a plain track (no process, thread).
-_D_UUID, _D_PARENT, _D_NAME, _D_STATIC, _D_SKIP = range(1, 6)
+#: TrackDescriptor fields of a plain or counter track (no process, thread).
+_D_UUID, _D_PARENT, _D_NAME, _D_STATIC, _D_SKIP, _D_COUNTER = range(1, 7)
 _DESC_CODES = {
     _tag(1, 0): _D_UUID,
     _tag(5, 0): _D_PARENT,
     _tag(2, 2): _D_NAME,
     _tag(10, 2): _D_STATIC,
+    _tag(8, 2): _D_COUNTER,
 } | {
     _tag(f, w): _D_SKIP
     for f, w in (
@@ -199,7 +202,6 @@ _DESC_CODES = {
         (17, 0),
         (19, 0),
         (20, 0),
-        (8, 2),
     )
 }
 
@@ -257,13 +259,15 @@ class Events:
 
 @dataclass
 class Descriptors:
-    """Plain track descriptors decoded columnar (row: packet index in the block; name: "" when absent)."""
+    """Plain and counter track descriptors decoded columnar (row: packet index in the block; name: ""
+    when absent; counter: the descriptor has a CounterDescriptor)."""
 
     row: I64
     uuid: U64
     parent: U64
     has_parent: B
     name: list[str]
+    counter: B
 
 
 @dataclass
@@ -280,6 +284,8 @@ class Block:
     events: Events
     descriptors: Descriptors
     slow: I64
+    desc_off: I64  # per packet: where its one TrackDescriptor's bytes start in the block (protobuf path too)
+    desc_len: I64  # their length, -1 when the packet has no single TrackDescriptor the walk read
 
 
 def _strings(buf: bytes, off: I64, ln: I64) -> list[str]:
@@ -358,6 +364,8 @@ def decode_block(buf: bytes, starts: I64, lens: I64, templates: Templates | None
     first; the walk reads the rest.
     """
     n = len(starts)
+    desc_off = np.zeros(n, dtype=np.int64)
+    desc_len = np.full(n, -1, dtype=np.int64)
     col = {name: np.zeros(n, dtype=np.uint64) for name in ("ts", "seq", "flags", "clock")}
     has = {name: np.zeros(n, dtype=bool) for name in ("ts", "seq")}
     ev_parts: list[Events] = []
@@ -390,6 +398,9 @@ def decode_block(buf: bytes, starts: I64, lens: I64, templates: Templates | None
         sel = code == which
         offset[pf.msg[sel]] = pf.offset[sel]
         length[pf.msg[sel]] = pf.value[sel].astype(np.int64)
+    one_desc = np.flatnonzero((cnt[:, _P_DESC] == 1) & ~pf.bad)
+    desc_off[rest[one_desc]] = offset[one_desc]
+    desc_len[rest[one_desc]] = length[one_desc]
     ev_k = np.flatnonzero((cnt[:, _P_EVENT] == 1) & ~slow_k)
     desc_k = np.flatnonzero((cnt[:, _P_DESC] == 1) & ~slow_k)
     events, ev_slow = _walk_events(w8, rest[ev_k], offset[ev_k], length[ev_k])
@@ -407,6 +418,8 @@ def decode_block(buf: bytes, starts: I64, lens: I64, templates: Templates | None
         events=_merge(ev_parts),
         descriptors=descriptors,
         slow=rest[slow_k],
+        desc_off=desc_off,
+        desc_len=desc_len,
     )
 
 
@@ -473,5 +486,6 @@ def _walk_descriptors(buf: bytes, w8: U64, rows: I64, offset: I64, length: I64) 
         parent=_pick(df, dcode, _D_PARENT, k)[dkeep],
         has_parent=(dcnt[:, _D_PARENT] > 0)[dkeep],
         name=_strings(buf, name_off[dkeep], name_len[dkeep]),
+        counter=(dcnt[:, _D_COUNTER] > 0)[dkeep],
     )
     return descriptors, d_slow

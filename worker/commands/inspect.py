@@ -23,10 +23,11 @@ _GROUP_OVER = 5
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "inspect",
-        help="decode a Perfetto trace and report tracks, slices and defects",
-        description="Decode a Perfetto trace file; list tracks, slice counts, time span, interned table "
-        "sizes and defects (partial overlaps, unterminated slices, iids used before definition, "
-        "malformed packets, ...). Exit status 1 if there is a defect.",
+        help="decode a Perfetto trace and report tracks, slices, logs, counter values and defects",
+        description="Decode a Perfetto trace file; list tracks, slice, log message and counter value "
+        "counts, time span, interned table sizes and defects (partial overlaps, unterminated slices, iids "
+        "used before definition, log messages off threads, counter values off counter tracks, malformed "
+        "packets, ...). Exit status 1 if there is a defect.",
     )
     parser.add_argument("file", type=Path, help="trace file (concatenated chunks are fine)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -71,6 +72,18 @@ def _time(ns: int) -> str:
     return str(ns)
 
 
+def _counts(tracks: list[TrackSummary]) -> str:
+    """ "slices=N", then "logs=N" and "counter_values=N" where there are any (counter tracks always)."""
+    out = f"slices={sum(t.slices for t in tracks)}"
+    logs = sum(t.logs for t in tracks)
+    values = sum(t.counter_values for t in tracks)
+    if logs:
+        out += f" logs={logs}"
+    if values or tracks[0].kind == "counter":
+        out += f" counter_values={values}"
+    return out
+
+
 def render(report: InspectReport, name: str) -> str:
     """The human-readable report."""
     lines = [f"{name}: {report.bytes} bytes, {report.packets} packets, {report.track_events} track events"]
@@ -78,18 +91,20 @@ def render(report: InspectReport, name: str) -> str:
         span = (report.last_ts - report.first_ts) / 1e9
         lines.append(f"time span: {_time(report.first_ts)} .. {_time(report.last_ts)} ({span:.6f} s)")
     lines.append("interned: " + ", ".join(f"{k}={v}" for k, v in report.interned.items()))
-    lines.append(f"tracks: {len(report.tracks)}, slices: {report.slices}")
+    lines.append(
+        f"tracks: {len(report.tracks)}, slices: {report.slices}, logs: {report.logs}, "
+        f"counter values: {report.counter_values}"
+    )
     groups: dict[tuple[str, str], list[TrackSummary]] = defaultdict(list)
     for track in report.tracks:
         groups[(track.kind, track.name)].append(track)
     for (kind, track_name), members in groups.items():
-        slices = sum(t.slices for t in members)
         if len(members) > _GROUP_OVER:
-            lines.append(f"  {kind:<9} {track_name!r} x{len(members)} tracks  slices={slices}")
+            lines.append(f"  {kind:<9} {track_name!r} x{len(members)} tracks  {_counts(members)}")
             continue
         for t in members:
             ids = f" pid={t.pid}" if t.kind == "process" else f" tid={t.tid}" if t.kind == "thread" else ""
-            lines.append(f"  {kind:<9} {track_name!r}{ids} uuid={t.uuid}  slices={t.slices}")
+            lines.append(f"  {kind:<9} {track_name!r}{ids} uuid={t.uuid}  {_counts([t])}")
     if report.ok:
         lines.append("defects: none")
     else:
