@@ -1,5 +1,9 @@
 """The client's shared stream reader: one task and one connection follow every job stream.
 
+On a Redis Cluster one XREAD may only name streams of one hash slot (a job's two streams share
+its ``{<job_id>}`` slot; two jobs almost never do): the reader groups the streams of each round by
+slot and sends one XREAD per slot, all in one pipeline (one round trip per master, in parallel).
+
 Part of :mod:`contracts.client`; imports redis and the stdlib only.
 """
 
@@ -13,15 +17,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
+from redis.exceptions import AskError, RedisClusterException, RedisError
 
+from contracts._runs import UNREACHABLE, RedisLike
 from contracts.client_errors import ClientError, ConnectionLost
 
 __all__ = ["StreamReader", "Subscription"]
 
-_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+_TRANSIENT = UNREACHABLE
+#: Longest XREAD BLOCK on a cluster (there is no connection id to interrupt it with, so a new
+#: follower waits at most this long), and the longest pause between two rounds that read nothing.
+CLUSTER_BLOCK_MS = 200
+#: First pause after a cluster round that read nothing (doubled up to CLUSTER_BLOCK_MS).
+CLUSTER_IDLE_MS = 10
 
 
 @dataclass(eq=False)
@@ -52,6 +62,14 @@ class StreamReader:
     waiting is left out of the reads until it has room (a slow follower never slows the others),
     all followers together hold at most ``max_buffered_bytes``, and one XREAD asks for at most as
     many streams (taken round-robin, so every job progresses) as fit in what is left of that budget.
+
+    On a Redis Cluster (``cluster=True``) the connection is a ``RedisCluster`` of its own and a
+    round reads each hash slot's streams with its own XREAD: when the round's streams share one
+    slot (one job followed), one XREAD BLOCK of at most :data:`CLUSTER_BLOCK_MS`; otherwise one
+    XREAD per slot without BLOCK, pipelined, and when none brought an entry a pause of
+    :data:`CLUSTER_IDLE_MS` doubling up to :data:`CLUSTER_BLOCK_MS` (a new follower or a drained
+    backlog ends it at once). An idle follower then hears of a new entry within 200 ms, at the
+    cost of about five pipelined round trips a second to each master holding followed streams.
     """
 
     #: Entries read per stream per XREAD, and how many a follower may have waiting.
@@ -63,10 +81,11 @@ class StreamReader:
         *,
         redis_url: str,
         client_name: str,
-        commands: aioredis.Redis,
+        commands: RedisLike,
         block_ms: int,
         reconnect_timeout_s: float,
         max_buffered_bytes: int,
+        cluster: bool = False,
     ) -> None:
         self._redis_url = redis_url
         self._client_name = client_name
@@ -78,7 +97,9 @@ class StreamReader:
         self._subs: dict[str, set[Subscription]] = defaultdict(set)
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._conn: aioredis.Redis | None = None
+        self._cluster = cluster
+        self._idle_ms = CLUSTER_IDLE_MS
+        self._conn: RedisLike | None = None
         self._conn_id: int | None = None
         self._blocked = False
         self._unblocking = False
@@ -136,14 +157,18 @@ class StreamReader:
             self._task = None
         if self._conn is not None:
             await self._conn.aclose()
-            await self._conn.connection_pool.disconnect()
+            if isinstance(self._conn, aioredis.Redis):
+                await self._conn.connection_pool.disconnect()
             self._conn = None
 
-    def _connection(self) -> aioredis.Redis:
+    def _connection(self) -> RedisLike:
         if self._conn is None:
             name = f"{self._client_name}-reader"
-            pool = aioredis.ConnectionPool.from_url(self._redis_url, max_connections=1, client_name=name)
-            self._conn = aioredis.Redis(connection_pool=pool)
+            if self._cluster:
+                self._conn = RedisCluster.from_url(self._redis_url, client_name=name)
+            else:
+                pool = aioredis.ConnectionPool.from_url(self._redis_url, max_connections=1, client_name=name)
+                self._conn = aioredis.Redis(connection_pool=pool)
         return self._conn
 
     def _streams(self) -> dict[str, str]:
@@ -175,15 +200,24 @@ class StreamReader:
                 await self._changed.wait()
                 continue
             conn = self._connection()
+            reply: Any
             try:
-                if self._conn_id is None:
-                    self._conn_id = int(await conn.client_id())
-                self._blocked = True
-                self._reading = streams
-                try:
-                    reply = await conn.xread(streams, count=self.COUNT, block=self._block_ms)  # type: ignore[arg-type]
-                finally:
-                    self._blocked = False
+                if isinstance(conn, RedisCluster):
+                    reply = await self._read_cluster(conn, streams)
+                else:
+                    if self._conn_id is None:
+                        self._conn_id = int(await conn.client_id())
+                    self._blocked = True
+                    self._reading = streams
+                    try:
+                        reply = await conn.xread(streams, count=self.COUNT, block=self._block_ms)  # type: ignore[arg-type]
+                    finally:
+                        self._blocked = False
+            except AskError:
+                # A slot moved (MOVED is an AskError): read the cluster's slot map again.
+                if isinstance(conn, RedisCluster):
+                    await conn.nodes_manager.initialize()
+                continue
             except _TRANSIENT as exc:
                 self._conn_id = None
                 now = time.monotonic()
@@ -194,11 +228,41 @@ class StreamReader:
                 await asyncio.sleep(delay)  # backoff before reconnecting
                 delay = min(delay * 2, 2.0)
                 continue
-            except RedisError as exc:
+            except (RedisError, RedisClusterException) as exc:
                 self._fail(ClientError(f"reading job streams failed: {exc}"))
                 return
             down_since, delay = None, 0.05
             self._dispatch(reply)
+
+    async def _read_cluster(self, conn: RedisCluster, streams: dict[str, str]) -> list[tuple[Any, Any]]:
+        """One round on a cluster: one XREAD per hash slot (see the class docstring). Each XREAD
+        goes to the master the client's slot map names (``target_nodes``), which spares redis-py a
+        COMMAND GETKEYS round trip per XREAD to find its keys; a MOVED answer is retried by
+        redis-py through the slot's new master."""
+        await conn.initialize()  # no-op once initialised
+        by_slot: dict[int, dict[str, str]] = defaultdict(dict)
+        for key, position in streams.items():
+            by_slot[key_slot(key.encode())][key] = position
+        self._reading = streams
+        if len(by_slot) == 1:
+            node = conn.get_node_from_key(next(iter(streams)))
+            block = min(self._block_ms, CLUSTER_BLOCK_MS)
+            reply = await conn.execute_command(*_xread_args(streams, self.COUNT, block), target_nodes=node)
+            return _items(reply)
+        async with conn.pipeline(transaction=False) as pipe:
+            for group in by_slot.values():
+                node = conn.get_node_from_key(next(iter(group)))
+                pipe.execute_command(*_xread_args(group, self.COUNT, None), target_nodes=node)
+            replies = await pipe.execute()
+        items = [item for reply in replies for item in _items(reply)]
+        if any(entries for _, entries in items):
+            self._idle_ms = CLUSTER_IDLE_MS
+            return items
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._idle_ms / 1000):
+                await self._changed.wait()
+        self._idle_ms = min(self._idle_ms * 2, CLUSTER_BLOCK_MS)
+        return items
 
     def _dispatch(self, reply: Any) -> None:
         """Hand each entry to the followers it continues.
@@ -228,6 +292,21 @@ class StreamReader:
         for subs in self._subs.values():
             for sub in subs:
                 sub.queue.put_nowait(exc)
+
+
+def _xread_args(streams: dict[str, str], count: int, block: int | None) -> list[Any]:
+    """XREAD's arguments for ``streams`` (key -> exclusive start id)."""
+    args: list[Any] = ["XREAD"]
+    if block is not None:
+        args += ["BLOCK", block]
+    return [*args, "COUNT", count, "STREAMS", *streams, *streams.values()]
+
+
+def _items(reply: Any) -> list[tuple[Any, Any]]:
+    """``[(stream, entries)]`` from an XREAD reply (RESP2 list or RESP3 map; None: nothing)."""
+    if isinstance(reply, dict):
+        return list(reply.items())
+    return [(item[0], item[1]) for item in reply or []]
 
 
 def _entries(entries: Any) -> list[tuple[Any, Any]]:

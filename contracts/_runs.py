@@ -15,11 +15,19 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    RedisClusterException,
+    RedisError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from contracts.client_errors import ClientError, ConnectionLost
@@ -28,7 +36,22 @@ from contracts.keys import Keys
 from contracts.request import TraceRequest
 from contracts.states import TERMINAL_STATES, JobState
 
-__all__ = ["Run", "Snapshot", "id_order", "redis_errors", "run_start", "snapshot"]
+__all__ = ["UNREACHABLE", "RedisLike", "Run", "Snapshot", "id_order", "redis_errors", "run_start", "snapshot"]
+
+#: The client's Redis: one server, or a Redis Cluster (``TraceClient(..., cluster=True)``).
+RedisLike: TypeAlias = aioredis.Redis | RedisCluster
+#: Errors that mean Redis (or, on a cluster, the master of a slot) cannot be reached now; a later
+#: try may succeed (a cluster whose master is down answers CLUSTERDOWN, TRYAGAIN while a slot
+#: moves, and has no node for the slot until its map is read again).
+UNREACHABLE: tuple[type[BaseException], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    ClusterDownError,
+    TryAgainError,
+    AskError,
+    SlotNotCoveredError,
+)
 
 #: States after which a resubmitted request starts a new run on the same job stream.
 RERUN_STATES = frozenset({JobState.FAILED, JobState.CANCELLED, JobState.DEAD})
@@ -44,9 +67,9 @@ async def redis_errors(what: str) -> AsyncIterator[None]:
     """Turn redis-py and socket errors into the client's error family."""
     try:
         yield
-    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+    except UNREACHABLE as exc:
         raise ConnectionLost(f"{what}: cannot reach Redis: {exc}") from exc
-    except RedisError as exc:
+    except (RedisError, RedisClusterException) as exc:
         raise ClientError(f"{what}: {exc}") from exc
 
 
@@ -125,7 +148,7 @@ class Snapshot:
         return None
 
 
-async def snapshot(redis: aioredis.Redis, keys: Keys, job_id: str, *, pending: bool = True) -> Snapshot:
+async def snapshot(redis: RedisLike, keys: Keys, job_id: str, *, pending: bool = True) -> Snapshot:
     """The job's state hash and newest status entry; with ``pending``, also its newest request
     still on the request stream when that matters (no state yet, or an ended job)."""
     async with redis_errors(f"reading job {job_id}"), redis.pipeline(transaction=False) as pipe:
@@ -150,7 +173,7 @@ def _is_cancel_answer(fields: Any) -> bool:
     return any(_text(k) == "type" and _text(v) == "cancel" for k, v in (fields or {}).items())
 
 
-async def pending_request(redis: aioredis.Redis, keys: Keys, job_id: str) -> str | None:
+async def pending_request(redis: RedisLike, keys: Keys, job_id: str) -> str | None:
     """Entry id of the newest request for ``job_id`` still on the request stream (workers delete
     a request entry once they have answered it), looking at most at :data:`MAX_REQUEST_SCAN`."""
     last, seen = "+", 0
@@ -180,7 +203,7 @@ def _request_job(raw: Any) -> str | None:
         return None
 
 
-async def run_start(redis: aioredis.Redis, keys: Keys, job_id: str, snap: Snapshot, *, rerun: bool) -> Run:
+async def run_start(redis: RedisLike, keys: Keys, job_id: str, snap: Snapshot, *, rerun: bool) -> Run:
     """Where the run to follow starts.
 
     Args:

@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     #: Redis URL (redis://, rediss:// for TLS; a password goes in the URL or TRACE_WORKER_REDIS_PASSWORD).
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_password: SecretStr | None = None
+    #: TRACE_WORKER_REDIS_URL names one node of a Redis Cluster (the others are discovered).
+    redis_cluster: bool = False
     #: Prefix of every key and stream the worker touches.
     key_prefix: str = Field(DEFAULT_PREFIX, pattern=_PREFIX_RE)
 
@@ -187,6 +189,16 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _cluster_database(self) -> Settings:
+        if self.redis_cluster and _redis_database(self.redis_url) != 0:
+            raise ValueError(
+                "TRACE_WORKER_REDIS_URL names database "
+                f"{_redis_database(self.redis_url)}, but a Redis Cluster has only database 0 "
+                "(TRACE_WORKER_REDIS_CLUSTER=true)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _lease(self) -> Settings:
         if self.heartbeat_s * 2 > self.lease_s:
             raise ValueError(
@@ -230,6 +242,13 @@ def _redis_url_problem(url: str) -> str | None:
             "(redis-py reads e.g. db, password, ssl_cert_reqs; names are case-sensitive)"
         )
     return None
+
+
+def _redis_database(url: str) -> int:
+    """The database index a Redis URL selects (path or ``db`` argument; 0 when none)."""
+    from redis.asyncio.connection import parse_url  # noqa: PLC0415 (--help stays light)
+
+    return int(parse_url(url).get("db") or 0)
 
 
 class SettingsError(ValueError):

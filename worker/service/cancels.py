@@ -27,8 +27,8 @@ from typing import Any
 from contracts.events import REQUEST_ID_PATTERN, CancelEvent, CancelOutcome, StatusEvent
 from contracts.request import JOB_ID_PATTERN
 from contracts.states import JobState
-from worker.service.answers import queue_answer, queue_entry
-from worker.service.redis_io import TRANSIENT, retry_redis
+from worker.service.answers import queue_ack, queue_answer, queue_entry
+from worker.service.redis_io import TRANSIENT, Write, write_shared
 from worker.service.runtime import Runtime
 
 __all__ = ["CancelLoop", "handle_cancel"]
@@ -124,19 +124,17 @@ async def handle_cancel(rt: Runtime, cancel_id: str, fields: dict[Any, Any]) -> 
     ack = CancelEvent(job_id=job_id, attempt=attempt, cancel_id=cancel_id, request_id=request_id or None,
                       outcome=outcome, detail=detail)  # fmt: skip
 
-    async def write() -> None:
-        async with rt.redis.pipeline(transaction=True) as pipe:
-            for entry, labels_json in sorted(detached.items()):
-                labels = _labels(labels_json)
-                status = StatusEvent(job_id=job_id, attempt=attempt, state=JobState.CANCELLED, labels=labels,
-                                     request_id=entry, detail="cancelled on request")  # fmt: skip
-                queue_answer(rt, pipe, status)
-            queue_entry(rt, pipe, job_id, ack.to_fields())
-            pipe.xack(keys.cancels, keys.group, cancel_id)
-            pipe.xdel(keys.cancels, cancel_id)
-            await pipe.execute()
+    async def build(w: Write) -> None:
+        for entry, labels_json in sorted(detached.items()):
+            labels = _labels(labels_json)
+            status = StatusEvent(job_id=job_id, attempt=attempt, state=JobState.CANCELLED, labels=labels,
+                                 request_id=entry, detail="cancelled on request")  # fmt: skip
+            queue_answer(rt, w, status)
+        queue_entry(rt, w.pipe, job_id, ack.to_fields())
+        queue_ack(w, keys.cancels, keys.group, cancel_id)
+        await w.execute()
 
-    await rt.shielded(retry_redis(write, what="cancel answer"))
+    await rt.shielded(rt.write(keys.job(job_id), build, what="cancel answer"))
     log.info("cancel %s of job %s: %s", cancel_id, job_id, outcome.value,
              extra={"job_id": job_id, "entry_id": cancel_id})  # fmt: skip
     return ack
@@ -211,9 +209,17 @@ class CancelLoop:
         }
         for name, value in fields.items():
             dead[f"orig:{_text(name)}"] = value
+        maxlen = rt.settings.dead_maxlen
+
+        def ack(pipe: Any) -> None:
+            pipe.xack(keys.cancels, keys.group, cancel_id)
+            pipe.xdel(keys.cancels, cancel_id)
+
         with contextlib.suppress(*TRANSIENT):
-            async with rt.redis.pipeline(transaction=True) as pipe:
-                pipe.xadd(keys.dead, dead, maxlen=rt.settings.dead_maxlen, approximate=True)
-                pipe.xack(keys.cancels, keys.group, cancel_id)
-                pipe.xdel(keys.cancels, cancel_id)
-                await pipe.execute()
+            await write_shared(
+                rt.redis,
+                records=[lambda pipe: pipe.xadd(keys.dead, dead, maxlen=maxlen, approximate=True)],
+                acks=[ack],
+                what="invalid cancel",
+                give_up_after_s=0,
+            )

@@ -311,7 +311,7 @@ class _Job:
         key = blob_key(request, self.job_id)
         writer = await rt.store.open_writer(key)
         committed = False
-        reply = ReplyStream(rt.redis, rt.keys, self.job_id, self.lease.attempt)
+        reply = ReplyStream(rt.redis, rt.keys, self.job_id, self.lease.attempt, transaction=rt.transaction)
         pump = ProgressPump(reply, self.job_id, self.lease.attempt, request.labels,
                             rt.settings.progress_interval_s)  # fmt: skip
         try:
