@@ -9,7 +9,9 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
+from tests.support.processes import stop_tracked
 from tests.support.redis_cluster import RedisCluster
+from tests.support.worker_process import spawn_worker  # noqa: F401 - fixture
 
 _prefixes = itertools.count()
 
@@ -38,3 +40,10 @@ async def cluster_redis(redis_cluster: RedisCluster) -> AsyncIterator[AsyncRedis
 def prefix() -> str:
     """A key prefix no other test of the session uses (tests share the module's cluster)."""
     return f"c{next(_prefixes)}"
+
+
+@pytest.fixture(autouse=True)
+async def _reap_cli_processes() -> AsyncIterator[None]:
+    """Every command-line process a test starts is stopped and reaped when the test ends."""
+    yield
+    await stop_tracked()

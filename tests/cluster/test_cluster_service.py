@@ -95,10 +95,11 @@ async def test_whole_job_across_masters(
         assert final.sha256 == hashlib.sha256(data).hexdigest() and final.chunks == 4
         assert [s.state for s in reader.statuses()] == [JobState.QUEUED, JobState.RUNNING, JobState.SUCCEEDED]
         assert {s.request_id for s in reader.statuses()} == {entry}
-        # the shared streams, on other masters, got their part of every write
+        # the shared streams, on other masters, get their part of every write right after the
+        # job's own MULTI: the events entry, then the acknowledgement
+        await wait_until(lambda: _is(pending(cluster_redis, keys), 0), what="request acknowledged")
         events: Any = await cluster_redis.xrange(keys.events)
         assert [e[1][b"state"] for e in events] == [b"queued", b"running", b"succeeded"]
-        await wait_until(lambda: _is(pending(cluster_redis, keys), 0), what="request acknowledged")
         assert await cluster_redis.xlen(keys.requests) == 0  # XACK + XDEL
         assert not await cluster_redis.exists(keys.lock(job_id))
         assert 0 < await cluster_redis.ttl(keys.job(job_id)) <= 24 * 3600

@@ -126,6 +126,14 @@ class RedisCluster:
         except Exception as exc:
             return f"{type(exc).__name__}: {exc}"
 
+    def state(self, node: RedisServer) -> str:
+        """``cluster_state`` as ``node`` sees it (``ok``, ``fail``), or the error asking it."""
+        info = self._info(node)
+        for line in info.splitlines():
+            if line.startswith("cluster_state:"):
+                return line.split(":", 1)[1].strip()
+        return info
+
     def _ok(self, node: RedisServer) -> bool:
         info = self._info(node)
         known = f"cluster_known_nodes:{len(self.nodes)}"
