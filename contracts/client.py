@@ -56,6 +56,7 @@ from contracts.states import JobState
 from contracts.urls import mask_url
 
 __all__ = [
+    "CLUSTER_MAX_CONNECTIONS",
     "ClientError",
     "ConnectionLost",
     "EventCallback",
@@ -71,6 +72,9 @@ __all__ = [
 ]
 
 EventCallback = Callable[[StatusEvent | ProgressEvent], object]
+#: Most connections a cluster client opens to one master (redis-py's cluster client fails a command
+#: beyond its cap instead of waiting; a burst of concurrent calls needs one connection each).
+CLUSTER_MAX_CONNECTIONS = 1000
 _JOB_ID = re.compile(JOB_ID_PATTERN)
 
 
@@ -92,10 +96,11 @@ class TraceClient:
         file_root: the local-folder blob store's folder, when blob-only traces may be read from
             ``file://`` URLs; without it a ``file://`` result is refused.
         cluster: ``redis_url`` names one node of a Redis Cluster (``TRACE_WORKER_REDIS_CLUSTER``;
-            the others are discovered): commands go through redis-py's ``RedisCluster``, each master
-            gets its own pool of up to ``max(max_connections, 100)`` connections (a cluster pool
-            fails a command beyond that instead of waiting), and the shared reader reads the
-            followed streams of each hash slot apart (see docs/CLIENT.md).
+            the others are discovered): commands go through redis-py's ``RedisCluster``, and the
+            shared reader reads the followed streams of each hash slot apart (see docs/CLIENT.md).
+            redis-py's cluster client cannot wait for a free connection (it fails the command), so
+            ``max_connections`` does not apply: each master gets the connections concurrent calls
+            need, up to :data:`CLUSTER_MAX_CONNECTIONS`.
 
     Every error is a :class:`ClientError` (see :mod:`contracts.client_errors`).
     """
@@ -126,7 +131,7 @@ class TraceClient:
         try:
             if cluster:
                 self.redis = RedisCluster.from_url(
-                    redis_url, max_connections=max(max_connections, 100), client_name=client_name
+                    redis_url, max_connections=CLUSTER_MAX_CONNECTIONS, client_name=client_name
                 )
             else:
                 pool: aioredis.BlockingConnectionPool = aioredis.BlockingConnectionPool.from_url(

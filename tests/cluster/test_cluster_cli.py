@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -66,3 +67,34 @@ async def test_client_commands_on_a_cluster(
         assert cancelled.code == 0, cancelled.err
         assert "job cli-2 ended cancelled" in cancelled.out
         assert await cluster_redis.hget(keys.state("cli-2"), "state") == JobState.CANCELLED.value.encode()
+
+
+async def test_shell_recipe_with_redis_cli_c(
+    redis_cluster: RedisCluster, prefix: str, tmp_path: Path
+) -> None:
+    """docs/PROTOCOL.md §6's recipe on a cluster: `redis-cli -c` follows the MOVED redirections
+    (every command of the recipe names one key)."""
+    gen = ScriptedGenerator(chunks=3, chunk_size=64 * 1024)
+    node = redis_cluster.nodes[0]
+    job_id = next(
+        f"sh-{i}" for i in range(1000) if redis_cluster.node_of(Keys(prefix).job(f"sh-{i}")) is not node
+    )
+    request = json.dumps({"process_id": PID, "job_id": job_id}, separators=(",", ":"))
+    env = {
+        **os.environ,
+        "REDIS": f"{shutil.which('redis-cli')} -c -h 127.0.0.1 -p {node.port}",
+        "PREFIX": prefix,
+        "TIMEOUT": "120",
+    }
+    async with Harness(redis_cluster, prefix, gen, chunk_size=64 * 1024):
+        proc = track(
+            await asyncio.create_subprocess_exec(
+                "sh", str(ROOT / "scripts" / "redis-cli-trace.sh"), job_id, request, "sh.pftrace",
+                cwd=tmp_path, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+            )
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), WAIT_S)
+    assert proc.returncode == 0, out.decode() + err.decode()
+    assert "sh.pftrace verified" in out.decode()
+    assert (tmp_path / "sh.pftrace").read_bytes() == gen.expected(TraceRequest(process_id=PID))

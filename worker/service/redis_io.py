@@ -7,7 +7,7 @@ master that is down or a slot on the move shows up as ``CLUSTERDOWN``, ``TRYAGAI
 or an uncovered slot. Writes that must not be lost (terminal status, acknowledgements) go through
 :func:`retry_redis`.
 
-Hash slots (docs/PROTOCOL.md §7): every key of one job carries the hash tag ``{<job_id>}``, so its
+Hash slots (docs/PROTOCOL.md §10): every key of one job carries the hash tag ``{<job_id>}``, so its
 keys share one slot and a MULTI/EXEC or a Lua script over them is legal on a cluster. The shared
 streams (``<prefix>:requests``, ``:cancels``, ``:events``, ``:dead``) are single keys, each in its
 own slot: no command touches two of them, nor one of them and a job key. A write that touches
