@@ -19,14 +19,16 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
-from redis.exceptions import AskError, RedisClusterException, RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
-from contracts._runs import UNREACHABLE, RedisLike
+from contracts._runs import UNREACHABLE, RedisLike, unreachable
 from contracts.client_errors import ClientError, ConnectionLost
 
 __all__ = ["StreamReader", "Subscription"]
 
-_TRANSIENT = UNREACHABLE
+#: What the reader retries through: Redis unreachable, or a cluster client's own complaints (the
+#: ones that mean "unreachable" are told apart by :func:`contracts._runs.unreachable`).
+_RETRIED: tuple[type[BaseException], ...] = (*UNREACHABLE, RedisClusterException)
 #: Longest XREAD BLOCK on a cluster (there is no connection id to interrupt it with, so a new
 #: follower waits at most this long), and the longest pause between two rounds that read nothing.
 CLUSTER_BLOCK_MS = 200
@@ -213,12 +215,10 @@ class StreamReader:
                         reply = await conn.xread(streams, count=self.COUNT, block=self._block_ms)  # type: ignore[arg-type]
                     finally:
                         self._blocked = False
-            except AskError:
-                # A slot moved (MOVED is an AskError): read the cluster's slot map again.
-                if isinstance(conn, RedisCluster):
-                    await conn.nodes_manager.initialize()
-                continue
-            except _TRANSIENT as exc:
+            except _RETRIED as exc:
+                if not unreachable(exc):
+                    self._fail(ClientError(f"reading job streams failed: {exc}"))
+                    return
                 self._conn_id = None
                 now = time.monotonic()
                 down_since = down_since or now
@@ -228,7 +228,7 @@ class StreamReader:
                 await asyncio.sleep(delay)  # backoff before reconnecting
                 delay = min(delay * 2, 2.0)
                 continue
-            except (RedisError, RedisClusterException) as exc:
+            except RedisError as exc:
                 self._fail(ClientError(f"reading job streams failed: {exc}"))
                 return
             down_since, delay = None, 0.05
@@ -237,8 +237,8 @@ class StreamReader:
     async def _read_cluster(self, conn: RedisCluster, streams: dict[str, str]) -> list[tuple[Any, Any]]:
         """One round on a cluster: one XREAD per hash slot (see the class docstring). Each XREAD
         goes to the master the client's slot map names (``target_nodes``), which spares redis-py a
-        COMMAND GETKEYS round trip per XREAD to find its keys; a MOVED answer is retried by
-        redis-py through the slot's new master."""
+        COMMAND GETKEYS round trip per XREAD to find its keys; redis-py follows a MOVED answer to
+        the slot's new master (and updates its map)."""
         await conn.initialize()  # no-op once initialised
         by_slot: dict[int, dict[str, str]] = defaultdict(dict)
         for key, position in streams.items():

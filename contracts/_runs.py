@@ -36,7 +36,17 @@ from contracts.keys import Keys
 from contracts.request import TraceRequest
 from contracts.states import TERMINAL_STATES, JobState
 
-__all__ = ["UNREACHABLE", "RedisLike", "Run", "Snapshot", "id_order", "redis_errors", "run_start", "snapshot"]
+__all__ = [
+    "UNREACHABLE",
+    "RedisLike",
+    "Run",
+    "Snapshot",
+    "id_order",
+    "redis_errors",
+    "run_start",
+    "snapshot",
+    "unreachable",
+]
 
 #: The client's Redis: one server, or a Redis Cluster (``TraceClient(..., cluster=True)``).
 RedisLike: TypeAlias = aioredis.Redis | RedisCluster
@@ -62,14 +72,26 @@ MAX_REQUEST_SCAN = 20_000
 _MAX_SEQ = 2**64 - 1
 
 
+#: How redis-py's cluster client says that no node answers, or that its slot map has holes.
+_CLUSTER_UNREACHABLE = ("Redis Cluster cannot be connected", "All slots are not covered")
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` means Redis cannot be reached now (:data:`UNREACHABLE`, or a cluster client
+    that reaches no node)."""
+    if isinstance(exc, UNREACHABLE):
+        return True
+    return isinstance(exc, RedisClusterException) and str(exc).startswith(_CLUSTER_UNREACHABLE)
+
+
 @contextlib.asynccontextmanager
 async def redis_errors(what: str) -> AsyncIterator[None]:
     """Turn redis-py and socket errors into the client's error family."""
     try:
         yield
-    except UNREACHABLE as exc:
-        raise ConnectionLost(f"{what}: cannot reach Redis: {exc}") from exc
-    except (RedisError, RedisClusterException) as exc:
+    except (RedisError, RedisClusterException, OSError) as exc:
+        if unreachable(exc):
+            raise ConnectionLost(f"{what}: cannot reach Redis: {exc}") from exc
         raise ClientError(f"{what}: {exc}") from exc
 
 

@@ -123,6 +123,22 @@ async def test_master_restarted_mid_job(caplog: pytest.LogCaptureFixture) -> Non
             # the subscriber reads the request stream again after the restart
             after = await client.submit(TraceRequest(process_id=PID, job_id=f"{job_id}-after"))
             assert (await after.wait(timeout=120)).state == JobState.SUCCEEDED
+
+            # every master down at once mid-job (no node answers: redis-py's "Redis Cluster cannot
+            # be connected"), then back: the job goes on, nothing is dead-lettered
+            gen.gate = asyncio.Event()
+            whole = await client.submit(TraceRequest(process_id=PID, job_id="all-down"))
+            await JobReader(redis, keys, "all-down").read_until(lambda e: e.type == "chunk")
+            caplog.clear()
+            for node in cluster.nodes:
+                node.stop()
+            await wait_until(lambda: _logged(caplog, "cannot be connected"), what="the worker sees no node")
+            for node in cluster.nodes:
+                node.start()
+            cluster.wait_ok()
+            gen.gate.set()
+            assert (await _through_restart(lambda: whole.wait(timeout=120))).state == JobState.SUCCEEDED
+            assert await redis.xlen(keys.dead) == 0
     finally:
         await service.stop()
         await redis.aclose()

@@ -49,14 +49,18 @@ RedisLike: TypeAlias = Redis | RedisCluster
 Op: TypeAlias = Callable[[Any], object]
 
 #: Exceptions after which the same command may succeed later (on a cluster: once the master is
-#: back, or the client has the new slot map).
+#: back, or the client has the new slot map). redis-py's cluster client raises its base
+#: ``RedisClusterException`` when no node answers at all ("Redis Cluster cannot be connected") or
+#: the slot map has holes, so that base counts too: a cluster-wide outage must leave requests
+#: pending, never dead-letter them (its other uses are programming errors, such as a cross-slot
+#: command, which then show as retries in the log until the caller gives up).
 TRANSIENT: tuple[type[BaseException], ...] = (
     redis_errors.ConnectionError,
     redis_errors.TimeoutError,
     redis_errors.ClusterDownError,
     redis_errors.TryAgainError,
     redis_errors.AskError,  # MovedError is one
-    redis_errors.SlotNotCoveredError,
+    redis_errors.RedisClusterException,  # SlotNotCoveredError is one
     ConnectionError,
     TimeoutError,
 )
