@@ -30,10 +30,12 @@ __all__ = ["StreamReader", "Subscription"]
 #: ones that mean "unreachable" are told apart by :func:`contracts._runs.unreachable`).
 _RETRIED: tuple[type[BaseException], ...] = (*UNREACHABLE, RedisClusterException)
 #: Longest XREAD BLOCK on a cluster (there is no connection id to interrupt it with, so a new
-#: follower waits at most this long), and the longest pause between two rounds that read nothing.
+#: follower waits at most this long).
 CLUSTER_BLOCK_MS = 200
-#: First pause after a cluster round that read nothing (doubled up to CLUSTER_BLOCK_MS).
-CLUSTER_IDLE_MS = 10
+#: First pause after a full cycle of rounds without BLOCK that read nothing (doubled up to
+#: IDLE_MAX_MS); see :class:`StreamReader`.
+IDLE_MS = 10
+IDLE_MAX_MS = 200
 
 
 @dataclass(eq=False)
@@ -57,21 +59,28 @@ class Subscription:
 
 
 class StreamReader:
-    """One task and one connection reading every followed job stream with XREAD BLOCK.
+    """One task and one connection reading every followed job stream with XREAD.
 
     Positions are kept per follower, so a reconnect resumes after the last entry each one got.
     Memory is bounded whatever the number of followers: a follower with :attr:`BACKLOG` entries
     waiting is left out of the reads until it has room (a slow follower never slows the others),
-    all followers together hold at most ``max_buffered_bytes``, and one XREAD asks for at most as
+    all followers together hold at most ``max_buffered_bytes``, and one round asks for at most as
     many streams (taken round-robin, so every job progresses) as fit in what is left of that budget.
 
+    When one round covers every stream with a ready follower, it blocks (``XREAD BLOCK``,
+    ``block_ms``; a new follower interrupts it with CLIENT UNBLOCK). When there are more such
+    streams than one round takes, blocking on one window would hold back entries of the others
+    (up to ``block_ms`` per window), so the rounds go without BLOCK, window after window; only
+    when a whole cycle of windows brought nothing does the reader pause, :data:`IDLE_MS` doubling
+    up to :data:`IDLE_MAX_MS` (a new follower or a drained backlog ends the pause at once).
+
     On a Redis Cluster (``cluster=True``) the connection is a ``RedisCluster`` of its own and a
-    round reads each hash slot's streams with its own XREAD: when the round's streams share one
-    slot (one job followed), one XREAD BLOCK of at most :data:`CLUSTER_BLOCK_MS`; otherwise one
-    XREAD per slot without BLOCK, pipelined, and when none brought an entry a pause of
-    :data:`CLUSTER_IDLE_MS` doubling up to :data:`CLUSTER_BLOCK_MS` (a new follower or a drained
-    backlog ends it at once). An idle follower then hears of a new entry within 200 ms, at the
-    cost of about five pipelined round trips a second to each master holding followed streams.
+    round reads each hash slot's streams with its own XREAD, pipelined (one round trip per
+    master). It blocks only when the round covers every ready stream and they share one slot (one
+    job followed: its two streams), for at most :data:`CLUSTER_BLOCK_MS` (there is no connection
+    to interrupt); otherwise it goes without BLOCK as above. An idle follower then hears of a new
+    entry within about 200 ms, at the cost of about five pipelined round trips a second to each
+    master holding followed streams.
     """
 
     #: Entries read per stream per XREAD, and how many a follower may have waiting.
@@ -100,7 +109,12 @@ class StreamReader:
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._cluster = cluster
-        self._idle_ms = CLUSTER_IDLE_MS
+        self._idle_ms = IDLE_MS
+        #: Streams with a ready follower (set by :meth:`_streams`), and whether the round covers them all.
+        self._ready_keys: set[str] = set()
+        self._covering = True
+        #: Streams read without BLOCK, and empty, since the last entry or pause.
+        self._quiet: set[str] = set()
         self._conn: RedisLike | None = None
         self._conn_id: int | None = None
         self._blocked = False
@@ -183,12 +197,14 @@ class StreamReader:
         keys = list(self._subs)
         start = self._next % len(keys) if keys else 0
         streams: dict[str, str] = {}
+        self._ready_keys = set()
         for key in keys[start:] + keys[:start]:
             ready = [s for s in self._subs[key] if s.queue.qsize() <= self.BACKLOG - self.COUNT]
             if ready:
-                streams[key] = min((s.last_id for s in ready), key=_id_order)
-                if len(streams) >= limit:
-                    break
+                self._ready_keys.add(key)
+                if len(streams) < limit:
+                    streams[key] = min((s.last_id for s in ready), key=_id_order)
+        self._covering = len(streams) == len(self._ready_keys)
         self._next = start + len(streams)
         return streams
 
@@ -202,19 +218,12 @@ class StreamReader:
                 await self._changed.wait()
                 continue
             conn = self._connection()
-            reply: Any
+            items: list[tuple[Any, Any]]
             try:
                 if isinstance(conn, RedisCluster):
-                    reply = await self._read_cluster(conn, streams)
+                    items, blocked = await self._read_cluster(conn, streams)
                 else:
-                    if self._conn_id is None:
-                        self._conn_id = int(await conn.client_id())
-                    self._blocked = True
-                    self._reading = streams
-                    try:
-                        reply = await conn.xread(streams, count=self.COUNT, block=self._block_ms)  # type: ignore[arg-type]
-                    finally:
-                        self._blocked = False
+                    items, blocked = await self._read_one_server(conn, streams)
             except _RETRIED as exc:
                 if not unreachable(exc):
                     self._fail(ClientError(f"reading job streams failed: {exc}"))
@@ -232,37 +241,68 @@ class StreamReader:
                 self._fail(ClientError(f"reading job streams failed: {exc}"))
                 return
             down_since, delay = None, 0.05
-            self._dispatch(reply)
+            self._dispatch(items)
+            if not blocked:
+                await self._pause_if_quiet(streams, items)
 
-    async def _read_cluster(self, conn: RedisCluster, streams: dict[str, str]) -> list[tuple[Any, Any]]:
+    async def _read_one_server(
+        self, conn: aioredis.Redis, streams: dict[str, str]
+    ) -> tuple[list[tuple[Any, Any]], bool]:
+        """One round on one server: one XREAD, with BLOCK when it covers every ready stream.
+        Returns the ``(stream, entries)`` read and whether the round blocked."""
+        self._reading = streams
+        if not self._covering:
+            return _items(await conn.xread(streams, count=self.COUNT)), False  # type: ignore[arg-type]
+        if self._conn_id is None:
+            self._conn_id = int(await conn.client_id())
+        self._blocked = True
+        try:
+            reply = await conn.xread(streams, count=self.COUNT, block=self._block_ms)  # type: ignore[arg-type]
+        finally:
+            self._blocked = False
+        return _items(reply), True
+
+    async def _read_cluster(
+        self, conn: RedisCluster, streams: dict[str, str]
+    ) -> tuple[list[tuple[Any, Any]], bool]:
         """One round on a cluster: one XREAD per hash slot (see the class docstring). Each XREAD
         goes to the master the client's slot map names (``target_nodes``), which spares redis-py a
         COMMAND GETKEYS round trip per XREAD to find its keys; redis-py follows a MOVED answer to
-        the slot's new master (and updates its map)."""
+        the slot's new master (and updates its map). Returns the ``(stream, entries)`` read and
+        whether the round blocked."""
         await conn.initialize()  # no-op once initialised
         by_slot: dict[int, dict[str, str]] = defaultdict(dict)
         for key, position in streams.items():
             by_slot[key_slot(key.encode())][key] = position
         self._reading = streams
-        if len(by_slot) == 1:
+        if len(by_slot) == 1 and self._covering:
             node = conn.get_node_from_key(next(iter(streams)))
             block = min(self._block_ms, CLUSTER_BLOCK_MS)
             reply = await conn.execute_command(*_xread_args(streams, self.COUNT, block), target_nodes=node)
-            return _items(reply)
+            return _items(reply), True
         async with conn.pipeline(transaction=False) as pipe:
             for group in by_slot.values():
                 node = conn.get_node_from_key(next(iter(group)))
                 pipe.execute_command(*_xread_args(group, self.COUNT, None), target_nodes=node)
             replies = await pipe.execute()
-        items = [item for reply in replies for item in _items(reply)]
+        return [item for reply in replies for item in _items(reply)], False
+
+    async def _pause_if_quiet(self, streams: dict[str, str], items: list[tuple[Any, Any]]) -> None:
+        """After a round without BLOCK: go on at once unless a whole cycle of rounds (every ready
+        stream) brought nothing; then pause, :data:`IDLE_MS` doubling up to :data:`IDLE_MAX_MS`,
+        until a follower changes (joins, leaves, drains its backlog)."""
         if any(entries for _, entries in items):
-            self._idle_ms = CLUSTER_IDLE_MS
-            return items
+            self._quiet.clear()
+            self._idle_ms = IDLE_MS
+            return
+        self._quiet.update(streams)
+        if not self._ready_keys <= self._quiet:
+            return  # windows of this cycle still to read
+        self._quiet.clear()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._idle_ms / 1000):
                 await self._changed.wait()
-        self._idle_ms = min(self._idle_ms * 2, CLUSTER_BLOCK_MS)
-        return items
+        self._idle_ms = min(self._idle_ms * 2, IDLE_MAX_MS)
 
     def _dispatch(self, reply: Any) -> None:
         """Hand each entry to the followers it continues.
