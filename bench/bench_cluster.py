@@ -51,6 +51,8 @@ class Row:
     large: list[float]
     load_before: str
     load_after: str
+    #: CPU seconds of this process (the client: submissions and its reader) during the jobs.
+    client_cpu_s: float
 
 
 def pct(values: list[float], p: float) -> float:
@@ -129,6 +131,7 @@ async def _jobs(
         requests = [TraceRequest(process_id=large_pid, job_id=f"large-{i}") for i in range(args.large)]
         requests += [TraceRequest(process_id=small_pid, job_id=f"small-{i}") for i in range(args.small)]
         before = loadavg()
+        cpu0 = time.process_time()
         t0 = time.perf_counter()
 
         async def one(request: TraceRequest) -> tuple[str, float, int, str]:
@@ -139,6 +142,7 @@ async def _jobs(
         # submitted at once: t0 is every job's submission time (the submissions take milliseconds)
         results = await asyncio.gather(*(one(r) for r in requests))
         wall = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0
         after = loadavg()
     return Row(
         workers=workers,
@@ -150,6 +154,7 @@ async def _jobs(
         large=[t for job, t, _, _ in results if job.startswith("large")],
         load_before=before,
         load_after=after,
+        client_cpu_s=cpu,
     )
 
 
@@ -189,13 +194,13 @@ def main() -> int:
         "load",
     )
     print("| " + " | ".join(columns) + " |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---" * len(columns) + "|")
     for r in rows:
         small = f"{pct(r.small, 50):.1f} / {pct(r.small, 99):.1f} s"
         large = f"{pct(r.large, 50):.1f} / {pct(r.large, 99):.1f} s"
         print(
             f"| {r.workers} | {r.wall_s:.1f} s | {r.jobs / r.wall_s:.1f} | {r.spans / r.wall_s / 1e3:,.0f} | "
-            f"{small} | {large} | {r.failed} | {r.load_before} → {r.load_after} |"
+            f"{small} | {large} | {r.failed} | {r.client_cpu_s:.1f} s | {r.load_before} → {r.load_after} |"
         )
     return 0 if all(r.failed == 0 for r in rows) else 1
 

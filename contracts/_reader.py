@@ -36,6 +36,8 @@ CLUSTER_BLOCK_MS = 200
 #: IDLE_MAX_MS); see :class:`StreamReader`.
 IDLE_MS = 10
 IDLE_MAX_MS = 200
+#: Shortest cycle of rounds without BLOCK while entries flow (bounds the reads a busy client sends).
+CYCLE_MIN_MS = 50
 
 
 @dataclass(eq=False)
@@ -70,9 +72,10 @@ class StreamReader:
     When one round covers every stream with a ready follower, it blocks (``XREAD BLOCK``,
     ``block_ms``; a new follower interrupts it with CLIENT UNBLOCK). When there are more such
     streams than one round takes, blocking on one window would hold back entries of the others
-    (up to ``block_ms`` per window), so the rounds go without BLOCK, window after window; only
-    when a whole cycle of windows brought nothing does the reader pause, :data:`IDLE_MS` doubling
-    up to :data:`IDLE_MAX_MS` (a new follower or a drained backlog ends the pause at once).
+    (up to ``block_ms`` per window), so the rounds go without BLOCK, window after window. A whole
+    cycle of windows takes at least :data:`CYCLE_MIN_MS` while entries flow (bounding the reads a
+    busy client sends); after a cycle that brought nothing the reader pauses, :data:`IDLE_MS`
+    doubling up to :data:`IDLE_MAX_MS` (a new follower or a drained backlog ends any wait at once).
 
     On a Redis Cluster (``cluster=True``) the connection is a ``RedisCluster`` of its own and a
     round reads each hash slot's streams with its own XREAD, pipelined (one round trip per
@@ -113,8 +116,11 @@ class StreamReader:
         #: Streams with a ready follower (set by :meth:`_streams`), and whether the round covers them all.
         self._ready_keys: set[str] = set()
         self._covering = True
-        #: Streams read without BLOCK, and empty, since the last entry or pause.
-        self._quiet: set[str] = set()
+        #: The cycle of rounds without BLOCK under way: streams read, whether any brought an
+        #: entry, when it began (monotonic).
+        self._cycle: set[str] = set()
+        self._cycle_busy = False
+        self._cycle_start = 0.0
         self._conn: RedisLike | None = None
         self._conn_id: int | None = None
         self._blocked = False
@@ -288,21 +294,27 @@ class StreamReader:
         return [item for reply in replies for item in _items(reply)], False
 
     async def _pause_if_quiet(self, streams: dict[str, str], items: list[tuple[Any, Any]]) -> None:
-        """After a round without BLOCK: go on at once unless a whole cycle of rounds (every ready
-        stream) brought nothing; then pause, :data:`IDLE_MS` doubling up to :data:`IDLE_MAX_MS`,
-        until a follower changes (joins, leaves, drains its backlog)."""
-        if any(entries for _, entries in items):
-            self._quiet.clear()
-            self._idle_ms = IDLE_MS
-            return
-        self._quiet.update(streams)
-        if not self._ready_keys <= self._quiet:
+        """After a round without BLOCK: go on at once while windows of the cycle are left; at the
+        end of a cycle wait until it has lasted :data:`CYCLE_MIN_MS` (entries came) or pause
+        (nothing came: :data:`IDLE_MS` doubling up to :data:`IDLE_MAX_MS`); a follower that
+        joins, leaves or drains its backlog ends the wait."""
+        if not self._cycle:
+            self._cycle_start = time.monotonic()
+        self._cycle.update(streams)
+        self._cycle_busy = self._cycle_busy or any(entries for _, entries in items)
+        if not self._ready_keys <= self._cycle:
             return  # windows of this cycle still to read
-        self._quiet.clear()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self._idle_ms / 1000):
-                await self._changed.wait()
-        self._idle_ms = min(self._idle_ms * 2, IDLE_MAX_MS)
+        if self._cycle_busy:
+            self._idle_ms = IDLE_MS
+            wait = CYCLE_MIN_MS / 1000 - (time.monotonic() - self._cycle_start)
+        else:
+            wait = self._idle_ms / 1000
+            self._idle_ms = min(self._idle_ms * 2, IDLE_MAX_MS)
+        self._cycle, self._cycle_busy = set(), False
+        if wait > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._changed.wait()
 
     def _dispatch(self, reply: Any) -> None:
         """Hand each entry to the followers it continues.
