@@ -191,6 +191,7 @@ def main() -> int:
         "small p50 / p99",
         "large p50 / p99",
         "failed",
+        "client CPU",
         "load",
     )
     print("| " + " | ".join(columns) + " |")
