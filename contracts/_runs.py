@@ -15,11 +15,19 @@ import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    RedisClusterException,
+    RedisError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from contracts.client_errors import ClientError, ConnectionLost
@@ -29,6 +37,8 @@ from contracts.request import TraceRequest
 from contracts.states import TERMINAL_STATES, JobState
 
 __all__ = [
+    "UNREACHABLE",
+    "RedisLike",
     "Run",
     "Snapshot",
     "id_order",
@@ -37,7 +47,23 @@ __all__ = [
     "request_job_id",
     "run_start",
     "snapshot",
+    "unreachable",
 ]
+
+#: The client's Redis: one server, or a Redis Cluster (``TraceClient(..., cluster=True)``).
+RedisLike: TypeAlias = aioredis.Redis | RedisCluster
+#: Errors that mean Redis (or, on a cluster, the master of a slot) cannot be reached now; a later
+#: try may succeed (a cluster whose master is down answers CLUSTERDOWN, TRYAGAIN while a slot
+#: moves, and has no node for the slot until its map is read again).
+UNREACHABLE: tuple[type[BaseException], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    ClusterDownError,
+    TryAgainError,
+    AskError,
+    SlotNotCoveredError,
+)
 
 #: States after which a resubmitted request starts a new run on the same job stream.
 RERUN_STATES = frozenset({JobState.FAILED, JobState.CANCELLED, JobState.DEAD})
@@ -48,14 +74,26 @@ MAX_REQUEST_SCAN = 20_000
 _MAX_SEQ = 2**64 - 1
 
 
+#: How redis-py's cluster client says that no node answers, or that its slot map has holes.
+_CLUSTER_UNREACHABLE = ("Redis Cluster cannot be connected", "All slots are not covered")
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` means Redis cannot be reached now (:data:`UNREACHABLE`, or a cluster client
+    that reaches no node)."""
+    if isinstance(exc, UNREACHABLE):
+        return True
+    return isinstance(exc, RedisClusterException) and str(exc).startswith(_CLUSTER_UNREACHABLE)
+
+
 @contextlib.asynccontextmanager
 async def redis_errors(what: str) -> AsyncIterator[None]:
     """Turn redis-py and socket errors into the client's error family."""
     try:
         yield
-    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-        raise ConnectionLost(f"{what}: cannot reach Redis: {exc}") from exc
-    except RedisError as exc:
+    except (RedisError, RedisClusterException, OSError) as exc:
+        if unreachable(exc):
+            raise ConnectionLost(f"{what}: cannot reach Redis: {exc}") from exc
         raise ClientError(f"{what}: {exc}") from exc
 
 
@@ -134,7 +172,7 @@ class Snapshot:
         return None
 
 
-async def snapshot(redis: aioredis.Redis, keys: Keys, job_id: str, *, pending: bool = True) -> Snapshot:
+async def snapshot(redis: RedisLike, keys: Keys, job_id: str, *, pending: bool = True) -> Snapshot:
     """The job's state hash and newest status entry; with ``pending``, also its newest request
     still on the request stream when that matters (no state yet, or an ended job)."""
     async with redis_errors(f"reading job {job_id}"), redis.pipeline(transaction=False) as pipe:
@@ -159,7 +197,7 @@ def _is_cancel_answer(fields: Any) -> bool:
     return any(_text(k) == "type" and _text(v) == "cancel" for k, v in (fields or {}).items())
 
 
-async def pending_request(redis: aioredis.Redis, keys: Keys, job_id: str) -> str | None:
+async def pending_request(redis: RedisLike, keys: Keys, job_id: str) -> str | None:
     """Entry id of the newest request for ``job_id`` still on the request stream (workers delete
     a request entry once they have answered it), looking at most at :data:`MAX_REQUEST_SCAN`."""
     async with (
@@ -171,7 +209,7 @@ async def pending_request(redis: aioredis.Redis, keys: Keys, job_id: str) -> str
     return None
 
 
-async def job_requests(redis: aioredis.Redis, keys: Keys, job_id: str) -> AsyncGenerator[str, None]:
+async def job_requests(redis: RedisLike, keys: Keys, job_id: str) -> AsyncGenerator[str, None]:
     """Entry ids of the requests for ``job_id`` on the request stream, newest first, among its
     newest :data:`MAX_REQUEST_SCAN` entries (pages of 200 XREVRANGE). Redis errors pass through
     unchanged (redis-py's own)."""
@@ -201,7 +239,7 @@ def request_job_id(raw: str | bytes) -> str | None:
         return None
 
 
-async def run_start(redis: aioredis.Redis, keys: Keys, job_id: str, snap: Snapshot, *, rerun: bool) -> Run:
+async def run_start(redis: RedisLike, keys: Keys, job_id: str, snap: Snapshot, *, rerun: bool) -> Run:
     """Where the run to follow starts.
 
     Args:

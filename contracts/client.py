@@ -33,10 +33,12 @@ from typing import Any
 
 import pydantic
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 
 from contracts._download import TraceSink, Writable, fetch_url
 from contracts._reader import StreamReader
-from contracts._runs import RERUN_STATES, Run, before, redis_errors, run_start, snapshot
+from contracts._runs import RERUN_STATES, RedisLike, Run, before, redis_errors, run_start, snapshot
 from contracts.client_errors import (
     ClientError,
     ConnectionLost,
@@ -49,12 +51,13 @@ from contracts.client_errors import (
 )
 from contracts.events import CancelEvent, ChunkEvent, Event, ProgressEvent, StatusEvent, parse_entry
 from contracts.keys import DEFAULT_PREFIX, Keys
-from contracts.redis_cancel import honour_cancellation
+from contracts.redis_cancel import honour_cancellation, honour_cluster_cancellation
 from contracts.request import JOB_ID_PATTERN, MAX_REQUEST_BYTES, TraceRequest
 from contracts.states import JobState
 from contracts.urls import mask_url
 
 __all__ = [
+    "CLUSTER_MAX_CONNECTIONS",
     "ClientError",
     "ConnectionLost",
     "EventCallback",
@@ -70,6 +73,9 @@ __all__ = [
 ]
 
 EventCallback = Callable[[StatusEvent | ProgressEvent], object]
+#: Most connections a cluster client opens to one master (redis-py's cluster client fails a command
+#: beyond its cap instead of waiting; a burst of concurrent calls needs one connection each).
+CLUSTER_MAX_CONNECTIONS = 1000
 _JOB_ID = re.compile(JOB_ID_PATTERN)
 
 
@@ -90,6 +96,12 @@ class TraceClient:
             together (bounds the client's memory whatever the number of jobs).
         file_root: the local-folder blob store's folder, when blob-only traces may be read from
             ``file://`` URLs; without it a ``file://`` result is refused.
+        cluster: ``redis_url`` names one node of a Redis Cluster (``TRACE_WORKER_REDIS_CLUSTER``;
+            the others are discovered): commands go through redis-py's ``RedisCluster``, and the
+            shared reader reads the followed streams of each hash slot apart (see docs/CLIENT.md).
+            redis-py's cluster client cannot wait for a free connection (it fails the command), so
+            ``max_connections`` does not apply: each master gets the connections concurrent calls
+            need, up to :data:`CLUSTER_MAX_CONNECTIONS`.
 
     Every error is a :class:`ClientError` (see :mod:`contracts.client_errors`).
     """
@@ -106,23 +118,33 @@ class TraceClient:
         client_name: str = "trace-client",
         max_buffered_bytes: int = 32 * 1024 * 1024,
         file_root: str | os.PathLike[str] | None = None,
+        cluster: bool = False,
     ) -> None:
         self.keys = Keys(prefix)
+        #: Whether Redis is a Redis Cluster.
+        self.cluster = cluster
         #: Local folder whose file:// trace URLs this client may read (a local-folder blob store).
         self.file_root = os.path.realpath(file_root) if file_root is not None else None
         self.redis_url = redis_url
         self.cancel_ttl_s = cancel_ttl_s
         self.client_name = client_name
+        self.redis: RedisLike
         try:
-            pool: aioredis.BlockingConnectionPool = aioredis.BlockingConnectionPool.from_url(
-                redis_url,
-                max_connections=max_connections,
-                timeout=reconnect_timeout_s,
-                client_name=client_name,
-            )
-        except ValueError as exc:
+            if cluster:
+                cluster_client = RedisCluster.from_url(
+                    redis_url, max_connections=CLUSTER_MAX_CONNECTIONS, client_name=client_name
+                )
+                self.redis = honour_cluster_cancellation(cluster_client)
+            else:
+                pool: aioredis.BlockingConnectionPool = aioredis.BlockingConnectionPool.from_url(
+                    redis_url,
+                    max_connections=max_connections,
+                    timeout=reconnect_timeout_s,
+                    client_name=client_name,
+                )
+                self.redis = aioredis.Redis(connection_pool=honour_cancellation(pool))
+        except (ValueError, RedisClusterException) as exc:
             raise InvalidRequest(f"bad Redis URL {_safe_url(redis_url)}: {exc}") from exc
-        self.redis: aioredis.Redis = aioredis.Redis(connection_pool=honour_cancellation(pool))
         self._mux = StreamReader(
             redis_url=redis_url,
             client_name=client_name,
@@ -130,6 +152,7 @@ class TraceClient:
             block_ms=block_ms,
             reconnect_timeout_s=reconnect_timeout_s,
             max_buffered_bytes=max(max_buffered_bytes, 4 * 1024 * 1024),
+            cluster=cluster,
         )
 
     async def __aenter__(self) -> TraceClient:
@@ -144,7 +167,8 @@ class TraceClient:
         """Stop the reader and close every connection."""
         await self._mux.aclose()
         await self.redis.aclose()
-        await self.redis.connection_pool.disconnect()
+        if isinstance(self.redis, aioredis.Redis):
+            await self.redis.connection_pool.disconnect()
 
     def allows_file(self, url: str) -> bool:
         """Whether a file:// URL from a status lies under :attr:`file_root` (never otherwise)."""

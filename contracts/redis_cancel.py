@@ -20,11 +20,13 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
-from redis.asyncio.connection import AbstractConnection, ConnectionPool
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import AbstractConnection, Connection, ConnectionPool
 
-__all__ = ["honour_cancellation"]
+__all__ = ["honour_cancellation", "honour_cluster_cancellation"]
 
 P = TypeVar("P", bound=ConnectionPool)
+C = TypeVar("C", bound=RedisCluster)
 
 
 class _CancelGuard(AbstractConnection):
@@ -68,3 +70,21 @@ def honour_cancellation(pool: P) -> P:
     cls: Any = pool.connection_class
     pool.connection_class = _guarded(cls)
     return pool
+
+
+def honour_cluster_cancellation(cluster: C) -> C:
+    """:func:`honour_cancellation` for a Redis Cluster client: the connections of every node it
+    knows now or discovers later (and of :class:`worker.service.redis_io.SlotClients`' per-master
+    pools, made from a node's connection class) re-raise a swallowed cancellation; returns
+    ``cluster``. Call before its first command.
+
+    redis-py builds each node from the cluster's shared connection keyword arguments (the dict
+    its ``NodesManager`` holds too), so replacing ``connection_class`` there covers nodes found at
+    discovery and on MOVED; the startup nodes already built are changed in place.
+    """
+    kwargs: dict[str, Any] = cluster.connection_kwargs
+    kwargs["connection_class"] = _guarded(kwargs.get("connection_class", Connection))
+    for node in (*cluster.startup_nodes, *cluster.nodes_manager.startup_nodes.values()):
+        guarded: Any = _guarded(node.connection_class)
+        node.connection_class = guarded
+    return cluster

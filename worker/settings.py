@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     redis_password: SecretStr | None = None
     #: Redis ACL user name (Redis 6+), when it is not in the URL; used with TRACE_WORKER_REDIS_PASSWORD.
     redis_username: str | None = Field(None, min_length=1, pattern=r"^[^\s]+$")
+    #: TRACE_WORKER_REDIS_URL names one node of a Redis Cluster (the others are discovered).
+    redis_cluster: bool = False
     #: Prefix of every key and stream the worker touches.
     key_prefix: str = Field(DEFAULT_PREFIX, pattern=_PREFIX_RE)
 
@@ -205,6 +207,16 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _cluster_database(self) -> Settings:
+        if self.redis_cluster and _redis_database(self.redis_url) != 0:
+            raise ValueError(
+                "TRACE_WORKER_REDIS_URL names database "
+                f"{_redis_database(self.redis_url)}, but a Redis Cluster has only database 0 "
+                "(TRACE_WORKER_REDIS_CLUSTER=true)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _lease(self) -> Settings:
         if self.heartbeat_s * 2 > self.lease_s:
             raise ValueError(
@@ -268,6 +280,13 @@ def redis_url_problem(url: str) -> str | None:
             "(redis-py reads e.g. db, password, ssl_cert_reqs; names are case-sensitive)"
         )
     return None
+
+
+def _redis_database(url: str) -> int:
+    """The database index a Redis URL selects (path or ``db`` argument; 0 when none)."""
+    from redis.asyncio.connection import parse_url  # noqa: PLC0415 (--help stays light)
+
+    return int(parse_url(url).get("db") or 0)
 
 
 class SettingsError(ValueError):

@@ -22,6 +22,7 @@ from contracts.client import TraceClient
 from tests.client.scripted import PID, ScriptedWorker
 from tests.support.redis_server import RedisServer
 from worker.service.app import redis_client
+from worker.service.redis_io import RedisLike
 from worker.settings import Settings
 
 #: Longest a cancelled task may take to end (generous: the machine may be busy).
@@ -70,13 +71,13 @@ async def test_a_cancelled_command_raises_and_leaves_the_connection_usable(
             for redis in (client.redis, worker_redis):
                 await redis.set("k", "v")
 
-                async def command(_n: int, redis: aioredis.Redis = redis) -> object:
+                async def command(_n: int, redis: RedisLike = redis) -> object:
                     async with redis.pipeline(transaction=False) as pipe:
                         pipe.hset("h", "f", "x")
                         pipe.get("k")
                         return await pipe.execute()
 
-                async def replies_match(_n: int, redis: aioredis.Redis = redis) -> None:
+                async def replies_match(_n: int, redis: RedisLike = redis) -> None:
                     # A connection whose reply was left unread would answer the next command with it.
                     assert await redis.get("k") == b"v"
                     assert await redis.hgetall("h") in ({}, {b"f": b"x"})

@@ -330,6 +330,7 @@ async def test_resp2_servers_and_proxies_work_too(redis_server: RedisServer, wor
     data = trace_bytes(20_000, seed=8)
     await worker.whole_job("resp2", data)
     async with TraceClient(redis_server.url + "?protocol=2", "t") as client:
+        assert isinstance(client.redis, aioredis.Redis)
         assert client.redis.connection_pool.connection_kwargs["protocol"] == 2
         buf = io.BytesIO()
         status = await client.job("resp2").download(buf, timeout=10)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from contracts import JobState, TraceRequest, parse_entry
 from contracts.client import TraceClient
@@ -22,7 +23,7 @@ async def _sent(redis: aioredis.Redis) -> int:
     return int(info["total_net_output_bytes"])
 
 
-async def _all(redis: aioredis.Redis, key: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
+async def _all(redis: aioredis.Redis | RedisCluster, key: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
     """Every entry of a stream, read in pages (a job stream holds the whole trace)."""
     out: list[tuple[bytes, dict[bytes, bytes]]] = []
     start = "-"

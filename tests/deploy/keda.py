@@ -1,6 +1,8 @@
 """What KEDA does with a ScaledObject of ``redis-streams`` triggers, for checking the chart's renders.
 
-The rules follow KEDA's scaler, ``pkg/scalers/redis_streams_scaler.go`` (kedacore/keda):
+The rules follow KEDA's scaler, ``pkg/scalers/redis_streams_scaler.go`` (kedacore/keda), which also
+serves the ``redis-cluster-streams`` trigger: the same metadata, except the nodes are ``addresses``
+(or ``hosts`` and ``ports``, comma-separated) instead of ``address`` (or ``host`` and ``port``):
 
 - with ``consumerGroup`` set, a non-zero ``lagCount`` selects the group's lag (``XINFO GROUPS``; a group
   that does not exist yet reads as ``XLEN``); otherwise the pending entries (``XPENDING``, target
@@ -23,7 +25,15 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-__all__ = ["PARAMETERS", "Query", "StreamFigures", "Trigger", "read_trigger", "replicas"]
+__all__ = [
+    "CLUSTER_PARAMETERS",
+    "PARAMETERS",
+    "Query",
+    "StreamFigures",
+    "Trigger",
+    "read_trigger",
+    "replicas",
+]
 
 #: Metadata keys KEDA's redis-streams scaler reads (connection, TLS, stream, group and targets).
 PARAMETERS = frozenset(
@@ -48,6 +58,12 @@ PARAMETERS = frozenset(
         "activationLagCount",
     }
 )
+#: Metadata keys KEDA's redis-cluster-streams scaler reads: the nodes as lists, the rest alike.
+CLUSTER_PARAMETERS = (
+    PARAMETERS - {"address", "addressFromEnv", "host", "hostFromEnv", "port", "portFromEnv"}
+) | {"addresses", "addressesFromEnv", "hosts", "hostsFromEnv", "ports", "portsFromEnv"}
+#: Trigger types and the metadata keys each reads.
+TRIGGER_TYPES = {"redis-streams": PARAMETERS, "redis-cluster-streams": CLUSTER_PARAMETERS}
 DEFAULT_TARGET = 5
 
 
@@ -88,15 +104,18 @@ class StreamFigures:
         return self.xlen if self.lag is None else self.lag
 
 
-def read_trigger(metadata: Mapping[str, str]) -> Trigger:
-    """Apply KEDA's trigger selection to one redis-streams trigger's metadata.
+def read_trigger(metadata: Mapping[str, str], kind: str = "redis-streams") -> Trigger:
+    """Apply KEDA's trigger selection to one redis-streams (or redis-cluster-streams) trigger's metadata.
 
     Raises:
-        ValueError: a key KEDA does not read, no stream, or ``lagCount`` without ``activationLagCount``.
+        ValueError: an unknown trigger type, a key KEDA does not read, no stream, or ``lagCount``
+            without ``activationLagCount``.
     """
-    unknown = sorted(set(metadata) - PARAMETERS)
+    if kind not in TRIGGER_TYPES:
+        raise ValueError(f"not a Redis streams trigger of KEDA: {kind}")
+    unknown = sorted(set(metadata) - TRIGGER_TYPES[kind])
     if unknown:
-        raise ValueError(f"not parameters of KEDA's redis-streams scaler (ignored by KEDA): {unknown}")
+        raise ValueError(f"not parameters of KEDA's {kind} scaler (ignored by KEDA): {unknown}")
     if not metadata.get("stream"):
         raise ValueError("missing redis stream name")
     activation = int(metadata.get("activationLagCount", "0"))
@@ -113,7 +132,9 @@ def read_trigger(metadata: Mapping[str, str]) -> Trigger:
 
 def replicas(scaled_object_spec: Mapping[str, Any], figures: StreamFigures) -> int:
     """Replicas KEDA (and the HPA it makes) settles on for these stream figures."""
-    triggers = [read_trigger(t["metadata"]) for t in scaled_object_spec["triggers"]]
+    triggers = [
+        read_trigger(t["metadata"], t.get("type", "redis-streams")) for t in scaled_object_spec["triggers"]
+    ]
     assert triggers, "no trigger"
     readings = [(t, figures.read(t.query)) for t in triggers]
     active = any(value is not None and value > t.activation for t, value in readings)

@@ -159,6 +159,14 @@ RENDERS: dict[str, dict[str, Any]] = {
         "config": {**S3, "concurrency": 4},
     },
     "production values": production_values(),
+    "Redis Cluster, lag, scale to zero": {
+        **_values("lag", 0),
+        "config": {**S3, "redisCluster": True},
+    },
+    "Redis Cluster, streamLength, min 1": {
+        **_values("streamLength", 1, redisAddresses=["node-0:6379", "node-1:6379"]),
+        "config": {**S3, "redisCluster": True},
+    },
 }
 
 
@@ -170,10 +178,11 @@ def test_every_autoscaling_render_wakes_on_waiting_work_and_keeps_running_jobs(
     spec = m.one("ScaledObject")["spec"]
     concurrency = int(m.one("ConfigMap")["data"]["TRACE_WORKER_WORKER_CONCURRENCY"])
     activation = int(values["autoscaling"]["keda"].get("activationTarget", 0))
-    assert all(t["type"] == "redis-streams" for t in spec["triggers"])
+    kind = "redis-cluster-streams" if values["config"].get("redisCluster") else "redis-streams"
+    assert all(t["type"] == kind for t in spec["triggers"])
     assert _problems(spec, concurrency, activation, states) == []
     # One trigger counts the jobs in flight, one replica per config.concurrency of them.
-    queries = [read_trigger(t["metadata"]) for t in spec["triggers"]]
+    queries = [read_trigger(t["metadata"], kind) for t in spec["triggers"]]
     assert any(q.query is Query.XPENDING and q.target == concurrency for q in queries)
 
 

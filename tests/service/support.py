@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from contracts import Keys, StatusEvent, TraceRequest, parse_entry
 from contracts.events import ChunkEvent, Event
@@ -110,7 +111,7 @@ def fast_settings(redis_url: str, **overrides: Any) -> Settings:
 class JobReader:
     """Reads a job stream from 0 with XREAD BLOCK; keeps every entry seen."""
 
-    def __init__(self, redis: Redis, keys: Keys, job_id: str) -> None:
+    def __init__(self, redis: Redis | RedisCluster, keys: Keys, job_id: str) -> None:
         self.redis = redis
         self.stream = keys.job(job_id)
         self.last = "0-0"
@@ -164,7 +165,9 @@ class JobReader:
         return [f"{e.type}:{getattr(e, 'state', '')}:{e.attempt}" for e in self.events]
 
 
-async def submit(redis: Redis, keys: Keys, request: TraceRequest | str | bytes | dict[str, Any]) -> str:
+async def submit(
+    redis: Redis | RedisCluster, keys: Keys, request: TraceRequest | str | bytes | dict[str, Any]
+) -> str:
     """XADD a request entry; a TraceRequest is sent in its wire form, a dict as raw fields."""
     fields: Any
     if isinstance(request, TraceRequest):
@@ -188,7 +191,7 @@ async def wait_until(
         await asyncio.sleep(0.02)
 
 
-async def validate_redis(redis: Redis, keys: Keys) -> int:
+async def validate_redis(redis: Redis | RedisCluster, keys: Keys) -> int:
     """Validate every entry of the events and dead-letter streams, every job stream and every state
     hash under ``keys`` against the published wire schemas; returns how many were checked."""
     checked = 0

@@ -27,13 +27,17 @@ def free_port() -> int:
 class RedisServer:
     """Start with :meth:`start`; :attr:`url` stays the same across :meth:`stop` / :meth:`start`."""
 
-    def __init__(self, *, persistence: bool = False, port: int | None = None) -> None:
+    def __init__(
+        self, *, persistence: bool = False, port: int | None = None, extra_args: tuple[str, ...] = ()
+    ) -> None:
         binary = os.environ.get("TRACE_WORKER_TEST_REDIS_SERVER") or shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server not found on PATH; run scripts/dev setup")
         self.binary = binary
         self.port = port or free_port()
         self.persistence = persistence
+        #: More redis-server arguments (e.g. ``--cluster-enabled yes``), after ours.
+        self.extra_args = extra_args
         self.dir = Path(tempfile.mkdtemp(prefix="tw-redis-"))
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -58,6 +62,7 @@ class RedisServer:
             "--protected-mode", "no",
             "--daemonize", "no",
             "--logfile", str(self.dir / "redis.log"),
+            *self.extra_args,
         ]  # fmt: skip
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout

@@ -57,6 +57,12 @@ def add_redis_args(parser: argparse.ArgumentParser) -> None:
         help="Redis URL (default: TRACE_WORKER_REDIS_URL or redis://127.0.0.1:6379/0)",
     )
     parser.add_argument(
+        "--redis-cluster",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the Redis URL names one node of a Redis Cluster (default: TRACE_WORKER_REDIS_CLUSTER or no)",
+    )
+    parser.add_argument(
         "--prefix", metavar="P", help="key prefix (default: TRACE_WORKER_KEY_PREFIX or traces)"
     )
 
@@ -70,6 +76,7 @@ def open_client(args: argparse.Namespace) -> TraceClient:
     settings = load_settings()
     url = args.redis_url or settings.redis_url
     prefix = args.prefix or settings.key_prefix
+    cluster = settings.redis_cluster if args.redis_cluster is None else args.redis_cluster
     # Blob-only traces from a local-folder store are read only from the settings' blob folder.
     file_root = settings.blob_url.removeprefix("file://") if settings.blob_url.startswith("file://") else None
     if not url.startswith(("redis://", "rediss://", "unix://")):
@@ -82,6 +89,7 @@ def open_client(args: argparse.Namespace) -> TraceClient:
             prefix or DEFAULT_PREFIX,
             reconnect_timeout_s=30,
             file_root=file_root,
+            cluster=cluster,
         )
     except ValueError as exc:
         raise UsageError(f"bad Redis URL {mask_url(url)!r}: {exc}") from exc

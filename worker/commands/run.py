@@ -22,6 +22,7 @@ __all__ = ["register"]
 SETTINGS_EPILOG = """\
 connections (environment or .env; every setting: docs/CONFIGURATION.md):
   TRACE_WORKER_REDIS_URL        Redis of the requests and jobs (default redis://127.0.0.1:6379/0)
+  TRACE_WORKER_REDIS_CLUSTER    true: that URL names one node of a Redis Cluster (default false)
   TRACE_WORKER_KEY_PREFIX       prefix of every key and stream (default traces)
   TRACE_WORKER_FLIGHTSQL_URL    Flight SQL service, Micromegas (default grpc://127.0.0.1:50051)
   TRACE_WORKER_FLIGHTSQL_TOKEN  its bearer token (TLS: TRACE_WORKER_FLIGHTSQL_TLS_CA)
@@ -56,6 +57,12 @@ def register(subparsers: Any) -> None:
         help="port of the HTTP endpoints; 0: any free port (default: TRACE_WORKER_HTTP_PORT or 8080)",
     )
     parser.add_argument(
+        "--redis-cluster",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the Redis URL names one node of a Redis Cluster (default: TRACE_WORKER_REDIS_CLUSTER or no)",
+    )
+    parser.add_argument(
         "--log-format",
         choices=("text", "json"),
         help="log lines as text or JSON (default: TRACE_WORKER_LOG_FORMAT or text)",
@@ -71,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         "http_host": args.http_host,
         "http_port": args.http_port,
         "log_format": args.log_format,
+        "redis_cluster": args.redis_cluster,
     }
     settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
     return asyncio.run(serve(settings))

@@ -43,7 +43,9 @@ PROBE_TIMEOUT_S = 3.0
 def build_runtime(settings: Settings) -> GatewayRuntime:
     """The client library, the Flight SQL source and the catalog for these settings."""
     url = settings.redis_url_with_credentials()
-    client = TraceClient(url, settings.key_prefix, client_name="trace-gateway")
+    client = TraceClient(
+        url, settings.key_prefix, client_name="trace-gateway", cluster=settings.redis_cluster
+    )
     source = FlightSqlSource(FlightSqlConfig.from_settings(settings))
     return GatewayRuntime(
         settings=settings,

@@ -6,6 +6,10 @@ A job-level status (the state hash) is written by :mod:`worker.service.finish`; 
 the per-request ones. The state hash keeps two state-only fields across status writes:
 ``fingerprint`` (sha256 of the canonical request that created the job) and ``started_ms`` (Redis
 clock when the current attempt started, the freshness reference of ``max_age_s``).
+
+Every answer is a :class:`~worker.service.redis_io.Write`: the entries on the job's streams (one
+hash slot) in a MULTI, the copy on ``<prefix>:events`` and the acknowledgement of the request as
+shared-stream commands (in the same MULTI on one Redis, after it on a Redis Cluster).
 """
 
 from __future__ import annotations
@@ -16,10 +20,19 @@ from redis.asyncio.client import Pipeline
 
 from contracts.events import StatusEvent
 from contracts.keys import Keys
-from worker.service.redis_io import retry_redis
+from worker.service.redis_io import Write
 from worker.service.runtime import Runtime
 
-__all__ = ["STATE_ONLY_FIELDS", "answer", "inflight_key", "queue_answer", "queue_entry", "queue_state"]
+__all__ = [
+    "STATE_ONLY_FIELDS",
+    "answer",
+    "inflight_key",
+    "queue_ack",
+    "queue_answer",
+    "queue_entry",
+    "queue_event",
+    "queue_state",
+]
 
 #: Fields of the state hash that are not status fields; kept when a status replaces the hash.
 STATE_ONLY_FIELDS = ("fingerprint", "started_ms")
@@ -63,7 +76,7 @@ return 1
 
 def inflight_key(keys: Keys) -> str:
     """``<prefix>:inflight``: request entry id -> job id of entries being worked on (worker-internal;
-    :mod:`worker.service.inflight`). Every MULTI that acknowledges a request entry removes its record."""
+    :mod:`worker.service.inflight`). Every write that acknowledges a request entry removes its record."""
     return f"{keys.prefix}:inflight"
 
 
@@ -97,11 +110,33 @@ def queue_entry(
     )  # fmt: skip
 
 
-def queue_answer(rt: Runtime, pipe: Pipeline, status: StatusEvent) -> None:
+def queue_answer(rt: Runtime, w: Write, status: StatusEvent) -> None:
     """Queue a per-request (or job-level) status entry on the job stream and the events stream."""
     fields: Any = status.to_fields()
-    queue_entry(rt, pipe, status.job_id, fields)
-    pipe.xadd(rt.keys.events, fields, maxlen=rt.settings.events_maxlen, approximate=True)
+    queue_entry(rt, w.pipe, status.job_id, fields)
+    queue_event(rt, w, fields)
+
+
+def queue_event(rt: Runtime, w: Write, fields: Any) -> None:
+    """Queue the copy of a status entry on ``<prefix>:events`` (a shared stream)."""
+    events, maxlen = rt.keys.events, rt.settings.events_maxlen
+    w.record(lambda pipe: pipe.xadd(events, fields, maxlen=maxlen, approximate=True))
+
+
+def queue_ack(w: Write, stream: str, group: str, entry_id: str, *, inflight: str | None = None) -> None:
+    """Queue XACK, then XDEL, of an answered entry of ``stream`` (requests or cancels): an answered
+    entry (kept in full on the dead-letter stream when it is dead-lettered) would otherwise stay on
+    the stream for ever, growing Redis's memory. With ``inflight`` (:func:`inflight_key`, for a
+    request entry), HDEL of the entry's in-flight record too: a shared key, so on a Redis Cluster
+    it goes with the acknowledgement step, after the job's MULTI."""
+
+    def op(pipe: Any) -> None:
+        pipe.xack(stream, group, entry_id)
+        pipe.xdel(stream, entry_id)
+        if inflight is not None:
+            pipe.hdel(inflight, entry_id)
+
+    w.acknowledge(op)
 
 
 def queue_state(rt: Runtime, pipe: Pipeline, status: StatusEvent) -> None:
@@ -114,13 +149,10 @@ async def answer(rt: Runtime, status: StatusEvent, *, ack: str | None = None) ->
     """Write one answer (shielded, retried through Redis blips); with ``ack``, XACK+XDEL that entry."""
     keys = rt.keys
 
-    async def write() -> None:
-        async with rt.redis.pipeline(transaction=True) as pipe:
-            queue_answer(rt, pipe, status)
-            if ack is not None:
-                pipe.xack(keys.requests, keys.group, ack)
-                pipe.xdel(keys.requests, ack)
-                pipe.hdel(inflight_key(keys), ack)
-            await pipe.execute()
+    async def build(w: Write) -> None:
+        queue_answer(rt, w, status)
+        if ack is not None:
+            queue_ack(w, keys.requests, keys.group, ack, inflight=inflight_key(keys))
+        await w.execute()
 
-    await rt.shielded(retry_redis(write, what=f"{status.state.value} answer"))
+    await rt.shielded(rt.write(keys.job(status.job_id), build, what=f"{status.state.value} answer"))

@@ -4,6 +4,10 @@ Example:
     >>> # service = Service(settings, generator=..., store=...)
     >>> # await service.start(); ...; await service.stop()
 
+With ``TRACE_WORKER_REDIS_CLUSTER`` the broker is FastStream's ``RedisClusterBroker`` and the raw
+client redis-py's ``RedisCluster`` (both routing each command to the master of its key's hash slot);
+everything else is the same code (see :mod:`worker.service.redis_io` for the hash-slot rules).
+
 Startup creates the consumer group at id 0 (FastStream would create it at ``$`` and never deliver
 requests sent before the first worker started), then starts the broker's subscriber, the reclaim
 loop and the HTTP server. :meth:`Service.stop` stops taking new entries, lets running jobs finish
@@ -19,12 +23,13 @@ import logging
 from typing import Any
 
 from faststream import FastStream
-from faststream.redis import RedisBroker
+from faststream.redis import RedisBroker, RedisClusterBroker
 from faststream.specification import AsyncAPI
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
-from contracts.redis_cancel import honour_cancellation
+from contracts.redis_cancel import honour_cancellation, honour_cluster_cancellation
 from worker import __version__
 from worker.service.asyncapi import wire_document
 from worker.service.cancels import CancelLoop
@@ -34,7 +39,7 @@ from worker.service.logs import mask_url
 from worker.service.metrics import Metrics
 from worker.service.ports import BlobStoreLike, TraceGenerator
 from worker.service.reclaim import Reclaimer
-from worker.service.redis_io import retry_redis
+from worker.service.redis_io import RedisLike, retry_redis
 from worker.service.runtime import Runtime
 from worker.settings import Settings
 
@@ -50,21 +55,27 @@ _DESCRIPTION = (
 )
 
 
-def redis_client(settings: Settings) -> Redis:
-    """The raw client for replies, leases and reclaim (bytes in, bytes out); a cancelled job task
-    never carries on past a command (:func:`contracts.redis_cancel.honour_cancellation`)."""
-    client: Redis = Redis.from_url(
-        settings.redis_url_with_credentials(),
-        decode_responses=False,
-        socket_connect_timeout=5,
-        socket_timeout=30,
-        health_check_interval=10,
-    )
+def redis_client(settings: Settings) -> RedisLike:
+    """The raw client for replies, leases and reclaim (bytes in, bytes out): ``Redis``, or
+    ``RedisCluster`` (any node's URL; the others are discovered) with ``redis_cluster``; the
+    credentials of :meth:`Settings.redis_url_with_credentials`. A cancelled job task never carries
+    on past a command (:mod:`contracts.redis_cancel`)."""
+    options: dict[str, Any] = {
+        "decode_responses": False,
+        "socket_connect_timeout": 5,
+        "socket_timeout": 30,
+        "health_check_interval": 10,
+    }
+    url = settings.redis_url_with_credentials()
+    if settings.redis_cluster:
+        cluster: RedisCluster = RedisCluster.from_url(url, **options)
+        return honour_cluster_cancellation(cluster)
+    client: Redis = Redis.from_url(url, **options)
     honour_cancellation(client.connection_pool)
     return client
 
 
-async def ensure_group(redis: Redis, stream: str, group: str) -> None:
+async def ensure_group(redis: RedisLike, stream: str, group: str) -> None:
     """Create the consumer group at id 0 (MKSTREAM); an existing group is fine."""
     try:
         await redis.xgroup_create(stream, group, id="0", mkstream=True)
@@ -76,7 +87,8 @@ async def ensure_group(redis: Redis, stream: str, group: str) -> None:
 def build_app(rt: Runtime) -> tuple[FastStream, RedisBroker, Reclaimer]:
     """The FastStream app (subscriber + AsyncAPI document) and the reclaim loop for a runtime."""
     settings = rt.settings
-    broker = RedisBroker(
+    broker_class = RedisClusterBroker if settings.redis_cluster else RedisBroker
+    broker = broker_class(
         settings.redis_url_with_credentials(),  # FastStream takes the credentials in the URL
         graceful_timeout=settings.drain_timeout_s,
         log_level=logging.DEBUG,  # per-message lines from FastStream; ours carry the job context
@@ -120,7 +132,7 @@ class Service:
         *,
         generator: TraceGenerator,
         store: BlobStoreLike,
-        redis: Redis | None = None,
+        redis: RedisLike | None = None,
         metrics: Metrics | None = None,
         consumer: str | None = None,
     ) -> None:
@@ -190,6 +202,8 @@ class Service:
         aclose: Any = getattr(rt.store, "aclose", None)
         if aclose is not None:
             await _close(aclose(), "blob store")
+        if rt.slots is not None:
+            await _close(rt.slots.aclose(), "redis cluster masters")
         await _close(rt.redis.aclose(), "redis")
         log.info("stopped")
 

@@ -36,9 +36,9 @@ from contracts._runs import job_requests, request_job_id
 from contracts.events import REQUEST_ID_PATTERN, CancelEvent, CancelOutcome, StatusEvent
 from contracts.request import JOB_ID_PATTERN
 from contracts.states import JobState
-from worker.service.answers import inflight_key, queue_answer, queue_entry, queue_state
+from worker.service.answers import inflight_key, queue_ack, queue_answer, queue_entry, queue_state
 from worker.service.lease import HELD_PREFIX, STOP_FIELD
-from worker.service.redis_io import TRANSIENT, retry_redis
+from worker.service.redis_io import TRANSIENT, Write, write_shared
 from worker.service.runtime import Runtime
 
 __all__ = ["ANSWER_ONLY_TTL_S", "CancelLoop", "answer_held", "handle_cancel"]
@@ -162,19 +162,17 @@ async def handle_cancel(rt: Runtime, cancel_id: str, fields: dict[Any, Any]) -> 
     # An answer to a cancel that changed nothing must not keep a job's streams alive for a day.
     short = ANSWER_ONLY_TTL_S if outcome in (CancelOutcome.NOT_FOUND, CancelOutcome.ALREADY_ENDED) else None
 
-    async def write() -> None:
-        async with rt.redis.pipeline(transaction=True) as pipe:
-            for entry, labels_json in sorted(detached.items()):
-                labels = _labels(labels_json)
-                status = StatusEvent(job_id=job_id, attempt=attempt, state=JobState.CANCELLED, labels=labels,
-                                     request_id=entry, detail="cancelled on request")  # fmt: skip
-                queue_answer(rt, pipe, status)
-            queue_entry(rt, pipe, job_id, ack.to_fields(), new_ttl_s=short)
-            pipe.xack(keys.cancels, keys.group, cancel_id)
-            pipe.xdel(keys.cancels, cancel_id)
-            await pipe.execute()
+    async def build(w: Write) -> None:
+        for entry, labels_json in sorted(detached.items()):
+            labels = _labels(labels_json)
+            status = StatusEvent(job_id=job_id, attempt=attempt, state=JobState.CANCELLED, labels=labels,
+                                 request_id=entry, detail="cancelled on request")  # fmt: skip
+            queue_answer(rt, w, status)
+        queue_entry(rt, w.pipe, job_id, ack.to_fields(), new_ttl_s=short)
+        queue_ack(w, keys.cancels, keys.group, cancel_id)
+        await w.execute()
 
-    await rt.shielded(retry_redis(write, what="cancel answer"))
+    await rt.shielded(rt.write(keys.job(job_id), build, what="cancel answer"))
     log.info("cancel %s of job %s: %s", cancel_id, job_id, outcome.value,
              extra={"job_id": job_id, "entry_id": cancel_id})  # fmt: skip
     return ack
@@ -189,32 +187,30 @@ async def answer_held(rt: Runtime, entry_id: str, status: StatusEvent, *, ends_j
     job_id = status.job_id
     lock, state_key = keys.lock(job_id), keys.state(job_id)
 
-    async def write() -> bool:
-        async with rt.redis.pipeline(transaction=True) as pipe:
-            try:
-                await pipe.watch(lock, state_key)
-                held: Any = await pipe.exists(lock)
-                state: Any = await pipe.hmget(state_key, ["state", "attempt"])
-                pipe.multi()  # type: ignore[no-untyped-call]
-                queue_answer(rt, pipe, status)
-                current = _text(state[0]) if state[0] is not None else None
-                if ends_job and not held and current not in (JobState.RUNNING, JobState.SUCCEEDED):
-                    attempt = int(_text(state[1])) if state[1] is not None else 0
-                    job = StatusEvent(job_id=job_id, attempt=attempt, state=JobState.CANCELLED,
-                                      detail="cancelled on request before a worker started it")  # fmt: skip
-                    queue_answer(rt, pipe, job)
-                    queue_state(rt, pipe, job)
-                    pipe.expire(state_key, rt.settings.job_ttl_s)
-                pipe.xack(keys.requests, keys.group, entry_id)
-                pipe.xdel(keys.requests, entry_id)
-                pipe.hdel(inflight_key(keys), entry_id)
-                await pipe.execute()
-                return True
-            except WatchError:
-                return False
+    async def build(w: Write) -> bool:
+        pipe = w.pipe
+        try:
+            await pipe.watch(lock, state_key)
+            held: Any = await pipe.exists(lock)
+            state: Any = await pipe.hmget(state_key, ["state", "attempt"])
+            pipe.multi()  # type: ignore[no-untyped-call]
+            queue_answer(rt, w, status)
+            current = _text(state[0]) if state[0] is not None else None
+            if ends_job and not held and current not in (JobState.RUNNING, JobState.SUCCEEDED):
+                attempt = int(_text(state[1])) if state[1] is not None else 0
+                job = StatusEvent(job_id=job_id, attempt=attempt, state=JobState.CANCELLED,
+                                  detail="cancelled on request before a worker started it")  # fmt: skip
+                queue_answer(rt, w, job)
+                queue_state(rt, pipe, job)
+                pipe.expire(state_key, rt.settings.job_ttl_s)
+            queue_ack(w, keys.requests, keys.group, entry_id, inflight=inflight_key(keys))
+            await w.execute()
+            return True
+        except WatchError:
+            return False
 
     async def loop() -> None:
-        while not await retry_redis(write, what="cancelled-at-pickup answer"):
+        while not await rt.write(keys.job(job_id), build, what="cancelled-at-pickup answer"):
             pass
 
     await rt.shielded(loop())
@@ -296,9 +292,17 @@ class CancelLoop:
         }
         for name, value in fields.items():
             dead[f"orig:{_text(name)}"] = value
+        maxlen = rt.settings.dead_maxlen
+
+        def ack(pipe: Any) -> None:
+            pipe.xack(keys.cancels, keys.group, cancel_id)
+            pipe.xdel(keys.cancels, cancel_id)
+
         with contextlib.suppress(*TRANSIENT):
-            async with rt.redis.pipeline(transaction=True) as pipe:
-                pipe.xadd(keys.dead, dead, maxlen=rt.settings.dead_maxlen, approximate=True)
-                pipe.xack(keys.cancels, keys.group, cancel_id)
-                pipe.xdel(keys.cancels, cancel_id)
-                await pipe.execute()
+            await write_shared(
+                rt.redis,
+                records=[lambda pipe: pipe.xadd(keys.dead, dead, maxlen=maxlen, approximate=True)],
+                acks=[ack],
+                what="invalid cancel",
+                give_up_after_s=0,
+            )

@@ -1,4 +1,6 @@
-"""Status writes that move a job between states, each in one MULTI.
+"""Status writes that move a job between states, each one :class:`~worker.service.redis_io.Write`
+(one MULTI on one Redis; on a Redis Cluster, a MULTI on the job's hash slot followed by the
+shared streams: events, dead letters, then the acknowledgement).
 
 :func:`finish` is the one way an attempt ends: terminal status on the job stream, the state hash,
 the event on ``<prefix>:events``, expiry of the job's keys, release of the lock, the dead-letter
@@ -19,9 +21,9 @@ from redis.exceptions import WatchError
 from contracts.events import StatusEvent, parse_entry, utcnow
 from contracts.keys import Keys
 from contracts.states import JobState
-from worker.service.answers import answer, inflight_key, queue_answer, queue_state
+from worker.service.answers import answer, inflight_key, queue_ack, queue_answer, queue_event, queue_state
 from worker.service.lease import STOP_FIELD
-from worker.service.redis_io import retry_redis
+from worker.service.redis_io import Write, retry_redis, write_shared
 from worker.service.runtime import Runtime
 from worker.sinks.reply_stream import queue_entry
 
@@ -37,20 +39,20 @@ async def mark_running(rt: Runtime, status: StatusEvent) -> str:
     keys = rt.keys
     job_stream = keys.job(status.job_id)
 
-    async def write() -> str:
-        async with rt.redis.pipeline(transaction=True) as pipe:
-            fields: Any = status.to_fields()
-            queue_entry(pipe, keys, status.job_id, fields)  # the job stream's id comes first
-            queue_state(rt, pipe, status)
-            pipe.xadd(keys.events, fields, maxlen=rt.settings.events_maxlen, approximate=True)
-            pipe.persist(job_stream)
-            pipe.persist(keys.status_stream(status.job_id))
-            pipe.persist(keys.requesters(status.job_id))
-            result = await pipe.execute()
+    async def build(w: Write) -> str:
+        pipe = w.pipe
+        fields: Any = status.to_fields()
+        queue_entry(pipe, keys, status.job_id, fields)  # the job stream's id comes first
+        queue_state(rt, pipe, status)
+        queue_event(rt, w, fields)
+        pipe.persist(job_stream)
+        pipe.persist(keys.status_stream(status.job_id))
+        pipe.persist(keys.requesters(status.job_id))
+        result = await w.execute()
         entry = result[0]
         return entry.decode() if isinstance(entry, bytes) else str(entry)
 
-    return await retry_redis(write, what="status running", give_up_after_s=rt.settings.lease_s / 2)
+    return await rt.write(job_stream, build, what="status running", give_up_after_s=rt.settings.lease_s / 2)
 
 
 async def finish(
@@ -91,44 +93,46 @@ async def _finish(
     drop_chunks: Sequence[bytes | str] = (),
 ) -> bool:
     keys = rt.keys
+    if status is None:
+        await _ack_and_dead(rt, entry_id, dead, give_up_after_s=300.0)
+        return False
+    lock_key, state_key = keys.lock(status.job_id), keys.state(status.job_id)
+    requesters_key = keys.requesters(status.job_id)
 
-    async def write() -> bool:
-        if status is None:
-            await _ack_and_dead(rt, entry_id, dead)
-            return False
-        lock_key, state_key = keys.lock(status.job_id), keys.state(status.job_id)
-        requesters_key = keys.requesters(status.job_id)
-        async with rt.redis.pipeline(transaction=True) as pipe:
-            try:
-                await pipe.watch(lock_key, state_key, requesters_key)
-                holder = await pipe.get(lock_key)
-                holder_text = holder.decode() if isinstance(holder, bytes) else None
-                event = status
-                if lock_value is not None:
-                    if holder_text != lock_value:
-                        # Lease lost: the job (and maybe this very entry) belongs to another worker now.
-                        return False
-                    allowed = True
-                else:
-                    current = await pipe.hmget(state_key, ["state", "attempt"])
-                    state = current[0].decode() if isinstance(current[0], bytes) else None
-                    allowed = holder is None and state != JobState.SUCCEEDED.value
-                    event = status.model_copy(update={"attempt": int(current[1] or 0)})
-                requesters: Any = await pipe.hgetall(requesters_key) if allowed else {}
-                pipe.multi()  # type: ignore[no-untyped-call]
-                if allowed:
-                    _terminal(rt, pipe, event, _decode_requesters(requesters))
-                    if drop_chunks:
-                        pipe.xdel(keys.job(event.job_id), *drop_chunks)
-                _queue_ack_and_dead(rt, pipe, entry_id, dead)
-                await pipe.execute()
-                return allowed
-            except WatchError:
-                raise _Retry from None
+    async def build(w: Write) -> bool:
+        pipe = w.pipe
+        try:
+            await pipe.watch(lock_key, state_key, requesters_key)
+            holder = await pipe.get(lock_key)
+            holder_text = holder.decode() if isinstance(holder, bytes) else None
+            event = status
+            if lock_value is not None:
+                if holder_text != lock_value:
+                    # Lease lost: the job (and maybe this very entry) belongs to another worker now.
+                    return False
+                allowed = True
+            else:
+                current = await pipe.hmget(state_key, ["state", "attempt"])
+                state = current[0].decode() if isinstance(current[0], bytes) else None
+                allowed = holder is None and state != JobState.SUCCEEDED.value
+                event = status.model_copy(update={"attempt": int(current[1] or 0)})
+            requesters: Any = await pipe.hgetall(requesters_key) if allowed else {}
+            pipe.multi()  # type: ignore[no-untyped-call]
+            if allowed:
+                _terminal(rt, w, event, _decode_requesters(requesters))
+                if drop_chunks:
+                    pipe.xdel(keys.job(event.job_id), *drop_chunks)
+            _queue_ack_and_dead(rt, w, entry_id, dead)
+            await w.execute()
+            return allowed
+        except WatchError:
+            raise _Retry from None
 
     while True:
         try:
-            return await retry_redis(write, what="terminal status", give_up_after_s=300.0)
+            return await rt.write(
+                keys.job(status.job_id), build, what="terminal status", give_up_after_s=300.0
+            )
         except _Retry:
             continue
 
@@ -151,9 +155,7 @@ def _decode_requesters(raw: Mapping[Any, Any]) -> dict[str, dict[str, str]]:
     return out
 
 
-def _terminal(
-    rt: Runtime, pipe: Pipeline, status: StatusEvent, requesters: dict[str, dict[str, str]]
-) -> None:
+def _terminal(rt: Runtime, w: Write, status: StatusEvent, requesters: dict[str, dict[str, str]]) -> None:
     """The job's end: one answer per attached request (its own request_id and labels), plus a
     job-level entry (no request_id) when the job was cancelled or no request is attached any
     more; the state hash; expiry; lock released."""
@@ -161,13 +163,14 @@ def _terminal(
     job_id = status.job_id
     job_stream, state_key = keys.job(job_id), keys.state(job_id)
     ttl = rt.settings.job_ttl_s
+    pipe = w.pipe
     for entry, labels in sorted(requesters.items()):
-        queue_answer(rt, pipe, status.model_copy(update={"request_id": entry, "labels": labels}))
+        queue_answer(rt, w, status.model_copy(update={"request_id": entry, "labels": labels}))
     if status.state == JobState.CANCELLED:
         # The job's own end (a follower of the job, not of a request, stops here): answers no request.
-        queue_answer(rt, pipe, status.model_copy(update={"request_id": None}))
+        queue_answer(rt, w, status.model_copy(update={"request_id": None}))
     elif not requesters:
-        queue_answer(rt, pipe, status)
+        queue_answer(rt, w, status)
     queue_state(rt, pipe, status)
     # Chunk bytes are what costs memory: they go sooner than the statuses (`:status`, `:state`).
     pipe.expire(job_stream, min(rt.settings.chunk_ttl_s, ttl))
@@ -176,28 +179,39 @@ def _terminal(
     pipe.delete(keys.lock(job_id), keys.requesters(job_id), keys.detached(job_id))
 
 
-def _queue_ack_and_dead(
-    rt: Runtime, pipe: Pipeline, entry_id: str, dead: Mapping[str, str | bytes] | None
-) -> None:
+def _queue_ack_and_dead(rt: Runtime, w: Write, entry_id: str, dead: Mapping[str, str | bytes] | None) -> None:
     keys = rt.keys
     if dead is not None:
         fields: Any = dict(dead)
-        pipe.xadd(keys.dead, fields, maxlen=rt.settings.dead_maxlen, approximate=True)
-    _ack_and_delete(pipe, keys, entry_id)
+        stream, maxlen = keys.dead, rt.settings.dead_maxlen
+        w.record(lambda pipe: pipe.xadd(stream, fields, maxlen=maxlen, approximate=True))
+    queue_ack(w, keys.requests, keys.group, entry_id, inflight=inflight_key(keys))
 
 
 def _ack_and_delete(pipe: Pipeline, keys: Keys, entry_id: str) -> None:
-    """XACK, then XDEL: an answered request (kept in full on the dead-letter stream when it is
-    dead-lettered) would otherwise stay on the request stream for ever, growing Redis's memory."""
+    """XACK, then XDEL, of a request entry on one pipeline (what :func:`queue_ack` queues)."""
     pipe.xack(keys.requests, keys.group, entry_id)
     pipe.xdel(keys.requests, entry_id)
     pipe.hdel(inflight_key(keys), entry_id)
 
 
-async def _ack_and_dead(rt: Runtime, entry_id: str, dead: Mapping[str, str | bytes] | None) -> None:
-    async with rt.redis.pipeline(transaction=True) as pipe:
-        _queue_ack_and_dead(rt, pipe, entry_id, dead)
-        await pipe.execute()
+async def _ack_and_dead(
+    rt: Runtime, entry_id: str, dead: Mapping[str, str | bytes] | None, *, give_up_after_s: float
+) -> None:
+    """The dead letter (if any), then the acknowledgement, of an entry that names no job."""
+    keys = rt.keys
+    records = []
+    if dead is not None:
+        fields: Any = dict(dead)
+        stream, maxlen = keys.dead, rt.settings.dead_maxlen
+        records.append(lambda pipe: pipe.xadd(stream, fields, maxlen=maxlen, approximate=True))
+    await write_shared(
+        rt.redis,
+        records=records,
+        acks=[lambda pipe: _ack_and_delete(pipe, keys, entry_id)],
+        what="acknowledgement",
+        give_up_after_s=give_up_after_s,
+    )
 
 
 async def ack(rt: Runtime, entry_id: str, dead: Mapping[str, str | bytes] | None = None) -> None:
@@ -256,25 +270,25 @@ async def answer_invalid(
     keys = rt.keys
     state_key = keys.state(status.job_id)
 
-    async def write() -> None:
-        async with rt.redis.pipeline(transaction=True) as pipe:
-            try:
-                await pipe.watch(state_key)
-                known = await pipe.exists(state_key)
-                pipe.multi()  # type: ignore[no-untyped-call]
-                queue_answer(rt, pipe, status)
-                if not known:
-                    queue_state(rt, pipe, status)
-                    pipe.expire(state_key, rt.settings.job_ttl_s)
-                _queue_ack_and_dead(rt, pipe, entry_id, dead)
-                await pipe.execute()
-            except WatchError:
-                raise _Retry from None
+    async def build(w: Write) -> None:
+        pipe = w.pipe
+        try:
+            await pipe.watch(state_key)
+            known = await pipe.exists(state_key)
+            pipe.multi()  # type: ignore[no-untyped-call]
+            queue_answer(rt, w, status)
+            if not known:
+                queue_state(rt, pipe, status)
+                pipe.expire(state_key, rt.settings.job_ttl_s)
+            _queue_ack_and_dead(rt, w, entry_id, dead)
+            await w.execute()
+        except WatchError:
+            raise _Retry from None
 
     async def loop() -> None:
         while True:
             try:
-                await retry_redis(write, what="invalid-request answer")
+                await rt.write(keys.job(status.job_id), build, what="invalid-request answer")
                 return
             except _Retry:
                 continue

@@ -362,7 +362,7 @@ class _Job:
         stored = await rt.store.open_writer(key)
         writer: BlobWriterLike = GzipWriter(stored, rt.settings.blob_compress_level) if gzip else stored
         committed = False
-        reply = ReplyStream(rt.redis, rt.keys, self.job_id, self.lease.attempt)
+        reply = ReplyStream(rt.redis, rt.keys, self.job_id, self.lease.attempt, transaction=rt.transaction)
         self.replies.append(reply)
         pump = ProgressPump(reply, self.job_id, self.lease.attempt, request.labels,
                             rt.settings.progress_interval_s)  # fmt: skip

@@ -13,10 +13,13 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import RedisCluster
 
 from contracts.events import ChunkEvent, ProgressEvent, StatusEvent
 from contracts.keys import Keys
@@ -37,13 +40,32 @@ class ReplyStream:
     """Writes one attempt's entries on the job stream, in order.
 
     Args:
-        redis: client (``decode_responses=False``: chunk data is raw bytes).
+        redis: client (``decode_responses=False``: chunk data is raw bytes), one server or a cluster.
         keys: key names under the configured prefix.
         job_id: the job.
         attempt: the attempt every entry carries.
+        transaction: makes the MULTI/EXEC pipeline for a key's hash slot (required with a cluster
+            client, e.g. ``Runtime.transaction``); default: ``redis.pipeline(transaction=True)``.
     """
 
-    def __init__(self, redis: Redis, keys: Keys, job_id: str, attempt: int) -> None:
+    def __init__(
+        self,
+        redis: Redis | RedisCluster,
+        keys: Keys,
+        job_id: str,
+        attempt: int,
+        *,
+        transaction: Callable[[str], AbstractAsyncContextManager[Pipeline]] | None = None,
+    ) -> None:
+        if transaction is None:
+            if isinstance(redis, RedisCluster):
+                raise TypeError("a cluster client needs transaction= (a MULTI/EXEC on one hash slot)")
+            plain = redis
+
+            def transaction(_key: str) -> AbstractAsyncContextManager[Pipeline]:
+                return plain.pipeline(transaction=True)
+
+        self._transaction = transaction
         self._redis = redis
         self._keys = keys
         self.stream = keys.job(job_id)
@@ -73,7 +95,7 @@ class ReplyStream:
         await self._xadd_both(event.to_fields())
 
     async def _xadd_both(self, fields: dict[str, str | bytes]) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
+        async with self._transaction(self.stream) as pipe:
             queue_entry(pipe, self._keys, self.job_id, fields)
             await pipe.execute()
 

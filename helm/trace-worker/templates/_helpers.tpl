@@ -90,7 +90,7 @@ timeout plus the worker's clean-up after it (trace-worker.shutdownAfterDrainSeco
 
 {{/* Settings the chart itself renders (ConfigMap or Secret): config.extra and extraEnv must not repeat them. */}}
 {{- define "trace-worker.managedSettings" -}}
-{{- list "TRACE_WORKER_REDIS_URL" "TRACE_WORKER_REDIS_USERNAME" "TRACE_WORKER_REDIS_PASSWORD" "TRACE_WORKER_KEY_PREFIX" "TRACE_WORKER_FLIGHTSQL_URL" "TRACE_WORKER_FLIGHTSQL_TOKEN" "TRACE_WORKER_FLIGHTSQL_TLS_CA" "TRACE_WORKER_BLOB_URL" "TRACE_WORKER_BLOB_S3_ENDPOINT" "TRACE_WORKER_BLOB_S3_REGION" "TRACE_WORKER_BLOB_S3_ALLOW_HTTP" "TRACE_WORKER_BLOB_S3_ACCESS_KEY_ID" "TRACE_WORKER_BLOB_S3_SECRET_ACCESS_KEY" "TRACE_WORKER_WORKER_CONCURRENCY" "TRACE_WORKER_DRAIN_TIMEOUT_S" "TRACE_WORKER_HTTP_HOST" "TRACE_WORKER_HTTP_PORT" "TRACE_WORKER_LOG_FORMAT" "TRACE_WORKER_LOG_LEVEL" | toJson }}
+{{- list "TRACE_WORKER_REDIS_URL" "TRACE_WORKER_REDIS_USERNAME" "TRACE_WORKER_REDIS_PASSWORD" "TRACE_WORKER_REDIS_CLUSTER" "TRACE_WORKER_KEY_PREFIX" "TRACE_WORKER_FLIGHTSQL_URL" "TRACE_WORKER_FLIGHTSQL_TOKEN" "TRACE_WORKER_FLIGHTSQL_TLS_CA" "TRACE_WORKER_BLOB_URL" "TRACE_WORKER_BLOB_S3_ENDPOINT" "TRACE_WORKER_BLOB_S3_REGION" "TRACE_WORKER_BLOB_S3_ALLOW_HTTP" "TRACE_WORKER_BLOB_S3_ACCESS_KEY_ID" "TRACE_WORKER_BLOB_S3_SECRET_ACCESS_KEY" "TRACE_WORKER_WORKER_CONCURRENCY" "TRACE_WORKER_DRAIN_TIMEOUT_S" "TRACE_WORKER_HTTP_HOST" "TRACE_WORKER_HTTP_PORT" "TRACE_WORKER_LOG_FORMAT" "TRACE_WORKER_LOG_LEVEL" | toJson }}
 {{- end }}
 
 {{/* The most replicas the release can run: replicaCount, or autoscaling.maxReplicas. */}}
@@ -106,6 +106,16 @@ timeout plus the worker's clean-up after it (trace-worker.shutdownAfterDrainSeco
 {{- $u := urlParse .Values.config.redisUrl }}
 {{- $host := regexReplaceAll "^.*@" $u.host "" }}
 {{- if contains ":" $host }}{{ $host }}{{ else }}{{ printf "%s:6379" $host }}{{ end }}
+{{- end }}
+{{- end }}
+
+{{/* Comma-separated host:port of Redis Cluster nodes for KEDA's redis-cluster-streams trigger:
+autoscaling.keda.redisAddresses, or the one address of trace-worker.redisAddress. */}}
+{{- define "trace-worker.redisClusterAddresses" -}}
+{{- if .Values.autoscaling.keda.redisAddresses }}
+{{- join "," .Values.autoscaling.keda.redisAddresses }}
+{{- else }}
+{{- include "trace-worker.redisAddress" . }}
 {{- end }}
 {{- end }}
 
