@@ -184,10 +184,11 @@ async def test_dead_letters(
 
         await wait_until(three, what="three dead letters")
         dead: Any = await cluster_redis.xrange(keys.dead)
-        by_entry = {d[b"entry_id"].decode(): d for _, d in dead}
+        # Entry ids of different streams may be equal (same millisecond on another master).
+        by_entry = {d[b"entry_id"].decode(): d for _, d in dead if b"orig:request" in d}
         assert by_entry[garbage][b"orig:request"] == b"not json"
         assert by_entry[invalid][b"error_code"] == b"invalid_request"
-        assert any(b"invalid cancel" in d[b"reason"] for d in by_entry.values())
+        assert any(b"invalid cancel" in d[b"reason"] for _, d in dead)
         await wait_until(lambda: _is(pending(cluster_redis, keys), 0), what="all acknowledged")
         assert await cluster_redis.xlen(keys.cancels) == 0
         assert gen.calls == 0
