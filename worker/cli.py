@@ -25,7 +25,7 @@ __all__ = ["UsageError", "main"]
 #: Subcommand modules under worker.commands, in --help order, with the summary --help lists
 #: (the same text each module's ``register`` gives; tests/cli/test_startup.py checks).
 COMMANDS: dict[str, str] = {
-    "inspect": "decode a Perfetto trace and report tracks, slices and defects",
+    "inspect": "decode a Perfetto trace and report tracks, slices, logs, counter values and defects",
     "devserver": "run a development Flight SQL server (Micromegas-like) over a synthetic lake",
     "generate": "write one process's Perfetto trace to a file (no Redis)",
     "processes": "list the processes of the Flight SQL service",

@@ -83,6 +83,9 @@ _CTRL_C_WHILE_IMPORTING = """
 import importlib, signal, sys
 import worker.cli
 
+# Ctrl-C as a terminal's user has it, even when the suite runs with SIGINT ignored (`&`, nohup).
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
 def import_module(name):
     signal.raise_signal(signal.SIGINT)
     return importlib.import_module(name)

@@ -26,6 +26,16 @@ async def stop_group(proc: asyncio.subprocess.Process) -> None:
         await proc.wait()
 
 
+def terminal_signals() -> None:
+    """In the child before exec: SIGINT, SIGHUP, SIGTERM and SIGQUIT as a terminal's user has them.
+
+    A suite started with ``&`` or ``nohup`` (a CI script) has SIGINT/SIGHUP ignored, and an ignored
+    signal stays ignored across exec: the program under test would never see the test's Ctrl-C.
+    """
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 @contextlib.asynccontextmanager
 async def running(*argv: str, **kwargs: Any) -> AsyncIterator[asyncio.subprocess.Process]:
     """``asyncio.create_subprocess_exec(*argv, **kwargs)`` in a new session (its own process group);
@@ -33,7 +43,9 @@ async def running(*argv: str, **kwargs: Any) -> AsyncIterator[asyncio.subprocess
 
     Signals the test sends with ``proc.send_signal`` still go to the process alone.
     """
-    proc = await asyncio.create_subprocess_exec(*argv, start_new_session=True, **kwargs)
+    proc = await asyncio.create_subprocess_exec(
+        *argv, start_new_session=True, preexec_fn=terminal_signals, **kwargs
+    )
     try:
         yield proc
     finally:
