@@ -23,6 +23,7 @@ from contracts.client import JobHealth, JobNotFound, TraceClient, WaitTimeout
 from contracts.keys import Keys
 from tests.client.helpers import blob_path, file_sha256
 from tests.client.scripted import PID, ScriptedWorker
+from tests.support.chaos import ChaosProxy
 from tests.support.redis_server import RedisServer
 from tests.support.worker_process import Spawn, worker_env
 from worker.devserver import DevServer
@@ -40,16 +41,22 @@ async def test_a_resubmitted_job_reads_as_its_latest_run_everywhere(
     client: TraceClient, redis_server: RedisServer, devserver: DevServer, spawn_worker: Spawn, tmp_path: Path
 ) -> None:
     blobs = tmp_path / "blobs"
-    spawn_worker(worker_env(redis_server.url, devserver.url, blobs.as_uri()))
-    large, small = (p.process_id for p in devserver.lake.processes)
-    first = await client.submit(TraceRequest(process_id=large, job_id="again"))
-    await _until_running(first.events(timeout=120))
-    await first.cancel()
-    cancelled = await first.wait(120)
-    assert (cancelled.state, cancelled.attempt) == (JobState.CANCELLED, 1)
-    request = TraceRequest(process_id=small, job_id="again")
-    second = await client.submit(request)
-    done = await second.download(tmp_path / "second.pftrace", timeout=120)
+    with ChaosProxy(("127.0.0.1", devserver.port)) as proxy:
+        # The first run's Flight SQL answers stall: the cancel always wins, however busy the machine.
+        proxy.set_mode("stall")
+        spawn_worker(worker_env(redis_server.url, f"grpc://127.0.0.1:{proxy.port}", blobs.as_uri()))
+        large, small = (p.process_id for p in devserver.lake.processes)
+        first = await client.submit(TraceRequest(process_id=large, job_id="again"))
+        async for event in first.events(timeout=120):  # the attempt started (and stalls on its query)
+            if isinstance(event, StatusEvent) and event.state == JobState.RUNNING:
+                break
+        await first.cancel()
+        cancelled = await first.wait(120)
+        assert (cancelled.state, cancelled.attempt) == (JobState.CANCELLED, 1)
+        proxy.set_mode("pass")
+        request = TraceRequest(process_id=small, job_id="again")
+        second = await client.submit(request)
+        done = await second.download(tmp_path / "second.pftrace", timeout=120)
     assert (done.state, done.attempt) == (JobState.SUCCEEDED, 2)
 
     async with TraceClient(redis_server.url, "t") as fresh:  # a new client knows nothing of the above
