@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO, TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import MovedError, RedisClusterException, RedisError
 
 from contracts.client import TraceClient
 from contracts.client_errors import ClientError
@@ -92,16 +92,37 @@ def open_client(args: argparse.Namespace) -> TraceClient:
             cluster=cluster,
         )
     except ValueError as exc:
-        raise UsageError(f"bad Redis URL {mask_url(url)!r}: {exc}") from exc
+        # The client's message names the (masked) URL already: "bad Redis URL redis://...: why".
+        raise UsageError(str(exc)) from exc
 
 
 def run_client(command: str, body: Callable[[], Awaitable[int]]) -> int:
-    """Run ``body`` on a new event loop; client and Redis failures become one line, exit status 1."""
+    """Run ``body`` on a new event loop; client and Redis failures become one line, exit status 1
+    (2 when the server's cluster mode and ``--redis-cluster`` disagree: a configuration error)."""
     try:
         return asyncio.run(_guarded(body))
     except ClientError as exc:
+        if (wrong := cluster_mode_problem(exc)) is not None:
+            print(f"trace-worker {command}: {wrong}", file=sys.stderr)
+            return 2
         print(f"trace-worker {command}: {safe(exc)}", file=sys.stderr)
         return EXIT_CLIENT
+
+
+def cluster_mode_problem(exc: BaseException) -> str | None:
+    """What is wrong when ``exc`` (or an error it was raised from) says the server's cluster mode
+    is not the client's: a MOVED reply (also inside a pipeline's error) to a plain client, or
+    redis-py's cluster client finding a standalone server. None for any other error."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, MovedError):
+            return "this Redis is a Redis Cluster node: use --redis-cluster (TRACE_WORKER_REDIS_CLUSTER=true)"
+        if isinstance(cause, RedisClusterException) and "cluster mode is not enabled" in str(cause).lower():
+            return "not a Redis Cluster node: drop --redis-cluster (TRACE_WORKER_REDIS_CLUSTER=false)"
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 async def _guarded(body: Callable[[], Awaitable[T]]) -> T:
@@ -111,6 +132,8 @@ async def _guarded(body: Callable[[], Awaitable[T]]) -> T:
         raise  # our stdout's reader went away (`| head`), not Redis (its errors are RedisErrors)
     except (RedisConnectionError, OSError) as exc:
         raise ClientError(f"cannot reach Redis: {exc}") from exc
+    except RedisClusterException as exc:  # not a RedisError
+        raise ClientError(f"Redis Cluster failed: {exc}") from exc
     except RedisError as exc:
         raise ClientError(f"Redis failed: {exc}") from exc
 

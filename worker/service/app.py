@@ -27,7 +27,7 @@ from faststream.redis import RedisBroker, RedisClusterBroker
 from faststream.specification import AsyncAPI
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import ResponseError
+from redis.exceptions import MovedError, NoPermissionError, RedisClusterException, ResponseError
 
 from contracts.redis_cancel import honour_cancellation, honour_cluster_cancellation
 from worker import __version__
@@ -41,7 +41,7 @@ from worker.service.ports import BlobStoreLike, TraceGenerator
 from worker.service.reclaim import Reclaimer
 from worker.service.redis_io import RedisLike, retry_redis
 from worker.service.runtime import Runtime
-from worker.settings import Settings
+from worker.settings import Settings, SettingsError
 
 __all__ = ["Service", "build_app", "ensure_group"]
 
@@ -84,6 +84,38 @@ async def ensure_group(redis: RedisLike, stream: str, group: str) -> None:
             raise
 
 
+async def check_cluster_mode(redis: RedisLike, settings: Settings) -> None:
+    """Fail fast on a wrong ``redis_cluster``: a standalone server behind a cluster client, or a
+    cluster node behind a plain client (found by ``INFO cluster``; an ACL that denies INFO leaves
+    the MOVED replies of :func:`cluster_mode_error` to tell).
+
+    Raises:
+        SettingsError: the server's cluster mode and the setting disagree (exit status 2, no retry).
+    """
+    if isinstance(redis, RedisCluster):
+        return  # the cluster client's first command fails with "Cluster mode is not enabled"
+    try:
+        info = await redis.info("cluster")
+    except NoPermissionError:
+        return
+    if info.get("cluster_enabled") in (1, "1", b"1"):
+        raise cluster_mode_error(settings, cluster_node=True)
+
+
+def cluster_mode_error(settings: Settings, *, cluster_node: bool) -> SettingsError:
+    """The one-line configuration error of a wrong ``redis_cluster`` (``cluster_node``: the server
+    is a Redis Cluster node, so the setting is off; otherwise on against a standalone server)."""
+    url = mask_url(settings.redis_url)
+    if cluster_node:
+        return SettingsError(
+            f"bad settings: {url} is a Redis Cluster node: set TRACE_WORKER_REDIS_CLUSTER=true"
+        )
+    return SettingsError(
+        f"bad settings: TRACE_WORKER_REDIS_CLUSTER=true but {url} is not a Redis Cluster node "
+        "(cluster mode is not enabled)"
+    )
+
+
 def build_app(rt: Runtime) -> tuple[FastStream, RedisBroker, Reclaimer]:
     """The FastStream app (subscriber + AsyncAPI document) and the reclaim loop for a runtime."""
     settings = rt.settings
@@ -104,7 +136,17 @@ def build_app(rt: Runtime) -> tuple[FastStream, RedisBroker, Reclaimer]:
         for stream in (keys.requests, keys.cancels):
 
             async def create(name: str = stream) -> None:
-                await ensure_group(rt.redis, name, keys.group)
+                try:
+                    await check_cluster_mode(rt.redis, settings)
+                    await ensure_group(rt.redis, name, keys.group)
+                except MovedError as exc:
+                    if settings.redis_cluster:
+                        raise
+                    raise cluster_mode_error(settings, cluster_node=True) from exc
+                except RedisClusterException as exc:
+                    if "cluster mode is not enabled" not in str(exc).lower():
+                        raise
+                    raise cluster_mode_error(settings, cluster_node=False) from exc
 
             await retry_redis(create, what="group create", give_up_after_s=30)
 
@@ -162,12 +204,13 @@ class Service:
     async def start(self) -> None:
         s = self.rt.settings
         log.info(
-            "starting consumer %s on %s (group %s, concurrency %d, redis %s)",
+            "starting consumer %s on %s (group %s, concurrency %d, redis %s%s)",
             self.rt.consumer,
             self.rt.keys.requests,
             self.rt.keys.group,
             s.worker_concurrency,
             mask_url(s.redis_url),
+            ", cluster mode" if s.redis_cluster else "",
         )
         await self.app.start()
         self.reclaimer.start()
