@@ -235,5 +235,9 @@ def check_blob_folder(blobs: Path, expected: set[str]) -> None:
     """Exactly the expected traces, and no staged or temporary file, under ``blobs``."""
     traces = {str(p.relative_to(blobs)) for p in blobs.rglob("*.pftrace")}
     assert traces == expected, sorted(traces ^ expected)[:10]  # no orphan objects
-    leftovers = sorted(str(p.relative_to(blobs)) for p in blob_leftovers(blobs))
+    # A worker SIGKILLed between writing and deleting its store probe leaves that 5-byte `.readyz-*`
+    # object (docs/DEPLOYMENT.md); it is never read as a trace. Anything else is a leftover.
+    leftovers = sorted(
+        name for p in blob_leftovers(blobs) if not (name := str(p.relative_to(blobs))).startswith(".readyz-")
+    )
     assert not leftovers, leftovers
