@@ -7,11 +7,17 @@ the server's RSS from /proc every 50 ms. Memory must stay flat: the peak should 
 number of spans served.
 
     .venv/bin/python -m bench.bench_devserver --spans 20000000
+    .venv/bin/python -m bench.bench_devserver --in-memory --spans 5000000 --preserve-dictionary
+
+``--in-memory`` serves the lake held in memory (generated at start, before the server listens):
+memory then grows with the lake, and rows/s is the figure to watch. Server and client CPU seconds
+(user + sys) of the serving phase are printed beside the wall time (the machine is shared).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +37,12 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--spans", type=int, default=20_000_000, help="thread spans of the large process")
@@ -39,12 +51,18 @@ def main() -> int:
     )
     parser.add_argument("--parallel", type=int, default=1, help="thread streams fetched at once (default 1)")
     parser.add_argument("--no-async", action="store_true", help="skip the async events query")
+    parser.add_argument("--in-memory", action="store_true", help="serve the lake held in memory")
+    parser.add_argument(
+        "--preserve-dictionary",
+        action="store_true",
+        help="ask for dictionary-encoded strings (header preserve_dictionary: true), as the worker does",
+    )
     args = parser.parse_args()
 
     config = LakeConfig(processes=("large",), large_spans=args.spans)
     process = Lake(config).processes[0]
     flags = ["--processes", "large", "--large-spans", str(args.spans)]
-    with run_devserver_subprocess(flags) as server:
+    with run_devserver_subprocess(flags, in_memory=args.in_memory) as server:
         pid = server.proc.pid
         samples: list[tuple[float, float]] = []
         done = threading.Event()
@@ -60,6 +78,8 @@ def main() -> int:
             (b"query_range_begin", rfc3339(process.begin_ns).encode()),
             (b"query_range_end", rfc3339(process.end_ns).encode()),
         ]
+        if args.preserve_dictionary:
+            headers.append((b"preserve_dictionary", b"true"))
         options = fl.FlightCallOptions(headers=headers)
         begin, end = rfc3339(process.begin_ns), rfc3339(process.end_ns)
         streams = process.thread_streams[: args.streams or None]
@@ -83,6 +103,7 @@ def main() -> int:
             with lock:
                 marks.append(("thread", rows, samples[-1][1] if samples else baseline))
 
+        server_cpu0, client_cpu0 = cpu_s(pid), time.process_time()
         started = time.monotonic()
         with fl.FlightClient(server.url) as client:
             with ThreadPoolExecutor(max_workers=args.parallel) as pool:
@@ -96,6 +117,7 @@ def main() -> int:
                 for chunk in client.do_get(ticket, options=options):
                     events += chunk.data.num_rows
                 async_secs = time.monotonic() - t0
+        server_cpu, client_cpu = cpu_s(pid) - server_cpu0, time.process_time() - client_cpu0
         done.set()
         sampler.join()
         assert server.terminate() == 0
@@ -112,6 +134,10 @@ def main() -> int:
             f"async events served: {events:,} in {async_secs:.1f} s "
             f"({events / async_secs / 1e6:.2f} M rows/s)"
         )
+    print(
+        f"CPU (thread spans + async events): server {server_cpu:.2f} s, client {client_cpu:.2f} s; "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
     print(
         f"server RSS: idle {baseline:.0f} MB; after {quarter[1]:,} spans {quarter[2]:.0f} MB; "
         f"after all {marks[-1][1]:,} spans {marks[-1][2]:.0f} MB; "

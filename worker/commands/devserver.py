@@ -79,6 +79,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--block-rows", type=int, default=65_536, help="rows per generated thread-span block (default 65536)"
     )
+    p.add_argument(
+        "--in-memory",
+        action="store_true",
+        help="generate the whole lake once at start (before listening) and serve it from memory: "
+        "faster serving, memory grows with the lake (~0.5 GB for the 5.2M-span large process); "
+        "default: generate rows on the fly, flat memory",
+    )
     p.set_defaults(handler=_run)
 
 
@@ -106,4 +113,5 @@ def _run(args: argparse.Namespace) -> int:
         tls_key=args.tls_key,
         dictionary_keys=args.dictionary_keys,
         async_hash=not args.no_async_hash,
+        in_memory=args.in_memory,
     )
