@@ -162,6 +162,11 @@ class MemoryLake:
             self.held(*key)
         return self
 
+    @staticmethod
+    def holds(view: str) -> bool:
+        """Whether views of this name are held in memory (others are generated on the fly)."""
+        return view in _GENERATORS
+
     def _known(self, view: str, instance: str) -> bool:
         if view == "thread_spans":
             found = self.lake.stream(instance)

@@ -144,7 +144,7 @@ class QueryEngine:
             raise ValueError("query range mandatory for thread spans view")
 
     def _rows(self, view: str, instance: str, headers: RequestHeaders) -> Iterator[pa.RecordBatch]:
-        if self.memory is not None:
+        if self.memory is not None and self.memory.holds(view):
             return self.memory.rows(view, instance, headers.range_ns)
         begin, end = headers.range_ns if headers.range_ns is not None else (None, None)
         gen = {

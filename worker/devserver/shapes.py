@@ -100,7 +100,7 @@ def _condition(view: str, text: str, bounds: Bounds) -> Bounds | None:
 def parse_shape(sql: str, schemas: dict[str, pa.Schema]) -> Shape | None:
     """The statement's shape, or None when it is not one the in-memory lake answers itself."""
     m = _STATEMENT.match(sql)
-    if m is None or m["view"] not in schemas:
+    if m is None or m["view"] not in schemas or m["view"] not in ORDER_COLUMN:
         return None
     view = m["view"]
     names = schemas[view].names
