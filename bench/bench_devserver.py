@@ -20,9 +20,13 @@ import argparse
 import os
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import adbc_driver_flightsql as fsql
+import adbc_driver_manager as adbc
+import pyarrow as pa
 import pyarrow.flight as fl
 
 from tests.support.devserver import rfc3339, run_devserver_subprocess
@@ -57,6 +61,13 @@ def main() -> int:
         action="store_true",
         help="ask for dictionary-encoded strings (header preserve_dictionary: true), as the worker does",
     )
+    parser.add_argument(
+        "--client",
+        choices=("flight", "adbc"),
+        default="flight",
+        help="bare pyarrow.flight DoGet, or ADBC Flight SQL (execute_partitions + read_partition, as "
+        "against Micromegas; the worker's driver) (default flight)",
+    )
     args = parser.parse_args()
 
     config = LakeConfig(processes=("large",), large_spans=args.spans)
@@ -81,6 +92,28 @@ def main() -> int:
         if args.preserve_dictionary:
             headers.append((b"preserve_dictionary", b"true"))
         options = fl.FlightCallOptions(headers=headers)
+        prefix = fsql.ConnectionOptions.RPC_CALL_HEADER_PREFIX.value
+        db_kwargs = {prefix + k.decode(): v.decode() for k, v in headers}
+        db_kwargs[fsql.DatabaseOptions.WITH_MAX_MSG_SIZE.value] = str(256 * 2**20)
+        database = fsql.connect(server.url, db_kwargs=db_kwargs) if args.client == "adbc" else None
+
+        def read(sql: str) -> Iterator[int]:
+            """Rows of each batch received for ``sql``."""
+            if database is None:
+                ticket = fl.Ticket(msg.pack(msg.TicketStatementQuery(statement_handle=sql.encode())))
+                with fl.FlightClient(server.url) as own:
+                    for chunk in own.do_get(ticket, options=options):
+                        yield chunk.data.num_rows
+                return
+            with adbc.AdbcConnection(database) as conn, adbc.AdbcStatement(conn) as stmt:
+                stmt.set_sql_query(sql)
+                partitions, _, _ = stmt.execute_partitions()
+                for partition in partitions:
+                    handle = conn.read_partition(partition)
+                    with pa.RecordBatchReader._import_from_c(handle.address) as reader:
+                        for batch in reader:
+                            yield batch.num_rows
+
         begin, end = rfc3339(process.begin_ns), rfc3339(process.end_ns)
         streams = process.thread_streams[: args.streams or None]
         rows = batches = 0
@@ -94,30 +127,26 @@ def main() -> int:
                 f"FROM view_instance('thread_spans', '{stream_id}') "
                 f"WHERE begin <= TIMESTAMP '{end}' AND end >= TIMESTAMP '{begin}' ORDER BY begin"
             )
-            ticket = fl.Ticket(msg.pack(msg.TicketStatementQuery(statement_handle=sql.encode())))
-            with fl.FlightClient(server.url) as own:
-                for chunk in own.do_get(ticket, options=options):
-                    with lock:
-                        rows += chunk.data.num_rows
-                        batches += 1
+            for n in read(sql):
+                with lock:
+                    rows += n
+                    batches += 1
             with lock:
                 marks.append(("thread", rows, samples[-1][1] if samples else baseline))
 
         server_cpu0, client_cpu0 = cpu_s(pid), time.process_time()
         started = time.monotonic()
-        with fl.FlightClient(server.url) as client:
-            with ThreadPoolExecutor(max_workers=args.parallel) as pool:
-                list(pool.map(fetch, [s.stream_id for s in streams]))
-            thread_secs = time.monotonic() - started
-            events = 0
-            if not args.no_async:
-                t0 = time.monotonic()
-                sql = f"SELECT * FROM view_instance('async_events', '{process.process_id}')"
-                ticket = fl.Ticket(msg.pack(msg.TicketStatementQuery(statement_handle=sql.encode())))
-                for chunk in client.do_get(ticket, options=options):
-                    events += chunk.data.num_rows
-                async_secs = time.monotonic() - t0
+        with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+            list(pool.map(fetch, [s.stream_id for s in streams]))
+        thread_secs = time.monotonic() - started
+        events = 0
+        if not args.no_async:
+            t0 = time.monotonic()
+            events = sum(read(f"SELECT * FROM view_instance('async_events', '{process.process_id}')"))
+            async_secs = time.monotonic() - t0
         server_cpu, client_cpu = cpu_s(pid) - server_cpu0, time.process_time() - client_cpu0
+        if database is not None:
+            database.close()
         done.set()
         sampler.join()
         assert server.terminate() == 0

@@ -76,6 +76,30 @@ def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     )
 
 
+#: Bytes aimed at per streamed batch: under gRPC's common 16 MiB message limit, whatever the client.
+_BATCH_BYTES = 8 * 2**20
+
+
+def _batch_rows(table: pa.Table, wire: pa.Schema) -> int:
+    """Rows per batch so that a batch on the wire stays near :data:`_BATCH_BYTES`."""
+    row = 0.0
+    for column, field in zip(table.columns, wire, strict=True):
+        if (
+            pa.types.is_dictionary(column.type)
+            and not pa.types.is_dictionary(field.type)
+            and column.num_chunks
+        ):
+            values = column.chunk(0).dictionary  # decoded on the wire: offsets + mean value length
+            row += 4 + (values.nbytes / len(values) if len(values) else 0)
+        elif pa.types.is_dictionary(column.type):
+            row += column.type.index_type.bit_width / 8
+        elif pa.types.is_primitive(column.type):
+            row += column.type.bit_width / 8
+        else:
+            row += column.nbytes / max(1, len(column)) + 4
+    return int(min(BATCH_ROWS, max(4096, _BATCH_BYTES // max(row, 1.0))))
+
+
 def _relabel(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     """``batch`` under ``schema`` (same types; field nullability and metadata may differ)."""
     return batch if batch.schema.equals(schema) else pa.RecordBatch.from_arrays(batch.columns, schema=schema)
@@ -231,7 +255,7 @@ class QueryEngine:
         limit = _min_limit(shape.limit, headers.limit)
         if limit is not None:
             table = table.slice(0, limit)
-        batches = table.to_batches(max_chunksize=BATCH_ROWS)
+        batches = table.to_batches(max_chunksize=_batch_rows(table, wire))
         if all(f.type == t for f, t in zip(wire, table.schema.types, strict=True)):
             ready = pa.Table.from_batches([_relabel(b, wire) for b in batches], wire)
             return PlannedQuery(wire, lambda: iter(ready.to_batches()), True, ready)
