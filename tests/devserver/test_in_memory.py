@@ -241,3 +241,28 @@ def test_cli_in_memory_generates_at_start_and_serves() -> None:
         )
         assert table.num_rows == stream.thread_span_count
         assert server.terminate() == 0
+
+
+def test_shapes_outside_the_known_forms_are_left_to_datafusion(mem_lake: Lake) -> None:
+    schemas = QueryEngine(mem_lake, strict=True, schema_options=SchemaOptions())._schemas
+    sid = mem_lake.processes[0].thread_streams[0].stream_id
+    base = f"SELECT * FROM view_instance('thread_spans', '{sid}')"
+    known = parse_shape(
+        f"{base} WHERE BEGIN >= TIMESTAMP '2026-11-01 00:00:00.5Z' ORDER BY begin ASC", schemas
+    )
+    assert known is not None
+    assert known.bounds == Bounds(lo=1_793_491_200_500_000_000)
+    for tail in (
+        "WHERE begin >= TIMESTAMP '1000-01-01T00:00:00Z'",  # outside int64 nanoseconds
+        "WHERE begin >= TIMESTAMP '2026-02-30T00:00:00Z'",  # not a date
+        "WHERE \"end\" <= TIMESTAMP '2026-11-01T00:00:00Z'",  # not a prefix of begin order
+        "WHERE begin >= TIMESTAMP '2026-11-01T00:00:00Z' OR depth = 1",
+        "ORDER BY begin DESC",
+        'ORDER BY "Begin"',
+        "ORDER BY id",
+    ):
+        assert parse_shape(f"{base} {tail}", schemas) is None, tail
+    assert parse_shape(f"SELECT id AS x FROM view_instance('thread_spans', '{sid}')", schemas) is None
+    assert parse_shape(f"SELECT id, id FROM view_instance('thread_spans', '{sid}')", schemas) is None
+    assert parse_shape(f"SELECT * FROM view_instance('Thread_Spans', '{sid}')", schemas) is None
+    assert parse_shape("SELECT * FROM view_instance('thread_spans', 'it''s')", schemas) is None

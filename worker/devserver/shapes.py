@@ -70,6 +70,8 @@ def _ident(text: str) -> str | None:
 
 
 def _ns(text: str) -> int | None:
+    if not "1700" <= text[:4] <= "2200":  # numpy wraps around silently outside int64 ns
+        return None
     try:
         value = np.datetime64(text.replace(" ", "T"), "ns")
     except ValueError:
