@@ -13,6 +13,11 @@ Each statement gets its own ``SessionContext`` (cheap: the metadata tables are s
 3. Anything else (aggregates, joins, other sort orders) runs once over materialised views, cut to
    the header range first.
 
+With the lake held in memory (``--in-memory``, :mod:`worker.devserver.memory`) the views are read
+from memory instead of generated, and a statement of a known shape (:mod:`worker.devserver.shapes`:
+the per-thread and async-event SQL) skips steps 1-3 after its first occurrence: its rows are a
+``searchsorted`` cut of the held table, projected and limited, streamed by Arrow's C++.
+
 In both paths the header range (``query_range_begin``/``_end``) is pushed into the generator,
 which skips whole blocks outside it; DataFusion then applies the statement's own WHERE. A view with
 no row in the range is served by a prebuilt zero-row provider (a pyarrow dataset without fragments
@@ -23,6 +28,7 @@ zero rows with the view's columns.
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,10 +89,10 @@ _BATCH_BYTES = 8 * 2**20
 def _batch_rows(table: pa.Table, wire: pa.Schema) -> int:
     """Rows per batch so that a batch on the wire stays near :data:`_BATCH_BYTES`."""
     row = 0.0
-    for column, field in zip(table.columns, wire, strict=True):
+    for column, sent in zip(table.columns, wire, strict=True):
         if (
             pa.types.is_dictionary(column.type)
-            and not pa.types.is_dictionary(field.type)
+            and not pa.types.is_dictionary(sent.type)
             and column.num_chunks
         ):
             values = column.chunk(0).dictionary  # decoded on the wire: offsets + mean value length
@@ -144,6 +150,7 @@ class QueryEngine:
         self._shape_schemas: dict[tuple[str, bool], pa.Schema] = {}
         #: Statements answered from memory without DataFusion (tests check the fast path is taken).
         self.known_shapes = 0
+        self._count_lock = threading.Lock()
         self.strict = strict
         self.options = schema_options
         self.tables = MetadataTables(lake)
@@ -248,7 +255,8 @@ class QueryEngine:
             wire = self._probe(sql, headers, None)[2]
             self._shape_schemas[key] = wire
         held = self.memory.held(shape.view, shape.instance)
-        self.known_shapes += 1
+        with self._count_lock:
+            self.known_shapes += 1
         table = held.cut(shape.bounds.meet(Bounds.header(shape.view, headers.range_ns))).select(
             list(shape.columns)
         )
