@@ -61,6 +61,7 @@ def main() -> int:
         action="store_true",
         help="ask for dictionary-encoded strings (header preserve_dictionary: true), as the worker does",
     )
+    parser.add_argument("--batch-rows", type=int, default=0, help="devserver --batch-rows (0: its default)")
     parser.add_argument(
         "--client",
         choices=("flight", "adbc"),
@@ -73,6 +74,7 @@ def main() -> int:
     config = LakeConfig(processes=("large",), large_spans=args.spans)
     process = Lake(config).processes[0]
     flags = ["--processes", "large", "--large-spans", str(args.spans)]
+    flags += ["--batch-rows", str(args.batch_rows)] if args.batch_rows else []
     with run_devserver_subprocess(flags, in_memory=args.in_memory) as server:
         pid = server.proc.pid
         samples: list[tuple[float, float]] = []

@@ -14,11 +14,13 @@ from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.flight as fl
 import pytest
 
 from tests.devserver.conftest import adbc_read
-from tests.support.devserver import rfc3339, run_devserver_subprocess, start_devserver
+from tests.support.devserver import expected_async_events, rfc3339, run_devserver_subprocess, start_devserver
 from worker.devserver import DevServer, Lake, LakeConfig, LakeProcess, SchemaOptions
+from worker.devserver import flightsql_messages as msg
 from worker.devserver.memory import Bounds, MemoryLake
 from worker.devserver.query import QueryEngine
 from worker.devserver.shapes import parse_shape
@@ -232,7 +234,7 @@ def test_broken_streams_still_break_in_memory(mem_lake: Lake) -> None:
 def test_cli_in_memory_generates_at_start_and_serves() -> None:
     lake = Lake(LakeConfig(processes=("small",)))
     process = lake.processes[0]
-    with run_devserver_subprocess(["--processes", "small"], in_memory=True) as server:
+    with run_devserver_subprocess(["--processes", "small", "--batch-rows", "1000"], in_memory=True) as server:
         listening = next(line for line in server.output if line.startswith("listening on"))
         assert "in memory:" in listening
         stream = process.thread_streams[0]
@@ -241,6 +243,13 @@ def test_cli_in_memory_generates_at_start_and_serves() -> None:
             server.url, q.thread_spans_sql(stream.stream_id, TimeRange(process.begin_ns, process.end_ns)), h
         )
         assert table.num_rows == stream.thread_span_count
+        sql = f"SELECT * FROM view_instance('async_events', '{process.process_id}')"
+        ticket = fl.Ticket(msg.pack(msg.TicketStatementQuery(statement_handle=sql.encode())))
+        options = fl.FlightCallOptions(headers=[(k.encode(), v.encode()) for k, v in h.items()])
+        with fl.FlightClient(server.url) as client:
+            sizes = [chunk.data.num_rows for chunk in client.do_get(ticket, options=options)]
+        assert sum(sizes) == sum(b.num_rows for b in expected_async_events(lake, process.process_id))
+        assert max(sizes) == 1000
         assert server.terminate() == 0
 
 

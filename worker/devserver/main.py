@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TextIO
 
 from worker.devserver.lake import Lake, LakeConfig
+from worker.devserver.memory import BATCH_ROWS
 from worker.devserver.schemas import DictionaryKeys, SchemaOptions
 from worker.devserver.server import DevServer, Mode
 
@@ -27,6 +28,7 @@ def serve(
     dictionary_keys: DictionaryKeys = "int32",
     async_hash: bool = True,
     in_memory: bool = False,
+    batch_rows: int = BATCH_ROWS,
     out: TextIO = sys.stdout,
 ) -> int:
     """Serve the lake of ``config`` until SIGINT or SIGTERM; print the address and processes first.
@@ -51,6 +53,7 @@ def serve(
         tls=tls,
         schema_options=SchemaOptions(dictionary_keys=dictionary_keys, async_hash=async_hash),
         in_memory=in_memory,
+        batch_rows=batch_rows,
     )
     # The handler only flips a flag: taking a lock there (Event.set) can deadlock with the main
     # thread waiting on the same Event when the signal lands while it holds the Event's lock.

@@ -35,7 +35,9 @@ from worker.devserver.schemas import (
 
 __all__ = ["BATCH_ROWS", "Bounds", "HeldView", "MemoryLake"]
 
-#: Rows per record batch written to the Flight stream (large batches: fewer gRPC messages).
+#: Default rows per record batch written to the Flight stream: large batches mean fewer gRPC
+#: messages and less per-batch work in the client's driver (ADBC reads 262,144-row batches ~1.5x
+#: faster than 65,536-row ones), but a client that queues N batches holds N times more.
 BATCH_ROWS = 262_144
 #: Inclusive int64 bounds meaning "no bound".
 _MIN, _MAX = -(2**63), 2**63 - 1
@@ -131,11 +133,15 @@ class MemoryLake:
     Args:
         lake: The lake to hold.
         options: String encoding and ``async_events.hash`` presence (as the server serves them).
+        batch_rows: Most rows per record batch served (see :data:`BATCH_ROWS`).
     """
 
-    def __init__(self, lake: Lake, options: SchemaOptions) -> None:
+    def __init__(self, lake: Lake, options: SchemaOptions, *, batch_rows: int = BATCH_ROWS) -> None:
+        if batch_rows < 1:
+            raise ValueError(f"batch_rows must be positive: {batch_rows}")
         self.lake = lake
         self.options = options
+        self.batch_rows = batch_rows
         self._schemas = {
             "thread_spans": thread_spans_schema(options),
             "async_events": async_events_schema(options),
@@ -194,9 +200,9 @@ class MemoryLake:
 
     def rows(self, view: str, instance: str, range_ns: tuple[int, int] | None) -> Iterator[pa.RecordBatch]:
         """What :mod:`worker.devserver.views` yields for the header range, from memory (same rows,
-        same order), in batches of up to :data:`BATCH_ROWS`."""
+        same order), in batches of up to :attr:`batch_rows`."""
         table = self.held(view, instance).cut(Bounds.header(view, range_ns))
-        yield from table.to_batches(max_chunksize=BATCH_ROWS)
+        yield from table.to_batches(max_chunksize=self.batch_rows)
 
 
 def _ns(column: pa.ChunkedArray) -> np.ndarray:

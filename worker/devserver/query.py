@@ -40,7 +40,7 @@ from datafusion import Expr, LogicalPlan, SessionConfig, SessionContext, Table, 
 from worker.devserver import views
 from worker.devserver.headers import RequestHeaders
 from worker.devserver.lake import Lake
-from worker.devserver.memory import BATCH_ROWS, Bounds, MemoryLake
+from worker.devserver.memory import Bounds, MemoryLake
 from worker.devserver.schemas import (
     SchemaOptions,
     async_events_schema,
@@ -86,8 +86,8 @@ def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
 _BATCH_BYTES = 8 * 2**20
 
 
-def _batch_rows(table: pa.Table, wire: pa.Schema) -> int:
-    """Rows per batch so that a batch on the wire stays near :data:`_BATCH_BYTES`."""
+def _batch_rows(table: pa.Table, wire: pa.Schema, most: int) -> int:
+    """Rows per batch (at most ``most``) so that a batch on the wire stays near :data:`_BATCH_BYTES`."""
     row = 0.0
     for column, sent in zip(table.columns, wire, strict=True):
         if (
@@ -103,7 +103,7 @@ def _batch_rows(table: pa.Table, wire: pa.Schema) -> int:
             row += column.type.bit_width / 8
         else:
             row += column.nbytes / max(1, len(column)) + 4
-    return int(min(BATCH_ROWS, max(4096, _BATCH_BYTES // max(row, 1.0))))
+    return int(min(most, max(4096, _BATCH_BYTES // max(row, 1.0))))
 
 
 def _relabel(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
@@ -263,7 +263,7 @@ class QueryEngine:
         limit = _min_limit(shape.limit, headers.limit)
         if limit is not None:
             table = table.slice(0, limit)
-        batches = table.to_batches(max_chunksize=_batch_rows(table, wire))
+        batches = table.to_batches(max_chunksize=_batch_rows(table, wire, self.memory.batch_rows))
         if all(f.type == t for f, t in zip(wire, table.schema.types, strict=True)):
             ready = pa.Table.from_batches([_relabel(b, wire) for b in batches], wire)
             return PlannedQuery(wire, lambda: iter(ready.to_batches()), True, ready)

@@ -27,7 +27,7 @@ import pyarrow.flight as fl
 from worker.devserver import flightsql_messages as msg
 from worker.devserver.headers import MIDDLEWARE_KEY, HeaderMiddlewareFactory, RequestHeaders
 from worker.devserver.lake import Lake
-from worker.devserver.memory import MemoryLake
+from worker.devserver.memory import BATCH_ROWS, MemoryLake
 from worker.devserver.query import PlannedQuery, QueryEngine
 from worker.devserver.schemas import SchemaOptions
 
@@ -172,6 +172,7 @@ class DevServer:
         schema_options: Dictionary key width / plain strings, ``async_events.hash`` presence.
         in_memory: Generate every view of the lake once, in :meth:`start` before listening, and
             serve it from memory (:mod:`worker.devserver.memory`); default: generate on the fly.
+        batch_rows: With ``in_memory``, most rows per served batch (default 262,144).
     """
 
     def __init__(
@@ -185,6 +186,7 @@ class DevServer:
         tls: tuple[bytes, bytes] | None = None,
         schema_options: SchemaOptions | None = None,
         in_memory: bool = False,
+        batch_rows: int = BATCH_ROWS,
     ) -> None:
         if mode not in ("micromegas", "friendly"):
             raise ValueError(f"mode must be 'micromegas' or 'friendly', not {mode!r}")
@@ -196,6 +198,7 @@ class DevServer:
         self.schema_options = schema_options or SchemaOptions()
         self.port = port
         self.in_memory = in_memory
+        self.batch_rows = batch_rows
         #: The lake held in memory once started with ``in_memory``.
         self.memory: MemoryLake | None = None
         #: When set, every stream opened afterwards fails after this many batches (tests).
@@ -235,7 +238,7 @@ class DevServer:
         if self._server is not None:
             raise RuntimeError("DevServer already started")
         if self.in_memory and self.memory is None:
-            self.memory = MemoryLake(self.lake, self.schema_options).load()
+            self.memory = MemoryLake(self.lake, self.schema_options, batch_rows=self.batch_rows).load()
         engine = QueryEngine(
             self.lake,
             strict=self.mode == "micromegas",
