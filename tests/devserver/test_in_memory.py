@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.flight as fl
 import pytest
 
+from contracts.request import SpanTypes
 from tests.devserver.conftest import adbc_read
 from tests.support.devserver import expected_async_events, rfc3339, run_devserver_subprocess, start_devserver
 from worker.devserver import DevServer, Lake, LakeConfig, LakeProcess, SchemaOptions
@@ -26,6 +27,8 @@ from worker.devserver.query import QueryEngine
 from worker.devserver.shapes import parse_shape
 from worker.devserver.views import thread_spans
 from worker.model import TimeRange
+from worker.pipeline import TraceSpec, generate_trace
+from worker.source import FlightSqlConfig, FlightSqlSource
 from worker.source import queries as q
 
 CONFIG = LakeConfig(
@@ -276,3 +279,28 @@ def test_shapes_outside_the_known_forms_are_left_to_datafusion(mem_lake: Lake) -
     assert parse_shape(f"SELECT id, id FROM view_instance('thread_spans', '{sid}')", schemas) is None
     assert parse_shape(f"SELECT * FROM view_instance('Thread_Spans', '{sid}')", schemas) is None
     assert parse_shape("SELECT * FROM view_instance('thread_spans', 'it''s')", schemas) is None
+
+
+@pytest.mark.parametrize("cut", ["whole", "middle"])
+async def test_worker_traces_are_byte_identical(
+    servers: tuple[DevServer, DevServer], mem_lake: Lake, cut: str
+) -> None:
+    """The worker's pipeline (its ADBC source, its SQL, its engine) writes the same trace from both."""
+    process = mem_lake.process_of_kind("wide")
+    third = (process.end_ns - process.begin_ns) // 3
+    begin, end = (None, None) if cut == "whole" else (process.begin_ns + third, process.end_ns - third)
+    spec = TraceSpec(
+        process.process_id, begin, end, SpanTypes.BOTH, async_lookback_ns=10**9, logs=True, metrics=True
+    )
+    traces = []
+    before = servers[1].known_shapes_answered
+    for server in servers:
+        source = FlightSqlSource(FlightSqlConfig(server.url, concurrency=3))
+        try:
+            traces.append(b"".join([c async for c in generate_trace(source, spec)]))
+        finally:
+            await source.aclose()
+    assert len(traces[0]) > 100_000
+    assert traces[0] == traces[1]
+    # one query per thread, async events, logs and measures skipped DataFusion
+    assert servers[1].known_shapes_answered - before >= process.thread_count + 3
