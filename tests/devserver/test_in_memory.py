@@ -65,7 +65,7 @@ def ranges(process: LakeProcess) -> list[TimeRange]:
     rng = random.Random(process.index)
     cuts = [TimeRange(b, e), TimeRange(b + third, e - third), TimeRange(mid, mid + 1_000_000)]
     cuts.append(TimeRange(b - 10_000_000_000, b - 1))
-    for _ in range(3):
+    for _ in range(2):
         lo = rng.randrange(b, e)
         cuts.append(TimeRange(lo, rng.randrange(lo, e + 1)))
     return cuts
@@ -95,7 +95,7 @@ def statements(process: LakeProcess, r: TimeRange) -> list[str]:
     pid = process.process_id
     begin, end = q.timestamp_literal(r.begin_ns), q.timestamp_literal(r.end_ns)
     out = []
-    for stream in process.thread_streams[:3]:
+    for stream in process.thread_streams[:2]:
         sid = stream.stream_id
         out += [
             q.thread_spans_sql(sid, r),
