@@ -14,6 +14,9 @@ within 1.25x of the smallest. The machine is shared and the devserver generates 
 2 cores, so numbers are noisy; rerun on a quiet machine for the record.
 
     .venv/bin/python -m bench.bench_generate --sizes 1000000,5000000
+
+The devserver serves its lake from memory (``--in-memory``, generated before it listens) so that
+it costs little CPU while the command runs; ``--no-in-memory`` generates rows on the fly instead.
 """
 
 from __future__ import annotations
@@ -43,11 +46,11 @@ class Result:
     trace_mb: float
 
 
-def run_once(thread_spans: int, concurrency: int) -> Result:
+def run_once(thread_spans: int, concurrency: int, in_memory: bool = True) -> Result:
     process = Lake(LakeConfig(processes=("large",), large_spans=thread_spans)).processes[0]
     spans = process.thread_span_count + process.async_span_count
     flags = ["--processes", "large", "--large-spans", str(thread_spans)]
-    with run_devserver_subprocess(flags) as server, tempfile.TemporaryDirectory() as tmp:
+    with run_devserver_subprocess(flags, in_memory=in_memory) as server, tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "trace.pftrace"
         argv = [sys.executable, "-m", "worker", "generate", "--flightsql", server.url]
         argv += ["--process-id", process.process_id, "-o", str(out), "--concurrency", str(concurrency)]
@@ -75,9 +78,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--sizes", default="1000000,5000000", help="thread spans per run, comma-separated")
     parser.add_argument("--concurrency", type=int, default=4, help="threads fetched at once")
+    parser.add_argument(
+        "--in-memory", action=argparse.BooleanOptionalAction, default=True, help="devserver --in-memory"
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    results = [run_once(n, args.concurrency) for n in sizes]
+    results = [run_once(n, args.concurrency, args.in_memory) for n in sizes]
 
     columns = ["spans (thread + async)", "wall s", "command s", "spans/s (command)", "spans/s (wall)"]
     columns += ["peak RSS MB", "trace MB"]

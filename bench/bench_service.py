@@ -10,6 +10,9 @@ Measures, on this machine:
   requesters: throughput and p50/p99 latency;
 - the worker's peak RSS (sampled from /proc every 20 ms) during each job size.
 
+The devserver serves its lake from memory (``--in-memory``, generated before it listens, so the
+source is not the bottleneck); ``--no-in-memory`` generates rows on the fly as the default server.
+
     .venv/bin/python -m bench.bench_service [--large-spans 5000000] [--small-jobs 100] [--requesters 20]
 """
 
@@ -264,6 +267,12 @@ def main() -> int:
     parser.add_argument("--small-jobs", type=int, default=100)
     parser.add_argument("--requesters", type=int, default=20)
     parser.add_argument("--concurrency", type=int, default=4, help="worker_concurrency of the worker")
+    parser.add_argument(
+        "--in-memory",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="devserver serves its lake from memory, generated before it listens (default on)",
+    )
     args = parser.parse_args()
     lake = Lake(LakeConfig(processes=("small", "typical", "large"), large_spans=args.large_spans))
     server = RedisServer().start()
@@ -271,7 +280,7 @@ def main() -> int:
     flags = ["--processes", "small,typical,large", "--large-spans", str(args.large_spans)]
     worker: subprocess.Popen[bytes] | None = None
     try:
-        with run_devserver_subprocess(flags) as dev:
+        with run_devserver_subprocess(flags, in_memory=args.in_memory) as dev:
             env = {
                 **os.environ,
                 "TRACE_WORKER_REDIS_URL": server.url,

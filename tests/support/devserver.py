@@ -63,10 +63,19 @@ def start_devserver(
     token: str | None = None,
     tls: tuple[bytes, bytes] | None = None,
     schema_options: SchemaOptions | None = None,
+    in_memory: bool = False,
 ) -> DevServer:
-    """A started in-process server on a free loopback port (use it as a context manager)."""
+    """A started in-process server on a free loopback port (use it as a context manager).
+
+    ``in_memory`` generates the whole lake at start and serves it from memory (faster, for
+    benchmarks; same rows as the default on-the-fly mode)."""
     return DevServer(
-        lake or small_lake(), mode=mode, token=token, tls=tls, schema_options=schema_options
+        lake or small_lake(),
+        mode=mode,
+        token=token,
+        tls=tls,
+        schema_options=schema_options,
+        in_memory=in_memory,
     ).start()
 
 
@@ -174,17 +183,23 @@ class DevServerProcess:
         self.close()
 
 
-def run_devserver_subprocess(args: Sequence[str] = (), *, timeout: float = 60.0) -> DevServerProcess:
+def run_devserver_subprocess(
+    args: Sequence[str] = (), *, timeout: float = 60.0, in_memory: bool = False
+) -> DevServerProcess:
     """Start ``trace-worker devserver --port 0 ARGS`` and wait until it listens.
 
     Args:
         args: Extra command-line flags, e.g. ``["--processes", "small", "--mode", "friendly"]``.
-        timeout: Seconds to wait for the "listening on" line.
+        timeout: Seconds to wait for the "listening on" line (at least 300 with ``in_memory``, which
+            generates the whole lake before listening).
+        in_memory: Add ``--in-memory``: serve the lake held in memory.
 
     Raises:
         RuntimeError: the server exited or did not listen in time (its output is in the message).
     """
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if in_memory:
+        args, timeout = [*args, "--in-memory"], max(timeout, 300.0)
     proc = subprocess.Popen(
         [sys.executable, "-c", _BOOT, "--port", "0", *args],
         cwd=ROOT,

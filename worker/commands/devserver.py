@@ -79,6 +79,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--block-rows", type=int, default=65_536, help="rows per generated thread-span block (default 65536)"
     )
+    p.add_argument(
+        "--in-memory",
+        action="store_true",
+        help="generate the whole lake once at start (before listening) and serve it from memory: "
+        "faster serving, memory grows with the lake (~0.5 GB for the 5.2M-span large process); "
+        "default: generate rows on the fly, flat memory",
+    )
+    p.add_argument(
+        "--batch-rows",
+        type=int,
+        default=262_144,
+        help="with --in-memory: most rows per served record batch (default 262144; batches are also "
+        "kept near 8 MiB)",
+    )
     p.set_defaults(handler=_run)
 
 
@@ -94,6 +108,8 @@ def _run(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
+    if args.batch_rows < 1:
+        raise UsageError("--batch-rows must be positive")
     if (args.tls_cert is None) != (args.tls_key is None):
         raise UsageError("--tls-cert and --tls-key go together")
     return serve(
@@ -106,4 +122,6 @@ def _run(args: argparse.Namespace) -> int:
         tls_key=args.tls_key,
         dictionary_keys=args.dictionary_keys,
         async_hash=not args.no_async_hash,
+        in_memory=args.in_memory,
+        batch_rows=args.batch_rows,
     )

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TextIO
 
 from worker.devserver.lake import Lake, LakeConfig
+from worker.devserver.memory import BATCH_ROWS
 from worker.devserver.schemas import DictionaryKeys, SchemaOptions
 from worker.devserver.server import DevServer, Mode
 
@@ -26,9 +27,13 @@ def serve(
     tls_key: Path | None = None,
     dictionary_keys: DictionaryKeys = "int32",
     async_hash: bool = True,
+    in_memory: bool = False,
+    batch_rows: int = BATCH_ROWS,
     out: TextIO = sys.stdout,
 ) -> int:
     """Serve the lake of ``config`` until SIGINT or SIGTERM; print the address and processes first.
+
+    With ``in_memory`` the whole lake is generated (and held) before the server listens.
 
     Returns:
         The exit status (0 after a clean stop).
@@ -47,6 +52,8 @@ def serve(
         token=token,
         tls=tls,
         schema_options=SchemaOptions(dictionary_keys=dictionary_keys, async_hash=async_hash),
+        in_memory=in_memory,
+        batch_rows=batch_rows,
     )
     # The handler only flips a flag: taking a lock there (Event.set) can deadlock with the main
     # thread waiting on the same Event when the signal lands while it holds the Event's lock.
@@ -55,13 +62,12 @@ def serve(
         sig: signal.signal(sig, lambda signum, _frame: stopping.append(signum))
         for sig in (signal.SIGINT, signal.SIGTERM)
     }
-    server.start()
+    server.start()  # with in_memory, generates the whole lake first
     try:
         auth = "bearer token" if token else "no auth"
-        print(
-            f"listening on {server.url} (mode={mode}, {auth}, seed={config.seed}, scale={config.scale})",
-            file=out,
-        )
+        held = f", in memory: {server.memory.nbytes / 2**20:.0f} MiB" if server.memory is not None else ""
+        settings = f"mode={mode}, {auth}, seed={config.seed}, scale={config.scale}{held}"
+        print(f"listening on {server.url} ({settings})", file=out)
         print("process_id                            kind     exe  counts  time range", file=out)
         print(lake.describe(), file=out, flush=True)
         while not stopping:

@@ -13,6 +13,11 @@ Each statement gets its own ``SessionContext`` (cheap: the metadata tables are s
 3. Anything else (aggregates, joins, other sort orders) runs once over materialised views, cut to
    the header range first.
 
+With the lake held in memory (``--in-memory``, :mod:`worker.devserver.memory`) the views are read
+from memory instead of generated, and a statement of a known shape (:mod:`worker.devserver.shapes`:
+the per-thread and async-event SQL) skips steps 1-3 after its first occurrence: its rows are a
+``searchsorted`` cut of the held table, projected and limited, streamed by Arrow's C++.
+
 In both paths the header range (``query_range_begin``/``_end``) is pushed into the generator,
 which skips whole blocks outside it; DataFusion then applies the statement's own WHERE. A view with
 no row in the range is served by a prebuilt zero-row provider (a pyarrow dataset without fragments
@@ -23,6 +28,7 @@ zero rows with the view's columns.
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +40,7 @@ from datafusion import Expr, LogicalPlan, SessionConfig, SessionContext, Table, 
 from worker.devserver import views
 from worker.devserver.headers import RequestHeaders
 from worker.devserver.lake import Lake
+from worker.devserver.memory import Bounds, MemoryLake
 from worker.devserver.schemas import (
     SchemaOptions,
     async_events_schema,
@@ -41,6 +48,7 @@ from worker.devserver.schemas import (
     measures_schema,
     thread_spans_schema,
 )
+from worker.devserver.shapes import Shape, parse_shape
 from worker.devserver.tables import MetadataTables, property_get_udf
 
 __all__ = ["PlannedQuery", "QueryEngine", "hydrated"]
@@ -74,6 +82,35 @@ def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     )
 
 
+#: Bytes aimed at per streamed batch: under gRPC's common 16 MiB message limit, whatever the client.
+_BATCH_BYTES = 8 * 2**20
+
+
+def _batch_rows(table: pa.Table, wire: pa.Schema, most: int) -> int:
+    """Rows per batch (at most ``most``) so that a batch on the wire stays near :data:`_BATCH_BYTES`."""
+    row = 0.0
+    for column, sent in zip(table.columns, wire, strict=True):
+        if (
+            pa.types.is_dictionary(column.type)
+            and not pa.types.is_dictionary(sent.type)
+            and column.num_chunks
+        ):
+            values = column.chunk(0).dictionary  # decoded on the wire: offsets + mean value length
+            row += 4 + (values.nbytes / len(values) if len(values) else 0)
+        elif pa.types.is_dictionary(column.type):
+            row += column.type.index_type.bit_width / 8
+        elif pa.types.is_primitive(column.type):
+            row += column.type.bit_width / 8
+        else:
+            row += column.nbytes / max(1, len(column)) + 4
+    return int(min(most, max(4096, _BATCH_BYTES // max(row, 1.0))))
+
+
+def _relabel(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """``batch`` under ``schema`` (same types; field nullability and metadata may differ)."""
+    return batch if batch.schema.equals(schema) else pa.RecordBatch.from_arrays(batch.columns, schema=schema)
+
+
 @dataclass
 class _Calls:
     """``view_instance`` calls seen while planning."""
@@ -88,6 +125,9 @@ class PlannedQuery:
     schema: pa.Schema
     batches: Callable[[], Iterator[pa.RecordBatch]]
     streamed: bool  # row-local, block by block (for tests and docs)
+    #: The whole answer as a table of wire-ready batches (in-memory known shapes): written to the
+    #: stream by Arrow's C++ without a Python call per batch.
+    table: pa.Table | None = None
 
 
 class QueryEngine:
@@ -97,10 +137,20 @@ class QueryEngine:
         lake: The data.
         strict: Micromegas behaviour: ``thread_spans`` refuses a statement without a header range.
         schema_options: Dictionary key width / plain strings, ``async_events.hash`` presence.
+        memory: The lake held in memory (``--in-memory``): views are read from it, and statements of a
+            known shape (:mod:`worker.devserver.shapes`) are answered by slicing it, without DataFusion.
     """
 
-    def __init__(self, lake: Lake, *, strict: bool, schema_options: SchemaOptions) -> None:
+    def __init__(
+        self, lake: Lake, *, strict: bool, schema_options: SchemaOptions, memory: MemoryLake | None = None
+    ) -> None:
         self.lake = lake
+        self.memory = memory
+        #: Wire schemas of known shapes, keyed by (statement with literals blanked, preserve_dictionary).
+        self._shape_schemas: dict[tuple[str, bool], pa.Schema] = {}
+        #: Statements answered from memory without DataFusion (tests check the fast path is taken).
+        self.known_shapes = 0
+        self._count_lock = threading.Lock()
         self.strict = strict
         self.options = schema_options
         self.tables = MetadataTables(lake)
@@ -125,6 +175,8 @@ class QueryEngine:
             raise ValueError("query range mandatory for thread spans view")
 
     def _rows(self, view: str, instance: str, headers: RequestHeaders) -> Iterator[pa.RecordBatch]:
+        if self.memory is not None and self.memory.holds(view):
+            return self.memory.rows(view, instance, headers.range_ns)
         begin, end = headers.range_ns if headers.range_ns is not None else (None, None)
         gen = {
             "thread_spans": views.thread_spans,
@@ -163,15 +215,11 @@ class QueryEngine:
         Raises:
             ValueError: the statement does not plan (the message says why).
         """
-        calls = _Calls()
-
-        def probe(view: str, instance: str) -> pa.Table:
-            calls.seen.append((view, instance))
-            return self._schemas[view].empty_table()
-
-        df = self._sql(self._context(probe, headers), sql, params)
-        schema: pa.Schema = df.schema()
-        wire = schema if headers.preserve_dictionary else hydrated(schema)
+        if self.memory is not None and params is None:
+            shape = parse_shape(sql, self._schemas)
+            if shape is not None:
+                return self._known_shape(sql, shape, headers)
+        df, calls, wire = self._probe(sql, headers, params)
         fetch = self._row_local(df.logical_plan(), calls)
         if fetch is not False:
             view, instance = calls.seen[0]
@@ -180,6 +228,47 @@ class QueryEngine:
                 wire, lambda: self._per_block(sql, params, headers, view, instance, wire, limit), True
             )
         return PlannedQuery(wire, lambda: self._whole(sql, params, headers, wire), False)
+
+    def _probe(
+        self, sql: str, headers: RequestHeaders, params: dict[str, Any] | None
+    ) -> tuple[Any, _Calls, pa.Schema]:
+        """Plan ``sql`` over empty views: the DataFrame, the views it reads and the wire schema."""
+        calls = _Calls()
+
+        def probe(view: str, instance: str) -> pa.Table:
+            calls.seen.append((view, instance))
+            return self._schemas[view].empty_table()
+
+        df = self._sql(self._context(probe, headers), sql, params)
+        schema: pa.Schema = df.schema()
+        return df, calls, schema if headers.preserve_dictionary else hydrated(schema)
+
+    def _known_shape(self, sql: str, shape: Shape, headers: RequestHeaders) -> PlannedQuery:
+        """Answer a known shape from memory: a range cut, a projection and a limit, no DataFusion.
+        The first statement of each shape is still planned by DataFusion, for its checks and its
+        exact result schema (kept for the next ones)."""
+        assert self.memory is not None
+        self._check(shape.view, shape.instance, headers)
+        key = (shape.key, headers.preserve_dictionary)
+        wire = self._shape_schemas.get(key)
+        if wire is None:
+            wire = self._probe(sql, headers, None)[2]
+            self._shape_schemas[key] = wire
+        held = self.memory.held(shape.view, shape.instance)
+        with self._count_lock:
+            self.known_shapes += 1
+        table = held.cut(shape.bounds.meet(Bounds.header(shape.view, headers.range_ns))).select(
+            list(shape.columns)
+        )
+        limit = _min_limit(shape.limit, headers.limit)
+        if limit is not None:
+            table = table.slice(0, limit)
+        batches = table.to_batches(max_chunksize=_batch_rows(table, wire, self.memory.batch_rows))
+        if all(f.type == t for f, t in zip(wire, table.schema.types, strict=True)):
+            ready = pa.Table.from_batches([_relabel(b, wire) for b in batches], wire)
+            return PlannedQuery(wire, lambda: iter(ready.to_batches()), True, ready)
+        # Strings hydrated batch by batch, so memory stays bounded by one batch.
+        return PlannedQuery(wire, lambda: (_conform(b, wire) for b in batches), True)
 
     @staticmethod
     def _sql(ctx: SessionContext, sql: str, params: dict[str, Any] | None) -> Any:

@@ -27,6 +27,7 @@ import pyarrow.flight as fl
 from worker.devserver import flightsql_messages as msg
 from worker.devserver.headers import MIDDLEWARE_KEY, HeaderMiddlewareFactory, RequestHeaders
 from worker.devserver.lake import Lake
+from worker.devserver.memory import BATCH_ROWS, MemoryLake
 from worker.devserver.query import PlannedQuery, QueryEngine
 from worker.devserver.schemas import SchemaOptions
 
@@ -63,6 +64,8 @@ class _FlightSqlServer(fl.FlightServerBase):  # type: ignore[misc]
     def _stream(self, planned: PlannedQuery) -> fl.RecordBatchStream:
         fail_after = self.owner.break_streams_after
         self.owner._note_stream()
+        if planned.table is not None and fail_after is None:
+            return fl.RecordBatchStream(planned.table)  # written by Arrow's C++, batch by batch
 
         def batches() -> Iterator[pa.RecordBatch]:
             for count, batch in enumerate(planned.batches()):
@@ -167,6 +170,9 @@ class DevServer:
         token: When set, every call needs ``authorization: Bearer <token>``.
         tls: ``(cert_pem, key_pem)`` to serve ``grpc+tls``.
         schema_options: Dictionary key width / plain strings, ``async_events.hash`` presence.
+        in_memory: Generate every view of the lake once, in :meth:`start` before listening, and
+            serve it from memory (:mod:`worker.devserver.memory`); default: generate on the fly.
+        batch_rows: With ``in_memory``, most rows per served batch (default 262,144).
     """
 
     def __init__(
@@ -179,6 +185,8 @@ class DevServer:
         token: str | None = None,
         tls: tuple[bytes, bytes] | None = None,
         schema_options: SchemaOptions | None = None,
+        in_memory: bool = False,
+        batch_rows: int = BATCH_ROWS,
     ) -> None:
         if mode not in ("micromegas", "friendly"):
             raise ValueError(f"mode must be 'micromegas' or 'friendly', not {mode!r}")
@@ -189,16 +197,26 @@ class DevServer:
         self.tls = tls
         self.schema_options = schema_options or SchemaOptions()
         self.port = port
+        self.in_memory = in_memory
+        self.batch_rows = batch_rows
+        #: The lake held in memory once started with ``in_memory``.
+        self.memory: MemoryLake | None = None
         #: When set, every stream opened afterwards fails after this many batches (tests).
         self.break_streams_after: int | None = None
         self._streams_opened = 0
         self._stream_cond = threading.Condition()
         self._server: _FlightSqlServer | None = None
+        self._engine: QueryEngine | None = None
 
     @property
     def url(self) -> str:
         scheme = "grpc+tls" if self.tls else "grpc"
         return f"{scheme}://{self.host}:{self.port}"
+
+    @property
+    def known_shapes_answered(self) -> int:
+        """Statements answered from the in-memory lake without DataFusion so far."""
+        return 0 if self._engine is None else self._engine.known_shapes
 
     @property
     def streams_opened(self) -> int:
@@ -219,7 +237,14 @@ class DevServer:
         """Bind and serve. Returns self."""
         if self._server is not None:
             raise RuntimeError("DevServer already started")
-        engine = QueryEngine(self.lake, strict=self.mode == "micromegas", schema_options=self.schema_options)
+        if self.in_memory and self.memory is None:
+            self.memory = MemoryLake(self.lake, self.schema_options, batch_rows=self.batch_rows).load()
+        engine = QueryEngine(
+            self.lake,
+            strict=self.mode == "micromegas",
+            schema_options=self.schema_options,
+            memory=self.memory,
+        )
         scheme = "grpc+tls" if self.tls else "grpc"
         kwargs: dict[str, Any] = {"middleware": {MIDDLEWARE_KEY: HeaderMiddlewareFactory(self.token)}}
         if self.tls:
@@ -232,6 +257,7 @@ class DevServer:
             **kwargs,
         )
         self._server = server
+        self._engine = engine
         self.port = server.port
         return self
 
