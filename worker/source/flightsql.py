@@ -270,8 +270,13 @@ class _Pool:
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
+            # Out while they close: a discarded connection closing in its own thread must not
+            # close the database under them.
+            self._out += len(idle)
         for conn in idle:
             _close_quietly(conn.raw)
+        with self._lock:
+            self._out -= len(idle)
         self._close_db_if_idle()
 
     def _close_db_if_idle(self) -> None:
@@ -349,20 +354,24 @@ class FlightSqlSource:
         running: Future[Any] | None = None
         broken = False
         try:
-            running = self._executor.submit(query.open)
-            await self._answer(running, what)
 
             def next_checked() -> pa.RecordBatch | None:
                 # Validation and casts are linear in the batch: done here, off the event loop.
                 batch = query.next_batch()
                 return None if batch is None else check(batch)
 
+            def open_and_first() -> pa.RecordBatch | None:
+                query.open()  # one thread hop for the plan and the first batch, not two
+                return next_checked()
+
+            step = open_and_first
             while True:
-                running = self._executor.submit(next_checked)
+                running = self._executor.submit(step)
                 batch = await self._answer(running, what)
                 if batch is None:
                     break
                 yield batch
+                step = next_checked
         except (SourceUnavailable, SourceBroken):
             # Not back to the pool: its gRPC channel may sit in reconnect backoff (up to minutes
             # after a long outage) and fail every query fast; a new connection dials at once.
