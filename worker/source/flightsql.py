@@ -55,8 +55,10 @@ _MAX_MESSAGE = str(256 * 1024 * 1024)
 _DRIVER_QUEUE = "4"
 #: Batches buffered per thread fetched ahead of the one being consumed.
 _THREAD_BUFFER = 4
-#: Idle connections kept for reuse; more are opened on demand and closed when released.
-_MAX_IDLE = 16
+#: Idle connections kept for reuse; more are opened on demand and closed when released. Several
+#: jobs at once each read up to ``concurrency`` streams (8 jobs x 4 = 32): fewer idle ones than
+#: that made every small job open and close about one connection.
+_MAX_IDLE = 64
 #: Small results (process, thread list) at most this long become rows on the event loop; longer ones
 #: in a worker thread.
 _INLINE_ROWS = 256
