@@ -7,13 +7,16 @@ Measures, on this machine:
   then checks that the chunks and the blob have the status's sha256;
 - time to first chunk (request XADD → first chunk entry) for a small, a typical and the large job;
 - 100 small jobs (distinct job ids over the 10k-span ``small`` process) from 20 concurrent
-  requesters: throughput and p50/p99 latency;
+  requesters: throughput, p50/p99 latency, the worker process's CPU time per job (user + sys from
+  /proc, the devserver's and the bench's own apart) and the Flight SQL calls per job (the worker's
+  ``trace_worker_flightsql_calls`` counter from /metrics);
 - the worker's peak RSS (sampled from /proc every 20 ms) during each job size.
 
 The devserver serves its lake from memory (``--in-memory``, generated before it listens, so the
 source is not the bottleneck); ``--no-in-memory`` generates rows on the fly as the default server.
 
     .venv/bin/python -m bench.bench_service [--large-spans 5000000] [--small-jobs 100] [--requesters 20]
+    .venv/bin/python -m bench.bench_service --small-only   # only the small jobs (and a warm-up job)
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +41,7 @@ from redis.asyncio import Redis
 
 from contracts import Keys, TraceRequest
 from tests.support.devserver import run_devserver_subprocess
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisServer, free_port
 from tests.support.worker_process import stop_process
 from worker.devserver import Lake, LakeConfig
 
@@ -170,7 +174,9 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-async def small_jobs(redis: Redis, pid: str, jobs: int, requesters: int) -> tuple[float, list[float], int]:
+async def small_jobs(
+    redis: Redis, pid: str, jobs: int, requesters: int, *, prefix: str = "small"
+) -> tuple[float, list[float], int]:
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(jobs):
         queue.put_nowait(i)
@@ -186,7 +192,7 @@ async def small_jobs(redis: Redis, pid: str, jobs: int, requesters: int) -> tupl
                     i = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
-                req = TraceRequest(process_id=pid, job_id=f"small-{n}-{i}", chunks=True)
+                req = TraceRequest(process_id=pid, job_id=f"{prefix}-{n}-{i}", chunks=True)
                 res = await run_job(client, req, watch_first_chunk=False)
                 latencies.append(res.total_s)
                 failures += res.state != "succeeded"
@@ -208,8 +214,85 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (/proc/PID/stat), threads included."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def flightsql_calls(metrics_url: str) -> dict[str, float]:
+    """The worker's ``trace_worker_flightsql_calls_total`` by call (empty if it has no such metric)."""
+    with urllib.request.urlopen(metrics_url, timeout=10) as reply:
+        text = reply.read().decode()
+    calls: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("trace_worker_flightsql_calls_total{"):
+            labels, value = line.rsplit(" ", 1)
+            calls[labels.split('call="', 1)[1].split('"', 1)[0]] = float(value)
+    return calls
+
+
+async def redis_commands(redis: Redis) -> dict[str, int]:
+    """Calls per command since the server started (INFO commandstats)."""
+    info: Any = await redis.info("commandstats")
+    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in info.items()}
+
+
+@dataclass
+class Procs:
+    """The processes whose CPU time the small-jobs part reports, and the worker's /metrics."""
+
+    worker: int
+    devserver: int
+    metrics_url: str
+
+
+async def small_jobs_rows(
+    args: argparse.Namespace, redis: Redis, pid: str, procs: Procs
+) -> list[tuple[str, str]]:
+    """``--small-rounds`` rounds of the small-jobs run: throughput, latency, CPU and calls per job."""
+    rows: list[tuple[str, str]] = []
+    n = args.small_jobs
+    for r in range(args.small_rounds):
+        tag = f" (round {r + 1})" if args.small_rounds > 1 else ""
+        calls0, load = flightsql_calls(procs.metrics_url), os.getloadavg()[0]
+        cmds0 = await redis_commands(redis)
+        cpu0 = (cpu_s(procs.worker), cpu_s(procs.devserver), time.process_time())
+        wall, lat, failures = await small_jobs(redis, pid, n, args.requesters, prefix=f"small{r}")
+        cpu1 = (cpu_s(procs.worker), cpu_s(procs.devserver), time.process_time())
+        calls1 = flightsql_calls(procs.metrics_url)
+        cmds = {k: (v - cmds0.get(k, 0)) / n for k, v in (await redis_commands(redis)).items()}
+        worker_ms, dev_ms, bench_ms = ((b - a) * 1000 / n for a, b in zip(cpu0, cpu1, strict=True))
+        rows.append(
+            (
+                f"{n} small jobs, {args.requesters} requesters{tag}",
+                f"{wall:.2f} s, {n / wall:.1f} jobs/s, {failures} failed",
+            )
+        )
+        p50, p99, mean = pct(lat, 50) * 1000, pct(lat, 99) * 1000, statistics.mean(lat) * 1000
+        rows.append(("small job latency p50 / p99 / mean", f"{p50:.0f} / {p99:.0f} / {mean:.0f} ms"))
+        rows.append(
+            (
+                "CPU per small job: worker / devserver / bench",
+                f"**{worker_ms:.1f}** / {dev_ms:.1f} / {bench_ms:.1f} ms",
+            )
+        )
+        per_job = {k: (calls1.get(k, 0) - calls0.get(k, 0)) / n for k in sorted(calls1)}
+        shown = ", ".join(f"{k} {v:.2f}" for k, v in per_job.items()) or "n/a (no counter)"
+        rows.append(("Flight SQL calls per small job", shown))
+        busy = sorted(((v, k) for k, v in cmds.items() if v >= 0.05), reverse=True)
+        rows.append(
+            (
+                "Redis commands per small job (all clients; the bench's own: xadd 1, xrevrange 1, xread)",
+                f"{sum(cmds.values()):.1f}: " + ", ".join(f"{k} {v:.1f}" for v, k in busy),
+            )
+        )
+        rows.append(("load average (1 min) before / after", f"{load:.1f} / {os.getloadavg()[0]:.1f}"))
+    return rows
+
+
 async def measure(
-    args: argparse.Namespace, redis_url: str, lake: Lake, out_dir: Path, rss: RssSampler
+    args: argparse.Namespace, redis_url: str, lake: Lake, out_dir: Path, rss: RssSampler, *, procs: Procs
 ) -> None:
     """Run the jobs and print the table."""
     small, typical, large = lake.processes
@@ -219,6 +302,12 @@ async def measure(
         warm = TraceRequest(process_id=small.process_id, job_id="warm")
         await run_job(redis, warm, watch_first_chunk=True)  # imports, connections: not measured
         rss.window()
+        if args.small_only:
+            rows += await small_jobs_rows(args, redis, small.process_id, procs)
+            print("| measure | value |\n|---|---|")
+            for name, value in rows:
+                print(f"| {name} | {value} |")
+            return
         results: dict[str, tuple[JobResult, float]] = {}
         for label, proc in (("small", small), ("typical", typical), ("large", large)):
             req = TraceRequest(process_id=proc.process_id, job_id=f"size-{label}")
@@ -244,16 +333,7 @@ async def measure(
         rows.append(("small job alone → succeeded", f"{results['small'][0].total_s * 1000:.0f} ms"))
         rows.append(("small job while a large job runs → succeeded", f"{fair_small * 1000:.0f} ms"))
         rows.append(("(that large job → succeeded)", f"{fair_large:.2f} s"))
-        n = args.small_jobs
-        wall, lat, failures = await small_jobs(redis, small.process_id, n, args.requesters)
-        rows.append(
-            (
-                f"{n} small jobs, {args.requesters} requesters",
-                f"{wall:.2f} s, {n / wall:.1f} jobs/s, {failures} failed",
-            )
-        )
-        p50, p99, mean = pct(lat, 50) * 1000, pct(lat, 99) * 1000, statistics.mean(lat) * 1000
-        rows.append(("small job latency p50 / p99 / mean", f"{p50:.0f} / {p99:.0f} / {mean:.0f} ms"))
+        rows += await small_jobs_rows(args, redis, small.process_id, procs)
         print("| measure | value |\n|---|---|")
         for name, value in rows:
             print(f"| {name} | {value} |")
@@ -266,7 +346,11 @@ def main() -> int:
     parser.add_argument("--large-spans", type=int, default=5_000_000)
     parser.add_argument("--small-jobs", type=int, default=100)
     parser.add_argument("--requesters", type=int, default=20)
-    parser.add_argument("--concurrency", type=int, default=4, help="worker_concurrency of the worker")
+    parser.add_argument(
+        "--concurrency", type=int, default=None, help="worker_concurrency of the worker (default: its own)"
+    )
+    parser.add_argument("--small-only", action="store_true", help="only the small jobs (after a warm-up job)")
+    parser.add_argument("--small-rounds", type=int, default=1, help="rounds of the small-jobs run")
     parser.add_argument(
         "--in-memory",
         action=argparse.BooleanOptionalAction,
@@ -279,6 +363,7 @@ def main() -> int:
     out_dir = Path(tempfile.mkdtemp(prefix="tw-bench-blobs-"))
     flags = ["--processes", "small,typical,large", "--large-spans", str(args.large_spans)]
     worker: subprocess.Popen[bytes] | None = None
+    http_port = free_port()
     try:
         with run_devserver_subprocess(flags, in_memory=args.in_memory) as dev:
             env = {
@@ -287,15 +372,17 @@ def main() -> int:
                 "TRACE_WORKER_FLIGHTSQL_URL": dev.url,
                 "TRACE_WORKER_BLOB_URL": f"file://{out_dir}",
                 "TRACE_WORKER_KEY_PREFIX": KEYS.prefix,
-                "TRACE_WORKER_HTTP_PORT": "0",
-                "TRACE_WORKER_WORKER_CONCURRENCY": str(args.concurrency),
+                "TRACE_WORKER_HTTP_PORT": str(http_port),
                 "TRACE_WORKER_LOG_LEVEL": "WARNING",
             }
+            if args.concurrency is not None:
+                env["TRACE_WORKER_WORKER_CONCURRENCY"] = str(args.concurrency)
             cmd = [sys.executable, "-m", "worker", "run", "--consumer", "bench"]
             worker = subprocess.Popen(cmd, cwd=ROOT, env=env)
             rss = RssSampler(worker.pid)
             try:
-                asyncio.run(measure(args, server.url, lake, out_dir, rss))
+                procs = Procs(worker.pid, dev.proc.pid, f"http://127.0.0.1:{http_port}/metrics")
+                asyncio.run(measure(args, server.url, lake, out_dir, rss, procs=procs))
             finally:
                 rss.stop()
     finally:

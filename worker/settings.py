@@ -85,6 +85,10 @@ class Settings(BaseSettings):
     flightsql_batch_timeout_s: float = Field(300.0, ge=0)
     #: Most threads one trace may cover; a longer thread list fails the job trace_too_large.
     flightsql_max_threads: int = Field(10_000, ge=1, le=1_000_000)
+    #: Skip GetFlightInfo and send DoGet with the statement as ticket (what Micromegas answers and
+    #: its own Python client does): auto (once the server's first answer shows that its ticket is
+    #: the statement), on (always), off (GetFlightInfo before every DoGet).
+    flightsql_direct_tickets: Literal["auto", "on", "off"] = "auto"
 
     # -- Blob store
     #: Where finished traces go: file:///abs/dir (default ./traces) or s3://bucket/prefix.

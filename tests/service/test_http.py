@@ -15,10 +15,12 @@ from redis.asyncio import Redis
 from contracts import Keys, TraceRequest
 from contracts.schema import WIRE_DIR
 from tests.service.support import PID, JobReader, ScriptedGenerator, fast_settings, submit
+from tests.support.devserver import small_lake, start_devserver
 from tests.support.redis_server import RedisServer
 from tests.support.wire import as_strings
 from worker.errors import SourceUnavailable
 from worker.service.app import Service
+from worker.service.generator import PipelineGenerator
 from worker.service.health import MAX_LINE, PROBE_TIMEOUT_S
 from worker.sinks.blob.memory import MemoryBlobStore
 
@@ -223,3 +225,28 @@ async def test_wire_schemas_are_served(service: Service) -> None:
         assert status == 200 and body == (WIRE_DIR / name).read_bytes()
     status, _ = await _get(_port(service), "/schemas/../settings.json")
     assert status == 404
+
+
+async def test_metrics_count_flightsql_calls(redis_server: RedisServer) -> None:
+    """The DoGet count on /metrics is the server's own count of streams opened by the job."""
+    with start_devserver(small_lake()) as server:
+        settings = fast_settings(redis_server.url, flightsql_url=server.url)
+        svc = Service(settings, generator=PipelineGenerator(settings), store=MemoryBlobStore())
+        before = server.streams_opened  # readiness probes query the source too: counted on both sides
+        await svc.start()
+        redis = Redis.from_url(redis_server.url)
+        try:
+            reader = JobReader(redis, KEYS, "calls")
+            pid = server.lake.processes[0].process_id
+            await submit(redis, KEYS, TraceRequest(process_id=pid, job_id="calls"))
+            assert (await reader.terminal()).state.value == "succeeded"
+            status, body = await _get(_port(svc), "/metrics")
+        finally:
+            await redis.aclose()
+            await svc.stop()
+        opened = server.streams_opened - before
+    text = body.decode()
+    assert status == 200
+    assert opened > 0
+    assert f'trace_worker_flightsql_calls_total{{call="DoGet"}} {float(opened)}' in text
+    assert 'trace_worker_flightsql_calls_total{call="GetFlightInfo"} 1.0' in text  # then tickets learnt

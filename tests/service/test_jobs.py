@@ -311,3 +311,17 @@ async def test_job_timeout_fails_the_job(redis_server: RedisServer, redis: Redis
         assert final.state == JobState.FAILED and final.error_code == ErrorCode.TIMEOUT
         assert "job_timeout_s=0.5" in (final.message or "") and final.attempt == 1
         assert h.store.objects == {} and h.store.open_writers == 0
+
+
+async def test_a_job_shorter_than_the_progress_interval_writes_one_progress_entry(
+    redis_server: RedisServer, redis: Redis
+) -> None:
+    """The first progress entry waits one interval: a short job writes only its final one."""
+    req = TraceRequest(process_id=PID, job_id="short")
+    async with Harness(redis_server.url, ScriptedGenerator(chunks=3), progress_interval_s=30):
+        await submit(redis, KEYS, req)
+        reader = JobReader(redis, KEYS, "short")
+        assert (await reader.terminal()).state == JobState.SUCCEEDED
+    progress = [e for e in reader.events if isinstance(e, ProgressEvent)]
+    assert len(progress) == 1
+    assert progress[0].spans == 30  # the generator's last report

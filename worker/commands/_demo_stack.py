@@ -25,6 +25,7 @@ SOURCE_TUNING = (
     "flightsql_concurrency",
     "flightsql_batch_timeout_s",
     "flightsql_max_threads",
+    "flightsql_direct_tickets",
 )
 
 _UUID_LINE = re.compile(r"^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\s")

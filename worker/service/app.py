@@ -186,6 +186,9 @@ class Service:
             metrics=metrics or Metrics(),
             consumer=consumer or settings.consumer_name,
         )
+        calls = getattr(generator, "source_calls", None)
+        if callable(calls):
+            self.rt.metrics.watch_source_calls(calls)
         self.app, self.broker, self.reclaimer = build_app(self.rt)
         self._asyncapi: str | None = None
         self.cancels = CancelLoop(self.rt)

@@ -3,7 +3,7 @@ source, with the limits from the settings."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 from contracts.request import TraceRequest
 from worker.pipeline import Cancelled, Progress, TraceSpec, generate_trace
@@ -57,6 +57,11 @@ class PipelineGenerator:
                 yield chunk
         except Cancelled as exc:
             raise StopRequested(str(exc)) from exc
+
+    def source_calls(self) -> Mapping[str, int]:
+        """Flight SQL calls made so far, by name (empty for a source that does not count them)."""
+        calls: Mapping[str, int] = getattr(self._source, "calls", {})
+        return calls
 
     async def ping(self) -> None:
         await self._source.ping()

@@ -2,9 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 __all__ = ["Metrics"]
+
+
+class _SourceCalls(Collector):
+    """``trace_worker_flightsql_calls_total{call}``, read from the source's own counts at scrape time."""
+
+    def __init__(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "trace_worker_flightsql_calls",
+            "Flight SQL calls made (GetFlightInfo, DoGet) and connections opened (connect).",
+            labels=["call"],
+        )
+        for call, n in sorted(dict(self._counts()).items()):
+            family.add_metric([call], n)
+        yield family
+
 
 _DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 _RATE_BUCKETS = (1e4, 5e4, 1e5, 2.5e5, 5e5, 7.5e5, 1e6, 1.5e6, 2e6, 4e6)
@@ -68,3 +90,7 @@ class Metrics:
         self.internal_errors = Counter(
             "trace_worker_internal_errors", "Unexpected exceptions caught by the service.", registry=r
         )
+
+    def watch_source_calls(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        """Export the Flight SQL source's call counts (``counts()`` is read at each scrape)."""
+        self.registry.register(_SourceCalls(counts))

@@ -1,5 +1,6 @@
 """Rate-limited progress entries: the generator reports as often as it likes, the job stream gets at
-most one entry per ``progress_interval_s``; a failing progress write never fails the job."""
+most one entry per ``progress_interval_s`` (the first one interval after the job started, so a
+short job writes only its final one); a failing progress write never fails the job."""
 
 from __future__ import annotations
 
@@ -31,7 +32,9 @@ class ProgressPump:
         self._sent: tuple[object, ...] | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._last_sent = 0.0
+        # The first entry waits one interval too: a job shorter than that writes one progress entry
+        # (the final one, at close) instead of two.
+        self._last_sent = time.monotonic()
         self._closed = False
         self._closing = asyncio.Event()
         #: Totals of the latest report (for the final status).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from worker.errors import InvalidRequest
 
@@ -32,6 +32,9 @@ class FlightSqlConfig:
             before the read fails with SourceBroken; None waits forever.
         max_threads: Most threads one trace may cover; a longer thread list fails with
             TraceTooLarge before any span query (each thread costs a query and a track).
+        direct_tickets: ``auto``: skip GetFlightInfo once the server's first answer shows that its
+            ticket is the statement itself (Micromegas); ``on``: always skip it; ``off``: never
+            (see :mod:`worker.source.tickets`).
     """
 
     url: str
@@ -42,6 +45,7 @@ class FlightSqlConfig:
     concurrency: int = 4
     batch_timeout_s: float | None = 300.0
     max_threads: int = 10_000
+    direct_tickets: Literal["auto", "on", "off"] = "auto"
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -75,6 +79,7 @@ class FlightSqlConfig:
             concurrency=s.flightsql_concurrency,
             batch_timeout_s=s.flightsql_batch_timeout_s or None,
             max_threads=s.flightsql_max_threads,
+            direct_tickets=s.flightsql_direct_tickets,
         )
 
 

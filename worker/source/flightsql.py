@@ -6,6 +6,10 @@ answers GetFlightInfo with a zero-field schema). Headers are set on the *connect
 ``read_partition``'s DoGet does not carry statement options; setting a call header again
 *appends* a second value, so a header is cleared (empty value) before it is set anew. Since
 headers are per connection, each concurrent query gets its own connection from a small pool.
+
+Against a server whose ticket is the statement itself (Micromegas), GetFlightInfo is skipped
+(``direct_tickets``, :mod:`worker.source.tickets`): each query is then one DoGet. The calls made are
+counted in :attr:`FlightSqlSource.calls` (the service exports them on ``/metrics``).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -36,6 +41,7 @@ from worker.source.columns import (
 )
 from worker.source.config import FlightSqlConfig
 from worker.source.fetch import ordered_fetch
+from worker.source.tickets import is_statement_ticket, statement_partition
 from worker.source.translate import translate_errors
 
 __all__ = ["FlightSqlSource", "list_processes"]
@@ -49,8 +55,39 @@ _MAX_MESSAGE = str(256 * 1024 * 1024)
 _DRIVER_QUEUE = "4"
 #: Batches buffered per thread fetched ahead of the one being consumed.
 _THREAD_BUFFER = 4
-#: Idle connections kept for reuse; more are opened on demand and closed when released.
-_MAX_IDLE = 16
+#: Idle connections kept for reuse; more are opened on demand and closed when released. Several
+#: jobs at once each read up to ``concurrency`` streams (8 jobs x 4 = 32): fewer idle ones than
+#: that made every small job open and close about one connection.
+_MAX_IDLE = 64
+#: Small results (process, thread list) at most this long become rows on the event loop; longer ones
+#: in a worker thread.
+_INLINE_ROWS = 256
+
+
+class _Calls:
+    """Flight SQL calls made (``GetFlightInfo``, ``DoGet``) and connections opened (``connect``);
+    counted from worker threads, read by the metrics endpoint."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.counts: Counter[str] = Counter()
+
+    def add(self, name: str) -> None:
+        with self._lock:
+            self.counts[name] += 1
+
+
+class _Tickets:
+    """Whether queries skip GetFlightInfo: decided by the setting, or (``auto``) learnt from the
+    server's first answer."""
+
+    def __init__(self, mode: str, calls: _Calls) -> None:
+        self.direct: bool | None = {"on": True, "off": False}.get(mode)
+        self.calls = calls
+
+    def learn(self, partitions: Sequence[bytes], sql: str) -> None:
+        if self.direct is None:
+            self.direct = len(partitions) == 1 and is_statement_ticket(partitions[0], sql)
 
 
 class _Connection:
@@ -75,8 +112,11 @@ class _Connection:
 class _Query:
     """One statement, read partition by partition. Blocking; each method runs in a worker thread."""
 
-    def __init__(self, conn: _Connection, sql: str, headers: Mapping[str, str], what: str) -> None:
+    def __init__(
+        self, conn: _Connection, sql: str, headers: Mapping[str, str], what: str, tickets: _Tickets
+    ) -> None:
         self._conn = conn
+        self._tickets = tickets
         self._sql = sql
         self._headers = headers
         self._what = what
@@ -88,12 +128,17 @@ class _Query:
     def open(self) -> None:
         with translate_errors(self._what):
             self._conn.set_headers(self._headers)
+            if self._tickets.direct:
+                self._parts = [statement_partition(self._sql)]
+                return
             stmt = adbc.AdbcStatement(self._conn.raw)
             self._stmt = stmt
             stmt.set_options(**{fsql.StatementOptions.QUEUE_SIZE.value: _DRIVER_QUEUE})
             stmt.set_sql_query(self._sql)
+            self._tickets.calls.add("GetFlightInfo")
             partitions, _schema, _rows = stmt.execute_partitions()
             self._parts = list(partitions)
+            self._tickets.learn(self._parts, self._sql)
 
     def next_batch(self) -> pa.RecordBatch | None:
         """The next non-empty batch, or None at the end of the last partition."""
@@ -102,6 +147,7 @@ class _Query:
                 if self._reader is None:
                     if not self._parts:
                         return None
+                    self._tickets.calls.add("DoGet")
                     handle = self._conn.raw.read_partition(self._parts.pop(0))
                     self._reader = pa.RecordBatchReader._import_from_c(handle.address)
                 try:
@@ -115,11 +161,14 @@ class _Query:
                     return batch
 
     def cancel(self) -> None:
-        """Ends a read blocked in another thread (ADBC allows cancel from any thread)."""
+        """Ends a call blocked in another thread (ADBC allows cancel from any thread). The
+        connection's cancel is what ends a ``read_partition`` stream (the statement's does not);
+        the connection stays usable."""
         stmt = self._stmt
-        if stmt is not None:
-            with contextlib.suppress(adbc.Error):
+        with contextlib.suppress(adbc.Error):
+            if stmt is not None:
                 stmt.cancel()
+            self._conn.raw.cancel()
 
     def close(self) -> None:
         try:
@@ -143,8 +192,9 @@ class _Pool:
     closed only once every connection is back (closing it under a live connection crashes).
     """
 
-    def __init__(self, config: FlightSqlConfig) -> None:
+    def __init__(self, config: FlightSqlConfig, calls: _Calls) -> None:
         self._config = config
+        self._calls = calls
         self._lock = threading.Lock()
         self._db: adbc.AdbcDatabase | None = None
         self._idle: list[_Connection] = []
@@ -187,6 +237,7 @@ class _Pool:
                 db = self._db
                 self._out += 1  # counted before connecting: the database stays open under it
             try:
+                self._calls.add("connect")
                 return _Connection(adbc.AdbcConnection(db))
             except BaseException:
                 with self._lock:
@@ -195,21 +246,39 @@ class _Pool:
                 raise
 
     def release(self, conn: _Connection, *, discard: bool = False) -> None:
-        """Back to the idle list, or closed (``discard``: it failed in transport)."""
+        """Back to the idle list, or closed (``discard``: it failed in transport).
+
+        A discarded connection is closed in a thread of its own: closing one whose server stalls
+        blocks (the driver talks to the server on close), and must hold neither the event loop nor
+        the executor (whose shutdown waits for its threads). It counts as out until closed.
+        """
         with self._lock:
-            self._out -= 1
             if not discard and not self._closed and len(self._idle) < _MAX_IDLE:
+                self._out -= 1
                 self._idle.append(conn)
                 return
+        if discard:
+            threading.Thread(target=self._close, args=(conn,), name="flightsql-close", daemon=True).start()
+        else:
+            self._close(conn)
+
+    def _close(self, conn: _Connection) -> None:
         _close_quietly(conn.raw)
+        with self._lock:
+            self._out -= 1
         self._close_db_if_idle()
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
+            # Out while they close: a discarded connection closing in its own thread must not
+            # close the database under them.
+            self._out += len(idle)
         for conn in idle:
             _close_quietly(conn.raw)
+        with self._lock:
+            self._out -= len(idle)
         self._close_db_if_idle()
 
     def _close_db_if_idle(self) -> None:
@@ -261,38 +330,50 @@ class FlightSqlSource:
 
     def __init__(self, config: FlightSqlConfig) -> None:
         self._config = config
-        self._pool = _Pool(config)
+        self._calls = _Calls()
+        self._tickets = _Tickets(config.direct_tickets, self._calls)
+        self._pool = _Pool(config, self._calls)
         # Blocking reads get threads of their own, so that many concurrent fetches (several jobs
         # x `concurrency`) never queue behind each other in asyncio's small default executor.
         self._executor = ThreadPoolExecutor(
             max_workers=max(8, 4 * config.concurrency), thread_name_prefix="flightsql"
         )
 
+    @property
+    def calls(self) -> Mapping[str, int]:
+        """Flight SQL calls made so far, by name: ``GetFlightInfo``, ``DoGet`` (one per query with
+        direct tickets) and ``connect`` (connections opened)."""
+        return self._calls.counts
+
     async def _stream(
         self, sql: str, headers: Mapping[str, str], what: str, check: BatchChecker
     ) -> AsyncGenerator[pa.RecordBatch, None]:
         """Batches of one query, each read in a worker thread, on a connection of its own."""
         conn = await self._connection(what)
-        query = _Query(conn, sql, headers, what)
+        query = _Query(conn, sql, headers, what, self._tickets)
         # The concurrent future, not an asyncio wrapper: cancelling the wrapper marks it done while
         # the thread may still be reading, and closing the reader under that read crashes.
         running: Future[Any] | None = None
         broken = False
         try:
-            running = self._executor.submit(query.open)
-            await self._answer(running, what)
 
             def next_checked() -> pa.RecordBatch | None:
                 # Validation and casts are linear in the batch: done here, off the event loop.
                 batch = query.next_batch()
                 return None if batch is None else check(batch)
 
+            def open_and_first() -> pa.RecordBatch | None:
+                query.open()  # one thread hop for the plan and the first batch, not two
+                return next_checked()
+
+            step = open_and_first
             while True:
-                running = self._executor.submit(next_checked)
+                running = self._executor.submit(step)
                 batch = await self._answer(running, what)
                 if batch is None:
                     break
                 yield batch
+                step = next_checked
         except (SourceUnavailable, SourceBroken):
             # Not back to the pool: its gRPC channel may sit in reconnect backoff (up to minutes
             # after a long outage) and fail every query fast; a new connection dials at once.
@@ -383,6 +464,8 @@ class FlightSqlSource:
                 count += batch.num_rows
         finally:
             await stream.aclose()
+        if sum(b.num_rows for b in batches) <= _INLINE_ROWS:
+            return _to_rows(batches)  # a thread hop costs more than a few rows
         return await asyncio.to_thread(_to_rows, batches)
 
     async def process(self, process_id: str) -> ProcessInfo:

@@ -1,0 +1,121 @@
+"""Flight SQL calls per trace: statement tickets skip GetFlightInfo, counted against the server's own
+count of DoGet streams, with the same spans; a read stalled mid-stream is ended by cancel.
+
+The devserver answers GetFlightInfo as Micromegas does (one endpoint, the SQL as ticket), so
+``direct_tickets=auto`` switches to DoGet-only after the first query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+import pyarrow as pa
+import pyarrow.flight as fl
+import pytest
+
+from contracts.request import SpanTypes
+from tests.support.chaos import ChaosProxy
+from tests.support.devserver import start_devserver
+from worker.devserver import Lake, LakeConfig
+from worker.devserver import flightsql_messages as msg
+from worker.errors import SourceBroken
+from worker.pipeline import TraceSpec, generate_trace
+from worker.source import FlightSqlConfig, FlightSqlSource, queries
+from worker.source.tickets import is_statement_ticket, statement_partition
+
+
+@pytest.fixture(scope="module")
+def lake() -> Lake:
+    return Lake(LakeConfig(seed=11, processes=("small",)))
+
+
+@contextlib.asynccontextmanager
+async def _source(url: str, **kwargs: object) -> AsyncIterator[FlightSqlSource]:
+    source = FlightSqlSource(FlightSqlConfig(url, **kwargs))  # type: ignore[arg-type]
+    try:
+        yield source
+    finally:
+        await source.aclose()
+
+
+async def _trace(source: FlightSqlSource, process_id: str) -> bytes:
+    spec = TraceSpec(process_id, None, None, SpanTypes.BOTH)
+    return b"".join([chunk async for chunk in generate_trace(source, spec)])
+
+
+@pytest.mark.parametrize("mode", ["micromegas", "friendly"])
+async def test_direct_tickets_halve_the_calls_with_the_same_trace(lake: Lake, mode: str) -> None:
+    p = lake.processes[0]
+    queries_per_trace = 2 + p.thread_count + 1  # process, threads, one per thread, async events
+    with start_devserver(lake, mode=mode) as server:  # type: ignore[arg-type]
+        async with _source(server.url, direct_tickets="off") as off:
+            before = server.streams_opened
+            expected = await _trace(off, p.process_id)
+            assert server.streams_opened - before == queries_per_trace
+            assert dict(off.calls)["GetFlightInfo"] == queries_per_trace
+            assert dict(off.calls)["DoGet"] == queries_per_trace
+        async with _source(server.url) as auto:
+            await _trace(auto, p.process_id)  # learns from the first answer
+            first = dict(auto.calls)
+            before = server.streams_opened
+            got = await _trace(auto, p.process_id)
+            assert server.streams_opened - before == queries_per_trace
+            calls = dict(auto.calls)
+    assert got == expected
+    assert first["GetFlightInfo"] == 1
+    assert calls["GetFlightInfo"] == 1, "GetFlightInfo sent again after the server's ticket was learnt"
+    assert calls["DoGet"] - first["DoGet"] == queries_per_trace
+
+
+async def test_on_never_sends_get_flight_info(lake: Lake) -> None:
+    p = lake.processes[0]
+    with start_devserver(lake) as server:
+        async with _source(server.url, direct_tickets="on") as source:
+            process = await source.process(p.process_id)
+    assert process.process_id == p.process_id
+    assert dict(source.calls).get("GetFlightInfo", 0) == 0
+    assert dict(source.calls)["DoGet"] == 1
+
+
+def _info(ticket: bytes, locations: list[str] | None = None, endpoints: int = 1) -> bytes:
+    endpoint = fl.FlightEndpoint(ticket, locations or [])
+    descriptor = fl.FlightDescriptor.for_command(b"x")
+    data: bytes = fl.FlightInfo(pa.schema([]), descriptor, [endpoint] * endpoints, -1, -1).serialize()
+    return data
+
+
+def test_statement_ticket_recognised_only_when_exact() -> None:
+    sql = queries.process_sql("34d7c06d-3163-4111-863e-c5fc09d22d51")
+    ours = statement_partition(sql)
+    # What a Micromegas-like server answers (the devserver's generated protobuf messages), serialized
+    # by Arrow's own Flight classes; and our partition is what Arrow reads back as that answer.
+    ticket = msg.pack(msg.TicketStatementQuery(statement_handle=sql.encode()))
+    assert is_statement_ticket(ours, sql)
+    assert is_statement_ticket(_info(ticket), sql)
+    assert not is_statement_ticket(_info(ticket), sql + " ")  # another statement
+    assert not is_statement_ticket(_info(b"opaque-handle-42"), sql)  # a server-side handle
+    assert not is_statement_ticket(_info(ticket, ["grpc://elsewhere:1"]), sql)  # another host
+    assert not is_statement_ticket(_info(ticket, endpoints=2), sql)  # several partitions
+    assert not is_statement_ticket(b"\x1a\xff", sql)  # not a message
+
+
+async def test_stalled_read_is_cancelled_and_the_source_closes(lake: Lake) -> None:
+    """The batch timeout ends a read stalled mid-stream, and closing the source does not wait for
+    the server (a statement's cancel does not end a partition's stream; the connection's does)."""
+    p = lake.processes[0]
+    with start_devserver(lake) as server, ChaosProxy(("127.0.0.1", server.port)) as proxy:
+        source = FlightSqlSource(FlightSqlConfig(f"grpc://127.0.0.1:{proxy.port}", batch_timeout_s=0.5))
+        try:
+            await source.process(p.process_id)  # connected, tickets learnt
+            proxy.set_mode("stall")
+            with pytest.raises(SourceBroken):
+                await source.process(p.process_id)
+        finally:
+            started = time.monotonic()
+            await asyncio.wait_for(source.aclose(), timeout=20)
+            closed_in = time.monotonic() - started
+        assert proxy.mode == "stall"  # still stalled: nothing but the cancel ended the read
+    assert closed_in < 10
