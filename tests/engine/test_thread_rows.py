@@ -24,7 +24,11 @@ def test_word_rows_match_byte_rows(seed: int) -> None:
     iids = [rng.integers(0, 1 << int(rng.integers(1, 56)), n, dtype=np.uint64) for _ in range(3)]
     if seed % 2:
         iids[0] = rng.integers(0, 5000, n, dtype=np.uint64)
-    widths = (varint_width(int(iids[0].max())), varint_width(int(iids[1].max())), varint_width(int(iids[2].max())))
+    widths = (
+        varint_width(int(iids[0].max())),
+        varint_width(int(iids[1].max())),
+        varint_width(int(iids[2].max())),
+    )
     kw = {"name": iids[0], "cat": iids[1], "loc": iids[2], "widths": widths}
     want, want_sizes = _plain_thread_rows(t, kinds, is_begin, **kw)  # type: ignore[arg-type]
     got, sizes = _word_thread_rows(t, is_begin, **kw)  # type: ignore[arg-type]

@@ -152,7 +152,9 @@ class Interner:
         # Known keys by one sorted search; Python only for keys never seen (in order of first use).
         at = np.searchsorted(self._loc_keys, uniques)
         at_ok = np.minimum(at, max(len(self._loc_keys) - 1, 0))
-        found = (at < len(self._loc_keys)) & (self._loc_keys[at_ok] == uniques) if len(self._loc_keys) else None
+        found = (
+            (at < len(self._loc_keys)) & (self._loc_keys[at_ok] == uniques) if len(self._loc_keys) else None
+        )
         iids = self._loc_iids[at_ok] if found is not None else np.zeros(len(uniques), dtype=np.uint64)
         new = np.flatnonzero(~found) if found is not None else np.arange(len(uniques))
         if len(new):

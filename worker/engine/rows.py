@@ -21,6 +21,7 @@ the sequence's state is valid from the first packet of every prefix of the file 
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -179,7 +180,7 @@ def _iid_words(iids: U64, width: int) -> U64:
     return out
 
 
-def _place(words: list[U64 | int], value: U64 | int, offset: int, size: int) -> None:
+def _place(words: list[Any], value: Any, offset: int, size: int) -> None:
     """OR ``size`` little-endian bytes of ``value`` into ``words`` at byte ``offset``."""
     j, sh = divmod(offset, 8)
     words[j] = words[j] | (value << _U64(8 * sh))
@@ -231,7 +232,7 @@ def _word_thread_rows(
     widest = int(t.width.max()) if n else 1
     nr = -(-(k + 1 + widest) // 8)  # words after the head
     # The iid fields of a BEGIN (k bytes): 50 name 18 cat 90 02 loc, tag bytes folded into the tables.
-    iid: list[U64 | int] = [0] * (nr + 1)
+    iid: list[Any] = [0] * (nr + 1)
     for tag_at, tag_bytes, size in ((0, 0x50, 1), (1 + wn, 0x18, 1), (2 + wn + wc, 0x0290, 2)):
         _place(iid, _U64(tag_bytes), tag_at, size)
     _place(iid, _iid_words(name, wn), 1, wn)
@@ -239,7 +240,7 @@ def _word_thread_rows(
     _place(iid, _iid_words(loc, wl), 4 + wn + wc, wl)
     tw = t.width.astype(np.uint64)
     time = _time_words(t, widest)
-    at_end: list[U64 | int] = [0] * (nr + 1)
+    at_end: list[Any] = [0] * (nr + 1)
     after_iids = list(iid)
     for q, word in enumerate(time):
         _place(at_end, word, 8 * q, 8)
