@@ -105,7 +105,8 @@ class ThreadState:
         if m == 0:
             return _no_events()
         # 1. Non-decreasing, non-negative begins.
-        b = np.maximum.accumulate(np.maximum(np.concatenate(([self.last_begin], begin)), 0))[1:]
+        b = np.maximum.accumulate(begin)
+        np.maximum(b, max(self.last_begin, 0), out=b)
         self.last_begin = int(b[-1])
         # 2. Levels: a Dyck path continuing the open stack (top level s - 1).
         if self.base_depth is None:
