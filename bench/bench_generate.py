@@ -228,7 +228,6 @@ def main() -> int:
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     results = [run_once(n, args.concurrency) for n in sizes]
-    stages_status = stage_breakdown(max(sizes), args.concurrency) if args.stages else 0
 
     columns = ["spans (thread + async)", "wall s", "command s", "spans/s (command)", "spans/s (wall)"]
     columns += ["peak RSS MB", "trace MB"]
@@ -248,6 +247,7 @@ def main() -> int:
         f"peak RSS flat ({largest.peak_rss_mb:.0f} MB vs {smallest.peak_rss_mb:.0f} MB, limit 1.25x): "
         f"{'PASS' if flat else 'FAIL'}"
     )
+    stages_status = stage_breakdown(max(sizes), args.concurrency) if args.stages else 0
     return 0 if rate_ok and flat and stages_status == 0 else 1
 
 
