@@ -66,14 +66,17 @@ def thread_event_rows(
     loc: U64,
     marks: npt.NDArray[np.uint8],
     t0: int,
+    top: tuple[int, int, int] | None = None,
 ) -> tuple[memoryview, I64]:
     """A thread's slice events (file order) on its sequence-default track, as deltas on clock 64.
 
     Args:
-        ts: event timestamps (epoch ns), kinds: SLICE_BEGIN / SLICE_END, name/cat/loc: iids per event
-            (used on BEGINs), marks: NO_CUT, CUT_BEGIN or CUT_END per event.
+        ts: event timestamps (epoch ns), kinds: SLICE_BEGIN / SLICE_END, name/cat/loc: iids of the
+            BEGIN events in order, marks: NO_CUT, CUT_BEGIN or CUT_END per event.
         t0: clock 64's running value before the first event: the reset time, or the latest time
             the thread's run has written so far.
+        top: the largest name, category and location iid of the block's spans (ENDs included);
+            None: those of the BEGINs (every END closes a span begun in the block).
 
     Returns:
         The packets back to back (reset packet not included), and their sizes.
@@ -82,15 +85,19 @@ def thread_event_rows(
     is_begin = kinds == SLICE_BEGIN
     # An END holds its span's iids too, so the widths are those of the whole block (a BEGIN of an
     # earlier block may make one a byte wider than needed: still a valid, padded varint).
-    wn, wc, wl = (varint_width(int(c.max())) if len(c) else 1 for c in (name, cat, loc))
+    if top is None:
+        top = (_largest(name), _largest(cat), _largest(loc))
+    wn, wc, wl = (varint_width(c) for c in top)
     widths = (wn, wc, wl)
     if not marks.any() and not t.absolute.any():
         if _LITTLE and max(widths) <= 8:
             return _word_thread_rows(t, is_begin, name=name, cat=cat, loc=loc, widths=widths)
+        name, cat, loc = (_per_event(c, is_begin) for c in (name, cat, loc))
         return _plain_thread_rows(t, kinds, is_begin, name=name, cat=cat, loc=loc, widths=widths)
     mats: list[U8] = []
     lens: list[I64] = []
     where: list[I64 | None] = []
+    name, cat, loc = (_per_event(c, is_begin) for c in (name, cat, loc))
     code = kinds.astype(np.int64) * 4 + marks
     for value in np.flatnonzero(np.bincount(code, minlength=12)).tolist():
         rows = np.flatnonzero(code == value)
@@ -113,6 +120,17 @@ def thread_event_rows(
     if len(mats) == 1:
         where = [None]
     return pack(mats, lens, where)
+
+
+def _largest(iids: U64) -> int:
+    return int(iids.max()) if len(iids) else 0
+
+
+def _per_event(iids: U64, is_begin: npt.NDArray[np.bool_]) -> U64:
+    """BEGIN iids spread over all events (0 on ENDs, whose iid fields are not written)."""
+    out = np.zeros(len(is_begin), dtype=np.uint64)
+    out[is_begin] = iids
+    return out
 
 
 def _plain_thread_rows(
@@ -173,7 +191,7 @@ def _varint_words(v: U64, width: int) -> U64:
 def _iid_words(iids: U64, width: int) -> U64:
     """:func:`_varint_words` of a column of iids: looked up in a table of 0..max when the iids are
     dense (the interner numbers values from 1), computed byte by byte otherwise."""
-    top = int(iids.max())
+    top = int(iids.max()) if len(iids) else 0
     if top > max(1 << 16, len(iids)):
         return _varint_words(iids, width)
     out: U64 = _varint_words(np.arange(top + 1, dtype=np.uint64), width)[iids.view(np.int64)]
@@ -240,11 +258,12 @@ def _word_thread_rows(
     _place(iid, _iid_words(loc, wl), 4 + wn + wc, wl)
     tw = t.width.astype(np.uint64)
     time = _time_words(t, widest)
+    begins = np.flatnonzero(is_begin)
     at_end: list[Any] = [0] * (nr + 1)
     after_iids = list(iid)
     for q, word in enumerate(time):
         _place(at_end, word, 8 * q, 8)
-        _place(after_iids, word, k + 8 * q, 8)
+        _place(after_iids, word[begins], k + 8 * q, 8)
     m = np.empty((n, 1 + nr), dtype=np.uint64)
     head_end = 0x0A | 7 << 8 | 0x50 << 16 | 0x01 << 24 | 0x5A << 32 | 2 << 40 | 0x48 << 48
     head_begin = head_end + (k << 8) + (k << 40)
@@ -253,7 +272,7 @@ def _word_thread_rows(
     m[:, 0] += head
     for j in range(nr):
         np.copyto(m[:, 1 + j], at_end[j], casting="unsafe")
-        np.copyto(m[:, 1 + j], after_iids[j], where=is_begin, casting="unsafe")
+        m[begins, 1 + j] = after_iids[j]
     sizes: I64 = np.where(is_begin, 9 + k, 9) + t.width
     return pack([m.view(np.uint8)], [sizes], [None])
 

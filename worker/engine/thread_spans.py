@@ -53,11 +53,20 @@ class Events:
 
     ts: I64
     kind: npt.NDArray[np.uint8]
+    #: Iids of the BEGIN events, in file order (an END carries none: it only closes its slice).
     name: U64
     cat: U64
     loc: U64
     #: Per event: NO_CUT, CUT_BEGIN (a BEGIN clipped to the range) or CUT_END (an END clipped to it).
     mark: npt.NDArray[np.uint8]
+    #: The largest name, category and location iid of the spans whose BEGIN or END is among the
+    #: events (0: none): the width of the iid fields of the block (``rows``).
+    top: tuple[int, int, int] = (0, 0, 0)
+
+
+def _top(new: U64, carried: U64) -> int:
+    """The largest iid of the new spans and of the carried spans closed now."""
+    return max(int(new.max()) if len(new) else 0, int(carried.max()) if len(carried) else 0)
 
 
 def _empty_i64() -> I64:
@@ -188,13 +197,20 @@ class ThreadState:
         c_cat = np.concatenate((self.cat, cat))
         c_loc = np.concatenate((self.loc, loc))
         c_cut = np.concatenate((self.cut, cut if cut is not None else np.zeros(m, dtype=np.uint8)))
+        # BEGINs come in span order: their iids are the batch's, no gather. ENDs need none.
+        closed_carried = closed[:s]
         events = Events(
             ts=ts,
             kind=np.subtract(SLICE_END, is_begin, dtype=np.uint8),  # SLICE_BEGIN = SLICE_END - 1
-            name=c_name[span],
-            cat=c_cat[span],
-            loc=c_loc[span],
+            name=name,
+            cat=cat,
+            loc=loc,
             mark=_marks(c_cut[span], is_begin) if c_cut.any() else np.zeros(total, dtype=np.uint8),
+            top=(
+                _top(name, self.name[closed_carried]),
+                _top(cat, self.cat[closed_carried]),
+                _top(loc, self.loc[closed_carried]),
+            ),
         )
         self.begin = c_begin[stack]
         self.end = c_end[stack]
@@ -235,10 +251,11 @@ class ThreadState:
         events = Events(
             ts=ts.copy(),
             kind=np.full(len(ts), SLICE_END, dtype=np.uint8),
-            name=self.name[rev].copy(),
-            cat=self.cat[rev].copy(),
-            loc=self.loc[rev].copy(),
+            name=_empty_u64(),
+            cat=_empty_u64(),
+            loc=_empty_u64(),
             mark=_marks(self.cut[rev], np.zeros(len(ts), dtype=bool)),
+            top=(_top(self.name, self.name), _top(self.cat, self.cat), _top(self.loc, self.loc)),
         )
         self.begin = self.end = self.orig_end = _empty_i64()
         self.cut = np.zeros(0, dtype=np.uint8)
