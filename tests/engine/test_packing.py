@@ -59,7 +59,7 @@ def test_backward_time_in_a_block_is_written_absolute_and_resolves() -> None:
     track = thread_tracks([ThreadInfo("s", "main", "7")])[0]
     ts = np.array([T0 + 100, T0 + 50, T0 + 60, T0 + 400], dtype=np.int64)
     kinds = np.array([SLICE_BEGIN, SLICE_BEGIN, SLICE_END, SLICE_END], dtype=np.uint8)
-    one = np.ones(4, np.uint64)
+    one = np.ones(2, np.uint64)  # iids of the BEGINs
     data, _ = thread_event_rows(ts, kinds, name=one, cat=one, loc=one, marks=np.zeros(4, np.uint8), t0=T0)
     trace = _trace(reset_packet(T0, track.uuid), bytes(data))
     events = [p for p in pb.Trace.FromString(trace).packet if p.HasField("track_event")]
@@ -76,7 +76,7 @@ def test_inspect_resolves_deltas_and_default_tracks_like_the_test_decoder() -> N
     track = thread_tracks([ThreadInfo("s", "main", "7")])[0]
     ts = np.arange(T0 + 10, T0 + 10 + 4000, 10, dtype=np.int64)  # 200 spans, one after another
     kinds = np.tile(np.array([SLICE_BEGIN, SLICE_END], dtype=np.uint8), len(ts) // 2)
-    iid = np.ones(len(ts), np.uint64)
+    iid = np.ones(len(ts) // 2, np.uint64)  # iids of the BEGINs
     data, _ = thread_event_rows(
         ts, kinds, name=iid, cat=iid, loc=iid, marks=np.zeros(len(ts), np.uint8), t0=T0
     )

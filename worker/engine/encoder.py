@@ -657,6 +657,7 @@ class TraceEncoder:
             loc=events.loc,
             marks=events.mark,
             t0=self._base,
+            top=events.top,
         )
         self._base = max(self._base, int(events.ts.max()))
         self._realtime = False

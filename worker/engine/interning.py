@@ -37,6 +37,26 @@ class _Table:
         self._add = add
         self._dictionary: pa.Array | None = None
         self._cached: U64 = np.zeros(1, dtype=np.uint64)
+        #: The known values in id order (id = position + 1), rebuilt when values were added.
+        self._known: pa.Array | None = None
+
+    def _known_ids(self, dictionary: pa.Array) -> U64:
+        """Id of each dictionary entry already in the table (0: not yet), ``k + 1`` slots.
+
+        One hash lookup in C++ (``index_in``): the server's dictionaries change from batch to batch
+        (each canonical batch unifies its own), and a Python lookup per entry cost more than the rest
+        of the interning."""
+        ids = np.zeros(len(dictionary) + 1, dtype=np.uint64)
+        if not self.ids:
+            return ids
+        if self._known is None or len(self._known) != len(self.ids):
+            self._known = pa.array(list(self.ids), type=pa.string())
+        known = self._known if self._known.type == dictionary.type else self._known.cast(dictionary.type)
+        pos = pc.index_in(dictionary, value_set=known).to_numpy(zero_copy_only=False)
+        # Unknown entries (and null ones, read as "" by the slow path) come back null: NaN here.
+        found = ~np.isnan(pos) if pos.dtype.kind == "f" else np.ones(len(pos), dtype=bool)
+        ids[: len(dictionary)][found] = pos[found].astype(np.uint64) + np.uint64(1)
+        return ids
 
     def map(self, col: pa.DictionaryArray) -> U64:
         """The id of each row's value; unknown values are added in order of first appearance in the
@@ -47,7 +67,9 @@ class _Table:
         if last is not None and (last is dictionary or last.equals(dictionary)):
             ids = self._cached
         else:
-            ids = np.zeros(k + 1, dtype=np.uint64)  # slot k: null rows, read as ""
+            ids = self._known_ids(dictionary)  # slot k: null rows, read as ""
+            if ids[k] == 0 and "" in self.ids:
+                ids[k] = self.ids[""]
             self._dictionary, self._cached = dictionary, ids
         indices = col.indices
         if indices.null_count:
@@ -99,6 +121,9 @@ class Interner:
         self._file_names: list[str] = [""]  # file ids start at 1 (0 marks "not looked up")
         self._files = _Table(self._file_id)
         self._locations: dict[int, int] = {}
+        #: The keys of _locations sorted, and their iids (for the vectorised lookup).
+        self._loc_keys: U64 = np.zeros(0, dtype=np.uint64)
+        self._loc_iids: U64 = np.zeros(0, dtype=np.uint64)
         self._new: list[bytes] = []  # encoded InternedData entries (field + message)
 
     @property
@@ -124,16 +149,26 @@ class Interner:
         keys = (file_ids << np.uint64(32)) | line
         encoded = pc.dictionary_encode(pa.array(keys, type=pa.uint64()))
         uniques = encoded.dictionary.to_numpy()
-        iids = np.empty(len(uniques), dtype=np.uint64)
-        for i, key in enumerate(uniques.tolist()):
-            iid = self._locations.get(key)
-            if iid is None:
+        # Known keys by one sorted search; Python only for keys never seen (in order of first use).
+        at = np.searchsorted(self._loc_keys, uniques)
+        at_ok = np.minimum(at, max(len(self._loc_keys) - 1, 0))
+        found = (
+            (at < len(self._loc_keys)) & (self._loc_keys[at_ok] == uniques) if len(self._loc_keys) else None
+        )
+        iids = self._loc_iids[at_ok] if found is not None else np.zeros(len(uniques), dtype=np.uint64)
+        new = np.flatnonzero(~found) if found is not None else np.arange(len(uniques))
+        if len(new):
+            for i, key in zip(new.tolist(), uniques[new].tolist(), strict=True):
                 iid = len(self._locations) + 1
                 self._locations[key] = iid
                 name = self._file_names[key >> 32]
                 entry = field_varint(1, iid) + field_bytes(2, name) + field_varint(4, key & 0xFFFFFFFF)
                 self._new.append(field_bytes(4, entry))
-            iids[i] = iid
+                iids[i] = iid
+            keys_all = np.concatenate((self._loc_keys, uniques[new]))
+            iids_all = np.concatenate((self._loc_iids, iids[new]))
+            order = np.argsort(keys_all, kind="stable")
+            self._loc_keys, self._loc_iids = keys_all[order], iids_all[order]
         out: U64 = iids[encoded.indices.to_numpy(zero_copy_only=False)]
         return out
 

@@ -20,10 +20,13 @@ the sequence's state is valid from the first packet of every prefix of the file 
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 
-from worker.engine.packing import Times, pack, put_time_slots, times
+from worker.engine.packing import _CONT, _CONT_OF, Times, pack, put_time_slots, times
 from worker.engine.span_rows import (
     ANNOTATIONS,
     CUT_ANNOTATION,
@@ -34,7 +37,7 @@ from worker.engine.span_rows import (
     SLICE_END,
     event_matrix,
 )
-from worker.engine.wire import LEN, field_bytes, put_varint, tag, varint_width
+from worker.engine.wire import LEN, _spread56, field_bytes, put_varint, tag, varint_width
 
 __all__ = [
     "ANNOTATIONS",
@@ -63,14 +66,17 @@ def thread_event_rows(
     loc: U64,
     marks: npt.NDArray[np.uint8],
     t0: int,
+    top: tuple[int, int, int] | None = None,
 ) -> tuple[memoryview, I64]:
     """A thread's slice events (file order) on its sequence-default track, as deltas on clock 64.
 
     Args:
-        ts: event timestamps (epoch ns), kinds: SLICE_BEGIN / SLICE_END, name/cat/loc: iids per event
-            (used on BEGINs), marks: NO_CUT, CUT_BEGIN or CUT_END per event.
+        ts: event timestamps (epoch ns), kinds: SLICE_BEGIN / SLICE_END, name/cat/loc: iids of the
+            BEGIN events in order, marks: NO_CUT, CUT_BEGIN or CUT_END per event.
         t0: clock 64's running value before the first event: the reset time, or the latest time
             the thread's run has written so far.
+        top: the largest name, category and location iid of the block's spans (ENDs included);
+            None: those of the BEGINs (every END closes a span begun in the block).
 
     Returns:
         The packets back to back (reset packet not included), and their sizes.
@@ -79,13 +85,19 @@ def thread_event_rows(
     is_begin = kinds == SLICE_BEGIN
     # An END holds its span's iids too, so the widths are those of the whole block (a BEGIN of an
     # earlier block may make one a byte wider than needed: still a valid, padded varint).
-    wn, wc, wl = (varint_width(int(c.max())) if len(c) else 1 for c in (name, cat, loc))
+    if top is None:
+        top = (_largest(name), _largest(cat), _largest(loc))
+    wn, wc, wl = (varint_width(c) for c in top)
     widths = (wn, wc, wl)
     if not marks.any() and not t.absolute.any():
+        if _LITTLE and max(widths) <= 8:
+            return _word_thread_rows(t, is_begin, name=name, cat=cat, loc=loc, widths=widths)
+        name, cat, loc = (_per_event(c, is_begin) for c in (name, cat, loc))
         return _plain_thread_rows(t, kinds, is_begin, name=name, cat=cat, loc=loc, widths=widths)
     mats: list[U8] = []
     lens: list[I64] = []
     where: list[I64 | None] = []
+    name, cat, loc = (_per_event(c, is_begin) for c in (name, cat, loc))
     code = kinds.astype(np.int64) * 4 + marks
     for value in np.flatnonzero(np.bincount(code, minlength=12)).tolist():
         rows = np.flatnonzero(code == value)
@@ -108,6 +120,17 @@ def thread_event_rows(
     if len(mats) == 1:
         where = [None]
     return pack(mats, lens, where)
+
+
+def _largest(iids: U64) -> int:
+    return int(iids.max()) if len(iids) else 0
+
+
+def _per_event(iids: U64, is_begin: npt.NDArray[np.bool_]) -> U64:
+    """BEGIN iids spread over all events (0 on ENDs, whose iid fields are not written)."""
+    out = np.zeros(len(is_begin), dtype=np.uint64)
+    out[is_begin] = iids
+    return out
 
 
 def _plain_thread_rows(
@@ -147,6 +170,111 @@ def _plain_thread_rows(
     m[:, 5] = te_len
     m[:, 7] = kinds
     return pack([m], [packet_len + 2], [None])
+
+
+_LITTLE = sys.byteorder == "little"
+_U64 = np.uint64
+_M7 = (0x7F, 0x3F80, 0x1FC000, 0xFE00000)
+
+
+def _varint_words(v: U64, width: int) -> U64:
+    """Padded varints (``width`` <= 8 bytes) of ``v`` as the little-endian bytes of a uint64."""
+    out = np.zeros(len(v), dtype=np.uint64)
+    for b in range(width):
+        byte = (v >> _U64(7 * b)) & _U64(0x7F)
+        if b < width - 1:
+            byte |= _U64(0x80)
+        out |= byte << _U64(8 * b)
+    return out
+
+
+def _iid_words(iids: U64, width: int) -> U64:
+    """:func:`_varint_words` of a column of iids: looked up in a table of 0..max when the iids are
+    dense (the interner numbers values from 1), computed byte by byte otherwise."""
+    top = int(iids.max()) if len(iids) else 0
+    if top > max(1 << 16, len(iids)):
+        return _varint_words(iids, width)
+    out: U64 = _varint_words(np.arange(top + 1, dtype=np.uint64), width)[iids.view(np.int64)]
+    return out
+
+
+def _place(words: list[Any], value: Any, offset: int, size: int) -> None:
+    """OR ``size`` little-endian bytes of ``value`` into ``words`` at byte ``offset``."""
+    j, sh = divmod(offset, 8)
+    words[j] = words[j] | (value << _U64(8 * sh))
+    if sh and sh + size > 8:
+        words[j + 1] = words[j + 1] | (value >> _U64(64 - 8 * sh))
+
+
+def _time_words(t: Times, widest: int) -> list[U64]:
+    """Each packet's time field ``40 varint`` as little-endian bytes: one uint64 (up to 7 varint
+    bytes) or two."""
+    v = t.value
+    width = t.width
+    if widest <= 4:  # deltas below 2**28 (the common case): spread the 7-bit groups by masks
+        y = v & _U64(_M7[0])
+        for b in range(1, widest):
+            part = v & _U64(_M7[b])
+            np.left_shift(part, _U64(b), out=part)
+            y |= part
+    else:
+        y = _spread56(v) & ~_CONT
+    y |= _CONT_OF[width]
+    if widest <= 7:
+        np.left_shift(y, _U64(8), out=y)
+        y |= _U64(0x40)
+        return [y]
+    lo = (y << _U64(8)) | _U64(0x40)
+    hi = (y >> _U64(56)) | (((v >> _U64(56)) & _U64(0x7F)) << _U64(8))
+    return [lo, hi]
+
+
+def _word_thread_rows(
+    t: Times,
+    is_begin: npt.NDArray[np.bool_],
+    *,
+    name: U64,
+    cat: U64,
+    loc: U64,
+    widths: tuple[int, int, int],
+) -> tuple[memoryview, I64]:
+    """The bytes of :func:`_plain_thread_rows`, each row built as whole 64-bit words.
+
+    Byte columns of a uint8 matrix are strided stores of one byte each; here a row is a head word
+    ``0A len 50 01 5A len 48 type`` and the words after it, the iid fields looked up from tables of
+    each iid's bytes (built once per block, for the iids up to the largest) and the time field
+    shifted into place, so every store writes 8 bytes."""
+    n = len(t.value)
+    wn, wc, wl = widths
+    k = (1 + wn) + (1 + wc) + (2 + wl)
+    widest = int(t.width.max()) if n else 1
+    nr = -(-(k + 1 + widest) // 8)  # words after the head
+    # The iid fields of a BEGIN (k bytes): 50 name 18 cat 90 02 loc, tag bytes folded into the tables.
+    iid: list[Any] = [0] * (nr + 1)
+    for tag_at, tag_bytes, size in ((0, 0x50, 1), (1 + wn, 0x18, 1), (2 + wn + wc, 0x0290, 2)):
+        _place(iid, _U64(tag_bytes), tag_at, size)
+    _place(iid, _iid_words(name, wn), 1, wn)
+    _place(iid, _iid_words(cat, wc), 2 + wn, wc)
+    _place(iid, _iid_words(loc, wl), 4 + wn + wc, wl)
+    tw = t.width.astype(np.uint64)
+    time = _time_words(t, widest)
+    begins = np.flatnonzero(is_begin)
+    at_end: list[Any] = [0] * (nr + 1)
+    after_iids = list(iid)
+    for q, word in enumerate(time):
+        _place(at_end, word, 8 * q, 8)
+        _place(after_iids, word[begins], k + 8 * q, 8)
+    m = np.empty((n, 1 + nr), dtype=np.uint64)
+    head_end = 0x0A | 7 << 8 | 0x50 << 16 | 0x01 << 24 | 0x5A << 32 | 2 << 40 | 0x48 << 48
+    head_begin = head_end + (k << 8) + (k << 40)
+    head = np.where(is_begin, _U64(head_begin | SLICE_BEGIN << 56), _U64(head_end | SLICE_END << 56))
+    np.left_shift(tw, _U64(8), out=m[:, 0])
+    m[:, 0] += head
+    for j in range(nr):
+        np.copyto(m[:, 1 + j], at_end[j], casting="unsafe")
+        m[begins, 1 + j] = after_iids[j]
+    sizes: I64 = np.where(is_begin, 9 + k, 9) + t.width
+    return pack([m.view(np.uint8)], [sizes], [None])
 
 
 _DESC_NAME = field_bytes(2, "async")

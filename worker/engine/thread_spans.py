@@ -38,6 +38,8 @@ from worker.errors import BadSourceData
 
 __all__ = ["MAX_DEPTH", "Events", "ThreadState"]
 
+# Event kinds are computed as SLICE_END - is_begin.
+assert SLICE_BEGIN == SLICE_END - 1
 #: Deepest nesting of thread spans accepted (levels below a thread's first span).
 MAX_DEPTH = 10_000
 
@@ -51,11 +53,20 @@ class Events:
 
     ts: I64
     kind: npt.NDArray[np.uint8]
+    #: Iids of the BEGIN events, in file order (an END carries none: it only closes its slice).
     name: U64
     cat: U64
     loc: U64
     #: Per event: NO_CUT, CUT_BEGIN (a BEGIN clipped to the range) or CUT_END (an END clipped to it).
     mark: npt.NDArray[np.uint8]
+    #: The largest name, category and location iid of the spans whose BEGIN or END is among the
+    #: events (0: none): the width of the iid fields of the block (``rows``).
+    top: tuple[int, int, int] = (0, 0, 0)
+
+
+def _top(new: U64, carried: U64) -> int:
+    """The largest iid of the new spans and of the carried spans closed now."""
+    return max(int(new.max()) if len(new) else 0, int(carried.max()) if len(carried) else 0)
 
 
 def _empty_i64() -> I64:
@@ -103,7 +114,8 @@ class ThreadState:
         if m == 0:
             return _no_events()
         # 1. Non-decreasing, non-negative begins.
-        b = np.maximum.accumulate(np.maximum(np.concatenate(([self.last_begin], begin)), 0))[1:]
+        b = np.maximum.accumulate(begin)
+        np.maximum(b, max(self.last_begin, 0), out=b)
         self.last_begin = int(b[-1])
         # 2. Levels: a Dyck path continuing the open stack (top level s - 1).
         if self.base_depth is None:
@@ -128,12 +140,17 @@ class ThreadState:
         closing[:-1] = lv[:-1] - lv[1:] + 1
         count = closing + (pos >= s)
         total = int(count.sum())
-        owner = np.repeat(pos, count)
         first = np.cumsum(count) - count
-        j = np.arange(total, dtype=np.int64) - first[owner]
-        is_begin = (owner >= s) & (j == 0)
+        # Positions are scattered, not searched: new span k's BEGIN is at first[k]; the e-th END
+        # (in file order) is the jj-th closing of its gap g, at level lv[g] - jj, and jj = e minus the
+        # ENDs of the gaps before g, so the level is one repeat and one subtraction.
+        begin_at = first[s:]
+        is_begin = np.zeros(total, dtype=bool)
+        is_begin[begin_at] = True
         ends_at = ~is_begin
-        slot_level = lv[owner[ends_at]] - (j[ends_at] - (owner[ends_at] >= s))
+        ends_before = np.cumsum(closing) - closing
+        slot_level = np.repeat(lv + ends_before, closing)
+        slot_level -= np.arange(len(slot_level), dtype=np.int64)
         # At each level spans open and close alternately, so the i-th closing at level L closes the
         # i-th span at level L; the last span of each level <= the last span's level stays open.
         top = int(lv[-1])
@@ -142,15 +159,18 @@ class ThreadState:
         closed = np.ones(n, dtype=bool)
         closed[open_at] = False
         slot_order = np.argsort(slot_level.astype(narrow.dtype, copy=False), kind="stable")
-        span = owner.copy()
         closes = np.empty(len(slot_level), dtype=np.int64)
         closes[slot_order] = order[closed]
+        span = np.empty(total, dtype=np.int64)
+        span[begin_at] = pos[s:]
         span[ends_at] = closes
         stack = order[open_at]
         c_begin = np.concatenate((self.begin, b))
         raw_end = np.concatenate((self.orig_end, end))
         c_end = np.concatenate((self.end, end))
-        ts = np.where(is_begin, c_begin[span], c_end[span])
+        ts = np.empty(total, dtype=np.int64)
+        ts[begin_at] = b
+        ts[ends_at] = c_end[closes]
         # 4. Well-nested data gives non-decreasing timestamps, including the ENDs still to come of the
         # open stack (deepest first). Otherwise clamp into parents and make the tour monotonic.
         check = np.concatenate((ts, c_end[stack][::-1]))
@@ -158,8 +178,11 @@ class ThreadState:
             self._clamp_top_down(c_begin, c_end, lv, order, bounds=bounds, s=s)
             ts = np.where(is_begin, c_begin[span], c_end[span])
             ts = np.minimum.accumulate(ts[::-1])[::-1]
-        # (An END may also differ because an earlier batch clamped its open span.)
-        changed_end = span[ends_at & (ts != raw_end[span])]
+            changed_end = span[ends_at & (ts != raw_end[span])]
+        else:
+            # (An END may also differ because an earlier batch clamped its open span.)
+            differ = c_end != raw_end
+            changed_end = closes[differ[closes]] if differ.any() else closes[:0]
         changed_begin = c_begin[s:] != begin
         # Count spans whose emitted timestamps differ from the input (once each).
         c_counted = np.concatenate((self.counted, changed_begin))
@@ -174,14 +197,20 @@ class ThreadState:
         c_cat = np.concatenate((self.cat, cat))
         c_loc = np.concatenate((self.loc, loc))
         c_cut = np.concatenate((self.cut, cut if cut is not None else np.zeros(m, dtype=np.uint8)))
-        span_cut = c_cut[span]
+        # BEGINs come in span order: their iids are the batch's, no gather. ENDs need none.
+        closed_carried = closed[:s]
         events = Events(
             ts=ts,
-            kind=np.where(is_begin, SLICE_BEGIN, SLICE_END).astype(np.uint8),
-            name=c_name[span],
-            cat=c_cat[span],
-            loc=c_loc[span],
-            mark=_marks(span_cut, is_begin),
+            kind=np.subtract(SLICE_END, is_begin, dtype=np.uint8),  # SLICE_BEGIN = SLICE_END - 1
+            name=name,
+            cat=cat,
+            loc=loc,
+            mark=_marks(c_cut[span], is_begin) if c_cut.any() else np.zeros(total, dtype=np.uint8),
+            top=(
+                _top(name, self.name[closed_carried]),
+                _top(cat, self.cat[closed_carried]),
+                _top(loc, self.loc[closed_carried]),
+            ),
         )
         self.begin = c_begin[stack]
         self.end = c_end[stack]
@@ -222,10 +251,11 @@ class ThreadState:
         events = Events(
             ts=ts.copy(),
             kind=np.full(len(ts), SLICE_END, dtype=np.uint8),
-            name=self.name[rev].copy(),
-            cat=self.cat[rev].copy(),
-            loc=self.loc[rev].copy(),
+            name=_empty_u64(),
+            cat=_empty_u64(),
+            loc=_empty_u64(),
             mark=_marks(self.cut[rev], np.zeros(len(ts), dtype=bool)),
+            top=(_top(self.name, self.name), _top(self.cat, self.cat), _top(self.loc, self.loc)),
         )
         self.begin = self.end = self.orig_end = _empty_i64()
         self.cut = np.zeros(0, dtype=np.uint8)
