@@ -177,13 +177,47 @@ class Canonicalizer:
         out: npt.NDArray[np.int64] = col.to_numpy().astype(np.int64, copy=False)
         return out
 
+    def _ties_in_order(self, table: pa.Table, starts: npt.NDArray[np.int64], n: int) -> bool:
+        """Whether every run of equal keys is already in tie-break order, so the (stable) sort would
+        move no row: each tied row compared with the next one, column after column, only as long as
+        they are equal so far. Sources usually send ties in one order already; this costs a few
+        comparisons of the tied pairs instead of a sort and a copy of the whole table."""
+        cross = np.zeros(n - 1, dtype=bool)
+        cross[starts[1:] - 1] = True  # the pair (i, i + 1) where a new run starts at i + 1
+        pairs = np.flatnonzero(~cross)
+        for name in self._order[1:]:
+            if not len(pairs):
+                return True
+            col = table.column(name)
+            a, b = col.take(pa.array(pairs)), col.take(pa.array(pairs + 1))
+            if isinstance(a, pa.ChunkedArray):
+                a, b = a.combine_chunks(), b.combine_chunks()
+            if pa.types.is_dictionary(a.type):
+                a, b = a.cast(pa.string()), b.cast(pa.string())
+            if name in self._fold:
+                a, b = pc.utf8_lower(a), pc.utf8_lower(b)
+            if pa.types.is_floating(a.type) and (
+                pc.any(pc.is_nan(a)).as_py() or pc.any(pc.is_nan(b)).as_py()
+            ):
+                return False  # NaN has its own place in the sort: leave it to the sort
+            a_ok = a.is_valid().to_numpy(zero_copy_only=False)
+            b_ok = b.is_valid().to_numpy(zero_copy_only=False)
+            both = a_ok & b_ok
+            less = pc.fill_null(pc.less(a, b), False).to_numpy(zero_copy_only=False)
+            more = pc.fill_null(pc.greater(a, b), False).to_numpy(zero_copy_only=False)
+            # Nulls sort last: a value before a null is in order, a null before a value is not.
+            if (both & more).any() or (~a_ok & b_ok).any():
+                return False
+            pairs = pairs[~((both & less) | (a_ok & ~b_ok))]
+        return True
+
     def _sort_ties(self, table: pa.Table, starts: npt.NDArray[np.int64], n: int) -> pa.Table:
         """``table`` with each run of equal keys sorted by the tie-break columns."""
         if len(starts) == n:  # every run is one row: nothing to sort
             return table
         lengths = np.diff(np.append(starts, n))
         tied_runs = lengths > 1
-        if not tied_runs.any():
+        if not tied_runs.any() or self._ties_in_order(table, starts, n):
             return table
         run_of = np.repeat(np.arange(len(starts), dtype=np.int64), lengths)
         tied = np.flatnonzero(np.repeat(tied_runs, lengths))
