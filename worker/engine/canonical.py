@@ -91,6 +91,18 @@ def _one_batch(table: pa.Table) -> pa.RecordBatch:
     return table.combine_chunks().to_batches()[0]
 
 
+def _rows(col: pa.ChunkedArray, idx: npt.NDArray[np.int64]) -> pa.Array:
+    """Rows ``idx`` (ascending) of a column, dictionaries decoded. Taken chunk by chunk: a take from
+    the chunked column would first concatenate all of it."""
+    bounds = np.cumsum([0, *(len(c) for c in col.chunks)])
+    chunk_of = np.searchsorted(bounds, idx, side="right") - 1
+    parts = []
+    for c in np.unique(chunk_of).tolist():
+        part = col.chunk(c).take(pa.array(idx[chunk_of == c] - bounds[c]))
+        parts.append(part.cast(pa.string()) if pa.types.is_dictionary(part.type) else part)
+    return pa.concat_arrays(parts) if parts else pa.array([], col.type)
+
+
 class Canonicalizer:
     """Re-cuts one sorted stream of rows into canonical batches (see the module doc).
 
@@ -189,11 +201,7 @@ class Canonicalizer:
             if not len(pairs):
                 return True
             col = table.column(name)
-            a, b = col.take(pa.array(pairs)), col.take(pa.array(pairs + 1))
-            if isinstance(a, pa.ChunkedArray):
-                a, b = a.combine_chunks(), b.combine_chunks()
-            if pa.types.is_dictionary(a.type):
-                a, b = a.cast(pa.string()), b.cast(pa.string())
+            a, b = _rows(col, pairs), _rows(col, pairs + 1)
             if name in self._fold:
                 a, b = pc.utf8_lower(a), pc.utf8_lower(b)
             if pa.types.is_floating(a.type) and (
