@@ -81,19 +81,31 @@ class _Parts:
         lens: list[I64] = []
         where: list[I64 | None] = []
         pos = 0
+        # ``where``: None for rows that stay where they are in the concatenation of the matrices.
         for m, length in self.desc:
             mats.append(m)
             lens.append(length)
-            where.append(np.arange(pos, pos + len(m)))
+            where.append(None)
             pos += len(m)
         for run in self.runs:
             if not run:
                 continue
             mats.append(reset[0])
             lens.append(reset[1])
-            where.append(np.array([pos]))
+            where.append(None)
             pos += 1
-            ts = np.concatenate([r[0] for r in run])
+            ts = np.concatenate([r[0] for r in run]) if len(run) > 1 else run[0][0]
+            if bool(np.all(ts[1:] >= ts[:-1])):  # already in time order (ENDs, mostly): no sort
+                t = times(ts, t0)
+                at = 0
+                for part_ts, build in run:
+                    m, length = build(t.take(slice(at, at + len(part_ts))))
+                    mats.append(m)
+                    lens.append(length)
+                    where.append(None)
+                    at += len(part_ts)
+                pos += len(ts)
+                continue
             order = np.argsort(ts, kind="stable")
             rank = np.empty(len(ts), dtype=np.int64)
             rank[order] = np.arange(len(ts))
@@ -308,13 +320,20 @@ class AsyncState:
         new_open = pos_o[pos_o >= p]
         if len(new_open):
             o_sid = sid[pos_o]
-            rank = np.concatenate(([0], np.cumsum(o_sid[1:] != o_sid[:-1])))
-            okey = rank * (n + 1) + pos_o
+            step = o_sid[1:] != o_sid[:-1]
             want = ev.parent_id[new_open - p]
             lo = np.searchsorted(o_sid, want, side="left")
             lo_c = np.minimum(lo, len(o_sid) - 1)
             exists = (lo < len(o_sid)) & (o_sid[lo_c] == want) & (want != 0)
-            j = np.searchsorted(okey, rank[lo_c] * (n + 1) + new_open, side="left") - 1
+            if step.all():
+                # One opener per span id (the usual case): the parent's opener is the one found, if it
+                # opened before the child (else j < lo: none).
+                j = np.where(pos_o[lo_c] < new_open, lo, lo - 1)
+            else:
+                # The last opener of the parent's span id before the child.
+                rank = np.concatenate(([0], np.cumsum(step)))
+                okey = rank * (n + 1) + pos_o
+                j = np.searchsorted(okey, rank[lo_c] * (n + 1) + new_open, side="left") - 1
             parent_pos = pos_o[np.maximum(j, 0)]
             ok = exists & (j >= lo) & (close_at[parent_pos] > new_open) & (parent_pos < new_open)
             parent_at[new_open[ok]] = parent_pos[ok]
