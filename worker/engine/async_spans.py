@@ -254,7 +254,9 @@ class AsyncState:
         """``k`` fresh span keys (track uuids and flow ids): the next values of a per-trace counter from 1,
         skipping the reserved (process, thread, group) uuids."""
         out = np.arange(self.next_key, self.next_key + k + len(self.reserved), dtype=np.uint64)
-        out = out[~np.isin(out, self.reserved)][:k]
+        if len(out) and ((self.reserved >= out[0]) & (self.reserved <= out[-1])).any():
+            out = out[~np.isin(out, self.reserved)]
+        out = out[:k]
         if k:
             self.next_key = int(out[-1]) + 1
         return out
@@ -343,16 +345,17 @@ class AsyncState:
         is_opener[pos_o] = True
         op = np.flatnonzero(is_opener)
         k_open = len(op)
-        index_of = np.full(n, -1, dtype=np.int64)
+        index_of = np.full(n + 1, -1, dtype=np.int64)
         index_of[op] = np.arange(k_open)
         new = op >= p
         cpos = close_at[op]
         closed = cpos != NONE
         begin_t = time[op]
         end_t = np.full(k_open, NONE, dtype=np.int64)
-        end_t[closed] = np.maximum(time[cpos[closed]], begin_t[closed])
-        self.clamped += int((time[cpos[closed]] < begin_t[closed]).sum())
-        parent = np.where(parent_at[op] >= 0, index_of[np.maximum(parent_at[op], 0)], -1)
+        t_close, t_open = time[cpos[closed]], begin_t[closed]
+        end_t[closed] = np.maximum(t_close, t_open)
+        self.clamped += int(np.count_nonzero(t_close < t_open))
+        parent = index_of[parent_at[op]]  # parent_at -1: index_of's last slot, -1
         par_all = parent.copy()  # new spans' parents, and carried spans' open parents
         par_all[:p] = self.parent_idx
         key = np.zeros(k_open, dtype=np.uint64)
@@ -523,7 +526,7 @@ class AsyncState:
         layout = nflows * 8 + c.marked[idx] * 4 + has_term * 2 + has_ann
         wn, wc, wl = (varint_width(int(col[idx].max())) for col in (c.name, c.cat, c.loc))
         widths = (wn, wc, wl)
-        for code in np.unique(layout).tolist():
+        for code in np.flatnonzero(np.bincount(layout)).tolist():  # the layouts present, ascending
             sel = np.flatnonzero(layout == code)
             rows_i = idx[sel]
             k, cut_on, term_on, ann_on = code >> 3, bool(code & 4), bool(code & 2), bool(code & 1)
