@@ -224,3 +224,22 @@ def test_null_times_and_span_ids_are_dropped_and_negative_times_clamped() -> Non
         ("d", t, t + 3, "begin"),
     ]
     assert enc.stats.dropped_events == 2
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(events=interleavings(), cuts=st.lists(st.integers(0, 50), max_size=5), seed=st.integers(0, 1000))
+def test_ties_in_canonical_order_or_shuffled_give_the_same_bytes(
+    events: list[AsyncEvent], cuts: list[int], seed: int
+) -> None:
+    """Input whose ties are already in canonical order skips the tie sort (canonical.py): it must give
+    the bytes of the same events with their ties shuffled (sorted by the slow path)."""
+    ordered = canonical(events)
+    rng = random.Random(seed)
+    shuffled: list[AsyncEvent] = []
+    for _, run_ in itertools.groupby(ordered, key=lambda e: e.time):
+        group = list(run_)
+        rng.shuffle(group)
+        shuffled += group
+    want = run(split(async_batch(ordered), cuts))
+    assert run(split(async_batch(shuffled), cuts)) == want
+    assert run([async_batch(ordered, "plain")]) == want
