@@ -91,6 +91,34 @@ def _one_batch(table: pa.Table) -> pa.RecordBatch:
     return table.combine_chunks().to_batches()[0]
 
 
+def _codes(col: pa.ChunkedArray, *, fold: bool) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]] | None:
+    """A column as int64 values that order its rows as the sort does, and its validity: integers as
+    they are; a dictionary shared by every chunk as the dense rank of each row's (lower-cased) value.
+    None for other columns."""
+    if pa.types.is_integer(col.type):
+        value = col.fill_null(0) if col.null_count else col
+        valid = np.ones(len(col), dtype=bool)
+        if col.null_count:
+            valid = col.is_valid().to_numpy()
+        return value.to_numpy().astype(np.int64, copy=False), valid
+    if not pa.types.is_dictionary(col.type) or not col.num_chunks:
+        return None
+    dictionary = col.chunk(0).dictionary
+    if any(c.dictionary is not dictionary and not c.dictionary.equals(dictionary) for c in col.chunks[1:]):
+        return None
+    values = pc.utf8_lower(dictionary) if fold else dictionary
+    rank = pc.rank(values, sort_keys="ascending", tiebreaker="dense").to_numpy().astype(np.int64)
+    value_ok = values.is_valid().to_numpy(zero_copy_only=False)
+    if len(dictionary) == 0:
+        return np.zeros(len(col), dtype=np.int64), np.zeros(len(col), dtype=bool)
+    ind = [c.indices for c in col.chunks]
+    idx = np.concatenate([(i.fill_null(0) if i.null_count else i).to_numpy() for i in ind])
+    if not col.null_count and value_ok.all():
+        return rank[idx], np.ones(len(idx), dtype=bool)
+    valid = np.concatenate([i.is_valid().to_numpy(zero_copy_only=False) for i in ind])
+    return rank[idx], valid & value_ok[idx]
+
+
 def _rows(col: pa.ChunkedArray, idx: npt.NDArray[np.int64]) -> pa.Array:
     """Rows ``idx`` (ascending) of a column, dictionaries decoded. Taken chunk by chunk: a take from
     the chunked column would first concatenate all of it."""
@@ -203,21 +231,28 @@ class Canonicalizer:
             col = table.column(name)
             if pa.types.is_null(col.type):
                 continue  # all null: every pair ties here
-            a, b = _rows(col, pairs), _rows(col, pairs + 1)
-            if name in self._fold:
-                a, b = pc.utf8_lower(a), pc.utf8_lower(b)
-            if pa.types.is_floating(a.type) and (
-                pc.any(pc.is_nan(a)).as_py() or pc.any(pc.is_nan(b)).as_py()
-            ):
-                return False  # NaN has its own place in the sort: leave it to the sort
-            a_ok = a.is_valid().to_numpy(zero_copy_only=False)
-            b_ok = b.is_valid().to_numpy(zero_copy_only=False)
-            both = a_ok & b_ok
-            try:
-                less = pc.fill_null(pc.less(a, b), False).to_numpy(zero_copy_only=False)
-                more = pc.fill_null(pc.greater(a, b), False).to_numpy(zero_copy_only=False)
-            except pa.ArrowNotImplementedError:
-                return False  # a type without comparison kernels: leave it to the sort
+            codes = _codes(col, fold=name in self._fold)
+            if codes is not None:  # integers, or one shared dictionary: compared in numpy
+                value, valid = codes
+                a_ok, b_ok = valid[pairs], valid[pairs + 1]
+                less, more = value[pairs] < value[pairs + 1], value[pairs] > value[pairs + 1]
+                both = a_ok & b_ok
+            else:
+                a, b = _rows(col, pairs), _rows(col, pairs + 1)
+                if name in self._fold:
+                    a, b = pc.utf8_lower(a), pc.utf8_lower(b)
+                if pa.types.is_floating(a.type) and (
+                    pc.any(pc.is_nan(a)).as_py() or pc.any(pc.is_nan(b)).as_py()
+                ):
+                    return False  # NaN has its own place in the sort: leave it to the sort
+                a_ok = a.is_valid().to_numpy(zero_copy_only=False)
+                b_ok = b.is_valid().to_numpy(zero_copy_only=False)
+                both = a_ok & b_ok
+                try:
+                    less = pc.fill_null(pc.less(a, b), False).to_numpy(zero_copy_only=False)
+                    more = pc.fill_null(pc.greater(a, b), False).to_numpy(zero_copy_only=False)
+                except pa.ArrowNotImplementedError:
+                    return False  # a type without comparison kernels: leave it to the sort
             # Nulls sort last: a value before a null is in order, a null before a value is not.
             if (both & more).any() or (~a_ok & b_ok).any():
                 return False
