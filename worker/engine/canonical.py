@@ -91,31 +91,45 @@ def _one_batch(table: pa.Table) -> pa.RecordBatch:
     return table.combine_chunks().to_batches()[0]
 
 
-def _codes(col: pa.ChunkedArray, *, fold: bool) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]] | None:
-    """A column as int64 values that order its rows as the sort does, and its validity: integers as
-    they are; a dictionary shared by every chunk as the dense rank of each row's (lower-cased) value.
-    None for other columns."""
+def _at(
+    chunks: list[pa.Array], rows: npt.NDArray[np.int64]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    """Values (int64, nulls as 0) and validity of the integer chunks at positions ``rows`` (ascending)
+    of their concatenation, read from zero-copy views, chunk by chunk."""
+    bounds = np.cumsum([0, *(len(c) for c in chunks)])
+    chunk_of = np.searchsorted(bounds, rows, side="right") - 1
+    value = np.zeros(len(rows), dtype=np.int64)
+    valid = np.ones(len(rows), dtype=bool)
+    for c in np.unique(chunk_of).tolist():
+        sel = chunk_of == c
+        local = rows[sel] - bounds[c]
+        chunk = chunks[c]
+        if chunk.null_count:
+            valid[sel] = chunk.is_valid().to_numpy(zero_copy_only=False)[local]
+            chunk = chunk.fill_null(0)
+        value[sel] = chunk.to_numpy()[local]
+    return value, valid
+
+
+def _codes(
+    col: pa.ChunkedArray, rows: npt.NDArray[np.int64], *, fold: bool
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]] | None:
+    """Rows ``rows`` (ascending) of a column as int64 values that order them as the sort does, and
+    their validity: integers as they are; a dictionary shared by every chunk as the dense rank of
+    each row's (lower-cased) value. None for other columns."""
     if pa.types.is_integer(col.type):
-        value = col.fill_null(0) if col.null_count else col
-        valid = np.ones(len(col), dtype=bool)
-        if col.null_count:
-            valid = col.is_valid().to_numpy()
-        return value.to_numpy().astype(np.int64, copy=False), valid
+        return _at(col.chunks, rows)
     if not pa.types.is_dictionary(col.type) or not col.num_chunks:
         return None
     dictionary = col.chunk(0).dictionary
     if any(c.dictionary is not dictionary and not c.dictionary.equals(dictionary) for c in col.chunks[1:]):
         return None
+    if len(dictionary) == 0:
+        return np.zeros(len(rows), dtype=np.int64), np.zeros(len(rows), dtype=bool)
     values = pc.utf8_lower(dictionary) if fold else dictionary
     rank = pc.rank(values, sort_keys="ascending", tiebreaker="dense").to_numpy().astype(np.int64)
     value_ok = values.is_valid().to_numpy(zero_copy_only=False)
-    if len(dictionary) == 0:
-        return np.zeros(len(col), dtype=np.int64), np.zeros(len(col), dtype=bool)
-    ind = [c.indices for c in col.chunks]
-    idx = np.concatenate([(i.fill_null(0) if i.null_count else i).to_numpy() for i in ind])
-    if not col.null_count and value_ok.all():
-        return rank[idx], np.ones(len(idx), dtype=bool)
-    valid = np.concatenate([i.is_valid().to_numpy(zero_copy_only=False) for i in ind])
+    idx, valid = _at([c.indices for c in col.chunks], rows)
     return rank[idx], valid & value_ok[idx]
 
 
@@ -222,20 +236,22 @@ class Canonicalizer:
         move no row: each tied row compared with the next one, column after column, only as long as
         they are equal so far. Sources usually send ties in one order already; this costs a few
         comparisons of the tied pairs instead of a sort and a copy of the whole table."""
-        cross = np.zeros(n - 1, dtype=bool)
-        cross[starts[1:] - 1] = True  # the pair (i, i + 1) where a new run starts at i + 1
-        pairs = np.flatnonzero(~cross)
+        tied = np.ones(n - 1, dtype=bool)
+        tied[starts[1:] - 1] = False  # the pair (i, i + 1) where a new run starts at i + 1
+        pairs = np.flatnonzero(tied)
         for name in self._order[1:]:
             if not len(pairs):
                 return True
             col = table.column(name)
             if pa.types.is_null(col.type):
                 continue  # all null: every pair ties here
-            codes = _codes(col, fold=name in self._fold)
+            rows = np.union1d(pairs, pairs + 1)
+            codes = _codes(col, rows, fold=name in self._fold)
             if codes is not None:  # integers, or one shared dictionary: compared in numpy
                 value, valid = codes
-                a_ok, b_ok = valid[pairs], valid[pairs + 1]
-                less, more = value[pairs] < value[pairs + 1], value[pairs] > value[pairs + 1]
+                at = np.searchsorted(rows, pairs)
+                a_ok, b_ok = valid[at], valid[at + 1]
+                less, more = value[at] < value[at + 1], value[at] > value[at + 1]
                 both = a_ok & b_ok
             else:
                 a, b = _rows(col, pairs), _rows(col, pairs + 1)
