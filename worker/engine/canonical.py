@@ -17,7 +17,9 @@ into a canonical one before the engine lays anything out:
 Memory: at most ``rows`` rows plus the run being held. A run longer than ``max_run`` rows (one
 timestamp shared by a million rows is bad data) is handed on without waiting for its end; only then
 can the output depend on batching. Work is columnar: one concatenation per ``rows`` rows, and a sort
-of the tied rows only (``pyarrow.compute.sort_indices``).
+of the tied rows only (``pyarrow.compute.sort_indices``). Sources mostly send ties in one order
+already: when each tied row is found (one vectorised comparison of neighbours) to be in tie-break
+order, the sort and the copy of the rows are skipped, as the stable sort would move nothing.
 """
 
 from __future__ import annotations
