@@ -8,6 +8,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import xxhash
 from hypothesis import HealthCheck, given, settings
@@ -17,6 +18,7 @@ from contracts.request import SpanTypes
 from tests.engine.data import PROCESS, RANGE, THREADS, AsyncEvent, async_batch, split
 from tests.engine.decode import Decoded, decode
 from worker.engine import TraceEncoder, encode
+from worker.engine.async_spans import _stable_order
 from worker.inspect import inspect_trace
 
 PROCESS_UUID = xxhash.xxh64_intdigest(PROCESS.process_id.encode())
@@ -243,3 +245,20 @@ def test_ties_in_canonical_order_or_shuffled_give_the_same_bytes(
     want = run(split(async_batch(ordered), cuts))
     assert run(split(async_batch(shuffled), cuts)) == want
     assert run([async_batch(ordered, "plain")]) == want
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    values=st.lists(st.integers(-(1 << 63), (1 << 63) - 1) | st.integers(0, 5), min_size=0, max_size=60),
+    narrow=st.booleans(),
+)
+def test_stable_order_of_span_ids(values: list[int], narrow: bool) -> None:
+    """Pairing sorts span ids with their positions packed into one key when their range allows, else
+    with a stable argsort: both give the stable order."""
+    if narrow:
+        values = [v % 1000 for v in values]
+    arr = np.array(values, dtype=np.int64)
+    order, sorted_values = _stable_order(arr)
+    want = np.argsort(arr, kind="stable")
+    assert order.tolist() == want.tolist()
+    assert sorted_values.tolist() == arr[want].tolist()

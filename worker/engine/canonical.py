@@ -211,14 +211,16 @@ class Canonicalizer:
         table = pa.Table.from_batches(pending)
         n = table.num_rows
         key = self._key(table)
-        starts = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1])))
+        same = key[1:] == key[:-1]  # row i + 1 ties with row i
+        starts = np.flatnonzero(np.concatenate(([True], ~same)))
         # Rows up to `safe` belong to complete runs; the last run may continue in the next batch.
         safe = n if final or n - int(starts[-1]) > self._max_run else int(starts[-1])
         take = safe if final else safe - safe % self._rows
         if take == 0:
             self._pending = table.to_batches()
             return []
-        ordered = self._sort_ties(table.slice(0, safe), starts[starts < safe], safe)
+        pairs = np.flatnonzero(same[: max(safe - 1, 0)])
+        ordered = self._sort_ties(table.slice(0, safe), starts[starts < safe], safe, pairs)
         out = [_one_batch(ordered.slice(lo, self._rows)) for lo in range(0, take, self._rows)]
         # What stays: the sorted rows not handed on, then the run that may continue.
         rest = [*ordered.slice(take).to_batches(), *table.slice(safe).to_batches()]
@@ -233,14 +235,11 @@ class Canonicalizer:
         out: npt.NDArray[np.int64] = col.to_numpy().astype(np.int64, copy=False)
         return out
 
-    def _ties_in_order(self, table: pa.Table, starts: npt.NDArray[np.int64], n: int) -> bool:
+    def _ties_in_order(self, table: pa.Table, pairs: npt.NDArray[np.int64]) -> bool:
         """Whether every run of equal keys is already in tie-break order, so the (stable) sort would
         move no row: each tied row compared with the next one, column after column, only as long as
         they are equal so far. Sources usually send ties in one order already; this costs a few
         comparisons of the tied pairs instead of a sort and a copy of the whole table."""
-        tied = np.ones(n - 1, dtype=bool)
-        tied[starts[1:] - 1] = False  # the pair (i, i + 1) where a new run starts at i + 1
-        pairs = np.flatnonzero(tied)
         for name in self._order[1:]:
             if not len(pairs):
                 return True
@@ -277,14 +276,15 @@ class Canonicalizer:
             pairs = pairs[~((both & less) | (a_ok & ~b_ok))]
         return True
 
-    def _sort_ties(self, table: pa.Table, starts: npt.NDArray[np.int64], n: int) -> pa.Table:
-        """``table`` with each run of equal keys sorted by the tie-break columns."""
-        if len(starts) == n:  # every run is one row: nothing to sort
-            return table
+    def _sort_ties(
+        self, table: pa.Table, starts: npt.NDArray[np.int64], n: int, pairs: npt.NDArray[np.int64]
+    ) -> pa.Table:
+        """``table`` with each run of equal keys sorted by the tie-break columns (``pairs``: the rows
+        i tied with row i + 1)."""
+        if not len(pairs) or self._ties_in_order(table, pairs):
+            return table  # no ties, or all of them in order already
         lengths = np.diff(np.append(starts, n))
         tied_runs = lengths > 1
-        if not tied_runs.any() or self._ties_in_order(table, starts, n):
-            return table
         run_of = np.repeat(np.arange(len(starts), dtype=np.int64), lengths)
         tied = np.flatnonzero(np.repeat(tied_runs, lengths))
         sub = table.take(pa.array(tied))
