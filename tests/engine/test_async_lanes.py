@@ -10,6 +10,7 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -20,6 +21,7 @@ from tests.engine.decode import Decoded, Slice, decode
 from tests.engine.perfetto_import import import_trace
 from tests.engine.test_async_spans import GROUP_UUID, run
 from worker.engine import TraceEncoder
+from worker.engine.lanes import NONE, _group_exclusive_max
 from worker.inspect import inspect_trace
 
 
@@ -258,3 +260,29 @@ def test_children_beginning_with_their_parent_follow_its_begin_in_the_file() -> 
         data = run_windowed([async_batch(events)], window)
         check_lanes(decode(data), model(events))
         check_import(data, model(events))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(st.integers(1, 4), st.integers(0, 40), st.sampled_from([0, 1, 1 << 40, 1 << 62, -1])),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_group_exclusive_max_narrow_and_wide_values(rows: list[tuple[int, int, int]]) -> None:
+    """The segmented maximum (lanes.py) shifts narrow values instead of ranking them; NONE and values
+    too wide to shift take the ranked path: both agree with the plain definition."""
+    group = np.array([r[0] for r in rows], dtype=np.uint64)
+    order_key = np.array([r[1] for r in rows], dtype=np.int64)
+    narrow = np.array([r[1] * 3 % 7 for r in rows], dtype=np.int64)
+    wide = np.array([NONE if r[2] == -1 else r[2] + r[1] for r in rows], dtype=np.int64)
+    got = _group_exclusive_max(group, order_key, [narrow, wide])
+    for values, result in zip((narrow, wide), got, strict=True):
+        for i in range(len(rows)):
+            earlier = [
+                int(values[j])
+                for j in range(len(rows))
+                if group[j] == group[i] and (order_key[j], j) < (order_key[i], i)
+            ]
+            assert result[i] == max(earlier, default=-1)

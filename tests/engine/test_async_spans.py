@@ -8,6 +8,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import xxhash
 from hypothesis import HealthCheck, given, settings
@@ -17,6 +18,7 @@ from contracts.request import SpanTypes
 from tests.engine.data import PROCESS, RANGE, THREADS, AsyncEvent, async_batch, split
 from tests.engine.decode import Decoded, decode
 from worker.engine import TraceEncoder, encode
+from worker.engine.async_spans import _stable_order
 from worker.inspect import inspect_trace
 
 PROCESS_UUID = xxhash.xxh64_intdigest(PROCESS.process_id.encode())
@@ -224,3 +226,39 @@ def test_null_times_and_span_ids_are_dropped_and_negative_times_clamped() -> Non
         ("d", t, t + 3, "begin"),
     ]
     assert enc.stats.dropped_events == 2
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(events=interleavings(), cuts=st.lists(st.integers(0, 50), max_size=5), seed=st.integers(0, 1000))
+def test_ties_in_canonical_order_or_shuffled_give_the_same_bytes(
+    events: list[AsyncEvent], cuts: list[int], seed: int
+) -> None:
+    """Input whose ties are already in canonical order skips the tie sort (canonical.py): it must give
+    the bytes of the same events with their ties shuffled (sorted by the slow path)."""
+    ordered = canonical(events)
+    rng = random.Random(seed)
+    shuffled: list[AsyncEvent] = []
+    for _, run_ in itertools.groupby(ordered, key=lambda e: e.time):
+        group = list(run_)
+        rng.shuffle(group)
+        shuffled += group
+    want = run(split(async_batch(ordered), cuts))
+    assert run(split(async_batch(shuffled), cuts)) == want
+    assert run([async_batch(ordered, "plain")]) == want
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    values=st.lists(st.integers(-(1 << 63), (1 << 63) - 1) | st.integers(0, 5), min_size=0, max_size=60),
+    narrow=st.booleans(),
+)
+def test_stable_order_of_span_ids(values: list[int], narrow: bool) -> None:
+    """Pairing sorts span ids with their positions packed into one key when their range allows, else
+    with a stable argsort: both give the stable order."""
+    if narrow:
+        values = [v % 1000 for v in values]
+    arr = np.array(values, dtype=np.int64)
+    order, sorted_values = _stable_order(arr)
+    want = np.argsort(arr, kind="stable")
+    assert order.tolist() == want.tolist()
+    assert sorted_values.tolist() == arr[want].tolist()

@@ -81,19 +81,31 @@ class _Parts:
         lens: list[I64] = []
         where: list[I64 | None] = []
         pos = 0
+        # ``where``: None for rows that stay where they are in the concatenation of the matrices.
         for m, length in self.desc:
             mats.append(m)
             lens.append(length)
-            where.append(np.arange(pos, pos + len(m)))
+            where.append(None)
             pos += len(m)
         for run in self.runs:
             if not run:
                 continue
             mats.append(reset[0])
             lens.append(reset[1])
-            where.append(np.array([pos]))
+            where.append(None)
             pos += 1
-            ts = np.concatenate([r[0] for r in run])
+            ts = np.concatenate([r[0] for r in run]) if len(run) > 1 else run[0][0]
+            if bool(np.all(ts[1:] >= ts[:-1])):  # already in time order (ENDs, mostly): no sort
+                t = times(ts, t0)
+                at = 0
+                for part_ts, build in run:
+                    m, length = build(t.take(slice(at, at + len(part_ts))))
+                    mats.append(m)
+                    lens.append(length)
+                    where.append(None)
+                    at += len(part_ts)
+                pos += len(ts)
+                continue
             order = np.argsort(ts, kind="stable")
             rank = np.empty(len(ts), dtype=np.int64)
             rank[order] = np.arange(len(ts))
@@ -183,6 +195,23 @@ class AsyncBatch:
     before: npt.NDArray[np.bool_] | None = None
 
 
+def _stable_order(values: I64) -> tuple[I64, I64]:
+    """``np.argsort(values, kind="stable")`` and the sorted values. When the values' range leaves room,
+    each is packed with its position into one int64 key: the keys are distinct, so a plain (faster,
+    vectorised) sort gives the stable order."""
+    n = len(values)
+    if n:
+        lo = int(values.min())
+        bits = max(1, (n - 1).bit_length())
+        if int(values.max()) - lo < 1 << (62 - bits):
+            packed = ((values - lo) << bits) | np.arange(n, dtype=np.int64)
+            packed.sort()
+            order: I64 = packed & ((1 << bits) - 1)
+            return order, (packed >> bits) + lo
+    order = np.argsort(values, kind="stable")
+    return order, values[order]
+
+
 def _e_i64() -> I64:
     return np.zeros(0, dtype=np.int64)
 
@@ -242,7 +271,9 @@ class AsyncState:
         """``k`` fresh span keys (track uuids and flow ids): the next values of a per-trace counter from 1,
         skipping the reserved (process, thread, group) uuids."""
         out = np.arange(self.next_key, self.next_key + k + len(self.reserved), dtype=np.uint64)
-        out = out[~np.isin(out, self.reserved)][:k]
+        if len(out) and ((self.reserved >= out[0]) & (self.reserved <= out[-1])).any():
+            out = out[~np.isin(out, self.reserved)]
+        out = out[:k]
         if k:
             self.next_key = int(out[-1]) + 1
         return out
@@ -280,8 +311,7 @@ class AsyncState:
         n = p + m
         sid = np.concatenate((self.sid, ev.span_id))
         is_b = np.concatenate((np.ones(p, dtype=bool), ev.is_begin))
-        order = np.argsort(sid, kind="stable")
-        s_sid = sid[order]
+        order, s_sid = _stable_order(sid)
         s_b = is_b[order]
         same = np.zeros(n, dtype=bool)
         same[1:] = s_sid[1:] == s_sid[:-1]
@@ -308,13 +338,20 @@ class AsyncState:
         new_open = pos_o[pos_o >= p]
         if len(new_open):
             o_sid = sid[pos_o]
-            rank = np.concatenate(([0], np.cumsum(o_sid[1:] != o_sid[:-1])))
-            okey = rank * (n + 1) + pos_o
+            step = o_sid[1:] != o_sid[:-1]
             want = ev.parent_id[new_open - p]
             lo = np.searchsorted(o_sid, want, side="left")
             lo_c = np.minimum(lo, len(o_sid) - 1)
             exists = (lo < len(o_sid)) & (o_sid[lo_c] == want) & (want != 0)
-            j = np.searchsorted(okey, rank[lo_c] * (n + 1) + new_open, side="left") - 1
+            if step.all():
+                # One opener per span id (the usual case): the parent's opener is the one found, if it
+                # opened before the child (else j < lo: none).
+                j = np.where(pos_o[lo_c] < new_open, lo, lo - 1)
+            else:
+                # The last opener of the parent's span id before the child.
+                rank = np.concatenate(([0], np.cumsum(step)))
+                okey = rank * (n + 1) + pos_o
+                j = np.searchsorted(okey, rank[lo_c] * (n + 1) + new_open, side="left") - 1
             parent_pos = pos_o[np.maximum(j, 0)]
             ok = exists & (j >= lo) & (close_at[parent_pos] > new_open) & (parent_pos < new_open)
             parent_at[new_open[ok]] = parent_pos[ok]
@@ -324,16 +361,17 @@ class AsyncState:
         is_opener[pos_o] = True
         op = np.flatnonzero(is_opener)
         k_open = len(op)
-        index_of = np.full(n, -1, dtype=np.int64)
+        index_of = np.full(n + 1, -1, dtype=np.int64)
         index_of[op] = np.arange(k_open)
         new = op >= p
         cpos = close_at[op]
         closed = cpos != NONE
         begin_t = time[op]
         end_t = np.full(k_open, NONE, dtype=np.int64)
-        end_t[closed] = np.maximum(time[cpos[closed]], begin_t[closed])
-        self.clamped += int((time[cpos[closed]] < begin_t[closed]).sum())
-        parent = np.where(parent_at[op] >= 0, index_of[np.maximum(parent_at[op], 0)], -1)
+        t_close, t_open = time[cpos[closed]], begin_t[closed]
+        end_t[closed] = np.maximum(t_close, t_open)
+        self.clamped += int(np.count_nonzero(t_close < t_open))
+        parent = index_of[parent_at[op]]  # parent_at -1: index_of's last slot, -1
         par_all = parent.copy()  # new spans' parents, and carried spans' open parents
         par_all[:p] = self.parent_idx
         key = np.zeros(k_open, dtype=np.uint64)
@@ -504,7 +542,7 @@ class AsyncState:
         layout = nflows * 8 + c.marked[idx] * 4 + has_term * 2 + has_ann
         wn, wc, wl = (varint_width(int(col[idx].max())) for col in (c.name, c.cat, c.loc))
         widths = (wn, wc, wl)
-        for code in np.unique(layout).tolist():
+        for code in np.flatnonzero(np.bincount(layout)).tolist():  # the layouts present, ascending
             sel = np.flatnonzero(layout == code)
             rows_i = idx[sel]
             k, cut_on, term_on, ann_on = code >> 3, bool(code & 4), bool(code & 2), bool(code & 1)

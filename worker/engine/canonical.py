@@ -17,7 +17,9 @@ into a canonical one before the engine lays anything out:
 Memory: at most ``rows`` rows plus the run being held. A run longer than ``max_run`` rows (one
 timestamp shared by a million rows is bad data) is handed on without waiting for its end; only then
 can the output depend on batching. Work is columnar: one concatenation per ``rows`` rows, and a sort
-of the tied rows only (``pyarrow.compute.sort_indices``).
+of the tied rows only (``pyarrow.compute.sort_indices``). Sources mostly send ties in one order
+already: when each tied row is found (one vectorised comparison of neighbours) to be in tie-break
+order, the sort and the copy of the rows are skipped, as the stable sort would move nothing.
 """
 
 from __future__ import annotations
@@ -91,6 +93,60 @@ def _one_batch(table: pa.Table) -> pa.RecordBatch:
     return table.combine_chunks().to_batches()[0]
 
 
+def _at(
+    chunks: list[pa.Array], rows: npt.NDArray[np.int64]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    """Values (int64, nulls as 0) and validity of the integer chunks at positions ``rows`` (ascending)
+    of their concatenation, read from zero-copy views, chunk by chunk."""
+    bounds = np.cumsum([0, *(len(c) for c in chunks)])
+    chunk_of = np.searchsorted(bounds, rows, side="right") - 1
+    value = np.zeros(len(rows), dtype=np.int64)
+    valid = np.ones(len(rows), dtype=bool)
+    for c in np.unique(chunk_of).tolist():
+        sel = chunk_of == c
+        local = rows[sel] - bounds[c]
+        chunk = chunks[c]
+        if chunk.null_count:
+            valid[sel] = chunk.is_valid().to_numpy(zero_copy_only=False)[local]
+            chunk = chunk.fill_null(0)
+        value[sel] = chunk.to_numpy()[local]
+    return value, valid
+
+
+def _codes(
+    col: pa.ChunkedArray, rows: npt.NDArray[np.int64], *, fold: bool
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]] | None:
+    """Rows ``rows`` (ascending) of a column as int64 values that order them as the sort does, and
+    their validity: integers as they are; a dictionary shared by every chunk as the dense rank of
+    each row's (lower-cased) value. None for other columns."""
+    if pa.types.is_integer(col.type):
+        return _at(col.chunks, rows)
+    if not pa.types.is_dictionary(col.type) or not col.num_chunks:
+        return None
+    dictionary = col.chunk(0).dictionary
+    if any(c.dictionary is not dictionary and not c.dictionary.equals(dictionary) for c in col.chunks[1:]):
+        return None
+    if len(dictionary) == 0:
+        return np.zeros(len(rows), dtype=np.int64), np.zeros(len(rows), dtype=bool)
+    values = pc.utf8_lower(dictionary) if fold else dictionary
+    rank = pc.rank(values, sort_keys="ascending", tiebreaker="dense").to_numpy().astype(np.int64)
+    value_ok = values.is_valid().to_numpy(zero_copy_only=False)
+    idx, valid = _at([c.indices for c in col.chunks], rows)
+    return rank[idx], valid & value_ok[idx]
+
+
+def _rows(col: pa.ChunkedArray, idx: npt.NDArray[np.int64]) -> pa.Array:
+    """Rows ``idx`` (ascending) of a column, dictionaries decoded. Taken chunk by chunk: a take from
+    the chunked column would first concatenate all of it."""
+    bounds = np.cumsum([0, *(len(c) for c in col.chunks)])
+    chunk_of = np.searchsorted(bounds, idx, side="right") - 1
+    parts = []
+    for c in np.unique(chunk_of).tolist():
+        part = col.chunk(c).take(pa.array(idx[chunk_of == c] - bounds[c]))
+        parts.append(part.cast(pa.string()) if pa.types.is_dictionary(part.type) else part)
+    return pa.concat_arrays(parts) if parts else pa.array([], col.type)
+
+
 class Canonicalizer:
     """Re-cuts one sorted stream of rows into canonical batches (see the module doc).
 
@@ -155,14 +211,16 @@ class Canonicalizer:
         table = pa.Table.from_batches(pending)
         n = table.num_rows
         key = self._key(table)
-        starts = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1])))
+        same = key[1:] == key[:-1]  # row i + 1 ties with row i
+        starts = np.flatnonzero(np.concatenate(([True], ~same)))
         # Rows up to `safe` belong to complete runs; the last run may continue in the next batch.
         safe = n if final or n - int(starts[-1]) > self._max_run else int(starts[-1])
         take = safe if final else safe - safe % self._rows
         if take == 0:
             self._pending = table.to_batches()
             return []
-        ordered = self._sort_ties(table.slice(0, safe), starts[starts < safe], safe)
+        pairs = np.flatnonzero(same[: max(safe - 1, 0)])
+        ordered = self._sort_ties(table.slice(0, safe), starts[starts < safe], safe, pairs)
         out = [_one_batch(ordered.slice(lo, self._rows)) for lo in range(0, take, self._rows)]
         # What stays: the sorted rows not handed on, then the run that may continue.
         rest = [*ordered.slice(take).to_batches(), *table.slice(safe).to_batches()]
@@ -177,14 +235,56 @@ class Canonicalizer:
         out: npt.NDArray[np.int64] = col.to_numpy().astype(np.int64, copy=False)
         return out
 
-    def _sort_ties(self, table: pa.Table, starts: npt.NDArray[np.int64], n: int) -> pa.Table:
-        """``table`` with each run of equal keys sorted by the tie-break columns."""
-        if len(starts) == n:  # every run is one row: nothing to sort
-            return table
+    def _ties_in_order(self, table: pa.Table, pairs: npt.NDArray[np.int64]) -> bool:
+        """Whether every run of equal keys is already in tie-break order, so the (stable) sort would
+        move no row: each tied row compared with the next one, column after column, only as long as
+        they are equal so far. Sources usually send ties in one order already; this costs a few
+        comparisons of the tied pairs instead of a sort and a copy of the whole table."""
+        for name in self._order[1:]:
+            if not len(pairs):
+                return True
+            col = table.column(name)
+            if pa.types.is_null(col.type):
+                continue  # all null: every pair ties here
+            rows = np.union1d(pairs, pairs + 1)
+            codes = _codes(col, rows, fold=name in self._fold)
+            if codes is not None:  # integers, or one shared dictionary: compared in numpy
+                value, valid = codes
+                at = np.searchsorted(rows, pairs)
+                a_ok, b_ok = valid[at], valid[at + 1]
+                less, more = value[at] < value[at + 1], value[at] > value[at + 1]
+                both = a_ok & b_ok
+            else:
+                a, b = _rows(col, pairs), _rows(col, pairs + 1)
+                if name in self._fold:
+                    a, b = pc.utf8_lower(a), pc.utf8_lower(b)
+                if pa.types.is_floating(a.type) and (
+                    pc.any(pc.is_nan(a)).as_py() or pc.any(pc.is_nan(b)).as_py()
+                ):
+                    return False  # NaN has its own place in the sort: leave it to the sort
+                a_ok = a.is_valid().to_numpy(zero_copy_only=False)
+                b_ok = b.is_valid().to_numpy(zero_copy_only=False)
+                both = a_ok & b_ok
+                try:
+                    less = pc.fill_null(pc.less(a, b), False).to_numpy(zero_copy_only=False)
+                    more = pc.fill_null(pc.greater(a, b), False).to_numpy(zero_copy_only=False)
+                except pa.ArrowNotImplementedError:
+                    return False  # a type without comparison kernels: leave it to the sort
+            # Nulls sort last: a value before a null is in order, a null before a value is not.
+            if (both & more).any() or (~a_ok & b_ok).any():
+                return False
+            pairs = pairs[~((both & less) | (a_ok & ~b_ok))]
+        return True
+
+    def _sort_ties(
+        self, table: pa.Table, starts: npt.NDArray[np.int64], n: int, pairs: npt.NDArray[np.int64]
+    ) -> pa.Table:
+        """``table`` with each run of equal keys sorted by the tie-break columns (``pairs``: the rows
+        i tied with row i + 1)."""
+        if not len(pairs) or self._ties_in_order(table, pairs):
+            return table  # no ties, or all of them in order already
         lengths = np.diff(np.append(starts, n))
         tied_runs = lengths > 1
-        if not tied_runs.any():
-            return table
         run_of = np.repeat(np.arange(len(starts), dtype=np.int64), lengths)
         tied = np.flatnonzero(np.repeat(tied_runs, lengths))
         sub = table.take(pa.array(tied))

@@ -307,31 +307,38 @@ class TraceEncoder:
         assert span_id is not None and parent_id is not None and line is not None
         kind_values = [str(v).lower() if v is not None else "" for v in kinds.dictionary.to_pylist()]
         codes = np.array([1 if v == "begin" else 0 if v == "end" else 2 for v in kind_values] + [2])
-        idx = kinds.indices.fill_null(len(kind_values)).to_numpy(zero_copy_only=False)
+        indices = kinds.indices
+        idx = (indices.fill_null(len(kind_values)) if indices.null_count else indices).to_numpy(
+            zero_copy_only=False
+        )
         code = codes[idx]
         valid = code != 2
         for col in (column(batch, "time", what), sid_col):
             if col.null_count:
                 valid &= ~np.asarray(pc.is_null(col).to_numpy(zero_copy_only=False), dtype=bool)
-        keep = np.flatnonzero(valid)
-        self._dropped += len(code) - len(keep)
-        if len(keep):
-            self._data_last = max(self._data_last, int(time[keep].max()))
-        name = self._interner.names(string_column(batch, "name", what))[keep]
-        cat = self._interner.categories(string_column(batch, "target", what))[keep]
-        loc = self._interner.locations(string_column(batch, "filename", what), line)[keep]
+        every = bool(valid.all())  # the usual case: no gathers
+        keep = np.flatnonzero(valid) if not every else None
+        kept = len(code) if keep is None else len(keep)
+        self._dropped += len(code) - kept
+        if kept:
+            self._data_last = max(self._data_last, int((time if keep is None else time[keep]).max()))
+        name = self._interner.names(string_column(batch, "name", what))
+        cat = self._interner.categories(string_column(batch, "target", what))
+        loc = self._interner.locations(string_column(batch, "filename", what), line)
+        if keep is not None:
+            time, code, span_id, parent_id = time[keep], code[keep], span_id[keep], parent_id[keep]
+            name, cat, loc = name[keep], cat[keep], loc[keep]
         out = self._interned()
         lo_ns = self._range.begin_ns
-        for lo in range(0, len(keep), _SUB_BATCH):
-            sel = keep[lo : lo + _SUB_BATCH]
+        for lo in range(0, kept, _SUB_BATCH):
             part = slice(lo, lo + _SUB_BATCH)
-            t = time[sel]
+            t = time[part]
             blocks = self._async.add(
                 AsyncBatch(
                     time=np.maximum(t, lo_ns),
-                    is_begin=code[sel] == 1,
-                    span_id=span_id[sel],
-                    parent_id=parent_id[sel],
+                    is_begin=code[part] == 1,
+                    span_id=span_id[part],
+                    parent_id=parent_id[part],
                     name=name[part],
                     cat=cat[part],
                     loc=loc[part],

@@ -60,8 +60,9 @@ class Openers:
 def _group_exclusive_max(group: U64, order_key: I64, values: list[I64]) -> list[I64]:
     """Per element and per value array, the max over earlier elements (by ``order_key``) of its group.
 
-    -1 where there is none. Values are ranked first, so the segmented maximum is a plain cumulative one
-    over ``group rank * (distinct values + 1) + value rank``.
+    -1 where there is none. Values are mapped to small codes in their order (shifted by their minimum
+    when their range is narrow, NONE above all; else ranked), so the segmented maximum is a plain
+    cumulative one over ``group rank * (codes + 1) + code``.
     """
     n = len(group)
     if np.all(order_key[1:] >= order_key[:-1]):
@@ -73,16 +74,34 @@ def _group_exclusive_max(group: U64, order_key: I64, values: list[I64]) -> list[
     start[1:] = g[1:] != g[:-1]
     gid = np.cumsum(start) - 1
     out = []
+    groups = int(gid[-1]) + 1 if n else 0
     for value in values:
-        uniq, rank = np.unique(value[order], return_inverse=True)
-        span = len(uniq) + 1
-        run = np.maximum.accumulate(gid * span + rank.astype(np.int64) + 1)
+        v = value[order]
+        none = v == NONE
+        finite = v[~none] if none.any() else v
+        lo, hi = (int(finite.min()), int(finite.max())) if len(finite) else (0, 0)
+        top = hi - lo + 2  # the code of NONE, above every other value's
+        if (top + 1) * (groups + 1) < 1 << 62:
+            # Values in a narrow range (positions, times of one window) and NONE: shifted, not ranked.
+            span = top + 1
+            code = np.where(none, top, v - (lo - 1))
+            uniq = None
+        else:
+            # Wide values: ranked first, so the keys below cannot overflow.
+            uniq, rank = np.unique(v, return_inverse=True)
+            span = len(uniq) + 1
+            code = rank.astype(np.int64) + 1
+        base = gid * span
+        run = np.maximum.accumulate(base + code)
         prev = np.empty(n, dtype=np.int64)
         prev[1:] = run[:-1]
-        prev_rank = prev - gid * span - 1
-        prev_rank[start] = -1
+        prev_code = prev - base
+        prev_code[start] = 0
         res = np.full(n, -1, dtype=np.int64)
-        res[order] = np.where(prev_rank >= 0, uniq[np.maximum(prev_rank, 0)], -1)
+        if uniq is None:
+            res[order] = np.where(prev_code > 0, np.where(prev_code == top, NONE, prev_code + (lo - 1)), -1)
+        else:
+            res[order] = np.where(prev_code > 0, uniq[np.maximum(prev_code - 1, 0)], -1)
         out.append(res)
     return out
 

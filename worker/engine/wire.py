@@ -64,6 +64,17 @@ def varint_width(max_value: int) -> int:
 
 def put_varint(matrix: U8, col: int, values: npt.NDArray[np.integer], width: int) -> None:
     """Write ``values`` (< 2**(7*width), non-negative) as padded varints in matrix[:, col:col+width]."""
+    if width == 1:  # values < 128: the byte is the value
+        matrix[:, col] = values
+        return
+    if width <= 4:  # values < 2**28: 32-bit arithmetic, half the memory traffic
+        v32 = values.astype(np.uint32)
+        for k in range(width):
+            b32 = (v32 >> np.uint32(7 * k)) & np.uint32(0x7F)
+            if k < width - 1:
+                b32 |= np.uint32(0x80)
+            matrix[:, col + k] = b32
+        return
     v = values.astype(np.uint64, copy=False)
     if width >= 9:
         put_varint64(matrix, col, v, width)
