@@ -30,8 +30,8 @@ from worker.source import Source
 __all__ = ["Cancelled", "Progress", "TraceSpec", "generate_trace", "life_begin", "resolve_range"]
 
 #: Batches up to this many rows and bytes (dictionaries included) are encoded on the event loop;
-#: larger ones in a worker thread, so that no batch the source sends (a million rows, a huge
-#: dictionary, a deep mis-nesting to repair) holds the loop for long.
+#: larger ones on the generation's encoder thread, so that no batch the source sends (a million
+#: rows, a huge dictionary, a deep mis-nesting to repair) holds the loop for long.
 _INLINE_ROWS = 1024
 _INLINE_BYTES = 1024 * 1024
 #: ``should_stop`` is awaited between batches, at most this often (it may be a Redis round trip).
