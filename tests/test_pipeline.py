@@ -4,6 +4,7 @@ exactly what the server holds."""
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 
@@ -17,6 +18,7 @@ from tests.engine.perfetto_import import import_trace
 from tests.engine.test_async_lanes import peak
 from tests.support.devserver import expected_async_events, expected_thread_spans, small_lake, start_devserver
 from worker.devserver import DevServer, Lake, LakeProcess
+from worker.engine import TraceEncoder
 from worker.errors import EmptyRange, InvalidRequest, ProcessNotFound, RangeTooLong, TraceTooLarge
 from worker.pipeline import Cancelled, Progress, TraceSpec, generate_trace
 from worker.source import FlightSqlConfig, FlightSqlSource
@@ -207,6 +209,47 @@ async def test_should_stop(server: DevServer, lake: Lake) -> None:
             ):
                 pass
     assert calls == 1
+
+
+async def test_the_encoder_thread_works_ahead_of_the_loop(
+    server: DevServer, lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the loop handles a batch's result, the next engine call is already on the encoder
+    thread: the thread does not wait for the loop between batches. Every call runs on that one thread,
+    in order, and the trace is the same as one generated without the look-ahead."""
+    p = lake.processes[0]
+    spec = TraceSpec(p.process_id, None, None, SpanTypes.THREAD)
+    reference = await _trace(server, spec)
+    threads: list[str] = []
+    second_call = threading.Event()
+
+    def spy(name: str) -> None:
+        original = getattr(TraceEncoder, name)
+
+        def call(self: TraceEncoder, *args: object) -> list[bytes]:
+            threads.append(threading.current_thread().name)
+            if len(threads) == 2:
+                second_call.set()
+            result: list[bytes] = original(self, *args)
+            return result
+
+        monkeypatch.setattr(TraceEncoder, name, call)
+
+    spy("add_thread_spans")
+    spy("end_thread")
+    handled: list[bool] = []
+
+    def progress(report: Progress) -> None:
+        if report.phase == "thread_spans":
+            handled.append(True)
+            if len(handled) == 2:  # the first batch's result: the second call must have started
+                assert second_call.wait(timeout=60)
+
+    async with _source(server) as source:
+        chunks = [c async for c in generate_trace(source, spec, on_progress=progress)]
+    assert len(handled) > 2
+    assert len(set(threads)) == 1 and threads[0].startswith("encoder")
+    assert b"".join(chunks) == reference
 
 
 async def test_count_matches_name_column(server: DevServer, lake: Lake) -> None:

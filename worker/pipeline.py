@@ -11,27 +11,35 @@ then async spans. Limits are enforced as the trace grows, never after the fact.
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pyarrow as pa
 
 from contracts.request import SpanTypes
 from worker.engine import DEFAULT_CHUNK_SIZE, TraceEncoder
+from worker.engine.encoder import EncodeStats
 from worker.errors import EmptyRange, InvalidRequest, RangeTooLong, TraceTooLarge
-from worker.model import ProcessInfo, TimeRange
+from worker.model import ProcessInfo, ThreadInfo, TimeRange
 from worker.source import Source
 
 __all__ = ["Cancelled", "Progress", "TraceSpec", "generate_trace", "life_begin", "resolve_range"]
 
 #: Batches up to this many rows and bytes (dictionaries included) are encoded on the event loop;
-#: larger ones in a worker thread, so that no batch the source sends (a million rows, a huge
-#: dictionary, a deep mis-nesting to repair) holds the loop for long.
+#: larger ones on the generation's encoder thread, so that no batch the source sends (a million
+#: rows, a huge dictionary, a deep mis-nesting to repair) holds the loop for long.
 _INLINE_ROWS = 1024
 _INLINE_BYTES = 1024 * 1024
 #: ``should_stop`` is awaited between batches, at most this often (it may be a Redis round trip).
 _STOP_CHECK_S = 0.2
+#: Engine calls queued on the generation's encoder thread beyond the one whose result is awaited:
+#: the thread goes from one batch straight to the next instead of idling while the event loop
+#: hands its chunks on and fetches the next batch (each batch's results are still handled in order).
+_LOOKAHEAD = 1
 
 
 class Cancelled(Exception):
@@ -142,11 +150,16 @@ class _Run:
         self.should_stop = should_stop
         self.next_stop_check = 0.0
         self.phase = "start"
+        #: The encoder's totals as of the last engine call handled (the encoder thread may be a
+        #: call ahead, so the loop never reads the live encoder while that thread runs).
+        self.stats: EncodeStats = copy.copy(encoder.stats)
+        #: Engine calls running or queued on the encoder thread, oldest first.
+        self._pending: deque[asyncio.Future[tuple[list[bytes], EncodeStats]]] = deque()
+        self._executor: ThreadPoolExecutor | None = None
 
     @property
     def spans(self) -> int:
-        stats = self.encoder.stats
-        return int(stats.thread_spans + stats.async_spans)
+        return int(self.stats.thread_spans + self.stats.async_spans)
 
     def report(self, phase: str | None = None) -> None:
         if phase is not None:
@@ -161,11 +174,11 @@ class _Run:
             Progress(
                 self.phase,
                 self.spans,
-                int(self.encoder.stats.bytes),
+                int(self.stats.bytes),
                 self.threads_done,
                 self.threads_total,
                 percent,
-                int(self.encoder.stats.packets),
+                int(self.stats.packets),
                 self.time_range.begin_ns,
                 self.time_range.end_ns,
             )
@@ -173,13 +186,13 @@ class _Run:
 
     def check_limits(self) -> None:
         spec = self.spec
+        stats = self.stats
         # Async spans still open are held in memory: they count too.
-        held = self.spans + int(self.encoder.stats.open_async_spans)
+        held = self.spans + int(stats.open_async_spans)
         if spec.max_spans is not None and held > spec.max_spans:
             raise TraceTooLarge(f"the trace has more than {spec.max_spans} spans (open async spans included)")
-        if spec.max_bytes is not None and self.encoder.stats.bytes > spec.max_bytes:
+        if spec.max_bytes is not None and stats.bytes > spec.max_bytes:
             raise TraceTooLarge(f"the trace is larger than {spec.max_bytes} bytes")
-        stats = self.encoder.stats
         if spec.max_log_entries is not None and stats.log_entries > spec.max_log_entries:
             raise TraceTooLarge(
                 f"the range holds more than {spec.max_log_entries} log entries; narrow the range "
@@ -201,18 +214,68 @@ class _Run:
         if await self.should_stop():
             raise Cancelled("generation cancelled")
 
-    async def call(
+    def _engine(
+        self, method: Callable[..., list[bytes]], args: tuple[object, ...]
+    ) -> tuple[list[bytes], EncodeStats]:
+        # Runs where the call runs: the totals are copied before the next call can change them.
+        return method(*args), copy.copy(self.encoder.stats)
+
+    async def push(
         self,
         method: Callable[..., list[bytes]],
         *args: object,
         rows: int = 0,
+        held: Callable[[], int] | None = None,
         batch: pa.RecordBatch | None = None,
-    ) -> list[bytes]:
-        """An engine call: inline when small (``rows`` to encode, ``batch``'s buffers, dictionaries
-        included), in a worker thread otherwise."""
-        if rows <= _INLINE_ROWS and (batch is None or batch.get_total_buffer_size() <= _INLINE_BYTES):
-            return method(*args)
-        return await asyncio.to_thread(method, *args)
+    ) -> list[list[bytes]]:
+        """Start an engine call; the chunks of each call now due (this one or earlier ones), in order.
+
+        Inline when nothing is queued and the call is small (``rows`` plus the ``held()`` rows the
+        encoder keeps back, ``batch``'s buffers, dictionaries included); otherwise queued on the
+        encoder thread, which runs calls one at a time in order, up to ``_LOOKAHEAD`` calls ahead
+        of the one awaited here.
+        """
+        if not self._pending and self._small(rows, held, batch):
+            chunks, self.stats = self._engine(method, args)
+            return [chunks]
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder")
+        self._pending.append(asyncio.wrap_future(self._executor.submit(self._engine, method, args)))
+        due = []
+        while len(self._pending) > _LOOKAHEAD or (self._pending and self._pending[0].done()):
+            due.append(await self._next())
+        return due
+
+    async def drain(self) -> list[list[bytes]]:
+        """The chunks of every queued engine call, in order (the encoder is idle afterwards)."""
+        return [await self._next() for _ in range(len(self._pending))]
+
+    async def call(self, method: Callable[..., list[bytes]], *args: object) -> list[bytes]:
+        """One engine call on the encoder thread, once the queued ones are done."""
+        due = await self.drain()
+        due += await self.push(method, *args, rows=_INLINE_ROWS + 1)
+        due += await self.drain()
+        return [chunk for chunks in due for chunk in chunks]
+
+    async def _next(self) -> list[bytes]:
+        chunks, self.stats = await self._pending[0]
+        self._pending.popleft()
+        return chunks
+
+    @staticmethod
+    def _small(rows: int, held: Callable[[], int] | None, batch: pa.RecordBatch | None) -> bool:
+        # ``held`` reads the encoder: only called when no engine call runs in its thread.
+        if rows + (held() if held is not None else 0) > _INLINE_ROWS:
+            return False
+        return batch is None or batch.get_total_buffer_size() <= _INLINE_BYTES
+
+    def close(self) -> None:
+        """Drop queued engine calls (one running finishes in its thread, its result unused)."""
+        for pending in self._pending:
+            pending.cancel()
+        self._pending.clear()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def after_batch(self) -> None:
         self.check_limits()
@@ -258,6 +321,17 @@ async def generate_trace(
     )
     span_threads = threads if spec.span_types.thread else []
     run = _Run(spec, encoder, len(span_threads), on_progress, should_stop, time_range)
+    try:
+        async for chunk in _generate(run, source, process, span_threads):
+            yield chunk
+    finally:
+        run.close()
+
+
+async def _generate(
+    run: _Run, source: Source, process: ProcessInfo, span_threads: list[ThreadInfo]
+) -> AsyncIterator[bytes]:
+    spec, encoder, time_range = run.spec, run.encoder, run.time_range
     run.report("start")
     # The header goes out before the first span query answers: requesters see the trace start.
     for chunk in encoder.start() + encoder.flush():
@@ -268,7 +342,11 @@ async def generate_trace(
         spans = source.thread_spans(span_threads, time_range)
         try:
             async for thread, batch in spans:
-                chunks = await _thread_item(run, thread.stream_id, batch)
+                for chunks in await _thread_item(run, thread.stream_id, batch):
+                    for chunk in chunks:
+                        yield chunk
+                    await run.after_batch()
+            for chunks in await run.drain():
                 for chunk in chunks:
                     yield chunk
                 await run.after_batch()
@@ -282,8 +360,19 @@ async def generate_trace(
         events = source.async_events(spec.process_id, time_range, lookback_ns=lookback)
         try:
             async for batch in events:
-                rows = batch.num_rows + encoder.pending_rows()
-                for chunk in await run.call(encoder.add_async_events, batch, rows=rows, batch=batch):
+                due = await run.push(
+                    encoder.add_async_events,
+                    batch,
+                    rows=batch.num_rows,
+                    held=encoder.pending_rows,
+                    batch=batch,
+                )
+                for chunks in due:
+                    for chunk in chunks:
+                        yield chunk
+                    await run.after_batch()
+            for chunks in await run.drain():
+                for chunk in chunks:
                     yield chunk
                 await run.after_batch()
         finally:
@@ -298,7 +387,7 @@ async def generate_trace(
             yield chunk
 
     run.report("finishing")
-    for chunk in await run.call(encoder.finish, rows=encoder.pending_rows() + _INLINE_ROWS + 1):
+    for chunk in await run.call(encoder.finish):
         yield chunk
     run.check_limits()
     stats = encoder.stats
@@ -316,11 +405,19 @@ async def generate_trace(
 async def _view(run: _Run, phase: str, batches: AsyncIterator[pa.RecordBatch]) -> AsyncIterator[bytes]:
     """One process-wide view (log entries or measures) through the encoder, batch by batch."""
     run.report(phase)
-    method = run.encoder.add_log_entries if phase == "log_entries" else run.encoder.add_measures
+    encoder = run.encoder
+    method = encoder.add_log_entries if phase == "log_entries" else encoder.add_measures
     try:
         async for batch in batches:
-            rows = batch.num_rows + run.encoder.pending_view_rows()
-            for chunk in await run.call(method, batch, rows=rows, batch=batch):
+            due = await run.push(
+                method, batch, rows=batch.num_rows, held=encoder.pending_view_rows, batch=batch
+            )
+            for chunks in due:
+                for chunk in chunks:
+                    yield chunk
+                await run.after_batch()
+        for chunks in await run.drain():
+            for chunk in chunks:
                 yield chunk
             await run.after_batch()
     finally:
@@ -328,12 +425,18 @@ async def _view(run: _Run, phase: str, batches: AsyncIterator[pa.RecordBatch]) -
     run.extra_done += 1
 
 
-async def _thread_item(run: _Run, stream_id: str, batch: pa.RecordBatch | None) -> list[bytes]:
+async def _thread_item(run: _Run, stream_id: str, batch: pa.RecordBatch | None) -> list[list[bytes]]:
+    encoder = run.encoder
+
+    def held() -> int:
+        return encoder.pending_rows(stream_id)
+
     if batch is None:
         run.threads_done += 1
-        return await run.call(run.encoder.end_thread, stream_id, rows=run.encoder.pending_rows(stream_id))
-    rows = batch.num_rows + run.encoder.pending_rows(stream_id)
-    return await run.call(run.encoder.add_thread_spans, stream_id, batch, rows=rows, batch=batch)
+        return await run.push(encoder.end_thread, stream_id, held=held)
+    return await run.push(
+        encoder.add_thread_spans, stream_id, batch, rows=batch.num_rows, held=held, batch=batch
+    )
 
 
 async def _close(iterator: AsyncIterator[object]) -> None:
