@@ -31,13 +31,16 @@ BENCHES: dict[str, tuple[str, list[str]]] = {
     "lanes": ("bench.bench_lanes", []),
     "devserver": ("bench.bench_devserver", []),
     "source": ("bench.bench_source", []),
-    "generate": ("bench.bench_generate", []),
-    "service": ("bench.bench_service", []),
+    "generate": ("bench.bench_generate", ["--stages"]),
+    "service": ("bench.bench_service", ["--large-runs", "2", "--small-rounds", "2"]),
     "inspect": ("bench.bench_inspect", ["--runs", "2"]),
     "client": ("bench.bench_client", []),
     "blob": ("bench.bench_blob", []),
-    "cluster": ("bench.bench_cluster", []),
-    "cluster-one-server": ("bench.bench_cluster", ["--one-server"]),
+    "cluster": ("bench.bench_cluster", ["--workers", "1,2", "--small", "100", "--large", "2"]),
+    "cluster-one-server": (
+        "bench.bench_cluster",
+        ["--one-server", "--workers", "1,2", "--small", "100", "--large", "2"],
+    ),
 }
 
 
