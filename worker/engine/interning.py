@@ -140,7 +140,8 @@ class _Table:
         dictionary = col.dictionary
         k = len(dictionary)
         last = self._dictionary
-        if last is not None and (last is dictionary or last.equals(dictionary)):
+        cached = last is not None and (last is dictionary or last.equals(dictionary))
+        if cached:
             ids = self._cached
         else:
             ids = np.zeros(k + 1, dtype=np.uint64)  # slot k: null rows, read as ""
@@ -160,7 +161,9 @@ class _Table:
         unknown = used & (ids == 0)
         if unknown.any():
             # The unknown slots in order of first use; only their values are read (a dictionary may
-            # hold far more), and looked up again: a slot may repeat a value added since the lookup.
+            # hold far more). A cached dictionary's slots are looked up again (a slot may repeat a
+            # value added since); a fresh lookup's misses are new (the lookup builds a hash table of
+            # every known value, the larger part of this function's cost).
             first = np.full(k + 1, len(idx), dtype=np.int64)
             np.minimum.at(first, idx[unknown[idx]], np.arange(len(idx))[unknown[idx]])
             slots = np.flatnonzero(unknown)
@@ -168,7 +171,12 @@ class _Table:
             # Slot k (null rows) and null dictionary entries read as "".
             at = pa.array(np.where(slots < k, slots, -1), type=pa.int64(), mask=slots == k)
             values = dictionary.take(at).cast(pa.string()).fill_null("")
-            found = self._lookup(values)
+            if cached:
+                found = self._lookup(values)
+            else:
+                found = np.zeros(len(values), dtype=np.uint64)
+                if self._empty_id:  # null dictionary entries read as "" (index_in misses them)
+                    found[pc.equal(values, "").to_numpy(zero_copy_only=False)] = self._empty_id
             new = np.flatnonzero(found == 0)
             if len(new):
                 encoded = pc.dictionary_encode(values.take(pa.array(new, type=pa.int64())))
