@@ -1,10 +1,13 @@
 """Interned names, categories and source locations: strings to iids, column at a time.
 
-Python work happens once per *new distinct* value, never per row: dictionary indices are mapped to
+Python work happens per *batch*, never per row nor per new value: dictionary indices are mapped to
 iids with one numpy gather, and the ids of the last dictionary are kept, since Flight resends the same
-dictionary with every batch. Iids start at 1 and are never reused (the trace
-has one sequence and one incremental-state generation). New entries are collected and written as
-InternedData packets that the encoder places before the first event using them.
+dictionary with every batch. New values are found by one Arrow hash lookup, numbered with numpy and
+their InternedData entries written by numpy over the values' byte buffer (a fresh trace interns every
+name and location it shows: a Python call per value cost more than the rest of a small job's encoding).
+Iids start at 1 and are never reused (the trace has one sequence and one incremental-state
+generation). The entries are written as InternedData packets that the encoder places before the first
+event using them.
 """
 
 from __future__ import annotations
@@ -20,42 +23,115 @@ from worker.engine.wire import field_bytes, field_varint
 
 __all__ = ["Interner"]
 
+U8 = npt.NDArray[np.uint8]
 U64 = npt.NDArray[np.uint64]
+I64 = npt.NDArray[np.int64]
 #: Interned entries per InternedData packet, so one packet stays well under a chunk.
 _ENTRIES_PER_PACKET = 2048
+
+_VARINT_LIMITS = np.array([1 << (7 * k) for k in range(1, 10)], dtype=np.uint64)
+
+
+def _varint_widths(v: U64) -> I64:
+    """Bytes of the minimal varint of each value (1 to 10)."""
+    out: I64 = np.searchsorted(_VARINT_LIMITS, v, side="right").astype(np.int64) + 1
+    return out
+
+
+def _put_varints(out: U8, at: I64, v: U64, widths: I64) -> None:
+    """Write the minimal varint of each ``v`` at ``out[at:]`` (``widths`` from :func:`_varint_widths`)."""
+    for k in range(int(widths.max(initial=0))):
+        rows = np.flatnonzero(widths > k)
+        byte = (v[rows] >> np.uint64(7 * k)) & np.uint64(0x7F)
+        byte[widths[rows] > k + 1] |= np.uint64(0x80)
+        out[at[rows] + k] = byte.astype(np.uint8)
+
+
+def _entries(field: int, iids: U64, values: pa.Array, lines: U64 | None = None) -> tuple[bytes, I64]:
+    """InternedData entries ``field { 1: iid, 2: value [, 4: line] }``, concatenated, and the end
+    offset of each (bytes), written with numpy over the values' byte buffer.
+
+    Same bytes as ``field_bytes(field, field_varint(1, iid) + field_bytes(2, value) [+ field_varint(4,
+    line)])`` per value (``field`` < 16, so every tag is one byte)."""
+    n = len(iids)
+    if n == 0:
+        return b"", np.zeros(0, dtype=np.int64)
+    arr = values.cast(pa.large_binary())
+    if arr.null_count:
+        arr = arr.fill_null(b"")
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64, count=arr.offset + n + 1)[arr.offset :]
+    data_buf = arr.buffers()[2]
+    data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, dtype=np.uint8)
+    lengths = np.diff(offsets)
+    w_iid = _varint_widths(iids)
+    w_len = _varint_widths(lengths.astype(np.uint64))
+    inner = 1 + w_iid + 1 + w_len + lengths
+    if lines is not None:
+        w_line = _varint_widths(lines)
+        inner = inner + 1 + w_line
+    w_inner = _varint_widths(inner.astype(np.uint64))
+    size = 1 + w_inner + inner
+    ends = np.cumsum(size)
+    start = ends - size
+    out = np.zeros(int(ends[-1]), dtype=np.uint8)
+    out[start] = (field << 3) | 2
+    at = start + 1
+    _put_varints(out, at, inner.astype(np.uint64), w_inner)
+    at = at + w_inner
+    out[at] = (1 << 3) | 0
+    _put_varints(out, at + 1, iids, w_iid)
+    at = at + 1 + w_iid
+    out[at] = (2 << 3) | 2
+    _put_varints(out, at + 1, lengths.astype(np.uint64), w_len)
+    at = at + 1 + w_len
+    if int(offsets[-1]) > int(offsets[0]):
+        # Byte j of the values lands at j + (its entry's string start - its value's offset).
+        src = data[int(offsets[0]) : int(offsets[-1])]
+        shift = np.repeat(at - offsets[:-1], lengths)
+        out[np.arange(int(offsets[0]), int(offsets[-1]), dtype=np.int64) + shift] = src
+    if lines is not None:
+        at = at + lengths
+        out[at] = (4 << 3) | 0
+        _put_varints(out, at + 1, lines, w_line)
+    return out.tobytes(), ends
 
 
 class _Table:
     """One string table (value -> id) and the ids of the last dictionary seen.
 
-    Flight resends the same dictionary with every batch, so the cache turns the per-batch Python work
-    into one C++ comparison; only values not yet in the table are looked at in Python.
+    Flight resends the same dictionary with every batch, so the cache turns the per-batch work into
+    one C++ comparison. The values are kept as Arrow arrays in id order (id = position + 1); new ones
+    are handed to ``on_new(values, first_id)`` as one array.
     """
 
-    def __init__(self, add: Callable[[str], int]) -> None:
-        self.ids: dict[str, int] = {}
-        self._add = add
+    def __init__(self, on_new: Callable[[pa.Array, int], None] | None = None) -> None:
+        self.count = 0
+        self._on_new = on_new
+        self._chunks: list[pa.Array] = []
+        self._empty_id = 0  # the id of "" (0: not interned yet)
         self._dictionary: pa.Array | None = None
         self._cached: U64 = np.zeros(1, dtype=np.uint64)
-        #: The known values in id order (id = position + 1), rebuilt when values were added.
+        #: The known values in id order, rebuilt when values were added.
         self._known: pa.Array | None = None
 
-    def _known_ids(self, dictionary: pa.Array) -> U64:
-        """Id of each dictionary entry already in the table (0: not yet), ``k + 1`` slots.
+    def values(self) -> pa.Array:
+        """Every interned value in id order (``string``)."""
+        if self._known is None:
+            self._known = pa.concat_arrays(self._chunks) if self._chunks else pa.array([], type=pa.string())
+        return self._known
 
-        One hash lookup in C++ (``index_in``): the server's dictionaries change from batch to batch
-        (each canonical batch unifies its own), and a Python lookup per entry cost more than the rest
-        of the interning."""
-        ids = np.zeros(len(dictionary) + 1, dtype=np.uint64)
-        if not self.ids:
+    def _lookup(self, values: pa.Array) -> U64:
+        """Id of each value already in the table (0: not yet), by one C++ hash lookup (``index_in``)."""
+        ids = np.zeros(len(values), dtype=np.uint64)
+        if not self.count:
             return ids
-        if self._known is None or len(self._known) != len(self.ids):
-            self._known = pa.array(list(self.ids), type=pa.string())
-        known = self._known if self._known.type == dictionary.type else self._known.cast(dictionary.type)
-        pos = pc.index_in(dictionary, value_set=known).to_numpy(zero_copy_only=False)
-        # Unknown entries (and null ones, read as "" by the slow path) come back null: NaN here.
+        known = self.values()
+        if known.type != values.type:
+            known = known.cast(values.type)
+        pos = pc.index_in(values, value_set=known).to_numpy(zero_copy_only=False)
+        # Unknown entries (and null ones, read as "" by the caller) come back null: NaN here.
         found = ~np.isnan(pos) if pos.dtype.kind == "f" else np.ones(len(pos), dtype=bool)
-        ids[: len(dictionary)][found] = pos[found].astype(np.uint64) + np.uint64(1)
+        ids[found] = pos[found].astype(np.uint64) + np.uint64(1)
         return ids
 
     def map(self, col: pa.DictionaryArray) -> U64:
@@ -64,13 +140,15 @@ class _Table:
         dictionary = col.dictionary
         k = len(dictionary)
         last = self._dictionary
-        if last is not None and (last is dictionary or last.equals(dictionary)):
+        cached = last is not None and (last is dictionary or last.equals(dictionary))
+        if cached:
             ids = self._cached
         else:
-            ids = self._known_ids(dictionary)  # slot k: null rows, read as ""
-            if ids[k] == 0 and "" in self.ids:
-                ids[k] = self.ids[""]
+            ids = np.zeros(k + 1, dtype=np.uint64)  # slot k: null rows, read as ""
+            ids[:k] = self._lookup(dictionary)
             self._dictionary, self._cached = dictionary, ids
+        if ids[k] == 0:
+            ids[k] = self._empty_id
         indices = col.indices
         if indices.null_count:
             indices = indices.fill_null(k)
@@ -80,58 +158,70 @@ class _Table:
             return out_known
         used = np.zeros(k + 1, dtype=bool)
         used[idx] = True
-        unknown = np.flatnonzero(used & (ids == 0)).tolist()
-        if unknown:
-            # Only the values rows use are read into Python (a dictionary may hold far more).
-            wanted = [i for i in unknown if i != k]
-            looked = dictionary.take(pa.array(wanted, type=pa.int64())).to_pylist() if wanted else []
-            values = dict(zip(wanted, looked, strict=True))
-
-            def value(i: int) -> str:
-                v = values.get(i) if i != k else None
-                return v if v is not None else ""
-
-            missing = []
-            for i in unknown:
-                known = self.ids.get(value(i))
-                if known is None:
-                    missing.append(i)
-                else:
-                    ids[i] = known
-            if missing:
-                is_new = np.zeros(k + 1, dtype=bool)
-                is_new[missing] = True
-                uniq, first = np.unique(idx[is_new[idx]], return_index=True)
-                for i in uniq[np.argsort(first, kind="stable")].tolist():
-                    v = value(i)
-                    known = self.ids.get(v)
-                    if known is None:
-                        known = self.ids[v] = self._add(v)
-                    ids[i] = known
+        unknown = used & (ids == 0)
+        if unknown.any():
+            # The unknown slots in order of first use; only their values are read (a dictionary may
+            # hold far more). A cached dictionary's slots are looked up again (a slot may repeat a
+            # value added since); a fresh lookup's misses are new (the lookup builds a hash table of
+            # every known value, the larger part of this function's cost).
+            first = np.full(k + 1, len(idx), dtype=np.int64)
+            np.minimum.at(first, idx[unknown[idx]], np.arange(len(idx))[unknown[idx]])
+            slots = np.flatnonzero(unknown)
+            slots = slots[np.argsort(first[slots], kind="stable")]
+            # Slot k (null rows) and null dictionary entries read as "".
+            at = pa.array(np.where(slots < k, slots, -1), type=pa.int64(), mask=slots == k)
+            values = dictionary.take(at).cast(pa.string()).fill_null("")
+            if cached:
+                found = self._lookup(values)
+            else:
+                found = np.zeros(len(values), dtype=np.uint64)
+                if self._empty_id:  # null dictionary entries read as "" (index_in misses them)
+                    found[pc.equal(values, "").to_numpy(zero_copy_only=False)] = self._empty_id
+            new = np.flatnonzero(found == 0)
+            if len(new):
+                encoded = pc.dictionary_encode(values.take(pa.array(new, type=pa.int64())))
+                added = encoded.dictionary
+                found[new] = encoded.indices.to_numpy(zero_copy_only=False).astype(np.uint64) + np.uint64(
+                    self.count + 1
+                )
+                self._add(added)
+            ids[slots] = found
         out: U64 = ids[idx]
         return out
+
+    def _add(self, added: pa.Array) -> None:
+        first_id = self.count + 1
+        if not self._empty_id:
+            at = pc.index(added, "").as_py()
+            if at >= 0:
+                self._empty_id = first_id + at
+        self._chunks.append(added)
+        self._known = None
+        self.count += len(added)
+        if self._on_new is not None:
+            self._on_new(added, first_id)
 
 
 class Interner:
     """The three interning tables of the trace's one sequence."""
 
     def __init__(self) -> None:
-        self._names = _Table(lambda v: self._entry(2, len(self._names.ids) + 1, v))
-        self._categories = _Table(lambda v: self._entry(1, len(self._categories.ids) + 1, v))
-        self._file_names: list[str] = [""]  # file ids start at 1 (0 marks "not looked up")
-        self._files = _Table(self._file_id)
-        self._locations: dict[int, int] = {}
-        #: The keys of _locations sorted, and their iids (for the vectorised lookup).
+        self._names = _Table(lambda v, first: self._entries(2, v, first))
+        self._categories = _Table(lambda v, first: self._entries(1, v, first))
+        self._files = _Table()  # file ids start at 1 (0 marks "not looked up")
+        self._location_count = 0
+        #: The keys of the locations sorted, and their iids (for the vectorised lookup).
         self._loc_keys: U64 = np.zeros(0, dtype=np.uint64)
         self._loc_iids: U64 = np.zeros(0, dtype=np.uint64)
-        self._new: list[bytes] = []  # encoded InternedData entries (field + message)
+        #: Encoded InternedData entries (field + message): blobs and each blob's entry end offsets.
+        self._new: list[tuple[bytes, I64]] = []
 
     @property
     def sizes(self) -> dict[str, int]:
         return {
-            "event_names": len(self._names.ids),
-            "event_categories": len(self._categories.ids),
-            "source_locations": len(self._locations),
+            "event_names": self._names.count,
+            "event_categories": self._categories.count,
+            "source_locations": self._location_count,
         }
 
     def names(self, col: pa.DictionaryArray) -> U64:
@@ -149,7 +239,7 @@ class Interner:
         keys = (file_ids << np.uint64(32)) | line
         encoded = pc.dictionary_encode(pa.array(keys, type=pa.uint64()))
         uniques = encoded.dictionary.to_numpy()
-        # Known keys by one sorted search; Python only for keys never seen (in order of first use).
+        # Known keys by one sorted search; new keys numbered in order of first use.
         at = np.searchsorted(self._loc_keys, uniques)
         at_ok = np.minimum(at, max(len(self._loc_keys) - 1, 0))
         found = (
@@ -158,15 +248,14 @@ class Interner:
         iids = self._loc_iids[at_ok] if found is not None else np.zeros(len(uniques), dtype=np.uint64)
         new = np.flatnonzero(~found) if found is not None else np.arange(len(uniques))
         if len(new):
-            for i, key in zip(new.tolist(), uniques[new].tolist(), strict=True):
-                iid = len(self._locations) + 1
-                self._locations[key] = iid
-                name = self._file_names[key >> 32]
-                entry = field_varint(1, iid) + field_bytes(2, name) + field_varint(4, key & 0xFFFFFFFF)
-                self._new.append(field_bytes(4, entry))
-                iids[i] = iid
-            keys_all = np.concatenate((self._loc_keys, uniques[new]))
-            iids_all = np.concatenate((self._loc_iids, iids[new]))
+            new_keys = uniques[new]
+            new_iids = np.arange(1, len(new) + 1, dtype=np.uint64) + np.uint64(self._location_count)
+            self._location_count += len(new)
+            iids[new] = new_iids
+            names = self._files.values().take(pa.array((new_keys >> np.uint64(32)).astype(np.int64) - 1))
+            self._new.append(_entries(4, new_iids, names, new_keys & np.uint64(0xFFFFFFFF)))
+            keys_all = np.concatenate((self._loc_keys, new_keys))
+            iids_all = np.concatenate((self._loc_iids, new_iids))
             order = np.argsort(keys_all, kind="stable")
             self._loc_keys, self._loc_iids = keys_all[order], iids_all[order]
         out: U64 = iids[encoded.indices.to_numpy(zero_copy_only=False)]
@@ -174,18 +263,23 @@ class Interner:
 
     def take_packets(self) -> list[bytes]:
         """Framed InternedData packets for the entries added since the last call."""
+        if not self._new:
+            return []
+        blob = b"".join(b for b, _ in self._new)
+        base = np.cumsum([0] + [len(b) for b, _ in self._new[:-1]])
+        ends = np.concatenate([e + off for (_, e), off in zip(self._new, base.tolist(), strict=True)])
+        self._new = []
+        view = memoryview(blob)
         packets = []
-        for start in range(0, len(self._new), _ENTRIES_PER_PACKET):
-            interned = b"".join(self._new[start : start + _ENTRIES_PER_PACKET])
+        start = 0
+        for last in range(_ENTRIES_PER_PACKET - 1, len(ends) + _ENTRIES_PER_PACKET - 1, _ENTRIES_PER_PACKET):
+            end = int(ends[min(last, len(ends) - 1)])
+            interned = view[start:end].tobytes()
             body = field_varint(10, 1) + field_varint(13, 2) + field_bytes(12, interned)
             packets.append(field_bytes(1, body))
-        self._new = []
+            start = end
         return packets
 
-    def _entry(self, field: int, iid: int, value: str) -> int:
-        self._new.append(field_bytes(field, field_varint(1, iid) + field_bytes(2, value)))
-        return iid
-
-    def _file_id(self, value: str) -> int:
-        self._file_names.append(value)
-        return len(self._file_names) - 1
+    def _entries(self, field: int, values: pa.Array, first_id: int) -> None:
+        iids = np.arange(first_id, first_id + len(values), dtype=np.uint64)
+        self._new.append(_entries(field, iids, values))
