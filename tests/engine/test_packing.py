@@ -48,6 +48,44 @@ def test_pack_cuts_and_orders_rows_like_plain_concatenation(rows: list[tuple[int
     assert sizes.tolist() == [int(lengths[g][r]) for g, r in order]
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 30), st.booleans(), st.booleans()), min_size=1, max_size=8),
+    st.integers(0, 2**32 - 1),
+)
+def test_pack_keeps_unplaced_matrices_in_place_and_scatters_the_others(
+    specs: list[tuple[int, bool, bool]], seed: int
+) -> None:
+    """Matrices with no positions stay at their concatenated slots, the others fill the rest in the
+    order given; rows longer than 12 bytes (no inline view) and inline ones alike."""
+    rng = np.random.default_rng(seed)
+    mats = [rng.integers(0, 256, (n, 28 + 4 * (n % 3)), dtype=np.uint8) for n, _, _ in specs]
+    lengths = [
+        rng.integers(13 if long_only else 1, m.shape[1] + 1, len(m)).astype(np.int64)
+        for m, (_, _, long_only) in zip(mats, specs, strict=True)
+    ]
+    bounds = np.cumsum([0] + [len(m) for m in mats])
+    free = np.concatenate(
+        [np.arange(bounds[g], bounds[g + 1]) for g, (_, placed, _) in enumerate(specs) if placed] + [[]]
+    ).astype(np.int64)
+    rng.shuffle(free)
+    where: list[np.ndarray | None] = []
+    slot: dict[int, tuple[int, int]] = {}
+    at = 0
+    for g, (m, (_, placed, _)) in enumerate(zip(mats, specs, strict=True)):
+        if placed:
+            pos = free[at : at + len(m)]
+            at += len(m)
+        else:
+            pos = np.arange(bounds[g], bounds[g + 1])
+        where.append(pos if placed else None)
+        slot.update({int(p): (g, r) for r, p in enumerate(pos)})
+    data, sizes = pack(mats, lengths, where)
+    order = [slot[p] for p in range(int(bounds[-1]))]
+    assert bytes(data) == b"".join(bytes(mats[g][r, : lengths[g][r]]) for g, r in order)
+    assert sizes.tolist() == [int(lengths[g][r]) for g, r in order]
+
+
 def _trace(*parts: bytes) -> bytes:
     rng = TimeRange(T0, T0 + 10**12)
     track = thread_tracks([ThreadInfo("s", "main", "7")])[0]

@@ -227,9 +227,14 @@ def pack(
     n = sum(counts)
     if n == 0:
         return memoryview(b""), np.zeros(0, np.int64)
-    parts: list[npt.NDArray[np.uint32]] = []
+    # Each matrix's views are written straight to their output positions (one scatter of 16-byte
+    # views, no concatenation of all views and no permutation afterwards).
+    views = np.empty((n, 4), dtype=np.uint32)
+    slots = views.view(np.complex128).reshape(n)  # 16 bytes per view: a scatter of whole views
+    sizes = np.empty(n, dtype=np.int64)
     buffers: list[pa.Buffer] = []
-    for g, (m, length) in enumerate(zip(mats, lengths, strict=True)):
+    at = 0
+    for g, (m, length, pos) in enumerate(zip(mats, lengths, positions, strict=True)):
         k = len(m)
         buffers.append(pa.py_buffer(m if k else np.zeros(4, np.uint8)))
         if not k:
@@ -237,22 +242,23 @@ def pack(
         m32 = m.view(np.uint32)
         length32 = length.astype(np.uint32)
         inline = length32 <= 12
-        v = np.empty((k, 4), dtype=np.uint32)
+        if pos is None:
+            v = views[at : at + k]
+            sizes[at : at + k] = length
+        else:
+            v = np.empty((k, 4), dtype=np.uint32)
+            sizes[pos] = length
         v[:, 0] = length32
         v[:, 1] = m32[:, 0]  # the inline data's first bytes, or the prefix: the same bytes
-        v[:, 2] = np.where(inline, m32[:, 1], np.uint32(g))
-        v[:, 3] = np.where(inline, m32[:, 2], np.arange(k, dtype=np.uint32) * np.uint32(m.shape[1]))
-        parts.append(v)
-    views = np.concatenate(parts) if len(parts) > 1 else parts[0]
-    sizes = np.concatenate(lengths) if len(lengths) > 1 else np.asarray(lengths[0], np.int64)
-    if any(pos is not None for pos in positions):
-        # perm[p] = the (concatenated) row that goes to output position p.
-        perm = np.empty(n, dtype=np.int64)
-        at = 0
-        for k, pos in zip(counts, positions, strict=True):
-            perm[slice(at, at + k) if pos is None else pos] = np.arange(at, at + k)
-            at += k
-        views, sizes = np.take(views, perm, axis=0), sizes[perm]  # 15x faster than views[perm]
+        if inline.any():
+            v[:, 2] = np.where(inline, m32[:, 1], np.uint32(g))
+            v[:, 3] = np.where(inline, m32[:, 2], np.arange(k, dtype=np.uint32) * np.uint32(m.shape[1]))
+        else:
+            v[:, 2] = g
+            v[:, 3] = np.arange(0, k * m.shape[1], m.shape[1], dtype=np.uint32)
+        if pos is not None:
+            slots[pos] = v.view(np.complex128).reshape(k)
+        at += k
     arr = pa.Array.from_buffers(pa.binary_view(), n, [None, pa.py_buffer(views), *buffers])
     # The system allocator: Arrow's default pool hands freed pages back to the kernel, so fresh
     # output buffers (one per block) would be page-faulted again and again (measured: ~40% more CPU).
