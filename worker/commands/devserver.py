@@ -10,6 +10,7 @@ from worker.cli import UsageError
 from worker.devserver import PROCESS_KINDS, LakeConfig
 from worker.devserver.lake import DEFAULT_PROCESSES
 from worker.devserver.main import serve
+from worker.devserver.memory import BATCH_ROWS
 
 __all__ = ["register"]
 
@@ -89,9 +90,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--batch-rows",
         type=int,
-        default=262_144,
-        help="with --in-memory: most rows per served record batch (default 262144; batches are also "
-        "kept near 8 MiB)",
+        default=BATCH_ROWS,
+        help=f"with --in-memory: most rows per served record batch (default {BATCH_ROWS}, the on-the-fly "
+        "block size; batches are also kept near 8 MiB)",
     )
     p.set_defaults(handler=_run)
 

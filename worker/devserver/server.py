@@ -172,7 +172,8 @@ class DevServer:
         schema_options: Dictionary key width / plain strings, ``async_events.hash`` presence.
         in_memory: Generate every view of the lake once, in :meth:`start` before listening, and
             serve it from memory (:mod:`worker.devserver.memory`); default: generate on the fly.
-        batch_rows: With ``in_memory``, most rows per served batch (default 262,144).
+        batch_rows: With ``in_memory``, most rows per served batch (default 65,536: the on-the-fly
+            block size).
     """
 
     def __init__(
