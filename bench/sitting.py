@@ -30,6 +30,10 @@ BENCHES: dict[str, tuple[str, list[str]]] = {
     "bytes": ("bench.bench_bytes", []),
     "lanes": ("bench.bench_lanes", []),
     "devserver": ("bench.bench_devserver", []),
+    "devserver-memory": (
+        "bench.bench_devserver",
+        ["--in-memory", "--spans", "5000000", "--preserve-dictionary", "--parallel", "4"],
+    ),
     "source": ("bench.bench_source", []),
     "generate": ("bench.bench_generate", ["--stages"]),
     "service": ("bench.bench_service", ["--large-runs", "2", "--small-rounds", "2"]),
