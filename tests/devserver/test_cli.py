@@ -60,6 +60,8 @@ def test_prints_address_and_processes_then_stops_cleanly_on_sigterm() -> None:
     [
         (["--processes", "tiny"], "unknown process kinds"),
         (["--tls-cert", "/nonexistent.pem"], "--tls-cert and --tls-key go together"),
+        (["--batch-rows", "1000"], "--batch-rows applies only with --in-memory"),
+        (["--in-memory", "--batch-rows", "0"], "--batch-rows must be positive"),
     ],
 )
 def test_bad_flags_are_usage_errors(args: list[str], message: str) -> None:

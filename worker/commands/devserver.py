@@ -90,7 +90,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--batch-rows",
         type=int,
-        default=BATCH_ROWS,
+        default=None,
         help=f"with --in-memory: most rows per served record batch (default {BATCH_ROWS}, the on-the-fly "
         "block size; batches are also kept near 8 MiB)",
     )
@@ -109,7 +109,11 @@ def _run(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    if args.batch_rows < 1:
+    if args.batch_rows is not None and not args.in_memory:
+        # On the fly, batches are the generated blocks (--block-rows): a silently ignored flag misleads.
+        raise UsageError("--batch-rows applies only with --in-memory (on the fly, see --block-rows)")
+    batch_rows = BATCH_ROWS if args.batch_rows is None else args.batch_rows
+    if batch_rows < 1:
         raise UsageError("--batch-rows must be positive")
     if (args.tls_cert is None) != (args.tls_key is None):
         raise UsageError("--tls-cert and --tls-key go together")
@@ -124,5 +128,5 @@ def _run(args: argparse.Namespace) -> int:
         dictionary_keys=args.dictionary_keys,
         async_hash=not args.no_async_hash,
         in_memory=args.in_memory,
-        batch_rows=args.batch_rows,
+        batch_rows=batch_rows,
     )
