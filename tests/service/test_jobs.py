@@ -230,6 +230,9 @@ async def test_invalid_input_is_dead_lettered_and_answered(
         ok = TraceRequest(process_id=PID, job_id="good-after")
         await submit(redis, KEYS, ok)
         assert (await JobReader(redis, KEYS, "good-after").terminal()).state == JobState.SUCCEEDED
+        # The bad entry is handled beside the good one (concurrency 4), not before it: its dead letter
+        # is written with its acknowledgement, so wait for every entry to be acknowledged.
+        await wait_until(lambda: _pending_is(redis, 0), what="all entries acknowledged")
         dead: Any = await redis.xrange(KEYS.dead)
         assert len(dead) == 1
         d = dead[0][1]
@@ -244,7 +247,6 @@ async def test_invalid_input_is_dead_lettered_and_answered(
             final = await JobReader(redis, KEYS, job_id).terminal()
             assert final.state == JobState.FAILED and final.error_code == ErrorCode.INVALID_REQUEST
             assert final.retryable is False and reason in (final.message or "")
-        await wait_until(lambda: _pending_is(redis, 0), what="all entries acknowledged")
         assert gen.calls == 1
 
 
