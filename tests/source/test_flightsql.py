@@ -7,8 +7,7 @@ Failure modes (server down, killed mid-stream, injection) are in test_flightsql_
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -20,10 +19,11 @@ from tests.support.devserver import (
     self_signed_cert,
     start_devserver,
 )
+from tests.support.source import open_source
 from worker.devserver import DevServer, Lake, LakeConfig, LakeProcess, SchemaOptions
 from worker.errors import ProcessNotFound, SourceUnavailable, Unauthenticated
 from worker.model import ThreadInfo, TimeRange
-from worker.source import FlightSqlConfig, FlightSqlSource
+from worker.source import FlightSqlSource
 
 MODES = ["micromegas", "friendly"]
 
@@ -37,15 +37,6 @@ def lake() -> Lake:
 def server(request: pytest.FixtureRequest, lake: Lake) -> Iterator[DevServer]:
     with start_devserver(lake, mode=request.param) as srv:
         yield srv
-
-
-@contextlib.asynccontextmanager
-async def _source(url: str, **kwargs: object) -> AsyncIterator[FlightSqlSource]:
-    source = FlightSqlSource(FlightSqlConfig(url, **kwargs))  # type: ignore[arg-type]
-    try:
-        yield source
-    finally:
-        await source.aclose()
 
 
 def _full_range(p: LakeProcess) -> TimeRange:
@@ -80,7 +71,7 @@ async def _spans_by_thread(
 
 async def test_process(server: DevServer, lake: Lake) -> None:
     p = lake.process_of_kind("small")
-    async with _source(server.url) as source:
+    async with open_source(server.url) as source:
         info = await source.process(p.process_id.upper())
     assert info.process_id == p.process_id
     assert info.exe == p.exe
@@ -90,14 +81,14 @@ async def test_process(server: DevServer, lake: Lake) -> None:
 
 
 async def test_unknown_process(server: DevServer) -> None:
-    async with _source(server.url) as source:
+    async with open_source(server.url) as source:
         with pytest.raises(ProcessNotFound):
             await source.process("00000000-0000-4000-8000-000000000000")
 
 
 async def test_threads(server: DevServer, lake: Lake) -> None:
     p = lake.process_of_kind("small")
-    async with _source(server.url) as source:
+    async with open_source(server.url) as source:
         threads = await source.threads(p.process_id, _full_range(p))
     expected = sorted(p.thread_streams, key=lambda s: s.stream_id)
     assert [t.stream_id for t in threads] == [s.stream_id for s in expected]
@@ -109,7 +100,7 @@ async def test_threads(server: DevServer, lake: Lake) -> None:
 @pytest.mark.parametrize("preserve", [True, False])
 async def test_every_span_exactly_once(server: DevServer, lake: Lake, preserve: bool) -> None:
     p = lake.process_of_kind("small")
-    async with _source(server.url, preserve_dictionary=preserve, concurrency=2) as source:
+    async with open_source(server.url, preserve_dictionary=preserve, concurrency=2) as source:
         threads = await source.threads(p.process_id, _full_range(p))
         tables = await _spans_by_thread(source, threads, _full_range(p))
     for stream in p.thread_streams:
@@ -135,7 +126,7 @@ async def test_range_cuts_by_overlap(server: DevServer, lake: Lake) -> None:
     full = _full_range(p)
     third = (full.end_ns - full.begin_ns) // 3
     sub = TimeRange(full.begin_ns + third, full.begin_ns + 2 * third)
-    async with _source(server.url) as source:
+    async with open_source(server.url) as source:
         threads = await source.threads(p.process_id, full)
         everything = await _spans_by_thread(source, threads, full)
         cut = await _spans_by_thread(source, threads, sub)
@@ -157,7 +148,7 @@ async def test_async_events_in_range(server: DevServer, lake: Lake) -> None:
     p = lake.process_of_kind("small")
     full = _full_range(p)
     half = TimeRange(full.begin_ns, full.begin_ns + (full.end_ns - full.begin_ns) // 2)
-    async with _source(server.url) as source:
+    async with open_source(server.url) as source:
         for time_range in (full, half):
             got = pa.Table.from_batches([b async for b in source.async_events(p.process_id, time_range)])
             expected = pa.Table.from_batches(
@@ -184,7 +175,7 @@ async def test_async_events_in_range(server: DevServer, lake: Lake) -> None:
 async def test_many_threads(server: DevServer, lake: Lake) -> None:
     p = lake.process_of_kind("wide")
     assert p.thread_count == 64
-    async with _source(server.url, concurrency=4) as source:
+    async with open_source(server.url, concurrency=4) as source:
         threads = await source.threads(p.process_id, _full_range(p))
         tables = await _spans_by_thread(source, threads, _full_range(p))
     assert len(threads) == 64
@@ -193,7 +184,7 @@ async def test_many_threads(server: DevServer, lake: Lake) -> None:
 
 async def test_stopping_early_releases_everything(server: DevServer, lake: Lake) -> None:
     p = lake.process_of_kind("wide")
-    async with _source(server.url, concurrency=4) as source:
+    async with open_source(server.url, concurrency=4) as source:
         threads = await source.threads(p.process_id, _full_range(p))
         spans = source.thread_spans(threads, _full_range(p))
         first = await anext(spans)
@@ -205,12 +196,12 @@ async def test_stopping_early_releases_everything(server: DevServer, lake: Lake)
 
 
 async def test_ping(server: DevServer) -> None:
-    async with _source(server.url) as source:
+    async with open_source(server.url) as source:
         await source.ping()
 
 
 async def test_process_list(server: DevServer, lake: Lake) -> None:
-    async with _source(server.url) as source:
+    async with open_source(server.url) as source:
         listed = await source.processes(limit=10)
     assert {p.process_id for p in listed} == {p.process_id for p in lake.processes}
     assert all(p.exe for p in listed)
@@ -221,7 +212,7 @@ async def test_dictionary_key_widths(lake: Lake, keys: str) -> None:
     p = lake.process_of_kind("small")
     options = SchemaOptions(dictionary_keys=keys, async_hash=False)  # type: ignore[arg-type]
     with start_devserver(lake, mode="micromegas", schema_options=options) as srv:
-        async with _source(srv.url, preserve_dictionary=True) as source:
+        async with open_source(srv.url, preserve_dictionary=True) as source:
             threads = await source.threads(p.process_id, _full_range(p))
             tables = await _spans_by_thread(source, threads, _full_range(p))
             events = pa.Table.from_batches(
@@ -240,10 +231,10 @@ async def test_dictionary_key_widths(lake: Lake, keys: str) -> None:
 async def test_auth(lake: Lake) -> None:
     p = lake.process_of_kind("small")
     with start_devserver(lake, token="s3cret") as srv:
-        async with _source(srv.url, token="s3cret") as source:
+        async with open_source(srv.url, token="s3cret") as source:
             assert (await source.process(p.process_id)).exe == p.exe
         for token in (None, "wrong"):
-            async with _source(srv.url, token=token) as source:
+            async with open_source(srv.url, token=token) as source:
                 with pytest.raises(Unauthenticated):
                     await source.process(p.process_id)
 
@@ -253,10 +244,10 @@ async def test_tls(lake: Lake) -> None:
     cert, key = self_signed_cert()
     with start_devserver(lake, tls=(cert, key)) as srv:
         assert srv.url.startswith("grpc+tls://")
-        async with _source(srv.url, tls_ca_pem=cert) as source:
+        async with open_source(srv.url, tls_ca_pem=cert) as source:
             assert (await source.process(p.process_id)).exe == p.exe
-        async with _source(srv.url, tls_skip_verify=True) as source:
+        async with open_source(srv.url, tls_skip_verify=True) as source:
             assert (await source.process(p.process_id)).exe == p.exe
-        async with _source(srv.url) as source:  # system roots do not know this certificate
+        async with open_source(srv.url) as source:  # system roots do not know this certificate
             with pytest.raises(SourceUnavailable):
                 await source.process(p.process_id)

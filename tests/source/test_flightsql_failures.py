@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import socket
-from collections.abc import AsyncIterator
 
 import pytest
 
 from tests.source.test_queries import INJECTIONS
 from tests.support.devserver import run_devserver_subprocess, small_lake, start_devserver
+from tests.support.source import open_source
 from worker.devserver import Lake, LakeConfig
 from worker.errors import InvalidRequest, SourceBroken, SourceUnavailable
 from worker.model import ThreadInfo, TimeRange
-from worker.source import FlightSqlConfig, FlightSqlSource
 
 PID = "34d7c06d-3163-4111-863e-c5fc09d22d51"
 
@@ -26,17 +24,8 @@ def _closed_port() -> int:
     return port
 
 
-@contextlib.asynccontextmanager
-async def _source(url: str) -> AsyncIterator[FlightSqlSource]:
-    source = FlightSqlSource(FlightSqlConfig(url))
-    try:
-        yield source
-    finally:
-        await source.aclose()
-
-
 async def test_server_down_is_unavailable() -> None:
-    async with _source(f"grpc://127.0.0.1:{_closed_port()}") as source:
+    async with open_source(f"grpc://127.0.0.1:{_closed_port()}") as source:
         with pytest.raises(SourceUnavailable):
             await source.ping()
         with pytest.raises(SourceUnavailable):
@@ -48,7 +37,7 @@ async def test_server_down_is_unavailable() -> None:
 @pytest.mark.parametrize("bad", INJECTIONS)
 async def test_injection_rejected_before_any_query(bad: str) -> None:
     # Nothing listens on this port: had any query been sent, the error would be SourceUnavailable.
-    async with _source(f"grpc://127.0.0.1:{_closed_port()}") as source:
+    async with open_source(f"grpc://127.0.0.1:{_closed_port()}") as source:
         with pytest.raises(InvalidRequest):
             await source.process(bad)
         with pytest.raises(InvalidRequest):
@@ -67,7 +56,7 @@ async def test_server_killed_mid_stream_is_broken() -> None:
     time_range = TimeRange(p.begin_ns, p.end_ns)
     args = ["--seed", "3", "--processes", "large", "--large-spans", "1000000", "--block-rows", "4096"]
     with run_devserver_subprocess(args) as server:
-        async with _source(server.url) as source:
+        async with open_source(server.url) as source:
             threads = await source.threads(p.process_id, time_range)
             spans = source.thread_spans(threads, time_range)
             rows = 0
@@ -87,7 +76,7 @@ async def test_stream_failing_on_the_server_is_broken() -> None:
     p = lake.processes[0]
     time_range = TimeRange(p.begin_ns, p.end_ns)
     with start_devserver(lake, mode="friendly") as server:
-        async with _source(server.url) as source:
+        async with open_source(server.url) as source:
             threads = await source.threads(p.process_id, time_range)
             server.break_streams_after = 0
             with pytest.raises(SourceBroken):
@@ -99,7 +88,7 @@ async def test_injection_sends_no_query() -> None:
     lake = small_lake()
     p = lake.processes[0]
     with start_devserver(lake) as server:
-        async with _source(server.url) as source:
+        async with open_source(server.url) as source:
             for bad in INJECTIONS:
                 with pytest.raises(InvalidRequest):
                     await source.process(bad)

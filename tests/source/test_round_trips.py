@@ -8,9 +8,7 @@ The devserver answers GetFlightInfo as Micromegas does (one endpoint, the SQL as
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator
 
 import pyarrow as pa
 import pyarrow.flight as fl
@@ -19,6 +17,7 @@ import pytest
 from contracts.request import SpanTypes
 from tests.support.chaos import ChaosProxy
 from tests.support.devserver import start_devserver
+from tests.support.source import open_source
 from worker.devserver import Lake, LakeConfig
 from worker.devserver import flightsql_messages as msg
 from worker.errors import SourceBroken
@@ -32,15 +31,6 @@ def lake() -> Lake:
     return Lake(LakeConfig(seed=11, processes=("small",)))
 
 
-@contextlib.asynccontextmanager
-async def _source(url: str, **kwargs: object) -> AsyncIterator[FlightSqlSource]:
-    source = FlightSqlSource(FlightSqlConfig(url, **kwargs))  # type: ignore[arg-type]
-    try:
-        yield source
-    finally:
-        await source.aclose()
-
-
 async def _trace(source: FlightSqlSource, process_id: str) -> bytes:
     spec = TraceSpec(process_id, None, None, SpanTypes.BOTH)
     return b"".join([chunk async for chunk in generate_trace(source, spec)])
@@ -51,13 +41,13 @@ async def test_direct_tickets_halve_the_calls_with_the_same_trace(lake: Lake, mo
     p = lake.processes[0]
     queries_per_trace = 2 + p.thread_count + 1  # process, threads, one per thread, async events
     with start_devserver(lake, mode=mode) as server:  # type: ignore[arg-type]
-        async with _source(server.url, direct_tickets="off") as off:
+        async with open_source(server.url, direct_tickets="off") as off:
             before = server.streams_opened
             expected = await _trace(off, p.process_id)
             assert server.streams_opened - before == queries_per_trace
             assert dict(off.calls)["GetFlightInfo"] == queries_per_trace
             assert dict(off.calls)["DoGet"] == queries_per_trace
-        async with _source(server.url) as auto:
+        async with open_source(server.url) as auto:
             await _trace(auto, p.process_id)  # learns from the first answer
             first = dict(auto.calls)
             before = server.streams_opened
@@ -73,7 +63,7 @@ async def test_direct_tickets_halve_the_calls_with_the_same_trace(lake: Lake, mo
 async def test_on_never_sends_get_flight_info(lake: Lake) -> None:
     p = lake.processes[0]
     with start_devserver(lake) as server:
-        async with _source(server.url, direct_tickets="on") as source:
+        async with open_source(server.url, direct_tickets="on") as source:
             process = await source.process(p.process_id)
     assert process.process_id == p.process_id
     assert dict(source.calls).get("GetFlightInfo", 0) == 0
