@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 from contracts.errors import ErrorCode
-from contracts.events import StatusEvent
+from contracts.events import ProgressEvent, StatusEvent
 from contracts.request import TraceRequest
 from contracts.states import JobState
 from worker.errors import BlobStoreRefused, PermanentError, RetryableError, TraceWorkerError
-from worker.service.answers import answer
+from worker.service.answers import answer, inflight_key, queue_answer
 from worker.service.cancels import answer_held
 from worker.service.emit import Emitter
 from worker.service.finish import finish, mark_running, reply_duplicate
@@ -34,7 +34,7 @@ from worker.service.lease import Claim, Lease
 from worker.service.logs import JobLog
 from worker.service.ports import BlobWriterLike, StopRequested
 from worker.service.progress import ProgressPump
-from worker.service.redis_io import TRANSIENT, retry_redis
+from worker.service.redis_io import TRANSIENT, Write, retry_redis
 from worker.service.runtime import Runtime
 from worker.sinks.reply_stream import ReplyStream
 
@@ -71,24 +71,13 @@ async def run_job(rt: Runtime, entry_id: str, request: TraceRequest) -> None:
     job_id = request.effective_job_id()
     jlog = JobLog(log, {"job_id": job_id, "entry_id": entry_id})
     lease = Lease(rt, job_id, entry_id)
-    # Before anything: a job this entry starts stays findable even if the entry is trimmed away.
-    await retry_redis(lambda: record(rt, entry_id, job_id), what="in-flight record")
 
     def mine(state: JobState, **fields: object) -> StatusEvent:
         return StatusEvent.model_validate(
             {"job_id": job_id, "state": state, "labels": request.labels, "request_id": entry_id, **fields}
         )
 
-    await answer(rt, mine(JobState.QUEUED, detail=f"picked up by {rt.consumer}"))
-
-    async def begin() -> Claim:
-        return await lease.begin(
-            labels_json=json.dumps(request.labels, sort_keys=True),
-            fingerprint=request.fingerprint(),
-            max_age_s=request.effective_max_age_s,
-        )
-
-    claim = await retry_redis(begin, what="lease", give_up_after_s=rt.settings.lease_s)
+    claim = await _pick_up(rt, request, lease, mine(JobState.QUEUED, detail=f"picked up by {rt.consumer}"))
     if claim.kind == "locked" and claim.holder_entry == entry_id:
         jlog.info("entry is held by a live lease (%s); leaving it to its holder", claim.holder)
         return
@@ -114,6 +103,33 @@ async def run_job(rt: Runtime, entry_id: str, request: TraceRequest) -> None:
         await reply_duplicate(rt, entry_id, job_id, request.labels, claim.kind)
         return
     await _Job(rt, request, job_id, entry_id, lease).run()
+
+
+async def _pick_up(rt: Runtime, request: TraceRequest, lease: Lease, queued: StatusEvent) -> Claim:
+    """The pickup in one round trip: the in-flight record, the ``queued`` answer and the lease
+    script, in one MULTI. The record comes first: a job this entry starts stays findable even if
+    the entry is trimmed away (on a Redis Cluster, where the record's key is in another slot, it
+    is written before the MULTI instead)."""
+    job_id, entry_id = lease.job_id, lease.entry_id
+    if rt.cluster:
+        await retry_redis(lambda: record(rt, entry_id, job_id), what="in-flight record")
+    labels_json = json.dumps(request.labels, sort_keys=True)
+    fingerprint = request.fingerprint()
+
+    async def build(w: Write) -> Claim:
+        if not rt.cluster:
+            inflight = inflight_key(rt.keys)
+            w.pipe.hset(inflight, entry_id, job_id)
+        queue_answer(rt, w, queued)
+        lease.queue_begin(
+            w.pipe, labels_json=labels_json, fingerprint=fingerprint, max_age_s=request.effective_max_age_s
+        )
+        result = await w.execute()
+        return lease.claim(result[-1])
+
+    return await rt.shielded(
+        rt.write(rt.keys.job(job_id), build, what="pickup", give_up_after_s=rt.settings.lease_s)
+    )
 
 
 class _JobTimeout(Exception):
@@ -148,6 +164,9 @@ class _Job:
         self.replies: list[ReplyStream] = []
         #: Job-stream id of the current attempt's running entry.
         self.start_id: str | None = None
+        #: The attempt's final progress entry, not yet written: it goes with the terminal status
+        #: (one MULTI), or on its own before a retry.
+        self.progress: ProgressEvent | None = None
         self.log = JobLog(log, {"job_id": job_id, "entry_id": entry_id, "attempt": lease.attempt})
 
     # -- the delivery
@@ -161,6 +180,7 @@ class _Job:
                 status=status,
                 lock_value=self.lease.value,
                 drop_chunks=self._failed_chunks(status),
+                before=[self.progress.to_fields()] if self.progress is not None else [],
             )
             if status is not None and written:
                 self.rt.metrics.jobs.labels(status.state.value).inc()
@@ -190,6 +210,7 @@ class _Job:
             outcome = await self._attempt()
             if not isinstance(outcome, _Transient):
                 return outcome
+            await self._write_progress()  # the failed attempt's final progress, before the next one
             if outcome.redis and outages < REDIS_OUTAGE_ATTEMPTS:
                 outages += 1
                 self.log.warning("redis unavailable (%s); retrying once it answers", outcome.status.message)
@@ -212,6 +233,15 @@ class _Job:
             if attempt is None:
                 return None
             self.log.extra = {**(self.log.extra or {}), "attempt": attempt}
+
+    async def _write_progress(self) -> None:
+        progress, self.progress = self.progress, None
+        if progress is None or not self.replies:
+            return
+        try:
+            await self.replies[-1].progress(progress)
+        except Exception as exc:  # an observer never fails the job
+            self.log.debug("progress entry not written: %s", exc)
 
     def _failed_chunks(self, status: StatusEvent) -> list[bytes | str]:
         """Entry ids of the chunks of this delivery's attempts that did not succeed (a failed job:
@@ -378,12 +408,12 @@ class _Job:
                     raise
             finally:
                 await emitter.abort()
-            await pump.close()
+            self.progress = await pump.close(publish=False)
             info = await writer.commit()
             committed = True
             url = await rt.store.presign(key, rt.settings.blob_url_expires_s)
         finally:
-            await pump.close()
+            self.progress = await pump.close(publish=False) or self.progress
             if not committed:
                 await _abort(writer)
         duration = time.monotonic() - started

@@ -86,7 +86,7 @@ return 1
 
 @dataclass(frozen=True)
 class Claim:
-    """Outcome of :meth:`Lease.begin`."""
+    """Outcome of :meth:`Lease.queue_begin`'s script (:meth:`Lease.claim`)."""
 
     #: go: the lease is ours for ``attempt``; locked: ``holder`` runs the job (this request was
     #: attached to it); done: it succeeded recently enough; conflict: the job id belongs to a
@@ -131,12 +131,14 @@ class Lease:
     def _lease_ms(self) -> int:
         return int(self._rt.settings.lease_s * 1000)
 
-    async def begin(self, *, labels_json: str, fingerprint: str, max_age_s: int | None) -> Claim:
-        """Take the lease and start the next attempt, unless someone holds it (then this request is
+    def queue_begin(self, pipe: Any, *, labels_json: str, fingerprint: str, max_age_s: int | None) -> None:
+        """Queue the script that takes the lease and starts the next attempt, on a pipeline of the
+        job's hash slot (the pickup's MULTI: one round trip with the ``queued`` answer); :meth:`claim`
+        reads its reply. It does not start one when someone holds the lease (then this request is
         attached to the running job), the job succeeded within ``max_age_s``, the job id belongs to
         a request with another fingerprint, or the request was cancelled before pickup."""
         keys = self._rt.keys
-        raw: Any = await self._rt.redis.eval(
+        pipe.eval(
             _BEGIN,
             5,
             self.lock_key,
@@ -151,6 +153,9 @@ class Lease:
             fingerprint,
             -1 if max_age_s is None else max_age_s * 1000,
         )
+
+    def claim(self, raw: Any) -> Claim:
+        """The outcome in :meth:`queue_begin`'s script reply (holds the lease on ``go``)."""
         kind = _text(raw[0])
         if kind == "go":
             self.attempt = int(raw[1])
