@@ -18,7 +18,7 @@ from typing import Any
 from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
-from contracts.events import StatusEvent, parse_entry, utcnow
+from contracts.events import ChunkEvent, ProgressEvent, StatusEvent, parse_entry, utcnow
 from contracts.keys import Keys
 from contracts.states import JobState
 from worker.service.answers import answer, inflight_key, queue_ack, queue_answer, queue_event, queue_state
@@ -71,7 +71,7 @@ async def finish(
     lock_value: str | None,
     dead: Mapping[str, str | bytes] | None = None,
     drop_chunks: Sequence[bytes | str] = (),
-    before: Sequence[Mapping[str, str | bytes]] = (),
+    before: Sequence[ChunkEvent | ProgressEvent] = (),
 ) -> bool:
     """End a delivery: terminal status (when allowed), dead letter (if given), XACK. Shielded.
 
@@ -85,8 +85,9 @@ async def finish(
         dead: fields of a dead-letter entry to add to ``<prefix>:dead``.
         drop_chunks: job-stream entry ids to XDEL with the status (chunks of attempts that did not
             succeed).
-        before: field maps of progress entries to write on the job and status streams just before
-            the status, in the same MULTI (the attempt's final progress); only with the status.
+        before: entries of the attempt to write just before the status, in the same MULTI (its
+            held last chunk, on the job stream; its final progress, on the job and status
+            streams); only with the status.
 
     Returns:
         Whether the status was written.
@@ -104,7 +105,7 @@ async def _finish(
     dead: Mapping[str, str | bytes] | None,
     *,
     drop_chunks: Sequence[bytes | str] = (),
-    before: Sequence[Mapping[str, str | bytes]] = (),
+    before: Sequence[ChunkEvent | ProgressEvent] = (),
 ) -> bool:
     keys = rt.keys
     if status is None:
@@ -134,8 +135,12 @@ async def _finish(
             requesters: Any = dict(zip(flat[::2], flat[1::2], strict=True)) if allowed else {}
             pipe.multi()  # type: ignore[no-untyped-call]
             if allowed:
-                for fields in before:
-                    queue_entry(pipe, keys, event.job_id, dict(fields))
+                for entry in before:
+                    fields: Any = entry.to_fields()
+                    if isinstance(entry, ChunkEvent):
+                        pipe.xadd(keys.job(event.job_id), fields)  # chunks: the job stream only
+                    else:
+                        queue_entry(pipe, keys, event.job_id, fields)
                 _terminal(rt, w, event, _decode_requesters(requesters))
                 if drop_chunks:
                     pipe.xdel(keys.job(event.job_id), *drop_chunks)

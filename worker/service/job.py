@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from contracts.errors import ErrorCode
-from contracts.events import ProgressEvent, StatusEvent
+from contracts.events import ChunkEvent, ProgressEvent, StatusEvent
 from contracts.request import TraceRequest
 from contracts.states import JobState
 from worker.errors import BlobStoreRefused, PermanentError, RetryableError, TraceWorkerError
@@ -165,7 +165,7 @@ class _Job:
         #: Job-stream id of the current attempt's running entry.
         self.start_id: str | None = None
         #: The attempt's final progress entry, not yet written: it goes with the terminal status
-        #: (one MULTI), or on its own before a retry.
+        #: (one MULTI, after the attempt's held last chunk), or on its own before a retry.
         self.progress: ProgressEvent | None = None
         self.log = JobLog(log, {"job_id": job_id, "entry_id": entry_id, "attempt": lease.attempt})
 
@@ -180,7 +180,7 @@ class _Job:
                 status=status,
                 lock_value=self.lease.value,
                 drop_chunks=self._failed_chunks(status),
-                before=[self.progress.to_fields()] if self.progress is not None else [],
+                before=self._held_entries(status),
             )
             if status is not None and written:
                 self.rt.metrics.jobs.labels(status.state.value).inc()
@@ -233,6 +233,18 @@ class _Job:
             if attempt is None:
                 return None
             self.log.extra = {**(self.log.extra or {}), "attempt": attempt}
+
+    def _held_entries(self, status: StatusEvent) -> list[ChunkEvent | ProgressEvent]:
+        """The entries of the last attempt written with its terminal status: its last chunk (when
+        the job succeeded; otherwise the attempt's chunks are dropped anyway), then its final
+        progress (the order they would have had on their own)."""
+        held: list[ChunkEvent | ProgressEvent] = []
+        last = self.replies[-1].held if self.replies else None
+        if last is not None and status.state == JobState.SUCCEEDED:
+            held.append(last)
+        if self.progress is not None:
+            held.append(self.progress)
+        return held
 
     async def _write_progress(self) -> None:
         progress, self.progress = self.progress, None
@@ -392,7 +404,9 @@ class _Job:
         stored = await rt.store.open_writer(key)
         writer: BlobWriterLike = GzipWriter(stored, rt.settings.blob_compress_level) if gzip else stored
         committed = False
-        reply = ReplyStream(rt.redis, rt.keys, self.job_id, self.lease.attempt, transaction=rt.transaction)
+        reply = ReplyStream(
+            rt.redis, rt.keys, self.job_id, self.lease.attempt, transaction=rt.transaction, hold_last=True
+        )
         self.replies.append(reply)
         pump = ProgressPump(reply, self.job_id, self.lease.attempt, request.labels,
                             rt.settings.progress_interval_s)  # fmt: skip
