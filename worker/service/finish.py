@@ -39,7 +39,9 @@ return {redis.call('GET', KEYS[1]), redis.call('HMGET', KEYS[2], 'state', 'attem
 
 
 async def mark_running(rt: Runtime, status: StatusEvent) -> str:
-    """Start of an attempt: ``status running`` with its number, state hash, event; keys kept alive.
+    """Start of a retry's attempt: ``status running`` with its number, state hash, event; keys
+    kept alive (a delivery's first attempt gets the same writes from the pickup's lease script,
+    :meth:`worker.service.lease.Lease.queue_begin`).
 
     Returns:
         The job-stream id of the running entry (where the attempt's chunks start: ``start_id``).

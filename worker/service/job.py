@@ -17,7 +17,7 @@ import logging
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from contracts.errors import ErrorCode
 from contracts.events import ChunkEvent, ProgressEvent, StatusEvent
@@ -34,7 +34,7 @@ from worker.service.lease import Claim, Lease
 from worker.service.logs import JobLog
 from worker.service.ports import BlobWriterLike, StopRequested
 from worker.service.progress import ProgressPump
-from worker.service.redis_io import TRANSIENT, Write, retry_redis
+from worker.service.redis_io import TRANSIENT, Write, retry_redis, write_shared
 from worker.service.runtime import Runtime
 from worker.sinks.reply_stream import ReplyStream
 
@@ -102,34 +102,61 @@ async def run_job(rt: Runtime, entry_id: str, request: TraceRequest) -> None:
         jlog.info("duplicate request (%s)", claim.kind)
         await reply_duplicate(rt, entry_id, job_id, request.labels, claim.kind)
         return
-    await _Job(rt, request, job_id, entry_id, lease).run()
+    await _Job(rt, request, job_id, entry_id, lease, start_id=claim.start_id).run()
 
 
 async def _pick_up(rt: Runtime, request: TraceRequest, lease: Lease, queued: StatusEvent) -> Claim:
     """The pickup in one round trip: the in-flight record, the ``queued`` answer and the lease
-    script, in one MULTI. The record comes first: a job this entry starts stays findable even if
-    the entry is trimmed away (on a Redis Cluster, where the record's key is in another slot, it
-    is written before the MULTI instead)."""
+    script, which on ``go`` also writes the first attempt's ``status running`` (what
+    :func:`~worker.service.finish.mark_running` writes), in one MULTI. The record comes first: a
+    job this entry starts stays findable even if the entry is trimmed away. On a Redis Cluster,
+    where the record and the events stream are in other hash slots, the record is written before
+    the MULTI and the running status's events copy after it."""
     job_id, entry_id = lease.job_id, lease.entry_id
+    keys, settings = rt.keys, rt.settings
     if rt.cluster:
         await retry_redis(lambda: record(rt, entry_id, job_id), what="in-flight record")
     labels_json = json.dumps(request.labels, sort_keys=True)
     fingerprint = request.fingerprint()
+    running: Any = StatusEvent(
+        job_id=job_id,
+        state=JobState.RUNNING,
+        labels=request.labels,
+        request_id=entry_id,
+        lease_s=settings.lease_s,
+        heartbeat_s=settings.heartbeat_s,
+    ).to_fields()
+    events = (keys.events, settings.events_maxlen)
 
     async def build(w: Write) -> Claim:
         if not rt.cluster:
-            inflight = inflight_key(rt.keys)
-            w.pipe.hset(inflight, entry_id, job_id)
+            w.pipe.hset(inflight_key(keys), entry_id, job_id)
         queue_answer(rt, w, queued)
         lease.queue_begin(
-            w.pipe, labels_json=labels_json, fingerprint=fingerprint, max_age_s=request.effective_max_age_s
+            w.pipe,
+            labels_json=labels_json,
+            fingerprint=fingerprint,
+            max_age_s=request.effective_max_age_s,
+            running=running,
+            events=None if rt.cluster else events,
         )
         result = await w.execute()
         return lease.claim(result[-1])
 
-    return await rt.shielded(
-        rt.write(rt.keys.job(job_id), build, what="pickup", give_up_after_s=rt.settings.lease_s)
+    claim = await rt.shielded(
+        rt.write(keys.job(job_id), build, what="pickup", give_up_after_s=settings.lease_s)
     )
+    if claim.kind == "go" and rt.cluster:
+        fields = {**running, "attempt": str(claim.attempt)}
+        await rt.shielded(
+            write_shared(
+                rt.redis,
+                records=[lambda pipe: pipe.xadd(events[0], fields, maxlen=events[1], approximate=True)],
+                acks=[],
+                what="status running (events)",
+            )
+        )
+    return claim
 
 
 class _JobTimeout(Exception):
@@ -151,7 +178,16 @@ REDIS_OUTAGE_ATTEMPTS = 10
 
 
 class _Job:
-    def __init__(self, rt: Runtime, request: TraceRequest, job_id: str, entry_id: str, lease: Lease) -> None:
+    def __init__(
+        self,
+        rt: Runtime,
+        request: TraceRequest,
+        job_id: str,
+        entry_id: str,
+        lease: Lease,
+        *,
+        start_id: str | None,
+    ) -> None:
         self.rt = rt
         self.request = request
         self.job_id = job_id
@@ -163,7 +199,9 @@ class _Job:
         #: Reply streams of this delivery's attempts, in order (their chunk ids).
         self.replies: list[ReplyStream] = []
         #: Job-stream id of the current attempt's running entry.
-        self.start_id: str | None = None
+        self.start_id: str | None = start_id
+        #: The first attempt's running status was written at pickup.
+        self._running_written = start_id is not None
         #: The attempt's final progress entry, not yet written: it goes with the terminal status
         #: (one MULTI, after the attempt's held last chunk), or on its own before a retry.
         self.progress: ProgressEvent | None = None
@@ -341,13 +379,16 @@ class _Job:
         """Run one attempt; the terminal status, a transient failure, or None when the lease was lost."""
         rt = self.rt
         started = time.monotonic()
-        try:
-            running = self._status(
-                JobState.RUNNING, lease_s=rt.settings.lease_s, heartbeat_s=rt.settings.heartbeat_s
-            )
-            self.start_id = await mark_running(rt, running)
-        except TRANSIENT as exc:
-            return _Transient(self._failed(ErrorCode.INTERNAL, f"redis unavailable: {exc}"), redis=True)
+        if self._running_written:
+            self._running_written = False  # by the pickup (the first attempt only)
+        else:
+            try:
+                running = self._status(
+                    JobState.RUNNING, lease_s=rt.settings.lease_s, heartbeat_s=rt.settings.heartbeat_s
+                )
+                self.start_id = await mark_running(rt, running)
+            except TRANSIENT as exc:
+                return _Transient(self._failed(ErrorCode.INTERNAL, f"redis unavailable: {exc}"), redis=True)
         rt.metrics.attempts.inc()
         if self.stop_reason is not None:
             return await self._stopped_outcome()
