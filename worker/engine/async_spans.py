@@ -96,7 +96,7 @@ class _Parts:
             pos += 1
             ts = np.concatenate([r[0] for r in run]) if len(run) > 1 else run[0][0]
             if bool(np.all(ts[1:] >= ts[:-1])):  # already in time order (ENDs, mostly): no sort
-                t = times(ts, t0)
+                t = times(ts, t0, ordered=True)
                 at = 0
                 for part_ts, build in run:
                     m, length = build(t.take(slice(at, at + len(part_ts))))
@@ -109,7 +109,7 @@ class _Parts:
             order = np.argsort(ts, kind="stable")
             rank = np.empty(len(ts), dtype=np.int64)
             rank[order] = np.arange(len(ts))
-            t = times(ts[order], t0)
+            t = times(ts[order], t0, ordered=True)
             at = 0
             for part_ts, build in run:
                 r = rank[at : at + len(part_ts)]
@@ -197,15 +197,17 @@ class AsyncBatch:
 
 def _stable_order(values: I64) -> tuple[I64, I64]:
     """``np.argsort(values, kind="stable")`` and the sorted values. When the values' range leaves room,
-    each is packed with its position into one int64 key: the keys are distinct, so a plain (faster,
-    vectorised) sort gives the stable order."""
+    each is packed with its position into one int64 key: the keys are distinct, so a sort of the keys
+    alone gives the stable order. The keys are sorted with numpy's timsort (``kind="stable"``): span
+    ids mostly come in about the order they opened, so the keys are nearly sorted already and it is
+    ~2.5x faster on them than the default introsort (and about as fast on random keys)."""
     n = len(values)
     if n:
         lo = int(values.min())
         bits = max(1, (n - 1).bit_length())
         if int(values.max()) - lo < 1 << (62 - bits):
             packed = ((values - lo) << bits) | np.arange(n, dtype=np.int64)
-            packed.sort()
+            packed.sort(kind="stable")
             order: I64 = packed & ((1 << bits) - 1)
             return order, (packed >> bits) + lo
     order = np.argsort(values, kind="stable")
@@ -321,14 +323,19 @@ class AsyncState:
         dropped_s = s_b & prev_b
         paired_s = ~s_b & prev_b
         orphan_s = ~s_b & ~prev_b
-        last_opener = np.maximum.accumulate(np.where(opener_s, np.arange(n), -1))
-        # For each paired end (sorted position q), its opener is the last opener before q.
+        # For each paired end (sorted position q), its opener is the last opener before q: the begin
+        # right before it unless duplicate begins were dropped in between.
         q = np.flatnonzero(paired_s)
-        opener_of_q = last_opener[q - 1]
+        dropped = int(np.count_nonzero(dropped_s))
+        if dropped:
+            last_opener = np.maximum.accumulate(np.where(opener_s, np.arange(n), -1))
+            opener_of_q = last_opener[q - 1]
+        else:
+            opener_of_q = q - 1
         pos_o = order[opener_s]  # combined positions of openers, sorted by (sid, position)
         close_at = np.full(n, NONE, dtype=np.int64)
         close_at[order[opener_of_q]] = order[q]
-        self.dropped += int(dropped_s.sum())
+        self.dropped += dropped
 
         time = np.concatenate((self.begin, np.maximum(ev.time, 0)))
         self.seen += m
@@ -336,13 +343,16 @@ class AsyncState:
         # Parent of each new opener: the parent span's opener open at the child's begin.
         parent_at = np.full(n, -1, dtype=np.int64)
         new_open = pos_o[pos_o >= p]
+        want = ev.parent_id[new_open - p]
+        with_parent = np.flatnonzero(want != 0)  # parent id 0: none (lane roots: searched for no parent)
+        if len(with_parent) < len(want):
+            new_open, want = new_open[with_parent], want[with_parent]
         if len(new_open):
             o_sid = sid[pos_o]
             step = o_sid[1:] != o_sid[:-1]
-            want = ev.parent_id[new_open - p]
             lo = np.searchsorted(o_sid, want, side="left")
             lo_c = np.minimum(lo, len(o_sid) - 1)
-            exists = (lo < len(o_sid)) & (o_sid[lo_c] == want) & (want != 0)
+            exists = (lo < len(o_sid)) & (o_sid[lo_c] == want)
             if step.all():
                 # One opener per span id (the usual case): the parent's opener is the one found, if it
                 # opened before the child (else j < lo: none).

@@ -121,21 +121,32 @@ class Times:
         return out
 
 
-def times(ts: I64, t0: int) -> Times:
-    """Time fields of a block's packets (timestamps in file order, epoch ns) after a reset to ``t0``."""
+def times(ts: I64, t0: int, *, ordered: bool = False) -> Times:
+    """Time fields of a block's packets (timestamps in file order, epoch ns) after a reset to ``t0``.
+
+    ``ordered``: the caller knows ``ts`` is non-decreasing, so the running maximum is ``ts`` itself
+    (numpy's ``maximum.accumulate`` is a scalar loop: skipping it is most of this function's cost)."""
     ts = ts.astype(np.int64, copy=False)
     n = len(ts)
     prev = np.empty(n, np.int64)
     if n:
         prev[0] = t0
-        np.maximum.accumulate(ts[:-1], out=prev[1:])
+        if ordered:
+            prev[1:] = ts[:-1]
+        else:
+            np.maximum.accumulate(ts[:-1], out=prev[1:])
         np.maximum(prev, t0, out=prev)
     absolute = ts < prev
     if absolute.any():
         value = np.where(absolute, ts, ts - prev).astype(np.uint64)
     else:
         value = (ts - prev).view(np.uint64)
-    width = np.searchsorted(_WIDTH_STEPS, value, side="right") + 1
+    # Varint width: 1 + how many of the steps 2**7, 2**14, ... a value reaches. Only the steps up to
+    # the largest value are compared (deltas are small: mostly one or two passes, no binary search).
+    width = np.ones(n, dtype=np.int64)
+    top = int(value.max()) if n else 0
+    for step in _WIDTH_STEPS[: int(np.searchsorted(_WIDTH_STEPS, np.uint64(top), side="right"))]:
+        width += value >= step
     width[absolute] = 9
     return Times(value, width, absolute)
 
