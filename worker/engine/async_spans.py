@@ -332,7 +332,9 @@ class AsyncState:
             opener_of_q = last_opener[q - 1]
         else:
             opener_of_q = q - 1
-        pos_o = order[opener_s]  # combined positions of openers, sorted by (sid, position)
+        # (np.compress, not a boolean subscript: numpy copies a boolean selection run by run, ~4x slower
+        # on masks that alternate like these)
+        pos_o = np.compress(opener_s, order)  # combined positions of openers, sorted by (sid, position)
         close_at = np.full(n, NONE, dtype=np.int64)
         close_at[order[opener_of_q]] = order[q]
         self.dropped += dropped
@@ -340,8 +342,18 @@ class AsyncState:
         time = np.concatenate((self.begin, np.maximum(ev.time, 0)))
         self.seen += m
 
-        # Parent of each new opener: the parent span's opener open at the child's begin.
-        parent_at = np.full(n, -1, dtype=np.int64)
+        # The open spans of the batch in opening order.
+        is_opener = np.zeros(n, dtype=bool)
+        is_opener[pos_o] = True
+        op = np.flatnonzero(is_opener)
+        k_open = len(op)
+        index_of = np.empty(n, dtype=np.int64)  # read at openers only
+        index_of[op] = np.arange(k_open)
+        ev_rows = op[p:] - p  # the new openers' rows in ``ev``
+
+        # Parent of each new opener (index into ``op``, -1 for none): the parent span's opener open at
+        # the child's begin.
+        parent = np.full(k_open, -1, dtype=np.int64)
         new_open = pos_o[pos_o >= p]
         want = ev.parent_id[new_open - p]
         with_parent = np.flatnonzero(want != 0)  # parent id 0: none (lane roots: searched for no parent)
@@ -364,15 +376,10 @@ class AsyncState:
                 j = np.searchsorted(okey, rank[lo_c] * (n + 1) + new_open, side="left") - 1
             parent_pos = pos_o[np.maximum(j, 0)]
             ok = exists & (j >= lo) & (close_at[parent_pos] > new_open) & (parent_pos < new_open)
-            parent_at[new_open[ok]] = parent_pos[ok]
+            found = np.flatnonzero(ok)
+            parent[index_of[new_open[found]]] = index_of[parent_pos[found]]
 
-        # The open spans of the batch in opening order, and the lane layout.
-        is_opener = np.zeros(n, dtype=bool)
-        is_opener[pos_o] = True
-        op = np.flatnonzero(is_opener)
-        k_open = len(op)
-        index_of = np.full(n + 1, -1, dtype=np.int64)
-        index_of[op] = np.arange(k_open)
+        # The lane layout.
         new = op >= p
         cpos = close_at[op]
         closed = cpos != NONE
@@ -381,7 +388,6 @@ class AsyncState:
         t_close, t_open = time[cpos[closed]], begin_t[closed]
         end_t[closed] = np.maximum(t_close, t_open)
         self.clamped += int(np.count_nonzero(t_close < t_open))
-        parent = index_of[parent_at[op]]  # parent_at -1: index_of's last slot, -1
         par_all = parent.copy()  # new spans' parents, and carried spans' open parents
         par_all[:p] = self.parent_idx
         key = np.zeros(k_open, dtype=np.uint64)
@@ -390,7 +396,8 @@ class AsyncState:
         parent_key = np.zeros(k_open, dtype=np.uint64)
         parent_key[:p] = self.parent_key
         has_parent = parent >= 0
-        parent_key[has_parent] = key[parent[has_parent]]
+        with_open_parent = np.flatnonzero(has_parent)
+        parent_key[with_open_parent] = key[parent[with_open_parent]]
         kids_end = np.full(k_open, -1, dtype=np.int64)
         kids_end[:p] = self.kids_end
         track0 = np.zeros(k_open, dtype=np.uint64)
@@ -400,23 +407,24 @@ class AsyncState:
         self.placed += int(placed.sum())
         parent_sid = np.zeros(k_open, dtype=np.int64)
         parent_sid[:p] = self.parent_sid
-        parent_sid[p:] = ev.parent_id[op[p:] - p]
+        parent_sid[p:] = ev.parent_id[ev_rows]
         term = np.zeros(k_open, dtype=np.uint64)
         term[:p] = self.term
         marked = np.zeros(k_open, dtype=bool)
         marked[:p] = self.marked
         assert ev.before is not None
-        marked[p:] = ev.before[op[p:] - p]
+        marked[p:] = ev.before[ev_rows]
         self.cut += int(np.count_nonzero(marked[p:]))
         linked = new & has_parent & ~placed
-        term[linked] = key[linked]
-        self.flows += int(linked.sum())
-        flow_parent = np.concatenate((self.flow_parent, parent[linked]))
-        flow_id = np.concatenate((self.flow_id, key[linked]))
+        linked_at = np.flatnonzero(linked)
+        term[linked_at] = key[linked_at]
+        self.flows += len(linked_at)
+        flow_parent = np.concatenate((self.flow_parent, parent[linked_at]))
+        flow_id = np.concatenate((self.flow_id, key[linked_at]))
 
-        names = np.concatenate((self.name, ev.name))[op]
-        cats = np.concatenate((self.cat, ev.cat))[op]
-        locs = np.concatenate((self.loc, ev.loc))[op]
+        names, cats, locs = (np.empty(k_open, dtype=np.uint64) for _ in range(3))
+        names[:p], cats[:p], locs[:p] = self.name, self.cat, self.loc
+        names[p:], cats[p:], locs[p:] = ev.name[ev_rows], ev.cat[ev_rows], ev.loc[ev_rows]
         cols = _Open(begin_t, track, names, cats, locs, parent_sid, term, marked)
         # Descriptors of the tracks opened in the batch, then the BEGINs, then the ENDs by closing
         # position: every track is declared before use, a slice's BEGIN precedes its END, and at equal
@@ -433,7 +441,7 @@ class AsyncState:
         ends_at[cpos[closers]] = True
         closer_at = np.zeros(n, dtype=np.int64)
         closer_at[cpos[closers]] = closers
-        closers_by_end = closer_at[ends_at]
+        closers_by_end = np.compress(ends_at, closer_at)
         orphans = np.sort(order[orphan_s])
         parts = _Parts()
         parts.add_desc(*descriptor_matrix(track[roots], self.group_uuid))
