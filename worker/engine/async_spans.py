@@ -62,6 +62,8 @@ class _Parts:
     def __init__(self) -> None:
         self.desc: list[tuple[U8, I64]] = []
         self.runs: tuple[list[tuple[I64, Build]], list[tuple[I64, Build]]] = ([], [])
+        #: The BEGIN run when it is one ``add_begins`` so far: its times and groups (else None).
+        self.merged: tuple[I64, list[tuple[I64, Build]]] | None = None
 
     def add_desc(self, m: U8, lengths: I64) -> None:
         if len(m):
@@ -70,6 +72,19 @@ class _Parts:
     def add_begin(self, ts: I64, build: Build) -> None:
         if len(ts):
             self.runs[0].append((ts, build))
+            self.merged = None
+
+    def add_begins(self, ts: I64, groups: list[tuple[I64, Build]]) -> None:
+        """BEGINs of rows with times ``ts``, in groups (rows ``sel``, ascending, and their builder):
+        the same as ``add_begin(ts[sel], build)`` per group, but when they are the whole run and
+        ``ts`` strictly increases, the run's time order is the rows' order: no sort (``assemble``)."""
+        if not len(ts):
+            return
+        whole = not self.runs[0]
+        for sel, build in groups:
+            self.add_begin(ts[sel], build)
+        if whole:
+            self.merged = (ts, groups)
 
     def add_end(self, ts: I64, build: Build) -> None:
         if len(ts):
@@ -87,13 +102,25 @@ class _Parts:
             lens.append(length)
             where.append(None)
             pos += len(m)
-        for run in self.runs:
+        for i, run in enumerate(self.runs):
             if not run:
                 continue
             mats.append(reset[0])
             lens.append(reset[1])
             where.append(None)
             pos += 1
+            if i == 0 and self.merged is not None and bool(np.all(self.merged[0][1:] > self.merged[0][:-1])):
+                # Distinct times in row order: each packet's place is its row (the groups' stable sort
+                # by time would give the same).
+                ts, groups = self.merged
+                t = times(ts, t0, ordered=True)
+                for sel, build in groups:
+                    m, length = build(t.take(sel))
+                    mats.append(m)
+                    lens.append(length)
+                    where.append(pos + sel)
+                pos += len(ts)
+                continue
             ts = np.concatenate([r[0] for r in run]) if len(run) > 1 else run[0][0]
             if bool(np.all(ts[1:] >= ts[:-1])):  # already in time order (ENDs, mostly): no sort
                 t = times(ts, t0, ordered=True)
@@ -560,6 +587,7 @@ class AsyncState:
         layout = nflows * 8 + c.marked[idx] * 4 + has_term * 2 + has_ann
         wn, wc, wl = (varint_width(int(col[idx].max())) for col in (c.name, c.cat, c.loc))
         widths = (wn, wc, wl)
+        groups: list[tuple[I64, Build]] = []
         for code in np.flatnonzero(np.bincount(layout)).tolist():  # the layouts present, ascending
             sel = np.flatnonzero(layout == code)
             rows_i = idx[sel]
@@ -576,7 +604,8 @@ class AsyncState:
                 ann=ann_on,
                 cut=cut_on,
             )
-            parts.add_begin(c.begin[rows_i], build)
+            groups.append((sel, build))
+        parts.add_begins(c.begin[idx], groups)
 
     def _orphans(self, parts: _Parts, pos: I64, *, time: I64, ev: AsyncBatch, p: int) -> None:
         """Descriptors, cut BEGINs at the range begin and ENDs of the ends without a begin (own tracks)."""
