@@ -251,9 +251,9 @@ class Canonicalizer:
             if pa.types.is_null(col.type):
                 continue  # all null: every pair ties here
             # The rows of the pairs, sorted and unique (pairs[i] + 1 <= pairs[i + 1]: a merge, no sort).
-            both = np.empty(2 * len(pairs), dtype=np.int64)
-            both[0::2], both[1::2] = pairs, pairs + 1
-            rows = both[np.concatenate(([True], both[1:] != both[:-1]))]
+            ends = np.empty(2 * len(pairs), dtype=np.int64)
+            ends[0::2], ends[1::2] = pairs, pairs + 1
+            rows = ends[np.concatenate(([True], ends[1:] != ends[:-1]))]
             codes = _codes(col, rows, fold=name in self._fold)
             if codes is not None:  # integers, or one shared dictionary: compared in numpy
                 value, valid = codes
