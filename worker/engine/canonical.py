@@ -212,15 +212,19 @@ class Canonicalizer:
         n = table.num_rows
         key = self._key(table)
         same = key[1:] == key[:-1]  # row i + 1 ties with row i
-        starts = np.flatnonzero(np.concatenate(([True], ~same)))
+        tied = np.flatnonzero(same)  # few rows tie: a short list, unlike the run starts
+        # The last run starts after its k ties with the row before: tied[i] - i is non-decreasing and
+        # reaches n - 1 - len(tied) exactly on the last k entries (those ending at row n - 2).
+        k = int(np.count_nonzero(tied - np.arange(len(tied)) == n - 1 - len(tied)))
+        last_start = n - 1 - k
         # Rows up to `safe` belong to complete runs; the last run may continue in the next batch.
-        safe = n if final or n - int(starts[-1]) > self._max_run else int(starts[-1])
+        safe = n if final or n - last_start > self._max_run else last_start
         take = safe if final else safe - safe % self._rows
         if take == 0:
             self._pending = table.to_batches()
             return []
-        pairs = np.flatnonzero(same[: max(safe - 1, 0)])
-        ordered = self._sort_ties(table.slice(0, safe), starts[starts < safe], safe, pairs)
+        pairs = tied[: np.searchsorted(tied, max(safe - 1, 0))]
+        ordered = self._sort_ties(table.slice(0, safe), same[: max(safe - 1, 0)], safe, pairs)
         out = [_one_batch(ordered.slice(lo, self._rows)) for lo in range(0, take, self._rows)]
         # What stays: the sorted rows not handed on, then the run that may continue.
         rest = [*ordered.slice(take).to_batches(), *table.slice(safe).to_batches()]
@@ -246,7 +250,10 @@ class Canonicalizer:
             col = table.column(name)
             if pa.types.is_null(col.type):
                 continue  # all null: every pair ties here
-            rows = np.union1d(pairs, pairs + 1)
+            # The rows of the pairs, sorted and unique (pairs[i] + 1 <= pairs[i + 1]: a merge, no sort).
+            ends = np.empty(2 * len(pairs), dtype=np.int64)
+            ends[0::2], ends[1::2] = pairs, pairs + 1
+            rows = ends[np.concatenate(([True], ends[1:] != ends[:-1]))]
             codes = _codes(col, rows, fold=name in self._fold)
             if codes is not None:  # integers, or one shared dictionary: compared in numpy
                 value, valid = codes
@@ -277,12 +284,13 @@ class Canonicalizer:
         return True
 
     def _sort_ties(
-        self, table: pa.Table, starts: npt.NDArray[np.int64], n: int, pairs: npt.NDArray[np.int64]
+        self, table: pa.Table, same: npt.NDArray[np.bool_], n: int, pairs: npt.NDArray[np.int64]
     ) -> pa.Table:
-        """``table`` with each run of equal keys sorted by the tie-break columns (``pairs``: the rows
-        i tied with row i + 1)."""
+        """``table`` with each run of equal keys sorted by the tie-break columns (``same[i]``: row i + 1
+        ties with row i, for i < n - 1; ``pairs``: those rows i)."""
         if not len(pairs) or self._ties_in_order(table, pairs):
             return table  # no ties, or all of them in order already
+        starts = np.flatnonzero(np.concatenate(([True], ~same)))
         lengths = np.diff(np.append(starts, n))
         tied_runs = lengths > 1
         run_of = np.repeat(np.arange(len(starts), dtype=np.int64), lengths)

@@ -311,7 +311,7 @@ class TraceEncoder:
         idx = (indices.fill_null(len(kind_values)) if indices.null_count else indices).to_numpy(
             zero_copy_only=False
         )
-        code = codes[idx]
+        code = codes[idx.astype(np.intp, copy=False)]  # intp indices: numpy's fast gather
         valid = code != 2
         for col in (column(batch, "time", what), sid_col):
             if col.null_count:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from worker.engine.packing import _CONT, _CONT_OF, Times, pack, put_time_slots, times
+from worker.engine.packing import _CONT, _CONT_OF, Times, pack, put_time_slots, tile_rows, times
 from worker.engine.span_rows import (
     ANNOTATIONS,
     CUT_ANNOTATION,
@@ -156,8 +156,7 @@ def _plain_thread_rows(
     template[8] = 0x50
     template[9 + wn] = 0x18
     template[10 + wn + wc : 12 + wn + wc] = [0x90, 0x02]
-    m = np.empty((n, width), dtype=np.uint8)
-    m[:] = template
+    m = tile_rows(template, n)
     put_varint(m, 9, name, wn)
     put_varint(m, 10 + wn, cat, wc)
     put_varint(m, 12 + wn + wc, loc, wl)
@@ -296,12 +295,11 @@ def descriptor_matrix(uuid: U64, parent: int) -> tuple[U8, I64]:
     packet_len = len(body)
     width = 2 + packet_len
     width = max(12, width + (-width % 4))
-    m = np.zeros((n, width), dtype=np.uint8)
     template = np.zeros(width, dtype=np.uint8)
     template[0] = 0x0A
     template[1] = packet_len
     template[2 : 2 + packet_len] = np.frombuffer(body, dtype=np.uint8)
-    m[:] = template
+    m = tile_rows(template, n)
     put_varint(m, 2 + 6, uuid, w)
     return m, np.full(n, 2 + packet_len, dtype=np.int64)
 
