@@ -394,8 +394,8 @@ class AsyncState:
             exists = (lo < len(o_sid)) & (o_sid[lo_c] == want)
             if step.all():
                 # One opener per span id (the usual case): the parent's opener is the one found, if it
-                # opened before the child (else j < lo: none).
-                j = np.where(pos_o[lo_c] < new_open, lo, lo - 1)
+                # opened before the child (else j < lo: none; lo_c keeps a missing parent id in range).
+                j = np.where(pos_o[lo_c] < new_open, lo_c, lo - 1)
             else:
                 # The last opener of the parent's span id before the child.
                 rank = np.concatenate(([0], np.cumsum(step)))
