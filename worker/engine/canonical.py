@@ -102,7 +102,7 @@ def _at(
     chunk_of = np.searchsorted(bounds, rows, side="right") - 1
     value = np.zeros(len(rows), dtype=np.int64)
     valid = np.ones(len(rows), dtype=bool)
-    for c in np.unique(chunk_of).tolist():
+    for c in _distinct(chunk_of):
         sel = chunk_of == c
         local = rows[sel] - bounds[c]
         chunk = chunks[c]
@@ -111,6 +111,22 @@ def _at(
             chunk = chunk.fill_null(0)
         value[sel] = chunk.to_numpy()[local]
     return value, valid
+
+
+def _first_of_runs(ascending: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+    """Where each run of equal values of an ascending array starts (a distinct value, in order).
+
+    Used instead of ``np.unique`` / ``np.union1d``: their hash and quick sorts are slow on sorted input."""
+    first = np.empty(len(ascending), dtype=bool)
+    first[:1] = True
+    np.not_equal(ascending[1:], ascending[:-1], out=first[1:])
+    return first
+
+
+def _distinct(ascending: npt.NDArray[np.int64]) -> list[int]:
+    """The distinct values of an ascending array, in order."""
+    out: list[int] = ascending[_first_of_runs(ascending)].tolist()
+    return out
 
 
 def _codes(
@@ -141,7 +157,7 @@ def _rows(col: pa.ChunkedArray, idx: npt.NDArray[np.int64]) -> pa.Array:
     bounds = np.cumsum([0, *(len(c) for c in col.chunks)])
     chunk_of = np.searchsorted(bounds, idx, side="right") - 1
     parts = []
-    for c in np.unique(chunk_of).tolist():
+    for c in _distinct(chunk_of):
         part = col.chunk(c).take(pa.array(idx[chunk_of == c] - bounds[c]))
         parts.append(part.cast(pa.string()) if pa.types.is_dictionary(part.type) else part)
     return pa.concat_arrays(parts) if parts else pa.array([], col.type)
@@ -246,7 +262,9 @@ class Canonicalizer:
             col = table.column(name)
             if pa.types.is_null(col.type):
                 continue  # all null: every pair ties here
-            rows = np.union1d(pairs, pairs + 1)
+            rows = np.concatenate((pairs, pairs + 1))
+            rows.sort(kind="stable")  # two ascending runs: a merge
+            rows = rows[_first_of_runs(rows)]
             codes = _codes(col, rows, fold=name in self._fold)
             if codes is not None:  # integers, or one shared dictionary: compared in numpy
                 value, valid = codes
