@@ -221,15 +221,16 @@ class Canonicalizer:
         n = table.num_rows
         key = self._key(table)
         same = key[1:] == key[:-1]  # row i + 1 ties with row i
-        starts = np.flatnonzero(np.concatenate(([True], ~same)))
+        change = ~same  # row i + 1 starts a run
+        last = len(change) - int(np.argmax(change[::-1])) if change.any() else 0  # the last run's start
         # Rows up to `safe` belong to complete runs; the last run may continue in the next batch.
-        safe = n if final or n - int(starts[-1]) > self._max_run else int(starts[-1])
+        safe = n if final or n - last > self._max_run else last
         take = safe if final else safe - safe % self._rows
         if take == 0:
             self._pending = table.to_batches()
             return []
         pairs = np.flatnonzero(same[: max(safe - 1, 0)])
-        ordered = self._sort_ties(table.slice(0, safe), starts[starts < safe], safe, pairs)
+        ordered = self._sort_ties(table.slice(0, safe), change[: max(safe - 1, 0)], safe, pairs)
         out = [_one_batch(ordered.slice(lo, self._rows)) for lo in range(0, take, self._rows)]
         # What stays: the sorted rows not handed on, then the run that may continue.
         rest = [*ordered.slice(take).to_batches(), *table.slice(safe).to_batches()]
@@ -283,12 +284,13 @@ class Canonicalizer:
         return True
 
     def _sort_ties(
-        self, table: pa.Table, starts: npt.NDArray[np.int64], n: int, pairs: npt.NDArray[np.int64]
+        self, table: pa.Table, change: npt.NDArray[np.bool_], n: int, pairs: npt.NDArray[np.int64]
     ) -> pa.Table:
-        """``table`` with each run of equal keys sorted by the tie-break columns (``pairs``: the rows
-        i tied with row i + 1)."""
+        """``table`` with each run of equal keys sorted by the tie-break columns (``change``: row
+        i + 1 starts a run; ``pairs``: the rows i tied with row i + 1)."""
         if not len(pairs) or self._ties_in_order(table, pairs):
             return table  # no ties, or all of them in order already
+        starts = np.flatnonzero(np.concatenate(([True], change)))
         lengths = np.diff(np.append(starts, n))
         tied_runs = lengths > 1
         run_of = np.repeat(np.arange(len(starts), dtype=np.int64), lengths)

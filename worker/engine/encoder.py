@@ -262,9 +262,14 @@ class TraceEncoder:
     def _clip_thread(self, begin: I64, end: I64) -> tuple[I64, I64, U8]:
         """Spans clipped to the range; the cut code of each (CUT_BEGIN | CUT_END bits)."""
         lo, hi = self._range.begin_ns, self._range.end_ns
-        cut = np.where(begin < lo, CUT_BEGIN, 0) | np.where(end > hi, CUT_END, 0)
-        self._thread_cut += int(np.count_nonzero(cut))
-        return np.maximum(begin, lo), np.minimum(end, hi), cut.astype(np.uint8)
+        cut = (begin < lo).view(np.uint8) * np.uint8(CUT_BEGIN) | (end > hi).view(np.uint8) * np.uint8(
+            CUT_END
+        )
+        count = int(np.count_nonzero(cut))
+        if not count:  # (the usual case: a range holding the whole thread)
+            return begin, end, cut
+        self._thread_cut += count
+        return np.maximum(begin, lo), np.minimum(end, hi), cut
 
     def end_thread(self, stream_id: str) -> list[bytes]:
         """The thread has no more spans: encode what is held and close its open spans."""
