@@ -22,7 +22,7 @@ from worker.engine.async_spans import AsyncBatch, AsyncState
 from worker.engine.canonical import ASYNC_ORDER, THREAD_ORDER, Canonicalizer
 from worker.engine.chunks import Chunker
 from worker.engine.counters import counter_descriptor, counter_rows, counter_uuid
-from worker.engine.inputs import column, int_column, string_column, time_column
+from worker.engine.inputs import check_string_column, column, int_column, string_column, time_column
 from worker.engine.interning import Interner
 from worker.engine.logs import LogBatch, clean_bodies, is_text, log_rows, priorities
 from worker.engine.lookback import Lookback
@@ -249,7 +249,7 @@ class TraceEncoder:
                 # The thread's last ENDs join the last block when that changes no byte (a block of its
                 # own costs as much as thousands of rows).
                 closing = state.close()
-                both = _joined(events, closing, self._base)
+                both = _joined(events, closing, self._base if self._run == track.uuid else self._t0)
                 if both is None:
                     out += self._events(events, track.uuid)
                     events = closing
@@ -747,7 +747,7 @@ def _check_thread_columns(batch: pa.RecordBatch) -> None:
     int_column(batch, "depth", what)
     int_column(batch, "line", what)
     for name in ("name", "target", "filename"):
-        string_column(batch, name, what)
+        check_string_column(batch, name, what)  # (plain strings are encoded once, later)
 
 
 def _check_async_columns(batch: pa.RecordBatch) -> None:
