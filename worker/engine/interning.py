@@ -154,9 +154,9 @@ class _Table:
             indices = indices.fill_null(k)
         # As intp: numpy gathers with int32 indices through its slow general path (~1.6x the time).
         idx = indices.to_numpy(zero_copy_only=False).astype(np.intp, copy=False)
-        if bool(ids[:k].all()) and (ids[k] or not col.null_count):
-            out_known: U64 = ids[idx]  # every value already has an id: no scan for new ones
-            return out_known
+        out_known: U64 = ids[idx]
+        if bool(out_known.all()):
+            return out_known  # every row's value already has an id: no scan for new ones
         used = np.zeros(k + 1, dtype=bool)
         used[idx] = True
         unknown = used & (ids == 0)
