@@ -13,6 +13,9 @@ processor's sources (slice_tracker, track_compressor, flow_tracker, proto_trace_
 - **Nesting** (slice_tracker), per row: an END closes the most recent open slice of the row; an END
   naming another slice is counted as ``misplaced_end_event`` (Perfetto then keeps going, misnested); an
   END with nothing open is ignored (``end_without_begin`` here); a slice never closed has ``dur = -1``.
+  A BEGIN on a row whose stack already holds ``MAX_DEPTH`` (512, ``kMaxDepth``) open slices is dropped
+  and counted as ``slice_max_depth_exceeded`` (slice_tracker.cc ``StartSlice``), with its flows; its END
+  then closes the row's most recent open slice (another one).
 - **Flows** (flow_tracker, v2 ids): each ``flow_ids`` value on an event starts a flow at its slice, or, if
   the id is already pending, links the pending slice to this one and continues from here; each
   ``terminating_flow_ids`` value links the pending slice to this one and closes the id, or is counted as
@@ -34,6 +37,8 @@ from worker.perfetto_pb import pb
 _BEGIN = pb.TrackEvent.TYPE_SLICE_BEGIN
 _END = pb.TrackEvent.TYPE_SLICE_END
 _NONE = 2  # SIBLING_MERGE_BEHAVIOR_NONE
+#: slice_tracker.h ``kMaxDepth``: a slice begun on a stack this deep is dropped.
+MAX_DEPTH = 512
 
 
 @dataclass
@@ -147,6 +152,9 @@ def import_trace(data: bytes) -> Imported:
         row = group.rows[at]
         if te.type == _BEGIN:
             row.open_count += 1
+            if len(row.stack) >= MAX_DEPTH:
+                out.stats["slice_max_depth_exceeded"] += 1
+                continue
             index = len(out.slices)
             parent = row.stack[-1] if row.stack else None
             out.slices.append(Slice((key, at), uuid, ts, None, name, len(row.stack), parent))

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from contracts.request import SpanTypes
 from tests.engine.data import PROCESS, RANGE, THREADS, AsyncEvent, async_batch, split
 from tests.engine.decode import Decoded, Slice, decode
-from tests.engine.perfetto_import import import_trace
+from tests.engine.perfetto_import import MAX_DEPTH, import_trace
 from tests.engine.test_async_spans import GROUP_UUID, run
 from worker.engine import TraceEncoder
 from worker.engine.lanes import NONE, _group_exclusive_max
@@ -76,11 +76,19 @@ def peak(intervals: Sequence[tuple[int, int]]) -> int:
 
 
 def max_depth(want: dict[str, Want]) -> int:
-    def depth(name: str) -> int:
-        parent = want[name].parent
-        return 1 if parent is None else 1 + depth(parent)
-
-    return max((depth(n) for n in want), default=0)
+    """Spans in the longest parent chain (a loop: chains here run deeper than Python's recursion limit)."""
+    depth: dict[str, int] = {}
+    for name in want:
+        chain: list[str] = []
+        at: str | None = name
+        while at is not None and at not in depth:
+            chain.append(at)
+            at = want[at].parent
+        d = 0 if at is None else depth[at]
+        for n in reversed(chain):
+            d += 1
+            depth[n] = d
+    return max(depth.values(), default=0)
 
 
 def check_lanes(decoded: Decoded, want: dict[str, Want]) -> None:
@@ -127,6 +135,7 @@ def check_import(data: bytes, want: dict[str, Want]) -> None:
     one slice, async rows after track merging within peak concurrency + maximum depth, every child under
     its parent on its row or linked from it by a flow."""
     imported = import_trace(data)
+    # (stats include slice_max_depth_exceeded: no row's stack may reach Perfetto's 512)
     assert not imported.stats and imported.dangling_flows == 0, imported.stats
     by_name = {s.name: k for k, s in enumerate(imported.slices)}
     assert len(by_name) == len(imported.slices) == len(want)
@@ -303,3 +312,79 @@ def test_a_parent_id_above_every_span_id_of_the_window_is_no_parent() -> None:
     check_lanes(decoded, model(events))
     orphan = next(s for s in decoded.slices if s.name == "orphan")
     assert orphan.under is None and orphan.parent_span == 9 and not orphan.term_flows
+
+
+def chain(n: int, first: int = 1, parent: int = 0, t: int = RANGE.begin_ns + 10) -> list[AsyncEvent]:
+    """Spans ``first`` .. ``first + n - 1`` from time ``t``, the first a child of ``parent``, each next one
+    beginning after and ending before the one before it (its parent)."""
+    events = []
+    for k in range(n):
+        sid = first + k
+        events.append(AsyncEvent(t + k, "begin", sid, sid - 1 if k else parent, name=f"n{sid}"))
+        events.append(AsyncEvent(t + 10 * n - k, "end", sid, name=f"n{sid}"))
+    return sorted(events, key=lambda e: e.time)
+
+
+def check_depth(data: bytes, want: dict[str, Want]) -> Decoded:
+    """check_lanes and check_import, and no imported slice at depth MAX_DEPTH or more on its row."""
+    decoded = decode(data)
+    check_lanes(decoded, want)
+    check_import(data, want)
+    assert max(s.depth for s in import_trace(data).slices) < MAX_DEPTH
+    return decoded
+
+
+def test_a_chain_deeper_than_perfettos_max_depth_starts_a_lane_every_512_levels() -> None:
+    # Perfetto drops a slice begun on a stack 512 deep (slice_max_depth_exceeded) and its END closes
+    # the wrong slice: a chain of 1,300 nested spans laid on one track lost 788 of them.
+    events = chain(1300)
+    want = model(events)
+    decoded = check_depth(run([async_batch(events)]), want)  # one window: the whole chain placed
+    s = {x.name: x for x in decoded.slices}
+    linked = sorted((x for x in decoded.slices if x.under is None and x.name != "n1"), key=lambda x: x.begin)
+    assert [x.name for x in linked] == ["n513", "n1025"]  # depth 512 and 1024 of the chain
+    for x in linked:
+        parent = s[f"n{int(x.name[1:]) - 1}"]
+        assert x.parent_span == int(parent.name[1:]) and x.term_flows and x.term_flows[0] in parent.flows
+    assert len({x.track for x in decoded.slices}) == 3
+    # Across windows: spans still open at the end of their window are lane roots; the ones placed
+    # below a carried root count their depth from it.
+    for window in (1, 700, 1500, 2000, 2599, 2600):
+        check_depth(run_windowed([async_batch(events)], window), want)
+
+
+def test_a_deep_chain_under_a_parent_carried_from_an_earlier_window_counts_from_its_depth() -> None:
+    # Window 1: the parent's begin and a first (unrelated) deep chain; window 2: a chain of 1,300 under
+    # the parent, carried open across the boundary: the parent's lane holds it at depths 1 .. 511.
+    t = RANGE.begin_ns + 10
+    first = chain(1300, first=2, t=t + 1)
+    under = chain(1300, first=5000, parent=1, t=t + 20_000)
+    events = [AsyncEvent(t, "begin", 1, name="n1"), *first, *under]
+    events.append(AsyncEvent(t + 40_000, "end", 1, name="n1"))
+    want = model(events)
+    decoded = check_depth(run_windowed([async_batch(events)], 1 + len(first)), want)
+    s = {x.name: x for x in decoded.slices}
+    assert s["n5000"].under == "n1" and s["n5510"].track == s["n1"].track  # depth 511
+    assert s["n5511"].under is None and s["n5511"].parent_span == 5510  # depth 512: a lane of its own
+    assert s["n6023"].under is None and s["n6022"].under == "n6021"  # and at 1,024
+
+
+def test_siblings_at_the_max_depth_each_start_a_lane_under_which_their_children_nest() -> None:
+    t = RANGE.begin_ns + 10
+    events = chain(MAX_DEPTH)  # n1 .. n512: depths 0 .. 511 on one track
+    inner = t + MAX_DEPTH  # after the last begin, before the first end
+    for k, sid in enumerate((1001, 1002)):  # two children of n512, one after the other
+        b = inner + 10 * k
+        events += [AsyncEvent(b, "begin", sid, MAX_DEPTH, name=f"n{sid}")]
+        events += [AsyncEvent(b + 1, "begin", sid + 10, sid, name=f"n{sid + 10}")]
+        events += [AsyncEvent(b + 2, "end", sid + 10, name=f"n{sid + 10}")]
+        events += [AsyncEvent(b + 3, "end", sid, name=f"n{sid}")]
+    events.sort(key=lambda e: e.time)
+    want = model(events)
+    for window in (len(events), 1 << 16):
+        decoded = check_depth(run_windowed([async_batch(events)], window), want)
+        s = {x.name: x for x in decoded.slices}
+        assert s["n512"].under == "n511" and s["n512"].track == s["n1"].track
+        for sid in (1001, 1002):
+            assert s[f"n{sid}"].under is None and s[f"n{sid}"].parent_span == MAX_DEPTH
+            assert s[f"n{sid + 10}"].under == f"n{sid}" and s[f"n{sid + 10}"].track == s[f"n{sid}"].track

@@ -3,7 +3,7 @@ shared/reference/perfetto.md (test traces t2b, t6, t7 and the flow tests there, 
 
 from __future__ import annotations
 
-from tests.engine.perfetto_import import import_trace
+from tests.engine.perfetto_import import MAX_DEPTH, import_trace
 from worker.perfetto_pb import pb
 
 B, E = pb.TrackEvent.TYPE_SLICE_BEGIN, pb.TrackEvent.TYPE_SLICE_END
@@ -85,3 +85,15 @@ def test_flows_link_slices_and_need_their_source_first() -> None:
     late += [event(200, E, 7), event(300, E, 8)]
     got = import_trace(trace(late))
     assert got.stats["flow_end_without_start"] == 1 and got.dangling_flows == 1
+
+
+def test_a_slice_begun_on_a_stack_512_deep_is_dropped() -> None:
+    # slice_tracker.cc StartSlice: depth >= kMaxDepth (512) -> slice_max_depth_exceeded, no slice; its
+    # END then closes the slice below it, whose own END finds that slice closed already.
+    for depth, dropped in ((MAX_DEPTH, 0), (MAX_DEPTH + 1, 1)):
+        packets = [track(7)] + [event(i, B, 7) for i in range(depth)]
+        packets += [event(10 * depth - i, E, 7) for i in range(depth)]
+        got = import_trace(trace(packets))
+        assert got.stats["slice_max_depth_exceeded"] == dropped
+        assert len(got.slices) == depth - dropped and max(s.depth for s in got.slices) == MAX_DEPTH - 1
+        assert got.stats["end_without_begin"] == dropped

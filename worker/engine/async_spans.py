@@ -10,11 +10,12 @@ at the end they close at the range end, cut. A cut is marked with the debug anno
 ``trace_worker_cut`` = "begin" (the BEGIN was made up) or "end" (the END was made up). An end earlier
 than its begin is clamped to the begin.
 
-Layout (``lanes.place``): a span that surely nests in its open parent goes on the parent's track; any
-other span is a lane root with a track of its own under the "Async spans" group, linked from its open
-parent by a flow, with its ``parent_span_id`` as a debug annotation. A span's BEGIN is written when it
-closes (so it lists the flows to all its children), in the window where it closes; a flow-linked child
-that begins at its parent's very begin is held and written right after its parent's BEGIN (``_defer``).
+Layout (``lanes.place``): a span that surely nests in its open parent goes on the parent's track, at a
+depth below Perfetto's 512 (``lanes.MAX_DEPTH``); any other span is a lane root with a track of its own
+under the "Async spans" group, linked from its open parent by a flow, with its ``parent_span_id`` as a
+debug annotation. A span's BEGIN is written when it closes (so it lists the flows to all its children),
+in the window where it closes; a flow-linked child that begins at its parent's very begin is held and
+written right after its parent's BEGIN (``_defer``).
 
 Span keys: a counter from 1 over the trace, in the order spans open in the canonical input (the spans
 opened in a window, then its ends without a begin), skipping the process/thread/group uuids: unique per

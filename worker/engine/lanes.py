@@ -6,10 +6,15 @@ events of that batch and the state carried from earlier ones, it is certain to n
 - its parent span is open when it begins, and it begins strictly after the parent began;
 - it closes in this batch, no later than its parent (and its END event comes before the parent's);
 - it begins strictly after every earlier child of the same parent has ended (siblings on one track never
-  touch, so equal timestamps never depend on file order).
+  touch, so equal timestamps never depend on file order);
+- its depth on that track (0 for the lane root) stays below ``MAX_DEPTH`` = 512: Perfetto's trace
+  processor drops a slice begun on a track whose open stack already holds that many slices
+  (``kMaxDepth`` in src/trace_processor/importers/common/slice_tracker.h, stat
+  ``slice_max_depth_exceeded``), and the dropped slice's END then closes the wrong one.
 
 Every other span is a **lane root**: it gets a track of its own (named "async", under the async group),
-and its placed descendants share that track. A root track holds strictly nested slices, so Perfetto
+and its placed descendants share that track (a span that would sit at depth 512 starts a new lane, so a
+nested chain of N spans takes ceil(N / 512) tracks). A root track holds strictly nested slices, so Perfetto
 merges the root tracks (same name, same parent) into as many rows as the peak number of roots open at
 once, which is at most the peak number of spans open at once.
 
@@ -24,13 +29,16 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["NONE", "Openers", "place"]
+__all__ = ["MAX_DEPTH", "NONE", "Openers", "place"]
 
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
 B = npt.NDArray[np.bool_]
 #: "Not in this batch": a close position or an end time beyond every event of the batch.
 NONE = np.iinfo(np.int64).max
+#: Perfetto's most slices open at once on one track (slice_tracker.h ``kMaxDepth``): a BEGIN at this
+#: depth is dropped. A span is placed only at depths below it.
+MAX_DEPTH = 512
 
 
 @dataclass
@@ -140,12 +148,21 @@ def place(o: Openers) -> tuple[B, U64]:
     resolved = ~placed
     pending = np.flatnonzero(placed)
     # Follow parents until each placed span reaches a root (a parent opens before its child): one pass
-    # per level of placed nesting among the spans opened in this batch.
+    # per level of placed nesting among the spans opened in this batch. Pass ``depth`` resolves exactly
+    # the spans ``depth`` placed levels below their root: roots are at depth 0, and carried spans are
+    # all roots (a span is placed only when it closes in the batch it opened in), so no depth is
+    # carried. Every MAX_DEPTH-th level is un-placed: a lane root of its own (track = its key), linked
+    # to its parent by a flow, with its descendants placed below it again from depth 1.
+    depth = 0
     while len(pending):
+        depth += 1
         parents = o.parent[pending]
         ready = resolved[parents]
         done = pending[ready]
-        track[done] = track[parents[ready]]
+        if depth % MAX_DEPTH:
+            track[done] = track[parents[ready]]
+        else:
+            placed[done] = False
         resolved[done] = True
         pending = pending[~ready]
     return placed, track
