@@ -339,7 +339,7 @@ async def _generate(
 
     if span_threads:
         run.report("thread_spans")
-        spans = source.thread_spans(span_threads, time_range)
+        spans = source.thread_spans(span_threads, time_range, process_id=spec.process_id)
         try:
             async for thread, batch in spans:
                 for chunks in await _thread_item(run, thread.stream_id, batch):

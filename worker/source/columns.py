@@ -24,6 +24,7 @@ __all__ = [
     "ASYNC_EVENT_KINDS",
     "PROCESS_KINDS",
     "PROCESS_LIST_KINDS",
+    "PROCESS_SPAN_KINDS",
     "THREAD_KINDS",
     "THREAD_SPAN_KINDS",
     "BatchChecker",
@@ -52,6 +53,7 @@ THREAD_SPAN_KINDS: Mapping[str, Kind] = {
     "line": Kind.INTEGER,
     "depth": Kind.INTEGER,
 }
+PROCESS_SPAN_KINDS: Mapping[str, Kind] = {"stream_id": Kind.STRING, **THREAD_SPAN_KINDS}
 ASYNC_EVENT_KINDS: Mapping[str, Kind] = {
     "stream_id": Kind.STRING,
     "time": Kind.TIME,

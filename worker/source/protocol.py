@@ -32,13 +32,14 @@ class Source(Protocol):
         ...
 
     def thread_spans(
-        self, threads: Sequence[ThreadInfo], time_range: TimeRange
+        self, threads: Sequence[ThreadInfo], time_range: TimeRange, *, process_id: str | None = None
     ) -> AsyncIterator[tuple[ThreadInfo, pa.RecordBatch | None]]:
         """Spans of each thread overlapping the range, thread after thread in the given order.
 
         Each thread's batches come in ascending ``begin`` order and are followed by one
         ``(thread, None)`` item that marks the end of that thread. Later threads are fetched ahead
-        with bounded concurrency and bounded buffers.
+        with bounded concurrency and bounded buffers. With ``process_id`` (the threads' process) a
+        source may read every thread at once when the threads are small (their ``objects``).
         """
         ...
 

@@ -26,6 +26,7 @@ __all__ = [
     "header_time",
     "log_entries_sql",
     "log_entry_count_sql",
+    "process_spans_sql",
     "process_sql",
     "processes_sql",
     "rfc3339",
@@ -119,11 +120,13 @@ def process_sql(process_id: str) -> str:
 
 
 def threads_sql(process_id: str) -> str:
-    """The process's thread streams (tagged 'cpu') with name and id, ordered by stream id."""
+    """The process's thread streams (tagged 'cpu') with name, id and the objects their blocks hold
+    (``nb_objects``, summed: the size of each thread before any span query), ordered by stream id."""
     return (
         "SELECT stream_id, "
         "property_get(\"streams.properties\", 'thread-name') AS thread_name, "
-        "property_get(\"streams.properties\", 'thread-id') AS thread_id "
+        "property_get(\"streams.properties\", 'thread-id') AS thread_id, "
+        "sum(nb_objects) AS nb_objects "
         f"FROM blocks WHERE process_id = {uuid_literal(process_id, 'process_id')} "
         "AND array_has(\"streams.tags\", 'cpu') "
         "GROUP BY stream_id, thread_name, thread_id ORDER BY stream_id"
@@ -159,6 +162,19 @@ def thread_spans_sql(stream_id: str, time_range: TimeRange) -> str:
         f'WHERE "begin" <= {timestamp_literal(time_range.end_ns)} '
         f'AND "end" >= {timestamp_literal(time_range.begin_ns)} '
         'ORDER BY "begin"'
+    )
+
+
+def process_spans_sql(process_id: str, time_range: TimeRange) -> str:
+    """Every thread's spans overlapping the range in one result (Micromegas's ``process_spans`` table
+    function), each row with its ``stream_id``. Upstream sends thread after thread (ordered by stream
+    id), each in ``begin`` order, but declares no order: no ``ORDER BY``, so the server does not
+    sort; the source groups the rows by thread itself."""
+    return (
+        f'SELECT "stream_id", {_columns(THREAD_SPAN_COLUMNS)} '
+        f"FROM process_spans({uuid_literal(process_id, 'process_id')}, 'thread') "
+        f'WHERE "begin" <= {timestamp_literal(time_range.end_ns)} '
+        f'AND "end" >= {timestamp_literal(time_range.begin_ns)}'
     )
 
 
