@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from worker.devserver.lake import Lake, LakeStream
 
-__all__ = ["SPAN_TYPES", "check_span_types", "display_name", "process_spans", "thread_list"]
+__all__ = ["SPAN_TYPES", "check_span_types", "display_name", "process_spans", "thread_list", "with_thread"]
 
 #: The second argument's accepted values.
 SPAN_TYPES = ("thread", "async", "both")
@@ -72,10 +72,21 @@ def thread_list(lake: Lake, process_id: str) -> list[tuple[str, str]]:
     return [(s.stream_id, display_name(s)) for s in sorted(streams, key=lambda s: s.stream_id)]
 
 
+def _lead(rows: int, stream_id: str, thread_name: str) -> list[pa.Array]:
+    zeros = pa.array(np.zeros(rows, dtype=np.int16))
+    return [pa.DictionaryArray.from_arrays(zeros, pa.array([v], pa.utf8())) for v in (stream_id, thread_name)]
+
+
 def _augment(batch: pa.RecordBatch, schema: pa.Schema, stream_id: str, thread_name: str) -> pa.RecordBatch:
-    zeros = pa.array(np.zeros(batch.num_rows, dtype=np.int16))
-    lead = [pa.DictionaryArray.from_arrays(zeros, pa.array([v], pa.utf8())) for v in (stream_id, thread_name)]
-    return pa.RecordBatch.from_arrays(lead + list(batch.columns), schema=schema)
+    return pa.RecordBatch.from_arrays(
+        _lead(batch.num_rows, stream_id, thread_name) + batch.columns, schema=schema
+    )
+
+
+def with_thread(spans: pa.Table, schema: pa.Schema, stream_id: str, thread_name: str) -> pa.Table:
+    """One thread's ``thread_spans`` rows as ``process_spans`` rows (``schema``): the two columns
+    in front (zero-copy for the rest)."""
+    return pa.Table.from_arrays(_lead(spans.num_rows, stream_id, thread_name) + spans.columns, schema=schema)
 
 
 def process_spans(

@@ -178,6 +178,10 @@ class QueryEngine:
         self._empty = {view: _empty_provider(schema) for view, schema in self._schemas.items()}
         self._spans_schema = process_spans_schema(schema_options)
         self._empty["process_spans"] = _empty_provider(self._spans_schema)
+        #: What known shapes may read (process_spans only where the server has it).
+        self._shape_views = dict(self._schemas)
+        if schema_options.process_spans:
+            self._shape_views["process_spans"] = self._spans_schema
 
     def _schema(self, view: str) -> pa.Schema:
         return self._spans_schema if view == "process_spans" else self._schemas[view]
@@ -263,7 +267,7 @@ class QueryEngine:
             ValueError: the statement does not plan (the message says why).
         """
         if self.memory is not None and params is None:
-            shape = parse_shape(sql, self._schemas)
+            shape = parse_shape(sql, self._shape_views)
             if shape is not None:
                 return self._known_shape(sql, shape, headers)
         df, calls, wire = self._probe(sql, headers, params)
@@ -293,18 +297,24 @@ class QueryEngine:
         The first statement of each shape is still planned by DataFusion, for its checks and its
         exact result schema (kept for the next ones)."""
         assert self.memory is not None
-        self._check(shape.view, shape.instance, headers)
+        if shape.view != "process_spans":
+            self._check(shape.view, shape.instance, headers)
+        elif self.strict and headers.range_ns is None:
+            raise ValueError("Failed to query thread spans: query range mandatory for thread spans view")
         key = (shape.key, headers.preserve_dictionary)
         wire = self._shape_schemas.get(key)
         if wire is None:
             wire = self._probe(sql, headers, None)[2]
             self._shape_schemas[key] = wire
-        held = self.memory.held(shape.view, shape.instance)
         with self._count_lock:
             self.known_shapes += 1
-        table = held.cut(shape.bounds.meet(Bounds.header(shape.view, headers.range_ns))).select(
-            list(shape.columns)
-        )
+        if shape.view == "process_spans":
+            table = self._held_process_spans(shape, headers)
+        else:
+            held = self.memory.held(shape.view, shape.instance)
+            table = held.cut(shape.bounds.meet(Bounds.header(shape.view, headers.range_ns))).select(
+                list(shape.columns)
+            )
         limit = _min_limit(shape.limit, headers.limit)
         if limit is not None:
             table = table.slice(0, limit)
@@ -314,6 +324,19 @@ class QueryEngine:
             return PlannedQuery(wire, lambda: iter(ready.to_batches()), True, ready)
         # Strings hydrated batch by batch, so memory stays bounded by one batch.
         return PlannedQuery(wire, lambda: (_conform(b, wire) for b in batches), True)
+
+    def _held_process_spans(self, shape: Shape, headers: RequestHeaders) -> pa.Table:
+        """``process_spans(id, 'thread')`` from memory: each thread's held rows cut as
+        ``thread_spans`` is, thread after thread by stream id, projected."""
+        assert self.memory is not None
+        bounds = shape.bounds.meet(Bounds.header("thread_spans", headers.range_ns))
+        parts = []
+        for stream_id, name in process_spans.thread_list(self.lake, shape.instance):
+            cut = self.memory.held("thread_spans", stream_id).cut(bounds)
+            if cut.num_rows:
+                parts.append(process_spans.with_thread(cut, self._spans_schema, stream_id, name))
+        table = pa.concat_tables(parts) if parts else self._spans_schema.empty_table()
+        return table.select(list(shape.columns))
 
     @staticmethod
     def _sql(ctx: SessionContext, sql: str, params: dict[str, Any] | None) -> Any:
