@@ -91,11 +91,11 @@ async def test_small_process_one_span_query_larger_one_per_thread(redis_server: 
         assert worker.refused == 0  # the worker's count is the server's
         wide_calls, _ = await worker.job(wide.process_id, "wide")
         assert worker.refused == 0
-    assert small_calls == 4  # process, threads, process_spans, async events
-    assert wide_calls == 2 + wide.thread_count + 1  # one query per thread: 67
+    assert small_calls == 3  # process and threads, process_spans, async events
+    assert wide_calls == 1 + wide.thread_count + 1  # one query per thread: 66
     async with _worker(redis_server, lake, flightsql_process_spans_max_objects=0) as worker:
         per_thread_calls, per_thread_sha = await worker.job(small.process_id, "per-thread")
-    assert per_thread_calls == 2 + small.thread_count + 1
+    assert per_thread_calls == 1 + small.thread_count + 1
     assert small_sha == per_thread_sha
 
 
@@ -110,7 +110,7 @@ async def test_server_without_process_spans_is_asked_once(redis_server: RedisSer
         assert worker.refused == 1  # process_spans: refused at planning, no stream opened
         second, second_sha = await worker.job(process.process_id, "second")
         assert worker.refused == 0
-    per_thread = 2 + process.thread_count + 1
+    per_thread = 1 + process.thread_count + 1
     assert first == 1 + per_thread  # refused, then per thread
     assert second == per_thread  # the refusal is remembered
     assert first_sha == second_sha == expected

@@ -16,8 +16,9 @@ from tests.support.devserver import small_lake, start_devserver
 from tests.support.fuzz_flight import scripted_spans_server
 from tests.support.source import open_source
 from worker.devserver import Lake
+from worker.errors import TraceTooLarge
 from worker.model import TimeRange
-from worker.pipeline import TraceSpec, generate_trace
+from worker.pipeline import TraceSpec, generate_trace, resolve_range
 from worker.source import FlightSqlSource
 from worker.source.queries import THREAD_SPAN_COLUMNS
 from worker.source.regroup import by_thread
@@ -50,12 +51,13 @@ async def test_one_query_writes_the_per_thread_trace(lake: Lake, kind: str, span
     process = lake.process_of_kind(kind)
     asyncs = 1 if span_types is SpanTypes.BOTH else 0
     with start_devserver(lake) as server:
+        # The whole life: process and threads in one query, then the spans.
         async with open_source(server.url, process_spans_max_objects=0) as per_thread:
             expected = await _trace(per_thread, process.process_id, span_types)
-            assert dict(per_thread.calls)["DoGet"] == 2 + process.thread_count + asyncs
+            assert dict(per_thread.calls)["DoGet"] == 1 + process.thread_count + asyncs
         async with open_source(server.url, process_spans_max_objects=100_000) as one:
             got = await _trace(one, process.process_id, span_types)
-            assert dict(one.calls)["DoGet"] == 2 + 1 + asyncs
+            assert dict(one.calls)["DoGet"] == 1 + 1 + asyncs
     assert got == expected
 
 
@@ -65,7 +67,7 @@ async def test_threads_over_the_threshold_are_read_one_by_one(lake: Lake) -> Non
         limit = process.thread_span_count - 1
         async with open_source(server.url, process_spans_max_objects=limit) as source:
             await _trace(source, process.process_id, SpanTypes.THREAD)
-            assert dict(source.calls)["DoGet"] == 2 + process.thread_count
+            assert dict(source.calls)["DoGet"] == 1 + process.thread_count
 
 
 def _rows(n: int, base: int) -> pa.RecordBatch:
@@ -92,7 +94,7 @@ async def test_answer_longer_than_announced_is_dropped_for_the_per_thread_path()
             got = await _trace(source, process.process_id, SpanTypes.THREAD)
             calls = dict(source.calls)["DoGet"]
     assert got == expected
-    assert calls == 2 + 1 + process.thread_count
+    assert calls == 1 + 1 + process.thread_count
 
 
 def _thread_batch(stream_ids: list[str], begins: list[int], names: list[str]) -> pa.RecordBatch:
@@ -128,3 +130,39 @@ def test_regroup_of_ordered_rows_is_slices() -> None:
     assert [t.num_rows for t in grouped] == [2, 3]
     assert grouped[1]["name"].cast(pa.utf8()).to_pylist() == ["a1", "a2", "a3"]
     assert grouped[0]["begin"].chunk(0).buffers()[1].address == batch.column(1).buffers()[1].address
+
+
+async def test_process_and_threads_in_one_query_is_both_queries_answer(lake: Lake) -> None:
+    with start_devserver(lake) as server:
+        async with open_source(server.url) as source:
+            for process in lake.processes:
+                folded, threads = await source.process_and_threads(process.process_id)
+                alone = await source.process(process.process_id)
+                whole = resolve_range(TraceSpec(process.process_id, None, None, SpanTypes.BOTH), alone)
+                assert folded == alone
+                assert threads == await source.threads(process.process_id, whole)
+                assert len(threads) == process.thread_count
+
+
+async def test_a_range_given_keeps_the_two_queries(lake: Lake) -> None:
+    process = lake.process_of_kind("small")
+    spec = TraceSpec(process.process_id, process.begin_ns, process.end_ns, SpanTypes.THREAD)
+    with start_devserver(lake) as server:
+        async with open_source(server.url) as source:
+            ranged = b"".join([chunk async for chunk in generate_trace(source, spec)])
+            assert dict(source.calls)["DoGet"] == 2 + 1  # process, threads, process_spans
+            whole = await _trace(source, process.process_id, SpanTypes.THREAD)
+            assert dict(source.calls)["DoGet"] == 3 + 1 + 1
+    assert ranged and whole
+
+
+async def test_more_threads_than_allowed_fail_in_the_combined_query(lake: Lake) -> None:
+    """The combined answer holds the 5 threads (of 6 streams with blocks) and says too many, before any
+    span query. (An answer with more than ``max_threads`` + 64 streams gives way to the thread list
+    query, which says the same: tests/faults/test_hostile_source.py, three million threads.)"""
+    process = lake.process_of_kind("small")
+    with start_devserver(lake) as server:
+        async with open_source(server.url, max_threads=4) as source:
+            with pytest.raises(TraceTooLarge, match="flightsql_max_threads"):
+                await _trace(source, process.process_id, SpanTypes.THREAD)
+            assert dict(source.calls)["DoGet"] == 1

@@ -51,6 +51,8 @@ class _Engine:
     def plan(self, sql: str, headers: Any, params: Any = None) -> PlannedQuery:
         if self._script.threads is not None and "'thread-name'" in sql:
             threads = list(self._script.threads)
+            if " AS cpu" in sql:  # the process query that carries the thread list (whole life)
+                threads = [self._with_process(batch) for batch in threads]
             return PlannedQuery(threads[0].schema, threads.__iter__, True)
         if "process_spans(" in sql and self._script.thread_spans:
             return self._process_spans(sql)
@@ -65,6 +67,22 @@ class _Engine:
                 schema = planned[0].schema if planned else pa.schema([])
                 return PlannedQuery(schema, planned.__iter__, True)
         return self._real.plan(sql, headers, params)  # type: ignore[no-any-return]
+
+    def _with_process(self, threads: pa.RecordBatch) -> pa.RecordBatch:
+        """Scripted thread-list rows as rows of the process query that carries the thread list."""
+        process = self._real.lake.processes[0]
+        n = threads.num_rows
+        ts = pa.timestamp("ns", tz="+00:00")
+        extra = {
+            "process_id": pa.array([process.process_id] * n, pa.utf8()),
+            "exe": pa.array([process.exe] * n, pa.utf8()),
+            "first_time": pa.array([process.begin_ns] * n, pa.int64()).cast(ts),
+            "last_time": pa.array([process.end_ns] * n, pa.int64()).cast(ts),
+            "cpu": pa.array([True] * n, pa.bool_()),
+        }
+        return pa.RecordBatch.from_arrays(
+            [*extra.values(), *threads.columns], names=[*extra, *threads.schema.names]
+        )
 
     def _process_spans(self, sql: str) -> PlannedQuery:
         streams = sorted(

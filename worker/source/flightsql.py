@@ -48,6 +48,7 @@ from worker.source.columns import (
     PROCESS_KINDS,
     PROCESS_LIST_KINDS,
     PROCESS_SPAN_KINDS,
+    PROCESS_STREAM_KINDS,
     THREAD_KINDS,
     THREAD_SPAN_KINDS,
     BatchChecker,
@@ -77,6 +78,9 @@ _MAX_IDLE = 64
 #: Small results (process, thread list) at most this long become rows on the event loop; longer ones
 #: in a worker thread.
 _INLINE_ROWS = 256
+#: Streams of a process that are not threads (log, metrics, ...) read beyond ``max_threads`` in the
+#: combined process and thread list query before it gives way to the two queries.
+_OTHER_STREAMS = 64
 #: A ``process_spans`` answer is regrouped on the event loop up to this many rows (a few ms at most).
 _INLINE_REGROUP_ROWS = 65_536
 #: A ``process_spans`` answer longer than this many times the object count it was chosen for is
@@ -341,6 +345,30 @@ def _count(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
+def _process_info(row: Mapping[str, Any]) -> ProcessInfo:
+    return ProcessInfo(
+        process_id=_text(row["process_id"]),
+        exe=_text(row["exe"]),
+        username=_text(row.get("username")),
+        realname=_text(row.get("realname")),
+        computer=_text(row.get("computer")),
+        distro=_text(row.get("distro")),
+        cpu_brand=_text(row.get("cpu_brand")),
+        start_time_ns=_ns(row.get("start_time")),
+        first_time_ns=_ns(row["first_time"]),
+        last_time_ns=_ns(row["last_time"]),
+    )
+
+
+def _thread_info(row: Mapping[str, Any]) -> ThreadInfo:
+    return ThreadInfo(
+        stream_id=_text(row["stream_id"]),
+        thread_name=_text(row["thread_name"]),
+        thread_id=_text(row["thread_id"]),
+        objects=_count(row.get("nb_objects")),
+    )
+
+
 def _text(value: Any) -> str:
     if value is None:
         return ""
@@ -501,19 +529,35 @@ class FlightSqlSource:
         rows = await self._rows(sql, {}, "process query", PROCESS_KINDS, limit=1)
         if not rows:
             raise ProcessNotFound(f"no process {process_id.lower()} in the Flight SQL service")
-        row = rows[0]
-        return ProcessInfo(
-            process_id=_text(row["process_id"]),
-            exe=_text(row["exe"]),
-            username=_text(row.get("username")),
-            realname=_text(row.get("realname")),
-            computer=_text(row.get("computer")),
-            distro=_text(row.get("distro")),
-            cpu_brand=_text(row.get("cpu_brand")),
-            start_time_ns=_ns(row.get("start_time")),
-            first_time_ns=_ns(row["first_time"]),
-            last_time_ns=_ns(row["last_time"]),
-        )
+        return _process_info(rows[0])
+
+    async def process_and_threads(self, process_id: str) -> tuple[ProcessInfo, list[ThreadInfo] | None]:
+        """The process, and in the same query its threads for a trace of its whole life (what
+        :meth:`threads` gives for that range); threads None when the process has more streams than
+        ``max_threads`` plus a few others: ask :meth:`threads` then (it enforces the limit).
+
+        Raises:
+            InvalidRequest, ProcessNotFound: as :meth:`process`.
+            TraceTooLarge: more than ``max_threads`` threads.
+        """
+        sql = queries.process_streams_sql(process_id)
+        most = self._config.max_threads + _OTHER_STREAMS
+        rows = await self._rows(sql, {}, "process query", PROCESS_STREAM_KINDS, limit=most + 1)
+        if not rows:
+            raise ProcessNotFound(f"no process {process_id.lower()} in the Flight SQL service")
+        firsts = [t for t in (_ns(row["first_time"]) for row in rows) if t is not None]
+        lasts = [t for t in (_ns(row["last_time"]) for row in rows) if t is not None]
+        whole = {"first_time": min(firsts, default=None), "last_time": max(lasts, default=None)}
+        process = _process_info({**rows[0], **whole})
+        if len(rows) > most:
+            return process, None
+        threads = [_thread_info(row) for row in rows if row["cpu"] is True]
+        limit = self._config.max_threads
+        if len(threads) > limit:
+            raise TraceTooLarge(
+                f"the process has more than {limit} threads in the range (flightsql_max_threads)"
+            )
+        return process, threads
 
     async def threads(self, process_id: str, time_range: TimeRange) -> list[ThreadInfo]:
         sql = queries.threads_sql(process_id)
@@ -522,15 +566,7 @@ class FlightSqlSource:
             sql, _range_headers(time_range), "thread list query", THREAD_KINDS, limit=limit,
             too_many=f"the process has more than {limit} threads in the range (flightsql_max_threads)",
         )  # fmt: skip
-        return [
-            ThreadInfo(
-                stream_id=_text(row["stream_id"]),
-                thread_name=_text(row["thread_name"]),
-                thread_id=_text(row["thread_id"]),
-                objects=_count(row.get("nb_objects")),
-            )
-            for row in rows
-        ]
+        return [_thread_info(row) for row in rows]
 
     def _one_query_limit(self, threads: Sequence[ThreadInfo]) -> int | None:
         """The object count that makes ``threads`` one ``process_spans`` query, or None (per thread)."""

@@ -27,6 +27,15 @@ class Source(Protocol):
         """
         ...
 
+    async def process_and_threads(self, process_id: str) -> tuple[ProcessInfo, list[ThreadInfo] | None]:
+        """The process and its threads for a trace of its whole life, in one round trip where the
+        source can; threads None when they must be asked with :meth:`threads`.
+
+        Raises:
+            As :meth:`process`; TraceTooLarge: more threads than the source allows.
+        """
+        ...
+
     async def threads(self, process_id: str, time_range: TimeRange) -> list[ThreadInfo]:
         """The process's threads (streams tagged 'cpu'), ordered by stream id."""
         ...

@@ -28,6 +28,7 @@ __all__ = [
     "log_entry_count_sql",
     "process_spans_sql",
     "process_sql",
+    "process_streams_sql",
     "processes_sql",
     "rfc3339",
     "search_literal",
@@ -116,6 +117,31 @@ def process_sql(process_id: str) -> str:
         f"FROM blocks WHERE process_id = {uuid_literal(process_id, 'process_id')} "
         'GROUP BY process_id, "processes.exe", "processes.username", "processes.realname", '
         '"processes.computer", "processes.distro", "processes.cpu_brand", "processes.start_time"'
+    )
+
+
+def process_streams_sql(process_id: str) -> str:
+    """The process query and the thread list in one: one row per stream of the process, with the
+    process's columns, the stream's first/last block times, whether it is a thread (tagged 'cpu'),
+    its thread name and id and its objects (``nb_objects``, summed), ordered by stream id.
+
+    Without range headers, as the process query: it stands for the thread list of a trace of the
+    process's whole life, whose range keeps every block (a block begins before the last block ends
+    and is inserted after the first begins), so the same threads come back."""
+    return (
+        'SELECT process_id, stream_id, "processes.exe" AS exe, "processes.username" AS username, '
+        '"processes.realname" AS realname, "processes.computer" AS computer, '
+        '"processes.distro" AS distro, "processes.cpu_brand" AS cpu_brand, '
+        '"processes.start_time" AS start_time, '
+        "min(begin_time) AS first_time, max(end_time) AS last_time, "
+        "array_has(\"streams.tags\", 'cpu') AS cpu, "
+        "property_get(\"streams.properties\", 'thread-name') AS thread_name, "
+        "property_get(\"streams.properties\", 'thread-id') AS thread_id, "
+        "sum(nb_objects) AS nb_objects "
+        f"FROM blocks WHERE process_id = {uuid_literal(process_id, 'process_id')} "
+        'GROUP BY process_id, stream_id, "processes.exe", "processes.username", "processes.realname", '
+        '"processes.computer", "processes.distro", "processes.cpu_brand", "processes.start_time", '
+        "cpu, thread_name, thread_id ORDER BY stream_id"
     )
 
 
