@@ -54,7 +54,7 @@ class _Engine:
             if " AS cpu" in sql:  # the process query that carries the thread list (whole life)
                 threads = [self._with_process(batch) for batch in threads]
             return PlannedQuery(threads[0].schema, threads.__iter__, True)
-        if "process_spans(" in sql and self._script.thread_spans:
+        if "process_spans(" in sql:
             return self._process_spans(sql)
         for view, batches in (
             ("thread_spans", self._script.thread_spans),
