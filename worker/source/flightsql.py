@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import threading
 from collections import Counter
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -389,6 +389,8 @@ class FlightSqlSource:
         self._pool = _Pool(config, self._calls)
         #: Whether the server has ``process_spans``: None until it refuses it.
         self._has_process_spans: bool | None = None
+        #: Whether the thread list asks for ``nb_objects`` (False once the server refused it).
+        self._sizes = True
         # Blocking reads get threads of their own, so that many concurrent fetches (several jobs
         # x `concurrency`) never queue behind each other in asyncio's small default executor.
         self._executor = ThreadPoolExecutor(
@@ -540,9 +542,11 @@ class FlightSqlSource:
             InvalidRequest, ProcessNotFound: as :meth:`process`.
             TraceTooLarge: more than ``max_threads`` threads.
         """
-        sql = queries.process_streams_sql(process_id)
         most = self._config.max_threads + _OTHER_STREAMS
-        rows = await self._rows(sql, {}, "process query", PROCESS_STREAM_KINDS, limit=most + 1)
+        rows = await self._sized(
+            lambda sizes: queries.process_streams_sql(process_id, sizes=sizes),
+            {}, "process query", PROCESS_STREAM_KINDS, limit=most + 1,
+        )  # fmt: skip
         if not rows:
             raise ProcessNotFound(f"no process {process_id.lower()} in the Flight SQL service")
         firsts = [t for t in (_ns(row["first_time"]) for row in rows) if t is not None]
@@ -560,13 +564,33 @@ class FlightSqlSource:
         return process, threads
 
     async def threads(self, process_id: str, time_range: TimeRange) -> list[ThreadInfo]:
-        sql = queries.threads_sql(process_id)
         limit = self._config.max_threads
-        rows = await self._rows(
-            sql, _range_headers(time_range), "thread list query", THREAD_KINDS, limit=limit,
+        rows = await self._sized(
+            lambda sizes: queries.threads_sql(process_id, sizes=sizes),
+            _range_headers(time_range), "thread list query", THREAD_KINDS, limit=limit,
             too_many=f"the process has more than {limit} threads in the range (flightsql_max_threads)",
         )  # fmt: skip
         return [_thread_info(row) for row in rows]
+
+    async def _sized(
+        self,
+        sql: Callable[[bool], str],
+        headers: Mapping[str, str],
+        what: str,
+        kinds: Mapping[str, Kind],
+        **limits: Any,
+    ) -> list[dict[str, Any]]:
+        """Rows of a thread list query, with the threads' ``nb_objects`` while the server has it: a
+        refusal naming it sends the query again without (and later ones), so the threads have no
+        size and are read one by one, as before sizes were asked."""
+        if self._sizes:
+            try:
+                return await self._rows(sql(True), headers, what, kinds, **limits)
+            except QueryRejected as exc:
+                if "nb_objects" not in str(exc):
+                    raise
+                self._sizes = False
+        return await self._rows(sql(False), headers, what, kinds, **limits)
 
     def _one_query_limit(self, threads: Sequence[ThreadInfo]) -> int | None:
         """The object count that makes ``threads`` one ``process_spans`` query, or None (per thread)."""

@@ -120,10 +120,14 @@ def process_sql(process_id: str) -> str:
     )
 
 
-def process_streams_sql(process_id: str) -> str:
+#: The per-thread size the thread list carries (dropped for a server whose ``blocks`` lacks it).
+_SIZES = ", sum(nb_objects) AS nb_objects"
+
+
+def process_streams_sql(process_id: str, *, sizes: bool = True) -> str:
     """The process query and the thread list in one: one row per stream of the process, with the
     process's columns, the stream's first/last block times, whether it is a thread (tagged 'cpu'),
-    its thread name and id and its objects (``nb_objects``, summed), ordered by stream id.
+    its thread name and id and (``sizes``) its objects (``nb_objects``, summed), ordered by stream id.
 
     Without range headers, as the process query: it stands for the thread list of a trace of the
     process's whole life, whose range keeps every block (a block begins before the last block ends
@@ -136,8 +140,8 @@ def process_streams_sql(process_id: str) -> str:
         "min(begin_time) AS first_time, max(end_time) AS last_time, "
         "array_has(\"streams.tags\", 'cpu') AS cpu, "
         "property_get(\"streams.properties\", 'thread-name') AS thread_name, "
-        "property_get(\"streams.properties\", 'thread-id') AS thread_id, "
-        "sum(nb_objects) AS nb_objects "
+        "property_get(\"streams.properties\", 'thread-id') AS thread_id"
+        f"{_SIZES if sizes else ''} "
         f"FROM blocks WHERE process_id = {uuid_literal(process_id, 'process_id')} "
         'GROUP BY process_id, stream_id, "processes.exe", "processes.username", "processes.realname", '
         '"processes.computer", "processes.distro", "processes.cpu_brand", "processes.start_time", '
@@ -145,14 +149,15 @@ def process_streams_sql(process_id: str) -> str:
     )
 
 
-def threads_sql(process_id: str) -> str:
-    """The process's thread streams (tagged 'cpu') with name, id and the objects their blocks hold
-    (``nb_objects``, summed: the size of each thread before any span query), ordered by stream id."""
+def threads_sql(process_id: str, *, sizes: bool = True) -> str:
+    """The process's thread streams (tagged 'cpu') with name, id and (``sizes``) the objects their
+    blocks hold (``nb_objects``, summed: the size of each thread before any span query), ordered by
+    stream id."""
     return (
         "SELECT stream_id, "
         "property_get(\"streams.properties\", 'thread-name') AS thread_name, "
-        "property_get(\"streams.properties\", 'thread-id') AS thread_id, "
-        "sum(nb_objects) AS nb_objects "
+        "property_get(\"streams.properties\", 'thread-id') AS thread_id"
+        f"{_SIZES if sizes else ''} "
         f"FROM blocks WHERE process_id = {uuid_literal(process_id, 'process_id')} "
         "AND array_has(\"streams.tags\", 'cpu') "
         "GROUP BY stream_id, thread_name, thread_id ORDER BY stream_id"
