@@ -76,6 +76,9 @@ _MAX_SEQ = 2**64 - 1
 
 #: How redis-py's cluster client says that no node answers, or that its slot map has holes.
 _CLUSTER_UNREACHABLE = ("Redis Cluster cannot be connected", "All slots are not covered")
+#: redis-py's cluster client reached the node, and it answered that it is a plain server: a
+#: configuration error, not a lost connection (redis/asyncio/cluster.py).
+_NOT_A_CLUSTER = "Cluster mode is not enabled on this node"
 
 
 def unreachable(exc: BaseException) -> bool:
@@ -83,7 +86,12 @@ def unreachable(exc: BaseException) -> bool:
     that reaches no node)."""
     if isinstance(exc, UNREACHABLE):
         return True
-    return isinstance(exc, RedisClusterException) and str(exc).startswith(_CLUSTER_UNREACHABLE)
+    text = str(exc)
+    return (
+        isinstance(exc, RedisClusterException)
+        and text.startswith(_CLUSTER_UNREACHABLE)
+        and _NOT_A_CLUSTER not in text
+    )
 
 
 @contextlib.asynccontextmanager
@@ -94,6 +102,10 @@ async def redis_errors(what: str) -> AsyncIterator[None]:
     except (RedisError, RedisClusterException, OSError) as exc:
         if unreachable(exc):
             raise ConnectionLost(f"{what}: cannot reach Redis: {exc}") from exc
+        if _NOT_A_CLUSTER in str(exc):
+            raise ClientError(
+                f"{what}: not a Redis Cluster node (cluster mode is off there; connect without cluster)"
+            ) from exc
         raise ClientError(f"{what}: {exc}") from exc
 
 

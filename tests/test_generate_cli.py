@@ -35,7 +35,18 @@ def test_parse_time(text: str, ns: int) -> None:
     assert parse_time(text) == ns
 
 
-@pytest.mark.parametrize("text", ["2026-11-01T00:00:00", "yesterday", "2026-13-01T00:00:00Z", ""])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-11-01T00:00:00",
+        "yesterday",
+        "2026-13-01T00:00:00Z",
+        "",
+        "-5",
+        "1969-12-31T23:59:59Z",
+        "253402300800000000000",
+    ],
+)
 def test_parse_time_rejects(text: str) -> None:
     with pytest.raises(UsageError):
         parse_time(text)

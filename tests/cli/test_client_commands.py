@@ -282,6 +282,17 @@ async def test_cancel(redis_server: RedisServer, scripted: ScriptedWorker, tmp_p
     no_traceback(again)
 
 
+async def test_cancel_wait_bounds_the_wait_for_an_answer(
+    redis_server: RedisServer, scripted: ScriptedWorker, tmp_path: Path
+) -> None:
+    # The job runs but no worker reads the cancels stream: --wait 1 is the whole budget.
+    await scripted.status("cw", JobState.RUNNING, 1)
+    result = await cli("cancel", "cw", "--wait", "1", cwd=tmp_path, redis_url=redis_server.url)
+    assert result.code == 5, result.err
+    assert "no worker answered within 1 s" in result.err
+    no_traceback(result)
+
+
 async def test_jobs(redis_server: RedisServer, scripted: ScriptedWorker, tmp_path: Path) -> None:
     empty = await cli("jobs", cwd=tmp_path, redis_url=redis_server.url)
     assert (empty.code, empty.out.strip()) == (0, "no jobs yet")

@@ -8,7 +8,10 @@ import itertools
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from contracts import Keys
+from contracts.client import ClientError, ConnectionLost, TraceClient
 from tests.cluster.test_cluster_cli import cli
 from tests.support.redis_cluster import RedisCluster
 from tests.support.redis_server import RedisServer
@@ -95,3 +98,16 @@ async def test_a_bad_cluster_url_is_named_once(tmp_path: Path) -> None:
     assert result.code == 2, result
     assert result.err.startswith("trace-worker status: bad Redis URL redis://127.0.0.1:1/3: "), result
     assert result.err.count("bad Redis URL") == 1 and result.err.count("/3") == 1, result
+
+
+async def test_library_client_in_cluster_mode_against_a_standalone_redis_is_a_client_error(
+    redis_server: RedisServer,
+) -> None:
+    # Not ConnectionLost: retrying cannot help, the node answered that it is not a cluster node.
+    client = TraceClient(redis_server.url, cluster=True)
+    try:
+        with pytest.raises(ClientError, match="not a Redis Cluster node") as raised:
+            await client.ping()
+        assert not isinstance(raised.value, ConnectionLost)
+    finally:
+        await client.aclose()

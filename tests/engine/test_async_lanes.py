@@ -286,3 +286,20 @@ def test_group_exclusive_max_narrow_and_wide_values(rows: list[tuple[int, int, i
                 if group[j] == group[i] and (order_key[j], j) < (order_key[i], i)
             ]
             assert result[i] == max(earlier, default=-1)
+
+
+def test_a_parent_id_above_every_span_id_of_the_window_is_no_parent() -> None:
+    # The parent search looked one past the last opener when the parent id sorted after them all
+    # (found by the long source fuzz: an IndexError instead of a trace).
+    t = RANGE.begin_ns
+    events = [
+        AsyncEvent(t, "begin", 1, name="a"),
+        AsyncEvent(t + 1, "begin", 2, 9, name="orphan"),  # no span 9 anywhere
+        AsyncEvent(t + 2, "end", 2, name="orphan"),
+        AsyncEvent(t + 3, "end", 1, name="a"),
+    ]
+    data = run([async_batch(events)])
+    decoded = decode(data)
+    check_lanes(decoded, model(events))
+    orphan = next(s for s in decoded.slices if s.name == "orphan")
+    assert orphan.under is None and orphan.parent_span == 9 and not orphan.term_flows

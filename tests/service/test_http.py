@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from jsonschema import Draft202012Validator
+from prometheus_client import generate_latest
 from redis.asyncio import Redis
 
 from contracts import Keys, TraceRequest
@@ -22,6 +23,7 @@ from worker.errors import SourceUnavailable
 from worker.service.app import Service
 from worker.service.generator import PipelineGenerator
 from worker.service.health import MAX_LINE, PROBE_TIMEOUT_S
+from worker.service.metrics import Metrics
 from worker.sinks.blob.memory import MemoryBlobStore
 
 KEYS = Keys("t")
@@ -250,3 +252,13 @@ async def test_metrics_count_flightsql_calls(redis_server: RedisServer) -> None:
     assert opened > 0
     assert f'trace_worker_flightsql_calls_total{{call="DoGet"}} {float(opened)}' in text
     assert 'trace_worker_flightsql_calls_total{call="GetFlightInfo"} 1.0' in text  # then tickets learnt
+
+
+def test_flightsql_call_series_exist_before_the_first_call() -> None:
+    """With direct tickets on, GetFlightInfo is never called: its series still reads 0."""
+    metrics = Metrics()
+    metrics.watch_source_calls(lambda: {"DoGet": 3})
+    text = generate_latest(metrics.registry).decode()
+    assert 'trace_worker_flightsql_calls_total{call="DoGet"} 3.0' in text
+    assert 'trace_worker_flightsql_calls_total{call="GetFlightInfo"} 0.0' in text
+    assert 'trace_worker_flightsql_calls_total{call="connect"} 0.0' in text

@@ -4,7 +4,8 @@ Adds an entry on ``<prefix>:cancels`` (docs/PROTOCOL.md §5) and prints the work
 ``--request-id`` only that request leaves the job (it goes on while other requests want it). A job
 whose requests still wait for a worker is cancelled when a worker picks them up (answer
 ``pending``). A job that already ended or is unknown is reported (exit status 1) and nothing is
-left behind. With ``--wait`` the command returns once the job has ended.
+left behind. With ``--wait S`` the command returns once the job has ended, or after S seconds in
+all (exit status 5). No answer from a worker within 10 s (or S) is exit status 5 too.
 """
 
 from __future__ import annotations
@@ -54,14 +55,18 @@ def run(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
                 return 1
-            answer = await job.cancel(timeout=ANSWER_TIMEOUT_S)
+            # --wait bounds the whole command, the worker's answer included.
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            answer_timeout = ANSWER_TIMEOUT_S if args.wait is None else min(ANSWER_TIMEOUT_S, args.wait)
+            answer = await job.cancel(timeout=answer_timeout)
             if answer is None:
                 print(
-                    f"trace-worker cancel: no worker answered within {ANSWER_TIMEOUT_S:g} s "
+                    f"trace-worker cancel: no worker answered within {answer_timeout:g} s "
                     f"(is a worker running with prefix {client.keys.prefix!r}?)",
                     file=sys.stderr,
                 )
-                return 1
+                return EXIT_TIMEOUT
             if answer.outcome in (CancelOutcome.NOT_FOUND, CancelOutcome.ALREADY_ENDED):
                 print(f"trace-worker cancel: job {args.job_id}: {answer.detail}", file=sys.stderr)
                 return 1
@@ -71,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
             )
             if args.wait is None or not ends_job:
                 return 0
-            final = await _until_ended(client, args.job_id, args.wait)
+            final = await _until_ended(client, args.job_id, max(0.0, args.wait - (loop.time() - started)))
             if final is None:
                 print(
                     f"trace-worker cancel: job {args.job_id} has not ended after {args.wait:g} s",

@@ -33,15 +33,26 @@ from worker.source import FlightSqlConfig, FlightSqlSource
 
 __all__ = ["parse_time", "register"]
 
+#: The first nanosecond of year 10000 UTC: later times have no RFC 3339 form.
+_MAX_NS = 253_402_300_800 * 1_000_000_000
+
 _FRACTION = re.compile(r"^(?P<head>[^.]*T\d\d:\d\d:\d\d)(?:\.(?P<frac>\d{1,9}))?(?P<tail>.*)$")
 
 
 def parse_time(text: str) -> int:
-    """An RFC 3339 time with an offset (up to nanoseconds), or integer epoch nanoseconds.
+    """An RFC 3339 time with an offset (up to nanoseconds), or integer epoch nanoseconds, from
+    1970-01-01 to the end of year 9999 UTC (telemetry is never older; later has no RFC 3339 form).
 
     Raises:
         UsageError: anything else.
     """
+    ns = _parse_time(text)
+    if not 0 <= ns < _MAX_NS:
+        raise UsageError(f"time out of range (1970-01-01 to 9999-12-31 UTC): {text!r}")
+    return ns
+
+
+def _parse_time(text: str) -> int:
     stripped = text.strip()
     if re.fullmatch(r"-?\d+", stripped):
         return int(stripped)

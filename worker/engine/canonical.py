@@ -97,52 +97,61 @@ def _at(
     chunks: list[pa.Array], rows: npt.NDArray[np.int64]
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
     """Values (int64, nulls as 0) and validity of the integer chunks at positions ``rows`` (ascending)
-    of their concatenation, read from zero-copy views, chunk by chunk."""
+    of their concatenation, read from zero-copy views, chunk by chunk (the rows of a chunk are one
+    slice of ``rows``)."""
     bounds = np.cumsum([0, *(len(c) for c in chunks)])
-    chunk_of = np.searchsorted(bounds, rows, side="right") - 1
+    cuts = np.searchsorted(rows, bounds).tolist()
     value = np.zeros(len(rows), dtype=np.int64)
     valid = np.ones(len(rows), dtype=bool)
-    for c in np.unique(chunk_of).tolist():
-        sel = chunk_of == c
-        local = rows[sel] - bounds[c]
-        chunk = chunks[c]
+    for c, chunk in enumerate(chunks):
+        lo, hi = cuts[c], cuts[c + 1]
+        if lo == hi:
+            continue
+        local = rows[lo:hi] - bounds[c]
+        filled = chunk
         if chunk.null_count:
-            valid[sel] = chunk.is_valid().to_numpy(zero_copy_only=False)[local]
-            chunk = chunk.fill_null(0)
-        value[sel] = chunk.to_numpy()[local]
+            valid[lo:hi] = chunk.is_valid().to_numpy(zero_copy_only=False)[local]
+            filled = chunk.fill_null(0)
+        value[lo:hi] = filled.to_numpy()[local]
     return value, valid
 
 
 def _codes(
-    col: pa.ChunkedArray, rows: npt.NDArray[np.int64], *, fold: bool
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]] | None:
-    """Rows ``rows`` (ascending) of a column as int64 values that order them as the sort does, and
-    their validity: integers as they are; a dictionary shared by every chunk as the dense rank of
-    each row's (lower-cased) value. None for other columns."""
+    col: pa.ChunkedArray, rows: Sequence[npt.NDArray[np.int64]], *, fold: bool
+) -> list[tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]] | None:
+    """For each array of row positions (each ascending), the column's values there as int64 that
+    order them as the sort does, and their validity: integers as they are; a dictionary shared by
+    every chunk as the dense rank of each row's (lower-cased) value. None for other columns."""
     if pa.types.is_integer(col.type):
-        return _at(col.chunks, rows)
+        return [_at(col.chunks, r) for r in rows]
     if not pa.types.is_dictionary(col.type) or not col.num_chunks:
         return None
     dictionary = col.chunk(0).dictionary
     if any(c.dictionary is not dictionary and not c.dictionary.equals(dictionary) for c in col.chunks[1:]):
         return None
     if len(dictionary) == 0:
-        return np.zeros(len(rows), dtype=np.int64), np.zeros(len(rows), dtype=bool)
+        return [(np.zeros(len(r), dtype=np.int64), np.zeros(len(r), dtype=bool)) for r in rows]
     values = pc.utf8_lower(dictionary) if fold else dictionary
     rank = pc.rank(values, sort_keys="ascending", tiebreaker="dense").to_numpy().astype(np.int64)
     value_ok = values.is_valid().to_numpy(zero_copy_only=False)
-    idx, valid = _at([c.indices for c in col.chunks], rows)
-    return rank[idx], valid & value_ok[idx]
+    out = []
+    for r in rows:
+        idx, valid = _at([c.indices for c in col.chunks], r)
+        out.append((rank[idx], valid & value_ok[idx]))
+    return out
 
 
 def _rows(col: pa.ChunkedArray, idx: npt.NDArray[np.int64]) -> pa.Array:
-    """Rows ``idx`` (ascending) of a column, dictionaries decoded. Taken chunk by chunk: a take from
-    the chunked column would first concatenate all of it."""
+    """Rows ``idx`` (ascending) of a column, dictionaries decoded. Taken chunk by chunk (one slice of
+    ``idx`` each): a take from the chunked column would first concatenate all of it."""
     bounds = np.cumsum([0, *(len(c) for c in col.chunks)])
-    chunk_of = np.searchsorted(bounds, idx, side="right") - 1
+    cuts = np.searchsorted(idx, bounds).tolist()
     parts = []
-    for c in np.unique(chunk_of).tolist():
-        part = col.chunk(c).take(pa.array(idx[chunk_of == c] - bounds[c]))
+    for c, chunk in enumerate(col.chunks):
+        lo, hi = cuts[c], cuts[c + 1]
+        if lo == hi:
+            continue
+        part = chunk.take(pa.array(idx[lo:hi] - bounds[c]))
         parts.append(part.cast(pa.string()) if pa.types.is_dictionary(part.type) else part)
     return pa.concat_arrays(parts) if parts else pa.array([], col.type)
 
@@ -212,15 +221,16 @@ class Canonicalizer:
         n = table.num_rows
         key = self._key(table)
         same = key[1:] == key[:-1]  # row i + 1 ties with row i
-        starts = np.flatnonzero(np.concatenate(([True], ~same)))
+        change = ~same  # row i + 1 starts a run
+        last = len(change) - int(np.argmax(change[::-1])) if change.any() else 0  # the last run's start
         # Rows up to `safe` belong to complete runs; the last run may continue in the next batch.
-        safe = n if final or n - int(starts[-1]) > self._max_run else int(starts[-1])
+        safe = n if final or n - last > self._max_run else last
         take = safe if final else safe - safe % self._rows
         if take == 0:
             self._pending = table.to_batches()
             return []
         pairs = np.flatnonzero(same[: max(safe - 1, 0)])
-        ordered = self._sort_ties(table.slice(0, safe), starts[starts < safe], safe, pairs)
+        ordered = self._sort_ties(table.slice(0, safe), change[: max(safe - 1, 0)], safe, pairs)
         out = [_one_batch(ordered.slice(lo, self._rows)) for lo in range(0, take, self._rows)]
         # What stays: the sorted rows not handed on, then the run that may continue.
         rest = [*ordered.slice(take).to_batches(), *table.slice(safe).to_batches()]
@@ -246,13 +256,10 @@ class Canonicalizer:
             col = table.column(name)
             if pa.types.is_null(col.type):
                 continue  # all null: every pair ties here
-            rows = np.union1d(pairs, pairs + 1)
-            codes = _codes(col, rows, fold=name in self._fold)
+            codes = _codes(col, (pairs, pairs + 1), fold=name in self._fold)
             if codes is not None:  # integers, or one shared dictionary: compared in numpy
-                value, valid = codes
-                at = np.searchsorted(rows, pairs)
-                a_ok, b_ok = valid[at], valid[at + 1]
-                less, more = value[at] < value[at + 1], value[at] > value[at + 1]
+                (a_value, a_ok), (b_value, b_ok) = codes
+                less, more = a_value < b_value, a_value > b_value
                 both = a_ok & b_ok
             else:
                 a, b = _rows(col, pairs), _rows(col, pairs + 1)
@@ -277,12 +284,13 @@ class Canonicalizer:
         return True
 
     def _sort_ties(
-        self, table: pa.Table, starts: npt.NDArray[np.int64], n: int, pairs: npt.NDArray[np.int64]
+        self, table: pa.Table, change: npt.NDArray[np.bool_], n: int, pairs: npt.NDArray[np.int64]
     ) -> pa.Table:
-        """``table`` with each run of equal keys sorted by the tie-break columns (``pairs``: the rows
-        i tied with row i + 1)."""
+        """``table`` with each run of equal keys sorted by the tie-break columns (``change``: row
+        i + 1 starts a run; ``pairs``: the rows i tied with row i + 1)."""
         if not len(pairs) or self._ties_in_order(table, pairs):
             return table  # no ties, or all of them in order already
+        starts = np.flatnonzero(np.concatenate(([True], change)))
         lengths = np.diff(np.append(starts, n))
         tied_runs = lengths > 1
         run_of = np.repeat(np.arange(len(starts), dtype=np.int64), lengths)

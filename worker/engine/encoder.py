@@ -22,7 +22,7 @@ from worker.engine.async_spans import AsyncBatch, AsyncState
 from worker.engine.canonical import ASYNC_ORDER, THREAD_ORDER, Canonicalizer
 from worker.engine.chunks import Chunker
 from worker.engine.counters import counter_descriptor, counter_rows, counter_uuid
-from worker.engine.inputs import column, int_column, string_column, time_column
+from worker.engine.inputs import check_string_column, column, int_column, string_column, time_column
 from worker.engine.interning import Interner
 from worker.engine.logs import LogBatch, clean_bodies, is_text, log_rows, priorities
 from worker.engine.lookback import Lookback
@@ -44,6 +44,7 @@ from worker.engine.tracks import (
     thread_tracks,
     xxh64,
 )
+from worker.engine.wire import varint_width
 from worker.errors import BadSourceData
 from worker.model import ProcessInfo, ThreadInfo, TimeRange
 
@@ -215,8 +216,9 @@ class TraceEncoder:
             out += self._thread_batch(stream_id, part)
         return out
 
-    def _thread_batch(self, stream_id: str, batch: pa.RecordBatch) -> list[bytes]:
-        """Encode one canonical batch of a thread's spans."""
+    def _thread_batch(self, stream_id: str, batch: pa.RecordBatch, *, last: bool = False) -> list[bytes]:
+        """Encode one canonical batch of a thread's spans (``last``: the thread's last, after which
+        its open spans are closed)."""
         track = self._track_of[stream_id]
         what = "thread_spans"
         begin, _ = time_column(batch, "begin", what, 0)
@@ -243,6 +245,16 @@ class TraceEncoder:
                 loc=loc[lo:hi],
                 cut=cut[lo:hi],
             )
+            if last and hi >= batch.num_rows:
+                # The thread's last ENDs join the last block when that changes no byte (a block of its
+                # own costs as much as thousands of rows).
+                closing = state.close()
+                both = _joined(events, closing, self._base if self._run == track.uuid else self._t0)
+                if both is None:
+                    out += self._events(events, track.uuid)
+                    events = closing
+                else:
+                    events = both
             out += self._events(events, track.uuid)
         self._stats.thread_spans += batch.num_rows
         return out
@@ -250,21 +262,26 @@ class TraceEncoder:
     def _clip_thread(self, begin: I64, end: I64) -> tuple[I64, I64, U8]:
         """Spans clipped to the range; the cut code of each (CUT_BEGIN | CUT_END bits)."""
         lo, hi = self._range.begin_ns, self._range.end_ns
-        cut = np.where(begin < lo, CUT_BEGIN, 0) | np.where(end > hi, CUT_END, 0)
-        self._thread_cut += int(np.count_nonzero(cut))
-        return np.maximum(begin, lo), np.minimum(end, hi), cut.astype(np.uint8)
+        cut = (begin < lo).view(np.uint8) * np.uint8(CUT_BEGIN) | (end > hi).view(np.uint8) * np.uint8(
+            CUT_END
+        )
+        count = int(np.count_nonzero(cut))
+        if not count:  # (the usual case: a range holding the whole thread)
+            return begin, end, cut
+        self._thread_cut += count
+        return np.maximum(begin, lo), np.minimum(end, hi), cut
 
     def end_thread(self, stream_id: str) -> list[bytes]:
         """The thread has no more spans: encode what is held and close its open spans."""
         out = self.start()
         canon = self._thread_canon.pop(stream_id, None)
-        if canon is not None:
-            for part in canon.flush():
-                out += self._thread_batch(stream_id, part)
+        parts = canon.flush() if canon is not None else []
+        for i, part in enumerate(parts):
+            out += self._thread_batch(stream_id, part, last=i == len(parts) - 1)
         state = self._threads.get(stream_id)
         if self._current == stream_id:
             self._current = None
-        if state is None:
+        if state is None or parts:  # (closed with the last batch)
             return out
         return out + self._events(state.close(), self._track_of[stream_id].uuid)
 
@@ -311,7 +328,7 @@ class TraceEncoder:
         idx = (indices.fill_null(len(kind_values)) if indices.null_count else indices).to_numpy(
             zero_copy_only=False
         )
-        code = codes[idx]
+        code = codes[idx.astype(np.intp, copy=False)]  # intp indices: numpy's fast gather
         valid = code != 2
         for col in (column(batch, "time", what), sid_col):
             if col.null_count:
@@ -686,6 +703,34 @@ class TraceEncoder:
         return self._packet(realtime_defaults_packet())
 
 
+def _joined(events: Events, closing: Events, base: int) -> Events | None:
+    """One block holding a thread's last events and then the ENDs closing it, when
+    ``thread_event_rows`` writes it byte for byte as the two blocks one after the other (clock 64 at
+    ``base`` before them): no cut marks, times non-decreasing from ``base`` (no absolute ones), the
+    same iid widths. None otherwise."""
+    if not len(closing.ts):
+        return events
+    ts = np.concatenate((events.ts, closing.ts))
+    top = tuple(max(a, b) for a, b in zip(events.top, closing.top, strict=True))
+    if (
+        events.mark.any()
+        or closing.mark.any()
+        or int(ts[0]) < base
+        or not bool(np.all(ts[1:] >= ts[:-1]))
+        or any(varint_width(a) != varint_width(b) for a, b in zip(events.top, top, strict=True))
+    ):
+        return None
+    return Events(
+        ts=ts,
+        kind=np.concatenate((events.kind, closing.kind)),
+        name=events.name,
+        cat=events.cat,
+        loc=events.loc,
+        mark=np.concatenate((events.mark, closing.mark)),
+        top=(top[0], top[1], top[2]),
+    )
+
+
 def _data_begin(process: ProcessInfo, time_range: TimeRange) -> int:
     """Where an async span whose begin is unknown is drawn from: the range begin, or the process's
     first data (start or first recorded time) when that is later (and inside the range)."""
@@ -702,7 +747,7 @@ def _check_thread_columns(batch: pa.RecordBatch) -> None:
     int_column(batch, "depth", what)
     int_column(batch, "line", what)
     for name in ("name", "target", "filename"):
-        string_column(batch, name, what)
+        check_string_column(batch, name, what)  # (plain strings are encoded once, later)
 
 
 def _check_async_columns(batch: pa.RecordBatch) -> None:

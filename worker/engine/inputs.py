@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 
 from worker.errors import BadSourceData
 
-__all__ = ["column", "int_column", "string_column", "time_column"]
+__all__ = ["check_string_column", "column", "int_column", "string_column", "time_column"]
 
 I64 = npt.NDArray[np.int64]
 
@@ -32,16 +32,25 @@ def _is_string(t: pa.DataType) -> bool:
     return bool(pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t))
 
 
-def string_column(batch: pa.RecordBatch, name: str, what: str) -> pa.DictionaryArray:
-    """A string column as a dictionary array (plain strings are dictionary-encoded here)."""
+def check_string_column(batch: pa.RecordBatch, name: str, what: str) -> pa.Array:
+    """The column ``name`` if it holds strings (plain or dictionary-encoded); BadSourceData otherwise.
+    (:func:`string_column` without encoding plain strings, for checks ahead of the work.)"""
     col = column(batch, name, what)
     t = col.type
     if pa.types.is_dictionary(t):
         if not _is_string(t.value_type) or not pa.types.is_integer(t.index_type):
             raise BadSourceData(f"{what} column {name!r} must be strings, got {t}")
-        return col
-    if not _is_string(t):
+    elif not _is_string(t):
         raise BadSourceData(f"{what} column {name!r} must be strings, got {t}")
+    return col
+
+
+def string_column(batch: pa.RecordBatch, name: str, what: str) -> pa.DictionaryArray:
+    """A string column as a dictionary array (plain strings are dictionary-encoded here)."""
+    col = check_string_column(batch, name, what)
+    t = col.type
+    if pa.types.is_dictionary(t):
+        return col
     if pa.types.is_string_view(t):
         col = col.cast(pa.string())
     return pc.dictionary_encode(col)

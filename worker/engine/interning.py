@@ -152,10 +152,11 @@ class _Table:
         indices = col.indices
         if indices.null_count:
             indices = indices.fill_null(k)
-        idx = indices.to_numpy(zero_copy_only=False)
-        if bool(ids[:k].all()) and (ids[k] or not col.null_count):
-            out_known: U64 = ids[idx]  # every value already has an id: no scan for new ones
-            return out_known
+        # As intp: numpy gathers with int32 indices through its slow general path (~1.6x the time).
+        idx = indices.to_numpy(zero_copy_only=False).astype(np.intp, copy=False)
+        out_known: U64 = ids[idx]
+        if bool(out_known.all()):
+            return out_known  # every row's value already has an id: no scan for new ones
         used = np.zeros(k + 1, dtype=bool)
         used[idx] = True
         unknown = used & (ids == 0)
@@ -258,7 +259,7 @@ class Interner:
             iids_all = np.concatenate((self._loc_iids, new_iids))
             order = np.argsort(keys_all, kind="stable")
             self._loc_keys, self._loc_iids = keys_all[order], iids_all[order]
-        out: U64 = iids[encoded.indices.to_numpy(zero_copy_only=False)]
+        out: U64 = iids[encoded.indices.to_numpy(zero_copy_only=False).astype(np.intp, copy=False)]
         return out
 
     def take_packets(self) -> list[bytes]:

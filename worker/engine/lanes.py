@@ -113,7 +113,6 @@ def place(o: Openers) -> tuple[B, U64]:
     """
     n = len(o.pos)
     has_parent = o.parent >= 0
-    par = np.where(has_parent, o.parent, 0)
     closed = o.close_pos != NONE
     sib = o.parent_key != 0
     prev_close = np.full(n, -1, dtype=np.int64)
@@ -123,17 +122,20 @@ def place(o: Openers) -> tuple[B, U64]:
         prev_close[idx], prev_end[idx] = _group_exclusive_max(
             o.parent_key[idx], o.pos[idx], [o.close_pos[idx], o.end[idx]]
         )
-    placed = (
-        o.new
-        & has_parent
-        & closed
-        & (o.close_pos < o.close_pos[par])
-        & (o.end <= o.end[par])
-        & (prev_close < o.pos)
-        & (prev_end < o.begin)
-        & (o.kids_end[par] < o.begin)
-        & (o.begin > o.begin[par])
+    # The conditions on the new closed spans with an open parent only (gathers of a subset).
+    cand = np.flatnonzero(o.new & has_parent & closed)
+    par = o.parent[cand]
+    begin = o.begin[cand]
+    fits = (
+        (o.close_pos[cand] < o.close_pos[par])
+        & (o.end[cand] <= o.end[par])
+        & (prev_close[cand] < o.pos[cand])
+        & (prev_end[cand] < begin)
+        & (o.kids_end[par] < begin)
+        & (begin > o.begin[par])
     )
+    placed = np.zeros(n, dtype=bool)
+    placed[cand[fits]] = True
     track = np.where(o.new, o.key, o.track)
     resolved = ~placed
     pending = np.flatnonzero(placed)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from worker.engine.packing import _CONT, _CONT_OF, Times, pack, put_time_slots, times
+from worker.engine.packing import _CONT, _CONT_OF, Times, pack, put_time_slots, tile_rows, times
 from worker.engine.span_rows import (
     ANNOTATIONS,
     CUT_ANNOTATION,
@@ -91,7 +91,7 @@ def thread_event_rows(
     widths = (wn, wc, wl)
     if not marks.any() and not t.absolute.any():
         if _LITTLE and max(widths) <= 8:
-            return _word_thread_rows(t, is_begin, name=name, cat=cat, loc=loc, widths=widths)
+            return _word_thread_rows(t, is_begin, name=name, cat=cat, loc=loc, widths=widths, top=top)
         name, cat, loc = (_per_event(c, is_begin) for c in (name, cat, loc))
         return _plain_thread_rows(t, kinds, is_begin, name=name, cat=cat, loc=loc, widths=widths)
     mats: list[U8] = []
@@ -156,8 +156,7 @@ def _plain_thread_rows(
     template[8] = 0x50
     template[9 + wn] = 0x18
     template[10 + wn + wc : 12 + wn + wc] = [0x90, 0x02]
-    m = np.empty((n, width), dtype=np.uint8)
-    m[:] = template
+    m = tile_rows(template, n)
     put_varint(m, 9, name, wn)
     put_varint(m, 10 + wn, cat, wc)
     put_varint(m, 12 + wn + wc, loc, wl)
@@ -188,13 +187,20 @@ def _varint_words(v: U64, width: int) -> U64:
     return out
 
 
-def _iid_words(iids: U64, width: int) -> U64:
-    """:func:`_varint_words` of a column of iids: looked up in a table of 0..max when the iids are
-    dense (the interner numbers values from 1), computed byte by byte otherwise."""
-    top = int(iids.max()) if len(iids) else 0
+#: Per varint width: the padded varint words of 0, 1, 2, ... (grown on demand, shared by all blocks).
+_IID_TABLES: dict[int, U64] = {}
+
+
+def _iid_words(iids: U64, width: int, top: int) -> U64:
+    """:func:`_varint_words` of a column of iids (``top`` >= each): looked up in a table of 0..top
+    when the iids are dense (the interner numbers values from 1), computed byte by byte otherwise."""
     if top > max(1 << 16, len(iids)):
         return _varint_words(iids, width)
-    out: U64 = _varint_words(np.arange(top + 1, dtype=np.uint64), width)[iids.view(np.int64)]
+    table = _IID_TABLES.get(width)
+    if table is None or len(table) <= top:
+        size = min(max(1 << 10, 1 << top.bit_length()), 1 << (7 * width))
+        table = _IID_TABLES[width] = _varint_words(np.arange(size, dtype=np.uint64), width)
+    out: U64 = table[iids.view(np.int64)]
     return out
 
 
@@ -237,27 +243,36 @@ def _word_thread_rows(
     cat: U64,
     loc: U64,
     widths: tuple[int, int, int],
+    top: tuple[int, int, int],
 ) -> tuple[memoryview, I64]:
     """The bytes of :func:`_plain_thread_rows`, each row built as whole 64-bit words.
 
     Byte columns of a uint8 matrix are strided stores of one byte each; here a row is a head word
     ``0A len 50 01 5A len 48 type`` and the words after it, the iid fields looked up from tables of
-    each iid's bytes (built once per block, for the iids up to the largest) and the time field
-    shifted into place, so every store writes 8 bytes."""
+    each iid's bytes (see :func:`_iid_words`) and the time field shifted into place, so every store
+    writes 8 bytes."""
     n = len(t.value)
     wn, wc, wl = widths
     k = (1 + wn) + (1 + wc) + (2 + wl)
     widest = int(t.width.max()) if n else 1
+    tw = t.width.view(np.uint64)  # 1..9: the same bits
+    time = _time_words(t, widest)
+    head_end = 0x0A | 7 << 8 | 0x50 << 16 | 0x01 << 24 | 0x5A << 32 | 2 << 40 | 0x48 << 48
+    if not len(name):  # ENDs only (a thread's last open spans): the head and the time field
+        m = np.empty((n, 1 + len(time)), dtype=np.uint64)
+        np.left_shift(tw, _U64(8), out=m[:, 0])
+        m[:, 0] += _U64(head_end | SLICE_END << 56)
+        for q, word in enumerate(time):
+            m[:, 1 + q] = word
+        return pack([m.view(np.uint8)], [t.width + 9], [None])
     nr = -(-(k + 1 + widest) // 8)  # words after the head
     # The iid fields of a BEGIN (k bytes): 50 name 18 cat 90 02 loc, tag bytes folded into the tables.
     iid: list[Any] = [0] * (nr + 1)
     for tag_at, tag_bytes, size in ((0, 0x50, 1), (1 + wn, 0x18, 1), (2 + wn + wc, 0x0290, 2)):
         _place(iid, _U64(tag_bytes), tag_at, size)
-    _place(iid, _iid_words(name, wn), 1, wn)
-    _place(iid, _iid_words(cat, wc), 2 + wn, wc)
-    _place(iid, _iid_words(loc, wl), 4 + wn + wc, wl)
-    tw = t.width.astype(np.uint64)
-    time = _time_words(t, widest)
+    _place(iid, _iid_words(name, wn, top[0]), 1, wn)
+    _place(iid, _iid_words(cat, wc, top[1]), 2 + wn, wc)
+    _place(iid, _iid_words(loc, wl, top[2]), 4 + wn + wc, wl)
     begins = np.flatnonzero(is_begin)
     at_end: list[Any] = [0] * (nr + 1)
     after_iids = list(iid)
@@ -265,7 +280,6 @@ def _word_thread_rows(
         _place(at_end, word, 8 * q, 8)
         _place(after_iids, word[begins], k + 8 * q, 8)
     m = np.empty((n, 1 + nr), dtype=np.uint64)
-    head_end = 0x0A | 7 << 8 | 0x50 << 16 | 0x01 << 24 | 0x5A << 32 | 2 << 40 | 0x48 << 48
     head_begin = head_end + (k << 8) + (k << 40)
     head = np.where(is_begin, _U64(head_begin | SLICE_BEGIN << 56), _U64(head_end | SLICE_END << 56))
     np.left_shift(tw, _U64(8), out=m[:, 0])
@@ -296,12 +310,11 @@ def descriptor_matrix(uuid: U64, parent: int) -> tuple[U8, I64]:
     packet_len = len(body)
     width = 2 + packet_len
     width = max(12, width + (-width % 4))
-    m = np.zeros((n, width), dtype=np.uint8)
     template = np.zeros(width, dtype=np.uint8)
     template[0] = 0x0A
     template[1] = packet_len
     template[2 : 2 + packet_len] = np.frombuffer(body, dtype=np.uint8)
-    m[:] = template
+    m = tile_rows(template, n)
     put_varint(m, 2 + 6, uuid, w)
     return m, np.full(n, 2 + packet_len, dtype=np.int64)
 

@@ -29,6 +29,7 @@ whatever the source sends (a hostile source could otherwise make every batch cos
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -113,90 +114,118 @@ class ThreadState:
         s = len(self.begin)
         if m == 0:
             return _no_events()
-        # 1. Non-decreasing, non-negative begins.
-        b = np.maximum.accumulate(begin)
-        np.maximum(b, max(self.last_begin, 0), out=b)
+        # 1. Non-decreasing, non-negative begins (canonical input is sorted: checked, not accumulated).
+        floor = max(self.last_begin, 0)
+        if int(begin[0]) >= floor and _ascending(begin):
+            b = begin
+        else:
+            b = np.maximum.accumulate(begin)
+            np.maximum(b, floor, out=b)
         self.last_begin = int(b[-1])
         # 2. Levels: a Dyck path continuing the open stack (top level s - 1).
         if self.base_depth is None:
             self.base_depth = int(depth[0])
-        e = np.maximum(depth - self.base_depth, 0)
-        steps = np.arange(1, m + 1, dtype=np.int64)
-        lv_new = steps + np.minimum.accumulate(np.minimum(e - steps, s - 1))
+        e = depth - self.base_depth
+        if int(e[0]) <= s and int(e.min()) >= 0 and bool(np.all(e[1:] <= e[:-1] + 1)):
+            lv_new = e  # already a Dyck path continuing the stack (the usual case)
+        else:
+            np.maximum(e, 0, out=e)
+            steps = np.arange(1, m + 1, dtype=np.int64)
+            e -= steps
+            np.minimum(e, s - 1, out=e)
+            np.minimum.accumulate(e, out=e)
+            e += steps
+            lv_new = e
         n = s + m
         lv = np.concatenate((np.arange(s, dtype=np.int64), lv_new))
-        top_level = int(lv.max())
+        top_level = max(int(lv_new.max()), s - 1)
         if top_level > MAX_DEPTH:
             raise BadSourceData(
                 f"thread spans nest more than {MAX_DEPTH} levels deep (a call depth no real stack has)"
             )
-        # Small ints sort by radix (linear time) with kind="stable".
-        narrow = lv.astype(np.int16) if top_level < 32_000 else lv
-        order = np.argsort(narrow, kind="stable")  # spans by (level, index)
-        pos = np.arange(n, dtype=np.int64)
+        # Small ints sort by radix (linear time, one pass per byte) with kind="stable".
+        small = np.int8 if top_level < 127 else np.int16
+        order = np.argsort(lv.astype(small), kind="stable")  # spans by (level, index)
         # 3. Euler tour: each position k emits its BEGIN (new spans), then the closings of gap k, from
         # level lv[k] down to lv[k + 1].
-        closing = np.zeros(n, dtype=np.int64)
-        closing[:-1] = lv[:-1] - lv[1:] + 1
-        count = closing + (pos >= s)
-        total = int(count.sum())
-        first = np.cumsum(count) - count
-        # Positions are scattered, not searched: new span k's BEGIN is at first[k]; the e-th END
-        # (in file order) is the jj-th closing of its gap g, at level lv[g] - jj, and jj = e minus the
-        # ENDs of the gaps before g, so the level is one repeat and one subtraction.
-        begin_at = first[s:]
+        closing = np.empty(n, dtype=np.int64)
+        np.subtract(lv[:-1], lv[1:], out=closing[:-1])
+        closing[:-1] += 1
+        closing[-1] = 0
+        ends_before = np.cumsum(closing)
+        n_ends = int(ends_before[-1])
+        ends_before -= closing
+        total = n_ends + m
+        # Positions are scattered, not searched: new span k's BEGIN follows the ENDs of the gaps before
+        # it and the k BEGINs before it; the e-th END (in file order) is the jj-th closing of its gap g,
+        # at level lv[g] - jj, and jj = e minus the ENDs of the gaps before g, so the level is one
+        # repeat and one subtraction.
+        begin_at = ends_before[s:] + np.arange(m, dtype=np.int64)
         is_begin = np.zeros(total, dtype=bool)
         is_begin[begin_at] = True
         ends_at = ~is_begin
-        ends_before = np.cumsum(closing) - closing
         slot_level = np.repeat(lv + ends_before, closing)
-        slot_level -= np.arange(len(slot_level), dtype=np.int64)
+        slot_level -= np.arange(n_ends, dtype=np.int64)
         # At each level spans open and close alternately, so the i-th closing at level L closes the
         # i-th span at level L; the last span of each level <= the last span's level stays open.
         top = int(lv[-1])
-        bounds = np.searchsorted(lv[order], np.arange(top_level + 2), side="left")
+        bounds = np.zeros(top_level + 2, dtype=np.int64)
+        np.cumsum(np.bincount(lv, minlength=top_level + 1), out=bounds[1:])
         open_at = bounds[1 : top + 2] - 1
         closed = np.ones(n, dtype=bool)
         closed[open_at] = False
-        slot_order = np.argsort(slot_level.astype(narrow.dtype, copy=False), kind="stable")
-        closes = np.empty(len(slot_level), dtype=np.int64)
+        slot_order = np.argsort(slot_level.astype(small), kind="stable")
+        closes = np.empty(n_ends, dtype=np.int64)
         closes[slot_order] = order[closed]
-        span = np.empty(total, dtype=np.int64)
-        span[begin_at] = pos[s:]
-        span[ends_at] = closes
         stack = order[open_at]
-        c_begin = np.concatenate((self.begin, b))
-        raw_end = np.concatenate((self.orig_end, end))
         c_end = np.concatenate((self.end, end))
         ts = np.empty(total, dtype=np.int64)
         ts[begin_at] = b
         ts[ends_at] = c_end[closes]
+        span: I64 | None = None
         # 4. Well-nested data gives non-decreasing timestamps, including the ENDs still to come of the
         # open stack (deepest first). Otherwise clamp into parents and make the tour monotonic.
-        check = np.concatenate((ts, c_end[stack][::-1]))
-        if not bool(np.all(check[1:] >= check[:-1])):
+        stack_ends = c_end[stack][::-1]
+        c_begin: I64 | None = None
+        raw_end: I64 | None = None
+        if _ascending(ts) and _ascending(np.concatenate((ts[-1:], stack_ends))):
+            # Only carried ENDs may differ (an earlier batch clamped their open span).
+            differ = self.end != self.orig_end
+            changed_end = np.flatnonzero(differ & closed[:s]) if differ.any() else None
+            changed_begin = b != begin if b is not begin else None
+        else:
+            c_begin = np.concatenate((self.begin, b))
+            raw_end = np.concatenate((self.orig_end, end))
             self._clamp_top_down(c_begin, c_end, lv, order, bounds=bounds, s=s)
+            span = _spans(total, begin_at, ends_at, closes, s)
             ts = np.where(is_begin, c_begin[span], c_end[span])
             ts = np.minimum.accumulate(ts[::-1])[::-1]
             changed_end = span[ends_at & (ts != raw_end[span])]
-        else:
-            # (An END may also differ because an earlier batch clamped its open span.)
-            differ = c_end != raw_end
-            changed_end = closes[differ[closes]] if differ.any() else closes[:0]
-        changed_begin = c_begin[s:] != begin
+            changed_begin = c_begin[s:] != begin
         # Count spans whose emitted timestamps differ from the input (once each).
-        c_counted = np.concatenate((self.counted, changed_begin))
-        self.clamped += int(changed_begin.sum())
-        if len(changed_end):
-            newly = np.zeros(n, dtype=bool)
-            newly[changed_end] = True
-            newly &= ~c_counted
-            self.clamped += int(newly.sum())
-            c_counted |= newly
-        c_name = np.concatenate((self.name, name))
-        c_cat = np.concatenate((self.cat, cat))
-        c_loc = np.concatenate((self.loc, loc))
-        c_cut = np.concatenate((self.cut, cut if cut is not None else np.zeros(m, dtype=np.uint8)))
+        if changed_begin is not None or changed_end is not None:
+            c_counted = np.concatenate(
+                (self.counted, changed_begin if changed_begin is not None else np.zeros(m, dtype=bool))
+            )
+            if changed_begin is not None:
+                self.clamped += int(changed_begin.sum())
+            if changed_end is not None and len(changed_end):
+                newly = np.zeros(n, dtype=bool)
+                newly[changed_end] = True
+                newly &= ~c_counted
+                self.clamped += int(newly.sum())
+                c_counted |= newly
+            counted = c_counted[stack]
+        else:
+            counted = _pick(self.counted, np.zeros(m, dtype=bool), stack, s)
+        if cut is None:
+            cut = np.zeros(m, dtype=np.uint8)
+        if cut.any() or self.cut.any():
+            if span is None:
+                span = _spans(total, begin_at, ends_at, closes, s)
+            mark = _marks(np.concatenate((self.cut, cut))[span], is_begin)
+        else:
+            mark = np.zeros(total, dtype=np.uint8)
         # BEGINs come in span order: their iids are the batch's, no gather. ENDs need none.
         closed_carried = closed[:s]
         events = Events(
@@ -205,21 +234,21 @@ class ThreadState:
             name=name,
             cat=cat,
             loc=loc,
-            mark=_marks(c_cut[span], is_begin) if c_cut.any() else np.zeros(total, dtype=np.uint8),
+            mark=mark,
             top=(
                 _top(name, self.name[closed_carried]),
                 _top(cat, self.cat[closed_carried]),
                 _top(loc, self.loc[closed_carried]),
             ),
         )
-        self.begin = c_begin[stack]
+        self.begin = _pick(self.begin, b, stack, s) if c_begin is None else c_begin[stack]
+        self.orig_end = _pick(self.orig_end, end, stack, s) if raw_end is None else raw_end[stack]
         self.end = c_end[stack]
-        self.orig_end = raw_end[stack]
-        self.counted = c_counted[stack]
-        self.name = c_name[stack]
-        self.cat = c_cat[stack]
-        self.loc = c_loc[stack]
-        self.cut = c_cut[stack]
+        self.counted = counted
+        self.name = _pick(self.name, name, stack, s)
+        self.cat = _pick(self.cat, cat, stack, s)
+        self.loc = _pick(self.loc, loc, stack, s)
+        self.cut = _pick(self.cut, cut, stack, s)
         return events
 
     @staticmethod
@@ -266,6 +295,31 @@ class ThreadState:
             self.last_begin = max(self.last_begin, int(ts.max()))
         self.base_depth = None
         return events
+
+
+def _ascending(a: I64) -> bool:
+    """Whether ``a`` is non-decreasing (a check costs a fraction of a running maximum)."""
+    return bool(np.all(a[1:] >= a[:-1]))
+
+
+_T = TypeVar("_T", bound=np.generic)
+
+
+def _pick(carried: npt.NDArray[_T], new: npt.NDArray[_T], idx: I64, s: int) -> npt.NDArray[_T]:
+    """``concatenate((carried, new))[idx]`` (``s`` = len(carried)) without the concatenation."""
+    out = np.empty(len(idx), dtype=new.dtype)
+    old = idx < s
+    out[old] = carried[idx[old]]
+    out[~old] = new[idx[~old] - s]
+    return out
+
+
+def _spans(total: int, begin_at: I64, ends_at: npt.NDArray[np.bool_], closes: I64, s: int) -> I64:
+    """The span (index among carried + new) of each event in file order."""
+    span = np.empty(total, dtype=np.int64)
+    span[begin_at] = np.arange(s, s + len(begin_at), dtype=np.int64)
+    span[ends_at] = closes
+    return span
 
 
 def _no_events() -> Events:

@@ -18,7 +18,7 @@ from typing import Any
 from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
-from contracts.events import StatusEvent, parse_entry, utcnow
+from contracts.events import ChunkEvent, ProgressEvent, StatusEvent, parse_entry, utcnow
 from contracts.keys import Keys
 from contracts.states import JobState
 from worker.service.answers import answer, inflight_key, queue_ack, queue_answer, queue_event, queue_state
@@ -30,8 +30,18 @@ from worker.sinks.reply_stream import queue_entry
 __all__ = ["ack", "answer_invalid", "finish", "inflight_key", "mark_running", "reply_duplicate"]
 
 
+# KEYS: lock, state, requesters. The lock's value, the state hash's state and attempt, and the
+# requesters hash (flat field/value list): what the terminal write decides on.
+_READ = """
+return {redis.call('GET', KEYS[1]), redis.call('HMGET', KEYS[2], 'state', 'attempt'),
+        redis.call('HGETALL', KEYS[3])}
+"""
+
+
 async def mark_running(rt: Runtime, status: StatusEvent) -> str:
-    """Start of an attempt: ``status running`` with its number, state hash, event; keys kept alive.
+    """Start of a retry's attempt: ``status running`` with its number, state hash, event; keys
+    kept alive (a delivery's first attempt gets the same writes from the pickup's lease script,
+    :meth:`worker.service.lease.Lease.queue_begin`).
 
     Returns:
         The job-stream id of the running entry (where the attempt's chunks start: ``start_id``).
@@ -63,6 +73,7 @@ async def finish(
     lock_value: str | None,
     dead: Mapping[str, str | bytes] | None = None,
     drop_chunks: Sequence[bytes | str] = (),
+    before: Sequence[ChunkEvent | ProgressEvent] = (),
 ) -> bool:
     """End a delivery: terminal status (when allowed), dead letter (if given), XACK. Shielded.
 
@@ -76,11 +87,16 @@ async def finish(
         dead: fields of a dead-letter entry to add to ``<prefix>:dead``.
         drop_chunks: job-stream entry ids to XDEL with the status (chunks of attempts that did not
             succeed).
+        before: entries of the attempt to write just before the status, in the same MULTI (its
+            held last chunk, on the job stream; its final progress, on the job and status
+            streams); only with the status.
 
     Returns:
         Whether the status was written.
     """
-    return await rt.shielded(_finish(rt, entry_id, status, lock_value, dead, drop_chunks=drop_chunks))
+    return await rt.shielded(
+        _finish(rt, entry_id, status, lock_value, dead, drop_chunks=drop_chunks, before=before)
+    )
 
 
 async def _finish(
@@ -91,6 +107,7 @@ async def _finish(
     dead: Mapping[str, str | bytes] | None,
     *,
     drop_chunks: Sequence[bytes | str] = (),
+    before: Sequence[ChunkEvent | ProgressEvent] = (),
 ) -> bool:
     keys = rt.keys
     if status is None:
@@ -103,7 +120,9 @@ async def _finish(
         pipe = w.pipe
         try:
             await pipe.watch(lock_key, state_key, requesters_key)
-            holder = await pipe.get(lock_key)
+            # The three reads in one round trip (the keys stay watched).
+            raw: Any = await pipe.eval(_READ, 3, lock_key, state_key, requesters_key)
+            holder, current, flat = raw
             holder_text = holder.decode() if isinstance(holder, bytes) else None
             event = status
             if lock_value is not None:
@@ -112,13 +131,18 @@ async def _finish(
                     return False
                 allowed = True
             else:
-                current = await pipe.hmget(state_key, ["state", "attempt"])
                 state = current[0].decode() if isinstance(current[0], bytes) else None
                 allowed = holder is None and state != JobState.SUCCEEDED.value
                 event = status.model_copy(update={"attempt": int(current[1] or 0)})
-            requesters: Any = await pipe.hgetall(requesters_key) if allowed else {}
+            requesters: Any = dict(zip(flat[::2], flat[1::2], strict=True)) if allowed else {}
             pipe.multi()  # type: ignore[no-untyped-call]
             if allowed:
+                for entry in before:
+                    fields: Any = entry.to_fields()
+                    if isinstance(entry, ChunkEvent):
+                        pipe.xadd(keys.job(event.job_id), fields)  # chunks: the job stream only
+                    else:
+                        queue_entry(pipe, keys, event.job_id, fields)
                 _terminal(rt, w, event, _decode_requesters(requesters))
                 if drop_chunks:
                     pipe.xdel(keys.job(event.job_id), *drop_chunks)

@@ -17,14 +17,14 @@ import logging
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from contracts.errors import ErrorCode
-from contracts.events import StatusEvent
+from contracts.events import ChunkEvent, ProgressEvent, StatusEvent
 from contracts.request import TraceRequest
 from contracts.states import JobState
 from worker.errors import BlobStoreRefused, PermanentError, RetryableError, TraceWorkerError
-from worker.service.answers import answer
+from worker.service.answers import answer, inflight_key, queue_answer
 from worker.service.cancels import answer_held
 from worker.service.emit import Emitter
 from worker.service.finish import finish, mark_running, reply_duplicate
@@ -34,7 +34,7 @@ from worker.service.lease import Claim, Lease
 from worker.service.logs import JobLog
 from worker.service.ports import BlobWriterLike, StopRequested
 from worker.service.progress import ProgressPump
-from worker.service.redis_io import TRANSIENT, retry_redis
+from worker.service.redis_io import TRANSIENT, Write, retry_redis, write_shared
 from worker.service.runtime import Runtime
 from worker.sinks.reply_stream import ReplyStream
 
@@ -71,24 +71,13 @@ async def run_job(rt: Runtime, entry_id: str, request: TraceRequest) -> None:
     job_id = request.effective_job_id()
     jlog = JobLog(log, {"job_id": job_id, "entry_id": entry_id})
     lease = Lease(rt, job_id, entry_id)
-    # Before anything: a job this entry starts stays findable even if the entry is trimmed away.
-    await retry_redis(lambda: record(rt, entry_id, job_id), what="in-flight record")
 
     def mine(state: JobState, **fields: object) -> StatusEvent:
         return StatusEvent.model_validate(
             {"job_id": job_id, "state": state, "labels": request.labels, "request_id": entry_id, **fields}
         )
 
-    await answer(rt, mine(JobState.QUEUED, detail=f"picked up by {rt.consumer}"))
-
-    async def begin() -> Claim:
-        return await lease.begin(
-            labels_json=json.dumps(request.labels, sort_keys=True),
-            fingerprint=request.fingerprint(),
-            max_age_s=request.effective_max_age_s,
-        )
-
-    claim = await retry_redis(begin, what="lease", give_up_after_s=rt.settings.lease_s)
+    claim = await _pick_up(rt, request, lease, mine(JobState.QUEUED, detail=f"picked up by {rt.consumer}"))
     if claim.kind == "locked" and claim.holder_entry == entry_id:
         jlog.info("entry is held by a live lease (%s); leaving it to its holder", claim.holder)
         return
@@ -113,7 +102,61 @@ async def run_job(rt: Runtime, entry_id: str, request: TraceRequest) -> None:
         jlog.info("duplicate request (%s)", claim.kind)
         await reply_duplicate(rt, entry_id, job_id, request.labels, claim.kind)
         return
-    await _Job(rt, request, job_id, entry_id, lease).run()
+    await _Job(rt, request, job_id, entry_id, lease, start_id=claim.start_id).run()
+
+
+async def _pick_up(rt: Runtime, request: TraceRequest, lease: Lease, queued: StatusEvent) -> Claim:
+    """The pickup in one round trip: the in-flight record, the ``queued`` answer and the lease
+    script, which on ``go`` also writes the first attempt's ``status running`` (what
+    :func:`~worker.service.finish.mark_running` writes), in one MULTI. The record comes first: a
+    job this entry starts stays findable even if the entry is trimmed away. On a Redis Cluster,
+    where the record and the events stream are in other hash slots, the record is written before
+    the MULTI and the running status's events copy after it."""
+    job_id, entry_id = lease.job_id, lease.entry_id
+    keys, settings = rt.keys, rt.settings
+    if rt.cluster:
+        await retry_redis(lambda: record(rt, entry_id, job_id), what="in-flight record")
+    labels_json = json.dumps(request.labels, sort_keys=True)
+    fingerprint = request.fingerprint()
+    running: Any = StatusEvent(
+        job_id=job_id,
+        state=JobState.RUNNING,
+        labels=request.labels,
+        request_id=entry_id,
+        lease_s=settings.lease_s,
+        heartbeat_s=settings.heartbeat_s,
+    ).to_fields()
+    events = (keys.events, settings.events_maxlen)
+
+    async def build(w: Write) -> Claim:
+        if not rt.cluster:
+            w.pipe.hset(inflight_key(keys), entry_id, job_id)
+        queue_answer(rt, w, queued)
+        lease.queue_begin(
+            w.pipe,
+            labels_json=labels_json,
+            fingerprint=fingerprint,
+            max_age_s=request.effective_max_age_s,
+            running=running,
+            events=None if rt.cluster else events,
+        )
+        result = await w.execute()
+        return lease.claim(result[-1])
+
+    claim = await rt.shielded(
+        rt.write(keys.job(job_id), build, what="pickup", give_up_after_s=settings.lease_s)
+    )
+    if claim.kind == "go" and rt.cluster:
+        fields = {**running, "attempt": str(claim.attempt)}
+        await rt.shielded(
+            write_shared(
+                rt.redis,
+                records=[lambda pipe: pipe.xadd(events[0], fields, maxlen=events[1], approximate=True)],
+                acks=[],
+                what="status running (events)",
+            )
+        )
+    return claim
 
 
 class _JobTimeout(Exception):
@@ -135,7 +178,16 @@ REDIS_OUTAGE_ATTEMPTS = 10
 
 
 class _Job:
-    def __init__(self, rt: Runtime, request: TraceRequest, job_id: str, entry_id: str, lease: Lease) -> None:
+    def __init__(
+        self,
+        rt: Runtime,
+        request: TraceRequest,
+        job_id: str,
+        entry_id: str,
+        lease: Lease,
+        *,
+        start_id: str | None,
+    ) -> None:
         self.rt = rt
         self.request = request
         self.job_id = job_id
@@ -147,7 +199,12 @@ class _Job:
         #: Reply streams of this delivery's attempts, in order (their chunk ids).
         self.replies: list[ReplyStream] = []
         #: Job-stream id of the current attempt's running entry.
-        self.start_id: str | None = None
+        self.start_id: str | None = start_id
+        #: The first attempt's running status was written at pickup.
+        self._running_written = start_id is not None
+        #: The attempt's final progress entry, not yet written: it goes with the terminal status
+        #: (one MULTI, after the attempt's held last chunk), or on its own before a retry.
+        self.progress: ProgressEvent | None = None
         self.log = JobLog(log, {"job_id": job_id, "entry_id": entry_id, "attempt": lease.attempt})
 
     # -- the delivery
@@ -161,6 +218,7 @@ class _Job:
                 status=status,
                 lock_value=self.lease.value,
                 drop_chunks=self._failed_chunks(status),
+                before=self._held_entries(status),
             )
             if status is not None and written:
                 self.rt.metrics.jobs.labels(status.state.value).inc()
@@ -190,6 +248,7 @@ class _Job:
             outcome = await self._attempt()
             if not isinstance(outcome, _Transient):
                 return outcome
+            await self._write_progress()  # the failed attempt's final progress, before the next one
             if outcome.redis and outages < REDIS_OUTAGE_ATTEMPTS:
                 outages += 1
                 self.log.warning("redis unavailable (%s); retrying once it answers", outcome.status.message)
@@ -212,6 +271,27 @@ class _Job:
             if attempt is None:
                 return None
             self.log.extra = {**(self.log.extra or {}), "attempt": attempt}
+
+    def _held_entries(self, status: StatusEvent) -> list[ChunkEvent | ProgressEvent]:
+        """The entries of the last attempt written with its terminal status: its last chunk (when
+        the job succeeded; otherwise the attempt's chunks are dropped anyway), then its final
+        progress (the order they would have had on their own)."""
+        held: list[ChunkEvent | ProgressEvent] = []
+        last = self.replies[-1].held if self.replies else None
+        if last is not None and status.state == JobState.SUCCEEDED:
+            held.append(last)
+        if self.progress is not None:
+            held.append(self.progress)
+        return held
+
+    async def _write_progress(self) -> None:
+        progress, self.progress = self.progress, None
+        if progress is None or not self.replies:
+            return
+        try:
+            await self.replies[-1].progress(progress)
+        except Exception as exc:  # an observer never fails the job
+            self.log.debug("progress entry not written: %s", exc)
 
     def _failed_chunks(self, status: StatusEvent) -> list[bytes | str]:
         """Entry ids of the chunks of this delivery's attempts that did not succeed (a failed job:
@@ -299,13 +379,16 @@ class _Job:
         """Run one attempt; the terminal status, a transient failure, or None when the lease was lost."""
         rt = self.rt
         started = time.monotonic()
-        try:
-            running = self._status(
-                JobState.RUNNING, lease_s=rt.settings.lease_s, heartbeat_s=rt.settings.heartbeat_s
-            )
-            self.start_id = await mark_running(rt, running)
-        except TRANSIENT as exc:
-            return _Transient(self._failed(ErrorCode.INTERNAL, f"redis unavailable: {exc}"), redis=True)
+        if self._running_written:
+            self._running_written = False  # by the pickup (the first attempt only)
+        else:
+            try:
+                running = self._status(
+                    JobState.RUNNING, lease_s=rt.settings.lease_s, heartbeat_s=rt.settings.heartbeat_s
+                )
+                self.start_id = await mark_running(rt, running)
+            except TRANSIENT as exc:
+                return _Transient(self._failed(ErrorCode.INTERNAL, f"redis unavailable: {exc}"), redis=True)
         rt.metrics.attempts.inc()
         if self.stop_reason is not None:
             return await self._stopped_outcome()
@@ -362,7 +445,9 @@ class _Job:
         stored = await rt.store.open_writer(key)
         writer: BlobWriterLike = GzipWriter(stored, rt.settings.blob_compress_level) if gzip else stored
         committed = False
-        reply = ReplyStream(rt.redis, rt.keys, self.job_id, self.lease.attempt, transaction=rt.transaction)
+        reply = ReplyStream(
+            rt.redis, rt.keys, self.job_id, self.lease.attempt, transaction=rt.transaction, hold_last=True
+        )
         self.replies.append(reply)
         pump = ProgressPump(reply, self.job_id, self.lease.attempt, request.labels,
                             rt.settings.progress_interval_s)  # fmt: skip
@@ -378,12 +463,12 @@ class _Job:
                     raise
             finally:
                 await emitter.abort()
-            await pump.close()
+            self.progress = await pump.close(publish=False)
             info = await writer.commit()
             committed = True
             url = await rt.store.presign(key, rt.settings.blob_url_expires_s)
         finally:
-            await pump.close()
+            self.progress = await pump.close(publish=False) or self.progress
             if not committed:
                 await _abort(writer)
         duration = time.monotonic() - started

@@ -8,6 +8,7 @@ means the job was taken over: the attempt must stop at once and write nothing te
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -22,8 +23,13 @@ STOP_FIELD = ":stop"
 #: answered ``cancelled`` at pickup, and the last such request picked up ends the job ``cancelled``.
 HELD_PREFIX = "job/"
 
-# KEYS: lock, state, requesters, detached, cancelled.
-# ARGV: "<consumer>/<entry>", lease ms, entry id, labels JSON, fingerprint, max age ms (-1: any).
+# KEYS: lock, state, requesters, detached, cancelled, job stream, status stream[, events].
+# ARGV: "<consumer>/<entry>", lease ms, entry id, labels JSON, fingerprint, max age ms (-1: any),
+# index of the attempt's value among the running status's fields (0: no running status), events
+# MAXLEN, then the running status's field/value pairs. On ``go`` the script also starts the
+# attempt as ``mark_running`` does (``status running`` on the job and status streams carrying the
+# new attempt number, the state hash replaced by it, the job's keys kept alive, and the events copy
+# when the events key is given), and returns the running entry's job-stream id.
 _BEGIN = (
     f"local HELD = '{HELD_PREFIX}'"
     + """
@@ -60,7 +66,22 @@ attach()
 local attempt = redis.call('HINCRBY', KEYS[2], 'attempt', 1)
 redis.call('HSET', KEYS[2], 'fingerprint', ARGV[5], 'started_ms', now)
 redis.call('SET', KEYS[1], ARGV[1] .. '/' .. attempt, 'PX', ARGV[2])
-return {'go', tostring(attempt)}
+local start = ''
+if tonumber(ARGV[7]) > 0 then
+  local f = {}
+  for i = 9, #ARGV do f[#f + 1] = ARGV[i] end
+  f[tonumber(ARGV[7])] = tostring(attempt)
+  start = redis.call('XADD', KEYS[6], '*', unpack(f))
+  redis.call('XADD', KEYS[7], '*', unpack(f))
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[2], unpack(f))
+  redis.call('HSET', KEYS[2], 'fingerprint', ARGV[5], 'started_ms', now)
+  redis.call('PERSIST', KEYS[6])
+  redis.call('PERSIST', KEYS[7])
+  redis.call('PERSIST', KEYS[3])
+  if KEYS[8] then redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[8], '*', unpack(f)) end
+end
+return {'go', tostring(attempt), start}
 """
 )
 # KEYS: lock, state. ARGV: current value, "<consumer>/<entry>", lease ms.
@@ -86,7 +107,7 @@ return 1
 
 @dataclass(frozen=True)
 class Claim:
-    """Outcome of :meth:`Lease.begin`."""
+    """Outcome of :meth:`Lease.queue_begin`'s script (:meth:`Lease.claim`)."""
 
     #: go: the lease is ours for ``attempt``; locked: ``holder`` runs the job (this request was
     #: attached to it); done: it succeeded recently enough; conflict: the job id belongs to a
@@ -98,6 +119,8 @@ class Claim:
     #: cancelled by a cancel without request_id, and the last such request picked up: the job
     #: itself ends ``cancelled`` (unless another run holds it or it succeeded meanwhile).
     ends_job: bool = False
+    #: go with a running status queued (:meth:`Lease.queue_begin`): its job-stream id.
+    start_id: str | None = None
 
     @property
     def holder_entry(self) -> str:
@@ -131,31 +154,70 @@ class Lease:
     def _lease_ms(self) -> int:
         return int(self._rt.settings.lease_s * 1000)
 
-    async def begin(self, *, labels_json: str, fingerprint: str, max_age_s: int | None) -> Claim:
-        """Take the lease and start the next attempt, unless someone holds it (then this request is
+    def queue_begin(
+        self,
+        pipe: Any,
+        *,
+        labels_json: str,
+        fingerprint: str,
+        max_age_s: int | None,
+        running: Mapping[str, str | bytes] | None = None,
+        events: tuple[str, int] | None = None,
+    ) -> None:
+        """Queue the script that takes the lease and starts the next attempt, on a pipeline of the
+        job's hash slot (the pickup's MULTI: one round trip with the ``queued`` answer); :meth:`claim`
+        reads its reply. It does not start one when someone holds the lease (then this request is
         attached to the running job), the job succeeded within ``max_age_s``, the job id belongs to
-        a request with another fingerprint, or the request was cancelled before pickup."""
+        a request with another fingerprint, or the request was cancelled before pickup.
+
+        Args:
+            running: fields of the attempt's ``status running`` (any ``attempt``: the script puts
+                the new number in); when given, a started attempt's running status is written
+                too, and :attr:`Claim.start_id` is its job-stream id.
+            events: the events stream and its MAXLEN, for the running status's copy there (one
+                Redis only: on a cluster the events stream is in another hash slot).
+        """
         keys = self._rt.keys
-        raw: Any = await self._rt.redis.eval(
-            _BEGIN,
-            5,
+        flat: list[str | bytes] = []
+        at = 0
+        for name, value in (running or {}).items():
+            flat += [name, value]
+            if name == "attempt":
+                at = len(flat)
+        job_keys = [
             self.lock_key,
             self.state_key,
             self.requesters_key,
             keys.detached(self.job_id),
             keys.cancelled(self.job_id),
+            keys.job(self.job_id),
+            keys.status_stream(self.job_id),
+        ]
+        if events is not None:
+            job_keys.append(events[0])
+        pipe.eval(
+            _BEGIN,
+            len(job_keys),
+            *job_keys,
             self.owner,
             self._lease_ms,
             self.entry_id,
             labels_json,
             fingerprint,
             -1 if max_age_s is None else max_age_s * 1000,
+            at,
+            events[1] if events is not None else 0,
+            *flat,
         )
+
+    def claim(self, raw: Any) -> Claim:
+        """The outcome in :meth:`queue_begin`'s script reply (holds the lease on ``go``)."""
         kind = _text(raw[0])
         if kind == "go":
             self.attempt = int(raw[1])
             self.value = f"{self.owner}/{self.attempt}"
-            return Claim("go", attempt=self.attempt)
+            start = _text(raw[2]) if len(raw) > 2 else ""
+            return Claim("go", attempt=self.attempt, start_id=start or None)
         if kind == "locked":
             return Claim("locked", holder=_text(raw[1]))
         if kind == "conflict":

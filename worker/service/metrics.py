@@ -23,7 +23,9 @@ class _SourceCalls(Collector):
             "Flight SQL calls made (GetFlightInfo, DoGet) and connections opened (connect).",
             labels=["call"],
         )
-        for call, n in sorted(dict(self._counts()).items()):
+        # Every call from the first scrape on, so rate() and absent() see 0 rather than no series.
+        counts = {"DoGet": 0, "GetFlightInfo": 0, "connect": 0} | dict(self._counts())
+        for call, n in sorted(counts.items()):
             family.add_metric([call], n)
         yield family
 

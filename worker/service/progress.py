@@ -1,6 +1,8 @@
 """Rate-limited progress entries: the generator reports as often as it likes, the job stream gets at
 most one entry per ``progress_interval_s`` (the first one interval after the job started, so a
-short job writes only its final one); a failing progress write never fails the job."""
+short job writes only its final one); a failing progress write never fails the job. The final
+entry can be handed back instead of written (:meth:`ProgressPump.close` with ``publish=False``), so
+that it goes in the same MULTI as the job's terminal status: one round trip less per job."""
 
 from __future__ import annotations
 
@@ -36,6 +38,8 @@ class ProgressPump:
         # (the final one, at close) instead of two.
         self._last_sent = time.monotonic()
         self._closed = False
+        #: Set by close(publish=False): the background task ends without writing the latest.
+        self._hold = False
         self._closing = asyncio.Event()
         #: Totals of the latest report (for the final status).
         self.spans = 0
@@ -70,18 +74,21 @@ class ProgressPump:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(wait):
                         await self._closing.wait()
+            if self._closed and self._hold:
+                return
             await self._publish()
 
-    async def _publish(self) -> None:
+    def _take(self) -> ProgressEvent | None:
+        """The latest progress as an entry, unless it was already written (then None)."""
         p = self._latest
         if p is None:
-            return
+            return None
         key = (p.phase, p.spans, p.bytes, p.threads_done, p.threads_total, p.percent)
         if key == self._sent:
-            return
+            return None
         self._sent = key
         self._last_sent = time.monotonic()
-        event = ProgressEvent(
+        return ProgressEvent(
             job_id=self._job_id,
             attempt=self._attempt,
             phase=p.phase,
@@ -92,14 +99,25 @@ class ProgressPump:
             percent=round(min(100.0, max(0.0, float(p.percent))), 2),
             time=utcnow(),
         )
+
+    async def _publish(self) -> None:
+        event = self._take()
+        if event is None:
+            return
         try:
             await self._reply.progress(event)
         except Exception as exc:  # an observer never fails the job
             log.debug("progress entry not written: %s", exc)
 
-    async def close(self) -> None:
-        """Publish the latest progress and stop the background task (idempotent)."""
+    async def close(self, *, publish: bool = True) -> ProgressEvent | None:
+        """Stop the background task and publish the latest progress not yet written (idempotent).
+
+        Args:
+            publish: False: return that entry instead of writing it (None when there is none); the
+                caller writes it (before the terminal status).
+        """
         self._closed = True
+        self._hold = self._hold or not publish
         self._closing.set()
         self._wake.set()
         task, self._task = self._task, None
@@ -110,3 +128,4 @@ class ProgressPump:
             except TimeoutError:
                 task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        return None if publish else self._take()

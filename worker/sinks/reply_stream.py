@@ -46,6 +46,9 @@ class ReplyStream:
         attempt: the attempt every entry carries.
         transaction: makes the MULTI/EXEC pipeline for a key's hash slot (required with a cluster
             client, e.g. ``Runtime.transaction``); default: ``redis.pipeline(transaction=True)``.
+        hold_last: keep the ``last`` chunk's entry in :attr:`held` instead of writing it: the caller
+            writes it in the MULTI of the terminal status (one round trip less per job), or drops
+            it with the attempt.
     """
 
     def __init__(
@@ -56,6 +59,7 @@ class ReplyStream:
         attempt: int,
         *,
         transaction: Callable[[str], AbstractAsyncContextManager[Pipeline]] | None = None,
+        hold_last: bool = False,
     ) -> None:
         if transaction is None:
             if isinstance(redis, RedisCluster):
@@ -76,13 +80,19 @@ class ReplyStream:
         self.offset = 0
         #: Entry ids of the chunks written so far (removed when this attempt does not succeed).
         self.chunk_ids: list[bytes | str] = []
+        self._hold_last = hold_last
+        #: The last chunk's entry, not written (``hold_last``); counted in :attr:`seq` and :attr:`offset`.
+        self.held: ChunkEvent | None = None
 
     async def chunk(self, data: bytes, *, last: bool) -> None:
         """XADD the next chunk; awaited so a slow Redis slows the producer down (bounded memory)."""
         event = ChunkEvent(
             job_id=self.job_id, attempt=self.attempt, seq=self.seq, offset=self.offset, data=data, last=last
         )
-        self.chunk_ids.append(await self._xadd(event.to_fields()))
+        if last and self._hold_last:
+            self.held = event
+        else:
+            self.chunk_ids.append(await self._xadd(event.to_fields()))
         self.seq += 1
         self.offset += len(data)
 
