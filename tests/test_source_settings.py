@@ -32,6 +32,7 @@ ROWS: list[tuple[str, str, str, Any, bool]] = [
     ("flightsql_batch_timeout_s", "2", "batch_timeout_s", 2.0, False),
     ("flightsql_batch_timeout_s", "0", "batch_timeout_s", None, False),  # 0: no limit
     ("flightsql_direct_tickets", "off", "direct_tickets", "off", False),
+    ("flightsql_process_spans_max_objects", "0", "process_spans_max_objects", 0, False),
 ]
 PATHS = ("worker", "generate", "processes", "demo")
 #: Every path with every row, but the demo's worker with the rows that say where the service is.

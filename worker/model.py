@@ -52,3 +52,7 @@ class ThreadInfo:
     thread_name: str = ""
     #: Thread id as the source spells it ("" when missing); may collide between streams.
     thread_id: str = ""
+    #: Objects recorded in the thread's blocks in the range (Micromegas ``blocks.nb_objects``; about
+    #: two per span upstream, one per row on the devserver), None when the source did not say: a
+    #: size known before any span query.
+    objects: int | None = None

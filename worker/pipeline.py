@@ -305,11 +305,17 @@ async def generate_trace(
         Cancelled: ``should_stop`` returned True.
         SourceUnavailable, SourceBroken, QueryRejected, Unauthenticated, BadSourceData: from the source.
     """
-    process = await source.process(spec.process_id)
-    time_range = resolve_range(spec, process)
     # Threads give log entries of a thread stream that thread's track.
     want_threads = spec.span_types.thread or spec.logs
-    threads = await source.threads(spec.process_id, time_range) if want_threads else []
+    threads: list[ThreadInfo] | None = None
+    if want_threads and spec.begin_ns is None and spec.end_ns is None:
+        # The whole life: the thread list does not depend on the process's answer (one round trip).
+        process, threads = await source.process_and_threads(spec.process_id)
+    else:
+        process = await source.process(spec.process_id)
+    time_range = resolve_range(spec, process)
+    if threads is None:
+        threads = await source.threads(spec.process_id, time_range) if want_threads else []
     encoder = TraceEncoder(
         process,
         threads,
@@ -339,7 +345,7 @@ async def _generate(
 
     if span_threads:
         run.report("thread_spans")
-        spans = source.thread_spans(span_threads, time_range)
+        spans = source.thread_spans(span_threads, time_range, process_id=spec.process_id)
         try:
             async for thread, batch in spans:
                 for chunks in await _thread_item(run, thread.stream_id, batch):

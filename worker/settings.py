@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     #: its own Python client does): auto (once the server's first answer shows that its ticket is
     #: the statement), on (always), off (GetFlightInfo before every DoGet).
     flightsql_direct_tickets: Literal["auto", "on", "off"] = "auto"
+    #: Read every thread's spans with one process_spans query when the thread list says the threads
+    #: hold at most this many objects in all (Micromegas blocks.nb_objects); larger processes get
+    #: one query per thread. 0: always one query per thread.
+    flightsql_process_spans_max_objects: int = Field(50_000, ge=0)
 
     # -- Blob store
     #: Where finished traces go: file:///abs/dir (default ./traces) or s3://bucket/prefix.

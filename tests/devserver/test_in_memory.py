@@ -295,12 +295,16 @@ async def test_worker_traces_are_byte_identical(
     traces = []
     before = servers[1].known_shapes_answered
     for server in servers:
-        source = FlightSqlSource(FlightSqlConfig(server.url, concurrency=3))
-        try:
-            traces.append(b"".join([c async for c in generate_trace(source, spec)]))
-        finally:
-            await source.aclose()
+        # Per thread (known shapes in memory), then all threads in one process_spans query.
+        for one_query in (0, 100_000):
+            source = FlightSqlSource(
+                FlightSqlConfig(server.url, concurrency=3, process_spans_max_objects=one_query)
+            )
+            try:
+                traces.append(b"".join([c async for c in generate_trace(source, spec)]))
+            finally:
+                await source.aclose()
     assert len(traces[0]) > 100_000
-    assert traces[0] == traces[1]
+    assert traces == [traces[0]] * 4
     # one query per thread, async events, logs and measures skipped DataFusion
     assert servers[1].known_shapes_answered - before >= process.thread_count + 3

@@ -22,7 +22,7 @@ from tests.service.support import JobReader, fast_settings, submit
 from tests.support.devserver import small_lake, start_devserver
 from tests.support.redis_server import RedisServer
 from worker.devserver import DevServer
-from worker.model import ProcessInfo
+from worker.model import ProcessInfo, ThreadInfo
 from worker.perfetto_pb import pb
 from worker.service.app import Service
 from worker.service.generator import PipelineGenerator
@@ -48,6 +48,12 @@ class LiveSource(FlightSqlSource):
         if self.now_ns is None:
             return info
         return dataclasses.replace(info, last_time_ns=self.now_ns)
+
+    async def process_and_threads(self, process_id: str) -> tuple[ProcessInfo, list[ThreadInfo] | None]:
+        info, threads = await super().process_and_threads(process_id)
+        if self.now_ns is None:
+            return info, threads
+        return dataclasses.replace(info, last_time_ns=self.now_ns), threads
 
 
 def _labels(data: bytes) -> dict[str, str]:

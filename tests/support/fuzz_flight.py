@@ -3,7 +3,9 @@
 The process and thread queries keep their real answers (so the pipeline gets that far); the
 ``view_instance('thread_spans' | 'async_events' | 'log_entries' | 'measures', ...)`` queries return
 the :class:`ScriptedSpans` list of the same name instead, over the real
-Flight SQL wire (DoGet streams), so the source's decoding and checks run as in production::
+Flight SQL wire (DoGet streams), so the source's decoding and checks run as in production. A
+``process_spans`` query answers every thread's scripted batches in turn, each with its
+``stream_id`` in front, as upstream does::
 
     with scripted_spans_server(small_lake()) as (server, script):
         script.thread_spans = [batch, ...]   # one schema for all batches
@@ -49,7 +51,11 @@ class _Engine:
     def plan(self, sql: str, headers: Any, params: Any = None) -> PlannedQuery:
         if self._script.threads is not None and "'thread-name'" in sql:
             threads = list(self._script.threads)
+            if " AS cpu" in sql:  # the process query that carries the thread list (whole life)
+                threads = [self._with_process(batch) for batch in threads]
             return PlannedQuery(threads[0].schema, threads.__iter__, True)
+        if "process_spans(" in sql:
+            return self._process_spans(sql)
         for view, batches in (
             ("thread_spans", self._script.thread_spans),
             ("async_events", self._script.async_events),
@@ -61,6 +67,37 @@ class _Engine:
                 schema = planned[0].schema if planned else pa.schema([])
                 return PlannedQuery(schema, planned.__iter__, True)
         return self._real.plan(sql, headers, params)  # type: ignore[no-any-return]
+
+    def _with_process(self, threads: pa.RecordBatch) -> pa.RecordBatch:
+        """Scripted thread-list rows as rows of the process query that carries the thread list."""
+        process = self._real.lake.processes[0]
+        n = threads.num_rows
+        ts = pa.timestamp("ns", tz="+00:00")
+        extra = {
+            "process_id": pa.array([process.process_id] * n, pa.utf8()),
+            "exe": pa.array([process.exe] * n, pa.utf8()),
+            "first_time": pa.array([process.begin_ns] * n, pa.int64()).cast(ts),
+            "last_time": pa.array([process.end_ns] * n, pa.int64()).cast(ts),
+            "cpu": pa.array([True] * n, pa.bool_()),
+        }
+        return pa.RecordBatch.from_arrays(
+            [*extra.values(), *threads.columns], names=[*extra, *threads.schema.names]
+        )
+
+    def _process_spans(self, sql: str) -> PlannedQuery:
+        streams = sorted(
+            s.stream_id for p in self._real.lake.processes if p.process_id in sql for s in p.thread_streams
+        )
+        planned = [
+            pa.RecordBatch.from_arrays(
+                [pa.array([stream_id] * batch.num_rows, pa.utf8()), *batch.columns],
+                names=["stream_id", *batch.schema.names],
+            )
+            for stream_id in streams
+            for batch in self._script.thread_spans
+        ]
+        schema = planned[0].schema if planned else pa.schema([])
+        return PlannedQuery(schema, planned.__iter__, True)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._real, name)

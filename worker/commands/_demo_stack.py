@@ -26,6 +26,7 @@ SOURCE_TUNING = (
     "flightsql_batch_timeout_s",
     "flightsql_max_threads",
     "flightsql_direct_tickets",
+    "flightsql_process_spans_max_objects",
 )
 
 _UUID_LINE = re.compile(r"^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\s")

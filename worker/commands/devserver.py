@@ -78,6 +78,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="omit async_events.hash, as Micromegas before 0.22",
     )
     p.add_argument(
+        "--no-process-spans",
+        action="store_true",
+        help="do not serve the process_spans table function, as a Micromegas without it",
+    )
+    p.add_argument(
         "--block-rows", type=int, default=65_536, help="rows per generated thread-span block (default 65536)"
     )
     p.add_argument(
@@ -127,6 +132,7 @@ def _run(args: argparse.Namespace) -> int:
         tls_key=args.tls_key,
         dictionary_keys=args.dictionary_keys,
         async_hash=not args.no_async_hash,
+        process_spans=not args.no_process_spans,
         in_memory=args.in_memory,
         batch_rows=batch_rows,
     )

@@ -27,6 +27,7 @@ def serve(
     tls_key: Path | None = None,
     dictionary_keys: DictionaryKeys = "int32",
     async_hash: bool = True,
+    process_spans: bool = True,
     in_memory: bool = False,
     batch_rows: int = BATCH_ROWS,
     out: TextIO = sys.stdout,
@@ -51,7 +52,9 @@ def serve(
         mode=mode,
         token=token,
         tls=tls,
-        schema_options=SchemaOptions(dictionary_keys=dictionary_keys, async_hash=async_hash),
+        schema_options=SchemaOptions(
+            dictionary_keys=dictionary_keys, async_hash=async_hash, process_spans=process_spans
+        ),
         in_memory=in_memory,
         batch_rows=batch_rows,
     )

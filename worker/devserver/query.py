@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 from datafusion import Expr, LogicalPlan, SessionConfig, SessionContext, Table, udtf
 
-from worker.devserver import views
+from worker.devserver import process_spans, views
 from worker.devserver.headers import RequestHeaders
 from worker.devserver.lake import Lake
 from worker.devserver.memory import Bounds, MemoryLake
@@ -46,6 +46,7 @@ from worker.devserver.schemas import (
     async_events_schema,
     log_entries_schema,
     measures_schema,
+    process_spans_schema,
     thread_spans_schema,
 )
 from worker.devserver.shapes import Shape, parse_shape
@@ -59,7 +60,13 @@ _BLOCK_ORDER: dict[str, str | None] = {
     "async_events": "time",
     "log_entries": "time",
     "measures": "time",
+    "process_spans": None,  # thread after thread, then async: no single order
 }
+#: Table functions whose scans may run block by block.
+_GENERATED = ("view_instance", "process_spans")
+#: Rows per table a row-local ``process_spans`` statement runs over (its blocks are grouped, so a
+#: small process is one DataFusion execution, not one per thread).
+_GROUP_ROWS = 65_536
 _ROW_LOCAL_NODES = {"Projection", "Filter", "SubqueryAlias", "TableScan", "Sort"}
 _INT = re.compile(r"Int64\((\d+)\)")
 
@@ -113,9 +120,10 @@ def _relabel(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
 
 @dataclass
 class _Calls:
-    """``view_instance`` calls seen while planning."""
+    """``view_instance`` / ``process_spans`` calls seen while planning: (view, instance id, span
+    types; "" for views)."""
 
-    seen: list[tuple[str, str]] = field(default_factory=list)
+    seen: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -142,7 +150,12 @@ class QueryEngine:
     """
 
     def __init__(
-        self, lake: Lake, *, strict: bool, schema_options: SchemaOptions, memory: MemoryLake | None = None
+        self,
+        lake: Lake,
+        *,
+        strict: bool,
+        schema_options: SchemaOptions,
+        memory: MemoryLake | None = None,
     ) -> None:
         self.lake = lake
         self.memory = memory
@@ -163,6 +176,15 @@ class QueryEngine:
         #: Zero-row providers, built here: DataFusion cannot plan a sort over a dataset without
         #: fragments (what an empty view gives), and no provider can be built inside the UDTF.
         self._empty = {view: _empty_provider(schema) for view, schema in self._schemas.items()}
+        self._spans_schema = process_spans_schema(schema_options)
+        self._empty["process_spans"] = _empty_provider(self._spans_schema)
+        #: What known shapes may read (process_spans only where the server has it).
+        self._shape_views = dict(self._schemas)
+        if schema_options.process_spans:
+            self._shape_views["process_spans"] = self._spans_schema
+
+    def _schema(self, view: str) -> pa.Schema:
+        return self._spans_schema if view == "process_spans" else self._schemas[view]
 
     # -- view_instance -------------------------------------------------------------------------
 
@@ -174,7 +196,18 @@ class QueryEngine:
         if view == "thread_spans" and self.strict and headers.range_ns is None:
             raise ValueError("query range mandatory for thread spans view")
 
-    def _rows(self, view: str, instance: str, headers: RequestHeaders) -> Iterator[pa.RecordBatch]:
+    def _rows(
+        self, view: str, instance: str, headers: RequestHeaders, span_types: str = ""
+    ) -> Iterator[pa.RecordBatch]:
+        if view == "process_spans":
+            return process_spans.process_spans(
+                self.lake,
+                instance,
+                span_types,
+                schema=self._spans_schema,
+                thread_rows=lambda stream_id: self._rows("thread_spans", stream_id, headers),
+                async_rows=lambda process_id: self._rows("async_events", process_id, headers),
+            )
         if self.memory is not None and self.memory.holds(view):
             return self.memory.rows(view, instance, headers.range_ns)
         begin, end = headers.range_ns if headers.range_ns is not None else (None, None)
@@ -187,7 +220,7 @@ class QueryEngine:
         return gen(self.lake, instance, self.options, begin, end)
 
     def _context(
-        self, provide: Callable[[str, str], pa.Table | Table], headers: RequestHeaders
+        self, provide: Callable[[str, str, str], pa.Table | Table], headers: RequestHeaders
     ) -> SessionContext:
         ctx = SessionContext(SessionConfig().with_information_schema(False))
         for name in ("processes", "streams", "blocks"):
@@ -201,10 +234,28 @@ class QueryEngine:
                 raise ValueError("view_instance takes two string literals: (view_set_name, instance_id)")
             self._check(v, i, headers)
             # A Table over a pyarrow dataset: the only provider safe to build inside a UDTF.
-            provided = provide(v, i)
+            provided = provide(v, i, "")
             return provided if isinstance(provided, Table) else Table(ds.dataset(provided))
 
         ctx.register_udtf(view_instance)
+        if self.options.process_spans:
+
+            @udtf("process_spans")
+            def process_spans_udtf(process_id: Expr, span_types: Expr) -> Table:
+                p, t = Expr(process_id).python_value().as_py(), Expr(span_types).python_value().as_py()
+                if not isinstance(p, str):
+                    raise ValueError(
+                        f"First argument to process_spans must be a string (the process ID), given {p!r}"
+                    )
+                t = process_spans.check_span_types(t)
+                if t != "async" and self.strict and headers.range_ns is None:
+                    raise ValueError(
+                        "Failed to query thread spans: query range mandatory for thread spans view"
+                    )
+                provided = provide("process_spans", p, t)
+                return provided if isinstance(provided, Table) else Table(ds.dataset(provided))
+
+            ctx.register_udtf(process_spans_udtf)
         return ctx
 
     # -- planning ------------------------------------------------------------------------------
@@ -216,17 +267,15 @@ class QueryEngine:
             ValueError: the statement does not plan (the message says why).
         """
         if self.memory is not None and params is None:
-            shape = parse_shape(sql, self._schemas)
+            shape = parse_shape(sql, self._shape_views)
             if shape is not None:
                 return self._known_shape(sql, shape, headers)
         df, calls, wire = self._probe(sql, headers, params)
         fetch = self._row_local(df.logical_plan(), calls)
         if fetch is not False:
-            view, instance = calls.seen[0]
+            scan = calls.seen[0]
             limit = _min_limit(fetch, headers.limit)
-            return PlannedQuery(
-                wire, lambda: self._per_block(sql, params, headers, view, instance, wire, limit), True
-            )
+            return PlannedQuery(wire, lambda: self._per_block(sql, params, headers, scan, wire, limit), True)
         return PlannedQuery(wire, lambda: self._whole(sql, params, headers, wire), False)
 
     def _probe(
@@ -235,9 +284,9 @@ class QueryEngine:
         """Plan ``sql`` over empty views: the DataFrame, the views it reads and the wire schema."""
         calls = _Calls()
 
-        def probe(view: str, instance: str) -> pa.Table:
-            calls.seen.append((view, instance))
-            return self._schemas[view].empty_table()
+        def probe(view: str, instance: str, span_types: str) -> pa.Table:
+            calls.seen.append((view, instance, span_types))
+            return self._schema(view).empty_table()
 
         df = self._sql(self._context(probe, headers), sql, params)
         schema: pa.Schema = df.schema()
@@ -248,18 +297,24 @@ class QueryEngine:
         The first statement of each shape is still planned by DataFusion, for its checks and its
         exact result schema (kept for the next ones)."""
         assert self.memory is not None
-        self._check(shape.view, shape.instance, headers)
+        if shape.view != "process_spans":
+            self._check(shape.view, shape.instance, headers)
+        elif self.strict and headers.range_ns is None:
+            raise ValueError("Failed to query thread spans: query range mandatory for thread spans view")
         key = (shape.key, headers.preserve_dictionary)
         wire = self._shape_schemas.get(key)
         if wire is None:
             wire = self._probe(sql, headers, None)[2]
             self._shape_schemas[key] = wire
-        held = self.memory.held(shape.view, shape.instance)
         with self._count_lock:
             self.known_shapes += 1
-        table = held.cut(shape.bounds.meet(Bounds.header(shape.view, headers.range_ns))).select(
-            list(shape.columns)
-        )
+        if shape.view == "process_spans":
+            table = self._held_process_spans(shape, headers)
+        else:
+            held = self.memory.held(shape.view, shape.instance)
+            table = held.cut(shape.bounds.meet(Bounds.header(shape.view, headers.range_ns))).select(
+                list(shape.columns)
+            )
         limit = _min_limit(shape.limit, headers.limit)
         if limit is not None:
             table = table.slice(0, limit)
@@ -269,6 +324,19 @@ class QueryEngine:
             return PlannedQuery(wire, lambda: iter(ready.to_batches()), True, ready)
         # Strings hydrated batch by batch, so memory stays bounded by one batch.
         return PlannedQuery(wire, lambda: (_conform(b, wire) for b in batches), True)
+
+    def _held_process_spans(self, shape: Shape, headers: RequestHeaders) -> pa.Table:
+        """``process_spans(id, 'thread')`` from memory: each thread's held rows cut as
+        ``thread_spans`` is, thread after thread by stream id, projected."""
+        assert self.memory is not None
+        bounds = shape.bounds.meet(Bounds.header("thread_spans", headers.range_ns))
+        parts = []
+        for stream_id, name in process_spans.thread_list(self.lake, shape.instance):
+            cut = self.memory.held("thread_spans", stream_id).cut(bounds)
+            if cut.num_rows:
+                parts.append(process_spans.with_thread(cut, self._spans_schema, stream_id, name))
+        table = pa.concat_tables(parts) if parts else self._spans_schema.empty_table()
+        return table.select(list(shape.columns))
 
     @staticmethod
     def _sql(ctx: SessionContext, sql: str, params: dict[str, Any] | None) -> Any:
@@ -304,7 +372,7 @@ class QueryEngine:
                 return False
             if kind == "TableScan":
                 scans += 1
-                if "view_instance" not in str(variant.table_name()):
+                if not str(variant.table_name()).startswith(_GENERATED):
                     return False
             if kind == "Sort":
                 keys = variant.sort_exprs()
@@ -323,20 +391,20 @@ class QueryEngine:
         sql: str,
         params: dict[str, Any] | None,
         headers: RequestHeaders,
-        view: str,
-        instance: str,
+        scan: tuple[str, str, str],
         wire: pa.Schema,
         limit: int | None,
     ) -> Iterator[pa.RecordBatch]:
         current: list[pa.Table] = []
-        ctx = self._context(lambda _v, _i: current[-1], headers)
+        ctx = self._context(lambda _v, _i, _t: current[-1], headers)
         left = limit
-        for block in self._rows(view, instance, headers):
+        view, instance, span_types = scan
+        blocks = self._rows(view, instance, headers, span_types)
+        tables = _grouped(blocks, _GROUP_ROWS) if view == "process_spans" else _tables(blocks)
+        for table in tables:
             if left is not None and left <= 0:
                 return
-            if block.num_rows == 0:  # nothing to project, filter or sort (and see self._empty)
-                continue
-            current[:] = [pa.Table.from_batches([block])]
+            current[:] = [table]
             reader = pa.RecordBatchReader.from_stream(self._sql(ctx, sql, params))
             for produced in reader:
                 batch = produced if left is None else produced.slice(0, left)
@@ -351,8 +419,9 @@ class QueryEngine:
     def _whole(
         self, sql: str, params: dict[str, Any] | None, headers: RequestHeaders, wire: pa.Schema
     ) -> Iterator[pa.RecordBatch]:
-        def materialise(view: str, instance: str) -> pa.Table | Table:
-            table = pa.Table.from_batches(list(self._rows(view, instance, headers)), self._schemas[view])
+        def materialise(view: str, instance: str, span_types: str) -> pa.Table | Table:
+            rows = self._rows(view, instance, headers, span_types)
+            table = pa.Table.from_batches(list(rows), self._schema(view))
             return table if table.num_rows else self._empty[view]
 
         df = self._sql(self._context(materialise, headers), sql, params)
@@ -365,6 +434,29 @@ class QueryEngine:
                 yield _conform(batch, wire)
             if left is not None and left <= 0:
                 return
+
+
+def _tables(blocks: Iterator[pa.RecordBatch]) -> Iterator[pa.Table]:
+    """Each non-empty block as a table (nothing to project, filter or sort in an empty one)."""
+    for block in blocks:
+        if block.num_rows:
+            yield pa.Table.from_batches([block])
+
+
+def _grouped(blocks: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.Table]:
+    """Consecutive non-empty blocks as tables of about ``rows`` rows (a block is never split)."""
+    held: list[pa.RecordBatch] = []
+    count = 0
+    for block in blocks:
+        if not block.num_rows:
+            continue
+        if held and count + block.num_rows > rows:
+            yield pa.Table.from_batches(held)
+            held, count = [], 0
+        held.append(block)
+        count += block.num_rows
+    if held:
+        yield pa.Table.from_batches(held)
 
 
 def _empty_provider(schema: pa.Schema) -> Table:

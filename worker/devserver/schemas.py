@@ -21,6 +21,7 @@ __all__ = [
     "blocks_schema",
     "log_entries_schema",
     "measures_schema",
+    "process_spans_schema",
     "processes_schema",
     "streams_schema",
     "thread_spans_schema",
@@ -42,10 +43,13 @@ class SchemaOptions:
         dictionary_keys: ``"int32"`` (Micromegas >= 0.28), ``"int16"`` (older) or ``"plain"``
             (string columns as plain utf8, never dictionary-encoded).
         async_hash: whether ``async_events`` has the ``hash`` column (Micromegas >= 0.22).
+        process_spans: whether the ``process_spans`` table function exists (False: naming it fails
+            to plan, as on a Micromegas without it).
     """
 
     dictionary_keys: DictionaryKeys = "int32"
     async_hash: bool = True
+    process_spans: bool = True
 
     def string(self) -> pa.DataType:
         """The type of a dictionary-encoded string column of the views."""
@@ -73,6 +77,21 @@ def thread_spans_schema(options: SchemaOptions) -> pa.Schema:
             ("line", pa.uint32()),
         ]
     )
+
+
+#: ``process_spans``'s two leading columns: Int16 keys whatever the views use
+#: (process_spans_table_function.rs builds them with ``StringDictionaryBuilder<Int16Type>``).
+PROCESS_SPANS_STRING = pa.dictionary(pa.int16(), pa.utf8())
+
+
+def process_spans_schema(options: SchemaOptions) -> pa.Schema:
+    """``process_spans(process_id, span_types)`` (process_spans_table_function.rs): ``stream_id`` and
+    ``thread_name`` (not nullable), then the ``thread_spans`` columns."""
+    lead = [
+        pa.field("stream_id", PROCESS_SPANS_STRING, nullable=False),
+        pa.field("thread_name", PROCESS_SPANS_STRING, nullable=False),
+    ]
+    return pa.schema(lead + list(thread_spans_schema(options)))
 
 
 def async_events_schema(options: SchemaOptions) -> pa.Schema:

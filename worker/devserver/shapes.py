@@ -6,10 +6,12 @@ A statement has a *known shape* when it is exactly::
       [WHERE cond AND cond ...] [ORDER BY <sort column> [ASC]] [LIMIT n]
 
 with each ``cond`` a comparison of the view's sort column (``begin`` for thread spans, ``time``
-otherwise) with a ``TIMESTAMP '...Z'`` literal, or ``end >= / > TIMESTAMP`` on thread spans.
-That covers the per-thread and async-event SQL of the worker's source (worker/source/queries.py)
-and upstream's per-thread query. Anything else (other conditions, aliases, expressions, ``OR``,
-joins, aggregates, ``DESC``) is not a known shape and runs through DataFusion as usual.
+otherwise) with a ``TIMESTAMP '...Z'`` literal, or ``end >= / > TIMESTAMP`` on thread spans;
+or ``FROM process_spans('<id>', 'thread')`` with the thread-span conditions and no ``ORDER BY``
+(its rows are thread after thread, not in one order). That covers the per-thread, one-query and
+async-event SQL of the worker's source (worker/source/queries.py) and upstream's per-thread query.
+Anything else (other conditions, aliases, expressions, ``OR``, joins, aggregates, ``DESC``) is not
+a known shape and runs through DataFusion as usual.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from worker.devserver.memory import ORDER_COLUMN, Bounds
 __all__ = ["Shape", "parse_shape"]
 
 _STATEMENT = re.compile(
-    r"""^\s*SELECT\s+(?P<cols>.+?)\s+FROM\s+view_instance\(\s*'(?P<view>[a-z_]+)'\s*,\s*'(?P<id>[^']*)'\s*\)
+    r"""^\s*SELECT\s+(?P<cols>.+?)\s+FROM\s+
+    (?:view_instance\(\s*'(?P<view>[a-z_]+)'\s*,\s*'(?P<id>[^']*)'\s*\)
+    |process_spans\(\s*'(?P<pid>[^']*)'\s*,\s*'thread'\s*\))
     (?:\s+WHERE\s+(?P<where>.+?))?
     (?:\s+ORDER\s+BY\s+(?P<order>"[a-z_]+"|[A-Za-z_]+)(?:\s+ASC)?)?
     (?:\s+LIMIT\s+(?P<limit>\d{1,18}))?\s*;?\s*$""",
@@ -90,6 +94,7 @@ def _condition(view: str, text: str, bounds: Bounds) -> Bounds | None:
     if ts is None:
         return None
     op = m["op"]
+    view = "thread_spans" if view == "process_spans" else view  # same columns, same conditions
     if column == ORDER_COLUMN[view]:
         lo = {">=": ts, ">": ts + 1, "=": ts}.get(op)
         hi = {"<=": ts, "<": ts - 1, "=": ts}.get(op)
@@ -102,9 +107,11 @@ def _condition(view: str, text: str, bounds: Bounds) -> Bounds | None:
 def parse_shape(sql: str, schemas: dict[str, pa.Schema]) -> Shape | None:
     """The statement's shape, or None when it is not one the in-memory lake answers itself."""
     m = _STATEMENT.match(sql)
-    if m is None or m["view"] not in schemas or m["view"] not in ORDER_COLUMN:
+    if m is None:
         return None
-    view = m["view"]
+    view, instance = ("process_spans", m["pid"]) if m["pid"] is not None else (m["view"], m["id"])
+    if view not in schemas or (view not in ORDER_COLUMN and view != "process_spans"):
+        return None
     names = schemas[view].names
     if m["cols"].strip() == "*":
         columns = tuple(names)
@@ -115,7 +122,7 @@ def parse_shape(sql: str, schemas: dict[str, pa.Schema]) -> Shape | None:
         columns = tuple(c for c in parsed if c is not None)
     if m["order"] is not None:
         order = m["order"].strip('"') if m["order"].startswith('"') else m["order"].lower()
-        if order != ORDER_COLUMN[view]:
+        if order != ORDER_COLUMN.get(view):
             return None
     bounds: Bounds | None = Bounds()
     if m["where"] is not None:
@@ -126,4 +133,4 @@ def parse_shape(sql: str, schemas: dict[str, pa.Schema]) -> Shape | None:
                 return None
     assert bounds is not None
     limit = int(m["limit"]) if m["limit"] is not None else None
-    return Shape(view, m["id"], columns, bounds, limit, f"{view}: {_LITERALS.sub('?', sql)}")
+    return Shape(view, instance, columns, bounds, limit, f"{view}: {_LITERALS.sub('?', sql)}")

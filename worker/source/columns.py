@@ -24,6 +24,8 @@ __all__ = [
     "ASYNC_EVENT_KINDS",
     "PROCESS_KINDS",
     "PROCESS_LIST_KINDS",
+    "PROCESS_SPAN_KINDS",
+    "PROCESS_STREAM_KINDS",
     "THREAD_KINDS",
     "THREAD_SPAN_KINDS",
     "BatchChecker",
@@ -41,6 +43,7 @@ class Kind(Enum):
     INTEGER = "integer"
     #: A float or an integer (measure values).
     NUMBER = "number"
+    BOOLEAN = "boolean"
 
 
 THREAD_SPAN_KINDS: Mapping[str, Kind] = {
@@ -52,6 +55,7 @@ THREAD_SPAN_KINDS: Mapping[str, Kind] = {
     "line": Kind.INTEGER,
     "depth": Kind.INTEGER,
 }
+PROCESS_SPAN_KINDS: Mapping[str, Kind] = {"stream_id": Kind.STRING, **THREAD_SPAN_KINDS}
 ASYNC_EVENT_KINDS: Mapping[str, Kind] = {
     "stream_id": Kind.STRING,
     "time": Kind.TIME,
@@ -76,6 +80,13 @@ PROCESS_LIST_KINDS: Mapping[str, Kind] = {
     "start_time": Kind.TIME,
     "last_time": Kind.TIME,
 }
+PROCESS_STREAM_KINDS: Mapping[str, Kind] = {
+    **PROCESS_KINDS,
+    "stream_id": Kind.TEXT,
+    "cpu": Kind.BOOLEAN,
+    "thread_name": Kind.TEXT,
+    "thread_id": Kind.TEXT,
+}
 THREAD_KINDS: Mapping[str, Kind] = {
     "stream_id": Kind.TEXT,
     "thread_name": Kind.TEXT,
@@ -96,6 +107,8 @@ def _matches(t: pa.DataType, kind: Kind) -> bool:
         return bool(pat.is_integer(t))
     if kind is Kind.NUMBER:
         return bool(pat.is_integer(t) or pat.is_floating(t))
+    if kind is Kind.BOOLEAN:
+        return bool(pat.is_boolean(t))
     if kind is Kind.TEXT:
         if pat.is_dictionary(t):
             t = t.value_type

@@ -35,6 +35,8 @@ class FlightSqlConfig:
         direct_tickets: ``auto``: skip GetFlightInfo once the server's first answer shows that its
             ticket is the statement itself (Micromegas); ``on``: always skip it; ``off``: never
             (see :mod:`worker.source.tickets`).
+        process_spans_max_objects: Read all threads' spans with one ``process_spans`` query when
+            the thread list's object counts (``blocks.nb_objects``) sum to at most this; 0: never.
     """
 
     url: str
@@ -46,10 +48,13 @@ class FlightSqlConfig:
     batch_timeout_s: float | None = 300.0
     max_threads: int = 10_000
     direct_tickets: Literal["auto", "on", "off"] = "auto"
+    process_spans_max_objects: int = 50_000
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise InvalidRequest(f"concurrency must be at least 1: {self.concurrency}")
+        if self.process_spans_max_objects < 0:
+            raise InvalidRequest(f"process_spans_max_objects must be >= 0: {self.process_spans_max_objects}")
         object.__setattr__(self, "url", normalise_url(self.url))
 
     @property
@@ -80,6 +85,7 @@ class FlightSqlConfig:
             batch_timeout_s=s.flightsql_batch_timeout_s or None,
             max_threads=s.flightsql_max_threads,
             direct_tickets=s.flightsql_direct_tickets,
+            process_spans_max_objects=s.flightsql_process_spans_max_objects,
         )
 
 

@@ -10,6 +10,12 @@ headers are per connection, each concurrent query gets its own connection from a
 Against a server whose ticket is the statement itself (Micromegas), GetFlightInfo is skipped
 (``direct_tickets``, :mod:`worker.source.tickets`): each query is then one DoGet. The calls made are
 counted in :attr:`FlightSqlSource.calls` (the service exports them on ``/metrics``).
+
+Thread spans of a small process (the thread list's ``nb_objects`` sums to at most
+``process_spans_max_objects``) come from one ``process_spans`` query, regrouped per thread
+(:mod:`worker.source.regroup`); larger processes, or a thread list without sizes, get one query per
+thread, ``concurrency`` at a time. A server that refuses ``process_spans`` is asked per thread
+from then on.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import asyncio
 import contextlib
 import threading
 from collections import Counter
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -26,7 +32,14 @@ import adbc_driver_flightsql as fsql
 import adbc_driver_manager as adbc
 import pyarrow as pa
 
-from worker.errors import ProcessNotFound, SourceBroken, SourceUnavailable, TraceTooLarge
+from worker.errors import (
+    BadSourceData,
+    ProcessNotFound,
+    QueryRejected,
+    SourceBroken,
+    SourceUnavailable,
+    TraceTooLarge,
+)
 from worker.model import ProcessInfo, ThreadInfo, TimeRange
 from worker.source import logs as log_queries
 from worker.source import queries
@@ -34,6 +47,8 @@ from worker.source.columns import (
     ASYNC_EVENT_KINDS,
     PROCESS_KINDS,
     PROCESS_LIST_KINDS,
+    PROCESS_SPAN_KINDS,
+    PROCESS_STREAM_KINDS,
     THREAD_KINDS,
     THREAD_SPAN_KINDS,
     BatchChecker,
@@ -41,6 +56,7 @@ from worker.source.columns import (
 )
 from worker.source.config import FlightSqlConfig
 from worker.source.fetch import ordered_fetch
+from worker.source.regroup import by_thread
 from worker.source.tickets import is_statement_ticket, statement_partition
 from worker.source.translate import translate_errors
 
@@ -62,6 +78,15 @@ _MAX_IDLE = 64
 #: Small results (process, thread list) at most this long become rows on the event loop; longer ones
 #: in a worker thread.
 _INLINE_ROWS = 256
+#: Streams of a process that are not threads (log, metrics, ...) read beyond ``max_threads`` in the
+#: combined process and thread list query before it gives way to the two queries.
+_OTHER_STREAMS = 64
+#: A ``process_spans`` answer is regrouped on the event loop up to this many rows (a few ms at most).
+_INLINE_REGROUP_ROWS = 65_536
+#: A ``process_spans`` answer longer than this many times the object count it was chosen for is
+#: abandoned (the thread list understated the size): the threads are then read one by one, so memory
+#: stays bounded by the setting whatever the server says.
+_ONE_QUERY_SLACK = 2
 
 
 class _Calls:
@@ -315,6 +340,35 @@ def _ns(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
+def _count(value: Any) -> int | None:
+    """An object count from the thread list, or None (missing, or not a non-negative integer)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _process_info(row: Mapping[str, Any]) -> ProcessInfo:
+    return ProcessInfo(
+        process_id=_text(row["process_id"]),
+        exe=_text(row["exe"]),
+        username=_text(row.get("username")),
+        realname=_text(row.get("realname")),
+        computer=_text(row.get("computer")),
+        distro=_text(row.get("distro")),
+        cpu_brand=_text(row.get("cpu_brand")),
+        start_time_ns=_ns(row.get("start_time")),
+        first_time_ns=_ns(row["first_time"]),
+        last_time_ns=_ns(row["last_time"]),
+    )
+
+
+def _thread_info(row: Mapping[str, Any]) -> ThreadInfo:
+    return ThreadInfo(
+        stream_id=_text(row["stream_id"]),
+        thread_name=_text(row["thread_name"]),
+        thread_id=_text(row["thread_id"]),
+        objects=_count(row.get("nb_objects")),
+    )
+
+
 def _text(value: Any) -> str:
     if value is None:
         return ""
@@ -333,6 +387,10 @@ class FlightSqlSource:
         self._calls = _Calls()
         self._tickets = _Tickets(config.direct_tickets, self._calls)
         self._pool = _Pool(config, self._calls)
+        #: Whether the server has ``process_spans``: None until it refuses it.
+        self._has_process_spans: bool | None = None
+        #: Whether the thread list asks for ``nb_objects`` (False once the server refused it).
+        self._sizes = True
         # Blocking reads get threads of their own, so that many concurrent fetches (several jobs
         # x `concurrency`) never queue behind each other in asyncio's small default executor.
         self._executor = ThreadPoolExecutor(
@@ -473,39 +531,89 @@ class FlightSqlSource:
         rows = await self._rows(sql, {}, "process query", PROCESS_KINDS, limit=1)
         if not rows:
             raise ProcessNotFound(f"no process {process_id.lower()} in the Flight SQL service")
-        row = rows[0]
-        return ProcessInfo(
-            process_id=_text(row["process_id"]),
-            exe=_text(row["exe"]),
-            username=_text(row.get("username")),
-            realname=_text(row.get("realname")),
-            computer=_text(row.get("computer")),
-            distro=_text(row.get("distro")),
-            cpu_brand=_text(row.get("cpu_brand")),
-            start_time_ns=_ns(row.get("start_time")),
-            first_time_ns=_ns(row["first_time"]),
-            last_time_ns=_ns(row["last_time"]),
-        )
+        return _process_info(rows[0])
+
+    async def process_and_threads(self, process_id: str) -> tuple[ProcessInfo, list[ThreadInfo] | None]:
+        """The process, and in the same query its threads for a trace of its whole life (what
+        :meth:`threads` gives for that range); threads None when the process has more streams than
+        ``max_threads`` plus a few others: ask :meth:`threads` then (it enforces the limit).
+
+        Raises:
+            InvalidRequest, ProcessNotFound: as :meth:`process`.
+            TraceTooLarge: more than ``max_threads`` threads.
+        """
+        most = self._config.max_threads + _OTHER_STREAMS
+        rows = await self._sized(
+            lambda sizes: queries.process_streams_sql(process_id, sizes=sizes),
+            {}, "process query", PROCESS_STREAM_KINDS, limit=most + 1,
+        )  # fmt: skip
+        if not rows:
+            raise ProcessNotFound(f"no process {process_id.lower()} in the Flight SQL service")
+        firsts = [t for t in (_ns(row["first_time"]) for row in rows) if t is not None]
+        lasts = [t for t in (_ns(row["last_time"]) for row in rows) if t is not None]
+        whole = {"first_time": min(firsts, default=None), "last_time": max(lasts, default=None)}
+        process = _process_info({**rows[0], **whole})
+        if len(rows) > most:
+            return process, None
+        threads = [_thread_info(row) for row in rows if row["cpu"] is True]
+        limit = self._config.max_threads
+        if len(threads) > limit:
+            raise TraceTooLarge(
+                f"the process has more than {limit} threads in the range (flightsql_max_threads)"
+            )
+        return process, threads
 
     async def threads(self, process_id: str, time_range: TimeRange) -> list[ThreadInfo]:
-        sql = queries.threads_sql(process_id)
         limit = self._config.max_threads
-        rows = await self._rows(
-            sql, _range_headers(time_range), "thread list query", THREAD_KINDS, limit=limit,
+        rows = await self._sized(
+            lambda sizes: queries.threads_sql(process_id, sizes=sizes),
+            _range_headers(time_range), "thread list query", THREAD_KINDS, limit=limit,
             too_many=f"the process has more than {limit} threads in the range (flightsql_max_threads)",
         )  # fmt: skip
-        return [
-            ThreadInfo(
-                stream_id=_text(row["stream_id"]),
-                thread_name=_text(row["thread_name"]),
-                thread_id=_text(row["thread_id"]),
-            )
-            for row in rows
-        ]
+        return [_thread_info(row) for row in rows]
+
+    async def _sized(
+        self,
+        sql: Callable[[bool], str],
+        headers: Mapping[str, str],
+        what: str,
+        kinds: Mapping[str, Kind],
+        **limits: Any,
+    ) -> list[dict[str, Any]]:
+        """Rows of a thread list query, with the threads' ``nb_objects`` while the server has it: a
+        refusal naming it sends the query again without (and later ones), so the threads have no
+        size and are read one by one, as before sizes were asked."""
+        if self._sizes:
+            try:
+                return await self._rows(sql(True), headers, what, kinds, **limits)
+            except QueryRejected as exc:
+                if "nb_objects" not in str(exc):
+                    raise
+                self._sizes = False
+        return await self._rows(sql(False), headers, what, kinds, **limits)
+
+    def _one_query_limit(self, threads: Sequence[ThreadInfo]) -> int | None:
+        """The object count that makes ``threads`` one ``process_spans`` query, or None (per thread)."""
+        limit = self._config.process_spans_max_objects
+        if limit <= 0 or self._has_process_spans is False or len(threads) < 2:
+            return None  # one thread is one query either way
+        sizes = [t.objects for t in threads]
+        if any(size is None for size in sizes) or sum(s for s in sizes if s is not None) > limit:
+            return None
+        return limit
 
     async def thread_spans(
-        self, threads: Sequence[ThreadInfo], time_range: TimeRange
+        self, threads: Sequence[ThreadInfo], time_range: TimeRange, *, process_id: str | None = None
     ) -> AsyncIterator[tuple[ThreadInfo, pa.RecordBatch | None]]:
+        limit = None if process_id is None else self._one_query_limit(threads)
+        if process_id is not None and limit is not None:
+            grouped = await self._process_spans(process_id, threads, time_range, limit * _ONE_QUERY_SLACK)
+            if grouped is not None:
+                for thread, table in zip(threads, grouped, strict=True):
+                    for batch in table.to_batches():
+                        yield thread, batch
+                    yield thread, None
+                return
         # Build (and so validate) every query before the first one is sent.
         sqls = [queries.thread_spans_sql(t.stream_id, time_range) for t in threads]
         headers = _range_headers(time_range)
@@ -523,6 +631,37 @@ class FlightSqlSource:
                 yield threads[index], batch
         finally:
             await fetch.aclose()
+
+    async def _process_spans(
+        self, process_id: str, threads: Sequence[ThreadInfo], time_range: TimeRange, max_rows: int
+    ) -> list[pa.Table] | None:
+        """Every thread's spans from one ``process_spans`` query, grouped per thread (in the order
+        of ``threads``), or None when the threads must be read one by one instead: the server
+        refused the query or sent rows the checks reject (nothing was handed on, so reading per
+        thread starts clean and reports any real fault itself), or more than ``max_rows`` rows."""
+        sql = queries.process_spans_sql(process_id, time_range)
+        what = "process spans query"
+        batches: list[pa.RecordBatch] = []
+        rows = 0
+        stream = self._stream(sql, _range_headers(time_range), what, BatchChecker(what, PROCESS_SPAN_KINDS))
+        try:
+            async for batch in stream:
+                rows += batch.num_rows
+                if rows > max_rows:
+                    return None
+                batches.append(batch)
+        except QueryRejected as exc:
+            if not batches and "process_spans" in str(exc).lower():
+                self._has_process_spans = False  # a server without the table function
+            return None
+        except BadSourceData:
+            return None
+        finally:
+            await stream.aclose()
+        ids = [t.stream_id for t in threads]
+        if rows <= _INLINE_REGROUP_ROWS:
+            return by_thread(batches, ids, queries.THREAD_SPAN_COLUMNS)
+        return await asyncio.to_thread(by_thread, batches, ids, queries.THREAD_SPAN_COLUMNS)
 
     async def async_events(
         self, process_id: str, time_range: TimeRange, *, lookback_ns: int = 0

@@ -27,18 +27,28 @@ class Source(Protocol):
         """
         ...
 
+    async def process_and_threads(self, process_id: str) -> tuple[ProcessInfo, list[ThreadInfo] | None]:
+        """The process and its threads for a trace of its whole life, in one round trip where the
+        source can; threads None when they must be asked with :meth:`threads`.
+
+        Raises:
+            As :meth:`process`; TraceTooLarge: more threads than the source allows.
+        """
+        ...
+
     async def threads(self, process_id: str, time_range: TimeRange) -> list[ThreadInfo]:
         """The process's threads (streams tagged 'cpu'), ordered by stream id."""
         ...
 
     def thread_spans(
-        self, threads: Sequence[ThreadInfo], time_range: TimeRange
+        self, threads: Sequence[ThreadInfo], time_range: TimeRange, *, process_id: str | None = None
     ) -> AsyncIterator[tuple[ThreadInfo, pa.RecordBatch | None]]:
         """Spans of each thread overlapping the range, thread after thread in the given order.
 
         Each thread's batches come in ascending ``begin`` order and are followed by one
         ``(thread, None)`` item that marks the end of that thread. Later threads are fetched ahead
-        with bounded concurrency and bounded buffers.
+        with bounded concurrency and bounded buffers. With ``process_id`` (the threads' process) a
+        source may read every thread at once when the threads are small (their ``objects``).
         """
         ...
 

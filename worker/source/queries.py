@@ -26,7 +26,9 @@ __all__ = [
     "header_time",
     "log_entries_sql",
     "log_entry_count_sql",
+    "process_spans_sql",
     "process_sql",
+    "process_streams_sql",
     "processes_sql",
     "rfc3339",
     "search_literal",
@@ -118,12 +120,44 @@ def process_sql(process_id: str) -> str:
     )
 
 
-def threads_sql(process_id: str) -> str:
-    """The process's thread streams (tagged 'cpu') with name and id, ordered by stream id."""
+#: The per-thread size the thread list carries (dropped for a server whose ``blocks`` lacks it).
+_SIZES = ", sum(nb_objects) AS nb_objects"
+
+
+def process_streams_sql(process_id: str, *, sizes: bool = True) -> str:
+    """The process query and the thread list in one: one row per stream of the process, with the
+    process's columns, the stream's first/last block times, whether it is a thread (tagged 'cpu'),
+    its thread name and id and (``sizes``) its objects (``nb_objects``, summed), ordered by stream id.
+
+    Without range headers, as the process query: it stands for the thread list of a trace of the
+    process's whole life, whose range keeps every block (a block begins before the last block ends
+    and is inserted after the first begins), so the same threads come back."""
+    return (
+        'SELECT process_id, stream_id, "processes.exe" AS exe, "processes.username" AS username, '
+        '"processes.realname" AS realname, "processes.computer" AS computer, '
+        '"processes.distro" AS distro, "processes.cpu_brand" AS cpu_brand, '
+        '"processes.start_time" AS start_time, '
+        "min(begin_time) AS first_time, max(end_time) AS last_time, "
+        "array_has(\"streams.tags\", 'cpu') AS cpu, "
+        "property_get(\"streams.properties\", 'thread-name') AS thread_name, "
+        "property_get(\"streams.properties\", 'thread-id') AS thread_id"
+        f"{_SIZES if sizes else ''} "
+        f"FROM blocks WHERE process_id = {uuid_literal(process_id, 'process_id')} "
+        'GROUP BY process_id, stream_id, "processes.exe", "processes.username", "processes.realname", '
+        '"processes.computer", "processes.distro", "processes.cpu_brand", "processes.start_time", '
+        "cpu, thread_name, thread_id ORDER BY stream_id"
+    )
+
+
+def threads_sql(process_id: str, *, sizes: bool = True) -> str:
+    """The process's thread streams (tagged 'cpu') with name, id and (``sizes``) the objects their
+    blocks hold (``nb_objects``, summed: the size of each thread before any span query), ordered by
+    stream id."""
     return (
         "SELECT stream_id, "
         "property_get(\"streams.properties\", 'thread-name') AS thread_name, "
-        "property_get(\"streams.properties\", 'thread-id') AS thread_id "
+        "property_get(\"streams.properties\", 'thread-id') AS thread_id"
+        f"{_SIZES if sizes else ''} "
         f"FROM blocks WHERE process_id = {uuid_literal(process_id, 'process_id')} "
         "AND array_has(\"streams.tags\", 'cpu') "
         "GROUP BY stream_id, thread_name, thread_id ORDER BY stream_id"
@@ -159,6 +193,19 @@ def thread_spans_sql(stream_id: str, time_range: TimeRange) -> str:
         f'WHERE "begin" <= {timestamp_literal(time_range.end_ns)} '
         f'AND "end" >= {timestamp_literal(time_range.begin_ns)} '
         'ORDER BY "begin"'
+    )
+
+
+def process_spans_sql(process_id: str, time_range: TimeRange) -> str:
+    """Every thread's spans overlapping the range in one result (Micromegas's ``process_spans`` table
+    function), each row with its ``stream_id``. Upstream sends thread after thread (ordered by stream
+    id), each in ``begin`` order, but declares no order: no ``ORDER BY``, so the server does not
+    sort; the source groups the rows by thread itself."""
+    return (
+        f'SELECT "stream_id", {_columns(THREAD_SPAN_COLUMNS)} '
+        f"FROM process_spans({uuid_literal(process_id, 'process_id')}, 'thread') "
+        f'WHERE "begin" <= {timestamp_literal(time_range.end_ns)} '
+        f'AND "end" >= {timestamp_literal(time_range.begin_ns)}'
     )
 
 
