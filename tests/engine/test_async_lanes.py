@@ -44,17 +44,24 @@ class Want:
     parent_id: int  # parent_span_id of the begin event (0: none)
 
 
-def model(events: Sequence[AsyncEvent]) -> dict[str, Want]:
-    """Span name -> what its slice must be (names are unique per span in these tests)."""
+def model(events: Sequence[AsyncEvent], window: int = 1 << 16) -> dict[str, Want]:
+    """Span name -> what its slice must be (names are unique per span in these tests). A span's parent
+    is the parent span open at its begin, or the one that closed before it in the same window of
+    ``window`` events (the layout's windows, in canonical order)."""
     open_: dict[int, tuple[AsyncEvent, str | None]] = {}
+    closed_here: dict[int, str] = {}  # span id -> name of the last span with it closed in this window
     out: dict[str, Want] = {}
     # The engine reads ties in canonical order (worker/engine/canonical.py): begins before ends.
-    for ev in sorted(events, key=lambda e: (e.time, e.kind, e.span_id, e.parent, e.name)):
+    for i, ev in enumerate(sorted(events, key=lambda e: (e.time, e.kind, e.span_id, e.parent, e.name))):
+        if i % window == 0:
+            closed_here.clear()
         if ev.kind == "begin":
             parent = open_.get(ev.parent) if ev.parent else None
-            open_[ev.span_id] = (ev, parent[0].name if parent else None)
+            parent_name = parent[0].name if parent else closed_here.get(ev.parent) if ev.parent else None
+            open_[ev.span_id] = (ev, parent_name)
         elif ev.span_id in open_:
             b, parent_name = open_.pop(ev.span_id)
+            closed_here[ev.span_id] = b.name
             out[b.name] = Want(b.time, max(b.time, ev.time), "", parent_name, b.parent)
         else:
             out[ev.name] = Want(min(RANGE.begin_ns, ev.time), ev.time, "begin", None, 0)
@@ -192,8 +199,8 @@ def lakes(draw: st.DrawFn) -> list[AsyncEvent]:
 def test_lanes_are_exact_nested_and_linked(events: list[AsyncEvent], cuts: list[int], window: int) -> None:
     batch = async_batch(events)
     data = run_windowed(split(batch, cuts), window)
-    check_lanes(decode(data), model(events))
-    check_import(data, model(events))
+    check_lanes(decode(data), model(events, window))
+    check_import(data, model(events, window))
     assert inspect_trace(io.BytesIO(data)).ok
     # The layout depends on the rows and the window, not on the caller's batching (interned data
     # packets still go before each input batch, so only the slices and their links are compared).
@@ -208,7 +215,7 @@ def test_children_nest_under_their_parent_and_the_rest_get_flows() -> None:
         AsyncEvent(t + 1, "begin", 2, 1, name="parse"),
         AsyncEvent(t + 2, "begin", 3, 1, name="fetch"),  # beside parse: its own track, a flow
         AsyncEvent(t + 3, "end", 2, name="parse"),
-        AsyncEvent(t + 4, "begin", 4, 2, name="late"),  # parent already ended: annotation only
+        AsyncEvent(t + 4, "begin", 4, 2, name="late"),  # parent already ended: a flow if in its window
         AsyncEvent(t + 5, "end", 4, name="late"),
         AsyncEvent(t + 6, "end", 1, name="request"),
         AsyncEvent(t + 7, "end", 3, name="fetch"),  # outlives request
@@ -219,17 +226,23 @@ def test_children_nest_under_their_parent_and_the_rest_get_flows() -> None:
         AsyncEvent(t + 12, "end", 7, name="db2"),
         AsyncEvent(t + 13, "end", 5, name="next"),
     ]
-    want = model(events)
-    for window in (3, 5, 9):  # a span still open at the end of its window is a lane root
+    for window in (3, 4, 5, 9):  # a span still open at the end of its window is a lane root
         data = run_windowed([async_batch(events, "plain")], window)
-        check_lanes(decode(data), want)
-        check_import(data, want)
+        check_lanes(decode(data), model(events, window))
+        check_import(data, model(events, window))
+    # parse's END is event 3 and late's BEGIN event 4: in one window of 3 or 5 events, not of 4, where
+    # late's parent ended in an earlier window (its BEGIN already written): no flow, the annotation only.
+    for window, linked in ((3, True), (4, False), (5, True)):
+        got = decode(run_windowed([async_batch(events, "plain")], window))
+        assert bool(next(x for x in got.slices if x.name == "late").term_flows) == linked
+    want = model(events)
     decoded = decode(run(split(async_batch(events, "plain"), [3, 7])))
     check_lanes(decoded, want)
     s = {x.name: x for x in decoded.slices}
     assert s["parse"].under == "request" and s["db"].under == s["db2"].under == "next"
     assert s["fetch"].under is None and s["fetch"].parent_span == 1
-    assert s["late"].parent_span == 2 and not s["late"].term_flows
+    # The parent ended before it began, in the same window: a flow from the parent's slice.
+    assert s["late"].parent_span == 2 and s["late"].term_flows and s["late"].term_flows[0] in s["parse"].flows
     assert len({x.track for x in decoded.slices}) == 4  # request, fetch, late, next
 
 

@@ -12,10 +12,11 @@ than its begin is clamped to the begin.
 
 Layout (``lanes.place``): a span that surely nests in its open parent goes on the parent's track, at a
 depth below Perfetto's 512 (``lanes.MAX_DEPTH``); any other span is a lane root with a track of its own
-under the "Async spans" group, linked from its open parent by a flow, with its ``parent_span_id`` as a
-debug annotation. A span's BEGIN is written when it closes (so it lists the flows to all its children),
-in the window where it closes; a flow-linked child that begins at its parent's very begin is held and
-written right after its parent's BEGIN (``_defer``).
+under the "Async spans" group, linked by a flow from its parent (open at its begin, or closed before
+it in the same window), with its ``parent_span_id`` as a debug annotation. A span's BEGIN is written
+when it closes (so it lists the flows to all its children), in the window where it closes; a
+flow-linked child that begins at its parent's very begin is held and written right after its parent's
+BEGIN (``_defer``).
 
 Span keys: a counter from 1 over the trace, in the order spans open in the canonical input (the spans
 opened in a window, then its ends without a begin), skipping the process/thread/group uuids: unique per
@@ -379,8 +380,8 @@ class AsyncState:
         index_of[op] = np.arange(k_open)
         ev_rows = op[p:] - p  # the new openers' rows in ``ev``
 
-        # Parent of each new opener (index into ``op``, -1 for none): the parent span's opener open at
-        # the child's begin.
+        # Parent of each new opener (index into ``op``, -1 for none): the last opener of the parent's
+        # span id before the child in this window (open at the child's begin, or closed before it).
         parent = np.full(k_open, -1, dtype=np.int64)
         new_open = pos_o[pos_o >= p]
         want = ev.parent_id[new_open - p]
@@ -403,7 +404,9 @@ class AsyncState:
                 okey = rank * (n + 1) + pos_o
                 j = np.searchsorted(okey, rank[lo_c] * (n + 1) + new_open, side="left") - 1
             parent_pos = pos_o[np.maximum(j, 0)]
-            ok = exists & (j >= lo) & (close_at[parent_pos] > new_open) & (parent_pos < new_open)
+            # Open at the child's begin, or closed before it in this window: its BEGIN is still to be
+            # written (at the end of this window), so it can carry the flow to the child.
+            ok = exists & (j >= lo) & (parent_pos < new_open)
             found = np.flatnonzero(ok)
             parent[index_of[new_open[found]]] = index_of[parent_pos[found]]
 
