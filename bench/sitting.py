@@ -37,6 +37,7 @@ BENCHES: dict[str, tuple[str, list[str]]] = {
     "source": ("bench.bench_source", []),
     "generate": ("bench.bench_generate", ["--stages"]),
     "service": ("bench.bench_service", ["--large-runs", "2", "--small-rounds", "2"]),
+    "service-overhead": ("bench.bench_service_overhead", ["--jobs", "200", "--rounds", "2"]),
     "inspect": ("bench.bench_inspect", ["--runs", "2"]),
     "client": ("bench.bench_client", []),
     "blob": ("bench.bench_blob", []),
