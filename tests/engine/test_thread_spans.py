@@ -303,11 +303,13 @@ def test_deep_recursion_goes_on_depth_band_tracks_exactly(
     # Perfetto drops a slice begun on a track holding 512 open ones; deeper spans go on one overflow
     # track per band of 512 levels under the thread's track, each nested 0-511 deep and exact.
     monkeypatch.setattr("worker.engine.encoder._SUB_BATCH", sub_batch)
-    a = [*recursion(1_000, 1_300, "a"), Span(20_000, 20_010, 0, "flat"), *recursion(30_000, 600, "again")]
+    first = [*recursion(1_000, 1_300, "a"), Span(20_000, 20_010, 0, "flat")]
+    again = recursion(30_000, 600, "again")  # after thread b: thread a reopened, its tracks reused
+    a = first + again
     b = recursion(50_000, 520, "b")
-    batch_a = thread_batch(a)
     data = run(
-        [("stream-a", x) for x in split(batch_a, [5, 700, 1_290, 1_500])] + [("stream-b", thread_batch(b))]
+        [("stream-a", x) for x in split(thread_batch(first), [5, 700, 1_290])]
+        + [("stream-b", thread_batch(b)), ("stream-a", thread_batch(again))]
     )
     decoded = decode(data)
     assert decoded.problems == []  # decode also reports any BEGIN on a track with 512 open
