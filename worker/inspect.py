@@ -23,7 +23,9 @@ way Perfetto's trace processor reads it:
 - per track, events sorted by (timestamp, file position) and an END closing the most recent open slice:
   an END whose name/category differs from that slice (a partial overlap, ``misnested_end``; an END
   without a name cannot show it), an END with nothing open (``unmatched_end``), slices never closed
-  (``unterminated``).
+  (``unterminated``), a BEGIN on a track already holding :data:`MAX_OPEN_SLICES` open slices
+  (``max_depth_exceeded``: Perfetto drops it, stat ``slice_max_depth_exceeded``, and its END then
+  closes the slice below).
 
 Example:
     >>> report = inspect_trace("trace.pftrace")  # doctest: +SKIP
@@ -52,6 +54,8 @@ __all__ = ["Defect", "InspectReport", "TrackSummary", "inspect_trace"]
 
 #: Defect messages kept per kind (all are counted).
 MAX_EXAMPLES = 20
+#: Open slices a track holds at most in Perfetto's trace processor (``SliceTracker::kMaxDepth``).
+MAX_OPEN_SLICES = 512
 _CLEARED = 1
 _NEEDS = 2
 _BEGIN = pb.TrackEvent.TYPE_SLICE_BEGIN
@@ -945,6 +949,18 @@ class _Inspector:
         self.event_tracks.add(track[starts], distinct=True)
         self.event_tracks.count(track[starts], per_track)
         unmatched, level = _depths(track, begin, end)
+        # A BEGIN's level counts itself: above MAX_OPEN_SLICES, the track already held that many.
+        too_deep = np.flatnonzero(begin & is_new & (level > MAX_OPEN_SLICES))
+        if len(too_deep):
+            names = self.names()
+            self.report.add_many(
+                "max_depth_exceeded",
+                pos[too_deep],
+                lambda k: (
+                    f"track {int(track[too_deep[k]])}: {names[name[too_deep[k]]]!r} begun at "
+                    f"{ts[too_deep[k]]} with {MAX_OPEN_SLICES} slices open (Perfetto drops it)"
+                ),
+            )
         # Matching: per (track, level), events alternate BEGIN, END; an END's BEGIN precedes it.
         idx = np.flatnonzero(begin | (end & ~unmatched))
         # Events are sorted by track: one stable sort on (track run, level) keeps file order within.

@@ -8,7 +8,8 @@ Timestamps are resolved as Perfetto's trace processor does (:class:`Clocks`): a 
 ``timestamp_clock_id`` or its sequence's ``trace_packet_defaults``; clock ids 64-127 belong to the
 sequence; an incremental clock adds each packet's value to its running value, which a ClockSnapshot
 sets; a clock is mapped to BOOTTIME (the trace clock) through the latest snapshot holding both. An
-event without ``track_uuid`` is on its sequence's default track (``track_event_defaults``).
+event without ``track_uuid`` is on its sequence's default track (``track_event_defaults``). A BEGIN on
+a track already holding :data:`MAX_OPEN` open slices is a problem: Perfetto's trace processor drops it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from worker.perfetto_pb import pb
+
+#: Perfetto's trace processor drops a slice begun on a track holding this many open (``kMaxDepth``).
+MAX_OPEN = 512
 
 Links = tuple[tuple[int, ...], tuple[int, ...], int | None, str | None]
 
@@ -226,6 +230,8 @@ def decode(data: bytes) -> Decoded:
         stack: list[tuple[int, str, str, str, int, str, Links]] = []
         for ts, index, kind, name, cat, file, line, cut, links in evs:
             if kind == pb.TrackEvent.TYPE_SLICE_BEGIN:
+                if len(stack) >= MAX_OPEN:
+                    problems.append(f"track {track}: BEGIN {name!r}@{ts} at depth {len(stack)}")
                 under = stack[-1][1] if stack else None
                 stack.append((ts, name, cat, file, line, cut, (*links[:3], under)))
             elif kind == pb.TrackEvent.TYPE_SLICE_END:

@@ -10,12 +10,13 @@ processor's sources (slice_tracker, track_compressor, flow_tracker, proto_trace_
   cookie: an event goes to the row holding its uuid, else to the first row with no open slice (which
   adopts the uuid), else to a new row; a BEGIN adds one open slice to the row, an END removes one (never
   below zero). The rows are the tracks one sees after import.
+- **Track**: an event's ``track_uuid``, else its sequence's ``track_event_defaults.track_uuid``.
+- **Depth** (slice_tracker ``kMaxDepth``): a BEGIN on a row already holding 512 open slices is dropped
+  (stat ``slice_max_depth_exceeded``, slice_tracker.cc ``StartSlice``), with its flows; its END then
+  closes the slice below it, as Perfetto's does.
 - **Nesting** (slice_tracker), per row: an END closes the most recent open slice of the row; an END
   naming another slice is counted as ``misplaced_end_event`` (Perfetto then keeps going, misnested); an
   END with nothing open is ignored (``end_without_begin`` here); a slice never closed has ``dur = -1``.
-  A BEGIN on a row whose stack already holds ``MAX_DEPTH`` (512, ``kMaxDepth``) open slices is dropped
-  and counted as ``slice_max_depth_exceeded`` (slice_tracker.cc ``StartSlice``), with its flows; its END
-  then closes the row's most recent open slice (another one).
 - **Flows** (flow_tracker, v2 ids): each ``flow_ids`` value on an event starts a flow at its slice, or, if
   the id is already pending, links the pending slice to this one and continues from here; each
   ``terminating_flow_ids`` value links the pending slice to this one and closes the id, or is counted as
@@ -103,16 +104,22 @@ def import_trace(data: bytes) -> Imported:
     trace = pb.Trace.FromString(data)
     clocks = Clocks()
     defaults: dict[int, int] = {}
+    default_track: dict[int, int] = {}
     names: dict[int, dict[int, str]] = {}
     descriptors: dict[int, pb.TrackDescriptor] = {}
-    events: list[tuple[int, int, pb.TrackEvent, str]] = []
+    events: list[tuple[int, int, pb.TrackEvent, str, int]] = []
     for index, packet in enumerate(trace.packet):
         seq = packet.trusted_packet_sequence_id
         if packet.sequence_flags & 1:
             defaults.pop(seq, None)
+            default_track.pop(seq, None)
             names[seq] = {}
         if packet.HasField("trace_packet_defaults"):
-            defaults[seq] = packet.trace_packet_defaults.timestamp_clock_id
+            packet_defaults = packet.trace_packet_defaults
+            defaults[seq] = packet_defaults.timestamp_clock_id
+            default_track.pop(seq, None)
+            if packet_defaults.HasField("track_event_defaults"):
+                default_track[seq] = packet_defaults.track_event_defaults.track_uuid
         if packet.HasField("interned_data"):
             names.setdefault(seq, {}).update((n.iid, n.name) for n in packet.interned_data.event_names)
         if packet.HasField("clock_snapshot"):
@@ -131,14 +138,14 @@ def import_trace(data: bytes) -> Imported:
             te = packet.track_event
             if te.type in (_BEGIN, _END):
                 name = te.name if te.HasField("name") else names.get(seq, {}).get(te.name_iid, "?")
-                events.append((ts, index, te, name))
+                uuid = te.track_uuid if te.HasField("track_uuid") else default_track.get(seq, 0)
+                events.append((ts, index, te, name, uuid))
     events.sort(key=lambda e: (e[0], e[1]))
 
     out = Imported()
     sets: dict[object, _Set] = {}
     pending: dict[int, int] = {}  # flow id -> slice it leaves from
-    for ts, _, te, name in events:
-        uuid = te.track_uuid
+    for ts, _, te, name, uuid in events:
         desc = descriptors.get(uuid)
         if desc is None:
             out.stats["undeclared_track"] += 1

@@ -101,6 +101,17 @@ def test_unmatched_end_and_unterminated_slice() -> None:
     assert kinds([*header(), event(100, E, 1), event(200, B, 2)]) == {"unmatched_end": 1, "unterminated": 1}
 
 
+def test_a_begin_with_512_slices_open_exceeds_perfettos_max_depth() -> None:
+    # Perfetto's SliceTracker keeps at most 512 open slices per track and drops the BEGIN beyond.
+    for depth, dropped in ((512, {}), (514, {"max_depth_exceeded": 2})):
+        packets = [
+            *header(),
+            *(event(i, B, 1) for i in range(depth)),
+            *(event(1000, E, 1) for _ in range(depth)),
+        ]
+        assert kinds(packets) == dropped
+
+
 def test_iid_used_before_definition() -> None:
     late_names = packet(interned_data=pb.InternedData(event_names=[pb.EventName(iid=9, name="late")]))
     got = kinds([*header(), event(100, B, 9), late_names, event(200, E, 9)])

@@ -87,13 +87,26 @@ def test_flows_link_slices_and_need_their_source_first() -> None:
     assert got.stats["flow_end_without_start"] == 1 and got.dangling_flows == 1
 
 
-def test_a_slice_begun_on_a_stack_512_deep_is_dropped() -> None:
-    # slice_tracker.cc StartSlice: depth >= kMaxDepth (512) -> slice_max_depth_exceeded, no slice; its
-    # END then closes the slice below it, whose own END finds that slice closed already.
-    for depth, dropped in ((MAX_DEPTH, 0), (MAX_DEPTH + 1, 1)):
-        packets = [track(7)] + [event(i, B, 7) for i in range(depth)]
-        packets += [event(10 * depth - i, E, 7) for i in range(depth)]
+def test_a_begin_at_depth_512_is_dropped_and_its_end_closes_the_parent() -> None:
+    # slice_tracker kMaxDepth = 512: the 513th nested BEGIN is dropped, its END closes slice 511.
+    for depth, dropped in ((512, 0), (513, 1)):
+        packets = [track(7)]
+        packets += [event(i, B, 7) for i in range(depth)]
+        packets += [event(1000 + i, E, 7) for i in range(depth)]
         got = import_trace(trace(packets))
         assert got.stats["slice_max_depth_exceeded"] == dropped
-        assert len(got.slices) == depth - dropped and max(s.depth for s in got.slices) == MAX_DEPTH - 1
+        assert len(got.slices) == 512 and max(s.depth for s in got.slices) == 511
+        # Every END closes the top slice, so with one dropped each kept slice ends one END early (the
+        # outermost at the next-to-last END) and the last END finds nothing open.
+        assert got.slices[0].end == 1000 + depth - 1 - dropped
         assert got.stats["end_without_begin"] == dropped
+
+
+def test_events_without_track_uuid_are_on_the_sequence_default_track() -> None:
+    defaults = pb.TracePacket(trusted_packet_sequence_id=1, sequence_flags=2)
+    defaults.trace_packet_defaults.track_event_defaults.track_uuid = 7
+    first, last = event(100, B, 7), event(200, E, 7)
+    first.track_event.ClearField("track_uuid")
+    last.track_event.ClearField("track_uuid")
+    got = import_trace(trace([track(7), defaults, first, last]))
+    assert not got.stats and [(s.uuid, s.begin, s.end) for s in got.slices] == [(7, 100, 200)]

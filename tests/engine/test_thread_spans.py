@@ -14,7 +14,9 @@ from hypothesis import strategies as st
 from contracts.request import SpanTypes
 from tests.engine.data import PROCESS, THREADS, Span, split, thread_batch
 from tests.engine.decode import Slice, decode
+from tests.engine.perfetto_import import import_trace
 from worker.engine import TraceEncoder, encode
+from worker.engine.tracks import depth_track_uuid
 from worker.errors import BadSourceData
 from worker.inspect import inspect_trace
 from worker.model import TimeRange
@@ -34,6 +36,15 @@ def run(batches: Sequence[tuple[str, pa.RecordBatch]], chunk_size: int = 1 << 20
 
 def expected(spans: Sequence[Span], track: int) -> list[Slice]:
     return sorted(Slice(track, s.begin, s.end, s.name, s.target, s.filename, s.line) for s in spans)
+
+
+def check_import(data: bytes, spans: int) -> None:
+    """As Perfetto's importer reads it (tests/engine/perfetto_import.py): no stat (so no track ever
+    holds 512 open slices: slice_max_depth_exceeded), every span one slice, every slice closed."""
+    imported = import_trace(data)
+    assert not imported.stats
+    assert len(imported.slices) == spans
+    assert all(s.end is not None for s in imported.slices)
 
 
 @st.composite
@@ -81,6 +92,7 @@ def test_random_call_trees_round_trip(spans: list[Span], cuts: list[int], encodi
     assert decoded.problems == []
     assert decoded.on_track(UUID_A) == expected(spans, UUID_A)
     assert inspect_trace(io.BytesIO(data)).ok
+    check_import(data, len(spans))
     # Every file position keeps timestamps non-decreasing on the track (what Perfetto's sort needs).
     ts = decoded.event_times()
     assert ts == sorted(ts)
@@ -214,6 +226,7 @@ def test_arbitrary_bad_rows_still_give_strictly_nested_slices(
     decoded = decode(data)
     assert decoded.problems == []
     assert inspect_trace(io.BytesIO(data)).ok
+    check_import(data, len(spans))
     got = decoded.on_track(UUID_A)
     assert sorted(s.name for s in got) == sorted(s.name for s in spans)  # each span exactly once
     assert all(0 <= s.begin <= s.end for s in got)
@@ -254,3 +267,95 @@ def test_dictionaries_with_duplicates_nulls_and_changes_between_batches() -> Non
     assert got == [(b, n, n, n) for b, n in zip(begins, names, strict=True)]
     interned = [n for p in decoded.packets for n in p.interned_data.event_names]
     assert [n.name for n in interned] == ["x", "y", "", "z"]  # each string once, first-appearance order
+
+
+def recursion(t0: int, frames: int, prefix: str) -> list[Span]:
+    """``frames`` nested calls (preorder) from ``t0``, with zero-length leaves beside some deep frames
+    (before the next call and after it returns) and a run of frames ending together (tied ENDs)."""
+    spans: list[Span] = []
+    span = 10 * frames
+    for i in range(frames):
+        end = t0 + span - 2 * i if not 600 <= i < 700 else t0 + span - 1200
+        spans.append(Span(t0 + 2 * i, end, i, f"{prefix}{i}"))
+        if i in (510, 511, 512, 1023, 1024, frames - 1):
+            spans.append(Span(t0 + 2 * i + 1, t0 + 2 * i + 1, i + 1, f"{prefix}leaf{i}"))
+    # Leaves after the deeper call returned, each right after its parent's subtree (preorder).
+    for i in (1024, 700, 512, 511):
+        if i < frames - 1:
+            at = next(k for k, x in enumerate(spans) if x.name == f"{prefix}{i}")
+            parent = spans[at]
+            at += 1
+            while at < len(spans) and spans[at].depth > parent.depth:
+                at += 1
+            spans.insert(at, Span(parent.end - 1, parent.end - 1, i + 1, f"{prefix}after{i}"))
+    return spans
+
+
+def deep_track(thread: int, depth: int) -> int:
+    """The track a span at ``depth`` (levels below the thread's first span) is drawn on."""
+    return thread if depth < 512 else depth_track_uuid(thread, depth // 512)
+
+
+@pytest.mark.parametrize("sub_batch", [1 << 16, 300, 7])
+def test_deep_recursion_goes_on_depth_band_tracks_exactly(
+    monkeypatch: pytest.MonkeyPatch, sub_batch: int
+) -> None:
+    # Perfetto drops a slice begun on a track holding 512 open ones; deeper spans go on one overflow
+    # track per band of 512 levels under the thread's track, each nested 0-511 deep and exact.
+    monkeypatch.setattr("worker.engine.encoder._SUB_BATCH", sub_batch)
+    first = [*recursion(1_000, 1_300, "a"), Span(20_000, 20_010, 0, "flat")]
+    again = recursion(30_000, 600, "again")  # after thread b: thread a reopened, its tracks reused
+    a = first + again
+    b = recursion(50_000, 520, "b")
+    data = run(
+        [("stream-a", x) for x in split(thread_batch(first), [5, 700, 1_290])]
+        + [("stream-b", thread_batch(b)), ("stream-a", thread_batch(again))]
+    )
+    decoded = decode(data)
+    assert decoded.problems == []  # decode also reports any BEGIN on a track with 512 open
+    for uuid, spans in ((UUID_A, a), (UUID_B, b)):
+        bands = {s.depth // 512 for s in spans}
+        for band in bands:
+            track = deep_track(uuid, 512 * band)
+            assert decoded.on_track(track) == expected([s for s in spans if s.depth // 512 == band], track)
+    assert len(decoded.slices) == len(a) + len(b)
+    # The overflow tracks: under their thread's track, named by band, declared once before their events.
+    band_tracks = {
+        deep_track(UUID_A, 512): "main-101 depth 512-1023",
+        deep_track(UUID_A, 1024): "main-101 depth 1024-1535",
+        deep_track(UUID_B, 512): "worker-102 depth 512-1023",
+    }
+    for uuid, name in band_tracks.items():
+        desc = decoded.descriptors[uuid]
+        assert (desc.name, desc.parent_uuid) == (name, UUID_A if name.startswith("main") else UUID_B)
+        declared = [i for i, p in enumerate(decoded.packets) if p.track_descriptor.uuid == uuid]
+        assert len(declared) == 1 and declared[0] < decoded.tracks.index(uuid)
+    assert len(decoded.descriptors) == 1 + 2 + len(band_tracks)  # process, threads, bands
+    assert inspect_trace(io.BytesIO(data)).ok
+    check_import(data, len(a) + len(b))
+
+
+def test_deep_recursion_prefixes_load_and_cut_and_bad_rows_stay_nested() -> None:
+    spans = recursion(1_000, 1_300, "a")
+    # Children ending after their parent (clamped) and a range cutting both ends (marked): the
+    # block layouts with cut annotations and the repair path, on the overflow tracks too.
+    bad = [Span(s.begin, s.end + 3 if s.depth % 97 == 5 else s.end, s.depth, s.name) for s in spans]
+    clip = TimeRange(2_100, 12_500)  # cuts the begins of levels < 550, the ends of levels < 750
+    chunks = list(
+        encode(
+            PROCESS, THREADS, [("stream-a", thread_batch(bad))], [], span_types=SpanTypes.THREAD,
+            time_range=clip, chunk_size=4_096,
+        )
+    )  # fmt: skip
+    data = b"".join(chunks)
+    decoded = decode(data)
+    assert decoded.problems == []
+    assert sorted(s.name for s in decoded.slices) == sorted(s.name for s in spans)
+    assert {s.cut for s in decoded.slices if s.track == deep_track(UUID_A, 512)} >= {"begin", "both", "end"}
+    assert inspect_trace(io.BytesIO(data)).ok
+    check_import(data, len(spans))
+    # Every prefix of the chunks loads: no event before its track's descriptor, none dropped for depth.
+    assert len(chunks) > 10
+    for k in range(1, len(chunks)):
+        stats = import_trace(b"".join(chunks[:k])).stats
+        assert set(stats) <= {"unfinished_slices"}, stats

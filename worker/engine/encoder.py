@@ -29,11 +29,13 @@ from worker.engine.lookback import Lookback
 from worker.engine.packing import realtime_defaults_packet, reset_packet
 from worker.engine.rows import CUT_BEGIN, CUT_END, thread_event_rows
 from worker.engine.span_rows import annotation_names_packet
-from worker.engine.thread_spans import Events, ThreadState
+from worker.engine.thread_spans import TRACK_DEPTH, Events, ThreadState
 from worker.engine.tracks import (
     ThreadTrack,
     async_group_uuid,
     clock_packet,
+    depth_track_descriptor,
+    depth_track_uuid,
     descriptor_packet,
     group_descriptor,
     log_track,
@@ -56,6 +58,7 @@ DEFAULT_CHUNK_SIZE = 1024 * 1024 - 4096
 _SUB_BATCH = 1 << 16
 I64 = npt.NDArray[np.int64]
 U8 = npt.NDArray[np.uint8]
+U64 = npt.NDArray[np.uint64]
 _T = TypeVar("_T", bound=np.generic)
 
 
@@ -137,6 +140,8 @@ class TraceEncoder:
         self._log_tracks: dict[str, ThreadTrack] = {}
         self._used_tids = {t.tid for t in self._tracks}
         self._threads: dict[str, ThreadState] = {}
+        #: Per thread track uuid, the uuids of its depth-overflow tracks declared so far (index = band).
+        self._depth_tracks: dict[int, list[int]] = {}
         self._current: str | None = None
         #: Where the incremental clock restarts: the clock packet's snapshot time.
         self._t0 = max(time_range.begin_ns, 0)
@@ -251,11 +256,11 @@ class TraceEncoder:
                 closing = state.close()
                 both = _joined(events, closing, self._base if self._run == track.uuid else self._t0)
                 if both is None:
-                    out += self._events(events, track.uuid)
+                    out += self._events(events, track)
                     events = closing
                 else:
                     events = both
-            out += self._events(events, track.uuid)
+            out += self._events(events, track)
         self._stats.thread_spans += batch.num_rows
         return out
 
@@ -283,7 +288,7 @@ class TraceEncoder:
             self._current = None
         if state is None or parts:  # (closed with the last batch)
             return out
-        return out + self._events(state.close(), self._track_of[stream_id].uuid)
+        return out + self._events(state.close(), self._track_of[stream_id])
 
     def pending_rows(self, stream_id: str | None = None) -> int:
         """Rows taken but not yet encoded: of a thread, or of the async events (None)."""
@@ -662,14 +667,19 @@ class TraceEncoder:
         uuids: npt.NDArray[np.uint64] = table[idx]
         return uuids, out
 
-    def _events(self, events: Events, uuid: int) -> list[bytes]:
+    def _events(self, events: Events, thread: ThreadTrack) -> list[bytes]:
         """A thread's events on its sequence-default track, timed on the incremental clock (``packing``).
 
         A reset packet (naming the thread's track as the default one) starts each run of one thread's
-        events; the run goes on across its batches, so sub-batching does not change the bytes."""
+        events; the run goes on across its batches, so sub-batching does not change the bytes. Events
+        of a depth band k >= 1 name the thread's overflow track of band k (declared before them)."""
         if not len(events.ts):
             return []
+        uuid = thread.uuid
         out: list[bytes] = []
+        track = None
+        if events.band is not None:
+            out, track = self._depth_track_uuids(thread, events.band)
         if self._run != uuid:
             out += self._packet(reset_packet(self._t0, uuid))
             self._run, self._base = uuid, self._t0
@@ -682,10 +692,25 @@ class TraceEncoder:
             marks=events.mark,
             t0=self._base,
             top=events.top,
+            track=track,
         )
         self._base = max(self._base, int(events.ts.max()))
         self._realtime = False
         return out + self._add(data, sizes)
+
+    def _depth_track_uuids(self, thread: ThreadTrack, band: I64) -> tuple[list[bytes], U64]:
+        """The descriptors of the thread's overflow tracks not declared yet, up to the deepest band of
+        ``band`` (the band of each event), and the track uuid of each event (0: the thread's own).
+
+        A span of band k is nested in spans of every band below, which began before it, so bands are
+        declared in order 1, 2, ... and each before its first event."""
+        declared = self._depth_tracks.setdefault(thread.uuid, [0])
+        out: list[bytes] = []
+        for k in range(len(declared), int(band.max()) + 1):
+            declared.append(depth_track_uuid(thread.uuid, k))
+            out += self._packet(descriptor_packet(depth_track_descriptor(thread, k, TRACK_DEPTH)))
+        uuids: U64 = np.array(declared, dtype=np.uint64)[band]
+        return out, uuids
 
     def _timed(self, data: bytes | memoryview, sizes: npt.NDArray[np.int64] | int) -> list[bytes]:
         """Packets on the incremental clock (they start with their own reset packet)."""
@@ -710,6 +735,8 @@ def _joined(events: Events, closing: Events, base: int) -> Events | None:
     same iid widths. None otherwise."""
     if not len(closing.ts):
         return events
+    if events.band is not None or closing.band is not None:
+        return None  # (the rows name tracks: not the plain layout this merge is exact for)
     ts = np.concatenate((events.ts, closing.ts))
     top = tuple(max(a, b) for a, b in zip(events.top, closing.top, strict=True))
     if (

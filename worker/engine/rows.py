@@ -6,7 +6,8 @@ A slice event packet (W = varint width of the column's largest value in the grou
       50 01                                 trusted_packet_sequence_id = 1
       5A len                                track_event
         48 type                             SLICE_BEGIN / SLICE_END
-        [58 uuid(W)]                        track_uuid (async); thread events use the sequence default
+        [58 uuid(W)]                        track_uuid (async, and a thread's depth-overflow tracks);
+                                            other thread events use the sequence default
         50 name(W) 18 cat(W) 90 02 loc(W)   name_iid, category_iids, source_location_iid (BEGIN only)
         ...                                 flows, parent annotation (``span_rows``)
         [22 len {08 02 32 len value}]       debug annotation trace_worker_cut (interned name), "begin"/"end"
@@ -67,6 +68,7 @@ def thread_event_rows(
     marks: npt.NDArray[np.uint8],
     t0: int,
     top: tuple[int, int, int] | None = None,
+    track: U64 | None = None,
 ) -> tuple[memoryview, I64]:
     """A thread's slice events (file order) on its sequence-default track, as deltas on clock 64.
 
@@ -77,6 +79,8 @@ def thread_event_rows(
             the thread's run has written so far.
         top: the largest name, category and location iid of the block's spans (ENDs included);
             None: those of the BEGINs (every END closes a span begun in the block).
+        track: per event, the track uuid it names (``track_uuid``), 0 for the sequence default; None:
+            every event on the default (the usual case).
 
     Returns:
         The packets back to back (reset packet not included), and their sizes.
@@ -89,7 +93,7 @@ def thread_event_rows(
         top = (_largest(name), _largest(cat), _largest(loc))
     wn, wc, wl = (varint_width(c) for c in top)
     widths = (wn, wc, wl)
-    if not marks.any() and not t.absolute.any():
+    if track is None and not marks.any() and not t.absolute.any():
         if _LITTLE and max(widths) <= 8:
             return _word_thread_rows(t, is_begin, name=name, cat=cat, loc=loc, widths=widths, top=top)
         name, cat, loc = (_per_event(c, is_begin) for c in (name, cat, loc))
@@ -98,14 +102,20 @@ def thread_event_rows(
     lens: list[I64] = []
     where: list[I64 | None] = []
     name, cat, loc = (_per_event(c, is_begin) for c in (name, cat, loc))
+    # One layout per (kind, mark, names a track).
     code = kinds.astype(np.int64) * 4 + marks
-    for value in np.flatnonzero(np.bincount(code, minlength=12)).tolist():
+    if track is not None:
+        code += (track != 0) * 12
+    for value in np.flatnonzero(np.bincount(code, minlength=24)).tolist():
         rows = np.flatnonzero(code == value)
-        kind, mark = divmod(value, 4)
+        named, rest = divmod(value, 12)
+        kind, mark = divmod(rest, 4)
+        uuid = track[rows] if named and track is not None else None
         if kind == SLICE_BEGIN:
             m, length = event_matrix(
                 t.take(rows),
                 kind,
+                uuid=uuid,
                 name=name[rows],
                 cat=cat[rows],
                 loc=loc[rows],
@@ -113,7 +123,7 @@ def thread_event_rows(
                 cut=mark,
             )
         else:
-            m, length = event_matrix(t.take(rows), kind, cut=mark)
+            m, length = event_matrix(t.take(rows), kind, uuid=uuid, cut=mark)
         mats.append(m)
         lens.append(length)
         where.append(rows)

@@ -20,6 +20,13 @@ How, per batch, without a loop per span:
    minimum from the back makes the event timestamps non-decreasing (a span ending after a later sibling
    begins ends at that begin). Every span whose timestamps changed is counted in ``clamped``.
 
+4. *Depth bands.* Perfetto's trace processor drops a slice begun on a track that already holds
+   :data:`TRACK_DEPTH` (512, its ``kMaxDepth``) open slices, and the END of the dropped slice then
+   closes its parent. So a block reaching level 512 gives each event its band, level // 512: the
+   encoder puts band k >= 1 on an overflow track of the thread. A band of a strictly nested tour is
+   a strictly nested tour (the events of levels [512k, 512k + 511] in file order), at most 512 deep.
+   Blocks with every level below 512 (the usual case) carry no bands and cost nothing more.
+
 Cost: each batch is linear in its spans plus the open stack carried in, and the repair of step 3 loops
 once per level *holding a span of the batch*. Nesting deeper than :data:`MAX_DEPTH` levels is
 :class:`~worker.errors.BadSourceData`, which bounds the carried stack and so the work per batch
@@ -37,12 +44,16 @@ import numpy.typing as npt
 from worker.engine.rows import CUT_BEGIN, CUT_END, NO_CUT, SLICE_BEGIN, SLICE_END
 from worker.errors import BadSourceData
 
-__all__ = ["MAX_DEPTH", "Events", "ThreadState"]
+__all__ = ["MAX_DEPTH", "TRACK_DEPTH", "Events", "ThreadState"]
 
 # Event kinds are computed as SLICE_END - is_begin.
 assert SLICE_BEGIN == SLICE_END - 1
 #: Deepest nesting of thread spans accepted (levels below a thread's first span).
 MAX_DEPTH = 10_000
+#: Open slices a Perfetto track holds at most (trace processor ``SliceTracker::kMaxDepth``): a BEGIN on
+#: a track with this many open is dropped (stat ``slice_max_depth_exceeded``). Levels are cut into
+#: bands of this many, band k >= 1 on an overflow track (see the module docstring).
+TRACK_DEPTH = 512
 
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
@@ -63,6 +74,9 @@ class Events:
     #: The largest name, category and location iid of the spans whose BEGIN or END is among the
     #: events (0: none): the width of the iid fields of the block (``rows``).
     top: tuple[int, int, int] = (0, 0, 0)
+    #: Per event, its span's depth band: level // TRACK_DEPTH (0: the thread's own track). None: every
+    #: event is in band 0 (no level of the block reaches TRACK_DEPTH).
+    band: I64 | None = None
 
 
 def _top(new: U64, carried: U64) -> int:
@@ -178,6 +192,12 @@ class ThreadState:
         closes = np.empty(n_ends, dtype=np.int64)
         closes[slot_order] = order[closed]
         stack = order[open_at]
+        band = None
+        if top_level >= TRACK_DEPTH:
+            band = np.empty(total, dtype=np.int64)
+            band[begin_at] = lv_new
+            band[ends_at] = slot_level
+            band //= TRACK_DEPTH
         c_end = np.concatenate((self.end, end))
         ts = np.empty(total, dtype=np.int64)
         ts[begin_at] = b
@@ -240,6 +260,7 @@ class ThreadState:
                 _top(cat, self.cat[closed_carried]),
                 _top(loc, self.loc[closed_carried]),
             ),
+            band=band,
         )
         self.begin = _pick(self.begin, b, stack, s) if c_begin is None else c_begin[stack]
         self.orig_end = _pick(self.orig_end, end, stack, s) if raw_end is None else raw_end[stack]
@@ -275,6 +296,9 @@ class ThreadState:
         """ENDs of every open span, deepest first (the thread has no more spans)."""
         rev = slice(None, None, -1)
         ts = self.end[rev]
+        band = None
+        if len(ts) > TRACK_DEPTH:  # deepest first: levels len(ts) - 1 down to 0
+            band = np.arange(len(ts) - 1, -1, -1, dtype=np.int64) // TRACK_DEPTH
         changed = (ts != self.orig_end[rev]) & ~self.counted[rev]
         self.clamped += int(changed.sum())
         events = Events(
@@ -285,6 +309,7 @@ class ThreadState:
             loc=_empty_u64(),
             mark=_marks(self.cut[rev], np.zeros(len(ts), dtype=bool)),
             top=(_top(self.name, self.name), _top(self.cat, self.cat), _top(self.loc, self.loc)),
+            band=band,
         )
         self.begin = self.end = self.orig_end = _empty_i64()
         self.cut = np.zeros(0, dtype=np.uint8)

@@ -3,7 +3,9 @@
 Uuids: process = xxh64(process_id, seed 0) and thread = xxh64(stream_id, seed 0), as upstream, so traces
 stay comparable; pid = low 32 bits of the process uuid (signed), as upstream. The async group track
 keeps upstream's async track uuid, xxh64(b"async_track", seed=process uuid). Per-span async track
-uuids are a per-trace counter (``async_spans``) steered away from these reserved ones.
+uuids are a per-trace counter (``async_spans``) steered away from these reserved ones. A thread's
+depth-overflow track for band k (spans nested 512k to 512k + 511 levels deep, see ``thread_spans``) is
+xxh64(b"depth_band_<k>", seed=thread uuid).
 
 Tids: a thread id that parses as an integer in [1, 2**63) is used as is, unless an earlier thread (in
 the order given) already has it. Otherwise (missing, non-numeric, out of range, or colliding) the tid
@@ -25,6 +27,8 @@ __all__ = [
     "ThreadTrack",
     "async_group_uuid",
     "clock_packet",
+    "depth_track_descriptor",
+    "depth_track_uuid",
     "descriptor_packet",
     "group_descriptor",
     "log_track",
@@ -188,6 +192,24 @@ def log_track(stream_id: str, used_tids: set[int]) -> ThreadTrack:
 def thread_descriptor(track: ThreadTrack, pid: int) -> bytes:
     thread = field_varint(1, pid) + field_varint(2, track.tid) + field_bytes(5, track.name)
     return _descriptor(field_varint(1, track.uuid) + field_bytes(4, thread))
+
+
+def depth_track_uuid(thread_uuid: int, band: int) -> int:
+    """Uuid of a thread's overflow track for depth band ``band`` (>= 1)."""
+    return xxh64(b"depth_band_%d" % band, seed=thread_uuid)
+
+
+def depth_track_descriptor(track: ThreadTrack, band: int, band_size: int) -> bytes:
+    """The TrackDescriptor body of ``track``'s overflow track for levels [band * band_size, (band + 1) *
+    band_size - 1]: a plain track under the thread's track (Perfetto shows it in the thread's group),
+    named "<thread name> depth <first>-<last>"."""
+    first = band * band_size
+    name = f"{track.name} depth {first}-{first + band_size - 1}"
+    return (
+        field_varint(1, depth_track_uuid(track.uuid, band))
+        + field_bytes(2, name)
+        + field_varint(5, track.uuid)
+    )
 
 
 def group_descriptor(proc_uuid: int) -> bytes:
