@@ -3,7 +3,7 @@ shared/reference/perfetto.md (test traces t2b, t6, t7 and the flow tests there, 
 
 from __future__ import annotations
 
-from tests.engine.perfetto_import import MAX_DEPTH, import_trace
+from tests.engine.perfetto_import import import_trace
 from worker.perfetto_pb import pb
 
 B, E = pb.TrackEvent.TYPE_SLICE_BEGIN, pb.TrackEvent.TYPE_SLICE_END
