@@ -36,6 +36,7 @@ BENCHES: dict[str, tuple[str, list[str]]] = {
     ),
     "source": ("bench.bench_source", []),
     "generate": ("bench.bench_generate", ["--stages"]),
+    "generate-memory": ("bench.bench_generate", ["--sizes", "2500000,5000000,10000000"]),
     "service": ("bench.bench_service", ["--large-runs", "2", "--small-rounds", "2"]),
     "service-overhead": ("bench.bench_service_overhead", ["--jobs", "200", "--rounds", "2"]),
     "inspect": ("bench.bench_inspect", ["--runs", "2"]),
