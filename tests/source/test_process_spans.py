@@ -6,6 +6,9 @@ the per-thread path (an answer larger than announced), each giving the per-threa
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -15,7 +18,8 @@ from contracts.request import SpanTypes
 from tests.support.devserver import small_lake, start_devserver
 from tests.support.fuzz_flight import scripted_spans_server
 from tests.support.source import open_source
-from worker.devserver import Lake
+from worker.devserver import DevServer, Lake
+from worker.devserver.query import PlannedQuery
 from worker.errors import TraceTooLarge
 from worker.model import TimeRange
 from worker.pipeline import TraceSpec, generate_trace, resolve_range
@@ -166,3 +170,83 @@ async def test_more_threads_than_allowed_fail_in_the_combined_query(lake: Lake) 
             with pytest.raises(TraceTooLarge, match="flightsql_max_threads"):
                 await _trace(source, process.process_id, SpanTypes.THREAD)
             assert dict(source.calls)["DoGet"] == 1
+
+
+Alter = Callable[[list[pa.RecordBatch]], Iterator[pa.RecordBatch]]
+
+
+class _Altered:
+    """Wraps the devserver's query engine: statements containing ``marker`` get ``alter``'s batches."""
+
+    def __init__(
+        self, real: Any, marker: str, alter: Callable[[list[pa.RecordBatch]], Iterator[pa.RecordBatch]]
+    ):
+        self._real, self._marker, self._alter = real, marker, alter
+
+    def plan(self, sql: str, headers: Any, params: Any = None) -> PlannedQuery:
+        planned = self._real.plan(sql, headers, params)
+        if self._marker not in sql:
+            return planned
+        got = list(planned.table.to_batches()) if planned.table is not None else list(planned.batches())
+        return PlannedQuery(planned.schema, lambda: self._alter(got), planned.streamed, None)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+@contextmanager
+def _altered_server(lake: Lake, marker: str, alter: Alter) -> Iterator[DevServer]:
+    with DevServer(lake).start() as server:
+        inner = server._server
+        assert inner is not None
+        inner.engine = _Altered(inner.engine, marker, alter)  # type: ignore[assignment]
+        yield server
+
+
+def _fail_first(batches: list[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    raise RuntimeError("Failed to get thread list")  # upstream's error, before any batch
+    yield from batches
+
+
+def _fail_after_one(batches: list[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    yield batches[0]
+    raise RuntimeError("Task panicked")
+
+
+@pytest.mark.parametrize("alter", [_fail_first, _fail_after_one])
+async def test_a_server_failing_inside_process_spans_is_read_per_thread(lake: Lake, alter: Alter) -> None:
+    """An internal error of process_spans (upstream's thread list panicked on unnamed threads) is not
+    the job's failure: the per-thread queries do not run that code."""
+    process = lake.process_of_kind("small")
+    with start_devserver(lake) as server:
+        async with open_source(server.url, process_spans_max_objects=0) as per_thread:
+            expected = await _trace(per_thread, process.process_id, SpanTypes.THREAD)
+    with _altered_server(lake, "process_spans(", alter) as server:
+        async with open_source(server.url, process_spans_max_objects=100_000) as source:
+            got = await _trace(source, process.process_id, SpanTypes.THREAD)
+            assert dict(source.calls)["DoGet"] == 1 + 1 + process.thread_count
+    assert got == expected
+
+
+async def test_a_cut_off_combined_answer_takes_the_process_from_the_process_query(lake: Lake) -> None:
+    """More streams than max_threads + 64: the rows read are not all of the process's, so its first
+    and last times come from the plain process query, not from them (they could end a trace early)."""
+    process = lake.process_of_kind("small")
+
+    def many_streams(batches: list[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        table = pa.Table.from_batches(batches)
+        extra = table.take(pa.array([0] * 100))
+        at = extra.schema.get_field_index("stream_id")
+        ids = pa.array([f"ffffffff-0000-0000-0000-{i:012d}" for i in range(100)])
+        extra = extra.set_column(at, extra.schema.field(at), ids.cast(extra.schema.field(at).type))
+        at = extra.schema.get_field_index("last_time")
+        late = pa.array([process.end_ns + 3_600_000_000_000] * 100, pa.int64())
+        extra = extra.set_column(at, extra.schema.field(at), late.cast(extra.schema.field(at).type))
+        yield from pa.concat_tables([table, extra]).to_batches()
+
+    with _altered_server(lake, "'cpu') AS cpu,", many_streams) as server:
+        async with open_source(server.url, max_threads=5) as source:
+            folded, threads = await source.process_and_threads(process.process_id)
+            alone = await source.process(process.process_id)
+    assert threads is None and folded == alone
+    assert folded.last_time_ns is not None and folded.last_time_ns < process.end_ns + 3_600_000_000_000
