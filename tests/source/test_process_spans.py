@@ -184,7 +184,7 @@ class _Altered:
         self._real, self._marker, self._alter = real, marker, alter
 
     def plan(self, sql: str, headers: Any, params: Any = None) -> PlannedQuery:
-        planned = self._real.plan(sql, headers, params)
+        planned: PlannedQuery = self._real.plan(sql, headers, params)
         if self._marker not in sql:
             return planned
         got = list(planned.table.to_batches()) if planned.table is not None else list(planned.batches())
