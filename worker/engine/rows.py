@@ -291,13 +291,20 @@ def _word_thread_rows(
         _place(after_iids, word[begins], k + 8 * q, 8)
     m = np.empty((n, 1 + nr), dtype=np.uint64)
     head_begin = head_end + (k << 8) + (k << 40)
-    head = np.where(is_begin, _U64(head_begin | SLICE_BEGIN << 56), _U64(head_end | SLICE_END << 56))
-    np.left_shift(tw, _U64(8), out=m[:, 0])
-    m[:, 0] += head
+    # The head: END's, plus (BEGIN's - END's) on BEGINs (modulo 2**64), plus the length byte; by
+    # arithmetic on contiguous arrays (np.where on scalars is ~5x slower), then one strided store.
+    end_word = head_end | SLICE_END << 56
+    head = is_begin.astype(np.uint64)
+    head *= _U64(((head_begin | SLICE_BEGIN << 56) - end_word) % (1 << 64))
+    head += _U64(end_word)
+    head += np.left_shift(tw, _U64(8))
+    m[:, 0] = head
     for j in range(nr):
         np.copyto(m[:, 1 + j], at_end[j], casting="unsafe")
         m[begins, 1 + j] = after_iids[j]
-    sizes: I64 = np.where(is_begin, 9 + k, 9) + t.width
+    sizes: I64 = is_begin * k
+    sizes += t.width
+    sizes += 9
     return pack([m.view(np.uint8)], [sizes], [None])
 
 
