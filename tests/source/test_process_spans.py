@@ -136,6 +136,15 @@ def test_regroup_of_ordered_rows_is_slices() -> None:
     assert grouped[0]["begin"].chunk(0).buffers()[1].address == batch.column(1).buffers()[1].address
 
 
+def test_regroup_puts_a_null_begin_last_in_its_thread() -> None:
+    # Bad data for the engine to reject; regrouping must not choke on it (found by the source fuzz).
+    batch = _thread_batch(["a", "a", "a"], [5, 1, 3], ["a5", "a1", "a3"])
+    begin = pa.array([5, None, 3], pa.int64()).cast(TS)
+    batch = batch.set_column(1, "begin", begin)
+    grouped = by_thread([batch], ["a"], THREAD_SPAN_COLUMNS)
+    assert grouped[0]["name"].cast(pa.utf8()).to_pylist() == ["a3", "a5", "a1"]
+
+
 async def test_process_and_threads_in_one_query_is_both_queries_answer(lake: Lake) -> None:
     with start_devserver(lake) as server:
         async with open_source(server.url) as source:

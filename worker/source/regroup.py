@@ -38,7 +38,9 @@ def by_thread(
         sid = sid.cast(sid.type.value_type)
     thread = pc.fill_null(pc.index_in(sid, value_set=pa.array(list(stream_ids), sid.type)), -1)
     index = np.asarray(thread.to_numpy(), dtype=np.int64)
-    begin = np.asarray(table["begin"].cast(pa.int64()).to_numpy(), dtype=np.int64)
+    # A null begin (bad data, rejected later by the engine) sorts last, as ORDER BY "begin" puts it.
+    begin_ns = pc.fill_null(table["begin"].cast(pa.int64()), np.iinfo(np.int64).max)
+    begin = np.asarray(begin_ns.to_numpy(), dtype=np.int64)
     known = index >= 0
     if not known.all():
         table, index, begin = table.filter(pa.array(known)), index[known], begin[known]
