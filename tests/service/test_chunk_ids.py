@@ -67,3 +67,11 @@ async def test_chunk_is_written_only_under_its_lease(redis_server: RedisServer, 
     ids: Any = await redis.get(KEYS.chunk_ids("fenced"))
     (entry_id,) = mine.chunk_ids
     assert isinstance(entry_id, bytes) and ids == b"1 " + entry_id + b";"
+
+
+async def test_refused_chunk_leaves_no_key(redis_server: RedisServer, redis: Redis) -> None:
+    # A worker still writing after its job ended and its streams expired: nothing is left behind.
+    late = ReplyStream(redis, KEYS, "gone", attempt=1, lock_value="w/1-0/1")
+    with pytest.raises(LeaseLost):
+        await late.chunk(b"late", last=False)
+    assert not await redis.exists(KEYS.job("gone"), KEYS.chunk_ids("gone"))

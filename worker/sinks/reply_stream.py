@@ -40,7 +40,9 @@ __all__ = ["CHUNK_SCRIPT", "DROP_SCRIPT", "LeaseLost", "ReplyStream", "queue_dro
 #: chunk's data never passes through Lua (an XADD from Lua, the data in ARGV, cost Redis 3.4x the
 #: plain XADD's CPU per 1 MiB chunk; this MULTI about +6%: bench/bench_chunk_write.py). When the
 #: lock does not hold the value the chunk is deleted at once (no reader ever sees it) and the
-#: script returns false. The ids follow the job stream's TTL (none while a job runs).
+#: script returns false (a stream the XADD created is deleted too). The MULTI runs whole or not at
+#: all (an XADD refused at queueing, e.g. OOM, aborts the EXEC), so the id is the chunk's. The ids
+#: follow the job stream's TTL (none while a job runs).
 CHUNK_SCRIPT = """
 local info = redis.call('XINFO', 'STREAM', KEYS[1], 'FULL', 'COUNT', 1)
 local id
@@ -49,6 +51,7 @@ for i = 1, #info, 2 do
 end
 if ARGV[1] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[1] then
   redis.call('XDEL', KEYS[1], id)
+  if redis.call('XLEN', KEYS[1]) == 0 then redis.call('DEL', KEYS[1]) end
   return false
 end
 redis.call('APPEND', KEYS[2], ARGV[2] .. ' ' .. id .. ';')
@@ -80,7 +83,7 @@ return n
 
 
 class LeaseLost(Exception):
-    """A chunk was not written: the attempt's lease is no longer held (the job is someone else's)."""
+    """A chunk was not kept: the attempt's lease is no longer held (the job is someone else's)."""
 
 
 def queue_drop_chunks(pipe: Pipeline, keys: Keys, job_id: str, keep_attempt: int | None) -> None:
