@@ -78,6 +78,12 @@ class Keys:
         """Worker-owned set: request ids cancelled before a worker picked them up."""
         return f"{self.job(job_id)}:cancelled"
 
+    def chunk_ids(self, job_id: str) -> str:
+        """Worker-internal string: ``<attempt> <entry id>;`` of every chunk entry the job's running
+        attempts wrote (appended in the chunk's own script), so the job's end deletes the chunks
+        of the attempts that did not succeed, whichever worker wrote them, without reading them."""
+        return f"{self.job(job_id)}:chunk_ids"
+
     def lock(self, job_id: str) -> str:
         """Worker-internal: which delivery currently owns the job."""
         return f"{self.job(job_id)}:lock"

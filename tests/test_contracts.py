@@ -45,6 +45,7 @@ def test_keys_share_a_cluster_hash_tag() -> None:
         k.requesters("a.b"),
         k.detached("a.b"),
         k.cancelled("a.b"),
+        k.chunk_ids("a.b"),
     ]
     assert all("{a.b}" in key for key in tagged)
     assert k.requests == "p:requests" and k.events == "p:events" and k.dead == "p:dead"

@@ -15,7 +15,7 @@ import pytest
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from contracts import JobState, Keys, TraceRequest
+from contracts import ChunkEvent, JobState, Keys, TraceRequest, parse_entry
 from contracts.client import TraceClient
 from tests.service.support import JobReader, ScriptedGenerator, fast_settings, submit, wait_until
 from tests.support.devserver import small_lake
@@ -69,6 +69,12 @@ async def test_worker_killed_mid_job_is_finished_by_another(  # noqa: PLR0917 - 
     data = reader.trace_bytes(2)
     blob = (tmp_path / process.process_id / f"{job_id}.pftrace").read_bytes()
     assert data == blob and hashlib.sha256(blob).hexdigest() == final.sha256
+    # The killed attempt's chunks went with the job's end: only attempt 2's are left.
+    entries: Any = await cluster_redis.xrange(keys.job(job_id))
+    left = [e for e in (parse_entry(f) for _, f in entries) if isinstance(e, ChunkEvent)]
+    assert {c.attempt for c in left} == {2} and [c.seq for c in left] == list(range(final.chunks or 0))
+    assert hashlib.sha256(b"".join(c.data for c in left)).hexdigest() == final.sha256
+    assert not await cluster_redis.exists(keys.chunk_ids(job_id))
     summary: Any = await cluster_redis.xpending(keys.requests, keys.group)
     assert summary["pending"] == 0
 

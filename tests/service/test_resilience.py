@@ -17,7 +17,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from contracts import JobState, Keys, StatusEvent, TraceRequest
+from contracts import ChunkEvent, JobState, Keys, StatusEvent, TraceRequest, parse_entry
 from tests.service.support import PID, JobReader, ScriptedGenerator, fast_settings, submit, wait_until
 from tests.support.devserver import run_devserver_subprocess, small_lake
 from tests.support.redis_server import RedisServer, free_port
@@ -64,13 +64,11 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
     return proc.returncode
 
 
-async def test_worker_killed_mid_job_is_finished_by_another(
-    redis_server: RedisServer, redis: Redis, busy_devserver: DevServer, tmp_path: Path
-) -> None:
-    env = {
+def _worker_env(redis_server: RedisServer, devserver: DevServer, blobs: Path) -> dict[str, str]:
+    return {
         "TRACE_WORKER_REDIS_URL": redis_server.url,
-        "TRACE_WORKER_FLIGHTSQL_URL": busy_devserver.url,
-        "TRACE_WORKER_BLOB_URL": f"file://{tmp_path}",
+        "TRACE_WORKER_FLIGHTSQL_URL": devserver.url,
+        "TRACE_WORKER_BLOB_URL": f"file://{blobs}",
         "TRACE_WORKER_KEY_PREFIX": "t",
         "TRACE_WORKER_LEASE_S": "2",
         "TRACE_WORKER_HEARTBEAT_S": "0.5",
@@ -78,9 +76,23 @@ async def test_worker_killed_mid_job_is_finished_by_another(
         "TRACE_WORKER_CHUNK_SIZE": "65536",
         "TRACE_WORKER_HTTP_PORT": "0",
     }
+
+
+async def _chunks_left(redis: Redis, job_id: str) -> list[ChunkEvent]:
+    """The chunk entries on the job stream now (XRANGE of the whole stream, after the job ended)."""
+    entries: Any = await redis.xrange(KEYS.job(job_id))
+    events = [parse_entry(fields) for _, fields in entries]
+    return [e for e in events if isinstance(e, ChunkEvent)]
+
+
+async def test_worker_killed_mid_job_is_finished_by_another(
+    redis_server: RedisServer, redis: Redis, busy_devserver: DevServer, tmp_path: Path
+) -> None:
+    env = _worker_env(redis_server, busy_devserver, tmp_path)
     process = busy_devserver.lake.processes[0]
     req = TraceRequest(process_id=process.process_id)
-    reader = JobReader(redis, KEYS, req.effective_job_id())
+    job_id = req.effective_job_id()
+    reader = JobReader(redis, KEYS, job_id)
     logs = tmp_path.parent / f"{tmp_path.name}-logs"
     logs.mkdir()
     a = _worker("worker-a", env, logs / "a.log")
@@ -96,13 +108,59 @@ async def test_worker_killed_mid_job_is_finished_by_another(
         terminal = [s for s in reader.statuses() if s.state.terminal]
         assert len(terminal) == 1
         data = reader.trace_bytes(2)
-        blob = (tmp_path / process.process_id / f"{req.effective_job_id()}.pftrace").read_bytes()
+        blob = (tmp_path / process.process_id / f"{job_id}.pftrace").read_bytes()
         assert data == blob and hashlib.sha256(blob).hexdigest() == final.sha256
+        # The killed attempt's chunks (another worker, another delivery) went with the job's end:
+        # the job stream holds the succeeded attempt's chunks only, and nothing records them any more.
+        assert any(e.type == "chunk" and e.attempt == 1 for e in reader.events)
+        left = await _chunks_left(redis, job_id)
+        assert {c.attempt for c in left} == {2}
+        assert [c.seq for c in left] == list(range(final.chunks or 0)) and left[-1].last
+        assert hashlib.sha256(b"".join(c.data for c in left)).hexdigest() == final.sha256
+        assert not await redis.exists(KEYS.chunk_ids(job_id))
         traces = _traces(tmp_path)
-        assert traces == [f"{req.effective_job_id()}.pftrace"]  # the killed attempt left no object
+        assert traces == [f"{job_id}.pftrace"]  # the killed attempt left no object
         pending: Any = await redis.xpending(KEYS.requests, KEYS.group)
         assert pending["pending"] == 0
         assert _stop(b) == 0  # SIGTERM: graceful exit
+    except AssertionError:
+        for log in sorted(logs.iterdir()):
+            print(f"--- {log.name}\n{log.read_text(errors='replace')[-5000:]}")
+        raise
+    finally:
+        for proc in (a, b):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+async def test_job_failing_after_a_killed_attempt_leaves_no_chunk(
+    redis_server: RedisServer, redis: Redis, busy_devserver: DevServer, tmp_path: Path
+) -> None:
+    env = _worker_env(redis_server, busy_devserver, tmp_path)
+    process = busy_devserver.lake.processes[0]
+    req = TraceRequest(process_id=process.process_id)
+    job_id = req.effective_job_id()
+    reader = JobReader(redis, KEYS, job_id)
+    logs = tmp_path.parent / f"{tmp_path.name}-logs"
+    logs.mkdir()
+    a = _worker("worker-a", env, logs / "a.log")
+    b: subprocess.Popen[bytes] | None = None
+    try:
+        await submit(redis, KEYS, req)
+        await reader.read_until(lambda e: e.type == "chunk" and e.attempt == 1, within=120)
+        a.kill()
+        a.wait(timeout=10)
+        # Worker b writes a few chunks of attempt 2, then the trace outgrows its limit: failed.
+        b = _worker("worker-b", {**env, "TRACE_WORKER_MAX_TRACE_BYTES": str(200_000)}, logs / "b.log")
+        final = await reader.terminal(within=180)
+        assert final.state == JobState.FAILED and final.attempt == 2, final
+        assert final.error_code == "trace_too_large"
+        assert any(e.type == "chunk" and e.attempt == 1 for e in reader.events)
+        assert any(e.type == "chunk" and e.attempt == 2 for e in reader.events)
+        assert await _chunks_left(redis, job_id) == []
+        assert not await redis.exists(KEYS.chunk_ids(job_id))
+        assert _stop(b) == 0
     except AssertionError:
         for log in sorted(logs.iterdir()):
             print(f"--- {log.name}\n{log.read_text(errors='replace')[-5000:]}")

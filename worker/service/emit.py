@@ -52,9 +52,9 @@ class Emitter:
 
     async def abort(self) -> None:
         """Stop writing: queued chunks are dropped, but a chunk being written is let finish (at most
-        ``ABORT_WAIT_S``), so that its entry, once in Redis, is in the reply stream's ``chunk_ids``
-        and removed with the attempt's other chunks. Cancelling the XADD instead would leave an
-        entry Redis had written but whose id never came back. Raises nothing from the writes."""
+        ``ABORT_WAIT_S``), so that the reply stream's ``chunk_ids`` hold every entry Redis wrote
+        (the job's end deletes them through the ids the chunk's MULTI recorded in Redis, whether
+        or not its reply came back). Raises nothing from the writes."""
         self._aborted = True
         if not self._task.done() and not self._writing:
             self._task.cancel()  # waiting for the next chunk: nothing in flight

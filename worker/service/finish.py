@@ -3,10 +3,11 @@
 shared streams: events, dead letters, then the acknowledgement).
 
 :func:`finish` is the one way an attempt ends: terminal status on the job stream, the state hash,
-the event on ``<prefix>:events``, expiry of the job's keys, release of the lock, the dead-letter
-entry when there is one, and the XACK and XDEL of the request entry. It runs shielded from
-cancellation and retries through Redis blips, and it is guarded by the lock (WATCH): a worker that
-lost its lease writes nothing, so a job never shows two terminal states from two workers.
+the event on ``<prefix>:events``, deletion of the chunk entries of every attempt that did not
+succeed (all of them when the job did not succeed), expiry of the job's keys, release of the
+lock, the dead-letter entry when there is one, and the XACK and XDEL of the request entry. It runs
+shielded from cancellation and retries through Redis blips, and it is guarded by the lock (WATCH):
+a worker that lost its lease writes nothing, so a job never shows two terminal states from two workers.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from worker.service.answers import answer, inflight_key, queue_ack, queue_answer
 from worker.service.lease import STOP_FIELD
 from worker.service.redis_io import Write, retry_redis, write_shared
 from worker.service.runtime import Runtime
-from worker.sinks.reply_stream import queue_entry
+from worker.sinks.reply_stream import queue_drop_chunks, queue_entry
 
 __all__ = ["ack", "answer_invalid", "finish", "inflight_key", "mark_running", "reply_duplicate"]
 
@@ -72,7 +73,6 @@ async def finish(
     status: StatusEvent | None,
     lock_value: str | None,
     dead: Mapping[str, str | bytes] | None = None,
-    drop_chunks: Sequence[bytes | str] = (),
     before: Sequence[ChunkEvent | ProgressEvent] = (),
 ) -> bool:
     """End a delivery: terminal status (when allowed), dead letter (if given), XACK. Shielded.
@@ -85,8 +85,6 @@ async def finish(
             status is written only if nobody holds the lock and the job has not succeeded (its
             attempt number is then the job's current one).
         dead: fields of a dead-letter entry to add to ``<prefix>:dead``.
-        drop_chunks: job-stream entry ids to XDEL with the status (chunks of attempts that did not
-            succeed).
         before: entries of the attempt to write just before the status, in the same MULTI (its
             held last chunk, on the job stream; its final progress, on the job and status
             streams); only with the status.
@@ -94,9 +92,7 @@ async def finish(
     Returns:
         Whether the status was written.
     """
-    return await rt.shielded(
-        _finish(rt, entry_id, status, lock_value, dead, drop_chunks=drop_chunks, before=before)
-    )
+    return await rt.shielded(_finish(rt, entry_id, status, lock_value, dead, before=before))
 
 
 async def _finish(
@@ -106,7 +102,6 @@ async def _finish(
     lock_value: str | None,
     dead: Mapping[str, str | bytes] | None,
     *,
-    drop_chunks: Sequence[bytes | str] = (),
     before: Sequence[ChunkEvent | ProgressEvent] = (),
 ) -> bool:
     keys = rt.keys
@@ -144,8 +139,6 @@ async def _finish(
                     else:
                         queue_entry(pipe, keys, event.job_id, fields)
                 _terminal(rt, w, event, _decode_requesters(requesters))
-                if drop_chunks:
-                    pipe.xdel(keys.job(event.job_id), *drop_chunks)
             _queue_ack_and_dead(rt, w, entry_id, dead)
             await w.execute()
             return allowed
@@ -182,7 +175,9 @@ def _decode_requesters(raw: Mapping[Any, Any]) -> dict[str, dict[str, str]]:
 def _terminal(rt: Runtime, w: Write, status: StatusEvent, requesters: dict[str, dict[str, str]]) -> None:
     """The job's end: one answer per attached request (its own request_id and labels), plus a
     job-level entry (no request_id) when the job was cancelled or no request is attached any
-    more; the state hash; expiry; lock released."""
+    more; the state hash; the chunks of the attempts that did not succeed deleted (every recorded
+    chunk when the job did not succeed, whichever worker or delivery wrote it); expiry; lock
+    released."""
     keys = rt.keys
     job_id = status.job_id
     job_stream, state_key = keys.job(job_id), keys.state(job_id)
@@ -196,6 +191,8 @@ def _terminal(rt: Runtime, w: Write, status: StatusEvent, requesters: dict[str, 
     elif not requesters:
         queue_answer(rt, w, status)
     queue_state(rt, pipe, status)
+    keep = status.attempt if status.state == JobState.SUCCEEDED else None
+    queue_drop_chunks(pipe, keys, job_id, keep)
     # Chunk bytes are what costs memory: they go sooner than the statuses (`:status`, `:state`).
     pipe.expire(job_stream, min(rt.settings.chunk_ttl_s, ttl))
     pipe.expire(keys.status_stream(status.job_id), ttl)

@@ -36,7 +36,7 @@ from worker.service.ports import BlobWriterLike, StopRequested
 from worker.service.progress import ProgressPump
 from worker.service.redis_io import TRANSIENT, Write, retry_redis, write_shared
 from worker.service.runtime import Runtime
-from worker.sinks.reply_stream import ReplyStream
+from worker.sinks.reply_stream import LeaseLost, ReplyStream
 
 __all__ = ["blob_key", "run_job"]
 
@@ -196,7 +196,7 @@ class _Job:
         self.stop_reason: Literal["cancel", "lease"] | None = None
         self.stopped = asyncio.Event()
         self.current: asyncio.Task[StatusEvent] | None = None
-        #: Reply streams of this delivery's attempts, in order (their chunk ids).
+        #: Reply streams of this delivery's attempts, in order.
         self.replies: list[ReplyStream] = []
         #: Job-stream id of the current attempt's running entry.
         self.start_id: str | None = start_id
@@ -217,7 +217,6 @@ class _Job:
                 entry_id=self.entry_id,
                 status=status,
                 lock_value=self.lease.value,
-                drop_chunks=self._failed_chunks(status),
                 before=self._held_entries(status),
             )
             if status is not None and written:
@@ -292,12 +291,6 @@ class _Job:
             await self.replies[-1].progress(progress)
         except Exception as exc:  # an observer never fails the job
             self.log.debug("progress entry not written: %s", exc)
-
-    def _failed_chunks(self, status: StatusEvent) -> list[bytes | str]:
-        """Entry ids of the chunks of this delivery's attempts that did not succeed (a failed job:
-        all of them): deleted with the terminal status, so they hold no Redis memory after it."""
-        replies = self.replies[:-1] if status.state == JobState.SUCCEEDED else self.replies
-        return [i for reply in replies for i in reply.chunk_ids]
 
     async def _release(self) -> None:
         try:
@@ -403,6 +396,9 @@ class _Job:
             status = await self._stopped_outcome()  # the watcher stopped the attempt
         except StopRequested:
             status = await self._stopped_outcome()
+        except LeaseLost:
+            self._stop("lease")  # a chunk write found the lock taken: the job is someone else's
+            status = None
         except PermanentError as exc:
             status = self._failed(exc.code, str(exc) or exc.code.value)
         except BlobStoreRefused as exc:
@@ -446,7 +442,13 @@ class _Job:
         writer: BlobWriterLike = GzipWriter(stored, rt.settings.blob_compress_level) if gzip else stored
         committed = False
         reply = ReplyStream(
-            rt.redis, rt.keys, self.job_id, self.lease.attempt, transaction=rt.transaction, hold_last=True
+            rt.redis,
+            rt.keys,
+            self.job_id,
+            self.lease.attempt,
+            transaction=rt.transaction,
+            hold_last=True,
+            lock_value=self.lease.value,
         )
         self.replies.append(reply)
         pump = ProgressPump(reply, self.job_id, self.lease.attempt, request.labels,
