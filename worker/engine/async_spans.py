@@ -30,7 +30,7 @@ the packets were added in, which is how a held child's BEGIN stays after its par
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from functools import partial
 
@@ -91,7 +91,7 @@ class _Parts:
         if whole:
             self.merged = (ts, groups)
 
-    def add_rows(self, run: int, ts: I64, groups: list[tuple[I64, Build]]) -> None:
+    def add_rows(self, run: int, ts: I64, groups: Sequence[tuple[I64, Build]]) -> None:
         """Rows with times ``ts`` appended to run ``run`` (0 BEGINs, 1 ENDs) in that order, built in
         groups (rows ``sel``, ascending, covering all rows, and their builder)."""
         if len(ts):
@@ -139,13 +139,13 @@ class _Parts:
                 t = times(ts, t0, ordered=True)
                 at = 0
                 for part_ts, groups in run:
-                    for sel, build in groups:
-                        if sel is None:
+                    for part_sel, build in groups:
+                        if part_sel is None:
                             m, length = build(t.take(slice(at, at + len(part_ts))))
                             where.append(None)
                         else:
-                            m, length = build(t.take(at + sel))
-                            where.append(pos + at + sel)
+                            m, length = build(t.take(at + part_sel))
+                            where.append(pos + at + part_sel)
                         mats.append(m)
                         lens.append(length)
                     at += len(part_ts)
@@ -158,8 +158,8 @@ class _Parts:
             at = 0
             for part_ts, groups in run:
                 r = rank[at : at + len(part_ts)]
-                for sel, build in groups:
-                    rs = r if sel is None else r[sel]
+                for part_sel, build in groups:
+                    rs = r if part_sel is None else r[part_sel]
                     m, length = build(t.take(rs))
                     mats.append(m)
                     lens.append(length)
