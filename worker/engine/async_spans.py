@@ -30,7 +30,7 @@ the packets were added in, which is how a held child's BEGIN stays after its par
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from functools import partial
 
@@ -54,6 +54,7 @@ _Block = tuple[bytes | memoryview, npt.NDArray[np.int64] | int]
 
 
 Build = Callable[[Times], tuple[U8, I64]]
+_Group = tuple[I64 | None, Build]
 
 
 class _Parts:
@@ -63,7 +64,9 @@ class _Parts:
 
     def __init__(self) -> None:
         self.desc: list[tuple[U8, I64]] = []
-        self.runs: tuple[list[tuple[I64, Build]], list[tuple[I64, Build]]] = ([], [])
+        #: Per run, its parts in file order before the sort: the rows' times and the groups of rows
+        #: (``sel`` into those rows, None for all of them, and their builder).
+        self.runs: tuple[list[tuple[I64, list[_Group]]], list[tuple[I64, list[_Group]]]] = ([], [])
         #: The BEGIN run when it is one ``add_begins`` so far: its times and groups (else None).
         self.merged: tuple[I64, list[tuple[I64, Build]]] | None = None
 
@@ -73,7 +76,7 @@ class _Parts:
 
     def add_begin(self, ts: I64, build: Build) -> None:
         if len(ts):
-            self.runs[0].append((ts, build))
+            self.runs[0].append((ts, [(None, build)]))
             self.merged = None
 
     def add_begins(self, ts: I64, groups: list[tuple[I64, Build]]) -> None:
@@ -88,9 +91,17 @@ class _Parts:
         if whole:
             self.merged = (ts, groups)
 
+    def add_rows(self, run: int, ts: I64, groups: Sequence[tuple[I64, Build]]) -> None:
+        """Rows with times ``ts`` appended to run ``run`` (0 BEGINs, 1 ENDs) in that order, built in
+        groups (rows ``sel``, ascending, covering all rows, and their builder)."""
+        if len(ts):
+            self.runs[run].append((ts, list(groups)))
+            if run == 0:
+                self.merged = None
+
     def add_end(self, ts: I64, build: Build) -> None:
         if len(ts):
-            self.runs[1].append((ts, build))
+            self.runs[1].append((ts, [(None, build)]))
 
     def assemble(self, t0: int, reset: tuple[U8, I64]) -> tuple[memoryview, I64]:
         """The block's packets back to back, and their sizes."""
@@ -114,9 +125,9 @@ class _Parts:
             if i == 0 and self.merged is not None and bool(np.all(self.merged[0][1:] > self.merged[0][:-1])):
                 # Distinct times in row order: each packet's place is its row (the groups' stable sort
                 # by time would give the same).
-                ts, groups = self.merged
+                ts, merged = self.merged
                 t = times(ts, t0, ordered=True)
-                for sel, build in groups:
+                for sel, build in merged:
                     m, length = build(t.take(sel))
                     mats.append(m)
                     lens.append(length)
@@ -127,11 +138,16 @@ class _Parts:
             if bool(np.all(ts[1:] >= ts[:-1])):  # already in time order (ENDs, mostly): no sort
                 t = times(ts, t0, ordered=True)
                 at = 0
-                for part_ts, build in run:
-                    m, length = build(t.take(slice(at, at + len(part_ts))))
-                    mats.append(m)
-                    lens.append(length)
-                    where.append(None)
+                for part_ts, groups in run:
+                    for part_sel, build in groups:
+                        if part_sel is None:
+                            m, length = build(t.take(slice(at, at + len(part_ts))))
+                            where.append(None)
+                        else:
+                            m, length = build(t.take(at + part_sel))
+                            where.append(pos + at + part_sel)
+                        mats.append(m)
+                        lens.append(length)
                     at += len(part_ts)
                 pos += len(ts)
                 continue
@@ -140,12 +156,14 @@ class _Parts:
             rank[order] = np.arange(len(ts))
             t = times(ts[order], t0, ordered=True)
             at = 0
-            for part_ts, build in run:
+            for part_ts, groups in run:
                 r = rank[at : at + len(part_ts)]
-                m, length = build(t.take(r))
-                mats.append(m)
-                lens.append(length)
-                where.append(pos + r)
+                for part_sel, build in groups:
+                    rs = r if part_sel is None else r[part_sel]
+                    m, length = build(t.take(rs))
+                    mats.append(m)
+                    lens.append(length)
+                    where.append(pos + rs)
                 at += len(part_ts)
             pos += len(ts)
         return pack(mats, lens, where)
@@ -192,16 +210,153 @@ def _begin_matrix(
     )
 
 
+def _vwidths(values: U64) -> I64:
+    """``wire.varint_width`` of each value (1-10)."""
+    out = np.ones(len(values), dtype=np.int64)
+    for k in range(1, 10):
+        out += values >= np.uint64(1 << (7 * k))
+    return out
+
+
+def _group_max(group: I64, values: U64) -> U64:
+    """Per row, the largest of ``values`` over the rows of its ``group`` (dense ids from 0)."""
+    top = np.zeros(int(group.max()) + 1 if len(group) else 0, dtype=np.uint64)
+    np.maximum.at(top, group, values)
+    out: U64 = top[group]
+    return out
+
+
+def _layouts(c: _Open, nflows: I64) -> I64:
+    """Each span's BEGIN layout code, as ``AsyncState._begins`` groups them: flows, cut, term, annotation."""
+    out: I64 = nflows * 8 + c.marked * 4 + (c.term != 0) * 2 + (c.parent_sid != 0)
+    return out
+
+
+def _shapes(c: _Open, layout: I64, group: I64) -> I64:
+    """Per span, its layout and the varint widths its BEGIN gets when each ``group`` (dense ids from 0)
+    is one ``AsyncState._begins`` call: name, category, location (largest of the group), track uuid
+    and annotation (largest of the group's spans of that layout), packed (``_SHAPE_BITS``)."""
+    _, by_layout = np.unique(group * (int(layout.max()) + 1) + layout, return_inverse=True)
+    by_layout = by_layout.reshape(-1).astype(np.int64)
+    ann = (layout & 1) != 0
+    shape = layout << _SHAPE_BITS
+    for at, g, col in (
+        (16, group, c.name),
+        (12, group, c.cat),
+        (8, group, c.loc),
+        (4, by_layout, c.track),
+        (0, by_layout, np.where(ann, c.parent_sid.view(np.uint64), np.uint64(0))),
+    ):
+        shape |= _vwidths(_group_max(g, col)) << at
+    shape &= ~np.where(ann, 0, 15)  # no annotation, no width
+    return shape
+
+
+def _shaped_begins(parts: _Parts, c: _Open, shape: I64, flow_at: I64, flow_id: U64) -> None:
+    """BEGINs of the spans of ``c`` added to ``parts`` in row order, built together by ``shape``
+    (``_shapes``), with the flows they owe (``flow_at``: the row owing each, in creation order)."""
+    order = np.argsort(flow_at, kind="stable")
+    flow_at, flow_id = flow_at[order], flow_id[order]
+    groups: list[tuple[I64, Build]] = []
+    for code in np.unique(shape).tolist():
+        sel = np.flatnonzero(shape == code)
+        layout = code >> _SHAPE_BITS
+        k = layout >> 3
+        flows = flow_id[shape[flow_at] == code].reshape(len(sel), k) if k else None
+        widths = ((code >> 16) & 15, (code >> 12) & 15, (code >> 8) & 15)
+        build = partial(
+            _begin_matrix,
+            c=c,
+            rows=sel,
+            widths=widths,
+            flows=flows,
+            term=bool(layout & 2),
+            ann=bool(layout & 1),
+            cut=bool(layout & 4),
+        )
+        groups.append((sel, build))
+    parts.add_rows(0, c.begin, groups)
+
+
+def _depths(up: I64) -> tuple[I64, I64]:
+    """Per node of a forest (``up``: parent index, -1 for a root), its root and its depth below it, by
+    pointer doubling (a pass per doubling of the depth)."""
+    top = np.where(up >= 0, up, np.arange(len(up)))
+    depth = (up >= 0).astype(np.int64)
+    while True:
+        nxt = top[top]
+        if np.array_equal(nxt, top):
+            return top, depth
+        depth = depth + depth[top]
+        top = nxt
+
+
 @dataclass
 class _Held:
-    """A held flow-linked child (and its siblings held for the same parent): what its BEGINs (with the
-    flows to its own children) and ENDs need, copied out of its window (``AsyncState._hold``)."""
+    """Flow-linked children held until their parent's BEGIN is written (``AsyncState._defer``), one row
+    each, in the order they were held (window, then opening order); what their BEGINs (with the flows
+    to their own children) and ENDs need, copied out of their window (``AsyncState._hold``).
+
+    A held span's packets are written as they were when each window's held children of one parent
+    (a "hold") made their own ``AsyncState._begins`` / END matrices: ``shape`` packs the BEGIN's layout
+    (``_begins``) with the varint widths of the name, category and location (largest of the hold), of
+    the track uuid and of the annotation (largest of the hold's rows of that layout); ``end_width`` is
+    the END's uuid width (largest of the hold). Rows of one shape are built together, whatever hold.
+    """
 
     cols: _Open
-    flow_parent: I64  # index into ``cols`` of the span owing each flow
-    flow_id: U64
     end: I64
-    kids: list[int]  # the keys of the spans held
+    key: U64
+    owner: U64  # the key of the parent whose BEGIN it waits for
+    hold: I64  # serial of the window that held it
+    shape: I64
+    end_width: I64
+    flow_key: U64  # flows owed by held spans, in creation order: key of the span owing each
+    flow_id: U64
+
+    @staticmethod
+    def empty() -> _Held:
+        e8 = np.zeros(0, dtype=bool)
+        cols = _Open(_e_i64(), _e_u64(), _e_u64(), _e_u64(), _e_u64(), _e_i64(), _e_u64(), e8)
+        return _Held(cols, _e_i64(), _e_u64(), _e_u64(), _e_i64(), _e_i64(), _e_i64(), _e_u64(), _e_u64())
+
+    def __len__(self) -> int:
+        return len(self.key)
+
+    def take(self, rows: I64 | npt.NDArray[np.bool_], flows: npt.NDArray[np.bool_]) -> _Held:
+        cols = _Open(*(getattr(self.cols, f.name)[rows] for f in fields(_Open)))
+        return _Held(
+            cols,
+            self.end[rows],
+            self.key[rows],
+            self.owner[rows],
+            self.hold[rows],
+            self.shape[rows],
+            self.end_width[rows],
+            self.flow_key[flows],
+            self.flow_id[flows],
+        )
+
+    def extend(self, more: _Held) -> None:
+        for f in fields(_Held):
+            if f.name == "cols":
+                for g in fields(_Open):
+                    setattr(
+                        self.cols,
+                        g.name,
+                        np.concatenate((getattr(self.cols, g.name), getattr(more.cols, g.name))),
+                    )
+            else:
+                setattr(self, f.name, np.concatenate((getattr(self, f.name), getattr(more, f.name))))
+
+
+#: Bits of ``_Held.shape`` below the layout: five 4-bit varint widths.
+_SHAPE_BITS = 20
+
+
+def _by_value(values: I64) -> list[I64]:
+    """The rows of each distinct value, ascending."""
+    return [np.flatnonzero(values == v) for v in np.unique(values).tolist()]
 
 
 def _end_matrix(t: Times, *, uuid: U64, cut: int = 0) -> tuple[U8, I64]:
@@ -288,9 +443,9 @@ class AsyncState:
     held: list[AsyncBatch] = field(default_factory=list)
     held_rows: int = 0
     #: Flow-linked children that begin at their parent's very begin, held until the parent's BEGIN is
-    #: written (see ``_defer``): by the key of that parent.
-    held_for: dict[int, list[_Held]] = field(default_factory=dict)
-    waiting: set[int] = field(default_factory=set)  # keys of the spans held
+    #: written (see ``_defer``).
+    held_spans: _Held = field(default_factory=_Held.empty)
+    holds: int = 0  # windows that held spans so far
     #: Where the incremental clock restarts (the trace's clock snapshot time, the range begin).
     t0: int = 0
     next_key: int = 1
@@ -481,7 +636,7 @@ class AsyncState:
         c = closers_by_end
         parts.add_end(end_t[c], partial(_end_matrix, uuid=track[c]))
         self._orphans(parts, orphans, time=time, ev=ev, p=p)
-        if self.held_for:  # after the closers' BEGINs: at equal times a stable sort keeps that order
+        if len(self.held_spans):  # after the closers' BEGINs: a stable sort keeps that order at equal times
             self._release(parts, key[closers])
         self.spans += int(np.count_nonzero(closed)) + len(orphans)  # held ones included
         self.cut += len(orphans)
@@ -524,44 +679,104 @@ class AsyncState:
             return np.zeros(len(closed), dtype=bool)
         has = parent >= 0
         defer: B = linked & has & (begin == begin[np.maximum(parent, 0)])
-        if self.waiting:  # parents closed in an earlier window whose packets are still held
+        if len(self.held_spans):  # parents closed in an earlier window whose packets are still held
             cand = np.flatnonzero(linked & ~has)
-            held = [k in self.waiting for k in parent_key[cand].tolist()]
-            defer[cand[np.array(held, dtype=bool)]] = True
+            defer[cand[np.isin(parent_key[cand], self.held_spans.key)]] = True
         return defer
 
     def _hold(
         self, idx: I64, cols: _Open, *, end: I64, keys: tuple[U64, U64], flows: tuple[I64, U64]
     ) -> None:
-        """Hold the spans ``idx`` (lane roots linked to their parent), per parent key: their columns, the
-        flows they owe and their ends, copied so that the window's columns are not kept."""
+        """Hold the spans ``idx`` (ascending; lane roots linked to their parent): their columns, the flows
+        they owe, their ends and the shapes of their packets (``_Held``), copied so that the window's
+        columns are not kept. Each parent's rows are one hold."""
         key, parent_key = keys
         flow_parent, flow_id = flows
-        for owner in np.unique(parent_key[idx]).tolist():
-            sel = idx[parent_key[idx] == owner]
-            sub = _Open(*(getattr(cols, f.name)[sel] for f in fields(_Open)))
-            slot_of = np.full(len(cols.begin), -1, dtype=np.int64)
-            slot_of[sel] = np.arange(len(sel))
-            slot = slot_of[flow_parent]
-            hit = slot >= 0
-            kids = key[sel].tolist()
-            self.held_for.setdefault(int(owner), []).append(
-                _Held(sub, slot[hit], flow_id[hit], end[sel], kids)
+        slot_of = np.full(len(cols.begin), -1, dtype=np.int64)
+        slot_of[idx] = np.arange(len(idx))
+        slot = slot_of[flow_parent]
+        hit = slot >= 0
+        sub = _Open(*(getattr(cols, f.name)[idx] for f in fields(_Open)))
+        owner = parent_key[idx]
+        layout = _layouts(sub, np.bincount(slot[hit], minlength=len(idx)))
+        _, hold = np.unique(owner, return_inverse=True)
+        hold = hold.reshape(-1).astype(np.int64)
+        shape = _shapes(sub, layout, hold)
+        self.held_spans.extend(
+            _Held(
+                sub,
+                end[idx],
+                key[idx],
+                owner,
+                np.full(len(idx), self.holds, dtype=np.int64),
+                shape,
+                _vwidths(_group_max(hold, sub.track)),
+                key[flow_parent[hit]],
+                flow_id[hit],
             )
-            self.waiting.update(kids)
+        )
+        self.holds += 1
 
     def _release(self, parts: _Parts, written: U64) -> None:
-        """Add the held children of spans whose BEGINs ``parts`` now holds (and their held children, level
-        after level) to its runs, after those BEGINs."""
-        todo = [k for k in written.tolist() if k in self.held_for]
-        while todo:
-            for h in self.held_for.pop(todo.pop(0), []):
-                everyone = np.arange(len(h.cols.begin))
-                ann = h.cols.parent_sid != 0
-                self._begins(parts, everyone, h.cols, ann=ann, flow_parent=h.flow_parent, flow_id=h.flow_id)
-                parts.add_end(h.end, partial(_end_matrix, uuid=h.cols.track))
-                self.waiting.difference_update(h.kids)
-                todo += [k for k in h.kids if k in self.held_for]
+        """Add the held children of spans whose BEGINs ``parts`` now holds (keys ``written``), and their
+        held children, level after level, to its runs after those BEGINs.
+
+        The order is a breadth-first walk: level by level; in a level by parent (the spans ``written``
+        in their order, then the held ones in the order their ENDs were added), then by hold; in a hold,
+        BEGINs by layout then opening order (``_begins``) and ENDs by opening order. A row's place among
+        its level is the order of its path from the written span down (pointer doubling: a sort per
+        doubling of the depth, not a pass per level)."""
+        h = self.held_spans
+        n = len(h)
+        if not n or not len(written):
+            return
+        by_key = np.argsort(h.key)
+        sorted_keys = h.key[by_key]
+        at = np.minimum(np.searchsorted(sorted_keys, h.owner), n - 1)
+        up = np.where(sorted_keys[at] == h.owner, by_key[at], -1)  # the held parent's row
+        # The held span at the top of each row's chain, and the row's depth below it.
+        top, depth = _depths(up)
+        w_order = np.argsort(written, kind="stable")
+        w_sorted = written[w_order]
+        root_owner = h.owner[top]
+        at = np.minimum(np.searchsorted(w_sorted, root_owner), len(w_sorted) - 1)
+        out = w_sorted[at] == root_owner
+        if not out.any():
+            return
+        rows = np.flatnonzero(out)
+        m = len(rows)
+        index = np.full(n, -1, dtype=np.int64)
+        index[rows] = np.arange(m)
+        parent = np.where(up[rows] >= 0, index[np.maximum(up[rows], 0)], -1)
+        level = depth[rows]
+        wpos = w_order[at[rows]]
+        # Rank of each row's path (the written span's place, then each held span's row, which orders
+        # siblings by hold then opening order), compared between rows of one level only.
+        _, path = np.unique(wpos * (n + 1) + rows, return_inverse=True)
+        path = path.reshape(-1).astype(np.int64)
+        jump = parent
+        while (jump >= 0).any():
+            above = np.where(jump >= 0, path[np.maximum(jump, 0)], -1)
+            _, path = np.unique((above + 1) * (m + 1) + path, return_inverse=True)
+            path = path.reshape(-1).astype(np.int64)
+            jump = np.where(jump >= 0, jump[np.maximum(jump, 0)], -1)
+        parent_place = np.where(parent >= 0, path[np.maximum(parent, 0)], wpos)
+        shape = h.shape[rows]
+        b_rows = rows[np.lexsort((rows, shape >> _SHAPE_BITS, h.hold[rows], parent_place, level))]
+        e_rows = rows[np.lexsort((path, level))]
+
+        # BEGINs, built by shape, with the flows each owes in creation order.
+        place = np.full(n, -1, dtype=np.int64)
+        place[b_rows] = np.arange(m)
+        f_place = place[by_key[np.minimum(np.searchsorted(sorted_keys, h.flow_key), n - 1)]]
+        f_out = f_place >= 0
+        cols = _Open(*(getattr(h.cols, f.name)[b_rows] for f in fields(_Open)))
+        _shaped_begins(parts, cols, h.shape[b_rows], f_place[f_out], h.flow_id[f_out])
+        e_width = h.end_width[e_rows]
+        e_track = h.cols.track[e_rows]
+        ends = [(sel, partial(_end_matrix, uuid=e_track[sel])) for sel in _by_value(e_width)]
+        parts.add_rows(1, h.end[e_rows], ends)
+        self.held_spans = h.take(~out, ~f_out)
 
     @staticmethod
     def _begins(
@@ -642,19 +857,23 @@ class AsyncState:
         # BEGINs added by levels of such ties (the run's stable sort keeps that order at equal times).
         par = self.parent_idx
         tie = (self.term != 0) & (par >= 0) & (self.begin == self.begin[np.maximum(par, 0)])
-        level = np.zeros(k, dtype=np.int64)
-        while True:
-            deeper = tie & (level <= level[np.maximum(par, 0)])
-            if not deeper.any():
-                break
-            level[deeper] = level[par[deeper]] + 1
         parts = _Parts()
-        for lv in range(int(level.max()) + 1):
-            at = idx[level == lv]
-            self._begins(parts, at, cols, ann=ann, flow_parent=self.flow_parent, flow_id=self.flow_id)
+        if not tie.any():
+            self._begins(parts, idx, cols, ann=ann, flow_parent=self.flow_parent, flow_id=self.flow_id)
+        else:
+            # Level: how many such ties up from the span; one ``_begins`` per level, ascending, is
+            # what is written, built here by shape (``_shapes``) in one pass.
+            _, level = _depths(np.where(tie, par, -1))
+            layout = _layouts(cols, np.bincount(self.flow_parent, minlength=k))
+            rows = np.lexsort((idx, layout, level))
+            shape = _shapes(cols, layout, level)[rows]
+            place = np.empty(k, dtype=np.int64)
+            place[rows] = np.arange(k)
+            ordered = _Open(*(getattr(cols, f.name)[rows] for f in fields(_Open)))
+            _shaped_begins(parts, ordered, shape, place[self.flow_parent], self.flow_id)
         ts = np.maximum(self.begin, self.range_end)
         parts.add_end(ts, partial(_end_matrix, uuid=self.track, cut=CUT_END))
-        if self.held_for:
+        if len(self.held_spans):
             self._release(parts, self.key)
         self.spans += k
         self.cut += k
