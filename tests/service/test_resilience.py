@@ -4,12 +4,13 @@ the Flight SQL service down then back, graceful shutdown with and without drain.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,12 +86,19 @@ async def _chunks_left(redis: Redis, job_id: str) -> list[ChunkEvent]:
     return [e for e in events if isinstance(e, ChunkEvent)]
 
 
-async def test_worker_killed_mid_job_is_finished_by_another(
-    redis_server: RedisServer, redis: Redis, busy_devserver: DevServer, tmp_path: Path
-) -> None:
-    env = _worker_env(redis_server, busy_devserver, tmp_path)
-    process = busy_devserver.lake.processes[0]
-    req = TraceRequest(process_id=process.process_id)
+@contextlib.asynccontextmanager
+async def _killed_then_taken_over(
+    redis_server: RedisServer,
+    redis: Redis,
+    devserver: DevServer,
+    tmp_path: Path,
+    b_settings: dict[str, str] | None = None,
+) -> AsyncIterator[tuple[str, JobReader, subprocess.Popen[bytes]]]:
+    """A job of the devserver's first process: worker a is SIGKILLed once its first chunk is out (no
+    cleanup: the entry stays in a's pending list), then worker b starts (with ``b_settings`` added).
+    Yields (job id, reader, b); prints both logs when an assertion fails; kills what still runs."""
+    env = _worker_env(redis_server, devserver, tmp_path)
+    req = TraceRequest(process_id=devserver.lake.processes[0].process_id)
     job_id = req.effective_job_id()
     reader = JobReader(redis, KEYS, job_id)
     logs = tmp_path.parent / f"{tmp_path.name}-logs"
@@ -100,9 +108,26 @@ async def test_worker_killed_mid_job_is_finished_by_another(
     try:
         await submit(redis, KEYS, req)
         await reader.read_until(lambda e: e.type == "chunk" and e.attempt == 1, within=120)
-        a.kill()  # SIGKILL mid-job: no cleanup, the entry stays in worker-a's pending list
+        a.kill()
         a.wait(timeout=10)
-        b = _worker("worker-b", env, logs / "b.log")
+        b = _worker("worker-b", {**env, **(b_settings or {})}, logs / "b.log")
+        yield job_id, reader, b
+    except AssertionError:
+        for log in sorted(logs.iterdir()):
+            print(f"--- {log.name}\n{log.read_text(errors='replace')[-5000:]}")
+        raise
+    finally:
+        for proc in (a, b):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+async def test_worker_killed_mid_job_is_finished_by_another(
+    redis_server: RedisServer, redis: Redis, busy_devserver: DevServer, tmp_path: Path
+) -> None:
+    process = busy_devserver.lake.processes[0]
+    async with _killed_then_taken_over(redis_server, redis, busy_devserver, tmp_path) as (job_id, reader, b):
         final = await reader.terminal(within=180)
         assert final.state == JobState.SUCCEEDED and final.attempt == 2
         terminal = [s for s in reader.statuses() if s.state.terminal]
@@ -123,36 +148,18 @@ async def test_worker_killed_mid_job_is_finished_by_another(
         pending: Any = await redis.xpending(KEYS.requests, KEYS.group)
         assert pending["pending"] == 0
         assert _stop(b) == 0  # SIGTERM: graceful exit
-    except AssertionError:
-        for log in sorted(logs.iterdir()):
-            print(f"--- {log.name}\n{log.read_text(errors='replace')[-5000:]}")
-        raise
-    finally:
-        for proc in (a, b):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
 
 
 async def test_job_failing_after_a_killed_attempt_leaves_no_chunk(
     redis_server: RedisServer, redis: Redis, busy_devserver: DevServer, tmp_path: Path
 ) -> None:
-    env = _worker_env(redis_server, busy_devserver, tmp_path)
-    process = busy_devserver.lake.processes[0]
-    req = TraceRequest(process_id=process.process_id)
-    job_id = req.effective_job_id()
-    reader = JobReader(redis, KEYS, job_id)
-    logs = tmp_path.parent / f"{tmp_path.name}-logs"
-    logs.mkdir()
-    a = _worker("worker-a", env, logs / "a.log")
-    b: subprocess.Popen[bytes] | None = None
-    try:
-        await submit(redis, KEYS, req)
-        await reader.read_until(lambda e: e.type == "chunk" and e.attempt == 1, within=120)
-        a.kill()
-        a.wait(timeout=10)
-        # Worker b writes a few chunks of attempt 2, then the trace outgrows its limit: failed.
-        b = _worker("worker-b", {**env, "TRACE_WORKER_MAX_TRACE_BYTES": str(200_000)}, logs / "b.log")
+    # Worker b writes a few chunks of attempt 2, then the trace outgrows its limit: failed.
+    small = {"TRACE_WORKER_MAX_TRACE_BYTES": str(200_000)}
+    async with _killed_then_taken_over(redis_server, redis, busy_devserver, tmp_path, small) as (
+        job_id,
+        reader,
+        b,
+    ):
         final = await reader.terminal(within=180)
         assert final.state == JobState.FAILED and final.attempt == 2, final
         assert final.error_code == "trace_too_large"
@@ -161,15 +168,6 @@ async def test_job_failing_after_a_killed_attempt_leaves_no_chunk(
         assert await _chunks_left(redis, job_id) == []
         assert not await redis.exists(KEYS.chunk_ids(job_id))
         assert _stop(b) == 0
-    except AssertionError:
-        for log in sorted(logs.iterdir()):
-            print(f"--- {log.name}\n{log.read_text(errors='replace')[-5000:]}")
-        raise
-    finally:
-        for proc in (a, b):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
 
 
 async def test_redis_restart_under_a_running_worker() -> None:
