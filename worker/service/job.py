@@ -196,8 +196,8 @@ class _Job:
         self.stop_reason: Literal["cancel", "lease"] | None = None
         self.stopped = asyncio.Event()
         self.current: asyncio.Task[StatusEvent] | None = None
-        #: Reply streams of this delivery's attempts, in order.
-        self.replies: list[ReplyStream] = []
+        #: Reply stream of the delivery's current (latest) attempt.
+        self.reply: ReplyStream | None = None
         #: Job-stream id of the current attempt's running entry.
         self.start_id: str | None = start_id
         #: The first attempt's running status was written at pickup.
@@ -276,7 +276,7 @@ class _Job:
         the job succeeded; otherwise the attempt's chunks are dropped anyway), then its final
         progress (the order they would have had on their own)."""
         held: list[ChunkEvent | ProgressEvent] = []
-        last = self.replies[-1].held if self.replies else None
+        last = self.reply.held if self.reply is not None else None
         if last is not None and status.state == JobState.SUCCEEDED:
             held.append(last)
         if self.progress is not None:
@@ -285,10 +285,10 @@ class _Job:
 
     async def _write_progress(self) -> None:
         progress, self.progress = self.progress, None
-        if progress is None or not self.replies:
+        if progress is None or self.reply is None:
             return
         try:
-            await self.replies[-1].progress(progress)
+            await self.reply.progress(progress)
         except Exception as exc:  # an observer never fails the job
             self.log.debug("progress entry not written: %s", exc)
 
@@ -450,7 +450,7 @@ class _Job:
             hold_last=True,
             lock_value=self.lease.value,
         )
-        self.replies.append(reply)
+        self.reply = reply
         pump = ProgressPump(reply, self.job_id, self.lease.attempt, request.labels,
                             rt.settings.progress_interval_s)  # fmt: skip
         try:

@@ -25,8 +25,8 @@ HELD_PREFIX = "job/"
 
 # KEYS: lock, state, requesters, detached, cancelled, job stream, status stream[, events].
 # ARGV: "<consumer>/<entry>", lease ms, entry id, labels JSON, fingerprint, max age ms (-1: any),
-# index of the attempt's value among the running status's fields (0: no running status), events
-# MAXLEN, then the running status's field/value pairs. On ``go`` the script also starts the
+# index of the attempt's value among the running status's fields, events MAXLEN, then the running
+# status's field/value pairs. On ``go`` the script also starts the
 # attempt as ``mark_running`` does (``status running`` on the job and status streams carrying the
 # new attempt number, the state hash replaced by it, the job's keys kept alive, and the events copy
 # when the events key is given), and returns the running entry's job-stream id.
@@ -66,21 +66,18 @@ attach()
 local attempt = redis.call('HINCRBY', KEYS[2], 'attempt', 1)
 redis.call('HSET', KEYS[2], 'fingerprint', ARGV[5], 'started_ms', now)
 redis.call('SET', KEYS[1], ARGV[1] .. '/' .. attempt, 'PX', ARGV[2])
-local start = ''
-if tonumber(ARGV[7]) > 0 then
-  local f = {}
-  for i = 9, #ARGV do f[#f + 1] = ARGV[i] end
-  f[tonumber(ARGV[7])] = tostring(attempt)
-  start = redis.call('XADD', KEYS[6], '*', unpack(f))
-  redis.call('XADD', KEYS[7], '*', unpack(f))
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[2], unpack(f))
-  redis.call('HSET', KEYS[2], 'fingerprint', ARGV[5], 'started_ms', now)
-  redis.call('PERSIST', KEYS[6])
-  redis.call('PERSIST', KEYS[7])
-  redis.call('PERSIST', KEYS[3])
-  if KEYS[8] then redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[8], '*', unpack(f)) end
-end
+local f = {}
+for i = 9, #ARGV do f[#f + 1] = ARGV[i] end
+f[tonumber(ARGV[7])] = tostring(attempt)
+local start = redis.call('XADD', KEYS[6], '*', unpack(f))
+redis.call('XADD', KEYS[7], '*', unpack(f))
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[2], unpack(f))
+redis.call('HSET', KEYS[2], 'fingerprint', ARGV[5], 'started_ms', now)
+redis.call('PERSIST', KEYS[6])
+redis.call('PERSIST', KEYS[7])
+redis.call('PERSIST', KEYS[3])
+if KEYS[8] then redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[8], '*', unpack(f)) end
 return {'go', tostring(attempt), start}
 """
 )
@@ -119,7 +116,7 @@ class Claim:
     #: cancelled by a cancel without request_id, and the last such request picked up: the job
     #: itself ends ``cancelled`` (unless another run holds it or it succeeded meanwhile).
     ends_job: bool = False
-    #: go with a running status queued (:meth:`Lease.queue_begin`): its job-stream id.
+    #: go: the job-stream id of the attempt's running status (:meth:`Lease.queue_begin`).
     start_id: str | None = None
 
     @property
@@ -161,7 +158,7 @@ class Lease:
         labels_json: str,
         fingerprint: str,
         max_age_s: int | None,
-        running: Mapping[str, str | bytes] | None = None,
+        running: Mapping[str, str | bytes],
         events: tuple[str, int] | None = None,
     ) -> None:
         """Queue the script that takes the lease and starts the next attempt, on a pipeline of the
@@ -172,18 +169,20 @@ class Lease:
 
         Args:
             running: fields of the attempt's ``status running`` (any ``attempt``: the script puts
-                the new number in); when given, a started attempt's running status is written
-                too, and :attr:`Claim.start_id` is its job-stream id.
+                the new number in), written when the attempt starts; :attr:`Claim.start_id` is its
+                job-stream id.
             events: the events stream and its MAXLEN, for the running status's copy there (one
                 Redis only: on a cluster the events stream is in another hash slot).
         """
         keys = self._rt.keys
         flat: list[str | bytes] = []
         at = 0
-        for name, value in (running or {}).items():
+        for name, value in running.items():
             flat += [name, value]
             if name == "attempt":
                 at = len(flat)
+        if not at:
+            raise ValueError("the running status's fields carry no attempt")
         job_keys = [
             self.lock_key,
             self.state_key,
@@ -216,8 +215,7 @@ class Lease:
         if kind == "go":
             self.attempt = int(raw[1])
             self.value = f"{self.owner}/{self.attempt}"
-            start = _text(raw[2]) if len(raw) > 2 else ""
-            return Claim("go", attempt=self.attempt, start_id=start or None)
+            return Claim("go", attempt=self.attempt, start_id=_text(raw[2]))
         if kind == "locked":
             return Claim("locked", holder=_text(raw[1]))
         if kind == "conflict":
