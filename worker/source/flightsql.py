@@ -369,6 +369,10 @@ def _thread_info(row: Mapping[str, Any]) -> ThreadInfo:
     )
 
 
+def _too_many_threads(limit: int) -> str:
+    return f"the process has more than {limit} threads in the range (flightsql_max_threads)"
+
+
 def _text(value: Any) -> str:
     if value is None:
         return ""
@@ -559,9 +563,7 @@ class FlightSqlSource:
         threads = [_thread_info(row) for row in rows if row["cpu"] is True]
         limit = self._config.max_threads
         if len(threads) > limit:
-            raise TraceTooLarge(
-                f"the process has more than {limit} threads in the range (flightsql_max_threads)"
-            )
+            raise TraceTooLarge(_too_many_threads(limit))
         return process, threads
 
     async def threads(self, process_id: str, time_range: TimeRange) -> list[ThreadInfo]:
@@ -569,7 +571,7 @@ class FlightSqlSource:
         rows = await self._sized(
             lambda sizes: queries.threads_sql(process_id, sizes=sizes),
             _range_headers(time_range), "thread list query", THREAD_KINDS, limit=limit,
-            too_many=f"the process has more than {limit} threads in the range (flightsql_max_threads)",
+            too_many=_too_many_threads(limit),
         )  # fmt: skip
         return [_thread_info(row) for row in rows]
 
