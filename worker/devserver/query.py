@@ -113,6 +113,11 @@ def _batch_rows(table: pa.Table, wire: pa.Schema, most: int) -> int:
     return int(min(most, max(4096, _BATCH_BYTES // max(row, 1.0))))
 
 
+def _provider(provided: pa.Table | Table) -> Table:
+    """A Table over a pyarrow dataset: the only provider safe to build inside a UDTF."""
+    return provided if isinstance(provided, Table) else Table(ds.dataset(provided))
+
+
 def _relabel(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     """``batch`` under ``schema`` (same types; field nullability and metadata may differ)."""
     return batch if batch.schema.equals(schema) else pa.RecordBatch.from_arrays(batch.columns, schema=schema)
@@ -196,6 +201,11 @@ class QueryEngine:
         if view == "thread_spans" and self.strict and headers.range_ns is None:
             raise ValueError("query range mandatory for thread spans view")
 
+    def _check_process_spans_range(self, headers: RequestHeaders) -> None:
+        """Upstream's process_spans reads thread spans through view_instance, which needs the range."""
+        if self.strict and headers.range_ns is None:
+            raise ValueError("Failed to query thread spans: query range mandatory for thread spans view")
+
     def _rows(
         self, view: str, instance: str, headers: RequestHeaders, span_types: str = ""
     ) -> Iterator[pa.RecordBatch]:
@@ -233,9 +243,7 @@ class QueryEngine:
             if not isinstance(v, str) or not isinstance(i, str):
                 raise ValueError("view_instance takes two string literals: (view_set_name, instance_id)")
             self._check(v, i, headers)
-            # A Table over a pyarrow dataset: the only provider safe to build inside a UDTF.
-            provided = provide(v, i, "")
-            return provided if isinstance(provided, Table) else Table(ds.dataset(provided))
+            return _provider(provide(v, i, ""))
 
         ctx.register_udtf(view_instance)
         if self.options.process_spans:
@@ -248,12 +256,9 @@ class QueryEngine:
                         f"First argument to process_spans must be a string (the process ID), given {p!r}"
                     )
                 t = process_spans.check_span_types(t)
-                if t != "async" and self.strict and headers.range_ns is None:
-                    raise ValueError(
-                        "Failed to query thread spans: query range mandatory for thread spans view"
-                    )
-                provided = provide("process_spans", p, t)
-                return provided if isinstance(provided, Table) else Table(ds.dataset(provided))
+                if t != "async":
+                    self._check_process_spans_range(headers)
+                return _provider(provide("process_spans", p, t))
 
             ctx.register_udtf(process_spans_udtf)
         return ctx
@@ -299,8 +304,8 @@ class QueryEngine:
         assert self.memory is not None
         if shape.view != "process_spans":
             self._check(shape.view, shape.instance, headers)
-        elif self.strict and headers.range_ns is None:
-            raise ValueError("Failed to query thread spans: query range mandatory for thread spans view")
+        else:  # (the worker's shape: its thread spans)
+            self._check_process_spans_range(headers)
         key = (shape.key, headers.preserve_dictionary)
         wire = self._shape_schemas.get(key)
         if wire is None:
