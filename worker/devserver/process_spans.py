@@ -30,17 +30,6 @@ __all__ = ["SPAN_TYPES", "check_span_types", "display_name", "process_spans", "t
 #: The second argument's accepted values.
 SPAN_TYPES = ("thread", "async", "both")
 
-#: Upstream's async pairing (over ``view_instance('async_events', '<process_id>')``; here ``ae``).
-_ASYNC_SQL = (
-    "SELECT b.span_id AS id, b.parent_span_id AS parent, b.depth, b.hash, "
-    'b.time AS "begin", e.time AS "end", '
-    "arrow_cast(e.time, 'Int64') - arrow_cast(b.time, 'Int64') AS duration, "
-    "b.name, b.target, b.filename, b.line "
-    "FROM (SELECT * FROM ae WHERE event_type = 'begin') b "
-    "INNER JOIN (SELECT * FROM ae WHERE event_type = 'end') e ON b.span_id = e.span_id "
-    "WHERE b.time < e.time ORDER BY b.time"
-)
-
 Rows = Callable[[str], Iterator[pa.RecordBatch]]
 
 
@@ -123,8 +112,18 @@ def process_spans(
 
 
 def _async_spans(events: pa.Table, spans_schema: pa.Schema) -> pa.Table:
-    """Upstream's async pairing (``_ASYNC_SQL``) with Arrow compute: DataFusion cannot run inside a
-    table function. Each begin takes the first end of its span id (the lake has at most one)."""
+    """Upstream's async pairing with Arrow compute (DataFusion cannot run inside a table function);
+    upstream's SQL over ``view_instance('async_events', '<process_id>')`` (here ``ae``)::
+
+        SELECT b.span_id AS id, b.parent_span_id AS parent, b.depth, b.hash,
+               b.time AS "begin", e.time AS "end",
+               arrow_cast(e.time, 'Int64') - arrow_cast(b.time, 'Int64') AS duration,
+               b.name, b.target, b.filename, b.line
+        FROM (SELECT * FROM ae WHERE event_type = 'begin') b
+        INNER JOIN (SELECT * FROM ae WHERE event_type = 'end') e ON b.span_id = e.span_id
+        WHERE b.time < e.time ORDER BY b.time
+
+    Each begin takes the first end of its span id (the lake has at most one)."""
     if "hash" not in events.schema.names:
         raise ValueError("Failed to query async spans: Schema error: No field named b.hash.")
     kind = events["event_type"].cast(pa.utf8())
