@@ -41,6 +41,7 @@ from typing import TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from worker.engine.lanes import MAX_DEPTH as MAX_DEPTH_PER_TRACK
 from worker.engine.rows import CUT_BEGIN, CUT_END, NO_CUT, SLICE_BEGIN, SLICE_END
 from worker.errors import BadSourceData
 
@@ -50,10 +51,10 @@ __all__ = ["MAX_DEPTH", "TRACK_DEPTH", "Events", "ThreadState"]
 assert SLICE_BEGIN == SLICE_END - 1
 #: Deepest nesting of thread spans accepted (levels below a thread's first span).
 MAX_DEPTH = 10_000
-#: Open slices a Perfetto track holds at most (trace processor ``SliceTracker::kMaxDepth``): a BEGIN on
-#: a track with this many open is dropped (stat ``slice_max_depth_exceeded``). Levels are cut into
-#: bands of this many, band k >= 1 on an overflow track (see the module docstring).
-TRACK_DEPTH = 512
+#: Open slices a Perfetto track holds at most (``lanes.MAX_DEPTH``, the trace processor's
+#: ``SliceTracker::kMaxDepth``). Levels are cut into bands of this many, band k >= 1 on an overflow
+#: track (see the module docstring).
+TRACK_DEPTH = MAX_DEPTH_PER_TRACK
 
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
