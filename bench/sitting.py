@@ -38,6 +38,9 @@ BENCHES: dict[str, tuple[str, list[str]]] = {
     "generate": ("bench.bench_generate", ["--stages"]),
     "generate-memory": ("bench.bench_generate", ["--sizes", "2500000,5000000,10000000"]),
     "service": ("bench.bench_service", ["--large-runs", "2", "--small-rounds", "2"]),
+    # The service worker's peak RSS against trace size (the large job alone, at two sizes).
+    "service-memory-2.5M": ("bench.bench_service", ["--large-only", "--large-spans", "2500000"]),
+    "service-memory-10M": ("bench.bench_service", ["--large-only", "--large-spans", "10000000"]),
     "service-overhead": ("bench.bench_service_overhead", ["--jobs", "200", "--rounds", "2"]),
     "inspect": ("bench.bench_inspect", ["--runs", "2"]),
     "client": ("bench.bench_client", []),
