@@ -11,7 +11,8 @@ Each statement gets its own ``SessionContext`` (cheap: the metadata tables are s
    bounded by one block whatever the process size (DataFusion cannot stream a Python-generated
    table: pyarrow datasets built from readers are materialised).
 3. Anything else (aggregates, joins, other sort orders) runs once over materialised views, cut to
-   the header range first.
+   the header range first; a statement that reads no view (only ``processes`` / ``streams`` /
+   ``blocks``) runs the probe's plan itself.
 
 With the lake held in memory (``--in-memory``, :mod:`worker.devserver.memory`) the views are read
 from memory instead of generated, and a statement of a known shape (:mod:`worker.devserver.shapes`:
@@ -276,6 +277,9 @@ class QueryEngine:
             if shape is not None:
                 return self._known_shape(sql, shape, headers)
         df, calls, wire = self._probe(sql, headers, params)
+        if not calls.seen:
+            # Only the metadata tables are read: the probe's plan is the statement's, run it.
+            return PlannedQuery(wire, lambda: self._drain(df, headers, wire), False)
         fetch = self._row_local(df.logical_plan(), calls)
         if fetch is not False:
             scan = calls.seen[0]
@@ -429,7 +433,11 @@ class QueryEngine:
             table = pa.Table.from_batches(list(rows), self._schema(view))
             return table if table.num_rows else self._empty[view]
 
-        df = self._sql(self._context(materialise, headers), sql, params)
+        yield from self._drain(self._sql(self._context(materialise, headers), sql, params), headers, wire)
+
+    @staticmethod
+    def _drain(df: Any, headers: RequestHeaders, wire: pa.Schema) -> Iterator[pa.RecordBatch]:
+        """A planned statement's batches, conformed to ``wire``, up to the header's row limit."""
         left = headers.limit
         for produced in pa.RecordBatchReader.from_stream(df):
             batch = produced if left is None else produced.slice(0, left)
