@@ -459,8 +459,9 @@ def _range_headers(time_range: TimeRange) -> dict[str, str]:
 
 
 def _as_ints(batch: pa.RecordBatch) -> pa.RecordBatch:
-    """Timestamps as int64 epoch ns, so that ``to_pylist`` keeps nanoseconds."""
-    columns = [c.cast(pa.int64()) if pa.types.is_timestamp(c.type) else c for c in batch.columns]
+    """Timestamps as int64 epoch ns, so that ``to_pylist`` keeps nanoseconds (a zero-copy view: the
+    same values as a cast, without a compute kernel's overhead per column)."""
+    columns = [c.view(pa.int64()) if pa.types.is_timestamp(c.type) else c for c in batch.columns]
     return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
 
 
