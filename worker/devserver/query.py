@@ -11,7 +11,9 @@ Each statement gets its own ``SessionContext`` (cheap: the metadata tables are s
    bounded by one block whatever the process size (DataFusion cannot stream a Python-generated
    table: pyarrow datasets built from readers are materialised).
 3. Anything else (aggregates, joins, other sort orders) runs once over materialised views, cut to
-   the header range first.
+   the header range first. A statement that reads no view (only ``processes`` / ``streams`` /
+   ``blocks``, which never change) runs the probe's plan at once, and its answer is kept: the same
+   statement is answered from it next time, without DataFusion.
 
 With the lake held in memory (``--in-memory``, :mod:`worker.devserver.memory`) the views are read
 from memory instead of generated, and a statement of a known shape (:mod:`worker.devserver.shapes`:
@@ -69,6 +71,8 @@ _GENERATED = ("view_instance", "process_spans")
 _GROUP_ROWS = 65_536
 _ROW_LOCAL_NODES = {"Projection", "Filter", "SubqueryAlias", "TableScan", "Sort"}
 _INT = re.compile(r"Int64\((\d+)\)")
+#: Metadata statements' answers kept (all dropped when full: the worker's vary by process id only).
+_METADATA_ANSWERS = 1024
 
 Generator = Callable[[str, str], Iterator[pa.RecordBatch]]
 
@@ -168,6 +172,9 @@ class QueryEngine:
         self._shape_schemas: dict[tuple[str, bool], pa.Schema] = {}
         #: Statements answered from memory without DataFusion (tests check the fast path is taken).
         self.known_shapes = 0
+        #: Answers of statements that read only the (immutable) metadata tables, by statement and
+        #: preserve_dictionary.
+        self._metadata_answers: dict[tuple[str, bool], PlannedQuery] = {}
         self._count_lock = threading.Lock()
         self.strict = strict
         self.options = schema_options
@@ -275,7 +282,28 @@ class QueryEngine:
             shape = parse_shape(sql, self._shape_views)
             if shape is not None:
                 return self._known_shape(sql, shape, headers)
+        key = (sql, headers.preserve_dictionary)
+        if params is None:
+            with self._count_lock:
+                known = self._metadata_answers.get(key)
+            if known is not None:
+                return _limited(known, headers.limit)
         df, calls, wire = self._probe(sql, headers, params)
+        if not calls.seen:
+            # Only the metadata tables are read: the probe's plan is the statement's. They never
+            # change, so the answer is kept (a failure to run it is left to the stream, as before).
+            if params is not None:
+                return PlannedQuery(wire, lambda: self._drain(df, headers, wire), False)
+            try:
+                table = pa.Table.from_batches(list(self._drain(df, RequestHeaders(), wire)), wire)
+            except Exception:  # reported by the stream, which runs the plan again
+                return PlannedQuery(wire, lambda: self._drain(df, headers, wire), False)
+            known = PlannedQuery(wire, lambda: iter(table.to_batches()), False, table)
+            with self._count_lock:
+                if len(self._metadata_answers) >= _METADATA_ANSWERS:
+                    self._metadata_answers.clear()
+                self._metadata_answers[key] = known
+            return _limited(known, headers.limit)
         fetch = self._row_local(df.logical_plan(), calls)
         if fetch is not False:
             scan = calls.seen[0]
@@ -429,7 +457,11 @@ class QueryEngine:
             table = pa.Table.from_batches(list(rows), self._schema(view))
             return table if table.num_rows else self._empty[view]
 
-        df = self._sql(self._context(materialise, headers), sql, params)
+        yield from self._drain(self._sql(self._context(materialise, headers), sql, params), headers, wire)
+
+    @staticmethod
+    def _drain(df: Any, headers: RequestHeaders, wire: pa.Schema) -> Iterator[pa.RecordBatch]:
+        """A planned statement's batches, conformed to ``wire``, up to the header's row limit."""
         left = headers.limit
         for produced in pa.RecordBatchReader.from_stream(df):
             batch = produced if left is None else produced.slice(0, left)
@@ -439,6 +471,15 @@ class QueryEngine:
                 yield _conform(batch, wire)
             if left is not None and left <= 0:
                 return
+
+
+def _limited(planned: PlannedQuery, limit: int | None) -> PlannedQuery:
+    """A kept answer (``planned.table``) cut to the header's row limit."""
+    assert planned.table is not None
+    if limit is None or limit >= planned.table.num_rows:
+        return planned
+    table = planned.table.slice(0, limit)
+    return PlannedQuery(planned.schema, lambda: iter(table.to_batches()), False, table)
 
 
 def _tables(blocks: Iterator[pa.RecordBatch]) -> Iterator[pa.Table]:

@@ -16,6 +16,9 @@ Thread spans of a small process (the thread list's ``nb_objects`` sums to at mos
 (:mod:`worker.source.regroup`); larger processes, or a thread list without sizes, get one query per
 thread, ``concurrency`` at a time. A server that refuses ``process_spans`` is asked per thread
 from then on.
+
+Streams read to their end, and their statements, are released in groups by a thread of their own
+(:class:`_Releaser`): the driver runs a full Go garbage collection in every release.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import adbc_driver_flightsql as fsql
@@ -87,6 +91,12 @@ _INLINE_REGROUP_ROWS = 65_536
 #: abandoned (the thread list understated the size): the threads are then read one by one, so memory
 #: stays bounded by the setting whatever the server says.
 _ONE_QUERY_SLACK = 2
+#: Finished streams wait at most this long (seconds) to be released together with others.
+_RELEASE_DELAY_S = 0.25
+#: ... and at most this many wait: more are released at once.
+_RELEASE_MAX_PENDING = 64
+#: Threads that release a group's items at the same time.
+_RELEASE_THREADS = 16
 
 
 class _Calls:
@@ -115,6 +125,103 @@ class _Tickets:
             self.direct = len(partitions) == 1 and is_statement_ticket(partitions[0], sql)
 
 
+class _Releaser:
+    """Releases finished ADBC streams and statements in groups, in a thread of its own.
+
+    The Go driver runs a full garbage collection (``runtime.GC``) in each stream's and statement's
+    release: 2-3 ms of CPU each with its side effects (the releasing thread sweeps the heap,
+    yielding to the Go scheduler after each span; gRPC's buffer pools are emptied and grown again),
+    a third of a small job's source CPU (three streams). Collections asked for while one runs are
+    all served by the next one, so a group released from several threads at once costs one or two
+    collections instead of one per stream. A stream read to its end holds no rows (they were handed
+    on), so one that waits up to :data:`_RELEASE_DELAY_S` costs little memory.
+
+    Each item is a callable that releases one query's resources in order; its ADBC / Arrow errors
+    are ignored (the resources are abandoned either way). :meth:`flush` releases everything waiting
+    before it returns: call it before closing a connection whose streams may still wait here.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._pending: list[Callable[[], None]] = []
+        #: Held while a group is released, so that :meth:`flush` returns only when it is done.
+        self._busy = threading.Lock()
+        self._threads: ThreadPoolExecutor | None = None
+        self._worker: threading.Thread | None = None
+        self._stopped = False
+
+    @property
+    def pending(self) -> int:
+        """Items waiting to be released."""
+        with self._cond:
+            return len(self._pending)
+
+    def put(self, release: Callable[[], None]) -> None:
+        """Release later, with others (at once when stopped)."""
+        with self._cond:
+            if not self._stopped:
+                self._pending.append(release)
+                if self._worker is None:
+                    self._threads = ThreadPoolExecutor(
+                        _RELEASE_THREADS, thread_name_prefix="flightsql-release"
+                    )
+                    self._worker = threading.Thread(target=self._run, name="flightsql-releaser", daemon=True)
+                    self._worker.start()
+                self._cond.notify()
+                return
+        _release_quietly(release)
+
+    def flush(self) -> None:
+        """Release everything waiting, and wait for a group being released (blocking)."""
+        with self._busy:
+            with self._cond:
+                group, self._pending = self._pending, []
+            threads = self._threads
+            if len(group) == 1 or threads is None:
+                for release in group:
+                    _release_quietly(release)
+            else:
+                # In waves, each item of a wave from its own thread at the same time: one or two
+                # collections serve a wave (a thread that moved on to another item while the others
+                # still wait would ask for one more).
+                for start in range(0, len(group), _RELEASE_THREADS):
+                    wave = group[start : start + _RELEASE_THREADS]
+                    wait([threads.submit(_release_quietly, release) for release in wave])
+
+    def close(self) -> None:
+        """Release everything waiting and stop; later items are released at once."""
+        with self._cond:
+            self._stopped = True
+            worker, self._worker = self._worker, None
+            self._cond.notify()
+        if worker is not None:
+            worker.join()
+        self.flush()
+        if self._threads is not None:
+            self._threads.shutdown(wait=True)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._stopped:
+                    self._cond.wait()
+                # Let more gather, up to the delay or the cap.
+                deadline = time.monotonic() + _RELEASE_DELAY_S
+                while not self._stopped and len(self._pending) < _RELEASE_MAX_PENDING:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+                if self._stopped:
+                    return  # close() releases the rest
+            self.flush()
+
+
+def _release_quietly(release: Callable[[], None]) -> None:
+    with contextlib.suppress(adbc.Error, OSError, pa.ArrowException):
+        release()
+
+
 class _Connection:
     """One ADBC connection and the call headers currently set on it."""
 
@@ -138,16 +245,26 @@ class _Query:
     """One statement, read partition by partition. Blocking; each method runs in a worker thread."""
 
     def __init__(
-        self, conn: _Connection, sql: str, headers: Mapping[str, str], what: str, tickets: _Tickets
+        self,
+        conn: _Connection,
+        sql: str,
+        headers: Mapping[str, str],
+        what: str,
+        tickets: _Tickets,
+        *,
+        releaser: _Releaser,
     ) -> None:
         self._conn = conn
         self._tickets = tickets
+        self._releaser = releaser
         self._sql = sql
         self._headers = headers
         self._what = what
         self._stmt: adbc.AdbcStatement | None = None
         self._parts: list[bytes] = []
         self._reader: pa.RecordBatchReader | None = None
+        #: Partitions' readers read to their end, released with the statement.
+        self._finished: list[pa.RecordBatchReader] = []
         self._received = False
 
     def open(self) -> None:
@@ -178,7 +295,7 @@ class _Query:
                 try:
                     batch = self._reader.read_next_batch()
                 except StopIteration:
-                    self._reader.close()
+                    self._finished.append(self._reader)
                     self._reader = None
                     continue
                 self._received = True
@@ -196,16 +313,28 @@ class _Query:
             self._conn.raw.cancel()
 
     def close(self) -> None:
-        try:
-            if self._reader is not None:
-                self._reader.close()
-            if self._stmt is not None:
-                self._stmt.close()
-        except (adbc.Error, OSError, pa.ArrowException):
-            pass  # the statement is abandoned either way; closing only frees resources
-        finally:
-            self._reader = None
-            self._stmt = None
+        """Releases the readers and the statement: later, with others (:class:`_Releaser`), when every
+        reader was read to its end; at once otherwise (an abandoned stream may hold batches and a
+        call in flight)."""
+        abandoned = self._reader
+        readers = [*self._finished, *([] if abandoned is None else [abandoned])]
+        stmt = self._stmt
+        self._finished, self._reader, self._stmt = [], None, None
+        if not readers and stmt is None:
+            return
+
+        def release() -> None:
+            try:
+                for reader in readers:
+                    reader.close()
+            finally:
+                if stmt is not None:
+                    stmt.close()
+
+        if abandoned is None:
+            self._releaser.put(release)
+        else:
+            _release_quietly(release)
 
 
 class _Pool:
@@ -217,9 +346,10 @@ class _Pool:
     closed only once every connection is back (closing it under a live connection crashes).
     """
 
-    def __init__(self, config: FlightSqlConfig, calls: _Calls) -> None:
+    def __init__(self, config: FlightSqlConfig, calls: _Calls, releaser: _Releaser) -> None:
         self._config = config
         self._calls = calls
+        self._releaser = releaser
         self._lock = threading.Lock()
         self._db: adbc.AdbcDatabase | None = None
         self._idle: list[_Connection] = []
@@ -288,12 +418,14 @@ class _Pool:
             self._close(conn)
 
     def _close(self, conn: _Connection) -> None:
+        self._releaser.flush()  # its finished streams may still wait there
         _close_quietly(conn.raw)
         with self._lock:
             self._out -= 1
         self._close_db_if_idle()
 
     def close(self) -> None:
+        self._releaser.close()
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
@@ -327,8 +459,9 @@ def _range_headers(time_range: TimeRange) -> dict[str, str]:
 
 
 def _as_ints(batch: pa.RecordBatch) -> pa.RecordBatch:
-    """Timestamps as int64 epoch ns, so that ``to_pylist`` keeps nanoseconds."""
-    columns = [c.cast(pa.int64()) if pa.types.is_timestamp(c.type) else c for c in batch.columns]
+    """Timestamps as int64 epoch ns, so that ``to_pylist`` keeps nanoseconds (a zero-copy view: the
+    same values as a cast, without a compute kernel's overhead per column)."""
+    columns = [c.view(pa.int64()) if pa.types.is_timestamp(c.type) else c for c in batch.columns]
     return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
 
 
@@ -390,7 +523,8 @@ class FlightSqlSource:
         self._config = config
         self._calls = _Calls()
         self._tickets = _Tickets(config.direct_tickets, self._calls)
-        self._pool = _Pool(config, self._calls)
+        self._releaser = _Releaser()
+        self._pool = _Pool(config, self._calls, self._releaser)
         #: Whether the server has ``process_spans``: None until it refuses it.
         self._has_process_spans: bool | None = None
         #: Whether the thread list asks for ``nb_objects`` (False once the server refused it).
@@ -412,7 +546,7 @@ class FlightSqlSource:
     ) -> AsyncGenerator[pa.RecordBatch, None]:
         """Batches of one query, each read in a worker thread, on a connection of its own."""
         conn = await self._connection(what)
-        query = _Query(conn, sql, headers, what, self._tickets)
+        query = _Query(conn, sql, headers, what, self._tickets, releaser=self._releaser)
         # The concurrent future, not an asyncio wrapper: cancelling the wrapper marks it done while
         # the thread may still be reading, and closing the reader under that read crashes.
         running: Future[Any] | None = None
