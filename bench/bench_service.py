@@ -7,7 +7,8 @@ Measures, on this machine:
   then checks that the chunks and the blob have the status's sha256;
 - time to first chunk (request XADD → first chunk entry) for a small, a typical and the large job;
 - 100 small jobs (distinct job ids over the 10k-span ``small`` process) from 20 concurrent
-  requesters: throughput, p50/p99 latency, the worker process's CPU time per job (user + sys from
+  requesters (each a :class:`contracts.client.TraceClient` that submits and waits): throughput,
+  p50/p99 latency, the worker process's CPU time per job (user + sys from
   /proc, the devserver's and the bench's own apart) and the Flight SQL calls per job (the worker's
   ``trace_worker_flightsql_calls`` counter from /metrics);
 - the worker's peak RSS (sampled from /proc every 20 ms) during each job size;
@@ -44,6 +45,8 @@ from typing import Any
 from redis.asyncio import Redis
 
 from contracts import Keys, TraceRequest
+from contracts.client import TraceClient
+from contracts.states import JobState
 from tests.support.devserver import run_devserver_subprocess
 from tests.support.redis_server import RedisServer, free_port
 from tests.support.worker_process import stop_process
@@ -188,20 +191,20 @@ async def small_jobs(
     failures = 0
 
     async def requester(n: int) -> None:
+        # A requester waits as the project's client does: it follows its own job's status stream
+        # (one blocking XREAD per batch of its entries), not every job's status on the events stream.
         nonlocal failures
-        client = Redis.from_url(redis_url_of(redis))
-        try:
+        async with TraceClient(redis_url_of(redis), KEYS.prefix, client_name=f"bench-{n}") as client:
             while True:
                 try:
                     i = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
                 req = TraceRequest(process_id=pid, job_id=f"{prefix}-{n}-{i}", chunks=True)
-                res = await run_job(client, req, watch_first_chunk=False)
-                latencies.append(res.total_s)
-                failures += res.state != "succeeded"
-        finally:
-            await client.aclose()
+                t0 = time.perf_counter()
+                status = await (await client.submit(req)).wait()
+                latencies.append(time.perf_counter() - t0)
+                failures += status.state != JobState.SUCCEEDED
 
     t0 = time.perf_counter()
     await asyncio.gather(*(requester(n) for n in range(requesters)))
@@ -293,7 +296,7 @@ async def small_jobs_rows(
         busy = sorted(((v, k) for k, v in cmds.items() if v >= 0.05), reverse=True)
         rows.append(
             (
-                "Redis commands per small job (all clients; the bench's own: xadd 1, xrevrange 1, xread)",
+                "Redis commands per small job (all clients; the requesters': TraceClient submit and wait)",
                 f"{sum(cmds.values()):.1f}: " + ", ".join(f"{k} {v:.1f}" for v, k in busy),
             )
         )

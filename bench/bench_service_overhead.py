@@ -6,7 +6,7 @@ from the engine and the Flight SQL source that ``bench_service`` measures with i
 The stub yields what a small job yields (a header chunk, then the body; a progress report per
 thread batch) after waiting ``--wait-ms`` (the source's time, no CPU). The worker runs in a child
 process (default settings but the Redis URL, key prefix and file blob store); this process is the
-requesters (``bench_service``'s: 20 requesters, each waiting on the events stream).
+requesters (``bench_service``'s: 20 TraceClient requesters, each waiting on its own job).
 
 Reports per job: the worker's CPU (user+sys from /proc), its Redis round trips (writes on its
 client connections, counted in the worker; a pipeline or MULTI is one) and the Redis commands of

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -29,15 +30,18 @@ from worker.source import Source
 
 __all__ = ["Cancelled", "Progress", "TraceSpec", "generate_trace", "life_begin", "resolve_range"]
 
-#: Batches up to this many rows and bytes (dictionaries included) are encoded on the event loop;
-#: larger ones on the generation's encoder thread, so that no batch the source sends (a million
-#: rows, a huge dictionary, a deep mis-nesting to repair) holds the loop for long.
-_INLINE_ROWS = 1024
+#: Batches up to this many rows and bytes (dictionaries included) are encoded on the event loop
+#: (up to ~10 ms of engine work); larger ones on the shared encoder pool (:class:`_Serial`), so
+#: that no batch the source sends (a million rows, a huge dictionary, a deep mis-nesting to repair)
+#: holds the loop for long. Below that, the hop costs more than it spares: with the loop and an
+#: encoder thread taking the GIL in turns (every numpy call releases it), a small job's worker CPU
+#: was ~15% higher with 1,024 than with every call inline (bench_service, small jobs).
+_INLINE_ROWS = 4096
 _INLINE_BYTES = 1024 * 1024
 #: ``should_stop`` is awaited between batches, at most this often (it may be a Redis round trip).
 _STOP_CHECK_S = 0.2
-#: Engine calls queued on the generation's encoder thread beyond the one whose result is awaited:
-#: the thread goes from one batch straight to the next instead of idling while the event loop
+#: Engine calls queued on the encoder pool beyond the one whose result is awaited: the pool goes
+#: from one batch straight to the next instead of idling while the event loop
 #: hands its chunks on and fetches the next batch (each batch's results are still handled in order).
 _LOOKAHEAD = 1
 
@@ -127,6 +131,69 @@ def resolve_range(spec: TraceSpec, process: ProcessInfo) -> TimeRange:
     return TimeRange(begin, end)
 
 
+#: Threads of the process-wide encoder pool: every generation's engine calls run there, one call
+#: per generation at a time. Shared so that a job does not start (and a small job mostly pay for)
+#: a thread of its own.
+_ENCODER_THREADS = 8
+_encoder_pool: ThreadPoolExecutor | None = None
+_encoder_pool_lock = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _encoder_pool  # noqa: PLW0603 - one lazily made pool per process
+    with _encoder_pool_lock:
+        if _encoder_pool is None:
+            _encoder_pool = ThreadPoolExecutor(max_workers=_ENCODER_THREADS, thread_name_prefix="encoder")
+        return _encoder_pool
+
+
+class _Serial:
+    """One generation's engine calls on the shared encoder pool, one at a time, in submission order
+    (the encoder is not thread-safe): a call is handed to the pool when the one before it is done.
+
+    :meth:`submit` gives a future that is cancelled (never run) by :meth:`cancel` if not yet started.
+    """
+
+    def __init__(self) -> None:
+        self._tail: Future[tuple[list[bytes], EncodeStats]] | None = None
+        self._queued: list[Future[tuple[list[bytes], EncodeStats]]] = []
+
+    def submit(
+        self, fn: Callable[..., tuple[list[bytes], EncodeStats]], *args: object
+    ) -> Future[tuple[list[bytes], EncodeStats]]:
+        result: Future[tuple[list[bytes], EncodeStats]] = Future()
+
+        def run() -> None:
+            if not result.set_running_or_notify_cancel():
+                return
+            try:
+                result.set_result(fn(*args))
+            except BaseException as exc:
+                result.set_exception(exc)
+
+        def start(_: object = None) -> None:
+            try:
+                _pool().submit(run)
+            except RuntimeError as exc:  # the pool is shut down (interpreter exit)
+                if result.set_running_or_notify_cancel():
+                    result.set_exception(exc)
+
+        self._queued = [f for f in self._queued if not f.done()]
+        self._queued.append(result)
+        previous, self._tail = self._tail, result
+        if previous is None:
+            start()
+        else:
+            previous.add_done_callback(start)  # at once when it is done already
+        return result
+
+    def cancel(self) -> None:
+        """Cancel the calls not started yet (a running one finishes, its result unused)."""
+        for queued in self._queued:
+            queued.cancel()
+        self._queued.clear()
+
+
 class _Run:
     """State of one generation: the encoder, counters, limits and callbacks."""
 
@@ -153,9 +220,9 @@ class _Run:
         #: The encoder's totals as of the last engine call handled (the encoder thread may be a
         #: call ahead, so the loop never reads the live encoder while that thread runs).
         self.stats: EncodeStats = copy.copy(encoder.stats)
-        #: Engine calls running or queued on the encoder thread, oldest first.
+        #: Engine calls running or queued on the encoder pool, oldest first.
         self._pending: deque[asyncio.Future[tuple[list[bytes], EncodeStats]]] = deque()
-        self._executor: ThreadPoolExecutor | None = None
+        self._serial: _Serial | None = None
 
     @property
     def spans(self) -> int:
@@ -232,15 +299,15 @@ class _Run:
 
         Inline when nothing is queued and the call is small (``rows`` plus the ``held()`` rows the
         encoder keeps back, ``batch``'s buffers, dictionaries included); otherwise queued on the
-        encoder thread, which runs calls one at a time in order, up to ``_LOOKAHEAD`` calls ahead
+        encoder pool, which runs calls one at a time in order, up to ``_LOOKAHEAD`` calls ahead
         of the one awaited here.
         """
         if not self._pending and self._small(rows, held, batch):
             chunks, self.stats = self._engine(method, args)
             return [chunks]
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder")
-        self._pending.append(asyncio.wrap_future(self._executor.submit(self._engine, method, args)))
+        if self._serial is None:
+            self._serial = _Serial()
+        self._pending.append(asyncio.wrap_future(self._serial.submit(self._engine, method, args)))
         due = []
         while len(self._pending) > _LOOKAHEAD or (self._pending and self._pending[0].done()):
             due.append(await self._next())
@@ -251,9 +318,16 @@ class _Run:
         return [await self._next() for _ in range(len(self._pending))]
 
     async def call(self, method: Callable[..., list[bytes]], *args: object) -> list[bytes]:
-        """One engine call on the encoder thread, once the queued ones are done."""
+        """The encoder's last call (``finish``), once the queued ones are done: on the event loop
+        when what it encodes is small (async events still held for canonical order, async spans
+        still open), else on the encoder pool."""
         due = await self.drain()
-        due += await self.push(method, *args, rows=_INLINE_ROWS + 1)
+        encoder = self.encoder
+
+        def held() -> int:
+            return encoder.pending_rows() + int(encoder.stats.open_async_spans)
+
+        due += await self.push(method, *args, held=held)
         due += await self.drain()
         return [chunk for chunks in due for chunk in chunks]
 
@@ -274,8 +348,8 @@ class _Run:
         for pending in self._pending:
             pending.cancel()
         self._pending.clear()
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._serial is not None:
+            self._serial.cancel()
 
     async def after_batch(self) -> None:
         self.check_limits()

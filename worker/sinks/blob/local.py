@@ -76,8 +76,14 @@ class LocalBlobStore(ObstoreBlobStore):
     async def _after_commit(self, key: str) -> None:
         """Remove staged ``<name>#<n>`` files of writers killed mid-write (a crashed attempt of the
         same job): the object is complete now, so any staged sibling is dead weight. Any still-live
-        writer of this key has lost its job's lease; its own commit then fails (its file is gone)."""
+        writer of this key has lost its job's lease; its own commit then fails (its file is gone).
+
+        obstore stages a writer at the lowest free ``#n``, so a killed writer leaves ``#1`` unless
+        writers of the key ran at once: the folder (every trace of the process) is listed only when
+        ``#1`` is there, not on every commit."""
         final = self.root / key
+        if not os.path.lexists(f"{final}#1"):  # noqa: ASYNC240 - one lstat: cheaper than a thread hop
+            return
 
         def sweep() -> None:
             for staged in final.parent.glob(glob.escape(final.name) + "#*"):
