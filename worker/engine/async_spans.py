@@ -40,7 +40,7 @@ import numpy.typing as npt
 from worker.engine.lanes import NONE, Openers, place
 from worker.engine.packing import Times, pack, packet_matrix, reset_packet, times
 from worker.engine.rows import CUT_BEGIN, CUT_END, SLICE_BEGIN, SLICE_END, descriptor_matrix
-from worker.engine.span_rows import event_matrix
+from worker.engine.span_rows import begin_rows, event_matrix
 from worker.engine.wire import varint_width
 
 __all__ = ["AsyncBatch", "AsyncState"]
@@ -183,30 +183,33 @@ class _Open:
     marked: npt.NDArray[np.bool_]  # the BEGIN is cut (opened before the range)
 
 
-def _begin_matrix(
+def _begin_rows(
     t: Times,
     *,
     c: _Open,
     rows: I64,
-    widths: tuple[int, int, int],
-    flows: U64 | None,
-    term: bool,
-    ann: bool,
-    cut: bool,
+    group: I64,
+    widths: tuple[I64 | int, I64 | int, I64 | int],
+    layout: I64,
+    flows: U64,
 ) -> tuple[U8, I64]:
-    """BEGIN packets of spans ``rows`` of one layout (``AsyncState._begins``)."""
-    return event_matrix(
+    """BEGIN packets of spans ``rows`` (their ``layout`` codes, ``_layouts``), written as one
+    ``event_matrix`` call per ``group`` would write them (``span_rows.begin_rows``), ``flows`` the
+    ids each owes, rows' runs back to back."""
+    return begin_rows(
         t,
-        SLICE_BEGIN,
+        group=group,
         uuid=c.track[rows],
         name=c.name[rows],
         cat=c.cat[rows],
         loc=c.loc[rows],
         widths=widths,
+        flow_count=layout >> 3,
         flows=flows,
-        term=c.term[rows] if term else None,
-        parent_span=c.parent_sid[rows] if ann else None,
-        cut=CUT_BEGIN if cut else 0,
+        term=c.term[rows],
+        parent_span=c.parent_sid[rows],
+        ann=(layout & 1) != 0,
+        cut=(layout & 4) != 0,
     )
 
 
@@ -253,29 +256,23 @@ def _shapes(c: _Open, layout: I64, group: I64) -> I64:
 
 
 def _shaped_begins(parts: _Parts, c: _Open, shape: I64, flow_at: I64, flow_id: U64) -> None:
-    """BEGINs of the spans of ``c`` added to ``parts`` in row order, built together by ``shape``
-    (``_shapes``), with the flows they owe (``flow_at``: the row owing each, in creation order)."""
+    """BEGINs of the spans of ``c`` added to ``parts`` in row order, written as if built together by
+    ``shape`` (``_shapes``), with the flows they owe (``flow_at``: the row owing each, in creation order)."""
+    if not len(shape):
+        return
     order = np.argsort(flow_at, kind="stable")
-    flow_at, flow_id = flow_at[order], flow_id[order]
-    groups: list[tuple[I64, Build]] = []
-    for code in np.unique(shape).tolist():
-        sel = np.flatnonzero(shape == code)
-        layout = code >> _SHAPE_BITS
-        k = layout >> 3
-        flows = flow_id[shape[flow_at] == code].reshape(len(sel), k) if k else None
-        widths = ((code >> 16) & 15, (code >> 12) & 15, (code >> 8) & 15)
-        build = partial(
-            _begin_matrix,
-            c=c,
-            rows=sel,
-            widths=widths,
-            flows=flows,
-            term=bool(layout & 2),
-            ann=bool(layout & 1),
-            cut=bool(layout & 4),
-        )
-        groups.append((sel, build))
-    parts.add_rows(0, c.begin, groups)
+    _, group = np.unique(shape, return_inverse=True)
+    widths = ((shape >> 16) & 15, (shape >> 12) & 15, (shape >> 8) & 15)
+    build = partial(
+        _begin_rows,
+        c=c,
+        rows=np.arange(len(shape)),
+        group=group.reshape(-1),
+        widths=widths,
+        layout=shape >> _SHAPE_BITS,
+        flows=flow_id[order],
+    )
+    parts.add_rows(0, c.begin, [(np.arange(len(shape)), build)])
 
 
 def _depths(up: I64) -> tuple[I64, I64]:
@@ -801,29 +798,18 @@ class AsyncState:
             nflows = np.bincount(pair_slot, minlength=len(idx))
             ordering = np.argsort(pair_slot, kind="stable")
             pair_slot, pair_flow = pair_slot[ordering], pair_flow[ordering]
-        has_term = c.term[idx] != 0
-        has_ann = ann[idx]
-        layout = nflows * 8 + c.marked[idx] * 4 + has_term * 2 + has_ann
+        layout = nflows * 8 + c.marked[idx] * 4 + (c.term[idx] != 0) * 2 + ann[idx]
         wn, wc, wl = (varint_width(int(col[idx].max())) for col in (c.name, c.cat, c.loc))
-        widths = (wn, wc, wl)
-        groups: list[tuple[I64, Build]] = []
-        for code in np.flatnonzero(np.bincount(layout)).tolist():  # the layouts present, ascending
-            sel = np.flatnonzero(layout == code)
-            rows_i = idx[sel]
-            k, cut_on, term_on, ann_on = code >> 3, bool(code & 4), bool(code & 2), bool(code & 1)
-            flows = pair_flow[layout[pair_slot] == code].reshape(len(sel), k) if k else None
-
-            build = partial(
-                _begin_matrix,
-                c=c,
-                rows=rows_i,
-                widths=widths,
-                flows=flows,
-                term=term_on,
-                ann=ann_on,
-                cut=cut_on,
-            )
-            groups.append((sel, build))
+        build = partial(
+            _begin_rows,
+            c=c,
+            rows=idx,
+            group=layout,
+            widths=(wn, wc, wl),
+            layout=layout,
+            flows=pair_flow,
+        )
+        groups: list[tuple[I64, Build]] = [(np.arange(len(idx)), build)]
         parts.add_begins(c.begin[idx], groups)
 
     def _orphans(self, parts: _Parts, pos: I64, *, time: I64, ev: AsyncBatch, p: int) -> None:
