@@ -848,15 +848,31 @@ class AsyncState:
             self._begins(parts, idx, cols, ann=ann, flow_parent=self.flow_parent, flow_id=self.flow_id)
         else:
             # Level: how many such ties up from the span; one ``_begins`` per level, ascending, is
-            # what is written, built here by shape (``_shapes``) in one pass.
+            # what is written: rows by level, layout, opening order; the iids' widths of their level,
+            # the uuid's and annotation's of their level and layout (``_begin_rows`` groups).
             _, level = _depths(np.where(tie, par, -1))
             layout = _layouts(cols, np.bincount(self.flow_parent, minlength=k))
             rows = np.lexsort((idx, layout, level))
-            shape = _shapes(cols, layout, level)[rows]
             place = np.empty(k, dtype=np.int64)
             place[rows] = np.arange(k)
             ordered = _Open(*(getattr(cols, f.name)[rows] for f in fields(_Open)))
-            _shaped_begins(parts, ordered, shape, place[self.flow_parent], self.flow_id)
+            level, layout = level[rows], layout[rows]
+            span = int(layout.max()) + 1
+            group = level * span + layout
+            wn, wc, wl = (
+                _vwidths(_group_max(level, col)) for col in (ordered.name, ordered.cat, ordered.loc)
+            )
+            order = np.argsort(place[self.flow_parent], kind="stable")
+            build = partial(
+                _begin_rows,
+                c=ordered,
+                rows=idx,
+                group=group,
+                widths=(wn, wc, wl),
+                layout=layout,
+                flows=self.flow_id[order],
+            )
+            parts.add_rows(0, ordered.begin, [(idx, build)])
         ts = np.maximum(self.begin, self.range_end)
         parts.add_end(ts, partial(_end_matrix, uuid=self.track, cut=CUT_END))
         if len(self.held_spans):

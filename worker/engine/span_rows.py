@@ -241,7 +241,7 @@ def begin_rows(
     cut: npt.NDArray[np.bool_],
 ) -> tuple[U8, I64]:
     """Async BEGIN packets of mixed layouts in one matrix: byte for byte what :func:`event_matrix` (with
-    ``SLICE_BEGIN``) writes when called once per ``group`` of rows (dense ids from 0) with that group's
+    ``SLICE_BEGIN``) writes when called once per ``group`` of rows (ids from 0) with that group's
     rows, but one pass of array operations for all rows instead of one matrix per layout.
 
     Args:
@@ -263,6 +263,10 @@ def begin_rows(
     if not n:
         return np.zeros((0, 12), dtype=np.uint8), np.zeros(0, dtype=np.int64)
     groups = int(group.max()) + 1
+    if groups > 2 * n + 64:  # sparse ids (the per-group tables below are indexed by them): made dense
+        _, group = np.unique(group, return_inverse=True)
+        group = group.reshape(-1)
+        groups = int(group.max()) + 1
     uw = _group_width(group, uuid, groups)
     ann_value = parent_span.view(np.uint64)
     aw = _group_width(group, np.where(ann, ann_value, np.uint64(0)), groups)
