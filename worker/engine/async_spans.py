@@ -213,6 +213,80 @@ def _begin_rows(
     )
 
 
+#: Rows per group from which a group's BEGINs are one ``event_matrix`` call (column writes, the least
+#: work per row) rather than part of one ``begin_rows`` pass over all groups (no per-call overhead,
+#: more work per row): small traces have a few thousand BEGINs in a dozen layouts, large windows tens
+#: of thousands in two or three.
+_GROUP_ROWS = 1024
+
+
+def _begin_groups(
+    c: _Open,
+    rows: I64,
+    *,
+    group: I64,
+    widths: tuple[I64 | int, I64 | int, I64 | int],
+    layout: I64,
+    flows: U64,
+) -> list[tuple[I64, Build]]:
+    """The builders of the BEGINs of spans ``rows`` (their ``layout`` codes, ``_layouts``; ``flows``
+    the ids each owes, rows' runs back to back), written as one ``event_matrix`` call per ``group``
+    (the same ``widths`` throughout a group) writes them: (rows' places among ``rows``, builder)."""
+    n = len(rows)
+    codes = np.unique(group)
+    if n < _GROUP_ROWS * len(codes):
+        build = partial(_begin_rows, c=c, rows=rows, group=group, widths=widths, layout=layout, flows=flows)
+        return [(np.arange(n), build)]
+    count = layout >> 3
+    first = np.cumsum(count) - count
+    out: list[tuple[I64, Build]] = []
+    for code in codes.tolist():
+        sel = np.flatnonzero(group == code)
+        lay = int(layout[sel[0]])
+        k = lay >> 3
+        owed = flows[(first[sel][:, None] + np.arange(k)).reshape(-1)].reshape(len(sel), k) if k else None
+        w = tuple(x if isinstance(x, int) else int(x[sel[0]]) for x in widths)
+        build = partial(
+            _begin_matrix,
+            c=c,
+            rows=rows[sel],
+            widths=(w[0], w[1], w[2]),
+            flows=owed,
+            term=bool(lay & 2),
+            ann=bool(lay & 1),
+            cut=bool(lay & 4),
+        )
+        out.append((sel, build))
+    return out
+
+
+def _begin_matrix(
+    t: Times,
+    *,
+    c: _Open,
+    rows: I64,
+    widths: tuple[int, int, int],
+    flows: U64 | None,
+    term: bool,
+    ann: bool,
+    cut: bool,
+) -> tuple[U8, I64]:
+    """BEGIN packets of spans ``rows`` of one layout."""
+    return event_matrix(
+        t,
+        SLICE_BEGIN,
+        uuid=c.track[rows],
+        name=c.name[rows],
+        cat=c.cat[rows],
+        loc=c.loc[rows],
+        widths=widths,
+        flows=flows,
+        term=c.term[rows] if term else None,
+        parent_span=c.parent_sid[rows] if ann else None,
+        cut=CUT_BEGIN if cut else 0,
+    )
+
+
 def _vwidths(values: U64) -> I64:
     """``wire.varint_width`` of each value (1-10)."""
     out = np.ones(len(values), dtype=np.int64)
@@ -263,16 +337,15 @@ def _shaped_begins(parts: _Parts, c: _Open, shape: I64, flow_at: I64, flow_id: U
     order = np.argsort(flow_at, kind="stable")
     _, group = np.unique(shape, return_inverse=True)
     widths = ((shape >> 16) & 15, (shape >> 12) & 15, (shape >> 8) & 15)
-    build = partial(
-        _begin_rows,
-        c=c,
-        rows=np.arange(len(shape)),
+    groups = _begin_groups(
+        c,
+        np.arange(len(shape)),
         group=group.reshape(-1),
         widths=widths,
         layout=shape >> _SHAPE_BITS,
         flows=flow_id[order],
     )
-    parts.add_rows(0, c.begin, [(np.arange(len(shape)), build)])
+    parts.add_rows(0, c.begin, groups)
 
 
 def _depths(up: I64) -> tuple[I64, I64]:
@@ -800,17 +873,20 @@ class AsyncState:
             pair_slot, pair_flow = pair_slot[ordering], pair_flow[ordering]
         layout = nflows * 8 + c.marked[idx] * 4 + (c.term[idx] != 0) * 2 + ann[idx]
         wn, wc, wl = (varint_width(int(col[idx].max())) for col in (c.name, c.cat, c.loc))
-        build = partial(
-            _begin_rows,
-            c=c,
-            rows=idx,
-            group=layout,
-            widths=(wn, wc, wl),
-            layout=layout,
-            flows=pair_flow,
+        # Rows by layout, then opening order: ``add_begins`` keeps each group's rows apart, in that
+        # order, and ties in time keep it (the flows each row owes move with it).
+        perm = np.argsort(layout, kind="stable")
+        count = nflows[perm]
+        if len(pair_flow):
+            start = (np.cumsum(nflows) - nflows)[perm]
+            pair_flow = pair_flow[
+                np.repeat(start - (np.cumsum(count) - count), count) + np.arange(len(pair_flow))
+            ]
+        layout = layout[perm]
+        groups = _begin_groups(
+            c, idx[perm], group=layout, widths=(wn, wc, wl), layout=layout, flows=pair_flow
         )
-        groups: list[tuple[I64, Build]] = [(np.arange(len(idx)), build)]
-        parts.add_begins(c.begin[idx], groups)
+        parts.add_begins(c.begin[idx], [(perm[sel], build) for sel, build in groups])
 
     def _orphans(self, parts: _Parts, pos: I64, *, time: I64, ev: AsyncBatch, p: int) -> None:
         """Descriptors, cut BEGINs at the range begin and ENDs of the ends without a begin (own tracks)."""
@@ -863,16 +939,10 @@ class AsyncState:
                 _vwidths(_group_max(level, col)) for col in (ordered.name, ordered.cat, ordered.loc)
             )
             order = np.argsort(place[self.flow_parent], kind="stable")
-            build = partial(
-                _begin_rows,
-                c=ordered,
-                rows=idx,
-                group=group,
-                widths=(wn, wc, wl),
-                layout=layout,
-                flows=self.flow_id[order],
+            groups = _begin_groups(
+                ordered, idx, group=group, widths=(wn, wc, wl), layout=layout, flows=self.flow_id[order]
             )
-            parts.add_rows(0, ordered.begin, [(idx, build)])
+            parts.add_rows(0, ordered.begin, groups)
         ts = np.maximum(self.begin, self.range_end)
         parts.add_end(ts, partial(_end_matrix, uuid=self.track, cut=CUT_END))
         if len(self.held_spans):
