@@ -18,6 +18,8 @@ its children drawn on other tracks), one ``terminating_flow_ids`` (the flow from
 
 from __future__ import annotations
 
+from functools import cache
+
 import numpy as np
 import numpy.typing as npt
 
@@ -139,6 +141,7 @@ def event_matrix(
     return m, put_times(m, start, len(body), t)
 
 
+@cache
 def annotation_names_packet() -> bytes:
     """InternedData packet defining the debug annotation names ``parent_span_id`` and
     ``trace_worker_cut`` (after CLEARED)."""
