@@ -227,6 +227,7 @@ def test_begins_built_per_layout_or_in_one_pass_give_the_same_bytes(
         async_spans._GROUP_ROWS = saved
     assert one_pass == per_group
 
+
 def test_children_nest_under_their_parent_and_the_rest_get_flows() -> None:
     t = RANGE.begin_ns
     events = [
