@@ -14,6 +14,10 @@ its children drawn on other tracks), one ``terminating_flow_ids`` (the flow from
         [22 len {08 01 20 id(V)}]       debug annotation parent_span_id (interned name), int_value
         [22 len {08 02 32 len "begin"|"end"}] debug annotation trace_worker_cut (interned name)
       40 time                           delta or absolute (``packing``)
+
+``event_matrix`` writes rows of one layout with column writes (the least work per row);
+``begin_rows`` writes BEGINs of mixed layouts in one pass at per-row offsets (no per-layout call,
+more work per row), byte for byte as one ``event_matrix`` call per layout would.
 """
 
 from __future__ import annotations
