@@ -233,8 +233,8 @@ def _begin_groups(
     the ids each owes, rows' runs back to back), written as one ``event_matrix`` call per ``group``
     (the same ``widths`` throughout a group) writes them: (rows' places among ``rows``, builder)."""
     n = len(rows)
-    codes = np.unique(group)
-    if n < _GROUP_ROWS * len(codes):
+    codes = _codes(group)
+    if _one_pass(n, codes):
         build = partial(_begin_rows, c=c, rows=rows, group=group, widths=widths, layout=layout, flows=flows)
         return [(np.arange(n), build)]
     count = layout >> 3
@@ -258,6 +258,18 @@ def _begin_groups(
         )
         out.append((sel, build))
     return out
+
+
+def _codes(group: I64) -> I64:
+    """The distinct values of ``group`` (small ids: counted, not sorted), ascending."""
+    if len(group) and int(group.min()) >= 0 and int(group.max()) < 2 * len(group) + 64:
+        return np.flatnonzero(np.bincount(group))
+    return np.unique(group)
+
+
+def _one_pass(n: int, codes: I64) -> bool:
+    """Whether ``n`` BEGINs in ``len(codes)`` groups are built by one ``begin_rows`` pass."""
+    return n < _GROUP_ROWS * len(codes)
 
 
 def _begin_matrix(
@@ -873,8 +885,12 @@ class AsyncState:
             pair_slot, pair_flow = pair_slot[ordering], pair_flow[ordering]
         layout = nflows * 8 + c.marked[idx] * 4 + (c.term[idx] != 0) * 2 + ann[idx]
         wn, wc, wl = (varint_width(int(col[idx].max())) for col in (c.name, c.cat, c.loc))
-        # Rows by layout, then opening order: ``add_begins`` keeps each group's rows apart, in that
-        # order, and ties in time keep it (the flows each row owes move with it).
+        if not _one_pass(len(idx), _codes(layout)):
+            groups = _begin_groups(c, idx, group=layout, widths=(wn, wc, wl), layout=layout, flows=pair_flow)
+            parts.add_begins(c.begin[idx], groups)
+            return
+        # One pass: rows by layout, then opening order, as ``add_begins`` keeps rows of one group per
+        # call together, in that order, and ties in time keep it (the flows each row owes move with it).
         perm = np.argsort(layout, kind="stable")
         count = nflows[perm]
         if len(pair_flow):
