@@ -20,7 +20,7 @@ from tests.engine.data import PROCESS, RANGE, THREADS, AsyncEvent, async_batch, 
 from tests.engine.decode import Decoded, Slice, decode
 from tests.engine.perfetto_import import MAX_DEPTH, import_trace
 from tests.engine.test_async_spans import GROUP_UUID, run
-from worker.engine import TraceEncoder
+from worker.engine import TraceEncoder, async_spans
 from worker.engine.lanes import NONE, _group_exclusive_max
 from worker.inspect import inspect_trace
 
@@ -206,6 +206,26 @@ def test_lanes_are_exact_nested_and_linked(events: list[AsyncEvent], cuts: list[
     # packets still go before each input batch, so only the slices and their links are compared).
     assert layout(decode(run_windowed([batch], window))) == layout(decode(data))
     check_lanes(decode(run([batch])), model(events))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(events=lakes(), window=st.integers(1, 12))
+def test_begins_built_per_layout_or_in_one_pass_give_the_same_bytes(
+    events: list[AsyncEvent], window: int
+) -> None:
+    # BEGINs of many small layout groups are built in one pass (span_rows.begin_rows), of few large
+    # ones with one event_matrix per group: both must write the same bytes, in windows, held ties and
+    # the spans closed at the end alike.
+    batch = async_batch(events)
+    saved = async_spans._GROUP_ROWS
+    try:
+        async_spans._GROUP_ROWS = 0  # every group its own event_matrix
+        per_group = run_windowed([batch], window)
+        async_spans._GROUP_ROWS = 1 << 62  # every BEGIN in one begin_rows pass
+        one_pass = run_windowed([batch], window)
+    finally:
+        async_spans._GROUP_ROWS = saved
+    assert one_pass == per_group
 
 
 def test_children_nest_under_their_parent_and_the_rest_get_flows() -> None:

@@ -40,7 +40,7 @@ import numpy.typing as npt
 from worker.engine.lanes import NONE, Openers, place
 from worker.engine.packing import Times, pack, packet_matrix, reset_packet, times
 from worker.engine.rows import CUT_BEGIN, CUT_END, SLICE_BEGIN, SLICE_END, descriptor_matrix
-from worker.engine.span_rows import event_matrix
+from worker.engine.span_rows import begin_rows, event_matrix
 from worker.engine.wire import varint_width
 
 __all__ = ["AsyncBatch", "AsyncState"]
@@ -183,6 +183,95 @@ class _Open:
     marked: npt.NDArray[np.bool_]  # the BEGIN is cut (opened before the range)
 
 
+def _begin_rows(
+    t: Times,
+    *,
+    c: _Open,
+    rows: I64,
+    group: I64,
+    widths: tuple[I64 | int, I64 | int, I64 | int],
+    layout: I64,
+    flows: U64,
+) -> tuple[U8, I64]:
+    """BEGIN packets of spans ``rows`` (their ``layout`` codes, ``_layouts``), written as one
+    ``event_matrix`` call per ``group`` would write them (``span_rows.begin_rows``), ``flows`` the
+    ids each owes, rows' runs back to back."""
+    return begin_rows(
+        t,
+        group=group,
+        uuid=c.track[rows],
+        name=c.name[rows],
+        cat=c.cat[rows],
+        loc=c.loc[rows],
+        widths=widths,
+        flow_count=layout >> 3,
+        flows=flows,
+        term=c.term[rows],
+        parent_span=c.parent_sid[rows],
+        ann=(layout & 1) != 0,
+        cut=(layout & 4) != 0,
+    )
+
+
+#: Rows per group from which a group's BEGINs are one ``event_matrix`` call (column writes, the least
+#: work per row) rather than part of one ``begin_rows`` pass over all groups (no per-call overhead,
+#: more work per row): small traces have a few thousand BEGINs in a dozen layouts, large windows tens
+#: of thousands in two or three.
+_GROUP_ROWS = 1024
+
+
+def _begin_groups(
+    c: _Open,
+    rows: I64,
+    *,
+    group: I64,
+    widths: tuple[I64 | int, I64 | int, I64 | int],
+    layout: I64,
+    flows: U64,
+) -> list[tuple[I64, Build]]:
+    """The builders of the BEGINs of spans ``rows`` (their ``layout`` codes, ``_layouts``; ``flows``
+    the ids each owes, rows' runs back to back), written as one ``event_matrix`` call per ``group``
+    (the same ``widths`` throughout a group) writes them: (rows' places among ``rows``, builder)."""
+    n = len(rows)
+    codes = _codes(group)
+    if _one_pass(n, codes):
+        build = partial(_begin_rows, c=c, rows=rows, group=group, widths=widths, layout=layout, flows=flows)
+        return [(np.arange(n), build)]
+    count = layout >> 3
+    first = np.cumsum(count) - count
+    out: list[tuple[I64, Build]] = []
+    for code in codes.tolist():
+        sel = np.flatnonzero(group == code)
+        lay = int(layout[sel[0]])
+        k = lay >> 3
+        owed = flows[(first[sel][:, None] + np.arange(k)).reshape(-1)].reshape(len(sel), k) if k else None
+        w = tuple(x if isinstance(x, int) else int(x[sel[0]]) for x in widths)
+        build = partial(
+            _begin_matrix,
+            c=c,
+            rows=rows[sel],
+            widths=(w[0], w[1], w[2]),
+            flows=owed,
+            term=bool(lay & 2),
+            ann=bool(lay & 1),
+            cut=bool(lay & 4),
+        )
+        out.append((sel, build))
+    return out
+
+
+def _codes(group: I64) -> I64:
+    """The distinct values of ``group`` (small ids: counted, not sorted), ascending."""
+    if len(group) and int(group.min()) >= 0 and int(group.max()) < 2 * len(group) + 64:
+        return np.flatnonzero(np.bincount(group))
+    return np.unique(group)
+
+
+def _one_pass(n: int, codes: I64) -> bool:
+    """Whether ``n`` BEGINs in ``len(codes)`` groups are built by one ``begin_rows`` pass."""
+    return n < _GROUP_ROWS * len(codes)
+
+
 def _begin_matrix(
     t: Times,
     *,
@@ -194,7 +283,7 @@ def _begin_matrix(
     ann: bool,
     cut: bool,
 ) -> tuple[U8, I64]:
-    """BEGIN packets of spans ``rows`` of one layout (``AsyncState._begins``)."""
+    """BEGIN packets of spans ``rows`` of one layout."""
     return event_matrix(
         t,
         SLICE_BEGIN,
@@ -253,28 +342,21 @@ def _shapes(c: _Open, layout: I64, group: I64) -> I64:
 
 
 def _shaped_begins(parts: _Parts, c: _Open, shape: I64, flow_at: I64, flow_id: U64) -> None:
-    """BEGINs of the spans of ``c`` added to ``parts`` in row order, built together by ``shape``
-    (``_shapes``), with the flows they owe (``flow_at``: the row owing each, in creation order)."""
+    """BEGINs of the spans of ``c`` added to ``parts`` in row order, written as if built together by
+    ``shape`` (``_shapes``), with the flows they owe (``flow_at``: the row owing each, in creation order)."""
+    if not len(shape):
+        return
     order = np.argsort(flow_at, kind="stable")
-    flow_at, flow_id = flow_at[order], flow_id[order]
-    groups: list[tuple[I64, Build]] = []
-    for code in np.unique(shape).tolist():
-        sel = np.flatnonzero(shape == code)
-        layout = code >> _SHAPE_BITS
-        k = layout >> 3
-        flows = flow_id[shape[flow_at] == code].reshape(len(sel), k) if k else None
-        widths = ((code >> 16) & 15, (code >> 12) & 15, (code >> 8) & 15)
-        build = partial(
-            _begin_matrix,
-            c=c,
-            rows=sel,
-            widths=widths,
-            flows=flows,
-            term=bool(layout & 2),
-            ann=bool(layout & 1),
-            cut=bool(layout & 4),
-        )
-        groups.append((sel, build))
+    _, group = np.unique(shape, return_inverse=True)
+    widths = ((shape >> 16) & 15, (shape >> 12) & 15, (shape >> 8) & 15)
+    groups = _begin_groups(
+        c,
+        np.arange(len(shape)),
+        group=group.reshape(-1),
+        widths=widths,
+        layout=shape >> _SHAPE_BITS,
+        flows=flow_id[order],
+    )
     parts.add_rows(0, c.begin, groups)
 
 
@@ -801,30 +883,26 @@ class AsyncState:
             nflows = np.bincount(pair_slot, minlength=len(idx))
             ordering = np.argsort(pair_slot, kind="stable")
             pair_slot, pair_flow = pair_slot[ordering], pair_flow[ordering]
-        has_term = c.term[idx] != 0
-        has_ann = ann[idx]
-        layout = nflows * 8 + c.marked[idx] * 4 + has_term * 2 + has_ann
+        layout = nflows * 8 + c.marked[idx] * 4 + (c.term[idx] != 0) * 2 + ann[idx]
         wn, wc, wl = (varint_width(int(col[idx].max())) for col in (c.name, c.cat, c.loc))
-        widths = (wn, wc, wl)
-        groups: list[tuple[I64, Build]] = []
-        for code in np.flatnonzero(np.bincount(layout)).tolist():  # the layouts present, ascending
-            sel = np.flatnonzero(layout == code)
-            rows_i = idx[sel]
-            k, cut_on, term_on, ann_on = code >> 3, bool(code & 4), bool(code & 2), bool(code & 1)
-            flows = pair_flow[layout[pair_slot] == code].reshape(len(sel), k) if k else None
-
-            build = partial(
-                _begin_matrix,
-                c=c,
-                rows=rows_i,
-                widths=widths,
-                flows=flows,
-                term=term_on,
-                ann=ann_on,
-                cut=cut_on,
-            )
-            groups.append((sel, build))
-        parts.add_begins(c.begin[idx], groups)
+        if not _one_pass(len(idx), _codes(layout)):
+            groups = _begin_groups(c, idx, group=layout, widths=(wn, wc, wl), layout=layout, flows=pair_flow)
+            parts.add_begins(c.begin[idx], groups)
+            return
+        # One pass: rows by layout, then opening order, as ``add_begins`` keeps rows of one group per
+        # call together, in that order, and ties in time keep it (the flows each row owes move with it).
+        perm = np.argsort(layout, kind="stable")
+        count = nflows[perm]
+        if len(pair_flow):
+            start = (np.cumsum(nflows) - nflows)[perm]
+            pair_flow = pair_flow[
+                np.repeat(start - (np.cumsum(count) - count), count) + np.arange(len(pair_flow))
+            ]
+        layout = layout[perm]
+        groups = _begin_groups(
+            c, idx[perm], group=layout, widths=(wn, wc, wl), layout=layout, flows=pair_flow
+        )
+        parts.add_begins(c.begin[idx], [(perm[sel], build) for sel, build in groups])
 
     def _orphans(self, parts: _Parts, pos: I64, *, time: I64, ev: AsyncBatch, p: int) -> None:
         """Descriptors, cut BEGINs at the range begin and ENDs of the ends without a begin (own tracks)."""
@@ -862,15 +940,25 @@ class AsyncState:
             self._begins(parts, idx, cols, ann=ann, flow_parent=self.flow_parent, flow_id=self.flow_id)
         else:
             # Level: how many such ties up from the span; one ``_begins`` per level, ascending, is
-            # what is written, built here by shape (``_shapes``) in one pass.
+            # what is written: rows by level, layout, opening order; the iids' widths of their level,
+            # the uuid's and annotation's of their level and layout (``_begin_rows`` groups).
             _, level = _depths(np.where(tie, par, -1))
             layout = _layouts(cols, np.bincount(self.flow_parent, minlength=k))
             rows = np.lexsort((idx, layout, level))
-            shape = _shapes(cols, layout, level)[rows]
             place = np.empty(k, dtype=np.int64)
             place[rows] = np.arange(k)
             ordered = _Open(*(getattr(cols, f.name)[rows] for f in fields(_Open)))
-            _shaped_begins(parts, ordered, shape, place[self.flow_parent], self.flow_id)
+            level, layout = level[rows], layout[rows]
+            span = int(layout.max()) + 1
+            group = level * span + layout
+            wn, wc, wl = (
+                _vwidths(_group_max(level, col)) for col in (ordered.name, ordered.cat, ordered.loc)
+            )
+            order = np.argsort(place[self.flow_parent], kind="stable")
+            groups = _begin_groups(
+                ordered, idx, group=group, widths=(wn, wc, wl), layout=layout, flows=self.flow_id[order]
+            )
+            parts.add_rows(0, ordered.begin, groups)
         ts = np.maximum(self.begin, self.range_end)
         parts.add_end(ts, partial(_end_matrix, uuid=self.track, cut=CUT_END))
         if len(self.held_spans):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import xxhash
 
@@ -189,6 +190,7 @@ def log_track(stream_id: str, used_tids: set[int]) -> ThreadTrack:
     return ThreadTrack(stream_id, uuid, tid, name)
 
 
+@lru_cache(maxsize=1 << 14)  # (per job, every thread's again: many jobs ask for the same process)
 def thread_descriptor(track: ThreadTrack, pid: int) -> bytes:
     thread = field_varint(1, pid) + field_varint(2, track.tid) + field_bytes(5, track.name)
     return _descriptor(field_varint(1, track.uuid) + field_bytes(4, thread))
@@ -212,6 +214,7 @@ def depth_track_descriptor(track: ThreadTrack, band: int, band_size: int) -> byt
     )
 
 
+@lru_cache(maxsize=1 << 10)
 def group_descriptor(proc_uuid: int) -> bytes:
     desc = (
         field_varint(1, async_group_uuid(proc_uuid))
