@@ -27,7 +27,7 @@ from worker.engine.interning import Interner
 from worker.engine.logs import LogBatch, clean_bodies, is_text, log_rows, priorities
 from worker.engine.lookback import Lookback
 from worker.engine.packing import realtime_defaults_packet, reset_packet
-from worker.engine.rows import CUT_BEGIN, CUT_END, thread_event_rows
+from worker.engine.rows import CUT_BEGIN, CUT_END, thread_blocks_rows, thread_event_rows
 from worker.engine.span_rows import annotation_names_packet
 from worker.engine.thread_spans import TRACK_DEPTH, Events, ThreadState
 from worker.engine.tracks import (
@@ -289,11 +289,43 @@ class TraceEncoder:
         # are given in order of first use, so a later thread's new ones are above every earlier one).
         below = [np.maximum.accumulate(np.maximum.reduceat(iids, starts)) + 1 for iids in (name, cat, loc)]
         out: list[bytes] = []
+        # Threads whose events make one plain block after a reset are written together (one rows
+        # pass); any other thread is written alone, after those before it.
+        pending: list[tuple[list[bytes], ThreadTrack, Events]] = []
+        run = self._run
         for i, (stream_id, _) in enumerate(group):
             lo, hi = int(starts[i]), int(stops[i])
-            for packet in interner.take_packets((int(below[0][i]), int(below[1][i]), int(below[2][i]))):
-                out += self._packet(packet)
+            packets = interner.take_packets((int(below[0][i]), int(below[1][i]), int(below[2][i])))
+            track = self._track_of[stream_id]
             rows = slice(lo, hi)
+            if hi - lo <= _SUB_BATCH and run != track.uuid:
+                state = self._threads.setdefault(stream_id, ThreadState())
+                events = state.add(
+                    begin[rows],
+                    end[rows],
+                    depth[rows],
+                    name=name[rows],
+                    cat=cat[rows],
+                    loc=loc[rows],
+                    cut=cut[rows],
+                )
+                closing = state.close()
+                both = _joined(events, closing, self._t0)
+                self._stats.thread_spans += hi - lo
+                run = track.uuid
+                if both is not None and both.band is None:
+                    pending.append((packets, track, both))
+                    continue
+                out += self._thread_blocks(pending)
+                pending = []
+                for packet in packets:
+                    out += self._packet(packet)
+                out += self._events(events, track) + self._events(closing, track)
+                continue
+            out += self._thread_blocks(pending)
+            pending = []
+            for packet in packets:
+                out += self._packet(packet)
             out += self._thread_events(
                 stream_id,
                 begin[rows],
@@ -305,7 +337,40 @@ class TraceEncoder:
                 loc=loc[rows],
                 last=True,
             )
-        return out + self._interned()
+            run = self._run
+        return out + self._thread_blocks(pending) + self._interned()
+
+    def _thread_blocks(self, blocks: Sequence[tuple[list[bytes], ThreadTrack, Events]]) -> list[bytes]:
+        """Threads' interned packets and events, each thread's events one plain block after a reset
+        (as :meth:`_events` writes them), the rows of all made in one pass when their widths agree."""
+        if not blocks:
+            return []
+        rows = thread_blocks_rows(
+            [(e.ts, e.kind, e.name, e.cat, e.loc, e.top) for _, _, e in blocks], self._t0
+        )
+        out: list[bytes] = []
+        if rows is None:
+            for packets, track, events in blocks:
+                for packet in packets:
+                    out += self._packet(packet)
+                out += self._events(events, track)
+            return out
+        data, sizes = rows
+        view = memoryview(data)
+        at = 0
+        first = 0
+        for packets, track, events in blocks:
+            for packet in packets:
+                out += self._packet(packet)
+            out += self._packet(reset_packet(self._t0, track.uuid))
+            n = len(events.ts)
+            length = int(sizes[first : first + n].sum())
+            out += self._add(view[at : at + length], sizes[first : first + n])
+            at += length
+            first += n
+            self._run, self._base = track.uuid, max(self._t0, int(events.ts.max()))
+            self._realtime = False
+        return out
 
     def _thread_batch(self, stream_id: str, batch: pa.RecordBatch, *, last: bool = False) -> list[bytes]:
         """Encode one canonical batch of a thread's spans (``last``: the thread's last, after which
@@ -874,6 +939,8 @@ def _data_begin(process: ProcessInfo, time_range: TimeRange) -> int:
 
 def _check_thread_columns(batch: pa.RecordBatch) -> None:
     """BadSourceData unless every thread-span column is there with a readable type."""
+    if batch.schema in _THREAD_SCHEMAS_OK:
+        return
     what = "thread_spans"
     time_column(batch, "begin", what, 0)
     time_column(batch, "end", what, -1)
@@ -881,6 +948,16 @@ def _check_thread_columns(batch: pa.RecordBatch) -> None:
     int_column(batch, "line", what)
     for name in ("name", "target", "filename"):
         check_string_column(batch, name, what)  # (plain strings are encoded once, later)
+    begin, end = batch.schema.field("begin").type, batch.schema.field("end").type
+    if all(not pa.types.is_timestamp(t) or t.unit == "ns" for t in (begin, end)):
+        # Every batch of this schema passes: only a cast to ns depends on the values.
+        if len(_THREAD_SCHEMAS_OK) >= 64:
+            _THREAD_SCHEMAS_OK.clear()
+        _THREAD_SCHEMAS_OK.add(batch.schema)
+
+
+#: Thread-span schemas that passed _check_thread_columns whatever the values (the source sends one).
+_THREAD_SCHEMAS_OK: set[pa.Schema] = set()
 
 
 def _int64s(col: pa.ChunkedArray, null_value: int) -> I64:
