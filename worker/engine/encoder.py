@@ -19,7 +19,13 @@ import pyarrow.compute as pc
 
 from contracts.request import SpanTypes
 from worker.engine.async_spans import AsyncBatch, AsyncState
-from worker.engine.canonical import ASYNC_ORDER, CANONICAL_ROWS, THREAD_ORDER, Canonicalizer
+from worker.engine.canonical import (
+    ASYNC_ORDER,
+    CANONICAL_ROWS,
+    THREAD_ORDER,
+    Canonicalizer,
+    canonical_streams,
+)
 from worker.engine.chunks import Chunker
 from worker.engine.counters import counter_descriptor, counter_rows, counter_uuid
 from worker.engine.inputs import check_string_column, column, int_column, string_column, time_column
@@ -241,16 +247,13 @@ class TraceEncoder:
             return out
         if self._current is not None:
             out += self.end_thread(self._current)
-        group: list[tuple[str, pa.RecordBatch]] = []
+        group: list[tuple[str, Sequence[pa.RecordBatch]]] = []
         for stream_id, batches in threads:
             rows = sum(b.num_rows for b in batches)
             if rows == 0 and stream_id not in self._threads and stream_id not in self._thread_canon:
                 continue  # (nothing to write: as add_thread_spans and end_thread)
             if 0 < rows < CANONICAL_ROWS and stream_id not in self._thread_canon:
-                canon = Canonicalizer(THREAD_ORDER, "thread_spans")
-                for batch in batches:
-                    canon.push(batch)
-                group += [(stream_id, part) for part in canon.flush()]  # (one part: fewer rows)
+                group.append((stream_id, batches))
                 continue
             out += self._thread_group(group)
             group = []
@@ -259,16 +262,29 @@ class TraceEncoder:
             out += self.end_thread(stream_id)
         return out + self._thread_group(group)
 
-    def _thread_group(self, group: Sequence[tuple[str, pa.RecordBatch]]) -> list[bytes]:
-        """Encode whole threads, each one canonical batch (its last), columns and interning at once."""
+    def _thread_group(self, group: Sequence[tuple[str, Sequence[pa.RecordBatch]]]) -> list[bytes]:
+        """Encode whole threads of fewer than CANONICAL_ROWS rows each (not empty), columns and
+        interning at once."""
         if not group:
             return []
-        parts = [part for _, part in group]
-        schema = parts[0].schema
-        if len(parts) == 1 or any(not p.schema.equals(schema) for p in parts[1:]):
-            # (mixed column types, e.g. plain and dictionary strings: one thread after the other)
-            return [c for stream_id, part in group for c in self._thread_batch(stream_id, part, last=True)]
-        table = pa.Table.from_batches(parts)
+        joint = canonical_streams([batches for _, batches in group], THREAD_ORDER, "thread_spans")
+        if joint is not None:
+            table, count_list = joint
+        else:  # (mixed column types, e.g. plain and dictionary strings: canonical one by one)
+            parts = []
+            for _, batches in group:
+                canon = Canonicalizer(THREAD_ORDER, "thread_spans")
+                for batch in batches:
+                    canon.push(batch)
+                parts += canon.flush()  # (one part: fewer rows)
+            if any(not p.schema.equals(parts[0].schema) for p in parts[1:]):
+                return [
+                    c
+                    for (stream_id, _), part in zip(group, parts, strict=True)
+                    for c in self._thread_batch(stream_id, part, last=True)
+                ]
+            table = pa.Table.from_batches(parts)
+            count_list = [p.num_rows for p in parts]
         what = "thread_spans"
         # Canonical batches hold int64 times and integers (canonical._normal).
         begin, end, depth, line = (
@@ -282,7 +298,7 @@ class TraceEncoder:
         name = interner.names_of_chunks(_string_chunks(table, "name", what))
         cat = interner.categories_of_chunks(_string_chunks(table, "target", what))
         loc = interner.locations_of_chunks(_string_chunks(table, "filename", what), line)
-        counts = np.array([p.num_rows for p in parts], dtype=np.int64)
+        counts = np.array(count_list, dtype=np.int64)
         stops = np.cumsum(counts)
         starts = stops - counts
         # Each thread's new entries: those below the largest iid its rows and earlier rows use (iids

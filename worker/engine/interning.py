@@ -49,10 +49,11 @@ def _put_varints(out: U8, at: I64, v: U64, widths: I64) -> None:
 
 def _entries(field: int, iids: U64, values: pa.Array, lines: U64 | None = None) -> tuple[bytes, I64]:
     """InternedData entries ``field { 1: iid, 2: value [, 4: line] }``, concatenated, and the end
-    offset of each (bytes), written with numpy over the values' byte buffer.
+    offset of each (bytes).
 
     Same bytes as ``field_bytes(field, field_varint(1, iid) + field_bytes(2, value) [+ field_varint(4,
-    line)])`` per value (``field`` < 16, so every tag is one byte)."""
+    line)])`` per value (``field`` < 16, so every tag is one byte): the fields before the value (and
+    the line after it) are written with numpy, the values joined in between by Arrow."""
     n = len(iids)
     if n == 0:
         return b"", np.zeros(0, dtype=np.int64)
@@ -60,40 +61,54 @@ def _entries(field: int, iids: U64, values: pa.Array, lines: U64 | None = None) 
     if arr.null_count:
         arr = arr.fill_null(b"")
     offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64, count=arr.offset + n + 1)[arr.offset :]
-    data_buf = arr.buffers()[2]
-    data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, dtype=np.uint8)
-    lengths = np.diff(offsets)
+    lengths = np.diff(offsets).astype(np.uint64)
     w_iid = _varint_widths(iids)
-    w_len = _varint_widths(lengths.astype(np.uint64))
-    inner = 1 + w_iid + 1 + w_len + lengths
+    w_len = _varint_widths(lengths)
+    inner = (2 + w_iid + w_len).astype(np.uint64) + lengths
+    parts = [arr]
     if lines is not None:
         w_line = _varint_widths(lines)
-        inner = inner + 1 + w_line
-    w_inner = _varint_widths(inner.astype(np.uint64))
-    size = 1 + w_inner + inner
-    ends = np.cumsum(size)
-    start = ends - size
-    out = np.zeros(int(ends[-1]), dtype=np.uint8)
-    out[start] = (field << 3) | 2
-    at = start + 1
-    _put_varints(out, at, inner.astype(np.uint64), w_inner)
-    at = at + w_inner
-    out[at] = (1 << 3) | 0
-    _put_varints(out, at + 1, iids, w_iid)
+        inner += (1 + w_line).astype(np.uint64)
+        tail, at = _fields(1 + w_line)
+        tail[at] = (4 << 3) | 0
+        _put_varints(tail, at + 1, lines, w_line)
+        parts.append(_binary(tail, 1 + w_line))
+    w_inner = _varint_widths(inner)
+    head_size = 3 + w_inner + w_iid + w_len
+    head, at = _fields(head_size)
+    head[at] = (field << 3) | 2
+    _put_varints(head, at + 1, inner, w_inner)
+    at = at + 1 + w_inner
+    head[at] = (1 << 3) | 0
+    _put_varints(head, at + 1, iids, w_iid)
     at = at + 1 + w_iid
-    out[at] = (2 << 3) | 2
-    _put_varints(out, at + 1, lengths.astype(np.uint64), w_len)
-    at = at + 1 + w_len
-    if int(offsets[-1]) > int(offsets[0]):
-        # Byte j of the values lands at j + (its entry's string start - its value's offset).
-        src = data[int(offsets[0]) : int(offsets[-1])]
-        shift = np.repeat(at - offsets[:-1], lengths)
-        out[np.arange(int(offsets[0]), int(offsets[-1]), dtype=np.int64) + shift] = src
-    if lines is not None:
-        at = at + lengths
-        out[at] = (4 << 3) | 0
-        _put_varints(out, at + 1, lines, w_line)
-    return out.tobytes(), ends
+    head[at] = (2 << 3) | 2
+    _put_varints(head, at + 1, lengths, w_len)
+    joined = pc.binary_join_element_wise(_binary(head, head_size), *parts, _NO_SEPARATOR)
+    bounds = np.frombuffer(joined.buffers()[1], dtype=np.int64, count=joined.offset + n + 1)[joined.offset :]
+    data = joined.buffers()[2]
+    assert data is not None
+    blob = data.slice(int(bounds[0]), int(bounds[-1] - bounds[0])).to_pybytes()
+    ends: I64 = bounds[1:] - bounds[0]
+    return blob, ends
+
+
+_NO_SEPARATOR = pa.scalar(b"", pa.large_binary())
+
+
+def _fields(sizes: I64) -> tuple[U8, I64]:
+    """A zeroed buffer for rows of ``sizes`` bytes back to back, and each row's start."""
+    ends = np.cumsum(sizes)
+    return np.zeros(int(ends[-1]), dtype=np.uint8), ends - sizes
+
+
+def _binary(buffer: U8, sizes: I64) -> pa.Array:
+    """``large_binary`` rows of ``sizes`` bytes, back to back in ``buffer``."""
+    offsets = np.zeros(len(sizes) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    return pa.Array.from_buffers(
+        pa.large_binary(), len(sizes), [None, pa.py_buffer(offsets), pa.py_buffer(buffer)]
+    )
 
 
 def _first_use(idx: npt.NDArray[np.intp], size: int) -> I64:
