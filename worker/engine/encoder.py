@@ -965,8 +965,8 @@ def _check_thread_columns(batch: pa.RecordBatch) -> None:
     for name in ("name", "target", "filename"):
         check_string_column(batch, name, what)  # (plain strings are encoded once, later)
     begin, end = batch.schema.field("begin").type, batch.schema.field("end").type
-    if all(not pa.types.is_timestamp(t) or t.unit == "ns" for t in (begin, end)):
-        # Every batch of this schema passes: only a cast to ns depends on the values.
+    if all(t == pa.int64() or (pa.types.is_timestamp(t) and t.unit == "ns") for t in (begin, end)):
+        # Every batch of this schema passes: only a cast of the times depends on the values.
         if len(_THREAD_SCHEMAS_OK) >= 64:
             _THREAD_SCHEMAS_OK.clear()
         _THREAD_SCHEMAS_OK.add(batch.schema)

@@ -125,7 +125,7 @@ def _distinct(file_ids: U64, line: U64) -> tuple[U64, npt.NDArray[np.intp]]:
     n = len(line)
     files = int(file_ids.max()) + 1 if n else 1
     lines = int(line.max()) + 1 if n else 1
-    if files * lines <= max(16 * n, 1 << 17):
+    if files * lines <= max(8 * n, 1 << 17):  # (tables of a few times the rows at most)
         dense = (file_ids.astype(np.intp) * lines + line.astype(np.intp)).astype(np.intp, copy=False)
         first = _first_use(dense, files * lines)
         present = np.flatnonzero(first < n)
