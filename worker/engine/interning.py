@@ -57,10 +57,15 @@ def _entries(field: int, iids: U64, values: pa.Array, lines: U64 | None = None) 
     n = len(iids)
     if n == 0:
         return b"", np.zeros(0, dtype=np.int64)
-    arr = values.cast(pa.large_binary())
+    # The values as bytes (a view of utf8 strings, no copy), with 32-bit offsets unless the entries
+    # could outgrow them (a tag and three varints come to at most 31 bytes an entry).
+    wide = values.get_total_buffer_size() + 31 * n >= 1 << 31
+    text, kind = (pa.large_string(), pa.large_binary()) if wide else (pa.string(), pa.binary())
+    arr = (values if values.type == text else values.cast(text)).view(kind)
     if arr.null_count:
         arr = arr.fill_null(b"")
-    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64, count=arr.offset + n + 1)[arr.offset :]
+    offset_type = np.int64 if wide else np.int32
+    offsets = np.frombuffer(arr.buffers()[1], dtype=offset_type, count=arr.offset + n + 1)[arr.offset :]
     lengths = np.diff(offsets).astype(np.uint64)
     w_iid = _varint_widths(iids)
     w_len = _varint_widths(lengths)
@@ -72,7 +77,7 @@ def _entries(field: int, iids: U64, values: pa.Array, lines: U64 | None = None) 
         tail, at = _fields(1 + w_line)
         tail[at] = (4 << 3) | 0
         _put_varints(tail, at + 1, lines, w_line)
-        parts.append(_binary(tail, 1 + w_line))
+        parts.append(_binary(tail, 1 + w_line, kind))
     w_inner = _varint_widths(inner)
     head_size = 3 + w_inner + w_iid + w_len
     head, at = _fields(head_size)
@@ -84,16 +89,16 @@ def _entries(field: int, iids: U64, values: pa.Array, lines: U64 | None = None) 
     at = at + 1 + w_iid
     head[at] = (2 << 3) | 2
     _put_varints(head, at + 1, lengths, w_len)
-    joined = pc.binary_join_element_wise(_binary(head, head_size), *parts, _NO_SEPARATOR)
-    bounds = np.frombuffer(joined.buffers()[1], dtype=np.int64, count=joined.offset + n + 1)[joined.offset :]
+    separator = pa.scalar(b"", kind)
+    joined = pc.binary_join_element_wise(_binary(head, head_size, kind), *parts, separator)
+    bounds = np.frombuffer(joined.buffers()[1], dtype=offset_type, count=joined.offset + n + 1)[
+        joined.offset :
+    ].astype(np.int64)
     data = joined.buffers()[2]
     assert data is not None
     blob = data.slice(int(bounds[0]), int(bounds[-1] - bounds[0])).to_pybytes()
     ends: I64 = bounds[1:] - bounds[0]
     return blob, ends
-
-
-_NO_SEPARATOR = pa.scalar(b"", pa.large_binary())
 
 
 def _fields(sizes: I64) -> tuple[U8, I64]:
@@ -102,13 +107,11 @@ def _fields(sizes: I64) -> tuple[U8, I64]:
     return np.zeros(int(ends[-1]), dtype=np.uint8), ends - sizes
 
 
-def _binary(buffer: U8, sizes: I64) -> pa.Array:
-    """``large_binary`` rows of ``sizes`` bytes, back to back in ``buffer``."""
-    offsets = np.zeros(len(sizes) + 1, dtype=np.int64)
+def _binary(buffer: U8, sizes: I64, kind: pa.DataType) -> pa.Array:
+    """Rows of ``sizes`` bytes, back to back in ``buffer``, as ``kind`` (binary or large_binary)."""
+    offsets = np.zeros(len(sizes) + 1, dtype=np.int64 if kind == pa.large_binary() else np.int32)
     np.cumsum(sizes, out=offsets[1:])
-    return pa.Array.from_buffers(
-        pa.large_binary(), len(sizes), [None, pa.py_buffer(offsets), pa.py_buffer(buffer)]
-    )
+    return pa.Array.from_buffers(kind, len(sizes), [None, pa.py_buffer(offsets), pa.py_buffer(buffer)])
 
 
 def _first_use(idx: npt.NDArray[np.intp], size: int) -> I64:
