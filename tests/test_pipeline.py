@@ -224,6 +224,7 @@ async def test_the_encoder_thread_works_ahead_of_the_loop(
     p = lake.processes[0]
     spec = TraceSpec(p.process_id, None, None, SpanTypes.THREAD)
     reference = await _trace(server, spec)
+    monkeypatch.setattr("worker.pipeline._GROUP_ROWS", 0)  # one engine call per batch, as large threads
     threads: list[str] = []
     second_call = threading.Event()
     running, most, count_lock = [0], [0], threading.Lock()
@@ -264,6 +265,44 @@ async def test_the_encoder_thread_works_ahead_of_the_loop(
     assert encoders and all(name.startswith("encoder") for name in encoders), set(threads)
     assert most[0] == 1  # never two calls on the encoder at once
     assert b"".join(chunks) == reference
+
+
+@pytest.mark.parametrize("group_rows", [0, 2500, None])
+async def test_small_threads_go_to_the_engine_together_and_large_ones_stream(
+    server: DevServer, lake: Lake, monkeypatch: pytest.MonkeyPatch, group_rows: int | None
+) -> None:
+    """Whole threads are held up to _GROUP_ROWS rows in all and taken by one ``add_threads`` call;
+    a thread that outgrows it streams batch by batch. The bytes are the same either way."""
+    p = lake.processes[0]
+    spec = TraceSpec(p.process_id, None, None, SpanTypes.BOTH, chunk_size=4096)
+    reference = await _trace(server, spec)  # (the default: this process's threads in one group)
+    calls: Counter[str] = Counter()
+    grouped: list[int] = []
+
+    def spy(name: str) -> None:
+        original = getattr(TraceEncoder, name)
+
+        def call(self: TraceEncoder, *args: object) -> list[bytes]:
+            calls[name] += 1
+            if name == "add_threads":
+                grouped.append(len(args[0]))  # type: ignore[arg-type]
+            result: list[bytes] = original(self, *args)
+            return result
+
+        monkeypatch.setattr(TraceEncoder, name, call)
+
+    for name in ("add_thread_spans", "end_thread", "add_threads"):
+        spy(name)
+    if group_rows is not None:
+        monkeypatch.setattr("worker.pipeline._GROUP_ROWS", group_rows)
+    assert await _trace(server, spec) == reference
+    rows = [s.thread_span_count for s in p.thread_streams]
+    if group_rows is None:  # every thread of the process in one call
+        assert grouped == [len(rows)] and calls["add_thread_spans"] == 0
+    elif group_rows == 0:  # none held: thread after thread
+        assert grouped == [] and calls["end_thread"] >= len(rows)
+    else:  # small ones held together, the others streamed
+        assert sum(grouped) == sum(1 for r in rows if r < group_rows) and calls["add_thread_spans"] > 0
 
 
 async def test_count_matches_name_column(server: DevServer, lake: Lake) -> None:

@@ -38,6 +38,9 @@ __all__ = ["Cancelled", "Progress", "TraceSpec", "generate_trace", "life_begin",
 #: was ~15% higher with 1,024 than with every call inline (bench_service, small jobs).
 _INLINE_ROWS = 4096
 _INLINE_BYTES = 1024 * 1024
+#: Rows of whole threads held and handed to the engine in one call: below one canonical batch, so
+#: each thread of the group is one (``TraceEncoder.add_threads``); a thread that outgrows it streams.
+_GROUP_ROWS = 1 << 16
 #: ``should_stop`` is awaited between batches, at most this often (it may be a Redis round trip).
 _STOP_CHECK_S = 0.2
 #: Engine calls queued on the encoder pool beyond the one whose result is awaited: the pool goes
@@ -420,13 +423,49 @@ async def _generate(
     if span_threads:
         run.report("thread_spans")
         spans = source.thread_spans(span_threads, time_range, process_id=spec.process_id)
+        # Whole small threads are held (up to _GROUP_ROWS rows in all) and handed to the engine
+        # together (``add_threads``: its per-batch costs paid once per group); a thread that grows
+        # past that streams batch by batch, as large ones must.
+        held: list[tuple[str, list[pa.RecordBatch]]] = []
+        held_rows = 0
+        current: list[pa.RecordBatch] = []
+        current_rows = 0
+        streaming = False
         try:
             async for thread, batch in spans:
-                for chunks in await _thread_item(run, thread.stream_id, batch):
+                sid = thread.stream_id
+                due: list[list[bytes]] = []
+                if batch is None:
+                    if streaming:
+                        due = await _thread_item(run, sid, None)
+                        streaming = False
+                    else:
+                        held.append((sid, current))
+                        held_rows += current_rows
+                        current, current_rows = [], 0
+                        if held_rows >= _GROUP_ROWS:
+                            due = await _thread_group(run, held, held_rows)
+                            held, held_rows = [], 0
+                else:
+                    grown = current_rows + batch.num_rows
+                    if not streaming and held and held_rows + grown >= _GROUP_ROWS:
+                        due = await _thread_group(run, held, held_rows)
+                        held, held_rows = [], 0
+                    if not streaming and grown < _GROUP_ROWS:
+                        current.append(batch)
+                        current_rows = grown
+                    else:
+                        if not streaming:
+                            for early in current:
+                                due += await _thread_item(run, sid, early)
+                            current, current_rows, streaming = [], 0, True
+                        due += await _thread_item(run, sid, batch)
+                for chunks in due:
                     for chunk in chunks:
                         yield chunk
                     await run.after_batch()
-            for chunks in await run.drain():
+            due = await _thread_group(run, held, held_rows) if held else []
+            for chunks in due + await run.drain():
                 for chunk in chunks:
                     yield chunk
                 await run.after_batch()
@@ -503,6 +542,18 @@ async def _view(run: _Run, phase: str, batches: AsyncIterator[pa.RecordBatch]) -
     finally:
         await _close(batches)
     run.extra_done += 1
+
+
+async def _thread_group(
+    run: _Run, threads: list[tuple[str, list[pa.RecordBatch]]], rows: int
+) -> list[list[bytes]]:
+    """Hand whole threads to the engine in one call (see ``TraceEncoder.add_threads``)."""
+    run.threads_done += len(threads)
+    size = sum(b.get_total_buffer_size() for _, batches in threads for b in batches)
+    # Inline only when small in rows and in bytes, as for one batch.
+    return await run.push(
+        run.encoder.add_threads, threads, rows=rows if size <= _INLINE_BYTES else _INLINE_ROWS + 1
+    )
 
 
 async def _thread_item(run: _Run, stream_id: str, batch: pa.RecordBatch | None) -> list[list[bytes]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import random
 import subprocess
@@ -17,6 +18,7 @@ from contracts.request import SpanTypes
 from tests.engine.data import PROCESS, RANGE, THREADS, AsyncEvent, Span, async_batch, thread_batch
 from tests.engine.decode import decode, packet_sizes
 from worker.engine import DEFAULT_CHUNK_SIZE, TraceEncoder, encode
+from worker.engine.encoder import EncodeStats
 from worker.model import ThreadInfo
 from worker.perfetto_pb import pb
 
@@ -249,3 +251,73 @@ def test_flush_cuts_a_chunk_early_without_changing_the_bytes() -> None:
         rest += enc.add_thread_spans(stream, batch) + enc.end_thread(stream)
     rest += enc.add_async_events(async_[0]) + enc.finish()
     assert b"".join(header + rest) == b"".join(run())
+
+
+_GROUP_THREADS = [ThreadInfo(f"stream-{c}", f"t{c}", str(200 + i)) for i, c in enumerate("abcd")]
+
+
+def _random_thread(rng: random.Random, rows: int) -> list[Span]:
+    """Spans of one thread: mostly nested, with ties, clipped ones and some bad nesting."""
+    spans = []
+    t = RANGE.begin_ns - rng.choice([0, 0, 500])
+    depth = 0
+    for _ in range(rows):
+        depth = max(0, min(depth + rng.choice([-2, -1, 0, 1, 1]), 6))
+        length = rng.choice([0, 5, 40, 400, 10**7 if rng.random() < 0.05 else 30])
+        spans.append(
+            Span(
+                t,
+                t + length if rng.random() > 0.03 else t - 3,
+                depth if rng.random() > 0.03 else depth + 3,
+                rng.choice([f"fn{rng.randrange(40)}", "", "ünï"]),
+                rng.choice(["app", "lib", ""]),
+                rng.choice(["a.rs", "b.rs", "c/d.rs"]),
+                rng.choice([0, 1, 127, 128, 300, 1 << 30]),
+            )
+        )
+        t += rng.choice([0, 0, 1, 7, 100])
+    return spans
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_threads_taken_together_give_the_bytes_of_thread_after_thread(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = random.Random(seed)
+    if seed % 4 == 0:  # some threads too large to group: mixed with grouped ones
+        monkeypatch.setattr("worker.engine.encoder.CANONICAL_ROWS", 40)
+    threads: list[tuple[str, list[pa.RecordBatch]]] = []
+    # Mostly one encoding for all (threads read and ordered in one pass), else mixed ones.
+    encodings = ["dict32", "dict8", "plain", "large"] if seed % 3 == 0 else [rng.choice(["dict32", "plain"])]
+    for _ in range(rng.randint(1, 6)):
+        sid = rng.choice(_GROUP_THREADS).stream_id  # (a stream may come twice: fed again)
+        spans = _random_thread(rng, rng.choice([0, 1, 3, 30, 120]))
+        encoding = rng.choice(encodings)
+        cuts = sorted(rng.sample(range(len(spans) + 1), min(len(spans) + 1, rng.randint(1, 3))))
+        bounds = [0, *cuts, len(spans)]
+        batches = [thread_batch(spans[a:b], encoding) for a, b in itertools.pairwise(bounds) if b > a]
+        threads.append((sid, batches))
+
+    def sequential() -> tuple[bytes, EncodeStats]:
+        enc = TraceEncoder(PROCESS, _GROUP_THREADS, span_types=SpanTypes.BOTH, time_range=RANGE)
+        out = enc.start()
+        for sid, batches in threads:
+            for batch in batches:
+                out += enc.add_thread_spans(sid, batch)
+            out += enc.end_thread(sid)
+        out += enc.finish()
+        return b"".join(out), enc.stats
+
+    def together() -> tuple[bytes, EncodeStats]:
+        enc = TraceEncoder(PROCESS, _GROUP_THREADS, span_types=SpanTypes.BOTH, time_range=RANGE)
+        out = enc.start()
+        split = rng.randint(0, len(threads))
+        out += enc.add_threads(threads[:split]) + enc.add_threads(threads[split:])
+        out += enc.finish()
+        return b"".join(out), enc.stats
+
+    want, want_stats = sequential()
+    got, got_stats = together()
+    assert got == want
+    assert got_stats == want_stats
+    assert decode(got).problems == []

@@ -25,6 +25,7 @@ order, the sort and the copy of the rows are skipped, as the stable sort would m
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -33,8 +34,9 @@ import pyarrow.compute as pc
 
 from worker.engine.inputs import column
 
-__all__ = ["ASYNC_ORDER", "CANONICAL_ROWS", "THREAD_ORDER", "Canonicalizer"]
+__all__ = ["ASYNC_ORDER", "CANONICAL_ROWS", "THREAD_ORDER", "Canonicalizer", "canonical_streams"]
 
+_Column = TypeVar("_Column", pa.Array, pa.ChunkedArray)
 #: Rows per canonical batch.
 CANONICAL_ROWS = 1 << 16
 #: A run of equal sort keys longer than this is not held back whole.
@@ -59,7 +61,7 @@ ASYNC_ORDER: tuple[str, ...] = (
 )
 
 
-def _normal(col: pa.Array) -> pa.Array:
+def _normal(col: _Column) -> _Column:
     """One type per kind of column, so the batches of one stream concatenate: times and integers as
     int64 (bits kept), strings as utf8 or dictionaries of utf8 with int32 keys (dictionaries are kept:
     decoding them would cost more than the rest of the engine)."""
@@ -71,7 +73,8 @@ def _normal(col: pa.Array) -> pa.Array:
     if pa.types.is_timestamp(t):
         if t.unit != "ns":
             col = col.cast(pa.timestamp("ns", t.tz))
-        return col.view(pa.int64())
+        # (a chunked array has no view: its cast to int64 keeps the bits too)
+        return col.view(pa.int64()) if isinstance(col, pa.Array) else col.cast(pa.int64())
     if pa.types.is_integer(t) and t != pa.int64():
         return col.cast(pa.int64(), safe=False)
     if pa.types.is_large_string(t) or pa.types.is_string_view(t):
@@ -194,12 +197,15 @@ class Canonicalizer:
         """Take a batch (columns checked by the caller); return the canonical batches now complete."""
         if batch.num_rows == 0:
             return []
-        arrays = [_normal(column(batch, name, self._what)) for name in self._order]
-        self._pending.append(pa.RecordBatch.from_arrays(arrays, names=list(self._order)))
+        self._pending.append(self._normalized(batch))
         self._count += batch.num_rows
         if self._count < self._rows:
             return []
         return self._emit(final=False)
+
+    def _normalized(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        arrays = [_normal(column(batch, name, self._what)) for name in self._order]
+        return pa.RecordBatch.from_arrays(arrays, names=list(self._order))
 
     def flush(self) -> list[pa.RecordBatch]:
         """The stream ended: every row held, in canonical batches."""
@@ -308,3 +314,37 @@ class Canonicalizer:
         perm = np.arange(n, dtype=np.int64)
         perm[tied] = tied[order]
         return table.take(pa.array(perm))
+
+
+def canonical_streams(
+    streams: Sequence[Sequence[pa.RecordBatch]], order: Sequence[str], what: str
+) -> tuple[pa.Table, list[int]] | None:
+    """Several whole streams (each fewer than CANONICAL_ROWS rows), each in the canonical order a
+    :class:`Canonicalizer` of its own gives it, put in order in one pass: one table, the streams one
+    after the other, and each one's row count. None when their columns do not all have one type or
+    their dictionaries do not combine (the caller then takes them one by one).
+
+    A run of tied keys never crosses from one stream into the next, so each stream's rows are sorted
+    as on their own (the sort is stable and total over the tie-break columns).
+    """
+    canon = Canonicalizer(order, what)
+    counts = [sum(b.num_rows for b in batches) for batches in streams]
+    batches = [b for stream in streams for b in stream if b.num_rows]
+    if not batches:
+        return None
+    schema = batches[0].schema
+    if any(not b.schema.equals(schema) for b in batches[1:]):
+        return None
+    # Columns normalised once for all the batches (a cast per batch costs more than its rows).
+    whole = pa.Table.from_batches(batches)
+    table = pa.table({name: _normal(whole.column(name)) for name in canon._order})  # (checked by the caller)
+    n = table.num_rows
+    key = canon._key(table)
+    change = key[1:] != key[:-1]  # row i + 1 starts a run
+    starts = np.cumsum(counts)[:-1]
+    change[starts[(starts > 0) & (starts < n)] - 1] = True  # ... and so does a stream
+    try:
+        ordered = canon._sort_ties(table, change, n, np.flatnonzero(~change))
+    except (pa.ArrowInvalid, pa.ArrowTypeError, NotImplementedError):
+        return None
+    return ordered, counts

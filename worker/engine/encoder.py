@@ -19,7 +19,13 @@ import pyarrow.compute as pc
 
 from contracts.request import SpanTypes
 from worker.engine.async_spans import AsyncBatch, AsyncState
-from worker.engine.canonical import ASYNC_ORDER, THREAD_ORDER, Canonicalizer
+from worker.engine.canonical import (
+    ASYNC_ORDER,
+    CANONICAL_ROWS,
+    THREAD_ORDER,
+    Canonicalizer,
+    canonical_streams,
+)
 from worker.engine.chunks import Chunker
 from worker.engine.counters import counter_descriptor, counter_rows, counter_uuid
 from worker.engine.inputs import check_string_column, column, int_column, string_column, time_column
@@ -27,7 +33,7 @@ from worker.engine.interning import Interner
 from worker.engine.logs import LogBatch, clean_bodies, is_text, log_rows, priorities
 from worker.engine.lookback import Lookback
 from worker.engine.packing import realtime_defaults_packet, reset_packet
-from worker.engine.rows import CUT_BEGIN, CUT_END, thread_event_rows
+from worker.engine.rows import CUT_BEGIN, CUT_END, thread_blocks_rows, thread_event_rows
 from worker.engine.span_rows import annotation_names_packet
 from worker.engine.thread_spans import TRACK_DEPTH, Events, ThreadState
 from worker.engine.tracks import (
@@ -221,10 +227,170 @@ class TraceEncoder:
             out += self._thread_batch(stream_id, part)
         return out
 
+    def add_threads(self, threads: Sequence[tuple[str, Sequence[pa.RecordBatch]]]) -> list[bytes]:
+        """Take several whole threads at once: the same bytes as ``add_thread_spans`` of each batch
+        and ``end_thread`` of each thread, in the order given, for less work.
+
+        Threads of fewer than ``CANONICAL_ROWS`` rows (one canonical batch) are encoded together:
+        their columns converted and their strings interned in one pass over all of their rows, in
+        thread order (so every iid is the one the thread-by-thread path gives it, and each thread's
+        new interned entries still go right before its events). A per-batch cost that a thread of a
+        small process pays once per ~2,000 spans is then paid once per call.
+        """
+        out = self.start()
+        for stream_id, batches in threads:
+            if stream_id not in self._track_of:
+                raise ValueError(f"thread spans for stream {stream_id!r}, which is not among the threads")
+            for batch in batches:
+                _check_thread_columns(batch)
+        if not self._span_types.thread:
+            return out
+        if self._current is not None:
+            out += self.end_thread(self._current)
+        group: list[tuple[str, Sequence[pa.RecordBatch]]] = []
+        for stream_id, batches in threads:
+            rows = sum(b.num_rows for b in batches)
+            if rows == 0 and stream_id not in self._threads and stream_id not in self._thread_canon:
+                continue  # (nothing to write: as add_thread_spans and end_thread)
+            if 0 < rows < CANONICAL_ROWS and stream_id not in self._thread_canon:
+                group.append((stream_id, batches))
+                continue
+            out += self._thread_group(group)
+            group = []
+            for batch in batches:
+                out += self.add_thread_spans(stream_id, batch)
+            out += self.end_thread(stream_id)
+        return out + self._thread_group(group)
+
+    def _thread_group(self, group: Sequence[tuple[str, Sequence[pa.RecordBatch]]]) -> list[bytes]:
+        """Encode whole threads of fewer than CANONICAL_ROWS rows each (not empty), columns and
+        interning at once."""
+        if not group:
+            return []
+        joint = canonical_streams([batches for _, batches in group], THREAD_ORDER, "thread_spans")
+        if joint is not None:
+            table, count_list = joint
+        else:  # (mixed column types, e.g. plain and dictionary strings: canonical one by one)
+            parts = []
+            for _, batches in group:
+                canon = Canonicalizer(THREAD_ORDER, "thread_spans")
+                for batch in batches:
+                    canon.push(batch)
+                parts += canon.flush()  # (one part: fewer rows)
+            if any(not p.schema.equals(parts[0].schema) for p in parts[1:]):
+                return [
+                    c
+                    for (stream_id, _), part in zip(group, parts, strict=True)
+                    for c in self._thread_batch(stream_id, part, last=True)
+                ]
+            table = pa.Table.from_batches(parts)
+            count_list = [p.num_rows for p in parts]
+        what = "thread_spans"
+        # Canonical batches hold int64 times and integers (canonical._normal).
+        begin, end, depth, line = (
+            _int64s(table.column(name), null)
+            for name, null in (("begin", 0), ("end", -1), ("depth", 0), ("line", 0))
+        )
+        begin, end, cut = self._clip_thread(begin, end)
+        if len(end):
+            self._data_last = max(self._data_last, int(end.max()))
+        interner = self._interner
+        name = interner.names_of_chunks(_string_chunks(table, "name", what))
+        cat = interner.categories_of_chunks(_string_chunks(table, "target", what))
+        loc = interner.locations_of_chunks(_string_chunks(table, "filename", what), line)
+        counts = np.array(count_list, dtype=np.int64)
+        stops = np.cumsum(counts)
+        starts = stops - counts
+        # Each thread's new entries: those below the largest iid its rows and earlier rows use (iids
+        # are given in order of first use, so a later thread's new ones are above every earlier one).
+        below = [np.maximum.accumulate(np.maximum.reduceat(iids, starts)) + 1 for iids in (name, cat, loc)]
+        out: list[bytes] = []
+        # Threads whose events make one plain block after a reset are written together (one rows
+        # pass); any other thread is written alone, after those before it.
+        pending: list[tuple[list[bytes], ThreadTrack, Events]] = []
+        run = self._run
+        for i, (stream_id, _) in enumerate(group):
+            lo, hi = int(starts[i]), int(stops[i])
+            packets = interner.take_packets((int(below[0][i]), int(below[1][i]), int(below[2][i])))
+            track = self._track_of[stream_id]
+            rows = slice(lo, hi)
+            if hi - lo <= _SUB_BATCH and run != track.uuid:
+                state = self._threads.setdefault(stream_id, ThreadState())
+                events = state.add(
+                    begin[rows],
+                    end[rows],
+                    depth[rows],
+                    name=name[rows],
+                    cat=cat[rows],
+                    loc=loc[rows],
+                    cut=cut[rows],
+                )
+                closing = state.close()
+                both = _joined(events, closing, self._t0)
+                self._stats.thread_spans += hi - lo
+                run = track.uuid
+                if both is not None and both.band is None:
+                    pending.append((packets, track, both))
+                    continue
+                out += self._thread_blocks(pending)
+                pending = []
+                for packet in packets:
+                    out += self._packet(packet)
+                out += self._events(events, track) + self._events(closing, track)
+                continue
+            out += self._thread_blocks(pending)
+            pending = []
+            for packet in packets:
+                out += self._packet(packet)
+            out += self._thread_events(
+                stream_id,
+                begin[rows],
+                end[rows],
+                depth[rows],
+                cut[rows],
+                name=name[rows],
+                cat=cat[rows],
+                loc=loc[rows],
+                last=True,
+            )
+            run = self._run
+        return out + self._thread_blocks(pending) + self._interned()
+
+    def _thread_blocks(self, blocks: Sequence[tuple[list[bytes], ThreadTrack, Events]]) -> list[bytes]:
+        """Threads' interned packets and events, each thread's events one plain block after a reset
+        (as :meth:`_events` writes them), the rows of all made in one pass when their widths agree."""
+        if not blocks:
+            return []
+        rows = thread_blocks_rows(
+            [(e.ts, e.kind, e.name, e.cat, e.loc, e.top) for _, _, e in blocks], self._t0
+        )
+        out: list[bytes] = []
+        if rows is None:
+            for packets, track, events in blocks:
+                for packet in packets:
+                    out += self._packet(packet)
+                out += self._events(events, track)
+            return out
+        data, sizes = rows
+        view = memoryview(data)
+        at = 0
+        first = 0
+        for packets, track, events in blocks:
+            for packet in packets:
+                out += self._packet(packet)
+            out += self._packet(reset_packet(self._t0, track.uuid))
+            n = len(events.ts)
+            length = int(sizes[first : first + n].sum())
+            out += self._add(view[at : at + length], sizes[first : first + n])
+            at += length
+            first += n
+            self._run, self._base = track.uuid, max(self._t0, int(events.ts.max()))
+            self._realtime = False
+        return out
+
     def _thread_batch(self, stream_id: str, batch: pa.RecordBatch, *, last: bool = False) -> list[bytes]:
         """Encode one canonical batch of a thread's spans (``last``: the thread's last, after which
         its open spans are closed)."""
-        track = self._track_of[stream_id]
         what = "thread_spans"
         begin, _ = time_column(batch, "begin", what, 0)
         end, _ = time_column(batch, "end", what, -1)
@@ -234,12 +400,33 @@ class TraceEncoder:
         begin, end, cut = self._clip_thread(begin, end)
         if len(end):
             self._data_last = max(self._data_last, int(end.max()))
-        state = self._threads.setdefault(stream_id, ThreadState())
         name = self._interner.names(string_column(batch, "name", what))
         cat = self._interner.categories(string_column(batch, "target", what))
         loc = self._interner.locations(string_column(batch, "filename", what), line)
         out = self._interned()
-        for lo in range(0, batch.num_rows, _SUB_BATCH):
+        return out + self._thread_events(
+            stream_id, begin, end, depth, cut, name=name, cat=cat, loc=loc, last=last
+        )
+
+    def _thread_events(
+        self,
+        stream_id: str,
+        begin: I64,
+        end: I64,
+        depth: I64,
+        cut: U8,
+        *,
+        name: U64,
+        cat: U64,
+        loc: U64,
+        last: bool,
+    ) -> list[bytes]:
+        """The events of a thread's spans (clipped, interned), closing its open spans if ``last``."""
+        track = self._track_of[stream_id]
+        state = self._threads.setdefault(stream_id, ThreadState())
+        out: list[bytes] = []
+        n = len(begin)
+        for lo in range(0, n, _SUB_BATCH):
             hi = lo + _SUB_BATCH
             events = state.add(
                 begin[lo:hi],
@@ -250,7 +437,7 @@ class TraceEncoder:
                 loc=loc[lo:hi],
                 cut=cut[lo:hi],
             )
-            if last and hi >= batch.num_rows:
+            if last and hi >= n:
                 # The thread's last ENDs join the last block when that changes no byte (a block of its
                 # own costs as much as thousands of rows).
                 closing = state.close()
@@ -261,7 +448,7 @@ class TraceEncoder:
                 else:
                     events = both
             out += self._events(events, track)
-        self._stats.thread_spans += batch.num_rows
+        self._stats.thread_spans += n
         return out
 
     def _clip_thread(self, begin: I64, end: I64) -> tuple[I64, I64, U8]:
@@ -768,6 +955,8 @@ def _data_begin(process: ProcessInfo, time_range: TimeRange) -> int:
 
 def _check_thread_columns(batch: pa.RecordBatch) -> None:
     """BadSourceData unless every thread-span column is there with a readable type."""
+    if batch.schema in _THREAD_SCHEMAS_OK:
+        return
     what = "thread_spans"
     time_column(batch, "begin", what, 0)
     time_column(batch, "end", what, -1)
@@ -775,6 +964,32 @@ def _check_thread_columns(batch: pa.RecordBatch) -> None:
     int_column(batch, "line", what)
     for name in ("name", "target", "filename"):
         check_string_column(batch, name, what)  # (plain strings are encoded once, later)
+    begin, end = batch.schema.field("begin").type, batch.schema.field("end").type
+    if all(t == pa.int64() or (pa.types.is_timestamp(t) and t.unit == "ns") for t in (begin, end)):
+        # Every batch of this schema passes: only a cast of the times depends on the values.
+        if len(_THREAD_SCHEMAS_OK) >= 64:
+            _THREAD_SCHEMAS_OK.clear()
+        _THREAD_SCHEMAS_OK.add(batch.schema)
+
+
+#: Thread-span schemas that passed _check_thread_columns whatever the values (the source sends one).
+_THREAD_SCHEMAS_OK: set[pa.Schema] = set()
+
+
+def _int64s(col: pa.ChunkedArray, null_value: int) -> I64:
+    """An int64 column of all chunks as one numpy array, nulls as ``null_value``."""
+    if col.null_count:
+        col = col.fill_null(null_value)
+    out: I64 = col.to_numpy()
+    return out
+
+
+def _string_chunks(table: pa.Table, name: str, what: str) -> list[pa.DictionaryArray]:
+    """A string column's chunks as dictionary arrays (plain strings encoded all at once)."""
+    col = table.column(name)
+    if pa.types.is_dictionary(col.type):
+        return list(col.chunks)
+    return [string_column(pa.record_batch([col.combine_chunks()], names=[name]), name, what)]
 
 
 def _check_async_columns(batch: pa.RecordBatch) -> None:

@@ -12,7 +12,7 @@ event using them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -49,51 +49,96 @@ def _put_varints(out: U8, at: I64, v: U64, widths: I64) -> None:
 
 def _entries(field: int, iids: U64, values: pa.Array, lines: U64 | None = None) -> tuple[bytes, I64]:
     """InternedData entries ``field { 1: iid, 2: value [, 4: line] }``, concatenated, and the end
-    offset of each (bytes), written with numpy over the values' byte buffer.
+    offset of each (bytes).
 
     Same bytes as ``field_bytes(field, field_varint(1, iid) + field_bytes(2, value) [+ field_varint(4,
-    line)])`` per value (``field`` < 16, so every tag is one byte)."""
+    line)])`` per value (``field`` < 16, so every tag is one byte): the fields before the value (and
+    the line after it) are written with numpy, the values joined in between by Arrow."""
     n = len(iids)
     if n == 0:
         return b"", np.zeros(0, dtype=np.int64)
-    arr = values.cast(pa.large_binary())
+    # The values as bytes (a view of utf8 strings, no copy), with 32-bit offsets unless the entries
+    # could outgrow them (a tag and three varints come to at most 31 bytes an entry).
+    wide = values.get_total_buffer_size() + 31 * n >= 1 << 31
+    text, kind = (pa.large_string(), pa.large_binary()) if wide else (pa.string(), pa.binary())
+    arr = (values if values.type == text else values.cast(text)).view(kind)
     if arr.null_count:
         arr = arr.fill_null(b"")
-    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64, count=arr.offset + n + 1)[arr.offset :]
-    data_buf = arr.buffers()[2]
-    data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, dtype=np.uint8)
-    lengths = np.diff(offsets)
+    offset_type = np.int64 if wide else np.int32
+    offsets = np.frombuffer(arr.buffers()[1], dtype=offset_type, count=arr.offset + n + 1)[arr.offset :]
+    lengths = np.diff(offsets).astype(np.uint64)
     w_iid = _varint_widths(iids)
-    w_len = _varint_widths(lengths.astype(np.uint64))
-    inner = 1 + w_iid + 1 + w_len + lengths
+    w_len = _varint_widths(lengths)
+    inner = (2 + w_iid + w_len).astype(np.uint64) + lengths
+    parts = [arr]
     if lines is not None:
         w_line = _varint_widths(lines)
-        inner = inner + 1 + w_line
-    w_inner = _varint_widths(inner.astype(np.uint64))
-    size = 1 + w_inner + inner
-    ends = np.cumsum(size)
-    start = ends - size
-    out = np.zeros(int(ends[-1]), dtype=np.uint8)
-    out[start] = (field << 3) | 2
-    at = start + 1
-    _put_varints(out, at, inner.astype(np.uint64), w_inner)
-    at = at + w_inner
-    out[at] = (1 << 3) | 0
-    _put_varints(out, at + 1, iids, w_iid)
+        inner += (1 + w_line).astype(np.uint64)
+        tail, at = _fields(1 + w_line)
+        tail[at] = (4 << 3) | 0
+        _put_varints(tail, at + 1, lines, w_line)
+        parts.append(_binary(tail, 1 + w_line, kind))
+    w_inner = _varint_widths(inner)
+    head_size = 3 + w_inner + w_iid + w_len
+    head, at = _fields(head_size)
+    head[at] = (field << 3) | 2
+    _put_varints(head, at + 1, inner, w_inner)
+    at = at + 1 + w_inner
+    head[at] = (1 << 3) | 0
+    _put_varints(head, at + 1, iids, w_iid)
     at = at + 1 + w_iid
-    out[at] = (2 << 3) | 2
-    _put_varints(out, at + 1, lengths.astype(np.uint64), w_len)
-    at = at + 1 + w_len
-    if int(offsets[-1]) > int(offsets[0]):
-        # Byte j of the values lands at j + (its entry's string start - its value's offset).
-        src = data[int(offsets[0]) : int(offsets[-1])]
-        shift = np.repeat(at - offsets[:-1], lengths)
-        out[np.arange(int(offsets[0]), int(offsets[-1]), dtype=np.int64) + shift] = src
-    if lines is not None:
-        at = at + lengths
-        out[at] = (4 << 3) | 0
-        _put_varints(out, at + 1, lines, w_line)
-    return out.tobytes(), ends
+    head[at] = (2 << 3) | 2
+    _put_varints(head, at + 1, lengths, w_len)
+    separator = pa.scalar(b"", kind)
+    joined = pc.binary_join_element_wise(_binary(head, head_size, kind), *parts, separator)
+    bounds = np.frombuffer(joined.buffers()[1], dtype=offset_type, count=joined.offset + n + 1)[
+        joined.offset :
+    ].astype(np.int64)
+    data = joined.buffers()[2]
+    assert data is not None
+    blob = data.slice(int(bounds[0]), int(bounds[-1] - bounds[0])).to_pybytes()
+    ends: I64 = bounds[1:] - bounds[0]
+    return blob, ends
+
+
+def _fields(sizes: I64) -> tuple[U8, I64]:
+    """A zeroed buffer for rows of ``sizes`` bytes back to back, and each row's start."""
+    ends = np.cumsum(sizes)
+    return np.zeros(int(ends[-1]), dtype=np.uint8), ends - sizes
+
+
+def _binary(buffer: U8, sizes: I64, kind: pa.DataType) -> pa.Array:
+    """Rows of ``sizes`` bytes, back to back in ``buffer``, as ``kind`` (binary or large_binary)."""
+    offsets = np.zeros(len(sizes) + 1, dtype=np.int64 if kind == pa.large_binary() else np.int32)
+    np.cumsum(sizes, out=offsets[1:])
+    return pa.Array.from_buffers(kind, len(sizes), [None, pa.py_buffer(offsets), pa.py_buffer(buffer)])
+
+
+def _first_use(idx: npt.NDArray[np.intp], size: int) -> I64:
+    """Per value in ``range(size)``, the first row of ``idx`` holding it (``len(idx)``: none)."""
+    first = np.full(size, len(idx), dtype=np.int64)
+    np.minimum.at(first, idx, np.arange(len(idx), dtype=np.int64))  # (faster here than a hash)
+    return first
+
+
+def _distinct(file_ids: U64, line: U64) -> tuple[U64, npt.NDArray[np.intp]]:
+    """The distinct location keys ``file id << 32 | line`` in order of first use, and each row's
+    position among them. Dense keys (few files, short files: the usual case) are numbered through a
+    table of every (file, line) pair; others by an Arrow hash."""
+    n = len(line)
+    files = int(file_ids.max()) + 1 if n else 1
+    lines = int(line.max()) + 1 if n else 1
+    if files * lines <= max(8 * n, 1 << 17):  # (tables of a few times the rows at most)
+        dense = (file_ids.astype(np.intp) * lines + line.astype(np.intp)).astype(np.intp, copy=False)
+        first = _first_use(dense, files * lines)
+        present = np.flatnonzero(first < n)
+        present = present[np.argsort(first[present], kind="stable")]
+        position = np.empty(files * lines, dtype=np.intp)
+        position[present] = np.arange(len(present))
+        keys = (present // lines).astype(np.uint64) << np.uint64(32) | (present % lines).astype(np.uint64)
+        return keys, position[dense]
+    encoded = pc.dictionary_encode(pa.array((file_ids << np.uint64(32)) | line, type=pa.uint64()))
+    return encoded.dictionary.to_numpy(), encoded.indices.to_numpy(zero_copy_only=False).astype(np.intp)
 
 
 class _Table:
@@ -134,6 +179,23 @@ class _Table:
         ids[found] = pos[found].astype(np.uint64) + np.uint64(1)
         return ids
 
+    def map_chunks(self, chunks: Sequence[pa.DictionaryArray]) -> U64:
+        """:meth:`map` of the chunks' rows one after the other, in one pass when the chunks share a
+        dictionary (the slices of one Flight batch, or a server resending its dictionary)."""
+        if len(chunks) == 1:
+            return self.map(chunks[0])
+        if not chunks:
+            return np.zeros(0, dtype=np.uint64)
+        dictionary = chunks[0].dictionary
+        index_type = chunks[0].indices.type
+        if all(
+            c.indices.type == index_type and (c.dictionary is dictionary or c.dictionary.equals(dictionary))
+            for c in chunks[1:]
+        ):
+            indices = pa.concat_arrays([c.indices for c in chunks])
+            return self.map(pa.DictionaryArray.from_arrays(indices, dictionary))
+        return np.concatenate([self.map(c) for c in chunks])
+
     def map(self, col: pa.DictionaryArray) -> U64:
         """The id of each row's value; unknown values are added in order of first appearance in the
         rows (not dictionary order), so a plain column and any dictionary encoding of it agree."""
@@ -157,17 +219,14 @@ class _Table:
         out_known: U64 = ids[idx]
         if bool(out_known.all()):
             return out_known  # every row's value already has an id: no scan for new ones
-        used = np.zeros(k + 1, dtype=bool)
-        used[idx] = True
-        unknown = used & (ids == 0)
-        if unknown.any():
-            # The unknown slots in order of first use; only their values are read (a dictionary may
-            # hold far more). A cached dictionary's slots are looked up again (a slot may repeat a
-            # value added since); a fresh lookup's misses are new (the lookup builds a hash table of
-            # every known value, the larger part of this function's cost).
-            first = np.full(k + 1, len(idx), dtype=np.int64)
-            np.minimum.at(first, idx[unknown[idx]], np.arange(len(idx))[unknown[idx]])
-            slots = np.flatnonzero(unknown)
+        # The unknown slots in order of first use: only their values are read (a dictionary may hold
+        # far more). A cached dictionary's slots are looked up again (a slot may repeat a value added
+        # since); a fresh lookup's misses are new (the lookup builds a hash table of every known
+        # value, the larger part of this function's cost).
+        first = _first_use(idx, k + 1)
+        used = np.flatnonzero(first < len(idx))
+        slots = used[ids[used] == 0]
+        if len(slots):
             slots = slots[np.argsort(first[slots], kind="stable")]
             # Slot k (null rows) and null dictionary entries read as "".
             at = pa.array(np.where(slots < k, slots, -1), type=pa.int64(), mask=slots == k)
@@ -180,7 +239,8 @@ class _Table:
                     found[pc.equal(values, "").to_numpy(zero_copy_only=False)] = self._empty_id
             new = np.flatnonzero(found == 0)
             if len(new):
-                encoded = pc.dictionary_encode(values.take(pa.array(new, type=pa.int64())))
+                fresh = values if len(new) == len(values) else values.take(pa.array(new, type=pa.int64()))
+                encoded = pc.dictionary_encode(fresh)
                 added = encoded.dictionary
                 found[new] = encoded.indices.to_numpy(zero_copy_only=False).astype(np.uint64) + np.uint64(
                     self.count + 1
@@ -207,15 +267,16 @@ class Interner:
     """The three interning tables of the trace's one sequence."""
 
     def __init__(self) -> None:
-        self._names = _Table(lambda v, first: self._entries(2, v, first))
-        self._categories = _Table(lambda v, first: self._entries(1, v, first))
+        self._names = _Table(lambda v, first: self._entries(_NAMES, v, first))
+        self._categories = _Table(lambda v, first: self._entries(_CATEGORIES, v, first))
         self._files = _Table()  # file ids start at 1 (0 marks "not looked up")
         self._location_count = 0
         #: The keys of the locations sorted, and their iids (for the vectorised lookup).
         self._loc_keys: U64 = np.zeros(0, dtype=np.uint64)
         self._loc_iids: U64 = np.zeros(0, dtype=np.uint64)
-        #: Encoded InternedData entries (field + message): blobs and each blob's entry end offsets.
-        self._new: list[tuple[bytes, I64]] = []
+        #: Encoded InternedData entries not yet taken, in the order they were added: (table, first
+        #: iid, blob, each entry's end offset), a blob holding entries of consecutive iids.
+        self._new: list[tuple[int, int, bytes, I64]] = []
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -225,6 +286,11 @@ class Interner:
             "source_locations": self._location_count,
         }
 
+    @property
+    def next_iids(self) -> tuple[int, int, int]:
+        """The iid the next new name, category and location will get."""
+        return self._names.count + 1, self._categories.count + 1, self._location_count + 1
+
     def names(self, col: pa.DictionaryArray) -> U64:
         """Name iid of each row of a dictionary-encoded string column."""
         return self._names.map(col)
@@ -233,13 +299,25 @@ class Interner:
         """Category iid of each row of a dictionary-encoded string column."""
         return self._categories.map(col)
 
+    def names_of_chunks(self, chunks: Sequence[pa.DictionaryArray]) -> U64:
+        """:meth:`names` of the chunks' rows one after the other."""
+        return self._names.map_chunks(chunks)
+
+    def categories_of_chunks(self, chunks: Sequence[pa.DictionaryArray]) -> U64:
+        """:meth:`categories` of the chunks' rows one after the other."""
+        return self._categories.map_chunks(chunks)
+
     def locations(self, files: pa.DictionaryArray, lines: npt.NDArray[np.int64]) -> U64:
         """Source-location iid of each row, keyed by (file name, line)."""
-        file_ids = self._files.map(files)
+        return self._locations(self._files.map(files), lines)
+
+    def locations_of_chunks(self, files: Sequence[pa.DictionaryArray], lines: npt.NDArray[np.int64]) -> U64:
+        """:meth:`locations` of the chunks' rows one after the other (``lines``: of all rows)."""
+        return self._locations(self._files.map_chunks(files), lines)
+
+    def _locations(self, file_ids: U64, lines: npt.NDArray[np.int64]) -> U64:
         line = np.clip(lines, 0, 0xFFFFFFFF).astype(np.uint64)
-        keys = (file_ids << np.uint64(32)) | line
-        encoded = pc.dictionary_encode(pa.array(keys, type=pa.uint64()))
-        uniques = encoded.dictionary.to_numpy()
+        uniques, inverse = _distinct(file_ids, line)
         # Known keys by one sorted search; new keys numbered in order of first use.
         at = np.searchsorted(self._loc_keys, uniques)
         at_ok = np.minimum(at, max(len(self._loc_keys) - 1, 0))
@@ -250,37 +328,60 @@ class Interner:
         new = np.flatnonzero(~found) if found is not None else np.arange(len(uniques))
         if len(new):
             new_keys = uniques[new]
-            new_iids = np.arange(1, len(new) + 1, dtype=np.uint64) + np.uint64(self._location_count)
+            first_iid = self._location_count + 1
+            new_iids = np.arange(first_iid, first_iid + len(new), dtype=np.uint64)
             self._location_count += len(new)
             iids[new] = new_iids
             names = self._files.values().take(pa.array((new_keys >> np.uint64(32)).astype(np.int64) - 1))
-            self._new.append(_entries(4, new_iids, names, new_keys & np.uint64(0xFFFFFFFF)))
+            blob, ends = _entries(4, new_iids, names, new_keys & np.uint64(0xFFFFFFFF))
+            self._new.append((_LOCATIONS, first_iid, blob, ends))
             keys_all = np.concatenate((self._loc_keys, new_keys))
             iids_all = np.concatenate((self._loc_iids, new_iids))
             order = np.argsort(keys_all, kind="stable")
             self._loc_keys, self._loc_iids = keys_all[order], iids_all[order]
-        out: U64 = iids[encoded.indices.to_numpy(zero_copy_only=False).astype(np.intp, copy=False)]
+        out: U64 = iids[inverse]
         return out
 
-    def take_packets(self) -> list[bytes]:
-        """Framed InternedData packets for the entries added since the last call."""
-        if not self._new:
+    def take_packets(self, below: tuple[int, int, int] | None = None) -> list[bytes]:
+        """Framed InternedData packets for the entries added since the last call, in the order they
+        were added; with ``below``, only those whose iid is below its table's bound (name, category,
+        location), the others kept for a later call."""
+        blobs: list[bytes] = []
+        ends_list: list[I64] = []
+        kept: list[tuple[int, int, bytes, I64]] = []
+        for table, first, blob, ends in self._new:
+            count = len(ends) if below is None else min(len(ends), max(below[table] - first, 0))
+            cut = int(ends[count - 1]) if count else 0
+            if count < len(ends):
+                kept.append((table, first + count, blob[cut:], ends[count:] - cut))
+            if count:
+                blobs.append(blob[:cut])
+                ends_list.append(ends[:count])
+        self._new = kept
+        if not blobs:
             return []
-        blob = b"".join(b for b, _ in self._new)
-        base = np.cumsum([0] + [len(b) for b, _ in self._new[:-1]])
-        ends = np.concatenate([e + off for (_, e), off in zip(self._new, base.tolist(), strict=True)])
-        self._new = []
+        blob = b"".join(blobs)
+        base = np.cumsum([0] + [len(b) for b in blobs[:-1]])
+        all_ends = np.concatenate([e + off for e, off in zip(ends_list, base.tolist(), strict=True)])
         view = memoryview(blob)
         packets = []
         start = 0
-        for last in range(_ENTRIES_PER_PACKET - 1, len(ends) + _ENTRIES_PER_PACKET - 1, _ENTRIES_PER_PACKET):
-            end = int(ends[min(last, len(ends) - 1)])
+        for last in range(
+            _ENTRIES_PER_PACKET - 1, len(all_ends) + _ENTRIES_PER_PACKET - 1, _ENTRIES_PER_PACKET
+        ):
+            end = int(all_ends[min(last, len(all_ends) - 1)])
             interned = view[start:end].tobytes()
             body = field_varint(10, 1) + field_varint(13, 2) + field_bytes(12, interned)
             packets.append(field_bytes(1, body))
             start = end
         return packets
 
-    def _entries(self, field: int, values: pa.Array, first_id: int) -> None:
+    def _entries(self, table: int, values: pa.Array, first_id: int) -> None:
         iids = np.arange(first_id, first_id + len(values), dtype=np.uint64)
-        self._new.append(_entries(field, iids, values))
+        blob, ends = _entries(_FIELDS[table], iids, values)
+        self._new.append((table, first_id, blob, ends))
+
+
+#: The tables, in the order their new entries are written, and their InternedData fields.
+_NAMES, _CATEGORIES, _LOCATIONS = 0, 1, 2
+_FIELDS = (2, 1, 4)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import numpy.typing as npt
@@ -79,6 +80,7 @@ _POOL = pa.system_memory_pool()
 _ABS_TAIL = np.array([0xD0, 0x03, _REALTIME], dtype=np.uint8)
 
 
+@lru_cache(maxsize=256)  # (the same few per trace: one per thread, all at one t0)
 def reset_packet(t0: int, track_uuid: int | None = None) -> bytes:
     """Defaults (clock 64, and a default track when given) and the snapshot that restarts clock 64 at T0."""
     defaults = field_varint(58, INCREMENTAL_CLOCK)

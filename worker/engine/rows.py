@@ -22,12 +22,13 @@ the sequence's state is valid from the first packet of every prefix of the file 
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from worker.engine.packing import _CONT, _CONT_OF, Times, pack, put_time_slots, tile_rows, times
+from worker.engine.packing import _CONT, _CONT_OF, Times, _widths, pack, put_time_slots, tile_rows, times
 from worker.engine.span_rows import (
     ANNOTATIONS,
     CUT_ANNOTATION,
@@ -50,6 +51,7 @@ __all__ = [
     "SLICE_BEGIN",
     "SLICE_END",
     "descriptor_matrix",
+    "thread_blocks_rows",
     "thread_event_rows",
 ]
 
@@ -130,6 +132,43 @@ def thread_event_rows(
     if len(mats) == 1:
         where = [None]
     return pack(mats, lens, where)
+
+
+def thread_blocks_rows(
+    blocks: Sequence[tuple[I64, npt.NDArray[np.uint8], U64, U64, U64, tuple[int, int, int]]], t0: int
+) -> tuple[memoryview, I64] | None:
+    """:func:`thread_event_rows` of several blocks (each after its own reset to ``t0``) in one pass,
+    back to back: the same bytes, or None unless every block takes the common layout with the same
+    iid widths (the caller then writes them one by one).
+
+    Each block is (ts, kinds, name, cat, loc, top) as for :func:`thread_event_rows`, its events on
+    the default track, without cut marks, times non-decreasing from ``t0``.
+    """
+    widths = {tuple(varint_width(c) for c in block[5]) for block in blocks}
+    if len(widths) != 1 or not _LITTLE:
+        return None
+    wn, wc, wl = next(iter(widths))
+    if max(wn, wc, wl) > 8:
+        return None
+    ts = np.concatenate([block[0] for block in blocks])
+    starts = np.cumsum([0] + [len(block[0]) for block in blocks[:-1]])
+    # Deltas on clock 64, each block's first one from the reset.
+    delta = np.empty(len(ts), dtype=np.int64)
+    delta[0] = 0
+    np.subtract(ts[1:], ts[:-1], out=delta[1:])
+    delta[starts] = ts[starts] - t0
+    value = delta.view(np.uint64)
+    t = Times(value, _widths(value), np.zeros(len(ts), dtype=np.bool_))
+    top = tuple(max(block[5][j] for block in blocks) for j in range(3))
+    return _word_thread_rows(
+        t,
+        np.concatenate([block[1] for block in blocks]) == SLICE_BEGIN,
+        name=np.concatenate([block[2] for block in blocks]),
+        cat=np.concatenate([block[3] for block in blocks]),
+        loc=np.concatenate([block[4] for block in blocks]),
+        widths=(wn, wc, wl),
+        top=(top[0], top[1], top[2]),
+    )
 
 
 def _largest(iids: U64) -> int:
