@@ -145,6 +145,14 @@ def test_regroup_puts_a_null_begin_last_in_its_thread() -> None:
     assert grouped[0]["name"].cast(pa.utf8()).to_pylist() == ["a3", "a5", "a1"]
 
 
+def test_regroup_drops_null_and_unknown_stream_ids_dictionary_or_plain() -> None:
+    batch = _thread_batch(["a", "x", "b", "a", "b"], [1, 2, 3, 4, 5], ["a1", "x2", "b3", "a4", "b5"])
+    sid = pa.array(["a", "x", None, "a", "b"], pa.utf8())
+    for column in (sid, sid.dictionary_encode()):
+        grouped = by_thread([batch.set_column(0, "stream_id", column)], ["b", "a"], THREAD_SPAN_COLUMNS)
+        assert [t["name"].cast(pa.utf8()).to_pylist() for t in grouped] == [["b5"], ["a1", "a4"]]
+
+
 async def test_process_and_threads_in_one_query_is_both_queries_answer(lake: Lake) -> None:
     with start_devserver(lake) as server:
         async with open_source(server.url) as source:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -33,11 +34,7 @@ def by_thread(
     if not batches:
         return [pa.table({}).slice(0, 0) for _ in stream_ids]
     table = pa.Table.from_batches(batches)
-    sid = table["stream_id"]
-    if pa.types.is_dictionary(sid.type):
-        sid = sid.cast(sid.type.value_type)
-    thread = pc.fill_null(pc.index_in(sid, value_set=pa.array(list(stream_ids), sid.type)), -1)
-    index = np.asarray(thread.to_numpy(), dtype=np.int64)
+    index = _thread_index(table["stream_id"], stream_ids)
     # A null begin (bad data, rejected later by the engine) sorts last, as ORDER BY "begin" puts it.
     begin_ns = pc.fill_null(table["begin"].cast(pa.int64()), np.iinfo(np.int64).max)
     begin = np.asarray(begin_ns.to_numpy(), dtype=np.int64)
@@ -54,3 +51,23 @@ def by_thread(
     counts = np.bincount(index, minlength=len(stream_ids)) if index.size else np.zeros(len(stream_ids), int)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     return [table.slice(int(s), int(c)) for s, c in zip(starts, counts, strict=True)]
+
+
+def _thread_index(sid: pa.ChunkedArray, stream_ids: Sequence[str]) -> npt.NDArray[np.int64]:
+    """Position of each row's stream id in ``stream_ids`` (-1: another stream, or null).
+
+    A dictionary column is looked up by its few dictionary values, then gathered by index: decoding
+    every row to a string first cost most of this function (~11k rows per small process).
+    """
+    if not pa.types.is_dictionary(sid.type):
+        found = pc.index_in(sid, value_set=pa.array(list(stream_ids), sid.type))
+        return np.asarray(pc.fill_null(found, -1).to_numpy(), dtype=np.int64)
+    value_set = pa.array(list(stream_ids), sid.type.value_type)
+    parts = []
+    for chunk in sid.chunks:
+        known = pc.fill_null(pc.index_in(chunk.dictionary, value_set=value_set), -1)
+        # Slot len(dictionary): null rows.
+        lookup = np.append(np.asarray(known.to_numpy(), dtype=np.int64), -1)
+        indices = chunk.indices.fill_null(len(chunk.dictionary)) if chunk.null_count else chunk.indices
+        parts.append(lookup[np.asarray(indices.to_numpy(), dtype=np.intp)])
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
