@@ -248,10 +248,17 @@ class Lease:
         return self.attempt
 
     async def renew(self) -> bool:
-        """Heartbeat: extend the lock and reset the entry's idle time. False when the lease is lost."""
-        ok: Any = await self._rt.redis.eval(_RENEW, 1, self.lock_key, self.value, self._lease_ms)
-        if int(ok) != 1:
-            return False
+        """Heartbeat: extend the lock and reset the entry's idle time. False when the lease is lost.
+
+        A renewal sent with the previous attempt's value while :meth:`next_attempt` moves the lock
+        finds the new value there: that is our lease, renewed again under its new value."""
+        while True:
+            value = self.value
+            ok: Any = await self._rt.redis.eval(_RENEW, 1, self.lock_key, value, self._lease_ms)
+            if int(ok) == 1:
+                break
+            if self.value == value:
+                return False
         keys = self._rt.keys
         await self._rt.redis.xclaim(
             keys.requests, keys.group, self._rt.consumer, 0, [self.entry_id], justid=True
