@@ -316,3 +316,26 @@ async def test_count_matches_name_column(server: DevServer, lake: Lake) -> None:
             counts = pc.value_counts(batch.column("name").cast(pa.utf8())).to_pylist()
             expected.update({c["values"]: c["counts"] for c in counts})
     assert names == expected
+
+
+async def test_finish_holding_many_log_entries_is_not_run_on_the_event_loop(
+    server: DevServer, lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``finish`` encodes the log entries and measures the encoder still holds for canonical order
+    (up to a canonical batch, 65,535 rows of any size): with more of them than ``_INLINE_ROWS`` it
+    must run on the encoder pool, as any other engine call that large, not on the event loop."""
+    p = lake.processes[0]
+    assert p.log_entry_count > 10
+    monkeypatch.setattr(pipeline, "_INLINE_ROWS", 10)  # the process's log entries are "many"
+    where: list[str] = []
+    original = TraceEncoder.finish
+
+    def finish(self: TraceEncoder) -> list[bytes]:
+        where.append(threading.current_thread().name)
+        result: list[bytes] = original(self)
+        return result
+
+    monkeypatch.setattr(TraceEncoder, "finish", finish)
+    spec = TraceSpec(p.process_id, None, None, SpanTypes.THREAD, logs=True)
+    await _trace(server, spec)
+    assert len(where) == 1 and where[0] != threading.main_thread().name, where

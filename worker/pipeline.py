@@ -322,13 +322,13 @@ class _Run:
 
     async def call(self, method: Callable[..., list[bytes]], *args: object) -> list[bytes]:
         """The encoder's last call (``finish``), once the queued ones are done: on the event loop
-        when what it encodes is small (async events still held for canonical order, async spans
-        still open), else on the encoder pool."""
+        when what it encodes is small (async events, log entries and measures still held for
+        canonical order, async spans still open), else on the encoder pool."""
         due = await self.drain()
         encoder = self.encoder
 
         def held() -> int:
-            return encoder.pending_rows() + int(encoder.stats.open_async_spans)
+            return encoder.pending_rows() + encoder.pending_view_rows() + int(encoder.stats.open_async_spans)
 
         due += await self.push(method, *args, held=held)
         due += await self.drain()
