@@ -322,13 +322,15 @@ class _Run:
 
     async def call(self, method: Callable[..., list[bytes]], *args: object) -> list[bytes]:
         """The encoder's last call (``finish``), once the queued ones are done: on the event loop
-        when what it encodes is small (async events, log entries and measures still held for
-        canonical order, async spans still open), else on the encoder pool."""
+        when what it encodes is small (few async events held for canonical order and async spans
+        still open, no log entries or measures held: a message may be 32 KiB), else on the pool."""
         due = await self.drain()
         encoder = self.encoder
 
         def held() -> int:
-            return encoder.pending_rows() + encoder.pending_view_rows() + int(encoder.stats.open_async_spans)
+            if encoder.pending_view_rows():
+                return _INLINE_ROWS + 1
+            return encoder.pending_rows() + int(encoder.stats.open_async_spans)
 
         due += await self.push(method, *args, held=held)
         due += await self.drain()

@@ -190,10 +190,25 @@ def log_track(stream_id: str, used_tids: set[int]) -> ThreadTrack:
     return ThreadTrack(stream_id, uuid, tid, name)
 
 
-@lru_cache(maxsize=1 << 14)  # (per job, every thread's again: many jobs ask for the same process)
+#: Thread names up to this many characters have their descriptor cached: names have no length
+#: limit, and a hostile source's long ones would otherwise stay in memory for the worker's life.
+_CACHED_NAME_CHARS = 256
+
+
 def thread_descriptor(track: ThreadTrack, pid: int) -> bytes:
+    """The TrackDescriptor packet of a thread's track (cached: many jobs ask for the same process)."""
+    if len(track.name) <= _CACHED_NAME_CHARS:
+        return _cached_thread_descriptor(track, pid)
+    return _thread_descriptor(track, pid)
+
+
+def _thread_descriptor(track: ThreadTrack, pid: int) -> bytes:
     thread = field_varint(1, pid) + field_varint(2, track.tid) + field_bytes(5, track.name)
     return _descriptor(field_varint(1, track.uuid) + field_bytes(4, thread))
+
+
+# At most ~4,096 x (2 x 256 characters + the packet): a few MB.
+_cached_thread_descriptor = lru_cache(maxsize=1 << 12)(_thread_descriptor)
 
 
 def depth_track_uuid(thread_uuid: int, band: int) -> int:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import time
 from collections import Counter
@@ -97,6 +98,9 @@ _RELEASE_DELAY_S = 0.25
 _RELEASE_MAX_PENDING = 64
 #: Threads that release a group's items at the same time.
 _RELEASE_THREADS = 16
+
+
+log = logging.getLogger("worker.source.flightsql")
 
 
 class _Calls:
@@ -214,7 +218,10 @@ class _Releaser:
                     self._cond.wait(left)
                 if self._stopped:
                     return  # close() releases the rest
-            self.flush()
+            try:
+                self.flush()
+            except Exception:  # the thread must outlive one bad release
+                log.exception("releasing finished Flight SQL streams failed")
 
 
 def _release_quietly(release: Callable[[], None]) -> None:
