@@ -192,7 +192,9 @@ class _Serial:
 
     def cancel(self) -> None:
         """Cancel the calls not started yet (a running one finishes, its result unused)."""
-        for queued in self._queued:
+        # Last first: a cancelled call's done-callback hands the next one to the pool, which must
+        # find it cancelled already (else it could run beside the call still running).
+        for queued in reversed(self._queued):
             queued.cancel()
         self._queued.clear()
 
