@@ -40,7 +40,7 @@ import numpy.typing as npt
 from worker.engine.lanes import NONE, Openers, place
 from worker.engine.packing import Times, pack, packet_matrix, reset_packet, times
 from worker.engine.rows import CUT_BEGIN, CUT_END, SLICE_BEGIN, SLICE_END, descriptor_matrix
-from worker.engine.span_rows import begin_rows, event_matrix
+from worker.engine.span_rows import begin_rows, event_matrix, vwidths
 from worker.engine.wire import varint_width
 
 __all__ = ["AsyncBatch", "AsyncState"]
@@ -299,14 +299,6 @@ def _begin_matrix(
     )
 
 
-def _vwidths(values: U64) -> I64:
-    """``wire.varint_width`` of each value (1-10)."""
-    out = np.ones(len(values), dtype=np.int64)
-    for k in range(1, 10):
-        out += values >= np.uint64(1 << (7 * k))
-    return out
-
-
 def _group_max(group: I64, values: U64) -> U64:
     """Per row, the largest of ``values`` over the rows of its ``group`` (dense ids from 0)."""
     top = np.zeros(int(group.max()) + 1 if len(group) else 0, dtype=np.uint64)
@@ -336,7 +328,7 @@ def _shapes(c: _Open, layout: I64, group: I64) -> I64:
         (4, by_layout, c.track),
         (0, by_layout, np.where(ann, c.parent_sid.view(np.uint64), np.uint64(0))),
     ):
-        shape |= _vwidths(_group_max(g, col)) << at
+        shape |= vwidths(_group_max(g, col)) << at
     shape &= ~np.where(ann, 0, 15)  # no annotation, no width
     return shape
 
@@ -792,7 +784,7 @@ class AsyncState:
                 owner,
                 np.full(len(idx), self.holds, dtype=np.int64),
                 shape,
-                _vwidths(_group_max(hold, sub.track)),
+                vwidths(_group_max(hold, sub.track)),
                 key[flow_parent[hit]],
                 flow_id[hit],
             )
@@ -952,7 +944,7 @@ class AsyncState:
             span = int(layout.max()) + 1
             group = level * span + layout
             wn, wc, wl = (
-                _vwidths(_group_max(level, col)) for col in (ordered.name, ordered.cat, ordered.loc)
+                vwidths(_group_max(level, col)) for col in (ordered.name, ordered.cat, ordered.loc)
             )
             order = np.argsort(place[self.flow_parent], kind="stable")
             groups = _begin_groups(
