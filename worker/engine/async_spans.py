@@ -569,14 +569,13 @@ class AsyncState:
         if m == 0:
             return []
         n = p + m
-        sid = np.concatenate((self.sid, ev.span_id))
-        is_b = np.concatenate((np.ones(p, dtype=bool), ev.is_begin))
+        # (nothing carried, as in a small trace's one window: the event columns as they are)
+        sid = np.concatenate((self.sid, ev.span_id)) if p else ev.span_id
+        is_b = np.concatenate((np.ones(p, dtype=bool), ev.is_begin)) if p else ev.is_begin
         order, s_sid = _stable_order(sid)
         s_b = is_b[order]
-        same = np.zeros(n, dtype=bool)
-        same[1:] = s_sid[1:] == s_sid[:-1]
-        prev_b = np.zeros(n, dtype=bool)
-        prev_b[1:] = same[1:] & s_b[:-1]
+        prev_b = np.zeros(n, dtype=bool)  # the previous event (by span id, position) is a begin of this id
+        prev_b[1:] = (s_sid[1:] == s_sid[:-1]) & s_b[:-1]
         opener_s = s_b & ~prev_b
         dropped_s = s_b & prev_b
         paired_s = ~s_b & prev_b
@@ -597,7 +596,9 @@ class AsyncState:
         close_at[order[opener_of_q]] = order[q]
         self.dropped += dropped
 
-        time = np.concatenate((self.begin, np.maximum(ev.time, 0)))
+        time = np.maximum(ev.time, 0)
+        if p:
+            time = np.concatenate((self.begin, time))
         self.seen += m
 
         # The open spans of the batch in opening order.
@@ -679,8 +680,10 @@ class AsyncState:
         linked_at = np.flatnonzero(linked)
         term[linked_at] = key[linked_at]
         self.flows += len(linked_at)
-        flow_parent = np.concatenate((self.flow_parent, parent[linked_at]))
-        flow_id = np.concatenate((self.flow_id, key[linked_at]))
+        flow_parent, flow_id = parent[linked_at], key[linked_at]
+        if len(self.flow_parent):
+            flow_parent = np.concatenate((self.flow_parent, flow_parent))
+            flow_id = np.concatenate((self.flow_id, flow_id))
 
         names, cats, locs = (np.empty(k_open, dtype=np.uint64) for _ in range(3))
         names[:p], cats[:p], locs[:p] = self.name, self.cat, self.loc
