@@ -299,11 +299,12 @@ def _begin_matrix(
     )
 
 
-def _group_max(group: I64, values: U64) -> U64:
-    """Per row, the largest of ``values`` over the rows of its ``group`` (dense ids from 0)."""
+def _group_vwidths(group: I64, values: U64) -> I64:
+    """Per row, the varint width of the largest of ``values`` over the rows of its ``group`` (dense ids
+    from 0): the widths of the groups' largest values, gathered (a width per group, not per row)."""
     top = np.zeros(int(group.max()) + 1 if len(group) else 0, dtype=np.uint64)
     np.maximum.at(top, group, values)
-    out: U64 = top[group]
+    out: I64 = vwidths(top)[group]
     return out
 
 
@@ -328,7 +329,7 @@ def _shapes(c: _Open, layout: I64, group: I64) -> I64:
         (4, by_layout, c.track),
         (0, by_layout, np.where(ann, c.parent_sid.view(np.uint64), np.uint64(0))),
     ):
-        shape |= vwidths(_group_max(g, col)) << at
+        shape |= _group_vwidths(g, col) << at
     shape &= ~np.where(ann, 0, 15)  # no annotation, no width
     return shape
 
@@ -787,7 +788,7 @@ class AsyncState:
                 owner,
                 np.full(len(idx), self.holds, dtype=np.int64),
                 shape,
-                vwidths(_group_max(hold, sub.track)),
+                _group_vwidths(hold, sub.track),
                 key[flow_parent[hit]],
                 flow_id[hit],
             )
@@ -946,9 +947,7 @@ class AsyncState:
             level, layout = level[rows], layout[rows]
             span = int(layout.max()) + 1
             group = level * span + layout
-            wn, wc, wl = (
-                vwidths(_group_max(level, col)) for col in (ordered.name, ordered.cat, ordered.loc)
-            )
+            wn, wc, wl = (_group_vwidths(level, col) for col in (ordered.name, ordered.cat, ordered.loc))
             order = np.argsort(place[self.flow_parent], kind="stable")
             groups = _begin_groups(
                 ordered, idx, group=group, widths=(wn, wc, wl), layout=layout, flows=self.flow_id[order]

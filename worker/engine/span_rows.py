@@ -214,14 +214,13 @@ def _put_fixed(words: U64, at: I64, tag_bytes: bytes, values: U64) -> None:
     words[at] = (values << np.uint64(16)) | tag
 
 
-#: The smallest value of each varint width from 2 to 10 bytes.
-_VARINT_LIMITS = np.array([1 << (7 * k) for k in range(1, 10)], dtype=np.uint64)
-
-
 def vwidths(values: U64) -> I64:
-    """``wire.varint_width`` of each value (1-10), by one binary search (one numpy call, not one per
-    width: at a few thousand rows the per-call overhead is most of the cost)."""
-    out: I64 = np.searchsorted(_VARINT_LIMITS, values, side="right").astype(np.int64, copy=False) + 1
+    """``wire.varint_width`` of each value (1-10): a comparison per width up to the largest value's
+    (a binary search per value costs more on large arrays of small values, and no less on small ones)."""
+    out = np.ones(len(values), dtype=np.int64)
+    top = int(values.max()) if len(values) else 0
+    for k in range(1, varint_width(top)):
+        out += values >= np.uint64(1 << (7 * k))
     return out
 
 
