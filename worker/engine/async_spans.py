@@ -40,7 +40,7 @@ import numpy.typing as npt
 from worker.engine.lanes import NONE, Openers, place
 from worker.engine.packing import Times, pack, packet_matrix, reset_packet, times
 from worker.engine.rows import CUT_BEGIN, CUT_END, SLICE_BEGIN, SLICE_END, descriptor_matrix
-from worker.engine.span_rows import begin_rows, event_matrix
+from worker.engine.span_rows import begin_rows, event_matrix, vwidths
 from worker.engine.wire import varint_width
 
 __all__ = ["AsyncBatch", "AsyncState"]
@@ -299,19 +299,12 @@ def _begin_matrix(
     )
 
 
-def _vwidths(values: U64) -> I64:
-    """``wire.varint_width`` of each value (1-10)."""
-    out = np.ones(len(values), dtype=np.int64)
-    for k in range(1, 10):
-        out += values >= np.uint64(1 << (7 * k))
-    return out
-
-
-def _group_max(group: I64, values: U64) -> U64:
-    """Per row, the largest of ``values`` over the rows of its ``group`` (dense ids from 0)."""
+def _group_vwidths(group: I64, values: U64) -> I64:
+    """Per row, the varint width of the largest of ``values`` over the rows of its ``group`` (dense ids
+    from 0): the widths of the groups' largest values, gathered (a width per group, not per row)."""
     top = np.zeros(int(group.max()) + 1 if len(group) else 0, dtype=np.uint64)
     np.maximum.at(top, group, values)
-    out: U64 = top[group]
+    out: I64 = vwidths(top)[group]
     return out
 
 
@@ -336,7 +329,7 @@ def _shapes(c: _Open, layout: I64, group: I64) -> I64:
         (4, by_layout, c.track),
         (0, by_layout, np.where(ann, c.parent_sid.view(np.uint64), np.uint64(0))),
     ):
-        shape |= _vwidths(_group_max(g, col)) << at
+        shape |= _group_vwidths(g, col) << at
     shape &= ~np.where(ann, 0, 15)  # no annotation, no width
     return shape
 
@@ -577,14 +570,13 @@ class AsyncState:
         if m == 0:
             return []
         n = p + m
-        sid = np.concatenate((self.sid, ev.span_id))
-        is_b = np.concatenate((np.ones(p, dtype=bool), ev.is_begin))
+        # (nothing carried, as in a small trace's one window: the event columns as they are)
+        sid = np.concatenate((self.sid, ev.span_id)) if p else ev.span_id
+        is_b = np.concatenate((np.ones(p, dtype=bool), ev.is_begin)) if p else ev.is_begin
         order, s_sid = _stable_order(sid)
         s_b = is_b[order]
-        same = np.zeros(n, dtype=bool)
-        same[1:] = s_sid[1:] == s_sid[:-1]
-        prev_b = np.zeros(n, dtype=bool)
-        prev_b[1:] = same[1:] & s_b[:-1]
+        prev_b = np.zeros(n, dtype=bool)  # the previous event (by span id, position) is a begin of this id
+        prev_b[1:] = (s_sid[1:] == s_sid[:-1]) & s_b[:-1]
         opener_s = s_b & ~prev_b
         dropped_s = s_b & prev_b
         paired_s = ~s_b & prev_b
@@ -605,7 +597,9 @@ class AsyncState:
         close_at[order[opener_of_q]] = order[q]
         self.dropped += dropped
 
-        time = np.concatenate((self.begin, np.maximum(ev.time, 0)))
+        time = np.maximum(ev.time, 0)
+        if p:
+            time = np.concatenate((self.begin, time))
         self.seen += m
 
         # The open spans of the batch in opening order.
@@ -687,8 +681,10 @@ class AsyncState:
         linked_at = np.flatnonzero(linked)
         term[linked_at] = key[linked_at]
         self.flows += len(linked_at)
-        flow_parent = np.concatenate((self.flow_parent, parent[linked_at]))
-        flow_id = np.concatenate((self.flow_id, key[linked_at]))
+        flow_parent, flow_id = parent[linked_at], key[linked_at]
+        if len(self.flow_parent):
+            flow_parent = np.concatenate((self.flow_parent, flow_parent))
+            flow_id = np.concatenate((self.flow_id, flow_id))
 
         names, cats, locs = (np.empty(k_open, dtype=np.uint64) for _ in range(3))
         names[:p], cats[:p], locs[:p] = self.name, self.cat, self.loc
@@ -792,7 +788,7 @@ class AsyncState:
                 owner,
                 np.full(len(idx), self.holds, dtype=np.int64),
                 shape,
-                _vwidths(_group_max(hold, sub.track)),
+                _group_vwidths(hold, sub.track),
                 key[flow_parent[hit]],
                 flow_id[hit],
             )
@@ -951,9 +947,7 @@ class AsyncState:
             level, layout = level[rows], layout[rows]
             span = int(layout.max()) + 1
             group = level * span + layout
-            wn, wc, wl = (
-                _vwidths(_group_max(level, col)) for col in (ordered.name, ordered.cat, ordered.loc)
-            )
+            wn, wc, wl = (_group_vwidths(level, col) for col in (ordered.name, ordered.cat, ordered.loc))
             order = np.argsort(place[self.flow_parent], kind="stable")
             groups = _begin_groups(
                 ordered, idx, group=group, widths=(wn, wc, wl), layout=layout, flows=self.flow_id[order]

@@ -996,14 +996,13 @@ def _check_async_columns(batch: pa.RecordBatch) -> None:
     """BadSourceData unless every async-event column is there with a readable type."""
     what = "async_events"
     time_column(batch, "time", what, 0)
-    string_column(batch, "event_type", what)
-    sid_col = column(batch, "span_id", what)
-    if not pa.types.is_integer(sid_col.type):
-        raise BadSourceData(f"{what} column 'span_id' must be integers, got {sid_col.type}")
-    for name in ("span_id", "parent_span_id", "line"):
-        int_column(batch, name, what)
+    check_string_column(batch, "event_type", what)  # (plain strings are encoded once, later)
+    for name in ("span_id", "parent_span_id", "line"):  # (types only: the values are read later)
+        t = column(batch, name, what).type
+        if not pa.types.is_integer(t):
+            raise BadSourceData(f"{what} column {name!r} must be integers, got {t}")
     for name in ("name", "target", "filename"):
-        string_column(batch, name, what)
+        check_string_column(batch, name, what)
 
 
 def _signed_hash(value: str) -> int:

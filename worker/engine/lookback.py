@@ -36,8 +36,11 @@ class Lookback:
         """The batches to encode now, in order (the open begins first, once the range is reached)."""
         if self._done:
             return [batch]
-        time = batch.column("time").fill_null(self._begin).to_numpy()
+        col = batch.column("time")
+        time = (col.fill_null(self._begin) if col.null_count else col).to_numpy()
         before = time < self._begin
+        if len(time) and not before.any():  # (no look-back rows here, the usual case: no copies)
+            return [*self.finish(), batch]
         if before.all():
             self._absorb(batch)
             return []

@@ -214,8 +214,9 @@ def _put_fixed(words: U64, at: I64, tag_bytes: bytes, values: U64) -> None:
     words[at] = (values << np.uint64(16)) | tag
 
 
-def _vwidth(values: U64) -> I64:
-    """``wire.varint_width`` of each value (1-10)."""
+def vwidths(values: U64) -> I64:
+    """``wire.varint_width`` of each value (1-10): a comparison per width up to the largest value's
+    (a binary search per value costs more on large arrays of small values, and no less on small ones)."""
     out = np.ones(len(values), dtype=np.int64)
     top = int(values.max()) if len(values) else 0
     for k in range(1, varint_width(top)):
@@ -227,7 +228,7 @@ def _group_width(group: I64, values: U64, groups: int) -> I64:
     """Per row, the varint width of the largest of ``values`` over the rows of its ``group``."""
     top = np.zeros(groups, dtype=np.uint64)
     np.maximum.at(top, group, values)
-    out: I64 = _vwidth(top)[group]
+    out: I64 = vwidths(top)[group]
     return out
 
 
@@ -283,9 +284,9 @@ def begin_rows(
     # te: 48 01 | 58 uuid | 50 name | 18 cat | 90 02 loc | flows | term | annotation | cut
     te_len = 2 + 1 + uw + 1 + wn + 1 + wc + 2 + wl + 10 * flow_count + 10 * has_term
     te_len = te_len + ann * (2 + len(_ANN_HEAD) + aw) + cut * len(cut_bytes)
-    tew = _vwidth(te_len.astype(np.uint64))
+    tew = vwidths(te_len.astype(np.uint64))
     body_len = 3 + tew + te_len
-    lw = _vwidth((body_len + TIME_SLOT).astype(np.uint64))
+    lw = vwidths((body_len + TIME_SLOT).astype(np.uint64))
     time_col = 1 + lw + body_len
     # Room for the last 16-byte store past every row's time field (the rows are cut to their length).
     width = max(12, int(time_col.max()) + 16)
