@@ -40,7 +40,7 @@ import numpy.typing as npt
 from worker.engine.lanes import NONE, Openers, place
 from worker.engine.packing import Times, pack, packet_matrix, reset_packet, times
 from worker.engine.rows import CUT_BEGIN, CUT_END, SLICE_BEGIN, SLICE_END, descriptor_matrix
-from worker.engine.span_rows import begin_rows, event_matrix, vwidths
+from worker.engine.span_rows import begin_rows, event_matrix, group_vwidths
 from worker.engine.wire import varint_width
 
 __all__ = ["AsyncBatch", "AsyncState"]
@@ -299,15 +299,6 @@ def _begin_matrix(
     )
 
 
-def _group_vwidths(group: I64, values: U64) -> I64:
-    """Per row, the varint width of the largest of ``values`` over the rows of its ``group`` (dense ids
-    from 0): the widths of the groups' largest values, gathered (a width per group, not per row)."""
-    top = np.zeros(int(group.max()) + 1 if len(group) else 0, dtype=np.uint64)
-    np.maximum.at(top, group, values)
-    out: I64 = vwidths(top)[group]
-    return out
-
-
 def _layouts(c: _Open, nflows: I64) -> I64:
     """Each span's BEGIN layout code, as ``AsyncState._begins`` groups them: flows, cut, term, annotation."""
     out: I64 = nflows * 8 + c.marked * 4 + (c.term != 0) * 2 + (c.parent_sid != 0)
@@ -329,7 +320,7 @@ def _shapes(c: _Open, layout: I64, group: I64) -> I64:
         (4, by_layout, c.track),
         (0, by_layout, np.where(ann, c.parent_sid.view(np.uint64), np.uint64(0))),
     ):
-        shape |= _group_vwidths(g, col) << at
+        shape |= group_vwidths(g, col) << at
     shape &= ~np.where(ann, 0, 15)  # no annotation, no width
     return shape
 
@@ -788,7 +779,7 @@ class AsyncState:
                 owner,
                 np.full(len(idx), self.holds, dtype=np.int64),
                 shape,
-                _group_vwidths(hold, sub.track),
+                group_vwidths(hold, sub.track),
                 key[flow_parent[hit]],
                 flow_id[hit],
             )
@@ -947,7 +938,7 @@ class AsyncState:
             level, layout = level[rows], layout[rows]
             span = int(layout.max()) + 1
             group = level * span + layout
-            wn, wc, wl = (_group_vwidths(level, col) for col in (ordered.name, ordered.cat, ordered.loc))
+            wn, wc, wl = (group_vwidths(level, col) for col in (ordered.name, ordered.cat, ordered.loc))
             order = np.argsort(place[self.flow_parent], kind="stable")
             groups = _begin_groups(
                 ordered, idx, group=group, widths=(wn, wc, wl), layout=layout, flows=self.flow_id[order]

@@ -197,15 +197,12 @@ class Canonicalizer:
         """Take a batch (columns checked by the caller); return the canonical batches now complete."""
         if batch.num_rows == 0:
             return []
-        self._pending.append(self._normalized(batch))
+        arrays = [_normal(column(batch, name, self._what)) for name in self._order]
+        self._pending.append(pa.RecordBatch.from_arrays(arrays, names=list(self._order)))
         self._count += batch.num_rows
         if self._count < self._rows:
             return []
         return self._emit(final=False)
-
-    def _normalized(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        arrays = [_normal(column(batch, name, self._what)) for name in self._order]
-        return pa.RecordBatch.from_arrays(arrays, names=list(self._order))
 
     def flush(self) -> list[pa.RecordBatch]:
         """The stream ended: every row held, in canonical batches."""

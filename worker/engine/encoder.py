@@ -314,6 +314,7 @@ class TraceEncoder:
             packets = interner.take_packets((int(below[0][i]), int(below[1][i]), int(below[2][i])))
             track = self._track_of[stream_id]
             rows = slice(lo, hi)
+            closed: tuple[Events, Events] | None = None  # the thread's events and closing ENDs
             if hi - lo <= _SUB_BATCH and run != track.uuid:
                 state = self._threads.setdefault(stream_id, ThreadState())
                 events = state.add(
@@ -332,16 +333,14 @@ class TraceEncoder:
                 if both is not None and both.band is None:
                     pending.append((packets, track, both))
                     continue
-                out += self._thread_blocks(pending)
-                pending = []
-                for packet in packets:
-                    out += self._packet(packet)
-                out += self._events(events, track) + self._events(closing, track)
-                continue
+                closed = events, closing
             out += self._thread_blocks(pending)
             pending = []
             for packet in packets:
                 out += self._packet(packet)
+            if closed is not None:
+                out += self._events(closed[0], track) + self._events(closed[1], track)
+                continue
             out += self._thread_events(
                 stream_id,
                 begin[rows],

@@ -286,11 +286,6 @@ class Interner:
             "source_locations": self._location_count,
         }
 
-    @property
-    def next_iids(self) -> tuple[int, int, int]:
-        """The iid the next new name, category and location will get."""
-        return self._names.count + 1, self._categories.count + 1, self._location_count + 1
-
     def names(self, col: pa.DictionaryArray) -> U64:
         """Name iid of each row of a dictionary-encoded string column."""
         return self._names.map(col)

@@ -224,8 +224,12 @@ def vwidths(values: U64) -> I64:
     return out
 
 
-def _group_width(group: I64, values: U64, groups: int) -> I64:
-    """Per row, the varint width of the largest of ``values`` over the rows of its ``group``."""
+def group_vwidths(group: I64, values: U64, groups: int | None = None) -> I64:
+    """Per row, the varint width of the largest of ``values`` over the rows of its ``group`` (dense
+    ids from 0; ``groups``: how many, default the largest id + 1): the widths of the groups' largest
+    values, gathered (a width per group, not per row)."""
+    if groups is None:
+        groups = int(group.max()) + 1 if len(group) else 0
     top = np.zeros(groups, dtype=np.uint64)
     np.maximum.at(top, group, values)
     out: I64 = vwidths(top)[group]
@@ -275,9 +279,9 @@ def begin_rows(
         _, group = np.unique(group, return_inverse=True)
         group = group.reshape(-1)
         groups = int(group.max()) + 1
-    uw = _group_width(group, uuid, groups)
+    uw = group_vwidths(group, uuid, groups)
     ann_value = parent_span.view(np.uint64)
-    aw = _group_width(group, np.where(ann, ann_value, np.uint64(0)), groups)
+    aw = group_vwidths(group, np.where(ann, ann_value, np.uint64(0)), groups)
     wn, wc, wl = widths
     has_term = term != 0
     cut_bytes = ANNOTATIONS[CUT_BEGIN]
