@@ -109,3 +109,32 @@ async def test_stalled_read_is_cancelled_and_the_source_closes(lake: Lake) -> No
             closed_in = time.monotonic() - started
         assert proxy.mode == "stall"  # still stalled: nothing but the cancel ended the read
     assert closed_in < 10
+
+
+@pytest.mark.timeout(60, method="thread")  # the failure this guards against is a close that never returns
+async def test_closing_on_a_stalled_service_is_bounded_and_keeps_the_loop_free(lake: Lake) -> None:
+    """The driver's close sends CloseSession and waits for the answer with no deadline: with the
+    service stalled, ``aclose`` still returns within about the batch timeout, and the event loop
+    keeps running while it waits (the idle connections close in threads of their own)."""
+    p = lake.processes[0]
+    with start_devserver(lake) as server, ChaosProxy(("127.0.0.1", server.port)) as proxy:
+        source = FlightSqlSource(FlightSqlConfig(f"grpc://127.0.0.1:{proxy.port}", batch_timeout_s=0.5))
+        await _trace(source, p.process_id)  # every connection it opened is idle now
+        assert source.calls["connect"] >= 1
+        proxy.set_mode("stall")
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        ticker = asyncio.create_task(tick())
+        started = time.monotonic()
+        await source.aclose()
+        closed_in = time.monotonic() - started
+        ticker.cancel()
+        assert proxy.mode == "stall"
+    assert closed_in < 5
+    assert ticks >= 10  # the loop ran during the ~0.5 s wait for the closes

@@ -156,8 +156,9 @@ class ChaosProxy:
                     if not data:
                         break
                     pending = data
-                if downstream and self.mode == "mute":
-                    continue  # muted while reading: the bytes are held (the loop's top waits)
+                    # Back to the top: the mode may have changed while select waited, and bytes that
+                    # arrive after a stall began must be held (a fast answer raced through before).
+                    continue
                 if downstream and self.mode == "trickle":
                     step = max(1, self.trickle_bps // 20)
                     piece, pending = pending[:step], pending[step:]

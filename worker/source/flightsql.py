@@ -80,6 +80,8 @@ _THREAD_BUFFER = 4
 #: jobs at once each read up to ``concurrency`` streams (8 jobs x 4 = 32): fewer idle ones than
 #: that made every small job open and close about one connection.
 _MAX_IDLE = 64
+#: How long ``aclose`` waits for the connections to close without a batch timeout (s).
+_CLOSE_WAIT_S = 5.0
 #: Small results (process, thread list) at most this long become rows on the event loop; longer ones
 #: in a worker thread.
 _INLINE_ROWS = 256
@@ -408,21 +410,24 @@ class _Pool:
                 raise
 
     def release(self, conn: _Connection, *, discard: bool = False) -> None:
-        """Back to the idle list, or closed (``discard``: it failed in transport).
+        """Back to the idle list, or closed (``discard``: it failed in transport; or no room).
 
-        A discarded connection is closed in a thread of its own: closing one whose server stalls
-        blocks (the driver talks to the server on close), and must hold neither the event loop nor
-        the executor (whose shutdown waits for its threads). It counts as out until closed.
+        A connection is closed in a thread of its own (:meth:`_close_in_thread`): the driver's
+        close sends CloseSession and waits for the answer with no deadline, so closing on a
+        stalled server blocks, and must hold neither the event loop nor the executor (whose
+        shutdown waits for its threads). It counts as out until closed.
         """
         with self._lock:
             if not discard and not self._closed and len(self._idle) < _MAX_IDLE:
                 self._out -= 1
                 self._idle.append(conn)
                 return
-        if discard:
-            threading.Thread(target=self._close, args=(conn,), name="flightsql-close", daemon=True).start()
-        else:
-            self._close(conn)
+        self._close_in_thread(conn)
+
+    def _close_in_thread(self, conn: _Connection) -> threading.Thread:
+        thread = threading.Thread(target=self._close, args=(conn,), name="flightsql-close", daemon=True)
+        thread.start()
+        return thread
 
     def _close(self, conn: _Connection) -> None:
         self._releaser.flush()  # its finished streams may still wait there
@@ -431,19 +436,21 @@ class _Pool:
             self._out -= 1
         self._close_db_if_idle()
 
-    def close(self) -> None:
+    def close(self, wait_s: float) -> None:
+        """Closes the idle connections, each in a thread of its own, and waits at most ``wait_s``
+        seconds for them (blocking); a close still waiting on a stalled server goes on in its
+        daemon thread, and the database closes after the last one."""
         self._releaser.close()
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
-            # Out while they close: a discarded connection closing in its own thread must not
-            # close the database under them.
+            # Out while they close: the database must not close under them.
             self._out += len(idle)
-        for conn in idle:
-            _close_quietly(conn.raw)
-        with self._lock:
-            self._out -= len(idle)
+        closing = [self._close_in_thread(conn) for conn in idle]
         self._close_db_if_idle()
+        deadline = time.monotonic() + wait_s
+        for thread in closing:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def _close_db_if_idle(self) -> None:
         with self._lock:
@@ -903,9 +910,14 @@ class FlightSqlSource:
             await stream.aclose()
 
     async def aclose(self) -> None:
+        """Ends the source: waits for running reads (each ends by itself or by its batch timeout),
+        then closes the connections, waiting for them at most the batch timeout (5 s without one);
+        a close the server does not answer goes on in a daemon thread."""
         # Let running reads end first: a connection must not close under a read in another thread.
         await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
-        self._pool.close()
+        # Bounded: closing a connection waits for the server, which may be the thing that stalled.
+        wait_s = self._config.batch_timeout_s
+        await asyncio.to_thread(self._pool.close, _CLOSE_WAIT_S if wait_s is None else wait_s)
 
 
 async def list_processes(config: FlightSqlConfig, limit: int = 100) -> list[ProcessInfo]:
