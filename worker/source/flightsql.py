@@ -1,4 +1,5 @@
-"""The Flight SQL source over ADBC (adbc-driver-flightsql).
+"""The Flight SQL source: ADBC (adbc-driver-flightsql) for the Flight SQL calls, pyarrow.flight for
+queries sent as direct tickets.
 
 Only the call path that works against Micromegas is used: ``execute_partitions`` (GetFlightInfo)
 then ``read_partition`` (DoGet) per endpoint, which learns the schema from the stream (Micromegas
@@ -8,8 +9,10 @@ answers GetFlightInfo with a zero-field schema). Headers are set on the *connect
 headers are per connection, each concurrent query gets its own connection from a small pool.
 
 Against a server whose ticket is the statement itself (Micromegas), GetFlightInfo is skipped
-(``direct_tickets``, :mod:`worker.source.tickets`): each query is then one DoGet. The calls made are
-counted in :attr:`FlightSqlSource.calls` (the service exports them on ``/metrics``).
+(``direct_tickets``, :mod:`worker.source.tickets`): each query is then one DoGet, sent with
+pyarrow.flight's client (:mod:`worker.source.direct`), which costs a fraction of the CPU of ADBC's
+Go driver per stream. The calls made are counted in :attr:`FlightSqlSource.calls` (the service
+exports them on ``/metrics``).
 
 Thread spans of a small process (the thread list's ``nb_objects`` sums to at most
 ``process_spans_max_objects``) come from one ``process_spans`` query, regrouped per thread
@@ -17,8 +20,8 @@ Thread spans of a small process (the thread list's ``nb_objects`` sums to at mos
 thread, ``concurrency`` at a time. A server that refuses ``process_spans`` is asked per thread
 from then on.
 
-Streams read to their end, and their statements, are released in groups by a thread of their own
-(:class:`_Releaser`): the driver runs a full Go garbage collection in every release.
+ADBC streams read to their end, and their statements, are released in groups by a thread of their
+own (:class:`_Releaser`): the driver runs a full Go garbage collection in every release.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ from worker.source.columns import (
     Kind,
 )
 from worker.source.config import FlightSqlConfig
+from worker.source.direct import MAX_MESSAGE_BYTES, DirectClients, DirectQuery
 from worker.source.fetch import ordered_fetch
 from worker.source.regroup import by_thread
 from worker.source.tickets import is_statement_ticket, statement_partition
@@ -70,7 +74,7 @@ __all__ = ["FlightSqlSource", "list_processes"]
 _HEADER = fsql.ConnectionOptions.RPC_CALL_HEADER_PREFIX.value
 _RANGE_HEADERS = ("query_range_begin", "query_range_end")
 #: gRPC's 16 MiB default message size is smaller than one large batch.
-_MAX_MESSAGE = str(256 * 1024 * 1024)
+_MAX_MESSAGE = str(MAX_MESSAGE_BYTES)
 #: Batches the driver prefetches per stream (its default is 5); with the per-thread buffer this
 #: bounds the batches held per concurrent fetch.
 _DRIVER_QUEUE = "4"
@@ -539,6 +543,8 @@ class FlightSqlSource:
         self._tickets = _Tickets(config.direct_tickets, self._calls)
         self._releaser = _Releaser()
         self._pool = _Pool(config, self._calls, self._releaser)
+        #: Direct-ticket queries (pyarrow.flight).
+        self._direct = DirectClients(config, self._calls.add)
         #: Whether the server has ``process_spans``: None until it refuses it.
         self._has_process_spans: bool | None = None
         #: Whether the thread list asks for ``nb_objects`` (False once the server refused it).
@@ -552,15 +558,34 @@ class FlightSqlSource:
     @property
     def calls(self) -> Mapping[str, int]:
         """Flight SQL calls made so far, by name: ``GetFlightInfo``, ``DoGet`` (one per query with
-        direct tickets) and ``connect`` (connections opened)."""
+        direct tickets) and ``connect`` (ADBC connections opened, and pyarrow.flight clients made
+        for direct tickets)."""
         return self._calls.counts
 
     async def _stream(
         self, sql: str, headers: Mapping[str, str], what: str, check: BatchChecker
     ) -> AsyncGenerator[pa.RecordBatch, None]:
-        """Batches of one query, each read in a worker thread, on a connection of its own."""
-        conn = await self._connection(what)
-        query = _Query(conn, sql, headers, what, self._tickets, releaser=self._releaser)
+        """Batches of one query, each read in a worker thread, on a connection of its own: with
+        direct tickets one DoGet over pyarrow.flight, else over ADBC."""
+        query: DirectQuery | _Query
+        conn: _Connection | None = None
+        submit: Callable[[Callable[[], pa.RecordBatch | None]], Future[pa.RecordBatch | None]]
+        if self._tickets.direct:
+            query = self._direct.query(sql, headers, what)
+            submit = self._direct.submit
+        else:
+            conn = await self._connection(what)
+            query = _Query(conn, sql, headers, what, self._tickets, releaser=self._releaser)
+            submit = self._executor.submit
+
+        def finish(broken: bool) -> None:
+            if isinstance(query, DirectQuery):
+                self._direct.release(query, broken=broken)
+            else:
+                query.close()
+                assert conn is not None
+                self._pool.release(conn, discard=broken)
+
         # The concurrent future, not an asyncio wrapper: cancelling the wrapper marks it done while
         # the thread may still be reading, and closing the reader under that read crashes.
         running: Future[Any] | None = None
@@ -578,31 +603,25 @@ class FlightSqlSource:
 
             step = open_and_first
             while True:
-                running = self._executor.submit(step)
+                running = submit(step)
                 batch = await self._answer(running, what)
                 if batch is None:
                     break
                 yield batch
                 step = next_checked
         except (SourceUnavailable, SourceBroken):
-            # Not back to the pool: its gRPC channel may sit in reconnect backoff (up to minutes
-            # after a long outage) and fail every query fast; a new connection dials at once.
+            # Not back to the pool: its gRPC channel may sit in reconnect backoff (up to minutes after
+            # a long outage) and fail every query fast; a new connection dials at once.
             broken = True
             raise
         finally:
             if running is not None and not running.done():
                 # Abandoned while a read runs in its thread: end that read; the thread then closes
-                # the statement and returns the connection, once it has let go of them.
+                # the query and returns its connection, once it has let go of them.
                 query.cancel()
-
-                def _after(_: object) -> None:
-                    query.close()
-                    self._pool.release(conn, discard=broken)
-
-                running.add_done_callback(_after)
+                running.add_done_callback(lambda _: finish(broken))
             else:
-                query.close()
-                self._pool.release(conn, discard=broken)
+                finish(broken)
 
     async def _connection(self, what: str) -> _Connection:
         """An idle connection, or a new one opened in a worker thread within the batch timeout."""
@@ -910,7 +929,7 @@ class FlightSqlSource:
             await stream.aclose()
 
     async def aclose(self) -> None:
-        """Ends the source: waits for running reads (each ends by itself or by its batch timeout),
+        """Ends the source: waits for running ADBC reads (each ends by itself or by its batch timeout),
         then closes the connections, waiting for them at most the batch timeout (5 s without one);
         a close the server does not answer goes on in a daemon thread."""
         # Let running reads end first: a connection must not close under a read in another thread.
@@ -918,6 +937,9 @@ class FlightSqlSource:
         # Bounded: closing a connection waits for the server, which may be the thing that stalled.
         wait_s = self._config.batch_timeout_s
         await asyncio.to_thread(self._pool.close, _CLOSE_WAIT_S if wait_s is None else wait_s)
+        # Direct reads end by themselves or by their cancel; a DoGet stalled before its schema is
+        # left to its daemon thread (see worker.source.direct).
+        self._direct.close()
 
 
 async def list_processes(config: FlightSqlConfig, limit: int = 100) -> list[ProcessInfo]:

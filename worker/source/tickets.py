@@ -3,16 +3,18 @@
 Micromegas answers GetFlightInfo with one endpoint whose ticket is ``TicketStatementQuery`` holding
 the SQL text, and plans nothing until DoGet (its own Python client skips GetFlightInfo and sends
 that ticket straight away). For such a server the GetFlightInfo round trip carries no information,
-so the source builds the partition ADBC's ``read_partition`` expects (a serialized ``FlightInfo``
-with that one endpoint) itself. :func:`statement_ticket_of` checks a server's real answer, which
-is how ``flightsql_direct_tickets=auto`` learns whether the shortcut holds.
+so the source builds the ticket itself and sends it with pyarrow.flight's ``DoGet``
+(:mod:`worker.source.direct`); :func:`statement_partition` wraps it as the partition ADBC's
+``read_partition`` expects (a serialized ``FlightInfo`` with that one endpoint).
+:func:`is_statement_ticket` checks a server's real answer, which is how
+``flightsql_direct_tickets=auto`` learns whether the shortcut holds.
 
 Only the few protobuf fields involved are written or read here (Flight.proto, FlightSql.proto).
 """
 
 from __future__ import annotations
 
-__all__ = ["is_statement_ticket", "statement_partition"]
+__all__ = ["is_statement_ticket", "statement_partition", "statement_ticket"]
 
 _TICKET_TYPE = b"type.googleapis.com/arrow.flight.protocol.sql.TicketStatementQuery"
 _LEN = 2  # protobuf wire type: length-delimited
@@ -35,15 +37,16 @@ def _field(number: int, payload: bytes) -> bytes:
     return _varint(number << 3 | _LEN) + _varint(len(payload)) + payload
 
 
-def _ticket(sql: str) -> bytes:
-    """``Any(TicketStatementQuery(statement_handle=sql))``, the ticket bytes Micromegas returns."""
+def statement_ticket(sql: str) -> bytes:
+    """``Any(TicketStatementQuery(statement_handle=sql))``, the ticket bytes Micromegas returns: what
+    a Flight ``DoGet`` takes (:mod:`worker.source.direct`)."""
     return _field(1, _TICKET_TYPE) + _field(2, _field(1, sql.encode()))
 
 
 def statement_partition(sql: str) -> bytes:
     """A serialized ``FlightInfo`` with one endpoint (no location: this server) whose ticket is the
     statement: what ``AdbcConnection.read_partition`` takes."""
-    return _field(_INFO_ENDPOINT, _field(_ENDPOINT_TICKET, _field(1, _ticket(sql))))
+    return _field(_INFO_ENDPOINT, _field(_ENDPOINT_TICKET, _field(1, statement_ticket(sql))))
 
 
 def _fields(data: bytes) -> list[tuple[int, bytes | int]]:
@@ -103,6 +106,6 @@ def is_statement_ticket(partition: bytes, sql: str) -> bool:
         if len(tickets) != 1 or not isinstance(tickets[0], bytes):
             return False
         inner = [v for n, v in _fields(tickets[0]) if n == 1]
-        return inner == [_ticket(sql)]
+        return inner == [statement_ticket(sql)]
     except ValueError:
         return False

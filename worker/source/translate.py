@@ -2,8 +2,12 @@
 
 ADBC's Flight SQL driver reports the gRPC status code as ``vendor_code`` on errors raised by
 calls; errors raised while iterating a result stream arrive as ``OSError`` / ``ArrowException``
-whose message names the gRPC code, e.g. ``... (Unavailable; DoGet: endpoint 0: ...)``. The
-string match on those names lives only in :func:`_grpc_code_from_text`.
+whose message names the gRPC code, e.g. ``... (Unavailable; DoGet: endpoint 0: ...)``.
+pyarrow.flight (direct tickets, :mod:`worker.source.direct`) raises ``FlightError`` subclasses
+for some codes and plain Arrow errors for others (INVALID_ARGUMENT is ``ArrowInvalid``, like an
+undecodable stream); a status that came from the server carries gRPC's own spelling in its message
+(``... gRPC client debug context: INVALID_ARGUMENT:...``). The string matches on those names live
+only in :func:`_grpc_code_from_text`.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from contextlib import contextmanager
 
 import adbc_driver_manager as adbc
 import pyarrow as pa
+import pyarrow.flight as fl
 
 from worker.errors import (
     BadSourceData,
@@ -44,6 +49,35 @@ _CODE_NAMES = {
     "Unauthenticated": _UNAUTHENTICATED,
 }
 _CODE_RE = re.compile(r"\((" + "|".join(_CODE_NAMES) + r");")
+#: gRPC's names of its codes (grpc/status.h), as Arrow's C++ client quotes them.
+_GRPC_NAMES = {
+    "CANCELLED": _CANCELLED,
+    "UNKNOWN": 2,
+    "INVALID_ARGUMENT": _INVALID_ARGUMENT,
+    "DEADLINE_EXCEEDED": _DEADLINE,
+    "NOT_FOUND": _NOT_FOUND,
+    "PERMISSION_DENIED": _PERMISSION,
+    "RESOURCE_EXHAUSTED": 8,
+    "FAILED_PRECONDITION": _FAILED_PRECONDITION,
+    "ABORTED": 10,
+    "OUT_OF_RANGE": _OUT_OF_RANGE,
+    "UNIMPLEMENTED": _UNIMPLEMENTED,
+    "INTERNAL": 13,
+    "UNAVAILABLE": _UNAVAILABLE,
+    "DATA_LOSS": 15,
+    "UNAUTHENTICATED": _UNAUTHENTICATED,
+}
+_FLIGHT_CONTEXT = " gRPC client debug context: "
+_FLIGHT_CODE_RE = re.compile(re.escape(_FLIGHT_CONTEXT) + r"(" + "|".join(_GRPC_NAMES) + r"):")
+#: pyarrow.flight's errors that stand for one gRPC code (FlightInternalError and FlightServerError
+#: stand for several).
+_FLIGHT_ERRORS: tuple[tuple[type[Exception], int], ...] = (
+    (fl.FlightUnauthenticatedError, _UNAUTHENTICATED),
+    (fl.FlightUnauthorizedError, _PERMISSION),
+    (fl.FlightUnavailableError, _UNAVAILABLE),
+    (fl.FlightTimedOutError, _DEADLINE),
+    (fl.FlightCancelledError, _CANCELLED),
+)
 _STATUS_TO_GRPC = {
     adbc.AdbcStatusCode.UNAUTHENTICATED: _UNAUTHENTICATED,
     adbc.AdbcStatusCode.UNAUTHORIZED: _PERMISSION,
@@ -57,6 +91,9 @@ _REJECTED = {_INVALID_ARGUMENT, _NOT_FOUND, _FAILED_PRECONDITION, _OUT_OF_RANGE,
 
 
 def _grpc_code_from_text(message: str) -> int | None:
+    match = _FLIGHT_CODE_RE.search(message)
+    if match:
+        return _GRPC_NAMES[match.group(1)]
     match = _CODE_RE.search(message)
     return _CODE_NAMES[match.group(1)] if match else None
 
@@ -68,11 +105,16 @@ def _grpc_code(exc: BaseException) -> int | None:
         code = _STATUS_TO_GRPC.get(exc.status_code)
         if code is not None:
             return code
-    return _grpc_code_from_text(str(exc))
+    code = _grpc_code_from_text(str(exc))
+    if code is None:
+        code = next((c for kind, c in _FLIGHT_ERRORS if isinstance(exc, kind)), None)
+    return code
 
 
 def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
+    # Arrow's C++ client appends gRPC's debug string (the message again, with the code) and its own
+    # context: the message proper comes first.
+    text = " ".join(str(exc).split(_FLIGHT_CONTEXT, 1)[0].split())
     return text if len(text) <= 400 else text[:397] + "..."
 
 
