@@ -228,26 +228,34 @@ async def test_dictionary_key_widths(lake: Lake, keys: str) -> None:
     assert events.num_rows > 0
 
 
-async def test_auth(lake: Lake) -> None:
+# "off": every query over ADBC; "on": every query one DoGet over pyarrow.flight.
+TICKETS = ["off", "on"]
+
+
+@pytest.mark.parametrize("tickets", TICKETS)
+async def test_auth(lake: Lake, tickets: str) -> None:
     p = lake.process_of_kind("small")
     with start_devserver(lake, token="s3cret") as srv:
-        async with open_source(srv.url, token="s3cret") as source:
+        async with open_source(srv.url, token="s3cret", direct_tickets=tickets) as source:
             assert (await source.process(p.process_id)).exe == p.exe
+            assert (await source.process(p.process_id)).exe == p.exe  # on a connection used before
         for token in (None, "wrong"):
-            async with open_source(srv.url, token=token) as source:
+            async with open_source(srv.url, token=token, direct_tickets=tickets) as source:
                 with pytest.raises(Unauthenticated):
                     await source.process(p.process_id)
 
 
-async def test_tls(lake: Lake) -> None:
+@pytest.mark.parametrize("tickets", TICKETS)
+async def test_tls(lake: Lake, tickets: str) -> None:
     p = lake.process_of_kind("small")
     cert, key = self_signed_cert()
     with start_devserver(lake, tls=(cert, key)) as srv:
         assert srv.url.startswith("grpc+tls://")
-        async with open_source(srv.url, tls_ca_pem=cert) as source:
+        async with open_source(srv.url, tls_ca_pem=cert, direct_tickets=tickets) as source:
             assert (await source.process(p.process_id)).exe == p.exe
-        async with open_source(srv.url, tls_skip_verify=True) as source:
+        async with open_source(srv.url, tls_skip_verify=True, direct_tickets=tickets) as source:
             assert (await source.process(p.process_id)).exe == p.exe
-        async with open_source(srv.url) as source:  # system roots do not know this certificate
+        # System roots do not know this certificate.
+        async with open_source(srv.url, direct_tickets=tickets) as source:
             with pytest.raises(SourceUnavailable):
                 await source.process(p.process_id)

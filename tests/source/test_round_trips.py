@@ -92,12 +92,16 @@ def test_statement_ticket_recognised_only_when_exact() -> None:
     assert not is_statement_ticket(b"\x1a\xff", sql)  # not a message
 
 
-async def test_stalled_read_is_cancelled_and_the_source_closes(lake: Lake) -> None:
+@pytest.mark.parametrize("tickets", ["off", "auto"])
+async def test_stalled_read_is_cancelled_and_the_source_closes(lake: Lake, tickets: str) -> None:
     """The batch timeout ends a read stalled mid-stream, and closing the source does not wait for
-    the server (a statement's cancel does not end a partition's stream; the connection's does)."""
+    the server. Over ADBC (``off``) the connection's cancel ends it (a statement's cancel does not end
+    a partition's stream); with direct tickets learnt (``auto``) the second query is a pyarrow.flight
+    DoGet still waiting for its schema, left to its daemon thread."""
     p = lake.processes[0]
     with start_devserver(lake) as server, ChaosProxy(("127.0.0.1", server.port)) as proxy:
-        source = FlightSqlSource(FlightSqlConfig(f"grpc://127.0.0.1:{proxy.port}", batch_timeout_s=0.5))
+        url = f"grpc://127.0.0.1:{proxy.port}"
+        source = FlightSqlSource(FlightSqlConfig(url, batch_timeout_s=0.5, direct_tickets=tickets))  # type: ignore[arg-type]
         try:
             await source.process(p.process_id)  # connected, tickets learnt
             proxy.set_mode("stall")
