@@ -157,6 +157,18 @@ def _distinct(file_ids: U64, line: U64) -> tuple[U64, npt.NDArray[np.intp]]:
     return encoded.dictionary.to_numpy(), encoded.indices.to_numpy(zero_copy_only=False).astype(np.intp)
 
 
+def _index_of_empty(values: pa.Array) -> int:
+    """Position of the first "" in a string array (-1: none); of a ``string`` array without nulls,
+    the first zero length in its offsets (a compute call costs several times more)."""
+    if values.type != pa.string() or values.null_count:
+        at: int = pc.index(values, "").as_py()
+        return at
+    n = len(values)
+    offsets = np.frombuffer(values.buffers()[1], dtype=np.int32, count=values.offset + n + 1)[values.offset :]
+    empty = np.flatnonzero(offsets[1:] == offsets[:-1])
+    return int(empty[0]) if len(empty) else -1
+
+
 class _Table:
     """One string table (value -> id) and the ids of the last dictionary seen.
 
@@ -189,11 +201,30 @@ class _Table:
         known = self.values()
         if known.type != values.type:
             known = known.cast(values.type)
+        if len(known) > 4 * len(values):
+            return self._lookup_known(values, known)
         pos = pc.index_in(values, value_set=known).to_numpy(zero_copy_only=False)
         # Unknown entries (and null ones, read as "" by the caller) come back null: NaN here.
         found = ~np.isnan(pos) if pos.dtype.kind == "f" else np.ones(len(pos), dtype=bool)
         ids[found] = pos[found].astype(np.uint64) + np.uint64(1)
         return ids
+
+    @staticmethod
+    def _lookup_known(values: pa.Array, known: pa.Array) -> U64:
+        """:meth:`_lookup` when the table is much larger than ``values`` (a small dictionary after
+        a thread group's many names): ``index_in`` builds its hash table of the value set, so the
+        known values are looked up among the distinct ``values`` instead of the other way round."""
+        encoded = pc.dictionary_encode(values)  # (the distinct values: each is found at most once)
+        distinct = encoded.dictionary
+        hit = pc.index_in(known, value_set=distinct).to_numpy(zero_copy_only=False)
+        rows = np.flatnonzero(~np.isnan(hit)) if hit.dtype.kind == "f" else np.arange(len(hit))
+        by_distinct = np.zeros(len(distinct) + 1, dtype=np.uint64)  # last slot: null values
+        by_distinct[hit[rows].astype(np.intp)] = rows.astype(np.uint64) + np.uint64(1)
+        indices = encoded.indices
+        if indices.null_count:
+            indices = indices.fill_null(len(distinct))
+        out: U64 = by_distinct[indices.to_numpy(zero_copy_only=False).astype(np.intp)]
+        return out
 
     def map_chunks(self, chunks: Sequence[pa.DictionaryArray]) -> U64:
         """:meth:`map` of the chunks' rows one after the other, in one pass when the chunks share a
@@ -245,14 +276,21 @@ class _Table:
         if len(slots):
             slots = slots[np.argsort(first[slots], kind="stable")]
             # Slot k (null rows) and null dictionary entries read as "".
-            at = pa.array(np.where(slots < k, slots, -1), type=pa.int64(), mask=slots == k)
-            values = dictionary.take(at).cast(pa.string()).fill_null("")
+            if first[k] == len(idx):  # (no null row)
+                at = pa.array(slots, type=pa.int64())
+            else:
+                at = pa.array(np.where(slots < k, slots, -1), type=pa.int64(), mask=slots == k)
+            taken = dictionary.take(at)
+            if taken.type != pa.string():
+                taken = taken.cast(pa.string())
+            values = taken.fill_null("") if taken.null_count else taken
             if cached:
                 found = self._lookup(values)
             else:
                 found = np.zeros(len(values), dtype=np.uint64)
-                if self._empty_id:  # null dictionary entries read as "" (index_in misses them)
-                    found[pc.equal(values, "").to_numpy(zero_copy_only=False)] = self._empty_id
+                # A fresh lookup found every known value but the null entries, which read as "".
+                if self._empty_id and taken.null_count:
+                    found[pc.is_null(taken).to_numpy(zero_copy_only=False)] = self._empty_id
             new = np.flatnonzero(found == 0)
             if len(new):
                 fresh = values if len(new) == len(values) else values.take(pa.array(new, type=pa.int64()))
@@ -269,7 +307,7 @@ class _Table:
     def _add(self, added: pa.Array) -> None:
         first_id = self.count + 1
         if not self._empty_id:
-            at = pc.index(added, "").as_py()
+            at = _index_of_empty(added)
             if at >= 0:
                 self._empty_id = first_id + at
         self._chunks.append(added)
