@@ -64,13 +64,20 @@ def _put_varints(out: U8, at: I64, v: U64, widths: I64) -> None:
         out[at[rows] + k] = byte.astype(np.uint8)
 
 
-def _entries(field: int, iids: U64, values: pa.Array, lines: U64 | None = None) -> tuple[bytes, I64]:
+def _entries(
+    field: int | U8,
+    iids: U64,
+    values: pa.Array,
+    lines: U64 | None = None,
+    has_line: npt.NDArray[np.bool_] | None = None,
+) -> tuple[bytes, I64]:
     """InternedData entries ``field { 1: iid, 2: value [, 4: line] }``, concatenated, and the end
     offset of each (bytes).
 
     Same bytes as ``field_bytes(field, field_varint(1, iid) + field_bytes(2, value) [+ field_varint(4,
     line)])`` per value (``field`` < 16, so every tag is one byte): the fields before the value (and
-    the line after it) are written with numpy, the values joined in between by Arrow."""
+    the line after it) are written with numpy, the values joined in between by Arrow. ``field`` may
+    be one per value, and ``has_line`` says which values have a line (default: all, with ``lines``)."""
     n = len(iids)
     if n == 0:
         return b"", np.zeros(0, dtype=np.int64)
@@ -90,15 +97,21 @@ def _entries(field: int, iids: U64, values: pa.Array, lines: U64 | None = None) 
     parts = [arr]
     if lines is not None:
         w_line = _varint_widths(lines)
-        inner += (1 + w_line).astype(np.uint64)
-        tail, at = _fields(1 + w_line)
+        tail_size = 1 + w_line
+        if has_line is not None:
+            tail_size[~has_line] = 0
+            w_line, lines = w_line[has_line], lines[has_line]
+        inner += tail_size.astype(np.uint64)
+        tail, at = _fields(tail_size)
+        if has_line is not None:
+            at = at[has_line]
         tail[at] = (4 << 3) | 0
         _put_varints(tail, at + 1, lines, w_line)
-        parts.append(_binary(tail, 1 + w_line, kind))
+        parts.append(_binary(tail, tail_size, kind))
     w_inner = _varint_widths(inner)
     head_size = 3 + w_inner + w_iid + w_len
     head, at = _fields(head_size)
-    head[at] = (field << 3) | 2
+    head[at] = (field << 3) | 2 if isinstance(field, int) else (field << np.uint8(3)) | np.uint8(2)
     _put_varints(head, at + 1, inner, w_inner)
     at = at + 1 + w_inner
     head[at] = (1 << 3) | 0
@@ -115,6 +128,34 @@ def _entries(field: int, iids: U64, values: pa.Array, lines: U64 | None = None) 
     blob = data.slice(int(bounds[0]), int(bounds[-1] - bounds[0])).to_pybytes()
     ends: I64 = bounds[1:] - bounds[0]
     return blob, ends
+
+
+def _entry_runs(runs: Sequence[tuple[int, U64, pa.Array, U64 | None]]) -> list[tuple[bytes, I64]]:
+    """:func:`_entries` of each run ``(field, iids, values, lines)``, made in one pass over all of
+    them (its fixed cost, ~50 µs, is most of a small run's)."""
+    if len(runs) == 1 or any(values.type != pa.string() for _, _, values, _ in runs):
+        return [_entries(*run) for run in runs]
+    counts = np.array([len(iids) for _, iids, _, _ in runs], dtype=np.int64)
+    field = np.repeat(np.array([f for f, _, _, _ in runs], dtype=np.uint8), counts)
+    iids = np.concatenate([iids for _, iids, _, _ in runs])
+    values = pa.concat_arrays([values for _, _, values, _ in runs])
+    lines = has_line = None
+    if any(run_lines is not None for _, _, _, run_lines in runs):
+        zeros = [np.zeros(len(i), dtype=np.uint64) for _, i, _, _ in runs]
+        lines = np.concatenate(
+            [z if ln is None else ln for z, (_, _, _, ln) in zip(zeros, runs, strict=True)]
+        )
+        has_line = np.repeat(np.array([ln is not None for _, _, _, ln in runs]), counts)
+    blob, ends = _entries(field, iids, values, lines, has_line)
+    out = []
+    row = 0
+    start = 0
+    for count in counts.tolist():
+        stop = int(ends[row + count - 1]) if count else start
+        out.append((blob[start:stop], ends[row : row + count] - start))
+        row += count
+        start = stop
+    return out
 
 
 def _fields(sizes: I64) -> tuple[U8, I64]:
@@ -331,6 +372,9 @@ class Interner:
         #: Encoded InternedData entries not yet taken, in the order they were added: (table, first
         #: iid, blob, each entry's end offset), a blob holding entries of consecutive iids.
         self._new: list[tuple[int, int, bytes, I64]] = []
+        #: New entries not encoded yet, after those of ``_new``: (table, first iid, values, lines);
+        #: encoded all at once when packets are taken.
+        self._raw: list[tuple[int, int, pa.Array, U64 | None]] = []
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -382,8 +426,7 @@ class Interner:
             self._location_count += len(new)
             iids[new] = new_iids
             names = self._files.values().take(pa.array((new_keys >> np.uint64(32)).astype(np.int64) - 1))
-            blob, ends = _entries(4, new_iids, names, new_keys & np.uint64(0xFFFFFFFF))
-            self._new.append((_LOCATIONS, first_iid, blob, ends))
+            self._raw.append((_LOCATIONS, first_iid, names, new_keys & np.uint64(0xFFFFFFFF)))
             keys_all = np.concatenate((self._loc_keys, new_keys))
             iids_all = np.concatenate((self._loc_iids, new_iids))
             order = np.argsort(keys_all, kind="stable")
@@ -395,6 +438,14 @@ class Interner:
         """Framed InternedData packets for the entries added since the last call, in the order they
         were added; with ``below``, only those whose iid is below its table's bound (name, category,
         location), the others kept for a later call."""
+        if self._raw:
+            runs = [
+                (_FIELDS[table], np.arange(first, first + len(values), dtype=np.uint64), values, lines)
+                for table, first, values, lines in self._raw
+            ]
+            for (table, first, _, _), (blob, ends) in zip(self._raw, _entry_runs(runs), strict=True):
+                self._new.append((table, first, blob, ends))
+            self._raw = []
         blobs: list[bytes] = []
         ends_list: list[I64] = []
         kept: list[tuple[int, int, bytes, I64]] = []
@@ -426,9 +477,7 @@ class Interner:
         return packets
 
     def _entries(self, table: int, values: pa.Array, first_id: int) -> None:
-        iids = np.arange(first_id, first_id + len(values), dtype=np.uint64)
-        blob, ends = _entries(_FIELDS[table], iids, values)
-        self._new.append((table, first_id, blob, ends))
+        self._raw.append((table, first_id, values, None))
 
 
 #: The tables, in the order their new entries are written, and their InternedData fields.
