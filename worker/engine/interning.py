@@ -185,15 +185,17 @@ def _distinct(file_ids: U64, line: U64) -> tuple[U64, npt.NDArray[np.intp]]:
     n = len(line)
     files = int(file_ids.max()) + 1 if n else 1
     lines = int(line.max()) + 1 if n else 1
-    if files * lines <= max(8 * n, 1 << 17):  # (tables of a few times the rows at most)
+    if files * lines <= max(8 * n, 1 << 17) and n < 1 << 31:  # (tables of a few times the rows at most)
         dense = (file_ids.astype(np.intp) * lines + line.astype(np.intp)).astype(np.intp, copy=False)
-        first = _first_use(dense, files * lines)
+        # The first use of each key, as int32 (half the table to fill and scan)...
+        first = np.full(files * lines, n, dtype=np.int32)
+        np.minimum.at(first, dense, np.arange(n, dtype=np.int32))
         present = np.flatnonzero(first < n)
         present = present[np.argsort(first[present], kind="stable")]
-        position = np.empty(files * lines, dtype=np.intp)
-        position[present] = np.arange(len(present))
+        # ... then, in the same table, each present key's position (no other entry is read).
+        first[present] = np.arange(len(present), dtype=np.int32)
         keys = (present // lines).astype(np.uint64) << np.uint64(32) | (present % lines).astype(np.uint64)
-        return keys, position[dense]
+        return keys, first[dense].astype(np.intp)
     encoded = pc.dictionary_encode(pa.array((file_ids << np.uint64(32)) | line, type=pa.uint64()))
     return encoded.dictionary.to_numpy(), encoded.indices.to_numpy(zero_copy_only=False).astype(np.intp)
 
