@@ -954,7 +954,9 @@ def _data_begin(process: ProcessInfo, time_range: TimeRange) -> int:
 
 def _check_thread_columns(batch: pa.RecordBatch) -> None:
     """BadSourceData unless every thread-span column is there with a readable type."""
-    if batch.schema in _THREAD_SCHEMAS_OK:
+    schema = batch.schema
+    # (equals, not a set: a schema's hash is computed from its text each time, ~10 µs)
+    if any(schema.equals(ok) for ok in _THREAD_SCHEMAS_OK):
         return
     what = "thread_spans"
     time_column(batch, "begin", what, 0)
@@ -968,11 +970,11 @@ def _check_thread_columns(batch: pa.RecordBatch) -> None:
         # Every batch of this schema passes: only a cast of the times depends on the values.
         if len(_THREAD_SCHEMAS_OK) >= 64:
             _THREAD_SCHEMAS_OK.clear()
-        _THREAD_SCHEMAS_OK.add(batch.schema)
+        _THREAD_SCHEMAS_OK.append(schema)
 
 
 #: Thread-span schemas that passed _check_thread_columns whatever the values (the source sends one).
-_THREAD_SCHEMAS_OK: set[pa.Schema] = set()
+_THREAD_SCHEMAS_OK: list[pa.Schema] = []
 
 
 def _int64s(col: pa.ChunkedArray, null_value: int) -> I64:

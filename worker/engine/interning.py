@@ -29,31 +29,55 @@ I64 = npt.NDArray[np.int64]
 #: Interned entries per InternedData packet, so one packet stays well under a chunk.
 _ENTRIES_PER_PACKET = 2048
 
-_VARINT_LIMITS = np.array([1 << (7 * k) for k in range(1, 10)], dtype=np.uint64)
+_VARINT_STEPS = [np.uint64(1 << (7 * k)) for k in range(1, 10)]
+_U7F = np.uint64(0x7F)
+#: ``binary_join_element_wise``'s empty separator, per binary type (a scalar costs ~2 µs to make).
+_NO_SEPARATOR = {kind: pa.scalar(b"", kind) for kind in (pa.binary(), pa.large_binary())}
 
 
 def _varint_widths(v: U64) -> I64:
-    """Bytes of the minimal varint of each value (1 to 10)."""
-    out: I64 = np.searchsorted(_VARINT_LIMITS, v, side="right").astype(np.int64) + 1
+    """Bytes of the minimal varint of each value (1 to 10): one comparison pass per byte the largest
+    value needs beyond the first (cheaper than a binary search per value for the usual 1-3 bytes)."""
+    out: I64 = np.ones(len(v), dtype=np.int64)
+    top = int(v.max()) if len(v) else 0
+    for step in _VARINT_STEPS:
+        if top < step:
+            break
+        out += v >= step
     return out
 
 
 def _put_varints(out: U8, at: I64, v: U64, widths: I64) -> None:
     """Write the minimal varint of each ``v`` at ``out[at:]`` (``widths`` from :func:`_varint_widths`)."""
-    for k in range(int(widths.max(initial=0))):
+    top = int(widths.max(initial=0))
+    if top == 1:  # (every value < 128: the byte is the value)
+        out[at] = v
+        return
+    # Every value has a first byte: no row selection for it.
+    byte = v & _U7F
+    byte |= (widths > 1).astype(np.uint64) << np.uint64(7)
+    out[at] = byte
+    for k in range(1, top):
         rows = np.flatnonzero(widths > k)
-        byte = (v[rows] >> np.uint64(7 * k)) & np.uint64(0x7F)
+        byte = (v[rows] >> np.uint64(7 * k)) & _U7F
         byte[widths[rows] > k + 1] |= np.uint64(0x80)
         out[at[rows] + k] = byte.astype(np.uint8)
 
 
-def _entries(field: int, iids: U64, values: pa.Array, lines: U64 | None = None) -> tuple[bytes, I64]:
+def _entries(
+    field: int | U8,
+    iids: U64,
+    values: pa.Array,
+    lines: U64 | None = None,
+    has_line: npt.NDArray[np.bool_] | None = None,
+) -> tuple[bytes, I64]:
     """InternedData entries ``field { 1: iid, 2: value [, 4: line] }``, concatenated, and the end
     offset of each (bytes).
 
     Same bytes as ``field_bytes(field, field_varint(1, iid) + field_bytes(2, value) [+ field_varint(4,
     line)])`` per value (``field`` < 16, so every tag is one byte): the fields before the value (and
-    the line after it) are written with numpy, the values joined in between by Arrow."""
+    the line after it) are written with numpy, the values joined in between by Arrow. ``field`` may
+    be one per value, and ``has_line`` says which values have a line (default: all, with ``lines``)."""
     n = len(iids)
     if n == 0:
         return b"", np.zeros(0, dtype=np.int64)
@@ -73,15 +97,21 @@ def _entries(field: int, iids: U64, values: pa.Array, lines: U64 | None = None) 
     parts = [arr]
     if lines is not None:
         w_line = _varint_widths(lines)
-        inner += (1 + w_line).astype(np.uint64)
-        tail, at = _fields(1 + w_line)
+        tail_size = 1 + w_line
+        if has_line is not None:
+            tail_size[~has_line] = 0
+            w_line, lines = w_line[has_line], lines[has_line]
+        inner += tail_size.astype(np.uint64)
+        tail, at = _fields(tail_size)
+        if has_line is not None:
+            at = at[has_line]
         tail[at] = (4 << 3) | 0
         _put_varints(tail, at + 1, lines, w_line)
-        parts.append(_binary(tail, 1 + w_line, kind))
+        parts.append(_binary(tail, tail_size, kind))
     w_inner = _varint_widths(inner)
     head_size = 3 + w_inner + w_iid + w_len
     head, at = _fields(head_size)
-    head[at] = (field << 3) | 2
+    head[at] = (field << 3) | 2 if isinstance(field, int) else (field << np.uint8(3)) | np.uint8(2)
     _put_varints(head, at + 1, inner, w_inner)
     at = at + 1 + w_inner
     head[at] = (1 << 3) | 0
@@ -89,8 +119,7 @@ def _entries(field: int, iids: U64, values: pa.Array, lines: U64 | None = None) 
     at = at + 1 + w_iid
     head[at] = (2 << 3) | 2
     _put_varints(head, at + 1, lengths, w_len)
-    separator = pa.scalar(b"", kind)
-    joined = pc.binary_join_element_wise(_binary(head, head_size, kind), *parts, separator)
+    joined = pc.binary_join_element_wise(_binary(head, head_size, kind), *parts, _NO_SEPARATOR[kind])
     bounds = np.frombuffer(joined.buffers()[1], dtype=offset_type, count=joined.offset + n + 1)[
         joined.offset :
     ].astype(np.int64)
@@ -99,6 +128,34 @@ def _entries(field: int, iids: U64, values: pa.Array, lines: U64 | None = None) 
     blob = data.slice(int(bounds[0]), int(bounds[-1] - bounds[0])).to_pybytes()
     ends: I64 = bounds[1:] - bounds[0]
     return blob, ends
+
+
+def _entry_runs(runs: Sequence[tuple[int, U64, pa.Array, U64 | None]]) -> list[tuple[bytes, I64]]:
+    """:func:`_entries` of each run ``(field, iids, values, lines)``, made in one pass over all of
+    them (its fixed cost, ~50 µs, is most of a small run's)."""
+    if len(runs) == 1 or any(values.type != pa.string() for _, _, values, _ in runs):
+        return [_entries(*run) for run in runs]
+    counts = np.array([len(iids) for _, iids, _, _ in runs], dtype=np.int64)
+    field = np.repeat(np.array([f for f, _, _, _ in runs], dtype=np.uint8), counts)
+    iids = np.concatenate([iids for _, iids, _, _ in runs])
+    values = pa.concat_arrays([values for _, _, values, _ in runs])
+    lines = has_line = None
+    if any(run_lines is not None for _, _, _, run_lines in runs):
+        zeros = [np.zeros(len(i), dtype=np.uint64) for _, i, _, _ in runs]
+        lines = np.concatenate(
+            [z if ln is None else ln for z, (_, _, _, ln) in zip(zeros, runs, strict=True)]
+        )
+        has_line = np.repeat(np.array([ln is not None for _, _, _, ln in runs]), counts)
+    blob, ends = _entries(field, iids, values, lines, has_line)
+    out = []
+    row = 0
+    start = 0
+    for count in counts.tolist():
+        stop = int(ends[row + count - 1]) if count else start
+        out.append((blob[start:stop], ends[row : row + count] - start))
+        row += count
+        start = stop
+    return out
 
 
 def _fields(sizes: I64) -> tuple[U8, I64]:
@@ -128,17 +185,31 @@ def _distinct(file_ids: U64, line: U64) -> tuple[U64, npt.NDArray[np.intp]]:
     n = len(line)
     files = int(file_ids.max()) + 1 if n else 1
     lines = int(line.max()) + 1 if n else 1
-    if files * lines <= max(8 * n, 1 << 17):  # (tables of a few times the rows at most)
+    if files * lines <= max(8 * n, 1 << 17) and n < 1 << 31:  # (tables of a few times the rows at most)
         dense = (file_ids.astype(np.intp) * lines + line.astype(np.intp)).astype(np.intp, copy=False)
-        first = _first_use(dense, files * lines)
+        # The first use of each key, as int32 (half the table to fill and scan)...
+        first = np.full(files * lines, n, dtype=np.int32)
+        np.minimum.at(first, dense, np.arange(n, dtype=np.int32))
         present = np.flatnonzero(first < n)
         present = present[np.argsort(first[present], kind="stable")]
-        position = np.empty(files * lines, dtype=np.intp)
-        position[present] = np.arange(len(present))
+        # ... then, in the same table, each present key's position (no other entry is read).
+        first[present] = np.arange(len(present), dtype=np.int32)
         keys = (present // lines).astype(np.uint64) << np.uint64(32) | (present % lines).astype(np.uint64)
-        return keys, position[dense]
+        return keys, first[dense].astype(np.intp)
     encoded = pc.dictionary_encode(pa.array((file_ids << np.uint64(32)) | line, type=pa.uint64()))
     return encoded.dictionary.to_numpy(), encoded.indices.to_numpy(zero_copy_only=False).astype(np.intp)
+
+
+def _index_of_empty(values: pa.Array) -> int:
+    """Position of the first "" in a string array (-1: none); of a ``string`` array without nulls,
+    the first zero length in its offsets (a compute call costs several times more)."""
+    if values.type != pa.string() or values.null_count:
+        at: int = pc.index(values, "").as_py()
+        return at
+    n = len(values)
+    offsets = np.frombuffer(values.buffers()[1], dtype=np.int32, count=values.offset + n + 1)[values.offset :]
+    empty = np.flatnonzero(offsets[1:] == offsets[:-1])
+    return int(empty[0]) if len(empty) else -1
 
 
 class _Table:
@@ -173,11 +244,30 @@ class _Table:
         known = self.values()
         if known.type != values.type:
             known = known.cast(values.type)
+        if len(known) > 4 * len(values):
+            return self._lookup_known(values, known)
         pos = pc.index_in(values, value_set=known).to_numpy(zero_copy_only=False)
         # Unknown entries (and null ones, read as "" by the caller) come back null: NaN here.
         found = ~np.isnan(pos) if pos.dtype.kind == "f" else np.ones(len(pos), dtype=bool)
         ids[found] = pos[found].astype(np.uint64) + np.uint64(1)
         return ids
+
+    @staticmethod
+    def _lookup_known(values: pa.Array, known: pa.Array) -> U64:
+        """:meth:`_lookup` when the table is much larger than ``values`` (a small dictionary after
+        a thread group's many names): ``index_in`` builds its hash table of the value set, so the
+        known values are looked up among the distinct ``values`` instead of the other way round."""
+        encoded = pc.dictionary_encode(values)  # (the distinct values: each is found at most once)
+        distinct = encoded.dictionary
+        hit = pc.index_in(known, value_set=distinct).to_numpy(zero_copy_only=False)
+        rows = np.flatnonzero(~np.isnan(hit)) if hit.dtype.kind == "f" else np.arange(len(hit))
+        by_distinct = np.zeros(len(distinct) + 1, dtype=np.uint64)  # last slot: null values
+        by_distinct[hit[rows].astype(np.intp)] = rows.astype(np.uint64) + np.uint64(1)
+        indices = encoded.indices
+        if indices.null_count:
+            indices = indices.fill_null(len(distinct))
+        out: U64 = by_distinct[indices.to_numpy(zero_copy_only=False).astype(np.intp)]
+        return out
 
     def map_chunks(self, chunks: Sequence[pa.DictionaryArray]) -> U64:
         """:meth:`map` of the chunks' rows one after the other, in one pass when the chunks share a
@@ -229,14 +319,21 @@ class _Table:
         if len(slots):
             slots = slots[np.argsort(first[slots], kind="stable")]
             # Slot k (null rows) and null dictionary entries read as "".
-            at = pa.array(np.where(slots < k, slots, -1), type=pa.int64(), mask=slots == k)
-            values = dictionary.take(at).cast(pa.string()).fill_null("")
+            if first[k] == len(idx):  # (no null row)
+                at = pa.array(slots, type=pa.int64())
+            else:
+                at = pa.array(np.where(slots < k, slots, -1), type=pa.int64(), mask=slots == k)
+            taken = dictionary.take(at)
+            if taken.type != pa.string():
+                taken = taken.cast(pa.string())
+            values = taken.fill_null("") if taken.null_count else taken
             if cached:
                 found = self._lookup(values)
             else:
                 found = np.zeros(len(values), dtype=np.uint64)
-                if self._empty_id:  # null dictionary entries read as "" (index_in misses them)
-                    found[pc.equal(values, "").to_numpy(zero_copy_only=False)] = self._empty_id
+                # A fresh lookup found every known value but the null entries, which read as "".
+                if self._empty_id and taken.null_count:
+                    found[pc.is_null(taken).to_numpy(zero_copy_only=False)] = self._empty_id
             new = np.flatnonzero(found == 0)
             if len(new):
                 fresh = values if len(new) == len(values) else values.take(pa.array(new, type=pa.int64()))
@@ -253,7 +350,7 @@ class _Table:
     def _add(self, added: pa.Array) -> None:
         first_id = self.count + 1
         if not self._empty_id:
-            at = pc.index(added, "").as_py()
+            at = _index_of_empty(added)
             if at >= 0:
                 self._empty_id = first_id + at
         self._chunks.append(added)
@@ -277,6 +374,9 @@ class Interner:
         #: Encoded InternedData entries not yet taken, in the order they were added: (table, first
         #: iid, blob, each entry's end offset), a blob holding entries of consecutive iids.
         self._new: list[tuple[int, int, bytes, I64]] = []
+        #: New entries not encoded yet, after those of ``_new``: (table, first iid, values, lines);
+        #: encoded all at once when packets are taken.
+        self._raw: list[tuple[int, int, pa.Array, U64 | None]] = []
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -328,8 +428,7 @@ class Interner:
             self._location_count += len(new)
             iids[new] = new_iids
             names = self._files.values().take(pa.array((new_keys >> np.uint64(32)).astype(np.int64) - 1))
-            blob, ends = _entries(4, new_iids, names, new_keys & np.uint64(0xFFFFFFFF))
-            self._new.append((_LOCATIONS, first_iid, blob, ends))
+            self._raw.append((_LOCATIONS, first_iid, names, new_keys & np.uint64(0xFFFFFFFF)))
             keys_all = np.concatenate((self._loc_keys, new_keys))
             iids_all = np.concatenate((self._loc_iids, new_iids))
             order = np.argsort(keys_all, kind="stable")
@@ -341,6 +440,14 @@ class Interner:
         """Framed InternedData packets for the entries added since the last call, in the order they
         were added; with ``below``, only those whose iid is below its table's bound (name, category,
         location), the others kept for a later call."""
+        if self._raw:
+            runs = [
+                (_FIELDS[table], np.arange(first, first + len(values), dtype=np.uint64), values, lines)
+                for table, first, values, lines in self._raw
+            ]
+            for (table, first, _, _), (blob, ends) in zip(self._raw, _entry_runs(runs), strict=True):
+                self._new.append((table, first, blob, ends))
+            self._raw = []
         blobs: list[bytes] = []
         ends_list: list[I64] = []
         kept: list[tuple[int, int, bytes, I64]] = []
@@ -372,9 +479,7 @@ class Interner:
         return packets
 
     def _entries(self, table: int, values: pa.Array, first_id: int) -> None:
-        iids = np.arange(first_id, first_id + len(values), dtype=np.uint64)
-        blob, ends = _entries(_FIELDS[table], iids, values)
-        self._new.append((table, first_id, blob, ends))
+        self._raw.append((table, first_id, values, None))
 
 
 #: The tables, in the order their new entries are written, and their InternedData fields.
