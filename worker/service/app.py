@@ -39,7 +39,7 @@ from worker.service.logs import mask_url
 from worker.service.metrics import Metrics
 from worker.service.ports import BlobStoreLike, TraceGenerator
 from worker.service.reclaim import Reclaimer
-from worker.service.redis_io import RedisLike, retry_redis
+from worker.service.redis_io import RedisLike, hiredis_packing, retry_redis
 from worker.service.runtime import Runtime
 from worker.settings import Settings, SettingsError
 
@@ -59,7 +59,8 @@ def redis_client(settings: Settings) -> RedisLike:
     """The raw client for replies, leases and reclaim (bytes in, bytes out): ``Redis``, or
     ``RedisCluster`` (any node's URL; the others are discovered) with ``redis_cluster``; the
     credentials of :meth:`Settings.redis_url_with_credentials`. A cancelled job task never carries
-    on past a command (:mod:`contracts.redis_cancel`)."""
+    on past a command (:mod:`contracts.redis_cancel`); on one server, commands are packed by hiredis
+    (:class:`~worker.service.redis_io.HiredisPacking`)."""
     options: dict[str, Any] = {
         "decode_responses": False,
         "socket_connect_timeout": 5,
@@ -72,6 +73,7 @@ def redis_client(settings: Settings) -> RedisLike:
         return honour_cluster_cancellation(cluster)
     client: Redis = Redis.from_url(url, **options)
     honour_cancellation(client.connection_pool)
+    hiredis_packing(client.connection_pool)
     return client
 
 
