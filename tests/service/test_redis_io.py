@@ -3,6 +3,8 @@ not copied, the same error for an unsendable value, and a real server understand
 
 from __future__ import annotations
 
+import enum
+
 import pytest
 from redis.asyncio import ConnectionPool
 from redis.asyncio.connection import Connection
@@ -88,3 +90,27 @@ async def test_the_worker_client_talks_to_redis(redis_server: RedisServer) -> No
         assert fields == {b"data": bytes(range(256)) * 100, b"n": b"7"}
     finally:
         await client.aclose()
+
+
+class _Level(enum.IntEnum):
+    HIGH = 2
+
+
+class _Count(int):
+    pass
+
+
+@pytest.mark.parametrize(
+    "value", [_Count(5), _Level.HIGH, 2**100, -(2**70), 1e300, float("nan"), True, None, [1]]
+)
+def test_odd_values_pack_or_fail_as_redis_py(value: object) -> None:
+    """hiredis takes exact types only: what it refuses is packed (an int subclass) or refused
+    (None, a bool, a list) by redis-py's packer, with its bytes and its DataError message."""
+    try:
+        expected: object = b"".join(Connection().pack_command("SET", "k", value))  # type: ignore[arg-type]
+    except DataError as exc:
+        with pytest.raises(DataError) as info:
+            _Packing().pack_command("SET", "k", value)
+        assert str(info.value) == str(exc)
+        return
+    assert b"".join(_Packing().pack_command("SET", "k", value)) == expected

@@ -90,9 +90,11 @@ class HiredisPacking(AbstractConnection):
     connection packs in Python: about 30 µs for a status entry's EVAL or XADD (measured against
     3 µs), and a small job sends about a dozen of those. A command carrying a value longer than
     the buffer cutoff (a trace chunk) keeps redis-py's packer, which sends such a value without
-    copying it. Same bytes on the wire (tests/service/test_redis_io.py)."""
+    copying it; so does a command hiredis refuses (it takes exact types only: an int subclass, or
+    None, whose DataError is then redis-py's). Same bytes on the wire (tests/service/test_redis_io.py)."""
 
     def pack_command(self, *args: Any) -> list[bytes]:
+        original = args
         cutoff = self._buffer_cutoff
         copy = False
         for arg in args:
@@ -111,8 +113,11 @@ class HiredisPacking(AbstractConnection):
         packed: Any = args
         try:
             return [hiredis.pack_command(packed)]
-        except TypeError as exc:  # what redis-py's encoder raises as DataError (None, bool, ...)
-            raise redis_errors.DataError(str(exc)) from exc
+        except TypeError:
+            # hiredis takes exact types only: an int subclass (an IntEnum) is refused where redis-py
+            # packs it, and None or a bool is refused with another message. redis-py's packer then
+            # decides, as it would have: the same bytes, or its DataError.
+            return super().pack_command(*original)
 
 
 _PACKING: dict[type[AbstractConnection], type[AbstractConnection]] = {}

@@ -34,7 +34,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from typing import Any
+from typing import Any, TypeVar
 
 import adbc_driver_flightsql as fsql
 import adbc_driver_manager as adbc
@@ -107,6 +107,8 @@ _RELEASE_THREADS = 16
 
 
 log = logging.getLogger("worker.source.flightsql")
+
+T = TypeVar("T")
 
 
 class _Calls:
@@ -464,6 +466,21 @@ class _Pool:
         _close_quietly(db)
 
 
+def _in_daemon_thread(call: Callable[[], T], name: str) -> Future[T]:
+    """``call()`` in a daemon thread of its own (never joined), as a future."""
+    future: Future[T] = Future()
+
+    def run() -> None:
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(call())
+            except BaseException as exc:  # handed to the waiter, as an executor does
+                future.set_exception(exc)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
+
+
 def _close_quietly(obj: adbc.AdbcConnection | adbc.AdbcDatabase) -> None:
     with contextlib.suppress(adbc.Error):
         obj.close()
@@ -628,7 +645,10 @@ class FlightSqlSource:
         conn = self._pool.take_idle()
         if conn is not None:
             return conn
-        opening = self._executor.submit(self._pool.open_new)
+        # In a daemon thread, not the executor: the driver's open talks to the service with no
+        # deadline of ours (gRPC's connect deadline, ~20 s), and aclose must not wait for an open
+        # the batch timeout gave up on (a late connection is closed by _late).
+        opening = _in_daemon_thread(self._pool.open_new, "flightsql-connect")
         try:
             conn = await self._answer(opening, what)
         except BaseException:
