@@ -5,7 +5,11 @@ ADBC's do."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -14,7 +18,7 @@ import pytest
 
 from contracts.request import SpanTypes
 from tests.support.chaos import ChaosProxy
-from tests.support.devserver import start_devserver
+from tests.support.devserver import ROOT, start_devserver
 from tests.support.source import open_source
 from worker.devserver import DevServer, Lake, LakeConfig
 from worker.errors import (
@@ -82,7 +86,9 @@ async def test_direct_tickets_never_read_over_adbc(lake: Lake, adbc_queries: lis
 @pytest.mark.timeout(60, method="thread")
 async def test_a_direct_read_stalled_mid_stream_is_cancelled(monkeypatch: pytest.MonkeyPatch) -> None:
     """The batch timeout ends a read stalled after rows arrived, and the thread blocked in it returns
-    (the stream's cancel ended it) while the service is still stalled."""
+    (the stream's cancel ended it) while the service is still stalled. The server itself holds every
+    thread-span stream after its first batch, so the stall is mid-stream whatever the timing (a
+    proxy's stall could catch a DoGet still waiting for its schema, which cannot be cancelled)."""
     lake = Lake(LakeConfig(seed=3, processes=("large",), large_spans=300_000))
     p = lake.process_of_kind("large")
     time_range = TimeRange(p.begin_ns, p.end_ns)
@@ -97,19 +103,18 @@ async def test_a_direct_read_stalled_mid_stream_is_cancelled(monkeypatch: pytest
             raise
 
     monkeypatch.setattr(direct.DirectQuery, "next_batch", next_batch)
-    with start_devserver(lake) as server, ChaosProxy(("127.0.0.1", server.port)) as proxy:
-        url = f"grpc://127.0.0.1:{proxy.port}"
-        async with open_source(url, direct_tickets="on", batch_timeout_s=0.5) as source:
+    with start_devserver(lake) as server:
+        async with open_source(server.url, direct_tickets="on", batch_timeout_s=0.5) as source:
             threads = await source.threads(p.process_id, time_range)
+            server.stall_streams_after = 1
             rows = 0
             with pytest.raises(SourceBroken, match=r"sent nothing for 0\.5 s"):
                 async for _thread, batch in source.thread_spans(threads, time_range):
                     if batch is not None:
                         rows += batch.num_rows
-                        proxy.set_mode("stall")
             assert 0 < rows < p.thread_span_count
             assert ended.wait(10), "the read blocked in its thread was not cancelled"
-            assert proxy.mode == "stall"
+            assert not server.stalls_released.is_set()  # still stalled: only the cancel ended the read
 
 
 async def test_a_direct_query_stalled_before_its_schema_is_left_behind(lake: Lake) -> None:
@@ -198,3 +203,23 @@ async def test_server_errors_over_flight_keep_their_kind(lake: Lake) -> None:
             with pytest.raises(Unauthenticated, match=r"^process query: "):
                 await source.process(lake.processes[0].process_id)
     assert FlightSqlConfig(server.url).direct_tickets == "auto"  # the default learns them
+
+
+def test_a_failed_tls_handshake_is_one_clear_error_line(lake: Lake, tmp_path: Path) -> None:
+    """gRPC core under pyarrow.flight logs a failed handshake at INFO as plain text on stderr (two
+    lines around the worker's own output); the worker keeps it at ERROR, so a user sees only the
+    command's error. A TLS client against a plain server, as a user would mistype the URL."""
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"}
+    env["TRACE_WORKER_FLIGHTSQL_DIRECT_TICKETS"] = "on"
+    with start_devserver(lake) as server:
+        url = f"grpc+tls://127.0.0.1:{server.port}"
+        argv = [sys.executable, "-m", "worker", "generate", lake.processes[0].process_id, "--flightsql", url]
+        argv += ["--tls-skip-verify", "--quiet", "-o", str(tmp_path / "t.pftrace")]
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=120, cwd=ROOT, env=env, check=False
+        )
+    assert done.returncode == 1
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("trace-worker generate: source_unavailable: process query:")
+    assert "handshake" in lines[0].lower()

@@ -33,6 +33,9 @@ from worker.devserver.schemas import SchemaOptions
 
 __all__ = ["DevServer", "Mode"]
 
+#: The longest a stream stalled on purpose (``stall_streams_after``) waits to be released (s).
+_STALL_MAX_S = 60.0
+
 Mode = Literal["micromegas", "friendly"]
 
 
@@ -63,14 +66,18 @@ class _FlightSqlServer(fl.FlightServerBase):  # type: ignore[misc]
 
     def _stream(self, planned: PlannedQuery) -> fl.RecordBatchStream:
         fail_after = self.owner.break_streams_after
+        stall_after = self.owner.stall_streams_after
         self.owner._note_stream()
-        if planned.table is not None and fail_after is None:
+        if planned.table is not None and fail_after is None and stall_after is None:
             return fl.RecordBatchStream(planned.table)  # written by Arrow's C++, batch by batch
 
         def batches() -> Iterator[pa.RecordBatch]:
             for count, batch in enumerate(planned.batches()):
                 if fail_after is not None and count >= fail_after:
                     raise fl.FlightInternalError("devserver: stream broken on purpose (break_streams_after)")
+                if stall_after is not None and count >= stall_after:
+                    # Bounded, so a test that forgets to release cannot hold the server forever.
+                    self.owner.stalls_released.wait(_STALL_MAX_S)
                 yield batch
 
         # Not GeneratorStream: it does not send dictionary batches (pyarrow 26), so clients asking for
@@ -204,6 +211,10 @@ class DevServer:
         self.memory: MemoryLake | None = None
         #: When set, every stream opened afterwards fails after this many batches (tests).
         self.break_streams_after: int | None = None
+        #: When set, every stream opened afterwards stops after this many batches, mid-stream, until
+        #: :attr:`stalls_released` is set (by :meth:`stop` at the latest; tests).
+        self.stall_streams_after: int | None = None
+        self.stalls_released = threading.Event()
         self._streams_opened = 0
         self._stream_cond = threading.Condition()
         self._server: _FlightSqlServer | None = None
@@ -265,6 +276,7 @@ class DevServer:
     def stop(self) -> None:
         """Stop serving (open streams are cancelled). Idempotent."""
         server, self._server = self._server, None
+        self.stalls_released.set()  # a stalled stream's handler must return for shutdown to end
         if server is not None:
             server.shutdown()
             server.wait()

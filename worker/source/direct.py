@@ -25,6 +25,7 @@ answers or the connection drops; everything after the schema is cancellable
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Callable, Mapping
@@ -38,6 +39,12 @@ from worker.errors import SourceUnavailable
 from worker.source.config import FlightSqlConfig
 from worker.source.tickets import statement_ticket
 from worker.source.translate import translate_errors
+
+# gRPC core (under pyarrow.flight) logs a failed TLS handshake at INFO as plain text on stderr,
+# around the worker's JSON log lines; the failure itself reaches the caller as an error. Read when
+# gRPC starts (its first channel), so setting it here, before any client, is in time; an operator's
+# own GRPC_VERBOSITY wins.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 __all__ = ["MAX_MESSAGE_BYTES", "DirectClients", "DirectQuery"]
 
