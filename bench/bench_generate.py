@@ -21,7 +21,7 @@ it costs little CPU while the command runs; ``--no-in-memory`` generates rows on
 ``--stages`` adds, for the largest size, the CPU time (user + sys, ``wait4`` rusage) of the generate
 process minus an interpreter-and-imports baseline (a process importing what ``generate`` imports),
 per million spans (issue 13's floor: <= 0.30), and where it goes: the same process's batches fetched
-in this process (fetch/decode: ADBC's Go decoder and the source's conversion, process CPU time),
+in this process (fetch/decode: the source's Flight client and its conversion, process CPU time),
 then fed to the engine with each stage's thread CPU time summed (canonical order, interning,
 nesting, thread rows and packing, async spans, the rest), then written to a file. The stages run one
 after the other here, not overlapped as in the command, so they add up to a little less.
@@ -204,7 +204,7 @@ def stage_breakdown(thread_spans: int, concurrency: int, in_memory: bool = True)
                 file.write(chunk)
         write = time.thread_time() - write_started
     net = total - baseline
-    stages = {"fetch/decode (ADBC, Arrow)": fetch, **clock.seconds}
+    stages = {"fetch/decode (Flight SQL source, Arrow)": fetch, **clock.seconds}
     stages["engine, rest"] = engine - sum(clock.seconds.values())
     stages["write"] = write
     m = spans / 1e6
