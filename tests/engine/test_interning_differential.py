@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from worker.engine import interning as new_interning
+from worker.engine.wire import varint_widths
 
 BASE_COMMIT = "0588589"
 ROOT = Path(__file__).resolve().parents[2]
@@ -132,8 +133,8 @@ def test_same_ids_and_packets_as_before(plan: list[tuple[str, Any]]) -> None:
 def test_varints_as_before(top: int) -> None:
     assert BASE is not None
     v = np.array(sorted({0, 1, 127, 128, top, max(top - 1, 0)}), dtype=np.uint64)
-    assert new_interning._varint_widths(v).tolist() == BASE._varint_widths(v).tolist()
-    w = new_interning._varint_widths(v)
+    assert varint_widths(v).tolist() == BASE._varint_widths(v).tolist()
+    w = varint_widths(v)
     at = np.cumsum(np.concatenate([[0], w[:-1]])).astype(np.int64)
     a = np.zeros(int(w.sum()), dtype=np.uint8)
     b = np.zeros(int(w.sum()), dtype=np.uint8)

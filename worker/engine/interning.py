@@ -19,7 +19,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from worker.engine.wire import field_bytes, field_varint
+from worker.engine.wire import field_bytes, field_varint, varint_widths
 
 __all__ = ["Interner"]
 
@@ -29,26 +29,13 @@ I64 = npt.NDArray[np.int64]
 #: Interned entries per InternedData packet, so one packet stays well under a chunk.
 _ENTRIES_PER_PACKET = 2048
 
-_VARINT_STEPS = [np.uint64(1 << (7 * k)) for k in range(1, 10)]
 _U7F = np.uint64(0x7F)
 #: ``binary_join_element_wise``'s empty separator, per binary type (a scalar costs ~2 µs to make).
 _NO_SEPARATOR = {kind: pa.scalar(b"", kind) for kind in (pa.binary(), pa.large_binary())}
 
 
-def _varint_widths(v: U64) -> I64:
-    """Bytes of the minimal varint of each value (1 to 10): one comparison pass per byte the largest
-    value needs beyond the first (cheaper than a binary search per value for the usual 1-3 bytes)."""
-    out: I64 = np.ones(len(v), dtype=np.int64)
-    top = int(v.max()) if len(v) else 0
-    for step in _VARINT_STEPS:
-        if top < step:
-            break
-        out += v >= step
-    return out
-
-
 def _put_varints(out: U8, at: I64, v: U64, widths: I64) -> None:
-    """Write the minimal varint of each ``v`` at ``out[at:]`` (``widths`` from :func:`_varint_widths`)."""
+    """Write the minimal varint of each ``v`` at ``out[at:]`` (``widths`` from ``wire.varint_widths``)."""
     top = int(widths.max(initial=0))
     if top == 1:  # (every value < 128: the byte is the value)
         out[at] = v
@@ -91,12 +78,12 @@ def _entries(
     offset_type = np.int64 if wide else np.int32
     offsets = np.frombuffer(arr.buffers()[1], dtype=offset_type, count=arr.offset + n + 1)[arr.offset :]
     lengths = np.diff(offsets).astype(np.uint64)
-    w_iid = _varint_widths(iids)
-    w_len = _varint_widths(lengths)
+    w_iid = varint_widths(iids)
+    w_len = varint_widths(lengths)
     inner = (2 + w_iid + w_len).astype(np.uint64) + lengths
     parts = [arr]
     if lines is not None:
-        w_line = _varint_widths(lines)
+        w_line = varint_widths(lines)
         tail_size = 1 + w_line
         if has_line is not None:
             tail_size[~has_line] = 0
@@ -108,7 +95,7 @@ def _entries(
         tail[at] = (4 << 3) | 0
         _put_varints(tail, at + 1, lines, w_line)
         parts.append(_binary(tail, tail_size, kind))
-    w_inner = _varint_widths(inner)
+    w_inner = varint_widths(inner)
     head_size = 3 + w_inner + w_iid + w_len
     head, at = _fields(head_size)
     head[at] = (field << 3) | 2 if isinstance(field, int) else (field << np.uint8(3)) | np.uint8(2)

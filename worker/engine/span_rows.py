@@ -28,7 +28,15 @@ import numpy as np
 import numpy.typing as npt
 
 from worker.engine.packing import TIME_SLOT, Times, put_times, row_matrix
-from worker.engine.wire import _u64_column, field_bytes, field_varint, put_varint, varint, varint_width
+from worker.engine.wire import (
+    _u64_column,
+    field_bytes,
+    field_varint,
+    put_varint,
+    varint,
+    varint_width,
+    varint_widths,
+)
 
 __all__ = [
     "ANNOTATIONS",
@@ -214,16 +222,6 @@ def _put_fixed(words: U64, at: I64, tag_bytes: bytes, values: U64) -> None:
     words[at] = (values << np.uint64(16)) | tag
 
 
-def vwidths(values: U64) -> I64:
-    """``wire.varint_width`` of each value (1-10): a comparison per width up to the largest value's
-    (a binary search per value costs more on large arrays of small values, and no less on small ones)."""
-    out = np.ones(len(values), dtype=np.int64)
-    top = int(values.max()) if len(values) else 0
-    for k in range(1, varint_width(top)):
-        out += values >= np.uint64(1 << (7 * k))
-    return out
-
-
 def group_vwidths(group: I64, values: U64, groups: int | None = None) -> I64:
     """Per row, the varint width of the largest of ``values`` over the rows of its ``group`` (dense
     ids from 0; ``groups``: how many, default the largest id + 1): the widths of the groups' largest
@@ -232,7 +230,7 @@ def group_vwidths(group: I64, values: U64, groups: int | None = None) -> I64:
         groups = int(group.max()) + 1 if len(group) else 0
     top = np.zeros(groups, dtype=np.uint64)
     np.maximum.at(top, group, values)
-    out: I64 = vwidths(top)[group]
+    out: I64 = varint_widths(top)[group]
     return out
 
 
@@ -288,9 +286,9 @@ def begin_rows(
     # te: 48 01 | 58 uuid | 50 name | 18 cat | 90 02 loc | flows | term | annotation | cut
     te_len = 2 + 1 + uw + 1 + wn + 1 + wc + 2 + wl + 10 * flow_count + 10 * has_term
     te_len = te_len + ann * (2 + len(_ANN_HEAD) + aw) + cut * len(cut_bytes)
-    tew = vwidths(te_len.astype(np.uint64))
+    tew = varint_widths(te_len.astype(np.uint64))
     body_len = 3 + tew + te_len
-    lw = vwidths((body_len + TIME_SLOT).astype(np.uint64))
+    lw = varint_widths((body_len + TIME_SLOT).astype(np.uint64))
     time_col = 1 + lw + body_len
     # Room for the last 16-byte store past every row's time field (the rows are cut to their length).
     width = max(12, int(time_col.max()) + 16)

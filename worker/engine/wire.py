@@ -62,6 +62,23 @@ def varint_width(max_value: int) -> int:
     return width
 
 
+#: The smallest value of each varint width from 2 to 10 bytes.
+_VARINT_STEPS = [np.uint64(1 << (7 * k)) for k in range(1, 10)]
+
+
+def varint_widths(values: U64) -> npt.NDArray[np.int64]:
+    """:func:`varint_width` of each value (1-10 bytes): one comparison pass per byte the largest value
+    needs beyond the first (a binary search per value costs more on large arrays of small values,
+    and no less on small ones)."""
+    out: npt.NDArray[np.int64] = np.ones(len(values), dtype=np.int64)
+    top = int(values.max()) if len(values) else 0
+    for step in _VARINT_STEPS:
+        if top < step:
+            break
+        out += values >= step
+    return out
+
+
 def put_varint(matrix: U8, col: int, values: npt.NDArray[np.integer], width: int) -> None:
     """Write ``values`` (< 2**(7*width), non-negative) as padded varints in matrix[:, col:col+width]."""
     if width == 1:  # values < 128: the byte is the value
