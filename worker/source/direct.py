@@ -46,7 +46,7 @@ from worker.source.translate import translate_errors
 # own GRPC_VERBOSITY wins.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-__all__ = ["MAX_MESSAGE_BYTES", "DirectClients", "DirectQuery"]
+__all__ = ["MAX_MESSAGE_BYTES", "DaemonThreads", "DirectClients", "DirectQuery"]
 
 #: gRPC's receive limit per message (one record batch); its 16 MiB default is smaller than one large
 #: batch. The same limit as the ADBC connections'.
@@ -69,14 +69,16 @@ _IDLE_S = 60.0
 T = TypeVar("T")
 
 
-class _DaemonThreads:
-    """Runs calls in daemon threads, reusing idle ones, with no bound on their number.
+class DaemonThreads:
+    """Runs calls in daemon threads named ``name``, reusing idle ones, with no bound on their number.
 
-    A call that never returns (a DoGet stalled before its schema) keeps its thread and no other
-    call waits behind it; neither :meth:`close` nor the interpreter's exit waits for it.
+    A call that never returns (a DoGet stalled before its schema, an ADBC open against a stalled
+    service) keeps its thread and no other call waits behind it; neither :meth:`close` nor the
+    interpreter's exit waits for it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, name: str) -> None:
+        self._name = name
         self._lock = threading.Lock()
         self._idle: list[queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None]] = []
         self._closed = False
@@ -87,7 +89,7 @@ class _DaemonThreads:
             inbox = self._idle.pop() if self._idle else None
         if inbox is None:
             inbox = queue.SimpleQueue()
-            threading.Thread(target=self._run, args=(inbox,), name="flightsql-direct", daemon=True).start()
+            threading.Thread(target=self._run, args=(inbox,), name=self._name, daemon=True).start()
         inbox.put((call, future))
         return future
 
@@ -206,7 +208,7 @@ class DirectClients:
         self._lock = threading.Lock()
         self._idle: list[fl.FlightClient] = []
         self._closed = False
-        self._threads = _DaemonThreads()
+        self._threads = DaemonThreads("flightsql-direct")
         headers = []
         if config.token:
             headers.append((b"authorization", f"Bearer {config.token}".encode()))

@@ -34,7 +34,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from typing import Any, TypeVar
+from typing import Any
 
 import adbc_driver_flightsql as fsql
 import adbc_driver_manager as adbc
@@ -63,7 +63,7 @@ from worker.source.columns import (
     Kind,
 )
 from worker.source.config import FlightSqlConfig
-from worker.source.direct import MAX_MESSAGE_BYTES, DirectClients, DirectQuery
+from worker.source.direct import MAX_MESSAGE_BYTES, DaemonThreads, DirectClients, DirectQuery
 from worker.source.fetch import ordered_fetch
 from worker.source.regroup import by_thread
 from worker.source.tickets import is_statement_ticket, statement_partition
@@ -107,8 +107,6 @@ _RELEASE_THREADS = 16
 
 
 log = logging.getLogger("worker.source.flightsql")
-
-T = TypeVar("T")
 
 
 class _Calls:
@@ -466,21 +464,6 @@ class _Pool:
         _close_quietly(db)
 
 
-def _in_daemon_thread(call: Callable[[], T], name: str) -> Future[T]:
-    """``call()`` in a daemon thread of its own (never joined), as a future."""
-    future: Future[T] = Future()
-
-    def run() -> None:
-        if future.set_running_or_notify_cancel():
-            try:
-                future.set_result(call())
-            except BaseException as exc:  # handed to the waiter, as an executor does
-                future.set_exception(exc)
-
-    threading.Thread(target=run, name=name, daemon=True).start()
-    return future
-
-
 def _close_quietly(obj: adbc.AdbcConnection | adbc.AdbcDatabase) -> None:
     with contextlib.suppress(adbc.Error):
         obj.close()
@@ -562,6 +545,8 @@ class FlightSqlSource:
         self._pool = _Pool(config, self._calls, self._releaser)
         #: Direct-ticket queries (pyarrow.flight).
         self._direct = DirectClients(config, self._calls.add)
+        #: ADBC connection opens (see :meth:`_connection`).
+        self._opens = DaemonThreads("flightsql-connect")
         #: Whether the server has ``process_spans``: None until it refuses it.
         self._has_process_spans: bool | None = None
         #: Whether the thread list asks for ``nb_objects`` (False once the server refused it).
@@ -648,7 +633,7 @@ class FlightSqlSource:
         # In a daemon thread, not the executor: the driver's open talks to the service with no
         # deadline of ours (gRPC's connect deadline, ~20 s), and aclose must not wait for an open
         # the batch timeout gave up on (a late connection is closed by _late).
-        opening = _in_daemon_thread(self._pool.open_new, "flightsql-connect")
+        opening = self._opens.submit(self._pool.open_new)
         try:
             conn = await self._answer(opening, what)
         except BaseException:
@@ -960,6 +945,7 @@ class FlightSqlSource:
         # Direct reads end by themselves or by their cancel; a DoGet stalled before its schema is
         # left to its daemon thread (see worker.source.direct).
         self._direct.close()
+        self._opens.close()
 
 
 async def list_processes(config: FlightSqlConfig, limit: int = 100) -> list[ProcessInfo]:
