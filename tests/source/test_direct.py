@@ -16,10 +16,9 @@ import pyarrow as pa
 import pyarrow.flight as fl
 import pytest
 
-from contracts.request import SpanTypes
 from tests.support.chaos import ChaosProxy
 from tests.support.devserver import ROOT, start_devserver
-from tests.support.source import open_source
+from tests.support.source import open_source, whole_trace
 from worker.devserver import DevServer, Lake, LakeConfig
 from worker.errors import (
     BadSourceData,
@@ -30,8 +29,7 @@ from worker.errors import (
     Unauthenticated,
 )
 from worker.model import TimeRange
-from worker.pipeline import TraceSpec, generate_trace
-from worker.source import FlightSqlConfig, FlightSqlSource, direct, flightsql
+from worker.source import FlightSqlConfig, direct, flightsql
 from worker.source.translate import translate_errors
 
 QUERIES_PER_TRACE = 3  # process and threads, process_spans (a small process), async events
@@ -40,11 +38,6 @@ QUERIES_PER_TRACE = 3  # process and threads, process_spans (a small process), a
 @pytest.fixture(scope="module")
 def lake() -> Lake:
     return Lake(LakeConfig(seed=13, processes=("small",)))
-
-
-async def _trace(source: FlightSqlSource, process_id: str) -> bytes:
-    spec = TraceSpec(process_id, None, None, SpanTypes.BOTH)
-    return b"".join([chunk async for chunk in generate_trace(source, spec)])
 
 
 @pytest.fixture
@@ -65,19 +58,19 @@ async def test_direct_tickets_never_read_over_adbc(lake: Lake, adbc_queries: lis
     p = lake.processes[0]
     with start_devserver(lake) as server:
         async with open_source(server.url, direct_tickets="off") as off:
-            expected = await _trace(off, p.process_id)
+            expected = await whole_trace(off, p.process_id)
         assert len(adbc_queries) == QUERIES_PER_TRACE
         adbc_queries.clear()
         async with open_source(server.url, direct_tickets="on") as on:
             before = server.streams_opened
-            got = await _trace(on, p.process_id)
+            got = await whole_trace(on, p.process_id)
             assert server.streams_opened - before == QUERIES_PER_TRACE
             assert on._releaser.pending == 0  # nothing of ADBC's to release
         assert adbc_queries == []
         async with open_source(server.url) as auto:
-            await _trace(auto, p.process_id)
+            await whole_trace(auto, p.process_id)
             assert len(adbc_queries) == 1  # the query that learnt the tickets
-            again = await _trace(auto, p.process_id)
+            again = await whole_trace(auto, p.process_id)
         assert len(adbc_queries) == 1
     assert got == expected and again == expected
     assert dict(on.calls) == {"connect": 1, "DoGet": QUERIES_PER_TRACE}  # one client, reused

@@ -17,13 +17,12 @@ import pytest
 from contracts.request import SpanTypes
 from tests.support.devserver import small_lake, start_devserver
 from tests.support.fuzz_flight import scripted_spans_server
-from tests.support.source import open_source
+from tests.support.source import open_source, whole_trace
 from worker.devserver import DevServer, Lake
 from worker.devserver.query import PlannedQuery
 from worker.errors import TraceTooLarge
 from worker.model import TimeRange
 from worker.pipeline import TraceSpec, generate_trace, resolve_range
-from worker.source import FlightSqlSource
 from worker.source.queries import THREAD_SPAN_COLUMNS
 from worker.source.regroup import by_thread
 
@@ -33,11 +32,6 @@ TS = pa.timestamp("ns", tz="+00:00")
 @pytest.fixture(scope="module")
 def lake() -> Lake:
     return small_lake(processes=("small", "wide"))
-
-
-async def _trace(source: FlightSqlSource, process_id: str, span_types: SpanTypes = SpanTypes.BOTH) -> bytes:
-    spec = TraceSpec(process_id, None, None, span_types)
-    return b"".join([chunk async for chunk in generate_trace(source, spec)])
 
 
 async def test_thread_list_carries_each_threads_object_count(lake: Lake) -> None:
@@ -57,10 +51,10 @@ async def test_one_query_writes_the_per_thread_trace(lake: Lake, kind: str, span
     with start_devserver(lake) as server:
         # The whole life: process and threads in one query, then the spans.
         async with open_source(server.url, process_spans_max_objects=0) as per_thread:
-            expected = await _trace(per_thread, process.process_id, span_types)
+            expected = await whole_trace(per_thread, process.process_id, span_types)
             assert dict(per_thread.calls)["DoGet"] == 1 + process.thread_count + asyncs
         async with open_source(server.url, process_spans_max_objects=100_000) as one:
-            got = await _trace(one, process.process_id, span_types)
+            got = await whole_trace(one, process.process_id, span_types)
             assert dict(one.calls)["DoGet"] == 1 + 1 + asyncs
     assert got == expected
 
@@ -70,7 +64,7 @@ async def test_threads_over_the_threshold_are_read_one_by_one(lake: Lake) -> Non
     with start_devserver(lake) as server:
         limit = process.thread_span_count - 1
         async with open_source(server.url, process_spans_max_objects=limit) as source:
-            await _trace(source, process.process_id, SpanTypes.THREAD)
+            await whole_trace(source, process.process_id, SpanTypes.THREAD)
             assert dict(source.calls)["DoGet"] == 1 + process.thread_count
 
 
@@ -93,9 +87,9 @@ async def test_answer_longer_than_announced_is_dropped_for_the_per_thread_path()
         limit = process.thread_span_count  # the one-query path is chosen: objects <= limit
         assert 2 * limit < 5 * 5_000
         async with open_source(server.url, process_spans_max_objects=0) as per_thread:
-            expected = await _trace(per_thread, process.process_id, SpanTypes.THREAD)
+            expected = await whole_trace(per_thread, process.process_id, SpanTypes.THREAD)
         async with open_source(server.url, process_spans_max_objects=limit) as source:
-            got = await _trace(source, process.process_id, SpanTypes.THREAD)
+            got = await whole_trace(source, process.process_id, SpanTypes.THREAD)
             calls = dict(source.calls)["DoGet"]
     assert got == expected
     assert calls == 1 + 1 + process.thread_count
@@ -172,7 +166,7 @@ async def test_a_range_given_keeps_the_two_queries(lake: Lake) -> None:
         async with open_source(server.url) as source:
             ranged = b"".join([chunk async for chunk in generate_trace(source, spec)])
             assert dict(source.calls)["DoGet"] == 2 + 1  # process, threads, process_spans
-            whole = await _trace(source, process.process_id, SpanTypes.THREAD)
+            whole = await whole_trace(source, process.process_id, SpanTypes.THREAD)
             assert dict(source.calls)["DoGet"] == 3 + 1 + 1
     assert ranged and whole
 
@@ -185,7 +179,7 @@ async def test_more_threads_than_allowed_fail_in_the_combined_query(lake: Lake) 
     with start_devserver(lake) as server:
         async with open_source(server.url, max_threads=4) as source:
             with pytest.raises(TraceTooLarge, match="flightsql_max_threads"):
-                await _trace(source, process.process_id, SpanTypes.THREAD)
+                await whole_trace(source, process.process_id, SpanTypes.THREAD)
             assert dict(source.calls)["DoGet"] == 1
 
 
@@ -237,10 +231,10 @@ async def test_a_server_failing_inside_process_spans_is_read_per_thread(lake: La
     process = lake.process_of_kind("small")
     with start_devserver(lake) as server:
         async with open_source(server.url, process_spans_max_objects=0) as per_thread:
-            expected = await _trace(per_thread, process.process_id, SpanTypes.THREAD)
+            expected = await whole_trace(per_thread, process.process_id, SpanTypes.THREAD)
     with _altered_server(lake, "process_spans(", alter) as server:
         async with open_source(server.url, process_spans_max_objects=100_000) as source:
-            got = await _trace(source, process.process_id, SpanTypes.THREAD)
+            got = await whole_trace(source, process.process_id, SpanTypes.THREAD)
             assert dict(source.calls)["DoGet"] == 1 + 1 + process.thread_count
     assert got == expected
 

@@ -14,14 +14,12 @@ import pyarrow as pa
 import pyarrow.flight as fl
 import pytest
 
-from contracts.request import SpanTypes
 from tests.support.chaos import ChaosProxy
 from tests.support.devserver import start_devserver
-from tests.support.source import open_source
+from tests.support.source import open_source, whole_trace
 from worker.devserver import Lake, LakeConfig
 from worker.devserver import flightsql_messages as msg
 from worker.errors import SourceBroken
-from worker.pipeline import TraceSpec, generate_trace
 from worker.source import FlightSqlConfig, FlightSqlSource, queries
 from worker.source.tickets import is_statement_ticket, statement_partition
 
@@ -31,11 +29,6 @@ def lake() -> Lake:
     return Lake(LakeConfig(seed=11, processes=("small",)))
 
 
-async def _trace(source: FlightSqlSource, process_id: str) -> bytes:
-    spec = TraceSpec(process_id, None, None, SpanTypes.BOTH)
-    return b"".join([chunk async for chunk in generate_trace(source, spec)])
-
-
 @pytest.mark.parametrize("mode", ["micromegas", "friendly"])
 async def test_direct_tickets_halve_the_calls_with_the_same_trace(lake: Lake, mode: str) -> None:
     p = lake.processes[0]
@@ -43,15 +36,15 @@ async def test_direct_tickets_halve_the_calls_with_the_same_trace(lake: Lake, mo
     with start_devserver(lake, mode=mode) as server:  # type: ignore[arg-type]
         async with open_source(server.url, direct_tickets="off") as off:
             before = server.streams_opened
-            expected = await _trace(off, p.process_id)
+            expected = await whole_trace(off, p.process_id)
             assert server.streams_opened - before == queries_per_trace
             assert dict(off.calls)["GetFlightInfo"] == queries_per_trace
             assert dict(off.calls)["DoGet"] == queries_per_trace
         async with open_source(server.url) as auto:
-            await _trace(auto, p.process_id)  # learns from the first answer
+            await whole_trace(auto, p.process_id)  # learns from the first answer
             first = dict(auto.calls)
             before = server.streams_opened
-            got = await _trace(auto, p.process_id)
+            got = await whole_trace(auto, p.process_id)
             assert server.streams_opened - before == queries_per_trace
             calls = dict(auto.calls)
     assert got == expected
@@ -123,7 +116,7 @@ async def test_closing_on_a_stalled_service_is_bounded_and_keeps_the_loop_free(l
     p = lake.processes[0]
     with start_devserver(lake) as server, ChaosProxy(("127.0.0.1", server.port)) as proxy:
         source = FlightSqlSource(FlightSqlConfig(f"grpc://127.0.0.1:{proxy.port}", batch_timeout_s=0.5))
-        await _trace(source, p.process_id)  # every connection it opened is idle now
+        await whole_trace(source, p.process_id)  # every connection it opened is idle now
         assert source.calls["connect"] >= 1
         proxy.set_mode("stall")
         ticks = 0
