@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 
 import pytest
 
@@ -70,6 +70,50 @@ async def test_read_ahead_is_bounded_by_buffer() -> None:
     assert streams.closed == {0, 1, 2}
 
 
+async def _settle(streams: Streams, done: Callable[[], bool]) -> None:
+    """Wait until ``done()``, then give every task time to run further if it can."""
+    async with asyncio.timeout(5):
+        while not done():
+            streams.changed.clear()
+            await streams.changed.wait()
+    for _ in range(50):
+        await asyncio.sleep(0)
+
+
+async def test_streams_ahead_are_bounded_by_bytes_together() -> None:
+    streams = Streams([1, 100, 100, 100])
+    # Items of 10 bytes; 25 bytes ahead: stream 1 reads 3 items (30 >= 25), then no stream ahead
+    # reads again, however many items their queues could hold.
+    fetch = ordered_fetch(4, streams.open, concurrency=4, buffer=50, max_bytes=25, size=lambda _: 10)
+    assert await anext(fetch) == (0, (0, 0))
+    await _settle(streams, lambda: sum(streams.produced[1:]) >= 3)
+    ahead = sum(streams.produced[1:])
+    assert 3 <= ahead <= 3 + 2  # the limit, passed by at most one item per other stream ahead
+    # Stream 0 ends: stream 1 is consumed now, its bytes no longer count, so it reads on and the
+    # others may fill the room it left.
+    assert await anext(fetch) == (0, None)
+    got = [await anext(fetch) for _ in range(10)]
+    assert got == [(1, (1, i)) for i in range(10)]
+    await _settle(streams, lambda: streams.produced[1] >= 11)
+    assert sum(streams.produced[2:]) <= 3 + 1
+    assert sum(streams.produced[2:]) >= 3
+    await fetch.aclose()
+    assert streams.closed == {0, 1, 2, 3}
+
+
+async def test_the_stream_consumed_reads_on_when_the_bytes_ahead_are_full() -> None:
+    # Every item is over the limit on its own: streams ahead read one each and wait, yet every
+    # stream, in turn, is read to its end.
+    streams = Streams([3, 4, 5, 2, 6])
+    fetch = ordered_fetch(5, streams.open, concurrency=3, buffer=2, max_bytes=1, size=lambda _: 1_000)
+    async with asyncio.timeout(10):  # a stream waiting for bytes it can never get would hang
+        got = [item async for item in fetch]
+    expected: list[tuple[int, tuple[int, int] | None]] = []
+    for index, size in enumerate(streams.sizes):
+        expected += [(index, (index, i)) for i in range(size)] + [(index, None)]
+    assert got == expected
+
+
 async def test_failure_surfaces_in_order_and_closes_everything() -> None:
     streams = Streams([2, 3, 3, 3], fail_at={2: 1})
     seen = []
@@ -104,3 +148,9 @@ async def test_cancelling_the_consumer_stops_fetches() -> None:
 async def test_bad_arguments() -> None:
     with pytest.raises(ValueError):
         await anext(ordered_fetch(1, Streams([1]).open, concurrency=0, buffer=1))
+    with pytest.raises(ValueError, match="needs size"):
+        await anext(ordered_fetch(1, Streams([1]).open, concurrency=1, buffer=1, max_bytes=10))
+    with pytest.raises(ValueError, match="at least 1"):
+        await anext(
+            ordered_fetch(1, Streams([1]).open, concurrency=1, buffer=1, max_bytes=0, size=lambda _: 1)
+        )

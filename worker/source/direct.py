@@ -53,9 +53,12 @@ __all__ = ["MAX_MESSAGE_BYTES", "DaemonThreads", "DirectClients", "DirectQuery"]
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 #: gRPC's receive window per stream, fixed. With its default BDP probing the window grew with the
 #: stream's length (the server sends faster than the engine takes batches), and the worker's peak
-#: RSS with it: `bench_generate --sizes 2500000,10000000` gave 310 / 418 MB (1.35x) with probing,
-#: 297 / 335 MB (1.13x) with 4 MiB fixed; 4 MiB per round trip is still 200 MB/s per stream at 20 ms.
-_WINDOW_BYTES = 4 * 1024 * 1024
+#: RSS with it (1.35x from 2.6 M to 10.5 M spans in `bench_generate`). Each stream read ahead holds
+#: up to a window of received bytes besides the batches queued for it (``fetch.py``), so the window
+#: is small: with 4 MiB, heaptrack counted 37 MB of gRPC receive buffers at 10.5 M spans, with 1 MiB
+#: 17 MB. 1 MiB per round trip is still 1 GB/s per stream at 1 ms, 50 MB/s (~1.4 M thread spans/s)
+#: at 20 ms, times the ``concurrency`` streams read at once.
+_WINDOW_BYTES = 1 * 1024 * 1024
 _CHANNEL_OPTIONS: list[tuple[str, int]] = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.http2.bdp_probe", 0),

@@ -2,10 +2,12 @@
 
 Upstream was slow with ~50 threads because it fetched them one after another, and ran out of
 memory when it fetched them all at once. Here up to ``concurrency`` streams are read at the same
-time; the consumer gets stream 0's batches, then stream 1's, and so on. Each stream fetched ahead
-has a queue of at most ``buffer`` batches: when it is full the fetch stops reading (and gRPC flow
-control stops the server), so memory is bounded by ``concurrency x (buffer + driver prefetch)``
-batches, whatever the number or size of streams.
+time; the consumer gets stream 0's batches, then stream 1's, and so on. The stream being consumed
+queues at most ``buffer`` batches. The streams read ahead of it queue at most ``buffer`` batches
+each and, together, at most ``max_bytes`` (a stream ahead reads its next batch only while the
+bytes queued ahead are under it): memory is bounded by bytes, whatever the number of streams and
+the size of the batches a server chooses to send. When a stream reads no further, gRPC flow
+control stops the server.
 """
 
 from __future__ import annotations
@@ -31,22 +33,70 @@ class _Failed:
         self.exc = exc
 
 
+class _Ahead:
+    """Bytes queued by the streams read ahead of the one being consumed, against their limit."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.queued = 0
+        self.changed = asyncio.Condition()
+
+    async def wait_room(self, fetch: _Fetch[B]) -> None:
+        """Return when ``fetch`` may read its next item: it is the stream being consumed (bound by
+        its queue alone), or the bytes queued ahead are under the limit."""
+        limit = self.limit
+        if limit is None:
+            return
+        async with self.changed:
+            await self.changed.wait_for(lambda: fetch.current or self.queued < limit)
+
+    async def release(self, size: int) -> None:
+        """Let ``size`` bytes go (taken by the consumer, or counted no more) and wake the readers."""
+        if self.limit is None:
+            return
+        self.queued -= size
+        async with self.changed:
+            self.changed.notify_all()
+
+
 class _Fetch(Generic[B]):
     """One stream being read into its bounded queue by its own task."""
 
-    def __init__(self, stream: AsyncGenerator[B, None], buffer: int) -> None:
+    def __init__(
+        self, stream: AsyncGenerator[B, None], buffer: int, ahead: _Ahead, size: Callable[[B], int]
+    ) -> None:
         self.queue: asyncio.Queue[B | _End | _Failed] = asyncio.Queue(maxsize=buffer)
+        self.current = False
+        #: Bytes of this stream counted in ``ahead`` (its items queued or in hand while it was ahead).
+        self.counted = 0
+        self._ahead = ahead
+        self._size = size
         self.task = asyncio.create_task(self._pump(stream))
 
     async def _pump(self, stream: AsyncGenerator[B, None]) -> None:
         try:
             async with contextlib.aclosing(stream):
-                async for item in stream:
+                while True:
+                    await self._ahead.wait_room(self)
+                    try:
+                        item = await anext(stream)
+                    except StopAsyncIteration:
+                        break
+                    if not self.current and self._ahead.limit is not None:
+                        size = self._size(item)
+                        self.counted += size
+                        self._ahead.queued += size
                     await self.queue.put(item)
         except Exception as exc:
             await self.queue.put(_Failed(exc))
         else:
             await self.queue.put(_End())
+
+    async def make_current(self) -> None:
+        """This stream is being consumed now: its queued bytes no longer count against those ahead."""
+        self.current = True
+        counted, self.counted = self.counted, 0
+        await self._ahead.release(counted)
 
 
 async def ordered_fetch(
@@ -55,6 +105,8 @@ async def ordered_fetch(
     *,
     concurrency: int,
     buffer: int,
+    max_bytes: int | None = None,
+    size: Callable[[B], int] | None = None,
 ) -> AsyncGenerator[tuple[int, B | None], None]:
     """Items of streams ``0..count-1``, stream after stream, each followed by ``(index, None)``.
 
@@ -62,22 +114,32 @@ async def ordered_fetch(
         count: How many streams.
         open_stream: Opens stream ``index`` (an async iterator; it is closed when done or abandoned).
         concurrency: Streams read at the same time (the one being consumed included).
-        buffer: Items queued per stream read ahead.
+        buffer: Items queued per stream.
+        max_bytes: Bytes queued by all the streams read ahead together (None: no limit). A stream
+            ahead stops reading while they are at or over it, so the limit may be passed by one
+            item per stream ahead.
+        size: Bytes of an item (required with ``max_bytes``), e.g. ``RecordBatch.nbytes``.
 
     Raises:
+        ValueError: ``concurrency`` or ``buffer`` under 1, ``max_bytes`` under 1 or without ``size``.
         Exception: the first failure of the stream being consumed, as raised by it. Streams read
             ahead that fail only surface their error when their turn comes.
     """
     if concurrency < 1 or buffer < 1:
         raise ValueError("concurrency and buffer must be at least 1")
+    if max_bytes is not None and (max_bytes < 1 or size is None):
+        raise ValueError("max_bytes must be at least 1 and needs size")
+    ahead = _Ahead(max_bytes)
+    sizer: Callable[[B], int] = size if size is not None else (lambda _: 0)
     fetches: dict[int, _Fetch[B]] = {}
     started = 0
     try:
         for index in range(count):
             while started < count and started < index + concurrency:
-                fetches[started] = _Fetch(open_stream(started), buffer)
+                fetches[started] = _Fetch(open_stream(started), buffer, ahead, sizer)
                 started += 1
             fetch = fetches[index]
+            await fetch.make_current()
             while True:
                 item = await fetch.queue.get()
                 if isinstance(item, _End):
