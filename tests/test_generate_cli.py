@@ -202,6 +202,36 @@ def test_generate_errors_are_one_line(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        # Both failed only when a query ran, and over pyarrow.flight as retryable source faults.
+        ("--tls-ca", "{not_a_cert}", "the Flight SQL CA is not a PEM certificate"),
+        ("--token", "t\u00f8ken", "the Flight SQL token must be printable ASCII"),
+        ("--token", "line\nbreak", "the Flight SQL token must be printable ASCII"),
+    ],
+)
+def test_generate_refuses_a_bad_ca_or_token_before_any_query(
+    server: DevServer,
+    lake: Lake,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    *,
+    flag: str,
+    value: str,
+    message: str,
+) -> None:
+    not_a_cert = tmp_path / "ca.pem"
+    not_a_cert.write_text("-----BEGIN CERTIFICATE-----\nnot base64 DER\n-----END CERTIFICATE-----\n")
+    url = server.url.replace("grpc://", "grpc+tls://") if flag == "--tls-ca" else server.url
+    out = tmp_path / "trace.pftrace"
+    argv = ["generate", "--flightsql", url, "--process-id", lake.processes[0].process_id, "-o", str(out)]
+    assert main([*argv, flag, value.format(not_a_cert=not_a_cert), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and "Traceback" not in err
+    assert not out.exists()
+
+
 def test_generate_refused_token(
     server: DevServer, lake: Lake, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.devserver import self_signed_cert
 from worker.cli import build_parser
 from worker.commands._demo_stack import DemoStack
 from worker.commands._flightsql_args import config_from_args
@@ -18,7 +19,7 @@ from worker.service.generator import PipelineGenerator
 from worker.settings import Settings, get_settings, load_settings
 from worker.source import FlightSqlConfig
 
-PEM = b"-----BEGIN CERTIFICATE-----\nnot checked here\n-----END CERTIFICATE-----\n"
+PEM = self_signed_cert()[0]  # the source checks that the CA file holds a certificate
 
 #: (setting, value, FlightSqlConfig field, expected, says where the service is)
 ROWS: list[tuple[str, str, str, Any, bool]] = [

@@ -72,8 +72,10 @@ class Settings(BaseSettings):
 
     # -- Flight SQL (Micromegas)
     flightsql_url: str = "grpc://127.0.0.1:50051"
+    #: Bearer token sent as ``authorization`` on every call (never logged); printable ASCII.
     flightsql_token: SecretStr | None = None
-    #: PEM file with the CA that signs the server's certificate (grpc+tls://); default: system roots.
+    #: PEM file with the CA that signs the server's certificate (grpc+tls://), checked at start to
+    #: hold a certificate; default: system roots.
     flightsql_tls_ca: str | None = None
     flightsql_tls_skip_verify: bool = False
     #: Ask the server to keep dictionary-encoded string columns (less data on the wire).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -23,8 +24,10 @@ class FlightSqlConfig:
     Attributes:
         url: ``grpc://host:port`` (plain) or ``grpc+tls://host:port``; ``http://`` and ``https://``
             (upstream's spelling) are accepted as aliases of those two.
-        token: Bearer token sent as ``authorization: Bearer <token>``.
-        tls_ca_pem: PEM of the CA that signs the server's certificate; default: system roots.
+        token: Bearer token sent as ``authorization: Bearer <token>`` (printable ASCII: an HTTP/2
+            header value).
+        tls_ca_pem: PEM of the CA that signs the server's certificate (checked to hold at least
+            one); default: system roots.
         tls_skip_verify: Accept any server certificate (development only).
         preserve_dictionary: Ask for dictionary-encoded strings (less data on the wire).
         concurrency: How many threads' spans are fetched at once (one connection each).
@@ -37,6 +40,10 @@ class FlightSqlConfig:
             (see :mod:`worker.source.tickets`).
         process_spans_max_objects: Read all threads' spans with one ``process_spans`` query when
             the thread list's object counts (``blocks.nb_objects``) sum to at most this; 0: never.
+
+    Raises:
+        InvalidRequest: a bad URL, concurrency or object count; a token that is not printable
+            ASCII; a CA that holds no PEM certificate.
     """
 
     url: str
@@ -56,6 +63,15 @@ class FlightSqlConfig:
         if self.process_spans_max_objects < 0:
             raise InvalidRequest(f"process_spans_max_objects must be >= 0: {self.process_spans_max_objects}")
         object.__setattr__(self, "url", normalise_url(self.url))
+        # Both are checked here because the two Flight clients judge them differently when a query
+        # runs: ADBC's Go driver refuses a bad CA ("failed to append certificates"), gRPC under
+        # pyarrow.flight only fails each handshake, and a token it cannot send as a header fails
+        # the call as if the server broke, so a bad setting looked retryable.
+        if self.token is not None and not (self.token.isascii() and self.token.isprintable()):
+            message = "the Flight SQL token must be printable ASCII (it is sent as an HTTP/2 header)"
+            raise InvalidRequest(message)
+        if self.tls_ca_pem:
+            _check_ca(self.tls_ca_pem)
 
     @property
     def tls(self) -> bool:
@@ -87,6 +103,14 @@ class FlightSqlConfig:
             direct_tickets=s.flightsql_direct_tickets,
             process_spans_max_objects=s.flightsql_process_spans_max_objects,
         )
+
+
+def _check_ca(pem: bytes) -> None:
+    """Raise InvalidRequest unless ``pem`` holds at least one PEM certificate (OpenSSL's reading)."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=pem.decode("ascii"))
+    except (UnicodeDecodeError, ssl.SSLError, ValueError) as exc:
+        raise InvalidRequest(f"the Flight SQL CA is not a PEM certificate: {exc}") from exc
 
 
 def normalise_url(url: str) -> str:
