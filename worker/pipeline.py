@@ -30,13 +30,15 @@ from worker.source import Source
 
 __all__ = ["Cancelled", "Progress", "TraceSpec", "generate_trace", "life_begin", "resolve_range"]
 
-#: Batches up to this many rows and bytes (dictionaries included) are encoded on the event loop
-#: (up to ~10 ms of engine work); larger ones on the shared encoder pool (:class:`_Serial`), so
-#: that no batch the source sends (a million rows, a huge dictionary, a deep mis-nesting to repair)
-#: holds the loop for long. Below that, the hop costs more than it spares: with the loop and an
-#: encoder thread taking the GIL in turns (every numpy call releases it), a small job's worker CPU
-#: was ~15% higher with 1,024 than with every call inline (bench_service, small jobs).
-_INLINE_ROWS = 4096
+#: Batches up to this many rows and bytes (dictionaries included) are encoded on the event loop;
+#: larger ones on the shared encoder pool (:class:`_Serial`), so that no batch the source sends (a
+#: million rows, a huge dictionary, a deep mis-nesting to repair) holds the loop for long. Below
+#: that, the hop costs more than it spares: with the loop and an encoder thread taking the GIL in
+#: turns (every numpy call releases it), a small job's worker CPU was ~15% higher with 1,024 than
+#: with every call inline, and 26-28 ms with 4,096 (its whole threads, 11k rows, went to the pool)
+#: against 21-23 ms with 16,384 (`bench_service --small-only`, interleaved). The longest inline call
+#: at 16,384 is ~6 ms (the devserver's small process's ``add_threads``, the wide one's ``finish``).
+_INLINE_ROWS = 16_384
 _INLINE_BYTES = 1024 * 1024
 #: Rows of whole threads held and handed to the engine in one call: below one canonical batch, so
 #: each thread of the group is one (``TraceEncoder.add_threads``); a thread that outgrows it streams.
