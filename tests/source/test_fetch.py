@@ -290,6 +290,47 @@ def test_any_sizes_keep_order_completeness_and_the_bytes_limit(
     asyncio.run(run())
 
 
+async def test_a_stream_ahead_opens_while_those_further_ahead_hold_the_bytes() -> None:
+    # Stream 1 is slow to answer; stream 2 fills the bytes ahead meanwhile. Stream 3, started when
+    # stream 1's turn comes, must still send its query and read its first item (read ahead is there
+    # to hide a stream's start), not wait until stream 2's bytes go.
+    answer = asyncio.Event()
+    opened: list[int] = []
+    read = [0, 0, 0, 0]
+    changed = asyncio.Event()
+
+    async def open_stream(index: int) -> AsyncGenerator[int, None]:
+        opened.append(index)
+        changed.set()
+        if index == 1:
+            await answer.wait()
+        for i in range(1 if index == 0 else 10):
+            read[index] += 1
+            changed.set()
+            yield i
+            await asyncio.sleep(0)
+
+    fetch = ordered_fetch(4, open_stream, concurrency=3, buffer=10, max_bytes=25, size=lambda _: 10)
+    assert await anext(fetch) == (0, 0)
+    async with asyncio.timeout(5):
+        while read[2] < 3:
+            changed.clear()
+            await changed.wait()
+    assert await anext(fetch) == (0, None)
+    waiting = asyncio.create_task(anext(fetch))  # stream 1's turn: it has nothing yet
+    async with asyncio.timeout(5):
+        while read[3] < 1:
+            changed.clear()
+            await changed.wait()
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert read[3] == 1  # its first item only: stream 2 still holds the bytes ahead
+    assert read[2] == 3
+    answer.set()
+    assert await waiting == (1, 0)
+    await fetch.aclose()
+
+
 async def test_a_stream_becoming_current_gives_its_bytes_back_to_those_ahead() -> None:
     streams = Streams([1, 3, 100])
     fetch = ordered_fetch(3, streams.open, concurrency=3, buffer=50, max_bytes=25, size=lambda _: 10)
