@@ -5,9 +5,10 @@ memory when it fetched them all at once. Here up to ``concurrency`` streams are 
 time; the consumer gets stream 0's batches, then stream 1's, and so on. The stream being consumed
 queues at most ``buffer`` batches. The streams read ahead of it queue at most ``buffer`` batches
 each and, together, at most ``max_bytes`` (a stream ahead reads its next batch only while the
-bytes queued ahead are under it): memory is bounded by bytes, whatever the number of streams and
-the size of the batches a server chooses to send. When a stream reads no further, gRPC flow
-control stops the server.
+bytes queued ahead are under it, or while it holds none of them: streams further ahead that filled
+them do not keep a nearer one from starting): memory is bounded by bytes, whatever the number of
+streams and the size of the batches a server chooses to send. When a stream reads no further, gRPC
+flow control stops the server.
 """
 
 from __future__ import annotations
@@ -43,12 +44,14 @@ class _Ahead:
 
     async def wait_room(self, fetch: _Fetch[B]) -> None:
         """Return when ``fetch`` may read its next item: it is the stream being consumed (bound by
-        its queue alone), or the bytes queued ahead are under the limit."""
+        its queue alone), it holds no bytes counted ahead (its first item: every stream read at once
+        has sent its query and has a batch ready, however much the streams further ahead hold), or
+        the bytes queued ahead are under the limit."""
         limit = self.limit
         if limit is None:
             return
         async with self.changed:
-            await self.changed.wait_for(lambda: fetch.current or self.queued < limit)
+            await self.changed.wait_for(lambda: fetch.current or fetch.counted == 0 or self.queued < limit)
 
     async def release(self, size: int) -> None:
         """Let ``size`` bytes go (taken by the consumer, or counted no more) and wake the readers."""
@@ -116,8 +119,8 @@ async def ordered_fetch(
         concurrency: Streams read at the same time (the one being consumed included).
         buffer: Items queued per stream.
         max_bytes: Bytes queued by all the streams read ahead together (None: no limit). A stream
-            ahead stops reading while they are at or over it, so the limit may be passed by one
-            item per stream ahead.
+            ahead holding some of them stops reading while they are at or over it, so the limit
+            may be passed by one item per stream ahead.
         size: Bytes of an item (required with ``max_bytes``), e.g. ``RecordBatch.nbytes``.
 
     Raises:
