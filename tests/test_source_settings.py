@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.support.devserver import self_signed_cert
-from worker.cli import build_parser
+from worker.cli import build_parser, main
 from worker.commands._demo_stack import DemoStack
 from worker.commands._flightsql_args import config_from_args
 from worker.commands.demo import source_tuning
@@ -88,3 +88,41 @@ def test_a_source_setting_reaches_every_path(  # noqa: PLR0917 - one table row
         assert getattr(config_of(path, tmp_path), field) == expected
     finally:
         get_settings.cache_clear()
+
+
+@pytest.mark.parametrize("command", ["run", "gateway", "processes", "generate"])
+@pytest.mark.parametrize(
+    ("setting", "value", "says"),
+    [
+        ("flightsql_tls_ca", "{ca}", "the Flight SQL CA is not a PEM certificate"),
+        ("flightsql_token", "from a secret file\n", "the Flight SQL token must be printable ASCII"),
+    ],
+)
+def test_every_command_refuses_a_bad_ca_or_token_in_one_line(  # noqa: PLR0917 - one table row
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+    setting: str,
+    value: str,
+    says: str,
+) -> None:
+    """Before anything starts: the gateway's lifespan raised it as a traceback (exit 3, after
+    printing that it listens), the worker as a runtime error (exit 1)."""
+    monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        if name.startswith("TRACE_WORKER_"):
+            monkeypatch.delenv(name)
+    (tmp_path / "ca.pem").write_bytes(b"")  # empty: it would silently have meant the system roots
+    monkeypatch.setenv("TRACE_WORKER_FLIGHTSQL_URL", "grpc+tls://127.0.0.1:1")
+    monkeypatch.setenv("TRACE_WORKER_GATEWAY_PORT", "0")
+    monkeypatch.setenv(f"TRACE_WORKER_{setting.upper()}", value.format(ca=tmp_path / "ca.pem"))
+    argv = {"generate": ["--process-id", "p", "-o", "t.pftrace"]}.get(command, [])
+    get_settings.cache_clear()
+    try:
+        assert main([command, *argv]) == 2
+    finally:
+        get_settings.cache_clear()
+    out, err = capsys.readouterr()
+    assert out == ""  # the gateway never says it listens
+    assert err.startswith(f"trace-worker {command}: bad settings: {says}") and err.count("\n") == 1

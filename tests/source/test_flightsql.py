@@ -255,6 +255,13 @@ async def test_tls(lake: Lake, tickets: str) -> None:
             assert (await source.process(p.process_id)).exe == p.exe
         async with open_source(srv.url, tls_skip_verify=True, direct_tickets=tickets) as source:
             assert (await source.process(p.process_id)).exe == p.exe
+        # A system bundle's shape: UTF-8 comments between the blocks (Fedora's and RHEL's name
+        # "NetLock Arany (Class Gold) F\u0151tan\u00fas\u00edtv\u00e1ny"), other CAs, CRLF.
+        other, _ = self_signed_cert("other")
+        bundle = b"# NetLock Arany (Class Gold) F\xc5\x91tan\xc3\xbas\xc3\xadtv\xc3\xa1ny\n" + other + cert
+        bundle = bundle.replace(b"\n", b"\r\n")
+        async with open_source(srv.url, tls_ca_pem=bundle, direct_tickets=tickets) as source:
+            assert (await source.process(p.process_id)).exe == p.exe
         # System roots do not know this certificate.
         async with open_source(srv.url, direct_tickets=tickets) as source:
             with pytest.raises(SourceUnavailable):

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from worker.cli import UsageError
 from worker.errors import InvalidRequest
-from worker.settings import get_settings
+from worker.settings import Settings, get_settings
 from worker.source import FlightSqlConfig
 
-__all__ = ["add_connection_args", "config_from_args"]
+__all__ = ["add_connection_args", "check_source_settings", "config_from_args"]
 
 
 def add_connection_args(parser: argparse.ArgumentParser, *, concurrency: bool = False) -> None:
@@ -59,3 +59,13 @@ def config_from_args(args: argparse.Namespace) -> FlightSqlConfig:
         )
     except InvalidRequest as exc:
         raise UsageError(str(exc)) from exc
+
+
+def check_source_settings(settings: Settings) -> None:
+    """Refuse bad Flight SQL settings (URL, unreadable or certificate-less CA, token) before a service
+    starts, as :class:`UsageError` (one line, exit status 2), not from inside it.
+    """
+    try:
+        FlightSqlConfig.from_settings(settings)
+    except InvalidRequest as exc:
+        raise UsageError(f"bad settings: {exc}") from exc

@@ -33,11 +33,13 @@ def run(args: argparse.Namespace) -> int:
     """Handler of ``trace-worker gateway``."""
     import uvicorn  # noqa: PLC0415 - imported when run, so --help stays light
 
+    from worker.commands._flightsql_args import check_source_settings  # noqa: PLC0415
     from worker.gateway import create_app  # noqa: PLC0415
     from worker.settings import load_settings  # noqa: PLC0415
 
     overrides = {"gateway_host": args.host, "gateway_port": args.port}
     settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
+    check_source_settings(settings)  # a bad CA or token: one line, not a traceback from the lifespan
 
     sock = _bind(settings.gateway_host, settings.gateway_port)
     host, port = sock.getsockname()[:2]

@@ -11,6 +11,7 @@ import asyncio
 import signal
 from typing import Any
 
+from worker.commands._flightsql_args import check_source_settings
 from worker.service.app import Service
 from worker.service.generator import PipelineGenerator
 from worker.service.logs import configure_logging
@@ -81,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         "redis_cluster": args.redis_cluster,
     }
     settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
+    check_source_settings(settings)  # a bad CA or token: exit status 2 like other bad settings
     return asyncio.run(serve(settings))
 
 

@@ -70,7 +70,7 @@ class FlightSqlConfig:
         if self.token is not None and not (self.token.isascii() and self.token.isprintable()):
             message = "the Flight SQL token must be printable ASCII (it is sent as an HTTP/2 header)"
             raise InvalidRequest(message)
-        if self.tls_ca_pem:
+        if self.tls_ca_pem is not None:  # an empty file too: it would silently mean system roots
             _check_ca(self.tls_ca_pem)
 
     @property
@@ -105,12 +105,26 @@ class FlightSqlConfig:
         )
 
 
+#: Bytes over 127 as ``?``: text between a bundle's PEM blocks may be UTF-8 (Fedora's and RHEL's
+#: system bundle names "NetLock Arany (Class Gold) Főtanúsítvány"), and every
+#: PEM reader (OpenSSL's, Go's) skips it, while ``cadata`` must be ASCII.
+_ASCII = bytes(range(128)) + b"?" * 128
+
+
 def _check_ca(pem: bytes) -> None:
     """Raise InvalidRequest unless ``pem`` holds at least one PEM certificate (OpenSSL's reading)."""
+    if b"-----BEGIN" not in pem:
+        binary = any(b < 9 or 13 < b < 32 for b in pem[:64])
+        hint = " (a DER file? convert it: openssl x509 -inform DER -in CA -out CA.pem)" if binary else ""
+        message = f"the Flight SQL CA is not a PEM certificate: no -----BEGIN CERTIFICATE-----{hint}"
+        raise InvalidRequest(message)
     try:
-        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=pem.decode("ascii"))
-    except (UnicodeDecodeError, ssl.SSLError, ValueError) as exc:
-        raise InvalidRequest(f"the Flight SQL CA is not a PEM certificate: {exc}") from exc
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(
+            cadata=pem.translate(_ASCII).decode("ascii")
+        )
+    except (ssl.SSLError, ValueError) as exc:
+        reason = exc.reason if isinstance(exc, ssl.SSLError) and exc.reason else str(exc)
+        raise InvalidRequest(f"the Flight SQL CA is not a PEM certificate: {reason}") from exc
 
 
 def normalise_url(url: str) -> str:

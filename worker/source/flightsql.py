@@ -386,7 +386,7 @@ class _Pool:
         if c.token:
             options[fsql.DatabaseOptions.AUTHORIZATION_HEADER.value] = f"Bearer {c.token}"
         if c.tls_ca_pem:
-            options[fsql.DatabaseOptions.TLS_ROOT_CERTS.value] = c.tls_ca_pem.decode()
+            options[fsql.DatabaseOptions.TLS_ROOT_CERTS.value] = c.tls_ca_pem.decode(errors="replace")
         if c.tls_skip_verify:
             options[fsql.DatabaseOptions.TLS_SKIP_VERIFY.value] = "true"
         if c.preserve_dictionary:
