@@ -40,6 +40,11 @@ __all__ = ["Cancelled", "Progress", "TraceSpec", "generate_trace", "life_begin",
 #: at 16,384 is ~6 ms (the devserver's small process's ``add_threads``, the wide one's ``finish``).
 _INLINE_ROWS = 16_384
 _INLINE_BYTES = 1024 * 1024
+#: Rows each thread of an ``add_threads`` group counts toward ``_INLINE_ROWS``: the engine pays
+#: ~0.2 ms per thread whatever its rows (16,384 rows in 4,096 threads of 4 rows, 0.7 MiB: ~0.8 s
+#: on the loop; 64 threads of 256: ~25 ms), so a group inline has at most ~30 threads (the small
+#: process's 5 threads and 11k rows stay inline).
+_INLINE_THREAD_ROWS = 512
 #: Rows of whole threads held and handed to the engine in one call: below one canonical batch, so
 #: each thread of the group is one (``TraceEncoder.add_threads``); a thread that outgrows it streams.
 _GROUP_ROWS = 1 << 16
@@ -556,9 +561,10 @@ async def _thread_group(
     """Hand whole threads to the engine in one call (see ``TraceEncoder.add_threads``)."""
     run.threads_done += len(threads)
     size = sum(b.get_total_buffer_size() for _, batches in threads for b in batches)
-    # Inline only when small in rows and in bytes, as for one batch.
+    # Inline only when small in rows (each thread counting for its fixed cost) and in bytes.
+    weight = rows + _INLINE_THREAD_ROWS * len(threads)
     return await run.push(
-        run.encoder.add_threads, threads, rows=rows if size <= _INLINE_BYTES else _INLINE_ROWS + 1
+        run.encoder.add_threads, threads, rows=weight if size <= _INLINE_BYTES else _INLINE_ROWS + 1
     )
 
 
