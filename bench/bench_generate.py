@@ -12,7 +12,7 @@ spans/20 async spans) it starts ``trace-worker devserver`` as a subprocess, runs
 The floor: >= 1M spans/s (command time) on the 5M-span process, and peak RSS of the largest size
 within 1.25x of the smallest. The smallest default is 2.5M, not 1M: below 65,536 spans per thread
 (the devserver's batch) each of the 16 threads is one batch, taken whole with its group
-(``pipeline._GROUP_ROWS``), and the fetch's bounded queues never fill, so a 1M-span run (~290 MB)
+(``pipeline._GROUP_ROWS``), and the fetch's bounded queues never fill, so a 1M-span run (~290 MB RSS)
 sits well under the bound that larger traces approach and keep (heaptrack's peak heap: 65 / 78 /
 99 / 102 MB at 1 / 2.6 / 10.5 / 21M spans). The machine is shared and the devserver generates data on the same
 2 cores, so numbers are noisy; rerun on a quiet machine for the record.
