@@ -37,7 +37,9 @@ __all__ = ["Cancelled", "Progress", "TraceSpec", "generate_trace", "life_begin",
 #: turns (every numpy call releases it), a small job's worker CPU was ~15% higher with 1,024 than
 #: with every call inline, and 26-28 ms with 4,096 (its whole threads, 11k rows, went to the pool)
 #: against 21-23 ms with 16,384 (`bench_service --small-only`, interleaved). The longest inline call
-#: at 16,384 is ~6 ms (the devserver's small process's ``add_threads``, the wide one's ``finish``).
+#: at 16,384 is ~6 ms on the devserver's processes (small's ``add_threads``, wide's ``finish``);
+#: contrived batches under both bounds take longer (16k distinct names ~14 ms, spans nested 9,000
+#: levels deep ~64 ms), still well under a heartbeat or a cancel poll.
 _INLINE_ROWS = 16_384
 _INLINE_BYTES = 1024 * 1024
 #: Rows each thread of an ``add_threads`` group counts toward ``_INLINE_ROWS``: the engine pays
