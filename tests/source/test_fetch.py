@@ -128,6 +128,24 @@ async def test_failure_surfaces_in_order_and_closes_everything() -> None:
     assert streams.closed == set(streams.opened)
 
 
+class _LibraryStop(BaseException):
+    """A BaseException that is neither cancellation nor an interrupt (hypothesis's StopTest is one)."""
+
+
+async def test_a_stream_raising_a_base_exception_reaches_the_consumer() -> None:
+    async def open_stream(index: int) -> AsyncGenerator[int, None]:
+        yield index
+        if index == 1:
+            raise _LibraryStop("stream 1 stopped")
+
+    seen = []
+    async with asyncio.timeout(10):  # before the fix the consumer waited for stream 1's end forever
+        with pytest.raises(_LibraryStop, match="stream 1 stopped"):
+            async for item in ordered_fetch(3, open_stream, concurrency=3, buffer=1):
+                seen.append(item)
+    assert seen == [(0, 0), (0, None), (1, 1)]
+
+
 async def test_cancelling_the_consumer_stops_fetches() -> None:
     streams = Streams([50, 50, 50])
     got = asyncio.Event()

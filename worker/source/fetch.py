@@ -90,7 +90,11 @@ class _Fetch(Generic[B]):
                         self.counted += size
                         self._ahead.queued += size
                     await self.queue.put(item)
-        except Exception as exc:
+        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:
+            # Any other (an Exception, or a library's own BaseException) goes to the consumer, which
+            # would otherwise wait for this stream's end forever.
             await self.queue.put(_Failed(exc))
         else:
             await self.queue.put(_End())
