@@ -34,12 +34,14 @@ class _Failed:
         self.exc = exc
 
 
-class _Ahead:
-    """Bytes queued by the streams read ahead of the one being consumed, against their limit."""
+class _Ahead(Generic[B]):
+    """Bytes queued by the streams read ahead of the one being consumed, against their limit: the
+    one place they are counted (:meth:`count`) and let go (:meth:`release`)."""
 
-    def __init__(self, limit: int | None) -> None:
+    def __init__(self, limit: int | None, size: Callable[[B], int] | None) -> None:
         self.limit = limit
         self.queued = 0
+        self._size = size
         self.changed = asyncio.Condition()
 
     async def wait_room(self, fetch: _Fetch[B]) -> None:
@@ -53,11 +55,20 @@ class _Ahead:
         async with self.changed:
             await self.changed.wait_for(lambda: fetch.current or fetch.counted == 0 or self.queued < limit)
 
-    async def release(self, size: int) -> None:
-        """Let ``size`` bytes go (taken by the consumer, or counted no more) and wake the readers."""
+    def count(self, fetch: _Fetch[B], item: B) -> None:
+        """Count ``item``, just read by ``fetch``, while ``fetch`` is a stream ahead."""
+        if self.limit is None or self._size is None or fetch.current:
+            return
+        size = self._size(item)
+        fetch.counted += size
+        self.queued += size
+
+    async def release(self, fetch: _Fetch[B]) -> None:
+        """Let ``fetch``'s counted bytes go (it is being consumed now) and wake the readers."""
+        counted, fetch.counted = fetch.counted, 0
         if self.limit is None:
             return
-        self.queued -= size
+        self.queued -= counted
         async with self.changed:
             self.changed.notify_all()
 
@@ -65,15 +76,12 @@ class _Ahead:
 class _Fetch(Generic[B]):
     """One stream being read into its bounded queue by its own task."""
 
-    def __init__(
-        self, stream: AsyncGenerator[B, None], buffer: int, ahead: _Ahead, size: Callable[[B], int]
-    ) -> None:
+    def __init__(self, stream: AsyncGenerator[B, None], buffer: int, ahead: _Ahead[B]) -> None:
         self.queue: asyncio.Queue[B | _End | _Failed] = asyncio.Queue(maxsize=buffer)
         self.current = False
         #: Bytes of this stream counted in ``ahead`` (its items queued or in hand while it was ahead).
         self.counted = 0
         self._ahead = ahead
-        self._size = size
         self.task = asyncio.create_task(self._pump(stream))
 
     async def _pump(self, stream: AsyncGenerator[B, None]) -> None:
@@ -85,10 +93,7 @@ class _Fetch(Generic[B]):
                         item = await anext(stream)
                     except StopAsyncIteration:
                         break
-                    if not self.current and self._ahead.limit is not None:
-                        size = self._size(item)
-                        self.counted += size
-                        self._ahead.queued += size
+                    self._ahead.count(self, item)
                     await self.queue.put(item)
         except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
             raise
@@ -102,8 +107,7 @@ class _Fetch(Generic[B]):
     async def make_current(self) -> None:
         """This stream is being consumed now: its queued bytes no longer count against those ahead."""
         self.current = True
-        counted, self.counted = self.counted, 0
-        await self._ahead.release(counted)
+        await self._ahead.release(self)
 
 
 async def ordered_fetch(
@@ -136,14 +140,13 @@ async def ordered_fetch(
         raise ValueError("concurrency and buffer must be at least 1")
     if max_bytes is not None and (max_bytes < 1 or size is None):
         raise ValueError("max_bytes must be at least 1 and needs size")
-    ahead = _Ahead(max_bytes)
-    sizer: Callable[[B], int] = size if size is not None else (lambda _: 0)
+    ahead = _Ahead(max_bytes, size)
     fetches: dict[int, _Fetch[B]] = {}
     started = 0
     try:
         for index in range(count):
             while started < count and started < index + concurrency:
-                fetches[started] = _Fetch(open_stream(started), buffer, ahead, sizer)
+                fetches[started] = _Fetch(open_stream(started), buffer, ahead)
                 started += 1
             fetch = fetches[index]
             await fetch.make_current()
