@@ -32,11 +32,8 @@ def config_from_args(args: argparse.Namespace) -> FlightSqlConfig:
     Raises:
         UsageError: unreadable CA file, bad URL, bad settings or concurrency.
     """
-    settings = get_settings()  # SettingsError: reported by the command line as every command does
-    try:
-        base = FlightSqlConfig.from_settings(settings)
-    except (ValueError, InvalidRequest) as exc:
-        raise UsageError(f"bad settings: {exc}") from exc
+    # SettingsError: reported by the command line as every command does
+    base = check_source_settings(get_settings())
     ca = base.tls_ca_pem
     if args.tls_ca:
         try:
@@ -61,11 +58,12 @@ def config_from_args(args: argparse.Namespace) -> FlightSqlConfig:
         raise UsageError(str(exc)) from exc
 
 
-def check_source_settings(settings: Settings) -> None:
-    """Refuse bad Flight SQL settings (URL, unreadable or certificate-less CA, token) before a service
-    starts, as :class:`UsageError` (one line, exit status 2), not from inside it.
+def check_source_settings(settings: Settings) -> FlightSqlConfig:
+    """The source configuration of ``settings``; bad Flight SQL settings (URL, unreadable or
+    certificate-less CA, token) are refused as :class:`UsageError` (one line, exit status 2), so a
+    service refuses them before it starts, not from inside it.
     """
     try:
-        FlightSqlConfig.from_settings(settings)
-    except InvalidRequest as exc:
+        return FlightSqlConfig.from_settings(settings)
+    except (ValueError, InvalidRequest) as exc:
         raise UsageError(f"bad settings: {exc}") from exc
