@@ -176,6 +176,9 @@ class Settings(BaseSettings):
     #: Log lines as text or json (one JSON object per line).
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: Event loop of ``run`` and ``gateway``: uvloop (libuv, in C: less CPU per job; see
+    #: docs/PERFORMANCE.md) or Python's own asyncio loop.
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
     # -- Gateway (trace-worker gateway: HTTP API and web page)
     #: Address of the gateway; containers set 0.0.0.0. Port 0 picks a free port.

@@ -176,3 +176,23 @@ async def test_gzip_blob_by_worker_default_is_downloaded_plain_and_verified(
     assert data == gzip.decompress(stored) and len(data) == status.size
     assert hashlib.sha256(data).hexdigest() == status.sha256
     assert len(stored) * 2 < len(data)
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+async def test_either_event_loop_runs_jobs(  # noqa: PLR0917 - fixtures
+    client: TraceClient,
+    redis_server: RedisServer,
+    devserver: DevServer,
+    spawn_worker: Spawn,
+    tmp_path: Path,
+    loop: str,
+) -> None:
+    blobs = (tmp_path / "blobs").as_uri()
+    spawn_worker(worker_env(redis_server.url, devserver.url, blobs, TRACE_WORKER_EVENT_LOOP=loop), name=loop)
+    request = TraceRequest(process_id=devserver.lake.processes[0].process_id, job_id=f"on-{loop}")
+    job = await client.submit(request)
+    status = await job.download(tmp_path / "out.pftrace", timeout=120)
+    data = (tmp_path / "out.pftrace").read_bytes()
+    assert status.state == JobState.SUCCEEDED and hashlib.sha256(data).hexdigest() == status.sha256
+    log = (tmp_path / f"worker-{loop}-0.log").read_text()
+    assert f"{loop} event loop)" in log  # the worker's start line names the loop it runs on

@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         log_level=settings.log_level.lower(),
         access_log=False,
         timeout_graceful_shutdown=10,
+        loop=settings.event_loop,
     )
     uvicorn.Server(config).run(sockets=[sock])
     return 0

@@ -209,13 +209,14 @@ class Service:
     async def start(self) -> None:
         s = self.rt.settings
         log.info(
-            "starting consumer %s on %s (group %s, concurrency %d, redis %s%s)",
+            "starting consumer %s on %s (group %s, concurrency %d, redis %s%s, %s event loop)",
             self.rt.consumer,
             self.rt.keys.requests,
             self.rt.keys.group,
             s.worker_concurrency,
             mask_url(s.redis_url),
             ", cluster mode" if s.redis_cluster else "",
+            type(asyncio.get_running_loop()).__module__.partition(".")[0],  # uvloop or asyncio
         )
         await self.app.start()
         self.reclaimer.start()
