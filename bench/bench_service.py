@@ -38,6 +38,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -437,7 +438,7 @@ def main() -> int:
                 redis_pid = server.proc.pid if server.proc is not None else None
                 metrics = f"http://127.0.0.1:{http_port}/metrics"
                 procs = Procs(worker.pid, dev.proc.pid, metrics, redis_pid)
-                asyncio.run(measure(args, server.url, lake, out_dir, rss, procs=procs))
+                asyncio.run(_while_alive(worker, measure(args, server.url, lake, out_dir, rss, procs=procs)))
             finally:
                 rss.stop()
     finally:
@@ -446,6 +447,18 @@ def main() -> int:
         server.close()
         shutil.rmtree(out_dir, ignore_errors=True)
     return 0
+
+
+async def _while_alive(worker: subprocess.Popen[bytes], work: Coroutine[Any, Any, None]) -> None:
+    """Run ``work``; stop with an error as soon as the worker process exits (a worker that dies would
+    otherwise leave the requesters waiting for ever)."""
+    task = asyncio.ensure_future(work)
+    while not task.done():
+        await asyncio.wait({task}, timeout=0.5)
+        if worker.poll() is not None and not task.done():
+            task.cancel()
+            raise SystemExit(f"the worker exited (status {worker.returncode}) during the bench")
+    task.result()
 
 
 if __name__ == "__main__":
