@@ -85,8 +85,9 @@ def run(args: argparse.Namespace) -> int:
     }
     settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
     check_source_settings(settings)  # a bad CA or token: exit status 2 like other bad settings
-    # uvloop: the service's per-job overhead is mostly event-loop and socket work (tasks, futures,
-    # Redis replies), which libuv does in C (docs/PERFORMANCE.md: ~7% less worker CPU per small job).
+    # uvloop: libuv runs the loop itself and the sockets (Redis replies, chunk writes) in C; tasks and
+    # futures stay asyncio's. Interleaved small-job runs: ~6% less worker CPU per job (docs/PERFORMANCE.md,
+    # "The event loop"). TRACE_WORKER_EVENT_LOOP=asyncio keeps Python's own loop.
     runner = uvloop.run if settings.event_loop == "uvloop" else asyncio.run
     status: int = runner(serve(settings))
     return status
