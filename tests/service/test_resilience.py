@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import os
 import signal
 import subprocess
@@ -246,7 +247,9 @@ async def test_flightsql_down_then_back(redis_server: RedisServer, redis: Redis,
             server.stop()
 
 
-async def test_graceful_shutdown_drains_or_releases(redis_server: RedisServer, redis: Redis) -> None:
+async def test_graceful_shutdown_drains_or_releases(
+    redis_server: RedisServer, redis: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
     # drained: the running job finishes within the drain timeout
     gen = ScriptedGenerator(chunks=2, gate=asyncio.Event())
     service = Service(
@@ -276,7 +279,12 @@ async def test_graceful_shutdown_drains_or_releases(redis_server: RedisServer, r
     reader = JobReader(redis, KEYS, "released")
     await submit(redis, KEYS, TraceRequest(process_id=PID, job_id="released"))
     await reader.read_until(lambda e: e.type == "chunk")
+    caplog.set_level(logging.INFO)
     await service.stop()
+    # The release is logged once, as such; FastStream's report of the handler it cancelled (an ERROR
+    # with a CancelledError traceback) is not, since that cancellation is the release.
+    assert "released for reclaim" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], caplog.text
     assert not await redis.exists(KEYS.lock("released"))
     assert [s.state for s in reader.statuses()] == [JobState.QUEUED, JobState.RUNNING]
     gen2 = ScriptedGenerator(chunks=2)

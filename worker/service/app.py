@@ -35,7 +35,7 @@ from worker.service.asyncapi import wire_document
 from worker.service.cancels import CancelLoop
 from worker.service.handler import build_dispatcher, document_replies, subscribe
 from worker.service.health import HealthServer
-from worker.service.logs import mask_url
+from worker.service.logs import faststream_logger, mask_url
 from worker.service.metrics import Metrics
 from worker.service.ports import BlobStoreLike, TraceGenerator
 from worker.service.reclaim import Reclaimer
@@ -126,7 +126,7 @@ def build_app(rt: Runtime) -> tuple[FastStream, RedisBroker, Reclaimer]:
         settings.redis_url_with_credentials(),  # FastStream takes the credentials in the URL
         graceful_timeout=settings.drain_timeout_s,
         log_level=logging.DEBUG,  # per-message lines from FastStream; ours carry the job context
-        logger=logging.getLogger("worker.faststream"),  # our handlers and format, not FastStream's stdout
+        logger=faststream_logger(),
     )
     dispatcher = build_dispatcher(rt)
     rt.consuming = subscribe(broker, rt, dispatcher)
@@ -152,9 +152,7 @@ def build_app(rt: Runtime) -> tuple[FastStream, RedisBroker, Reclaimer]:
 
             await retry_redis(create, what="group create", give_up_after_s=30)
 
-    app = FastStream(
-        broker, specification=spec, on_startup=[create_group], logger=logging.getLogger("worker.faststream")
-    )
+    app = FastStream(broker, specification=spec, on_startup=[create_group], logger=faststream_logger())
     return app, broker, Reclaimer(rt, dispatcher)
 
 

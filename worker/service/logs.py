@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
@@ -11,7 +12,7 @@ from typing import Any
 
 from contracts.urls import mask_url
 
-__all__ = ["JobLog", "JsonFormatter", "configure_logging", "mask_url"]
+__all__ = ["JobLog", "JsonFormatter", "configure_logging", "faststream_logger", "mask_url"]
 
 _CONTEXT = ("job_id", "attempt", "entry_id", "consumer")
 
@@ -52,7 +53,29 @@ def configure_logging(fmt: str, level: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # FastStream's own lines (task callbacks, per-message access) are noise unless debugging.
-    logging.getLogger("worker.faststream").setLevel(level if level == "DEBUG" else "WARNING")
+    faststream_logger().setLevel(level if level == "DEBUG" else "WARNING")
+
+
+class _DropCancelled(logging.Filter):
+    """Drops FastStream's ERROR report of a handler it cancelled. FastStream cancels a handler only
+    when the worker stops and ``drain_timeout_s`` has passed; that cancellation is the job's release,
+    which the job logs itself ("released for reclaim"), so the traceback would report a normal stop
+    as an error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, asyncio.CancelledError)
+
+
+_DROP_CANCELLED = _DropCancelled()
+
+
+def faststream_logger() -> logging.Logger:
+    """The logger handed to FastStream (its lines go through our handlers and format, not its stdout),
+    without its reports of handlers cancelled at shutdown."""
+    logger = logging.getLogger("worker.faststream")
+    logger.addFilter(_DROP_CANCELLED)  # (once: addFilter skips a filter already there)
+    return logger
 
 
 class JobLog(logging.LoggerAdapter[logging.Logger]):
